@@ -1,0 +1,94 @@
+// Command rejot is the ReJot sidecar: `rejot serve` stands in front of one
+// Postgres database, `rejot demo` plays the story on throwaway clusters.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		err = serve(ctx, os.Args[2:])
+	case "demo":
+		err = demo(ctx, os.Args[2:])
+	case "version", "--version", "-v":
+		fmt.Println(buildVersion())
+	case "help", "--help", "-h":
+		usage()
+	default:
+		fmt.Fprintf(os.Stderr, "rejot: unknown command %q\n", os.Args[1])
+		usage()
+		os.Exit(2)
+	}
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "rejot:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `rejot — share Postgres data between teams' databases, in SQL.
+
+Usage:
+  rejot serve --upstream URL [--listen :6432] [flags]   run the sidecar for one database
+  rejot demo [--once]                                   run the story on throwaway clusters
+  rejot version
+
+Run 'rejot serve --help' for the sidecar's flags (each also as a REJOT_* variable).
+`)
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if info, ok := debug.ReadBuildInfo(); ok {
+		v := info.Main.Version
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				return "0.1.0-dev+" + s.Value[:12]
+			}
+		}
+		if v != "" && v != "(devel)" {
+			return v
+		}
+	}
+	return "0.1.0-dev"
+}
+
+// newLogger logs JSON, or readable lines when stderr is a terminal.
+func newLogger(level string) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(strings.ToLower(level))
+	if err != nil {
+		return zerolog.Nop(), fmt.Errorf("invalid --log-level %q", level)
+	}
+	var log zerolog.Logger
+	if isatty.IsTerminal(os.Stderr.Fd()) {
+		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: "15:04:05.000"})
+	} else {
+		log = zerolog.New(os.Stderr)
+	}
+	return log.Level(lvl).With().Timestamp().Logger(), nil
+}

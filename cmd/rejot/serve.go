@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/rejot-dev/rejot/proxy"
+	"github.com/rejot-dev/rejot/sql"
+)
+
+type serveConfig struct {
+	upstream, listen, name, catalog, eventLog, httpAddr string
+	tlsCert, tlsKey, logLevel                           string
+	startupTimeout                                      time.Duration
+}
+
+// parseServeFlags reads flags, each defaulting to its REJOT_* variable.
+func parseServeFlags(args []string) (*serveConfig, error) {
+	c := &serveConfig{}
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	str := func(p *string, name, def, help string) {
+		fs.StringVar(p, name, envOr(name, def), help+" (env "+envName(name)+")")
+	}
+	str(&c.upstream, "upstream", "", "connection URL of the database this sidecar fronts (required)")
+	str(&c.listen, "listen", ":6432", "address clients connect to")
+	str(&c.name, "name", "", "system name (default: the upstream database's name)")
+	str(&c.catalog, "catalog", "", "catalog database URL (default: database rejot on the upstream's server)")
+	str(&c.eventLog, "log", "", "event log URL (default: the catalog)")
+	str(&c.httpAddr, "http", ":9187", "metrics and catalog page address, or off")
+	str(&c.tlsCert, "tls-cert", "", "certificate file for client TLS")
+	str(&c.tlsKey, "tls-key", "", "key file for client TLS")
+	str(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	timeout := envOr("startup-timeout", "60s")
+	fs.Func("startup-timeout", "time a client has to finish connecting, default "+timeout+" (env REJOT_STARTUP_TIMEOUT)",
+		func(v string) error { timeout = v; return nil })
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if c.upstream == "" {
+		return nil, errors.New("--upstream is required (or REJOT_UPSTREAM), e.g. --upstream postgres://app@localhost:5432/shop")
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return nil, errors.New("--tls-cert and --tls-key go together")
+	}
+	d, err := time.ParseDuration(timeout)
+	if err != nil || d <= 0 {
+		return nil, fmt.Errorf("invalid --startup-timeout %q", timeout)
+	}
+	c.startupTimeout = d
+	return c, nil
+}
+
+func envName(flagName string) string {
+	return "REJOT_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func envOr(flagName, def string) string {
+	if v, ok := os.LookupEnv(envName(flagName)); ok {
+		return v
+	}
+	return def
+}
+
+func serve(ctx context.Context, args []string) error {
+	c, err := parseServeFlags(args)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(c.logLevel)
+	if err != nil {
+		return err
+	}
+	up, err := proxy.ParseUpstream(c.upstream)
+	if err != nil {
+		return err
+	}
+	srv := &proxy.Server{
+		Upstream:       up,
+		Executor:       sql.NewExecutor(buildVersion()),
+		StartupTimeout: c.startupTimeout,
+		Logger:         log,
+	}
+	if c.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+		if err != nil {
+			return fmt.Errorf("cannot load TLS certificate: %w", err)
+		}
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	ln, err := net.Listen("tcp", c.listen)
+	if err != nil {
+		return fmt.Errorf("cannot listen: %w", err)
+	}
+	log.Info().Str("listen", ln.Addr().String()).Str("upstream", up.Addr()).Str("version", buildVersion()).Msg("sidecar started")
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info().Msg("shutting down")
+	closeCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return srv.Close(closeCtx)
+}

@@ -1,0 +1,225 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rejot-dev/rejot/sql"
+)
+
+// localStmt is a prepared statement that calls the API: the sidecar keeps it
+// and answers Bind, Describe, Execute and Close for it.
+type localStmt struct {
+	query  string
+	st     sql.Statement
+	params []uint32
+	cols   []sql.Column
+}
+
+// localPortal is a bound localStmt.
+type localPortal struct {
+	stmt    *localStmt
+	params  []*string
+	formats []int16
+}
+
+// onParse handles Parse: a statement that calls the API is kept locally,
+// anything else goes upstream.
+func (s *session) onParse(n int) error {
+	body, err := s.cr.body(n)
+	if err != nil {
+		return err
+	}
+	name, rest, ok1 := cstring(body)
+	query, rest, ok2 := cstring(rest)
+	if ok1 && ok2 && s.intercept && sql.MentionsRejot([]byte(query)) && s.isAuthed() {
+		if st, err := sql.ParseOne(query); err == nil && st.Intercepted() {
+			return s.localParse(name, query, st, paramOIDs(rest))
+		}
+	}
+	delete(s.stmts, name)
+	return s.forwardBody('P', body)
+}
+
+func paramOIDs(b []byte) []uint32 {
+	if len(b) < 2 {
+		return nil
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	oids := make([]uint32, 0, n)
+	for i := 0; i < n && len(b) >= 4; i++ {
+		oids = append(oids, binary.BigEndian.Uint32(b))
+		b = b[4:]
+	}
+	return oids
+}
+
+// ready drains the connection before a local reply; skip is true when the
+// current batch failed and the message must be ignored, as Postgres would.
+func (s *session) ready() (skip bool, err error) {
+	return s.drain()
+}
+
+func (s *session) localParse(name, query string, st sql.Statement, oids []uint32) error {
+	if skip, err := s.ready(); skip || err != nil {
+		return err
+	}
+	if _, exists := s.stmts[name]; exists && name != "" {
+		return s.fail(sql.Errorf("42P05", "prepared statement %q already exists", name), "")
+	}
+	if st.Err != nil {
+		return s.fail(st.Err, query)
+	}
+	if s.inAbortedTransaction() {
+		return s.fail(errAborted, query)
+	}
+	params, cols, err := s.srv.Executor.Describe(st.Call, oids)
+	if err != nil {
+		return s.fail(err, query)
+	}
+	s.stmts[name] = &localStmt{query: query, st: st, params: params, cols: cols}
+	return s.reply(appendEncoded(nil, &pgproto3.ParseComplete{}))
+}
+
+// onPortalMessage handles Bind, Describe, Execute and Close while local
+// statements exist: those naming one are answered here.
+func (s *session) onPortalMessage(typ byte, n int) error {
+	body, err := s.cr.body(n)
+	if err != nil {
+		return err
+	}
+	switch typ {
+	case 'B':
+		portal, rest, _ := cstring(body)
+		stmt, _, _ := cstring(rest)
+		if ls, ok := s.stmts[stmt]; ok {
+			return s.localBind(portal, ls, body)
+		}
+		delete(s.portals, portal)
+	case 'D', 'C':
+		if len(body) < 2 {
+			break
+		}
+		name, _, _ := cstring(body[1:])
+		if ls, lp, ok := s.lookup(body[0], name); ok {
+			if typ == 'C' {
+				return s.localClose(body[0], name)
+			}
+			return s.localDescribe(ls, lp)
+		}
+	case 'E':
+		name, _, _ := cstring(body)
+		if lp, ok := s.portals[name]; ok {
+			return s.localExecute(lp)
+		}
+	}
+	return s.forwardBody(typ, body)
+}
+
+func (s *session) lookup(kind byte, name string) (*localStmt, *localPortal, bool) {
+	if kind == 'S' {
+		ls, ok := s.stmts[name]
+		return ls, nil, ok
+	}
+	lp, ok := s.portals[name]
+	return nil, lp, ok
+}
+
+func (s *session) localBind(portal string, ls *localStmt, body []byte) error {
+	if skip, err := s.ready(); skip || err != nil {
+		return err
+	}
+	var b pgproto3.Bind
+	if err := b.Decode(body); err != nil {
+		return &ProtocolError{"invalid Bind message: " + err.Error()}
+	}
+	if len(b.Parameters) != len(ls.params) {
+		return s.fail(sql.Errorf(sql.CodeProtocolViolation,
+			"bind message supplies %d parameters, but prepared statement %q requires %d",
+			len(b.Parameters), b.PreparedStatement, len(ls.params)), "")
+	}
+	params, err := textParams(ls.params, b.ParameterFormatCodes, b.Parameters)
+	if err != nil {
+		return s.fail(err, "")
+	}
+	s.portals[portal] = &localPortal{stmt: ls, params: params, formats: b.ResultFormatCodes}
+	return s.reply(appendEncoded(nil, &pgproto3.BindComplete{}))
+}
+
+// textParams turns Bind parameters into text, decoding binary ones by type.
+func textParams(oids []uint32, formats []int16, values [][]byte) ([]*string, error) {
+	out := make([]*string, len(values))
+	for i, v := range values {
+		if v == nil {
+			continue
+		}
+		text := string(v)
+		if formatFor(formats, i) == 1 {
+			t, ok := typeMap.TypeForOID(oids[i])
+			if !ok {
+				return nil, sql.Errorf("22P03", "unsupported binary format for parameter $%d", i+1)
+			}
+			val, err := t.Codec.DecodeValue(typeMap, oids[i], 1, v)
+			if err != nil {
+				return nil, sql.Errorf("22P03", "incorrect binary data format in bind parameter %d", i+1)
+			}
+			enc, err := typeMap.Encode(oids[i], 0, val, nil)
+			if err != nil {
+				return nil, sql.Errorf("22P03", "incorrect binary data format in bind parameter %d", i+1)
+			}
+			text = string(enc)
+		}
+		out[i] = &text
+	}
+	return out, nil
+}
+
+func (s *session) localDescribe(ls *localStmt, lp *localPortal) error {
+	if skip, err := s.ready(); skip || err != nil {
+		return err
+	}
+	var out []byte
+	cols, formats := []sql.Column(nil), []int16(nil)
+	if ls != nil {
+		out = appendEncoded(out, &pgproto3.ParameterDescription{ParameterOIDs: ls.params})
+		cols = ls.cols
+	} else {
+		cols, formats = lp.stmt.cols, lp.formats
+	}
+	if len(cols) == 0 {
+		out = appendEncoded(out, &pgproto3.NoData{})
+	} else {
+		out = appendEncoded(out, rowDescription(cols, formats))
+	}
+	return s.reply(out)
+}
+
+func (s *session) localExecute(lp *localPortal) error {
+	if skip, err := s.ready(); skip || err != nil {
+		return err
+	}
+	res, err := s.execute(lp.stmt.st, lp.params)
+	if err != nil {
+		return s.fail(err, lp.stmt.query)
+	}
+	out, err := dataRows(nil, res, lp.formats)
+	if err != nil {
+		return s.fail(fmt.Errorf("cannot encode the result: %w", err), "")
+	}
+	out = appendEncoded(out, &pgproto3.CommandComplete{CommandTag: []byte(res.Tag)})
+	return s.reply(out)
+}
+
+func (s *session) localClose(kind byte, name string) error {
+	if skip, err := s.ready(); skip || err != nil {
+		return err
+	}
+	if kind == 'S' {
+		delete(s.stmts, name)
+	} else {
+		delete(s.portals, name)
+	}
+	return s.reply(appendEncoded(nil, &pgproto3.CloseComplete{}))
+}

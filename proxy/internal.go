@@ -1,0 +1,190 @@
+package proxy
+
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rejot-dev/rejot/sql"
+)
+
+// Names of what the sidecar creates on a client's upstream connection for
+// its own queries; each is closed again straight after use.
+const (
+	internalStmt = "rejot_internal"
+	// abortStmt never exists: describing it makes the server raise an error,
+	// which aborts the client's transaction exactly as a failed statement
+	// would, without touching anything the client made.
+	abortStmt = "rejot call failed; transaction aborted"
+)
+
+// internalSink receives the replies to the sidecar's own messages.
+type internalSink struct{ ch chan sinkMsg }
+
+type sinkMsg struct {
+	typ  byte
+	body []byte
+}
+
+func newSink() *internalSink { return &internalSink{ch: make(chan sinkMsg, 16)} }
+
+func (k *internalSink) deliver(ctx context.Context, typ byte, body []byte) error {
+	select {
+	case k.ch <- sinkMsg{typ, append([]byte(nil), body...)}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// collect reads the replies to messages of the given kinds, stopping at
+// the last one's completion or at an error (after which the server sends
+// nothing more for them).
+func (k *internalSink) collect(ctx context.Context, kinds []byte, each func(sinkMsg)) (*pgproto3.ErrorResponse, error) {
+	for i := 0; i < len(kinds); {
+		var m sinkMsg
+		select {
+		case m = <-k.ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if m.typ == 'E' {
+			var e pgproto3.ErrorResponse
+			if err := e.Decode(m.body); err != nil {
+				return nil, err
+			}
+			return &e, nil
+		}
+		each(m)
+		if completes(kinds[i], m.typ) {
+			i++
+		}
+	}
+	return nil, nil
+}
+
+// sendInternal sends messages whose replies go to sink.
+func (s *session) sendInternal(sink *internalSink, msgs ...[]byte) ([]byte, error) {
+	kinds := make([]byte, 0, len(msgs))
+	for _, m := range msgs {
+		s.expect(m[0], sink, nil)
+		kinds = append(kinds, m[0])
+		if err := s.send(m[0], m[1:]); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.send('H', nil); err != nil {
+		return nil, err
+	}
+	return kinds, s.uw.Flush()
+}
+
+// fail reports a failed call: it aborts the client's upstream transaction
+// (so the failure has the effect of any failed statement: the transaction
+// block is aborted, an implicit one rolled back, the rest of the batch
+// skipped), then sends the error.
+func (s *session) fail(callErr error, query string) error {
+	sink := newSink()
+	kinds, err := s.sendInternal(sink, append([]byte{'D', 'S'}, abortStmt+"\x00"...))
+	if err != nil {
+		return err
+	}
+	if _, err := sink.collect(s.ctx, kinds, func(sinkMsg) {}); err != nil {
+		return err
+	}
+	s.log.Info().Err(callErr).Msg("rejot call failed")
+	return s.reply(appendEncoded(nil, errorResponse(callErr, query)))
+}
+
+// execute runs an intercepted statement.
+func (s *session) execute(st sql.Statement, params []*string) (*sql.Result, error) {
+	if st.Err != nil {
+		return nil, st.Err
+	}
+	if s.inAbortedTransaction() {
+		return nil, errAborted
+	}
+	res, err := s.srv.Executor.Execute(s.ctx, st.Call, params, upstreamSession{s})
+	if err == nil {
+		s.log.Info().Str("function", st.Call.Function).Msg("rejot call")
+	}
+	return res, err
+}
+
+var errAborted = &sql.Error{Code: sql.CodeInFailedTransaction,
+	Message: "current transaction is aborted, commands ignored until end of transaction block"}
+
+func (s *session) inAbortedTransaction() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.aborted
+}
+
+// upstreamSession runs the sidecar's queries inside the client's own
+// upstream session, between the client's messages.
+type upstreamSession struct{ s *session }
+
+// Query runs one statement with text parameters and returns text rows. The
+// caller has drained the connection first.
+func (u upstreamSession) Query(ctx context.Context, query string, params ...*string) (*sql.Rows, error) {
+	s := u.s
+	var msgs [][]byte
+	if s.leaked {
+		msgs = append(msgs, closeMsg('S', internalStmt))
+	}
+	parse := appendInt16(appendCString(appendCString([]byte{'P'}, internalStmt), query), 0)
+	bind := appendCString(appendCString([]byte{'B'}, internalStmt), internalStmt)
+	bind = appendInt16(appendInt16(bind, 0), int16(len(params)))
+	for _, p := range params {
+		if p == nil {
+			bind = appendInt32(bind, -1)
+			continue
+		}
+		bind = append(appendInt32(bind, int32(len(*p))), *p...)
+	}
+	bind = appendInt16(bind, 0)
+	describe := appendCString([]byte{'D', 'P'}, internalStmt)
+	execute := appendInt32(appendCString([]byte{'E'}, internalStmt), 0)
+	msgs = append(msgs, parse, bind, describe, execute, closeMsg('P', internalStmt), closeMsg('S', internalStmt))
+	sink := newSink()
+	s.leaked = true
+	kinds, err := s.sendInternal(sink, msgs...)
+	if err != nil {
+		return nil, err
+	}
+	rows := &sql.Rows{}
+	pgErr, err := sink.collect(ctx, kinds, func(m sinkMsg) { addRow(rows, m) })
+	if err != nil {
+		return nil, err
+	}
+	if pgErr != nil {
+		return nil, &sql.Error{Code: pgErr.Code, Message: pgErr.Message, Detail: pgErr.Detail, Hint: pgErr.Hint}
+	}
+	s.leaked = false
+	return rows, nil
+}
+
+func closeMsg(kind byte, name string) []byte { return appendCString([]byte{'C', kind}, name) }
+
+func addRow(rows *sql.Rows, m sinkMsg) {
+	switch m.typ {
+	case 'T':
+		var rd pgproto3.RowDescription
+		if rd.Decode(m.body) == nil {
+			for _, f := range rd.Fields {
+				rows.Columns = append(rows.Columns, string(f.Name))
+			}
+		}
+	case 'D':
+		var dr pgproto3.DataRow
+		if dr.Decode(m.body) == nil {
+			row := make([]*string, len(dr.Values))
+			for i, v := range dr.Values {
+				if v != nil {
+					str := string(v)
+					row[i] = &str
+				}
+			}
+			rows.Values = append(rows.Values, row)
+		}
+	}
+}

@@ -1,0 +1,151 @@
+// Package proxy is the sidecar's wire-protocol front: it accepts Postgres
+// clients, relays their startup and authentication to the upstream database
+// so that Postgres stays the judge of who gets in, forwards ordinary traffic
+// decoding nothing but message framing, delivers cancel requests, and answers
+// the statements that call the rejot API with replies it writes itself, in
+// order with the upstream's, inside the client's own session.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rejot-dev/rejot/sql"
+	"github.com/rs/zerolog"
+)
+
+// Defaults for Server's fields.
+const (
+	DefaultStartupTimeout = 60 * time.Second
+	DefaultMaxMessageSize = 1<<30 - 1 // Postgres's own limit for a message
+	maxStartupPacket      = 10000     // as Postgres's MAX_STARTUP_PACKET_LENGTH
+	bufferSize            = 32 << 10
+)
+
+// Server relays clients to the upstream database. Configure it through its
+// exported fields, then call Serve; Close stops it.
+type Server struct {
+	Upstream  *Upstream
+	TLSConfig *tls.Config // terminates client TLS; nil answers SSLRequest with 'N'
+	// Executor answers rejot API calls; nil relays everything unchanged.
+	Executor       *sql.Executor
+	StartupTimeout time.Duration
+	MaxMessageSize int
+	Logger         zerolog.Logger
+
+	mu       sync.Mutex
+	ln       net.Listener
+	sessions map[*session]struct{}
+	wg       sync.WaitGroup
+	closed   bool
+	total    atomic.Int64
+}
+
+// ErrServerClosed is returned by Serve after Close.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Serve accepts clients on ln until Close is called.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.ln = ln
+	if s.sessions == nil {
+		s.sessions = map[*session]struct{}{}
+	}
+	s.mu.Unlock()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.handle(conn)
+		}()
+	}
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// Close stops accepting clients and closes every client connection; it
+// returns when all sessions have ended or ctx is done.
+func (s *Server) Close(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	for sess := range s.sessions {
+		sess.close()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Sessions is the number of client sessions open now.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// Total is the number of client connections accepted so far.
+func (s *Server) Total() int64 { return s.total.Load() }
+
+func (s *Server) track(sess *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.sessions[sess] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(sess *session) {
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	s.mu.Unlock()
+}
+
+func (s *Server) startupTimeout() time.Duration {
+	if s.StartupTimeout > 0 {
+		return s.StartupTimeout
+	}
+	return DefaultStartupTimeout
+}
+
+func (s *Server) maxMessage() int {
+	if s.MaxMessageSize > 0 {
+		return s.MaxMessageSize
+	}
+	return DefaultMaxMessageSize
+}

@@ -1,0 +1,250 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// session is one client connection and its upstream connection. Two
+// goroutines move messages: the frontend loop (client → upstream, and the
+// answers to intercepted calls) and the backend loop (upstream → client).
+// The frontend records, for every message that will get a reply, what reply
+// ends it (the pending queue); the backend loop pops the queue as replies
+// arrive. That is how an intercepted call waits for the replies of all
+// messages before it, and how the sidecar's own queries on the upstream
+// connection get their replies instead of the client.
+type session struct {
+	srv       *Server
+	client    net.Conn
+	up        net.Conn
+	cr, ur    *frameReader
+	cw, uw    *bufio.Writer
+	st        *startup
+	intercept bool
+	log       zerolog.Logger
+	ctx       context.Context
+	cancel    context.CancelFunc
+	closeOnce sync.Once
+
+	mu       sync.Mutex // guards the fields below
+	pending  []expectation
+	failed   bool // an error ended the current extended-protocol batch: the server skips until Sync
+	authed   bool // the upstream sent its first ReadyForQuery
+	txStatus byte // from the last ReadyForQuery
+	aborted  bool // in a failed transaction block, as far as replies show
+	drained  chan struct{}
+
+	wmu sync.Mutex // guards cw: the backend loop and local replies both write to the client
+
+	// Owned by the frontend loop.
+	stmts   map[string]*localStmt
+	portals map[string]*localPortal
+	leaked  bool // an internal statement may be left on the upstream connection
+}
+
+// expectation is a message sent upstream that will get replies.
+type expectation struct {
+	kind byte          // the frontend message type
+	sink *internalSink // nil: replies go to the client
+	tr   *translation  // set for statements of a translated simple query
+}
+
+func newSession(srv *Server, client, up net.Conn, st *startup, log zerolog.Logger) *session {
+	max := srv.maxMessage()
+	s := &session{
+		srv: srv, client: client, up: up, st: st,
+		cr:        newFrameReader(client, bufferSize, max),
+		ur:        newFrameReader(up, bufferSize, 1<<30),
+		cw:        bufio.NewWriterSize(client, bufferSize),
+		uw:        bufio.NewWriterSize(up, bufferSize),
+		intercept: srv.Executor != nil && !st.replication,
+		log:       log.With().Str("user", st.user).Str("database", st.database).Logger(),
+		stmts:     map[string]*localStmt{},
+		portals:   map[string]*localPortal{},
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s
+}
+
+// close ends the session from outside (server shutdown).
+func (s *session) close() {
+	s.closeOnce.Do(func() {
+		s.cancel()
+		s.client.Close()
+		s.up.Close()
+	})
+}
+
+// run relays the startup packet and then both directions until either side
+// closes. Authentication needs no special phase: its messages are relayed
+// like any other until the first ReadyForQuery.
+func (s *session) run() {
+	s.log.Debug().Msg("client connected")
+	defer s.close()
+	if _, err := s.uw.Write(s.st.packet); err != nil {
+		return
+	}
+	if err := s.uw.Flush(); err != nil {
+		return
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.backendLoop() }()
+	err := s.frontendLoop()
+	s.close()
+	berr := <-done
+	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		err = berr
+	}
+	s.log.Debug().Err(err).Msg("client disconnected")
+}
+
+// frontendLoop reads client messages until the client leaves.
+func (s *session) frontendLoop() error {
+	for {
+		if s.cr.r.Buffered() < 5 {
+			if err := s.uw.Flush(); err != nil {
+				return err
+			}
+		}
+		typ, n, err := s.cr.header()
+		if err != nil {
+			s.protocolFailure(err)
+			return err
+		}
+		switch typ {
+		case 'Q':
+			err = s.onQuery(n)
+		case 'P':
+			err = s.onParse(n)
+		case 'B', 'D', 'E', 'C':
+			if len(s.stmts) == 0 && len(s.portals) == 0 {
+				err = s.forward(typ, n)
+			} else {
+				err = s.onPortalMessage(typ, n)
+			}
+		case 'X':
+			s.forward(typ, n)
+			s.uw.Flush()
+			return nil
+		default:
+			err = s.forward(typ, n)
+		}
+		if err != nil {
+			s.protocolFailure(err)
+			return err
+		}
+	}
+}
+
+// protocolFailure tells the client why its connection is being closed, when
+// the cause is its own malformed message.
+func (s *session) protocolFailure(err error) {
+	var pe *ProtocolError
+	if !errors.As(err, &pe) {
+		return
+	}
+	s.log.Warn().Str("reason", pe.Msg).Msg("closing connection after a protocol violation")
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	writeErrorTo(s.cw, "FATAL", "08P01", pe.Msg)
+	s.cw.Flush()
+}
+
+// forward relays the current client message upstream.
+func (s *session) forward(typ byte, n int) error {
+	s.expect(typ, nil, nil)
+	return s.cr.copyTo(s.uw, n)
+}
+
+// forwardBody relays a message whose body was already read.
+func (s *session) forwardBody(typ byte, body []byte) error {
+	s.expect(typ, nil, nil)
+	return s.send(typ, body)
+}
+
+// send writes a message upstream without recording an expectation.
+func (s *session) send(typ byte, body []byte) error {
+	var h [5]byte
+	h[0] = typ
+	putUint32(h[1:], uint32(len(body)+4))
+	if _, err := s.uw.Write(h[:]); err != nil {
+		return err
+	}
+	_, err := s.uw.Write(body)
+	return err
+}
+
+// expect records that a message about to be sent upstream will get replies.
+func (s *session) expect(typ byte, sink *internalSink, tr *translation) {
+	switch typ {
+	case 'Q', 'F', 'S', 'P', 'B', 'D', 'E', 'C':
+	default:
+		return
+	}
+	s.mu.Lock()
+	// After an error the server ignores everything up to Sync.
+	if !s.failed || typ == 'S' {
+		s.pending = append(s.pending, expectation{kind: typ, sink: sink, tr: tr})
+	}
+	s.mu.Unlock()
+}
+
+// drain waits until every message sent upstream has had its replies, so
+// that what the sidecar writes next follows them. It reports whether the
+// current extended batch failed (the server is skipping to Sync).
+func (s *session) drain() (failed bool, err error) {
+	if err := s.uw.Flush(); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	if len(s.pending) == 0 {
+		failed = s.failed
+		s.mu.Unlock()
+		return failed, nil
+	}
+	if s.drained == nil {
+		s.drained = make(chan struct{})
+	}
+	ch := s.drained
+	s.mu.Unlock()
+	// Replies to extended messages are only sent on Flush or Sync.
+	if err := s.send('H', nil); err != nil {
+		return false, err
+	}
+	if err := s.uw.Flush(); err != nil {
+		return false, err
+	}
+	select {
+	case <-ch:
+	case <-s.ctx.Done():
+		return false, s.ctx.Err()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failed, nil
+}
+
+func (s *session) isAuthed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.authed
+}
+
+func (s *session) markAuthed() {
+	if !s.authed {
+		s.authed = true
+		s.client.SetDeadline(time.Time{})
+		s.up.SetDeadline(time.Time{})
+	}
+}
+
+func putUint32(b []byte, v uint32) {
+	b[0], b[1], b[2], b[3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
+}

@@ -1,0 +1,175 @@
+package sql
+
+import (
+	"strconv"
+	"strings"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// Form is the statement form a call was written in; it decides the command
+// tag and the result column's name, as Postgres would.
+type Form int
+
+const (
+	FormCall       Form = iota // CALL rejot.f(...)
+	FormSelect                 // SELECT rejot.f(...)
+	FormSelectFrom             // SELECT * FROM rejot.f(...)
+)
+
+// Call is a parsed call of a rejot function.
+type Call struct {
+	Function string // name without the schema, as written (case-folded by the parser)
+	Form     Form
+	Alias    string // output name given with AS, if any
+	Args     []Arg
+	Location int // 0-based byte offset of the function name in the query
+	NParams  int // highest $n used by the arguments
+}
+
+// ArgKind says what an argument is.
+type ArgKind int
+
+const (
+	ArgString ArgKind = iota // a string constant (also dollar-quoted)
+	ArgNumber                // an integer or numeric constant
+	ArgBool
+	ArgNull
+	ArgParam // a $n parameter of the extended protocol
+)
+
+// Arg is one argument of a call: a constant or a parameter, possibly cast.
+type Arg struct {
+	Name     string // set for named (=>) arguments
+	Kind     ArgKind
+	Value    string // the constant's text
+	Param    int    // $n, for ArgParam
+	Cast     string // type name of an explicit cast, lower case
+	Location int    // 0-based byte offset in the query
+}
+
+func newCall(t topLevel, query string) (*Call, *Error) {
+	fn := t.fn
+	if fn.AggStar || fn.FuncVariadic || len(fn.AggOrder) != 0 || fn.AggFilter != nil || fn.Over != nil || fn.AggWithinGroup {
+		return nil, Errorf(CodeSyntaxError, "rejot.%s() takes plain arguments", funcName(fn)).at(fn.Location)
+	}
+	if len(fn.Funcname) != 2 {
+		return nil, Errorf(CodeUndefinedFunction, "function %s() does not exist", qualifiedName(fn)).
+			at(fn.Location).hint("Call the rejot functions as rejot.name(...).")
+	}
+	c := &Call{Function: funcName(fn), Form: t.form, Alias: t.alias, Location: int(fn.Location)}
+	for _, n := range fn.Args {
+		a, err := newArg(n)
+		if err != nil {
+			return nil, err
+		}
+		if a.Kind == ArgParam && a.Param > c.NParams {
+			c.NParams = a.Param
+		}
+		c.Args = append(c.Args, a)
+	}
+	return c, nil
+}
+
+func qualifiedName(fn *pg_query.FuncCall) string {
+	parts := make([]string, len(fn.Funcname))
+	for i, n := range fn.Funcname {
+		parts[i] = n.GetString_().GetSval()
+	}
+	return strings.Join(parts, ".")
+}
+
+func newArg(n *pg_query.Node) (Arg, *Error) {
+	var a Arg
+	if na := n.GetNamedArgExpr(); na != nil {
+		a.Name = na.Name
+		n = na.Arg
+	}
+	if tc := n.GetTypeCast(); tc != nil {
+		a.Cast = typeName(tc.TypeName)
+		n = tc.Arg
+	}
+	if err := setArgValue(&a, n); err != nil {
+		return a, err
+	}
+	return a, nil
+}
+
+func setArgValue(a *Arg, n *pg_query.Node) *Error {
+	switch {
+	case n.GetParamRef() != nil:
+		p := n.GetParamRef()
+		a.Kind, a.Param, a.Location = ArgParam, int(p.Number), int(p.Location)
+		return nil
+	case n.GetAConst() != nil:
+		c := n.GetAConst()
+		a.Location = int(c.Location)
+		switch v := c.Val.(type) {
+		case *pg_query.A_Const_Sval:
+			a.Kind, a.Value = ArgString, v.Sval.Sval
+		case *pg_query.A_Const_Ival:
+			a.Kind, a.Value = ArgNumber, strconv.Itoa(int(v.Ival.Ival))
+		case *pg_query.A_Const_Fval:
+			a.Kind, a.Value = ArgNumber, v.Fval.Fval
+		case *pg_query.A_Const_Boolval:
+			a.Kind, a.Value = ArgBool, strconv.FormatBool(v.Boolval.Boolval)
+		case nil:
+			a.Kind = ArgNull
+		default:
+			return Errorf(CodeFeatureNotSupported, "unsupported constant in a rejot call").at(c.Location)
+		}
+		if c.Isnull {
+			a.Kind = ArgNull
+		}
+		return nil
+	case n.GetAExpr() != nil && isNegation(n.GetAExpr()):
+		// -5 arrives as 0 - 5 only for non-integers; keep it a constant.
+		e := n.GetAExpr()
+		if err := setArgValue(a, e.Rexpr); err != nil || a.Kind != ArgNumber {
+			return Errorf(CodeFeatureNotSupported, "arguments of rejot functions must be constants or $n parameters").at(e.Location)
+		}
+		a.Value = "-" + a.Value
+		return nil
+	}
+	return Errorf(CodeFeatureNotSupported, "arguments of rejot functions must be constants or $n parameters").
+		at(location(n)).hint("Write the value itself, for example 'orders' or 42, or pass it as a parameter.")
+}
+
+func isNegation(e *pg_query.A_Expr) bool {
+	if e.Kind != pg_query.A_Expr_Kind_AEXPR_OP || e.Lexpr != nil || len(e.Name) != 1 {
+		return false
+	}
+	return e.Name[0].GetString_().GetSval() == "-"
+}
+
+func typeName(t *pg_query.TypeName) string {
+	if t == nil || len(t.Names) == 0 {
+		return ""
+	}
+	name := t.Names[len(t.Names)-1].GetString_().GetSval()
+	if len(t.ArrayBounds) > 0 {
+		name += "[]"
+	}
+	return strings.ToLower(name)
+}
+
+// location finds a node's own location, if it has one.
+func location(n *pg_query.Node) int32 {
+	loc := int32(-1)
+	if n == nil {
+		return loc
+	}
+	m := n.ProtoReflect()
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if v.IsValid() && fd.Kind() == protoreflect.MessageKind && !fd.IsList() {
+			inner := v.Message()
+			if f := inner.Descriptor().Fields().ByName("location"); f != nil {
+				loc = int32(inner.Get(f).Int())
+				return false
+			}
+		}
+		return true
+	})
+	return loc
+}

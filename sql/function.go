@@ -1,0 +1,241 @@
+package sql
+
+import (
+	"context"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Type OIDs of the values the API takes and returns.
+const (
+	OIDBool    uint32 = 16
+	OIDInt8    uint32 = 20
+	OIDInt4    uint32 = 23
+	OIDText    uint32 = 25
+	OIDDate    uint32 = 1082
+	OIDUnknown uint32 = 705
+)
+
+// Column is one column of a call's result.
+type Column struct {
+	Name    string
+	TypeOID uint32
+}
+
+// Result is what a call returns: rows of Go values that the proxy encodes in
+// the formats the client asked for.
+type Result struct {
+	Columns []Column
+	Rows    [][]any
+	Tag     string // command tag, e.g. "CALL" or "SELECT 1"
+}
+
+// Param is a declared parameter of an API function.
+type Param struct {
+	Name     string
+	Type     uint32
+	Optional bool
+}
+
+// Function is one function of the rejot API.
+type Function struct {
+	Name    string
+	Params  []Param
+	Returns []Column
+	Run     func(ctx context.Context, env *Env, args Args) ([][]any, error)
+}
+
+func (f *Function) signature() string {
+	parts := make([]string, len(f.Params))
+	for i, p := range f.Params {
+		parts[i] = p.Name + " " + typeLabel(p.Type)
+		if p.Optional {
+			parts[i] = "[" + parts[i] + "]"
+		}
+	}
+	return "rejot." + f.Name + "(" + strings.Join(parts, ", ") + ")"
+}
+
+func typeLabel(oid uint32) string {
+	switch oid {
+	case OIDBool:
+		return "boolean"
+	case OIDInt4:
+		return "integer"
+	case OIDInt8:
+		return "bigint"
+	case OIDDate:
+		return "date"
+	default:
+		return "text"
+	}
+}
+
+// Session is what a call may ask of the caller's own database session: the
+// proxy runs the statement inside the client's connection, so the caller's
+// privileges and its open transaction apply.
+type Session interface {
+	Query(ctx context.Context, sql string, params ...*string) (*Rows, error)
+}
+
+// Rows are the text-format results of a Session query.
+type Rows struct {
+	Columns []string
+	Values  [][]*string
+}
+
+// Env is what a running function sees.
+type Env struct {
+	Session  Session
+	Executor *Executor
+}
+
+// Executor binds and runs calls. Its exported fields configure it.
+type Executor struct {
+	Version   string // the sidecar's version, returned by rejot.version()
+	functions map[string]*Function
+}
+
+// NewExecutor returns an executor with the API's functions.
+func NewExecutor(version string) *Executor {
+	x := &Executor{Version: version, functions: map[string]*Function{}}
+	x.Register(&Function{
+		Name:    "version",
+		Returns: []Column{{Name: "version", TypeOID: OIDText}},
+		Run: func(ctx context.Context, env *Env, args Args) ([][]any, error) {
+			return [][]any{{env.Executor.Version}}, nil
+		},
+	})
+	return x
+}
+
+// Register adds a function to the API.
+func (x *Executor) Register(f *Function) { x.functions[f.Name] = f }
+
+func (x *Executor) names() []string {
+	names := make([]string, 0, len(x.functions))
+	for _, f := range x.functions {
+		names = append(names, f.signature())
+	}
+	sort.Strings(names)
+	return names
+}
+
+func (x *Executor) resolve(c *Call) (*Function, *Error) {
+	f, ok := x.functions[c.Function]
+	if !ok {
+		return nil, Errorf(CodeUndefinedFunction, "function rejot.%s(%s) does not exist", c.Function, argTypes(c)).
+			at(int32(c.Location)).hint("The rejot functions are: %s.", strings.Join(x.names(), ", "))
+	}
+	return f, nil
+}
+
+func argTypes(c *Call) string {
+	parts := make([]string, len(c.Args))
+	for i, a := range c.Args {
+		switch {
+		case a.Cast != "":
+			parts[i] = a.Cast
+		case a.Kind == ArgNumber && !strings.ContainsAny(a.Value, ".eE"):
+			parts[i] = "integer"
+		case a.Kind == ArgNumber:
+			parts[i] = "numeric"
+		case a.Kind == ArgBool:
+			parts[i] = "boolean"
+		default:
+			parts[i] = "unknown"
+		}
+		if a.Name != "" {
+			parts[i] = a.Name + " => " + parts[i]
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Describe returns the types of a call's $n parameters (the declared type of
+// the argument each one stands for) and its result columns, without running
+// it. hint holds the types the client declared in its Parse message.
+func (x *Executor) Describe(c *Call, hint []uint32) ([]uint32, []Column, error) {
+	f, err := x.resolve(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	bound, err := bind(c, f)
+	if err != nil {
+		return nil, nil, err
+	}
+	params := make([]uint32, c.NParams)
+	copy(params, hint)
+	for i, p := range f.Params {
+		if a := bound[i]; a != nil && a.Kind == ArgParam && params[a.Param-1] == 0 {
+			params[a.Param-1] = p.Type
+		}
+	}
+	for i, t := range params {
+		if t == 0 {
+			return nil, nil, Errorf(CodeIndeterminateDatatype, "could not determine data type of parameter $%d", i+1)
+		}
+	}
+	return params, x.columns(c, f), nil
+}
+
+func (x *Executor) columns(c *Call, f *Function) []Column {
+	cols := append([]Column(nil), f.Returns...)
+	if len(cols) == 1 && c.Alias != "" {
+		cols[0].Name = c.Alias
+	} else if len(cols) == 1 && c.Form == FormSelect {
+		cols[0].Name = f.Name
+	}
+	return cols
+}
+
+// Execute runs a call. params are the values of $1..$n in text form (nil for
+// NULL), as the proxy decoded them from the client's Bind message.
+func (x *Executor) Execute(ctx context.Context, c *Call, params []*string, sess Session) (*Result, error) {
+	f, err := x.resolve(c)
+	if err != nil {
+		return nil, err
+	}
+	bound, err := bind(c, f)
+	if err != nil {
+		return nil, err
+	}
+	args, err := bindValues(f, bound, params)
+	if err != nil {
+		return nil, err
+	}
+	rows, runErr := f.Run(ctx, &Env{Session: sess, Executor: x}, args)
+	if runErr != nil {
+		return nil, runErr
+	}
+	tag := "CALL"
+	if c.Form != FormCall {
+		tag = "SELECT " + strconv.Itoa(len(rows))
+	}
+	return &Result{Columns: x.columns(c, f), Rows: rows, Tag: tag}, nil
+}
+
+// Args are a call's bound argument values by parameter name, in text form.
+type Args map[string]*string
+
+// Text returns an argument's value, or "" when it is missing or NULL.
+func (a Args) Text(name string) string {
+	if v := a[name]; v != nil {
+		return *v
+	}
+	return ""
+}
+
+// Int returns an integer argument; ok is false when it is missing or NULL.
+func (a Args) Int(name string) (n int64, ok bool, err error) {
+	v := a[name]
+	if v == nil {
+		return 0, false, nil
+	}
+	n, perr := strconv.ParseInt(strings.TrimSpace(*v), 10, 64)
+	if perr != nil {
+		return 0, false, Errorf(CodeInvalidText, "invalid input syntax for type integer: %q (argument %s)", *v, name)
+	}
+	return n, true, nil
+}
