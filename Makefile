@@ -1,0 +1,44 @@
+# ReJot developer commands. `make demo` and `make test` are all a new user needs.
+GO      ?= go
+BIN     := bin/rejot
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: build test demo bench fuzz vet fmt deps clean
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/rejot
+
+# The whole suite: unit tests, end-to-end tests against throwaway Postgres
+# clusters, and every fuzz target's committed seed corpus.
+test: vet
+	$(GO) test -count=1 -timeout 20m ./...
+
+vet:
+	@test -z "$$(gofmt -l .)" || (echo "gofmt needed:"; gofmt -l .; exit 1)
+	$(GO) vet ./...
+
+demo: build
+	$(BIN) demo
+
+# Proxy throughput: pgbench -S direct vs. through the sidecar vs. PgBouncer.
+bench: build
+	scripts/bench-proxy.sh
+
+# Run each fuzz target for FUZZTIME (default 30s); new crashers land in testdata.
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./sql -run '^$$' -fuzz FuzzSplit -fuzztime $(FUZZTIME)
+	$(GO) test ./sql -run '^$$' -fuzz FuzzMentionsRejot -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy -run '^$$' -fuzz FuzzStartup -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy -run '^$$' -fuzz FuzzFrontendMessages -fuzztime $(FUZZTIME)
+
+# Install what builds and tests need on a Debian machine (CI runs this).
+deps:
+	scripts/install-deps.sh
+
+fmt:
+	gofmt -w .
+
+clean:
+	rm -rf bin

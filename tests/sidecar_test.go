@@ -1,0 +1,86 @@
+package tests
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rejot-dev/rejot/tests/pgtest"
+)
+
+// sidecar is a running `rejot serve` process.
+type sidecar struct {
+	cmd  *exec.Cmd
+	addr string
+	mu   sync.Mutex
+	out  bytes.Buffer
+}
+
+func (s *sidecar) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.out.Write(p)
+}
+
+func (s *sidecar) logs() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.out.String()
+}
+
+// startSidecar runs the built binary in front of database db; it is stopped
+// when the test ends and its log printed if the test failed.
+func startSidecar(t *testing.T, db string, extra ...string) *sidecar {
+	t.Helper()
+	port, err := pgtest.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &sidecar{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
+	args := append([]string{"serve", "--upstream", pg.URL(db), "--listen", s.addr, "--log-level", "debug"}, extra...)
+	s.cmd = exec.Command(rejotBin, args...)
+	s.cmd.Stdout, s.cmd.Stderr = s, s
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { s.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			s.cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("sidecar log:\n%s", s.logs())
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("tcp", s.addr); err == nil {
+			c.Close()
+			return s
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("sidecar did not start listening; log:\n%s", s.logs())
+	return nil
+}
+
+// url is a connection URL through the sidecar.
+func (s *sidecar) url(db, user string) string {
+	return fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", user, s.addr, db)
+}
+
+// directURL is a connection URL straight to Postgres.
+func directURL(db, user string) string {
+	return fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", user, pg.Addr(), db)
+}
