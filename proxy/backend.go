@@ -44,8 +44,8 @@ func (s *session) backendLoop() error {
 // dispatch routes one upstream message and advances the pending queue.
 func (s *session) dispatch(typ byte, n int) error {
 	var peeked []byte
-	if typ == 'Z' || typ == 'C' || (typ == 'R' && n >= 4) {
-		b, err := s.ur.r.Peek(5 + min(n, 16))
+	if typ == 'Z' || typ == 'C' || (typ == 'R' && n >= 4) || (typ == 'K' && n <= 256) {
+		b, err := s.ur.r.Peek(5 + min(n, 256))
 		if err != nil {
 			return err
 		}
@@ -92,6 +92,8 @@ func (s *session) observe(typ byte, peeked []byte) {
 		s.failed = false
 		s.aborted = s.txStatus == 'E'
 		s.markAuthed()
+	case 'K':
+		s.cancelKey = append([]byte(nil), peeked...)
 	case 'C':
 		// Only ROLLBACK (or COMMIT, which reports ROLLBACK) ends an aborted block.
 		if s.aborted && bytes.HasPrefix(peeked, []byte("ROLLBACK")) {

@@ -83,13 +83,18 @@ func (s *session) sendInternal(sink *internalSink, msgs ...[]byte) ([]byte, erro
 // block is aborted, an implicit one rolled back, the rest of the batch
 // skipped), then sends the error.
 func (s *session) fail(callErr error, query string) error {
-	sink := newSink()
-	kinds, err := s.sendInternal(sink, append([]byte{'D', 'S'}, abortStmt+"\x00"...))
-	if err != nil {
-		return err
-	}
-	if _, err := sink.collect(s.ctx, kinds, func(sinkMsg) {}); err != nil {
-		return err
+	s.mu.Lock()
+	aborted := s.failed // a query of the call's own failed: the server already skips to Sync
+	s.mu.Unlock()
+	if !aborted {
+		sink := newSink()
+		kinds, err := s.sendInternal(sink, append([]byte{'D', 'S'}, abortStmt+"\x00"...))
+		if err != nil {
+			return err
+		}
+		if _, err := sink.collect(s.ctx, kinds, func(sinkMsg) {}); err != nil {
+			return err
+		}
 	}
 	s.log.Info().Err(callErr).Msg("rejot call failed")
 	return s.reply(appendEncoded(nil, errorResponse(callErr, query)))

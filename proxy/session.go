@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -33,13 +34,14 @@ type session struct {
 	cancel    context.CancelFunc
 	closeOnce sync.Once
 
-	mu       sync.Mutex // guards the fields below
-	pending  []expectation
-	failed   bool // an error ended the current extended-protocol batch: the server skips until Sync
-	authed   bool // the upstream sent its first ReadyForQuery
-	txStatus byte // from the last ReadyForQuery
-	aborted  bool // in a failed transaction block, as far as replies show
-	drained  chan struct{}
+	mu        sync.Mutex // guards the fields below
+	pending   []expectation
+	failed    bool // an error ended the current extended-protocol batch: the server skips until Sync
+	authed    bool // the upstream sent its first ReadyForQuery
+	txStatus  byte // from the last ReadyForQuery
+	aborted   bool // in a failed transaction block, as far as replies show
+	drained   chan struct{}
+	cancelKey []byte // BackendKeyData body: the upstream backend's pid and secret
 
 	wmu sync.Mutex // guards cw: the backend loop and local replies both write to the client
 
@@ -99,6 +101,7 @@ func (s *session) run() {
 	err := s.frontendLoop()
 	s.close()
 	berr := <-done
+	s.cancelAbandoned()
 	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 		err = berr
 	}
@@ -229,6 +232,26 @@ func (s *session) drain() (failed bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.failed, nil
+}
+
+// cancelAbandoned cancels the statement a departed client left running, so
+// its backend notices the closed connection and ends now rather than when
+// the statement would have finished.
+func (s *session) cancelAbandoned() {
+	s.mu.Lock()
+	busy, key := len(s.pending) > 0, s.cancelKey
+	s.mu.Unlock()
+	if !busy || len(key) < 8 {
+		return
+	}
+	packet := binary.BigEndian.AppendUint32(nil, uint32(8+len(key)))
+	packet = binary.BigEndian.AppendUint32(packet, codeCancelRequest)
+	packet = append(packet, key...)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.srv.Upstream.Cancel(ctx, packet); err != nil {
+		s.log.Debug().Err(err).Msg("cannot cancel the departed client's statement")
+	}
 }
 
 func (s *session) isAuthed() bool {

@@ -119,6 +119,9 @@ func (u *Upstream) Cancel(ctx context.Context, packet []byte) error {
 		return err
 	}
 	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
 	if _, err := conn.Write(packet); err != nil {
 		return err
 	}

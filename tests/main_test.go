@@ -15,9 +15,9 @@ import (
 )
 
 var (
-	pg        *pgtest.Cluster
-	rejotBin  string // the binary under test, built once
-	psqlBin   string
+	pg       *pgtest.Cluster
+	rejotBin string // the binary under test, built once
+	psqlBin  string
 )
 
 // Users with password authentication; trust for everyone else.

@@ -38,12 +38,18 @@ func (s *sidecar) logs() string {
 // when the test ends and its log printed if the test failed.
 func startSidecar(t *testing.T, db string, extra ...string) *sidecar {
 	t.Helper()
+	return startSidecarUpstream(t, pg.URL(db), extra...)
+}
+
+// startSidecarUpstream runs the built binary in front of any upstream URL.
+func startSidecarUpstream(t *testing.T, upstream string, extra ...string) *sidecar {
+	t.Helper()
 	port, err := pgtest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &sidecar{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
-	args := append([]string{"serve", "--upstream", pg.URL(db), "--listen", s.addr, "--log-level", "debug"}, extra...)
+	args := append([]string{"serve", "--upstream", upstream, "--listen", s.addr, "--log-level", "debug"}, extra...)
 	s.cmd = exec.Command(rejotBin, args...)
 	s.cmd.Stdout, s.cmd.Stderr = s, s
 	if err := s.cmd.Start(); err != nil {
