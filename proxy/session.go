@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"sync"
 	"time"
@@ -63,7 +64,7 @@ func newSession(srv *Server, client, up net.Conn, st *startup, log zerolog.Logge
 	s := &session{
 		srv: srv, client: client, up: up, st: st,
 		cr:        newFrameReader(client, bufferSize, max),
-		ur:        newFrameReader(up, bufferSize, 1<<30),
+		ur:        newFrameReader(up, bufferSize, math.MaxInt32-4),
 		cw:        bufio.NewWriterSize(client, bufferSize),
 		uw:        bufio.NewWriterSize(up, bufferSize),
 		intercept: srv.Executor != nil && !st.replication,
