@@ -21,7 +21,9 @@ type step struct {
 	syncs int
 }
 
-func q(sql string) step { return step{send: []pgproto3.FrontendMessage{&pgproto3.Query{String: sql}}, syncs: 1} }
+func q(sql string) step {
+	return step{send: []pgproto3.FrontendMessage{&pgproto3.Query{String: sql}}, syncs: 1}
+}
 
 func ext(msgs ...pgproto3.FrontendMessage) step {
 	n := 0
