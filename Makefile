@@ -12,7 +12,7 @@ build:
 # The whole suite: unit tests, end-to-end tests against throwaway Postgres
 # clusters, and every fuzz target's committed seed corpus.
 test: vet
-	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
 
 vet:
 	@test -z "$$(gofmt -l .)" || (echo "gofmt needed:"; gofmt -l .; exit 1)
@@ -30,8 +30,8 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./sql -run '^$$' -fuzz FuzzSplit -fuzztime $(FUZZTIME)
 	$(GO) test ./sql -run '^$$' -fuzz FuzzMentionsRejot -fuzztime $(FUZZTIME)
-	$(GO) test ./proxy -run '^$$' -fuzz FuzzStartup -fuzztime $(FUZZTIME)
-	$(GO) test ./proxy -run '^$$' -fuzz FuzzFrontendMessages -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy -run '^$$' -fuzz FuzzStartup -fuzztime $(FUZZTIME) -fuzzminimizetime 50x
+	$(GO) test ./proxy -run '^$$' -fuzz FuzzFrontendMessages -fuzztime $(FUZZTIME) -fuzzminimizetime 50x
 
 # Install what builds and tests need on a Debian machine (CI runs this).
 deps:

@@ -89,12 +89,20 @@ func (s *session) observe(typ byte, peeked []byte) {
 		if len(peeked) > 0 {
 			s.txStatus = peeked[0]
 		}
-		s.failed = false
+		s.copyIn = false
 		s.aborted = s.txStatus == 'E'
 		s.markAuthed()
 	case 'K':
 		s.cancelKey = append([]byte(nil), peeked...)
+	case 'G':
+		// COPY FROM STDIN: the server now reads only COPY messages; wake a
+		// drain waiting for replies that will not come until the data does.
+		s.copyIn = true
+		s.wake()
 	case 'C':
+		if s.copyIn {
+			s.copyIn = false
+		}
 		// Only ROLLBACK (or COMMIT, which reports ROLLBACK) ends an aborted block.
 		if s.aborted && bytes.HasPrefix(peeked, []byte("ROLLBACK")) {
 			s.aborted = false
@@ -112,12 +120,21 @@ func (s *session) advance(typ byte) {
 		for i < len(s.pending) && s.pending[i].kind != 'S' {
 			i++
 		}
+		// Without a Sync queued, what the client sends next is skipped too.
+		s.skipping = i == len(s.pending)
 		s.popN(i)
-		s.failed = true
+		s.copyIn = false
 	case completes(head.kind, typ):
 		s.popN(1)
 	}
-	if len(s.pending) == 0 && s.drained != nil {
+	if len(s.pending) == 0 {
+		s.wake()
+	}
+}
+
+// wake releases a drain waiting for replies.
+func (s *session) wake() {
+	if s.drained != nil {
 		close(s.drained)
 		s.drained = nil
 	}

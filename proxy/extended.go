@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/rejot-dev/rejot/sql"
 )
 
@@ -35,7 +36,7 @@ func (s *session) onParse(n int) error {
 	query, rest, ok2 := cstring(rest)
 	if ok1 && ok2 && s.intercept && sql.MentionsRejot([]byte(query)) && s.isAuthed() {
 		if st, err := sql.ParseOne(query); err == nil && st.Intercepted() {
-			return s.localParse(name, query, st, paramOIDs(rest))
+			return s.localParse(body, name, query, st, paramOIDs(rest))
 		}
 	}
 	delete(s.stmts, name)
@@ -56,14 +57,25 @@ func paramOIDs(b []byte) []uint32 {
 	return oids
 }
 
-// ready drains the connection before a local reply; skip is true when the
-// current batch failed and the message must be ignored, as Postgres would.
-func (s *session) ready() (skip bool, err error) {
-	return s.drain()
+// ready drains the connection before a local reply. done is true when the
+// message needs no answer from the sidecar: the server is skipping to Sync
+// (the message is ignored, as Postgres would), or it is in COPY FROM STDIN
+// (the message is relayed for the server to judge).
+func (s *session) ready(typ byte, body []byte) (done bool, err error) {
+	skip, copying, err := s.drain()
+	switch {
+	case err != nil:
+		return true, err
+	case skip:
+		return true, nil
+	case copying:
+		return true, s.forwardBody(typ, body)
+	}
+	return false, nil
 }
 
-func (s *session) localParse(name, query string, st sql.Statement, oids []uint32) error {
-	if skip, err := s.ready(); skip || err != nil {
+func (s *session) localParse(body []byte, name, query string, st sql.Statement, oids []uint32) error {
+	if done, err := s.ready('P', body); done {
 		return err
 	}
 	if _, exists := s.stmts[name]; exists && name != "" {
@@ -95,7 +107,7 @@ func (s *session) onPortalMessage(typ byte, n int) error {
 		portal, rest, _ := cstring(body)
 		stmt, _, _ := cstring(rest)
 		if ls, ok := s.stmts[stmt]; ok {
-			return s.localBind(portal, ls, body)
+			return s.localBind(body, portal, ls)
 		}
 		delete(s.portals, portal)
 	case 'D', 'C':
@@ -105,14 +117,14 @@ func (s *session) onPortalMessage(typ byte, n int) error {
 		name, _, _ := cstring(body[1:])
 		if ls, lp, ok := s.lookup(body[0], name); ok {
 			if typ == 'C' {
-				return s.localClose(body[0], name)
+				return s.localClose(body, name)
 			}
-			return s.localDescribe(ls, lp)
+			return s.localDescribe(body, ls, lp)
 		}
 	case 'E':
 		name, _, _ := cstring(body)
 		if lp, ok := s.portals[name]; ok {
-			return s.localExecute(lp)
+			return s.localExecute(body, lp)
 		}
 	}
 	return s.forwardBody(typ, body)
@@ -127,8 +139,8 @@ func (s *session) lookup(kind byte, name string) (*localStmt, *localPortal, bool
 	return nil, lp, ok
 }
 
-func (s *session) localBind(portal string, ls *localStmt, body []byte) error {
-	if skip, err := s.ready(); skip || err != nil {
+func (s *session) localBind(body []byte, portal string, ls *localStmt) error {
+	if done, err := s.ready('B', body); done {
 		return err
 	}
 	var b pgproto3.Bind
@@ -140,7 +152,7 @@ func (s *session) localBind(portal string, ls *localStmt, body []byte) error {
 			"bind message supplies %d parameters, but prepared statement %q requires %d",
 			len(b.Parameters), b.PreparedStatement, len(ls.params)), "")
 	}
-	params, err := textParams(ls.params, b.ParameterFormatCodes, b.Parameters)
+	params, err := textParams(s.typeMap(), ls.params, b.ParameterFormatCodes, b.Parameters)
 	if err != nil {
 		return s.fail(err, "")
 	}
@@ -149,7 +161,7 @@ func (s *session) localBind(portal string, ls *localStmt, body []byte) error {
 }
 
 // textParams turns Bind parameters into text, decoding binary ones by type.
-func textParams(oids []uint32, formats []int16, values [][]byte) ([]*string, error) {
+func textParams(typeMap *pgtype.Map, oids []uint32, formats []int16, values [][]byte) ([]*string, error) {
 	out := make([]*string, len(values))
 	for i, v := range values {
 		if v == nil {
@@ -176,8 +188,8 @@ func textParams(oids []uint32, formats []int16, values [][]byte) ([]*string, err
 	return out, nil
 }
 
-func (s *session) localDescribe(ls *localStmt, lp *localPortal) error {
-	if skip, err := s.ready(); skip || err != nil {
+func (s *session) localDescribe(body []byte, ls *localStmt, lp *localPortal) error {
+	if done, err := s.ready('D', body); done {
 		return err
 	}
 	var out []byte
@@ -196,15 +208,15 @@ func (s *session) localDescribe(ls *localStmt, lp *localPortal) error {
 	return s.reply(out)
 }
 
-func (s *session) localExecute(lp *localPortal) error {
-	if skip, err := s.ready(); skip || err != nil {
+func (s *session) localExecute(body []byte, lp *localPortal) error {
+	if done, err := s.ready('E', body); done {
 		return err
 	}
 	res, err := s.execute(lp.stmt.st, lp.params)
 	if err != nil {
 		return s.fail(err, lp.stmt.query)
 	}
-	out, err := dataRows(nil, res, lp.formats)
+	out, err := dataRows(nil, s.typeMap(), res, lp.formats)
 	if err != nil {
 		return s.fail(fmt.Errorf("cannot encode the result: %w", err), "")
 	}
@@ -212,11 +224,11 @@ func (s *session) localExecute(lp *localPortal) error {
 	return s.reply(out)
 }
 
-func (s *session) localClose(kind byte, name string) error {
-	if skip, err := s.ready(); skip || err != nil {
+func (s *session) localClose(body []byte, name string) error {
+	if done, err := s.ready('C', body); done {
 		return err
 	}
-	if kind == 'S' {
+	if body[0] == 'S' {
 		delete(s.stmts, name)
 	} else {
 		delete(s.portals, name)

@@ -84,7 +84,7 @@ func (s *session) sendInternal(sink *internalSink, msgs ...[]byte) ([]byte, erro
 // skipped), then sends the error.
 func (s *session) fail(callErr error, query string) error {
 	s.mu.Lock()
-	aborted := s.failed // a query of the call's own failed: the server already skips to Sync
+	aborted := s.skipping // a query of the call's own failed: the server already skips to Sync
 	s.mu.Unlock()
 	if !aborted {
 		sink := newSink()

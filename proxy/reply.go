@@ -10,9 +10,6 @@ import (
 	"github.com/rejot-dev/rejot/sql"
 )
 
-// typeMap encodes result values; it is only read after creation.
-var typeMap = pgtype.NewMap()
-
 type encoder interface {
 	Encode(dst []byte) ([]byte, error)
 }
@@ -97,14 +94,14 @@ func formatFor(formats []int16, i int) int16 {
 }
 
 // dataRows encodes result rows in the requested formats.
-func dataRows(dst []byte, res *sql.Result, formats []int16) ([]byte, error) {
+func dataRows(dst []byte, types *pgtype.Map, res *sql.Result, formats []int16) ([]byte, error) {
 	for _, row := range res.Rows {
 		dr := &pgproto3.DataRow{Values: make([][]byte, len(row))}
 		for i, v := range row {
 			if v == nil {
 				continue
 			}
-			buf, err := typeMap.Encode(res.Columns[i].TypeOID, formatFor(formats, i), v, nil)
+			buf, err := types.Encode(res.Columns[i].TypeOID, formatFor(formats, i), v, nil)
 			if err != nil {
 				return dst, err
 			}

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/rs/zerolog"
 )
 
@@ -35,9 +36,13 @@ type session struct {
 	cancel    context.CancelFunc
 	closeOnce sync.Once
 
-	mu        sync.Mutex // guards the fields below
-	pending   []expectation
-	failed    bool // an error ended the current extended-protocol batch: the server skips until Sync
+	mu      sync.Mutex // guards the fields below
+	pending []expectation
+	// skipping: an error ended an extended-protocol batch whose Sync the
+	// client has not sent yet, so the server ignores what it is sent until
+	// that Sync. Intercepted messages in that stretch are ignored too.
+	skipping  bool
+	copyIn    bool // the upstream waits for COPY data: nothing is intercepted
 	authed    bool // the upstream sent its first ReadyForQuery
 	txStatus  byte // from the last ReadyForQuery
 	aborted   bool // in a failed transaction block, as far as replies show
@@ -50,6 +55,16 @@ type session struct {
 	stmts   map[string]*localStmt
 	portals map[string]*localPortal
 	leaked  bool // an internal statement may be left on the upstream connection
+	types   *pgtype.Map
+}
+
+// typeMap encodes and decodes the values of calls; a pgtype.Map caches as
+// it goes, so each session has its own.
+func (s *session) typeMap() *pgtype.Map {
+	if s.types == nil {
+		s.types = pgtype.NewMap()
+	}
+	return s.types
 }
 
 // expectation is a message sent upstream that will get replies.
@@ -98,15 +113,46 @@ func (s *session) run() {
 		return
 	}
 	done := make(chan error, 1)
-	go func() { done <- s.backendLoop() }()
+	go func() {
+		err := s.backendLoop()
+		// The upstream is gone: wake the frontend wherever it waits.
+		s.cancel()
+		s.client.Close()
+		done <- err
+	}()
 	err := s.frontendLoop()
-	s.close()
-	berr := <-done
-	s.cancelAbandoned()
+	berr := s.finish(err, done)
 	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 		err = berr
 	}
 	s.log.Debug().Err(err).Msg("client disconnected")
+}
+
+// closeGrace is how long replies still in flight may take to reach a client
+// that has stopped sending (Terminate, or a half-closed socket).
+const closeGrace = 2 * time.Second
+
+// finish ends a session whose frontend loop has returned. A client that
+// said Terminate or half-closed its socket still gets the replies in
+// flight: the upstream is told it gets no more input and has a moment to
+// answer. Whatever is still running then is cancelled.
+func (s *session) finish(frontErr error, done chan error) error {
+	var pe *ProtocolError
+	if !errors.As(frontErr, &pe) && s.ctx.Err() == nil {
+		if cw, ok := s.up.(interface{ CloseWrite() error }); ok && frontErr != nil {
+			cw.CloseWrite()
+		}
+		select {
+		case err := <-done:
+			s.close()
+			return err
+		case <-time.After(closeGrace):
+		}
+	}
+	s.close()
+	berr := <-done
+	s.cancelAbandoned()
+	return berr
 }
 
 // frontendLoop reads client messages until the client leaves.
@@ -194,24 +240,30 @@ func (s *session) expect(typ byte, sink *internalSink, tr *translation) {
 	}
 	s.mu.Lock()
 	// After an error the server ignores everything up to Sync.
-	if !s.failed || typ == 'S' {
+	if !s.skipping || typ == 'S' {
 		s.pending = append(s.pending, expectation{kind: typ, sink: sink, tr: tr})
+	}
+	if typ == 'S' {
+		s.skipping = false
 	}
 	s.mu.Unlock()
 }
 
 // drain waits until every message sent upstream has had its replies, so
-// that what the sidecar writes next follows them. It reports whether the
-// current extended batch failed (the server is skipping to Sync).
-func (s *session) drain() (failed bool, err error) {
+// that what the sidecar writes next follows them. skip reports that the
+// server is ignoring messages up to the client's next Sync (an earlier
+// message of the batch failed), so the intercepted message must be ignored
+// too; copying reports that the upstream entered COPY FROM STDIN and waits
+// for the client's data, so the message is not the sidecar's to answer.
+func (s *session) drain() (skip, copying bool, err error) {
 	if err := s.uw.Flush(); err != nil {
-		return false, err
+		return false, false, err
 	}
 	s.mu.Lock()
-	if len(s.pending) == 0 {
-		failed = s.failed
+	if len(s.pending) == 0 || s.copyIn {
+		skip, copying = s.skipping, s.copyIn
 		s.mu.Unlock()
-		return failed, nil
+		return skip, copying, nil
 	}
 	if s.drained == nil {
 		s.drained = make(chan struct{})
@@ -220,19 +272,19 @@ func (s *session) drain() (failed bool, err error) {
 	s.mu.Unlock()
 	// Replies to extended messages are only sent on Flush or Sync.
 	if err := s.send('H', nil); err != nil {
-		return false, err
+		return false, false, err
 	}
 	if err := s.uw.Flush(); err != nil {
-		return false, err
+		return false, false, err
 	}
 	select {
 	case <-ch:
 	case <-s.ctx.Done():
-		return false, s.ctx.Err()
+		return false, false, s.ctx.Err()
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.failed, nil
+	return s.skipping, s.copyIn, nil
 }
 
 // cancelAbandoned cancels the statement a departed client left running, so

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/binary"
 	"unicode/utf8"
 
@@ -20,13 +21,17 @@ func (s *session) onQuery(n int) error {
 	if err != nil {
 		return err
 	}
-	if !s.intercept || len(body) == 0 || body[len(body)-1] != 0 || !sql.MentionsRejot(body) || !s.isAuthed() {
+	// A query string ends at its only NUL; anything else is the server's to refuse.
+	if !s.intercept || bytes.IndexByte(body, 0) != len(body)-1 || !sql.MentionsRejot(body) || !s.isAuthed() {
 		return s.forwardBody('Q', body)
 	}
 	query := string(body[:len(body)-1])
 	stmts, err := sql.Split(query)
 	if err != nil || !anyIntercepted(stmts) {
 		return s.forwardBody('Q', body)
+	}
+	if done, err := s.ready('Q', body); done {
+		return err
 	}
 	return s.runSimple(query, stmts)
 }
@@ -61,11 +66,11 @@ func (s *session) runSimple(query string, stmts []sql.Statement) error {
 			}
 			continue
 		}
-		failed, err := s.drain()
+		skip, _, err := s.drain()
 		if err != nil {
 			return err
 		}
-		if failed {
+		if skip {
 			break
 		}
 		ok, err := s.callSimple(query, st)
@@ -86,9 +91,6 @@ func (s *session) runSimple(query string, stmts []sql.Statement) error {
 // refuseQuery answers a whole query string with an error and the upstream's
 // ReadyForQuery.
 func (s *session) refuseQuery(query string, e *sql.Error) error {
-	if _, err := s.drain(); err != nil {
-		return err
-	}
 	s.reply(appendEncoded(nil, errorResponse(e, query)))
 	s.expect('S', nil, nil)
 	if err := s.send('S', nil); err != nil {
@@ -109,7 +111,7 @@ func (s *session) callSimple(query string, st sql.Statement) (ok bool, err error
 	if len(res.Columns) > 0 {
 		out = appendEncoded(out, rowDescription(res.Columns, nil))
 	}
-	out, encErr := dataRows(out, res, nil)
+	out, encErr := dataRows(out, s.typeMap(), res, nil)
 	if encErr != nil {
 		return false, s.fail(encErr, query)
 	}

@@ -28,6 +28,9 @@ type Call struct {
 	NParams  int // highest $n used by the arguments
 }
 
+// maxParams is the most parameters a Bind message can carry.
+const maxParams = 65535
+
 // ArgKind says what an argument is.
 type ArgKind int
 
@@ -100,6 +103,9 @@ func setArgValue(a *Arg, n *pg_query.Node) *Error {
 	switch {
 	case n.GetParamRef() != nil:
 		p := n.GetParamRef()
+		if p.Number < 1 || p.Number > maxParams {
+			return Errorf(CodeUndefinedParameter, "there is no parameter $%d", p.Number).at(p.Location)
+		}
 		a.Kind, a.Param, a.Location = ArgParam, int(p.Number), int(p.Location)
 		return nil
 	case n.GetAConst() != nil:

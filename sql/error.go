@@ -13,6 +13,7 @@ const (
 	CodeProtocolViolation     = "08P01"
 	CodeInternalError         = "XX000"
 	CodeIndeterminateDatatype = "42P18"
+	CodeUndefinedParameter    = "42P02"
 )
 
 // Error is a Postgres error raised by the API: the proxy sends it to the
