@@ -6,17 +6,21 @@
 #   BENCH_DURATION=30 BENCH_ROUNDS=5 BENCH_MODE=extended scripts/bench-proxy.sh
 #
 # Environment:
-#   BENCH_DURATION  seconds per pgbench run                  (default 10)
-#   BENCH_ROUNDS    rounds; each round runs every target once (default 3)
-#   BENCH_MODE      pgbench -M: simple, extended or prepared  (default simple)
-#   BENCH_CLIENTS   client counts to measure                  (default "1 8")
-#   BENCH_SCALE     pgbench -i scale factor                   (default 10)
-#   REJOT_PG_BIN    Postgres server binaries (default: newest /usr/lib/postgresql/*/bin)
-#   REJOT_BIN       the sidecar binary (default: bin/rejot, built with `make build` if missing)
+#   BENCH_DURATION    seconds per pgbench run                  (default 10)
+#   BENCH_ROUNDS      rounds; each round runs every target once (default 3)
+#   BENCH_MODE        pgbench -M: simple, extended or prepared  (default simple)
+#   BENCH_CLIENTS     client counts to measure                  (default "1 8")
+#   BENCH_SCALE       pgbench -i scale factor                   (default 10)
+#   BENCH_QUIET_WAIT  seconds to wait before each run for other work on the
+#                     machine to calm down (default 60; 0: do not wait)
+#   REJOT_PG_BIN      Postgres server binaries (default: newest /usr/lib/postgresql/*/bin)
+#   REJOT_BIN         the sidecar binary (default: bin/rejot, built with `make build` if missing)
 #
 # Targets run in rounds (direct, sidecar, pgbouncer, direct, ...) so that
-# machine noise falls on all three alike; the table reports each target's
-# median TPS. Everything lives in one temp dir that is removed on exit.
+# machine noise falls on all three alike; the report gives each target's
+# median TPS, and the CPU time each proxy process spent per transaction (read
+# from /proc, so it needs no profiler and is less sensitive to noise).
+# Everything lives in one temp dir that is removed on exit.
 set -euo pipefail
 
 DURATION=${BENCH_DURATION:-10}
@@ -24,6 +28,8 @@ ROUNDS=${BENCH_ROUNDS:-3}
 MODE=${BENCH_MODE:-simple}
 CLIENTS=${BENCH_CLIENTS:-1 8}
 SCALE=${BENCH_SCALE:-10}
+QUIET_WAIT=${BENCH_QUIET_WAIT:-60}
+BUSY_WARN=10 # percent of the machine's CPU busy with other work between runs
 TARGETS=(direct sidecar pgbouncer)
 DB=bench
 
@@ -36,6 +42,7 @@ is_uint() { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ]; }
 is_uint "$DURATION" || die "BENCH_DURATION must be a positive integer, not '$DURATION'"
 is_uint "$ROUNDS" || die "BENCH_ROUNDS must be a positive integer, not '$ROUNDS'"
 is_uint "$SCALE" || die "BENCH_SCALE must be a positive integer, not '$SCALE'"
+[[ $QUIET_WAIT =~ ^[0-9]+$ ]] || die "BENCH_QUIET_WAIT must be a number of seconds, not '$QUIET_WAIT'"
 case $MODE in simple | extended | prepared) ;; *) die "BENCH_MODE must be simple, extended or prepared, not '$MODE'" ;; esac
 read -r -a CLIENT_COUNTS <<<"$CLIENTS"
 [ ${#CLIENT_COUNTS[@]} -gt 0 ] || die "BENCH_CLIENTS is empty"
@@ -52,7 +59,7 @@ else
   PGBIN=$(find /usr/lib/postgresql -mindepth 3 -maxdepth 3 -path '*/bin/postgres' 2>/dev/null |
     sort -t/ -k5,5n | tail -n 1 | xargs -r dirname)
 fi
-[ -n "$PGBIN" ] && [ -x "$PGBIN/postgres" ] || die "no Postgres server binaries (run 'make deps' or set REJOT_PG_BIN)"
+[[ -n $PGBIN && -x $PGBIN/postgres ]] || die "no Postgres server binaries (run 'make deps' or set REJOT_PG_BIN)"
 
 # Client tools: Postgres's own copies first, then PATH.
 tool() {
@@ -61,8 +68,8 @@ tool() {
 }
 PGBENCH=$(tool pgbench)
 PSQL=$(tool psql)
-PGBOUNCER=$(command -v pgbouncer || { [ -x /usr/sbin/pgbouncer ] && echo /usr/sbin/pgbouncer; } ||
-  die "pgbouncer not found (run 'make deps')")
+# Debian puts pgbouncer in /usr/sbin, which a non-root PATH may lack.
+PGBOUNCER=$(PATH=$PATH:/usr/sbin command -v pgbouncer) || die "pgbouncer not found (run 'make deps')"
 
 REJOT=${REJOT_BIN:-$ROOT/bin/rejot}
 if [ ! -x "$REJOT" ]; then
@@ -117,7 +124,7 @@ LAST_PGBENCH=""
 dump_logs() {
   local f
   for f in "$WORK/postgres.log" "$WORK/sidecar.log" "$WORK/pgbouncer-start.log" "$WORK/pgbouncer.log" "$LAST_PGBENCH"; do
-    [ -n "$f" ] && [ -s "$f" ] || continue
+    [[ -n $f && -s $f ]] || continue
     printf '\n----- %s (last 40 lines) -----\n' "${f#"$WORK"/}" >&2
     tail -n 40 "$f" >&2
   done
@@ -127,7 +134,8 @@ cleanup() {
   local status=$?
   trap - EXIT
   set +e
-  [ "$status" -eq 0 ] || dump_logs
+  # A failure explains itself with the logs; an interrupt does not need to.
+  if [ "$status" -ne 0 ] && [ "$status" -lt 128 ]; then dump_logs; fi
   if [ -n "$SIDECAR_PID" ]; then
     kill "$SIDECAR_PID" 2>/dev/null
     wait "$SIDECAR_PID" 2>/dev/null
@@ -148,7 +156,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-read -r PGPORT SIDECAR_PORT BOUNCER_PORT <<<"$(free_ports 3)"
+PORTS=$(free_ports 3) || die "could not find free ports"
+read -r PGPORT SIDECAR_PORT BOUNCER_PORT <<<"$PORTS"
+is_uint "${BOUNCER_PORT:-}" || die "could not find free ports (got '$PORTS')"
 
 # wait_sql PORT WHAT PID: wait up to 20 s until SELECT 1 works on PORT, and
 # fail early when the process PID (if given) has died.
@@ -236,6 +246,7 @@ port_of() {
     direct) echo "$PGPORT" ;;
     sidecar) echo "$SIDECAR_PORT" ;;
     pgbouncer) echo "$BOUNCER_PORT" ;;
+    *) die "unknown target $1" ;;
   esac
 }
 
@@ -243,21 +254,67 @@ port_of() {
 CORES=$(nproc)
 threads_for() { if [ "$1" -lt "$CORES" ]; then echo "$1"; else echo "$CORES"; fi; }
 
-# run_pgbench TARGET CLIENTS SECONDS OUT: one select-only run; prints its TPS.
+# busy_percent: how busy the whole machine is over half a second, in percent
+# of all cores. Sampled between runs, when everything of ours is idle, it
+# shows other work on the machine that would make the numbers noisy.
+cpu_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit }' /proc/stat; }
+busy_percent() {
+  local b0 i0 b1 i1
+  read -r b0 i0 <<<"$(cpu_jiffies)"
+  sleep 0.5
+  read -r b1 i1 <<<"$(cpu_jiffies)"
+  awk -v b=$((b1 - b0)) -v i=$((i1 - i0)) 'BEGIN { printf "%.0f", (b + i) ? 100 * b / (b + i) : 0 }'
+}
+
+# wait_quiet: wait up to BENCH_QUIET_WAIT seconds for the machine to be at
+# most BUSY_WARN percent busy; prints the last busy percentage seen.
+wait_quiet() {
+  local busy start=$SECONDS
+  busy=$(busy_percent)
+  while [ "$busy" -gt "$BUSY_WARN" ] && [ $((SECONDS - start)) -lt "$QUIET_WAIT" ]; do
+    sleep 1
+    busy=$(busy_percent)
+  done
+  echo "$busy"
+}
+
+# proxy_pid TARGET: the pid of the proxy process for TARGET, none for direct.
+proxy_pid() {
+  case $1 in
+    sidecar) echo "$SIDECAR_PID" ;;
+    pgbouncer) cat "$WORK/pgbouncer.pid" ;;
+    *) ;;
+  esac
+}
+
+# cpu_ticks PID: user+system CPU time PID has used, in clock ticks (fields 14
+# and 15 of /proc/PID/stat; neither rejot nor pgbouncer has a space in its name).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+CLK_TCK=$(getconf CLK_TCK)
+
+# run_pgbench TARGET CLIENTS SECONDS OUT: one select-only run. Prints its TPS
+# and the proxy's CPU time per transaction in microseconds ("-" for direct).
 # It runs in $(...), a subshell, so on failure it shows pgbench's output itself.
 run_pgbench() {
-  local target=$1 clients=$2 seconds=$3 out=$4 tps
+  local target=$1 clients=$2 seconds=$3 out=$4 pid tps txns before=0 after=0 cpu_us=-
+  pid=$(proxy_pid "$target")
+  [ -z "$pid" ] || before=$(cpu_ticks "$pid")
   if ! "$PGBENCH" -S -n -M "$MODE" -T "$seconds" -c "$clients" -j "$(threads_for "$clients")" \
     -h 127.0.0.1 -p "$(port_of "$target")" -U postgres "$DB" >"$out" 2>&1; then
     tail -n 40 "$out" >&2
     die "pgbench against $target with $clients client(s) failed"
   fi
+  [ -z "$pid" ] || after=$(cpu_ticks "$pid")
   tps=$(awk '/^tps = / && /without initial connection time/ { print $3 }' "$out")
-  if [ -z "$tps" ]; then
+  txns=$(awk -F': *' '/^number of transactions actually processed/ { print $2 + 0 }' "$out")
+  if [ -z "$tps" ] || [ -z "$txns" ] || [ "$txns" -eq 0 ]; then
     tail -n 40 "$out" >&2
-    die "no 'tps = ... (without initial connection time)' line from pgbench against $target"
+    die "no tps or transaction count in pgbench's output against $target"
   fi
-  echo "$tps"
+  if [ -n "$pid" ]; then
+    cpu_us=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$txns" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  fi
+  echo "$tps $cpu_us"
 }
 
 # Warm-up: a short run per target fills the caches and proves each one works.
@@ -266,23 +323,29 @@ for target in "${TARGETS[@]}"; do
   run_pgbench "$target" "${CLIENT_COUNTS[-1]}" 2 "$WORK/warmup-$target.log" >/dev/null
 done
 
+# Results, one line per run: clients, target, round, TPS, proxy CPU us/txn,
+# machine busy % just before the run.
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 for ((round = 1; round <= ROUNDS; round++)); do
   for clients in "${CLIENT_COUNTS[@]}"; do
     for target in "${TARGETS[@]}"; do
-      tps=$(run_pgbench "$target" "$clients" "$DURATION" "$WORK/run-$round-$clients-$target.log")
-      log "round $round/$ROUNDS, $clients client(s), $target: $tps tps"
-      printf '%s\t%s\t%s\t%s\n' "$clients" "$target" "$round" "$tps" >>"$RESULTS"
+      busy=$(wait_quiet)
+      [ "$busy" -le "$BUSY_WARN" ] || log "warning: the machine is still ${busy}% busy with other work; running anyway"
+      result=$(run_pgbench "$target" "$clients" "$DURATION" "$WORK/run-$round-$clients-$target.log")
+      read -r tps cpu_us <<<"$result"
+      log "round $round/$ROUNDS, $clients client(s), $target: $tps tps, proxy CPU ${cpu_us} us/txn"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$clients" "$target" "$round" "$tps" "$cpu_us" "$busy" >>"$RESULTS"
     done
   done
 done
 
 # ---------------------------------------------------------------- report --
 
-# median CLIENTS TARGET: the median TPS of that pair's rounds.
+# median CLIENTS TARGET [COLUMN]: the median over that pair's rounds of a
+# results column: 4 is TPS (the default), 5 the proxy's CPU per transaction.
 median() {
-  awk -F'\t' -v c="$1" -v t="$2" '$1 == c && $2 == t { print $4 }' "$RESULTS" | sort -g |
+  awk -F'\t' -v c="$1" -v t="$2" -v k="${3:-4}" '$1 == c && $2 == t { print $k }' "$RESULTS" | sort -g |
     awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 # all_rounds CLIENTS TARGET: every round's TPS, in round order.
@@ -318,12 +381,33 @@ for clients in "${CLIENT_COUNTS[@]}"; do
     "$(ratio "$s" "$d")" "$(ratio "$b" "$d")" "$(ratio "$s" "$b")"
 done
 
+cat <<EOF
+
+Proxy CPU time per transaction (user+system of the proxy process, median, microseconds;
+pgbench, Postgres and the proxy share the $CORES cores, so proxy CPU is throughput lost):
+
+| clients | sidecar | pgbouncer | sidecar/pgbouncer |
+|--------:|--------:|----------:|------------------:|
+EOF
+for clients in "${CLIENT_COUNTS[@]}"; do
+  s=$(median "$clients" sidecar 5)
+  b=$(median "$clients" pgbouncer 5)
+  printf '| %s | %.1f | %.1f | %s |\n' "$clients" "$s" "$b" "$(ratio "$s" "$b")"
+done
+
 printf '\nEvery round (TPS, round 1 first):\n\n'
 for clients in "${CLIENT_COUNTS[@]}"; do
   for target in "${TARGETS[@]}"; do
-    printf -- '- %s client(s), %-9s %s\n' "$clients" "$target:" "$(all_rounds "$clients" "$target")"
+    printf -- '- %s client(s), %-10s %s\n' "$clients" "$target:" "$(all_rounds "$clients" "$target")"
   done
 done
+
+BUSY_MAX=$(awk -F'\t' '$6 > m { m = $6 } END { print m + 0 }' "$RESULTS")
+printf '\nOther work on the machine, sampled for 0.5 s before each run: at most %s%% CPU busy.\n' "$BUSY_MAX"
+printf '(It is sampled only between runs: work that starts during a run goes unseen.)\n' 
+if [ "$BUSY_MAX" -gt "$BUSY_WARN" ]; then
+  printf 'WARNING: above %s%% the numbers are noisy; rerun on a quiet machine.\n' "$BUSY_WARN"
+fi
 
 cat <<EOF
 
