@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"encoding/binary"
+	"io"
 	"strings"
 )
 
@@ -18,6 +19,15 @@ func (s *session) backendLoop() error {
 			s.wmu.Unlock()
 		}
 	}()
+	if s.upass > 0 {
+		// The rest of a message the event loop had begun to relay.
+		s.wmu.Lock()
+		locked = true
+		if _, err := io.CopyN(s.cw, s.ur.r, int64(s.upass)); err != nil {
+			return err
+		}
+		s.upass = 0
+	}
 	for {
 		if locked && s.ur.r.Buffered() < 5 {
 			err := s.cw.Flush()

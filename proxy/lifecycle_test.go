@@ -111,6 +111,9 @@ func sleeping(t *testing.T, db string) int {
 func TestNoLeaksWhenClientsVanishMidQuery(t *testing.T) {
 	db := pg.CreateDB(t)
 	srv, url := startProxy(t, db)
+	warm, _ := rawStartup(t, url, db) // the server and its event loop are up
+	warm.Close()
+	waitUntil(t, 5*time.Second, "warm-up session closed", func() bool { return srv.Sessions() == 0 })
 	before := runtime.NumGoroutine()
 	var conns []net.Conn
 	for i := range 8 {

@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,7 +38,11 @@ type Server struct {
 	StartupTimeout time.Duration
 	MaxMessageSize int
 	Logger         zerolog.Logger
+	// DisableEventLoop relays every session with goroutines and Go's
+	// netpoller instead of the event loop (see eventLoop).
+	DisableEventLoop bool
 
+	loop     *eventLoop
 	mu       sync.Mutex
 	ln       net.Listener
 	sessions map[*session]struct{}
@@ -59,6 +64,13 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.ln = ln
 	if s.sessions == nil {
 		s.sessions = map[*session]struct{}{}
+	}
+	if s.loop == nil && !s.DisableEventLoop && runtime.GOMAXPROCS(0) >= 2 {
+		loop, err := newEventLoop()
+		if err != nil {
+			s.Logger.Warn().Err(err).Msg("no event loop: relaying with goroutines")
+		}
+		s.loop = loop
 	}
 	s.mu.Unlock()
 	for {
@@ -99,7 +111,13 @@ func (s *Server) Close(ctx context.Context) error {
 	for sess := range s.sessions {
 		sess.close()
 	}
+	loop := s.loop
 	s.mu.Unlock()
+	defer func() {
+		if loop != nil {
+			loop.close()
+		}
+	}()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {

@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"io"
 	"math"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -56,6 +58,10 @@ type session struct {
 	portals map[string]*localPortal
 	leaked  bool // an internal statement may be left on the upstream connection
 	types   *pgtype.Map
+	upass   int // bytes of an upstream frame the event loop had begun to relay
+
+	fmu  sync.Mutex // guards fast, and client/up while they are swapped
+	fast *fastConn  // set while the event loop relays the session
 }
 
 // typeMap encodes and decodes the values of calls; a pgtype.Map caches as
@@ -95,14 +101,26 @@ func newSession(srv *Server, client, up net.Conn, st *startup, log zerolog.Logge
 func (s *session) close() {
 	s.closeOnce.Do(func() {
 		s.cancel()
+		s.fmu.Lock()
+		defer s.fmu.Unlock()
+		if s.fast != nil {
+			s.fast.shutdown()
+		}
 		s.client.Close()
 		s.up.Close()
 	})
 }
 
-// run relays the startup packet and then both directions until either side
-// closes. Authentication needs no special phase: its messages are relayed
-// like any other until the first ReadyForQuery.
+func (s *session) setFast(fc *fastConn) {
+	s.fmu.Lock()
+	s.fast = fc
+	s.fmu.Unlock()
+}
+
+// run relays the startup packet and authentication, then hands the session
+// to the event loop when it can, and otherwise (or when the loop hands it
+// back) relays both directions with a goroutine each until either side
+// closes.
 func (s *session) run() {
 	s.log.Debug().Msg("client connected")
 	defer s.close()
@@ -112,6 +130,23 @@ func (s *session) run() {
 	if err := s.uw.Flush(); err != nil {
 		return
 	}
+	err := s.authenticate()
+	switch {
+	case err == nil && s.srv.loop != nil && s.fastEligible():
+		if res := s.srv.loop.serve(s); !res.handback {
+			s.log.Debug().Err(res.err).Msg("client disconnected")
+			return
+		}
+	case err == nil, errors.Is(err, errConcurrentAuth):
+	default:
+		s.log.Debug().Err(err).Msg("client not connected")
+		return
+	}
+	s.relay()
+}
+
+// relay runs the goroutine relay until the session ends.
+func (s *session) relay() {
 	done := make(chan error, 1)
 	go func() {
 		err := s.backendLoop()
@@ -126,6 +161,53 @@ func (s *session) run() {
 		err = berr
 	}
 	s.log.Debug().Err(err).Msg("client disconnected")
+}
+
+// resume takes a session back from the event loop: its sockets return to
+// Go's netpoller, with the bytes the loop had read but not relayed in front
+// of what the sockets deliver next, and the bytes it had relayed but not
+// written sent first.
+func (s *session) resume(fc *fastConn) error {
+	fc.mu.Lock()
+	client, cerr := fileConn(fc.cfd)
+	up, uerr := fileConn(fc.ufd)
+	fc.closed = true
+	fc.mu.Unlock()
+	s.fmu.Lock()
+	s.fast = nil
+	if client != nil {
+		s.client = client
+	}
+	if up != nil {
+		s.up = up
+	}
+	s.fmu.Unlock()
+	if s.ctx.Err() != nil {
+		s.client.Close()
+		s.up.Close()
+		return s.ctx.Err()
+	}
+	if cerr != nil || uerr != nil {
+		return errors.Join(cerr, uerr)
+	}
+	max := s.srv.maxMessage()
+	s.cr = newFrameReader(io.MultiReader(bytes.NewReader(fc.cin), client), bufferSize, max)
+	s.ur = newFrameReader(io.MultiReader(bytes.NewReader(fc.uin), up), bufferSize, math.MaxInt32-4)
+	s.cw = bufio.NewWriterSize(client, bufferSize)
+	s.uw = bufio.NewWriterSize(up, bufferSize)
+	s.upass = fc.upass
+	if _, err := up.Write(fc.toUp); err != nil {
+		return err
+	}
+	_, err := client.Write(fc.toClient)
+	return err
+}
+
+// fileConn turns a raw socket back into a net.Conn; fd is closed.
+func fileConn(fd int) (net.Conn, error) {
+	f := os.NewFile(uintptr(fd), "socket")
+	defer f.Close()
+	return net.FileConn(f)
 }
 
 // closeGrace is how long replies still in flight may take to reach a client

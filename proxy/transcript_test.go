@@ -148,17 +148,25 @@ func runTranscript(t *testing.T, addr, db string, steps []step) string {
 	return out.String()
 }
 
+// TestProtocolTranscripts runs each transcript through both relays: the
+// event loop and the goroutine relay.
 func TestProtocolTranscripts(t *testing.T) {
-	for name, steps := range transcripts {
-		t.Run(name, func(t *testing.T) {
-			direct, proxied := pg.CreateDB(t), pg.CreateDB(t)
-			_, url := startProxy(t, proxied)
-			want := runTranscript(t, pg.Addr(), direct, steps)
-			got := runTranscript(t, proxyAddr(url), proxied, steps)
-			if got != want {
-				t.Errorf("transcripts differ at the first line below:\n%s", firstDiff(got, want))
-			}
-		})
+	for _, loop := range []bool{true, false} {
+		for name, steps := range transcripts {
+			t.Run(fmt.Sprintf("%s/event_loop=%v", name, loop), func(t *testing.T) {
+				testTranscript(t, steps, loop)
+			})
+		}
+	}
+}
+
+func testTranscript(t *testing.T, steps []step, loop bool) {
+	direct, proxied := pg.CreateDB(t), pg.CreateDB(t)
+	_, url := startProxy(t, proxied, func(s *Server) { s.DisableEventLoop = !loop })
+	want := runTranscript(t, pg.Addr(), direct, steps)
+	got := runTranscript(t, proxyAddr(url), proxied, steps)
+	if got != want {
+		t.Errorf("transcripts differ at the first line below:\n%s", firstDiff(got, want))
 	}
 }
 
