@@ -41,7 +41,7 @@ type eventLoop struct {
 type fastConn struct {
 	s        *session
 	cfd, ufd int
-	cin, uin []byte // read, not yet relayed (a partial frame)
+	cin, uin []byte // read, not yet relayed (a partial frame); usually empty
 	toUp     []byte // relayed, not yet written
 	toClient []byte
 	cpass    int // bytes of a large client frame still to pass through
@@ -137,8 +137,7 @@ func (l *eventLoop) serve(s *session) fastResult {
 		unix.Close(cfd)
 		return fastResult{err: err}
 	}
-	fc := &fastConn{s: s, cfd: cfd, ufd: ufd, done: make(chan fastResult, 1),
-		cin: make([]byte, 0, fastReadSize), uin: make([]byte, 0, fastReadSize)}
+	fc := &fastConn{s: s, cfd: cfd, ufd: ufd, done: make(chan fastResult, 1)}
 	s.setFast(fc)
 	if s.ctx.Err() != nil {
 		fc.shutdown() // closed meanwhile: the loop will see both ends gone
@@ -277,9 +276,9 @@ func (l *eventLoop) step(fc *fastConn, client bool, events uint32) (fastResult, 
 	var res fastResult
 	var stop bool
 	if client {
-		_, res, stop = l.readClient(fc)
+		res, stop = l.readClient(fc)
 	} else {
-		_, res, stop = l.readUpstream(fc)
+		res, stop = l.readUpstream(fc)
 	}
 	if err := flushFD(outFD, out); err != nil && !stop {
 		return fastResult{err: err}, true
@@ -347,30 +346,6 @@ func (fc *fastConn) shutdown() {
 	}
 }
 
-// readFD reads what is available into buf's spare room with a raw system
-// call; n == 0 with a nil error means nothing was there.
-func readFD(fd int, buf *[]byte, want int) (int, error) {
-	b := *buf
-	if cap(b)-len(b) < want {
-		nb := make([]byte, len(b), len(b)+max(want, fastReadSize))
-		copy(nb, b)
-		b = nb
-	}
-	spare := b[len(b):cap(b)]
-	r, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&spare[0])), uintptr(len(spare)))
-	switch {
-	case errno == unix.EAGAIN || errno == unix.EINTR:
-		*buf = b
-		return 0, nil
-	case errno != 0:
-		return 0, errno
-	case r == 0:
-		return 0, errEOF
-	}
-	*buf = b[:len(b)+int(r)]
-	return int(r), nil
-}
-
 var errEOF = errors.New("end of stream")
 
 // flushFD writes as much of *out as the socket takes, keeping the rest at
@@ -392,6 +367,10 @@ func flushFD(fd int, out *[]byte) error {
 			return errno
 		}
 		done += int(r)
+	}
+	if done == len(b) && cap(b) > 4*fastReadSize {
+		*out = nil // a burst is over: give its memory back
+		return nil
 	}
 	*out = b[:copy(b, b[done:])]
 	return nil

@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"encoding/binary"
+	"unsafe"
 
 	"github.com/rejot-dev/rejot/sql"
+	"golang.org/x/sys/unix"
 )
 
 // handback: the goroutine relay takes the session from here.
@@ -13,52 +15,54 @@ var handback = fastResult{handback: true}
 // relay plainly — a statement that mentions rejot, a large query, a
 // Terminate, a malformed frame, the end of input — stops the loop's work on
 // the session at that frame's start, for the goroutine relay to handle.
-func (l *eventLoop) readClient(fc *fastConn) (int, fastResult, bool) {
-	n, err := readFD(fc.cfd, &fc.cin, 5)
+func (l *eventLoop) readClient(fc *fastConn) (fastResult, bool) {
+	in, err := l.fill(fc.cfd, fc.cin)
 	if err != nil {
 		if fc.cpass > 0 {
-			return 0, fastResult{err: err}, true // gone in the middle of a message
+			return fastResult{err: err}, true // gone in the middle of a message
 		}
-		return 0, handback, true
+		return handback, true
 	}
-	if n == 0 {
-		return 0, fastResult{}, false
+	if in == nil {
+		return fastResult{}, false
 	}
-	res, stop := fc.relayClient()
-	return n, res, stop
+	rest, stop := fc.relayClient(in)
+	fc.cin = keep(fc.cin, rest)
+	if stop {
+		return handback, true
+	}
+	return fastResult{}, false
 }
 
-func (fc *fastConn) relayClient() (fastResult, bool) {
+// relayClient relays the whole frames of in and returns what is left: a
+// partial frame, or the frame the goroutine relay must handle (stop).
+func (fc *fastConn) relayClient(in []byte) (rest []byte, stop bool) {
 	s := fc.s
-	in := fc.cin
 	for {
 		if fc.cpass > 0 {
 			take := min(fc.cpass, len(in))
 			fc.toUp = append(fc.toUp, in[:take]...)
 			in, fc.cpass = in[take:], fc.cpass-take
 			if fc.cpass > 0 {
-				break
+				return in, false
 			}
 		}
 		if len(in) < 5 {
-			break
+			return in, false
 		}
 		typ, n := in[0], int(int32(binary.BigEndian.Uint32(in[1:5])))-4
 		if n < 0 || n > s.srv.maxMessage() || typ == 'X' {
-			fc.cin = fc.cin[:copy(fc.cin, in)]
-			return handback, true
+			return in, true
 		}
 		if typ == 'Q' || typ == 'P' {
 			if n+5 > fastInlineMax {
-				fc.cin = fc.cin[:copy(fc.cin, in)]
-				return handback, true
+				return in, true
 			}
 			if len(in) < n+5 {
-				break
+				return in, false
 			}
 			if s.intercept && sql.MentionsRejot(in[5:n+5]) {
-				fc.cin = fc.cin[:copy(fc.cin, in)]
-				return handback, true
+				return in, true
 			}
 		}
 		s.expect(typ, nil, nil)
@@ -66,49 +70,50 @@ func (fc *fastConn) relayClient() (fastResult, bool) {
 		fc.toUp = append(fc.toUp, in[:whole]...)
 		in, fc.cpass = in[whole:], n+5-whole
 	}
-	fc.cin = fc.cin[:copy(fc.cin, in)]
-	return fastResult{}, false
 }
 
 // readUpstream reads and relays upstream frames, keeping the session's
 // reply queue and transaction state as the goroutine relay does.
-func (l *eventLoop) readUpstream(fc *fastConn) (int, fastResult, bool) {
-	n, err := readFD(fc.ufd, &fc.uin, 5)
+func (l *eventLoop) readUpstream(fc *fastConn) (fastResult, bool) {
+	in, err := l.fill(fc.ufd, fc.uin)
 	if err != nil {
-		return 0, handback, true
+		return handback, true
 	}
-	if n == 0 {
-		return 0, fastResult{}, false
+	if in == nil {
+		return fastResult{}, false
 	}
-	return n, fastResult{}, fc.relayUpstream()
+	rest, bad := fc.relayUpstream(in)
+	fc.uin = keep(fc.uin, rest)
+	if bad {
+		return fastResult{err: &ProtocolError{"invalid message length from the upstream"}}, true
+	}
+	return fastResult{}, false
 }
 
-func (fc *fastConn) relayUpstream() (stop bool) {
+func (fc *fastConn) relayUpstream(in []byte) (rest []byte, bad bool) {
 	s := fc.s
-	in := fc.uin
 	for {
 		if fc.upass > 0 {
 			take := min(fc.upass, len(in))
 			fc.toClient = append(fc.toClient, in[:take]...)
 			in, fc.upass = in[take:], fc.upass-take
 			if fc.upass > 0 {
-				break
+				return in, false
 			}
 		}
 		if len(in) < 5 {
-			break
+			return in, false
 		}
 		typ, n := in[0], int(int32(binary.BigEndian.Uint32(in[1:5])))-4
 		if n < 0 {
-			fc.uin = fc.uin[:copy(fc.uin, in)]
-			return true
+			return in, true
 		}
 		peek := 0
 		if typ == 'Z' || typ == 'C' {
 			peek = min(n, 16)
 		}
 		if len(in) < 5+peek {
-			break
+			return in, false
 		}
 		s.mu.Lock()
 		s.observe(typ, in[5:5+peek])
@@ -120,6 +125,42 @@ func (fc *fastConn) relayUpstream() (stop bool) {
 		fc.toClient = append(fc.toClient, in[:whole]...)
 		in, fc.upass = in[whole:], n+5-whole
 	}
-	fc.uin = fc.uin[:copy(fc.uin, in)]
-	return false
+}
+
+// fill reads what fd has. With nothing pending it reads into the loop's
+// scratch buffer, so sessions whose frames arrive whole hold no input
+// memory; otherwise it appends to what is pending. nil, nil: nothing came.
+func (l *eventLoop) fill(fd int, pending []byte) ([]byte, error) {
+	dst := l.scratch[:0]
+	if len(pending) > 0 {
+		dst = pending
+		if cap(dst)-len(dst) < 4096 {
+			grown := make([]byte, len(dst), max(2*cap(dst), len(dst)+fastReadSize))
+			copy(grown, dst)
+			dst = grown
+		}
+	}
+	spare := dst[len(dst):cap(dst)]
+	r, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&spare[0])), uintptr(len(spare)))
+	switch {
+	case errno == unix.EAGAIN || errno == unix.EINTR:
+		return nil, nil
+	case errno != 0:
+		return nil, errno
+	case r == 0:
+		return nil, errEOF
+	}
+	return dst[:len(dst)+int(r)], nil
+}
+
+// keep stores the unrelayed rest of the input as the session's pending
+// bytes (rest may alias the scratch buffer or pending itself).
+func keep(pending, rest []byte) []byte {
+	if len(rest) == 0 {
+		if cap(pending) > fastReadSize {
+			return nil
+		}
+		return pending[:0]
+	}
+	return append(pending[:0], rest...)
 }

@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -154,4 +157,64 @@ func TestQueryWithEmbeddedNUL(t *testing.T) {
 			t.Fatal("the sidecar answered a malformed message")
 		}
 	}
+}
+
+// TestHandbackInTheMiddleOfALargeReply: a client reading a large row slowly
+// sends a call while the event loop is in the middle of relaying the row;
+// the goroutine relay takes over mid-frame and both replies arrive whole.
+func TestHandbackInTheMiddleOfALargeReply(t *testing.T) {
+	db := pg.CreateDB(t)
+	_, url := startProxy(t, db)
+	conn, r := rawStartup(t, url, db)
+	const size = 8 << 20
+	conn.Write(encodeAll(&pgproto3.Query{String: fmt.Sprintf("SELECT repeat('x', %d)", size)}))
+	// Take a little of the reply so the loop is mid-row, then call.
+	head := make([]byte, 64<<10)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(r, head); err != nil {
+		t.Fatal(err)
+	}
+	conn.Write(encodeAll(&pgproto3.Query{String: "SELECT rejot.version()"}))
+	all := head
+	chunk := make([]byte, 256<<10)
+	for !strings.HasSuffix(replyTypesOf(t, all), "Z T D C Z") {
+		n, err := r.Read(chunk)
+		if err != nil {
+			t.Fatalf("after %d bytes (%s): %v", len(all), replyTypesOf(t, all), err)
+		}
+		all = append(all, chunk[:n]...)
+	}
+	types, row, version := walkReplies(t, all)
+	if types != "T D C Z T D C Z" || row != size || version != "test-version" {
+		t.Fatalf("replies %q, row of %d bytes, version %q", types, row, version)
+	}
+}
+
+// walkReplies parses a captured reply stream.
+func walkReplies(t *testing.T, b []byte) (types string, firstValue int, lastValue string) {
+	t.Helper()
+	var seen []string
+	first := true
+	for len(b) >= 5 {
+		n := int(binary.BigEndian.Uint32(b[1:5])) + 1
+		if n > len(b) {
+			break
+		}
+		seen = append(seen, string(b[0]))
+		if b[0] == 'D' {
+			v := b[11:n]
+			if first {
+				firstValue, first = len(v), false
+			} else {
+				lastValue = string(v)
+			}
+		}
+		b = b[n:]
+	}
+	return strings.Join(seen, " "), firstValue, lastValue
+}
+
+func replyTypesOf(t *testing.T, b []byte) string {
+	types, _, _ := walkReplies(t, b)
+	return types
 }
