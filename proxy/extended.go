@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/rejot-dev/rejot/sql"
@@ -16,6 +17,7 @@ type localStmt struct {
 	st     sql.Statement
 	params []uint32
 	cols   []sql.Column
+	fields []pgconn.FieldDescription // result of a query over the catalog relations
 }
 
 // localPortal is a bound localStmt.
@@ -23,6 +25,7 @@ type localPortal struct {
 	stmt    *localStmt
 	params  []*string
 	formats []int16
+	raw     *pgproto3.Bind // a query over the catalog relations takes its values as sent
 }
 
 // onParse handles Parse: a statement that calls the API is kept locally,
@@ -87,11 +90,21 @@ func (s *session) localParse(body []byte, name, query string, st sql.Statement, 
 	if s.inAbortedTransaction() {
 		return s.fail(errAborted, query)
 	}
-	params, cols, err := s.srv.Executor.Describe(st.Call, oids)
-	if err != nil {
-		return s.fail(err, query)
+	ls := &localStmt{query: query, st: st}
+	if st.Relations {
+		sd, err := s.srv.Executor.DescribeRelations(s.ctx, query, st, oids)
+		if err != nil {
+			return s.fail(err, query)
+		}
+		ls.params, ls.fields = sd.ParamOIDs, sd.Fields
+	} else {
+		params, cols, err := s.srv.Executor.Describe(st.Call, oids)
+		if err != nil {
+			return s.fail(err, query)
+		}
+		ls.params, ls.cols = params, cols
 	}
-	s.stmts[name] = &localStmt{query: query, st: st, params: params, cols: cols}
+	s.stmts[name] = ls
 	return s.reply(appendEncoded(nil, &pgproto3.ParseComplete{}))
 }
 
@@ -152,6 +165,18 @@ func (s *session) localBind(body []byte, portal string, ls *localStmt) error {
 			"bind message supplies %d parameters, but prepared statement %q requires %d",
 			len(b.Parameters), b.PreparedStatement, len(ls.params)), "")
 	}
+	if ls.st.Relations {
+		// Decode points into the read buffer, which the next message reuses.
+		for i, v := range b.Parameters {
+			if v != nil {
+				b.Parameters[i] = append([]byte{}, v...)
+			}
+		}
+		b.ParameterFormatCodes = append([]int16(nil), b.ParameterFormatCodes...)
+		b.ResultFormatCodes = append([]int16(nil), b.ResultFormatCodes...)
+		s.portals[portal] = &localPortal{stmt: ls, formats: b.ResultFormatCodes, raw: &b}
+		return s.reply(appendEncoded(nil, &pgproto3.BindComplete{}))
+	}
 	params, err := textParams(s.typeMap(), ls.params, b.ParameterFormatCodes, b.Parameters)
 	if err != nil {
 		return s.fail(err, "")
@@ -200,9 +225,16 @@ func (s *session) localDescribe(body []byte, ls *localStmt, lp *localPortal) err
 	} else {
 		cols, formats = lp.stmt.cols, lp.formats
 	}
-	if len(cols) == 0 {
+	stmt := ls
+	if stmt == nil {
+		stmt = lp.stmt
+	}
+	switch {
+	case stmt.st.Relations:
+		out = appendEncoded(out, catalogRowDescription(stmt.fields, formats))
+	case len(cols) == 0:
 		out = appendEncoded(out, &pgproto3.NoData{})
-	} else {
+	default:
 		out = appendEncoded(out, rowDescription(cols, formats))
 	}
 	return s.reply(out)
@@ -211,6 +243,9 @@ func (s *session) localDescribe(body []byte, ls *localStmt, lp *localPortal) err
 func (s *session) localExecute(body []byte, lp *localPortal) error {
 	if done, err := s.ready('E', body); done {
 		return err
+	}
+	if lp.raw != nil {
+		return s.executeRelations(lp)
 	}
 	res, err := s.execute(lp.stmt.st, lp.params)
 	if err != nil {
@@ -222,6 +257,20 @@ func (s *session) localExecute(body []byte, lp *localPortal) error {
 	}
 	out = appendEncoded(out, &pgproto3.CommandComplete{CommandTag: []byte(res.Tag)})
 	return s.reply(out)
+}
+
+// executeRelations runs a bound query over the catalog relations.
+func (s *session) executeRelations(lp *localPortal) error {
+	if s.inAbortedTransaction() {
+		return s.fail(errAborted, lp.stmt.query)
+	}
+	b := lp.raw
+	res, err := s.srv.Executor.QueryRelations(s.ctx, lp.stmt.query, lp.stmt.st, b.Parameters,
+		lp.stmt.params, b.ParameterFormatCodes, b.ResultFormatCodes)
+	if err != nil {
+		return s.fail(err, lp.stmt.query)
+	}
+	return s.reply(appendCatalogRows(nil, res))
 }
 
 func (s *session) localClose(body []byte, name string) error {

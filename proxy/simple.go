@@ -103,6 +103,9 @@ func (s *session) refuseQuery(query string, e *sql.Error) error {
 // rows and the command tag. ok is false when the call failed (the error has
 // been reported and the upstream transaction aborted).
 func (s *session) callSimple(query string, st sql.Statement) (ok bool, err error) {
+	if st.Relations && st.Err == nil {
+		return s.relationsSimple(query, st)
+	}
 	res, callErr := s.execute(st, nil)
 	if callErr != nil {
 		return false, s.fail(callErr, query)
@@ -116,6 +119,21 @@ func (s *session) callSimple(query string, st sql.Statement) (ok bool, err error
 		return false, s.fail(encErr, query)
 	}
 	out = appendEncoded(out, &pgproto3.CommandComplete{CommandTag: []byte(res.Tag)})
+	return true, s.reply(out)
+}
+
+// relationsSimple answers a query over the catalog relations in the
+// simple protocol: text results, with the catalog's own row description.
+func (s *session) relationsSimple(query string, st sql.Statement) (bool, error) {
+	if s.inAbortedTransaction() {
+		return false, s.fail(errAborted, query)
+	}
+	res, err := s.srv.Executor.QueryRelations(s.ctx, query, st, nil, nil, nil, nil)
+	if err != nil {
+		return false, s.fail(err, query)
+	}
+	out := appendEncoded(nil, catalogRowDescription(res.Fields, nil))
+	out = appendCatalogRows(out, res)
 	return true, s.reply(out)
 }
 

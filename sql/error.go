@@ -14,6 +14,7 @@ const (
 	CodeInternalError         = "XX000"
 	CodeIndeterminateDatatype = "42P18"
 	CodeUndefinedParameter    = "42P02"
+	CodeUndefinedTable        = "42P01"
 )
 
 // Error is a Postgres error raised by the API: the proxy sends it to the

@@ -93,7 +93,8 @@ type Env struct {
 
 // Executor binds and runs calls. Its exported fields configure it.
 type Executor struct {
-	Version   string // the sidecar's version, returned by rejot.version()
+	Version   string        // the sidecar's version, returned by rejot.version()
+	Catalog   CatalogReader // answers queries over the catalog relations; nil: none
 	functions map[string]*Function
 }
 

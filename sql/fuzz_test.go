@@ -149,7 +149,6 @@ func TestSplitClassifiesTypicalInput(t *testing.T) {
 		{query: "SELECT * FROM rejot.version() AS v(x)", function: "version", form: FormSelectFrom, alias: "v"},
 		{query: "select 'rejot'"},
 		{query: `SELECT "Rejot".version()`},
-		{query: "SELECT * FROM rejot.publications"},
 		{query: "SELECT 1, rejot.version()", errCode: CodeFeatureNotSupported, errPos: 11},
 		{query: "SELECT rejot.version() FROM t", errCode: CodeFeatureNotSupported, errPos: 8},
 		{query: "SELECT rejot.version() WHERE true", errCode: CodeFeatureNotSupported, errPos: 8},

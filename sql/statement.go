@@ -16,13 +16,16 @@ type Statement struct {
 	// refuses (a rejot function inside a larger expression, say). Such a
 	// statement is answered by the sidecar with this error.
 	Err *Error
+	// Relations is set for a SELECT over the catalog relations
+	// (rejot.publications, ...), which the sidecar runs on the catalog.
+	Relations bool
 	// CopyFromStdin marks COPY ... FROM STDIN, which reads data from the
 	// client while it runs.
 	CopyFromStdin bool
 }
 
 // Intercepted reports whether the sidecar answers the statement itself.
-func (s Statement) Intercepted() bool { return s.Call != nil || s.Err != nil }
+func (s Statement) Intercepted() bool { return s.Call != nil || s.Err != nil || s.Relations }
 
 // Text returns the statement's text within query.
 func (s Statement) Text(query string) string { return query[s.Offset : s.Offset+s.Length] }
@@ -45,6 +48,9 @@ func Split(query string) ([]Statement, error) {
 			st.Length = len(query) - st.Offset
 		}
 		st.Call, st.Err = classify(raw.Stmt, query)
+		if st.Call == nil && st.Err == nil {
+			st.Relations, st.Err = classifyRelations(raw.Stmt)
+		}
 		if cs := raw.Stmt.GetCopyStmt(); cs != nil && cs.IsFrom && cs.Filename == "" && !cs.IsProgram {
 			st.CopyFromStdin = true
 		}

@@ -12,8 +12,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rejot-dev/rejot/catalog"
 	"github.com/rejot-dev/rejot/proxy"
 	"github.com/rejot-dev/rejot/sql"
+	"github.com/rs/zerolog"
 )
 
 type serveConfig struct {
@@ -85,9 +88,15 @@ func serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	lazy, err := catalogFor(c, log)
+	if err != nil {
+		return err
+	}
+	executor := sql.NewExecutor(buildVersion())
+	executor.Catalog = lazy
 	srv := &proxy.Server{
 		Upstream:       up,
-		Executor:       sql.NewExecutor(buildVersion()),
+		Executor:       executor,
 		StartupTimeout: c.startupTimeout,
 		Logger:         log,
 	}
@@ -110,6 +119,11 @@ func serve(ctx context.Context, args []string) error {
 		return fmt.Errorf("cannot listen: %w", err)
 	}
 	log.Info().Str("listen", ln.Addr().String()).Str("upstream", up.Addr()).Str("version", buildVersion()).Msg("sidecar started")
+	lazy.System.Address = ln.Addr().String()
+	catalogCtx, stopCatalog := context.WithCancel(context.Background())
+	catalogDone := make(chan struct{})
+	go func() { lazy.Run(catalogCtx); close(catalogDone) }()
+	defer func() { stopCatalog(); <-catalogDone }()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -135,4 +149,26 @@ func startCPUProfile(path string) (stop func(), err error) {
 		return nil, err
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+// catalogFor wires the catalog: --catalog, or the database rejot on the
+// upstream's server, created if missing.
+func catalogFor(c *serveConfig, log zerolog.Logger) (*catalog.Lazy, error) {
+	cfg, err := pgconn.ParseConfig(c.upstream)
+	if err != nil {
+		return nil, fmt.Errorf("invalid --upstream: %w", err)
+	}
+	name := c.name
+	if name == "" {
+		name = cfg.Database
+	}
+	lazy := &catalog.Lazy{URL: c.catalog, Logger: log,
+		System: catalog.System{Name: name, Database: cfg.Database, Version: buildVersion()}}
+	if lazy.URL == "" {
+		if lazy.URL, err = catalog.DefaultURL(c.upstream); err != nil {
+			return nil, err
+		}
+		lazy.CreateFrom = c.upstream
+	}
+	return lazy, nil
 }

@@ -1,0 +1,115 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"os"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rejot-dev/rejot/tests/pgtest"
+)
+
+var pg *pgtest.Cluster
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg, pgtest.Options{})) }
+
+func open(t *testing.T) *Catalog {
+	t.Helper()
+	c, err := Open(context.Background(), pg.URL(pg.CreateDB(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// TestConcurrentMigration: sidecars starting together on a fresh catalog
+// all succeed, and each migration is applied once.
+func TestConcurrentMigration(t *testing.T) {
+	db := pg.CreateDB(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 6)
+	for range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := Open(context.Background(), pg.URL(db))
+			if err == nil {
+				c.Close()
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, _ := loadMigrations()
+	var n int
+	pg.Connect(t, db).QueryRow(context.Background(), "SELECT count(*) FROM public.rejot_catalog_migrations").Scan(&n)
+	if n != len(all) {
+		t.Fatalf("%d migrations recorded, want %d", n, len(all))
+	}
+}
+
+func TestSystemsAndHeartbeat(t *testing.T) {
+	c := open(t)
+	ctx := context.Background()
+	if err := c.RegisterSystem(ctx, System{Name: "shop", Database: "shop", Address: "127.0.0.1:6432", Version: "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RegisterSystem(ctx, System{Name: "shop", Database: "shop", Address: "127.0.0.1:7432", Version: "v2"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Heartbeat(ctx, "shop"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Query(ctx, "SELECT system, address, version FROM rejot.systems", nil, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Rows) != 1 || string(res.Rows[0][1]) != "127.0.0.1:7432" || string(res.Rows[0][2]) != "v2" {
+		t.Fatalf("systems: %q", res.Rows)
+	}
+}
+
+// TestQueriesAreReadOnlyAndConfined: users' queries cannot write, nor read
+// beyond the rejot relations.
+func TestQueriesAreReadOnlyAndConfined(t *testing.T) {
+	c := open(t)
+	ctx := context.Background()
+	for _, q := range []string{
+		"INSERT INTO rejot_catalog.systems (system, database) VALUES ('x', 'x')",
+		"UPDATE rejot.systems SET version = 'x'",
+		"SELECT * FROM rejot_catalog.systems",
+		"SELECT pg_read_file('/etc/passwd')",
+		"CREATE TABLE rejot.x (id int)",
+	} {
+		_, err := c.Query(ctx, q, nil, nil, nil, nil)
+		var pe *pgconn.PgError
+		// Refused as a read-only transaction (25006) or for lack of privilege (42501).
+		if !errors.As(err, &pe) || (pe.Code != "25006" && pe.Code != "42501") {
+			t.Errorf("%s: got %v", q, err)
+		}
+	}
+	sd, err := c.Describe(ctx, "SELECT publication, version FROM rejot.publications WHERE version > $1", nil)
+	if err != nil || len(sd.ParamOIDs) != 1 || sd.ParamOIDs[0] != 23 || len(sd.Fields) != 2 {
+		t.Fatalf("describe: %+v, %v", sd, err)
+	}
+}
+
+func TestDefaultURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"postgres://app:pw@db:5432/shop?sslmode=require": "postgres://app:pw@db:5432/rejot?sslmode=require",
+		"host=db dbname=shop":                            "host=db dbname=shop dbname=rejot",
+	} {
+		if got, err := DefaultURL(in); err != nil || got != want {
+			t.Errorf("DefaultURL(%q) = %q, %v", in, got, err)
+		}
+	}
+}

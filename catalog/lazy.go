@@ -1,0 +1,131 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rs/zerolog"
+)
+
+// ErrUnavailable: the catalog has not been reached (yet).
+var ErrUnavailable = errors.New("the catalog is not reachable")
+
+// Lazy keeps a catalog open in the background: it connects (and migrates)
+// with backoff, registers the system, heartbeats, and reconnects, so that a
+// sidecar serves its database whether or not the catalog is up.
+type Lazy struct {
+	URL string
+	// CreateFrom, when set, is a connection URL on the catalog's server
+	// from which the catalog database is created if it is missing.
+	CreateFrom string
+	System     System
+	Heartbeat  time.Duration // default 10s
+	Logger     zerolog.Logger
+
+	cur atomic.Pointer[Catalog]
+}
+
+// Run keeps the catalog open until ctx ends.
+func (l *Lazy) Run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	every := l.Heartbeat
+	if every <= 0 {
+		every = 10 * time.Second
+	}
+	for ctx.Err() == nil {
+		c, err := l.open(ctx)
+		if err == nil {
+			err = c.RegisterSystem(ctx, l.System)
+			if err != nil {
+				c.Close()
+			}
+		}
+		if err != nil {
+			l.Logger.Warn().Err(err).Dur("retry_in", backoff).Msg("catalog unreachable")
+			sleep(ctx, backoff)
+			backoff = min(2*backoff, 30*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		l.Logger.Info().Str("system", l.System.Name).Msg("catalog connected, system registered")
+		l.cur.Store(c)
+		l.beat(ctx, c, every)
+		l.cur.Store(nil)
+		c.Close()
+	}
+}
+
+func (l *Lazy) open(ctx context.Context) (*Catalog, error) {
+	if l.CreateFrom != "" {
+		cfg, err := pgconn.ParseConfig(l.URL)
+		if err != nil {
+			return nil, err
+		}
+		if err := EnsureDatabase(ctx, l.CreateFrom, cfg.Database); err != nil {
+			return nil, err
+		}
+	}
+	return Open(ctx, l.URL)
+}
+
+// DefaultURL is the catalog's default: the database rejot on the upstream's
+// server, reached as the upstream is.
+func DefaultURL(upstream string) (string, error) {
+	if strings.HasPrefix(upstream, "postgres://") || strings.HasPrefix(upstream, "postgresql://") {
+		u, err := url.Parse(upstream)
+		if err != nil {
+			return "", err
+		}
+		u.Path = "/rejot"
+		u.RawPath = ""
+		return u.String(), nil
+	}
+	return upstream + " dbname=rejot", nil
+}
+
+// beat heartbeats until ctx ends or the catalog stops answering.
+func (l *Lazy) beat(ctx context.Context, c *Catalog, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := c.Heartbeat(ctx, l.System.Name); err != nil && ctx.Err() == nil {
+			l.Logger.Warn().Err(err).Msg("catalog heartbeat failed; reconnecting")
+			return
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// Describe is Catalog.Describe on the current catalog.
+func (l *Lazy) Describe(ctx context.Context, sql string, paramOIDs []uint32) (*pgconn.StatementDescription, error) {
+	c := l.cur.Load()
+	if c == nil {
+		return nil, ErrUnavailable
+	}
+	return c.Describe(ctx, sql, paramOIDs)
+}
+
+// Query is Catalog.Query on the current catalog.
+func (l *Lazy) Query(ctx context.Context, sql string, params [][]byte, paramOIDs []uint32, paramFormats, resultFormats []int16) (*Result, error) {
+	c := l.cur.Load()
+	if c == nil {
+		return nil, ErrUnavailable
+	}
+	return c.Query(ctx, sql, params, paramOIDs, paramFormats, resultFormats)
+}

@@ -1,0 +1,46 @@
+package sql
+
+import "testing"
+
+func TestClassifyRelations(t *testing.T) {
+	tests := []struct {
+		query   string
+		errCode string
+		errPos  int
+	}{
+		{query: "SELECT * FROM rejot.publications"},
+		{query: "SELECT p.publication, count(*) FROM rejot.publications p JOIN rejot.columns c USING (publication, version) GROUP BY 1 ORDER BY 2 DESC"},
+		{query: "WITH s AS (SELECT * FROM rejot.systems) SELECT * FROM s WHERE system = $1"},
+		{query: "SELECT * FROM rejot.subscriptions WHERE target IN (SELECT target FROM rejot.subscriptions)"},
+		{query: "SELECT * FROM rejot.nothing", errCode: CodeUndefinedTable, errPos: 15},
+		{query: "SELECT * FROM rejot.systems, pg_class", errCode: CodeFeatureNotSupported, errPos: 30},
+		{query: "SELECT * FROM rejot.systems WHERE system IN (SELECT relname FROM public.t)", errCode: CodeFeatureNotSupported, errPos: 66},
+		{query: "DELETE FROM rejot.systems", errCode: CodeFeatureNotSupported, errPos: 13},
+		{query: "SELECT * INTO copy FROM rejot.systems", errCode: CodeFeatureNotSupported},
+		{query: "UPDATE rejot.publications SET status = 'retired'", errCode: CodeFeatureNotSupported, errPos: 8},
+	}
+	for _, tt := range tests {
+		t.Run(tt.query, func(t *testing.T) {
+			st, err := ParseOne(tt.query)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !st.Relations || st.Call != nil {
+				t.Fatalf("not a relations query: %+v", st)
+			}
+			switch {
+			case tt.errCode == "" && st.Err != nil:
+				t.Fatalf("unexpected error %v", st.Err)
+			case tt.errCode != "" && (st.Err == nil || st.Err.Code != tt.errCode):
+				t.Fatalf("want %s, got %v", tt.errCode, st.Err)
+			case tt.errPos != 0 && st.Err.Position != tt.errPos:
+				t.Fatalf("position %d, want %d", st.Err.Position, tt.errPos)
+			}
+		})
+	}
+	for _, q := range []string{"SELECT * FROM rejot_publications", "SELECT 'rejot.publications'", "SELECT * FROM public.rejot"} {
+		if st, _ := ParseOne(q); st.Intercepted() {
+			t.Errorf("%s: intercepted", q)
+		}
+	}
+}
