@@ -160,22 +160,22 @@ func typeName(t *pg_query.TypeName) string {
 	return strings.ToLower(name)
 }
 
-// location finds a node's own location, if it has one.
+// location finds where a node starts: the first location, depth first,
+// of the node or what it contains; -1 when none is known.
 func location(n *pg_query.Node) int32 {
 	loc := int32(-1)
 	if n == nil {
 		return loc
 	}
-	m := n.ProtoReflect()
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if v.IsValid() && fd.Kind() == protoreflect.MessageKind && !fd.IsList() {
-			inner := v.Message()
-			if f := inner.Descriptor().Fields().ByName("location"); f != nil {
-				loc = int32(inner.Get(f).Int())
-				return false
+	walk(n.ProtoReflect(), func(m protoreflect.Message) {
+		if loc >= 0 {
+			return
+		}
+		if f := m.Descriptor().Fields().ByName("location"); f != nil && f.Kind() == protoreflect.Int32Kind {
+			if v := int32(m.Get(f).Int()); v >= 0 {
+				loc = v
 			}
 		}
-		return true
 	})
 	return loc
 }

@@ -1,0 +1,73 @@
+package sql
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestAnalyzeProjection(t *testing.T) {
+	p, err := AnalyzeProjection(`SELECT o.id, o.customer_id AS customer, total_cents / 100.0 AS total, upper(o.status) AS status
+		FROM public.orders o WHERE o.status <> 'draft'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Schema != "public" || p.Table != "orders" {
+		t.Fatalf("table %s.%s", p.Schema, p.Table)
+	}
+	want := []ProjectedColumn{
+		{Name: "id", Source: "id", Expr: "id"},
+		{Name: "customer", Source: "customer_id", Expr: "customer_id"},
+		{Name: "total", Expr: "total_cents / 100.0"},
+		{Name: "status", Expr: "upper(status)"},
+	}
+	for i, w := range want {
+		got := p.Columns[i]
+		if got.Name != w.Name || got.Source != w.Source || got.Expr != w.Expr {
+			t.Errorf("column %d = %+v, want %+v", i, got, w)
+		}
+	}
+	if p.Filter != "status <> 'draft'" {
+		t.Errorf("filter %q", p.Filter)
+	}
+}
+
+func TestAnalyzeProjectionRefuses(t *testing.T) {
+	tests := []struct {
+		query, code, says string
+		pos               int
+	}{
+		{"SELEC id FROM t", CodeSyntaxError, "syntax error", 1},
+		{"SELECT id FROM t; SELECT 2", CodeSyntaxError, "one SELECT statement", 18},
+		{"INSERT INTO t VALUES (1)", CodeFeatureNotSupported, "must be a SELECT", 1},
+		{"SELECT id FROM a JOIN b USING (id)", CodeFeatureNotSupported, "JOIN", 16},
+		{"SELECT a.id FROM a, b", CodeFeatureNotSupported, "exactly one table", 21},
+		{"SELECT id FROM (SELECT id FROM t) s", CodeFeatureNotSupported, "subqueries", 0},
+		{"SELECT id, (SELECT 1) AS one FROM t", CodeFeatureNotSupported, "subqueries", 12},
+		{"SELECT DISTINCT id FROM t", CodeFeatureNotSupported, "DISTINCT", 0},
+		{"SELECT id FROM t GROUP BY id", CodeFeatureNotSupported, "GROUP BY", 27},
+		{"SELECT id FROM t ORDER BY id", CodeFeatureNotSupported, "ORDER BY", 27},
+		{"SELECT id FROM t LIMIT 5", CodeFeatureNotSupported, "LIMIT", 24},
+		{"SELECT id FROM t UNION SELECT id FROM u", CodeFeatureNotSupported, "UNION", 0},
+		{"WITH x AS (SELECT 1) SELECT id FROM t", CodeFeatureNotSupported, "WITH", 1},
+		{"SELECT count(*) AS n FROM t", CodeFeatureNotSupported, "aggregate", 8},
+		{"SELECT id, row_number() OVER () AS n FROM t", CodeFeatureNotSupported, "window", 12},
+		{"SELECT * FROM t", CodeFeatureNotSupported, "list the columns", 8},
+		{"SELECT id, a + b FROM t", CodeSyntaxError, "needs a name", 12},
+		{"SELECT id, id FROM t", "42701", "more than once", 12},
+		{"SELECT id FROM t WHERE id = $1", CodeFeatureNotSupported, "parameters", 29},
+		{"SELECT id FROM t FOR UPDATE", CodeFeatureNotSupported, "FOR UPDATE", 0},
+		{"SELECT id FROM generate_series(1, 3) id", CodeFeatureNotSupported, "function in FROM", 16},
+		{"SELECT id FROM other.db.t", CodeFeatureNotSupported, "cross-database", 16},
+	}
+	for _, tt := range tests {
+		t.Run(tt.query, func(t *testing.T) {
+			_, err := AnalyzeProjection(tt.query)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if err.Code != tt.code || !strings.Contains(err.Message, tt.says) || (tt.pos != 0 && err.Position != tt.pos) {
+				t.Fatalf("got %s %q at %d; want %s %q at %d", err.Code, err.Message, err.Position, tt.code, tt.says, tt.pos)
+			}
+		})
+	}
+}
