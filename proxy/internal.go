@@ -162,7 +162,8 @@ func (u upstreamSession) Query(ctx context.Context, query string, params ...*str
 		return nil, err
 	}
 	if pgErr != nil {
-		return nil, &sql.Error{Code: pgErr.Code, Message: pgErr.Message, Detail: pgErr.Detail, Hint: pgErr.Hint}
+		return nil, &sql.QueryError{Code: pgErr.Code, Message: pgErr.Message, Detail: pgErr.Detail,
+			Hint: pgErr.Hint, Position: int(pgErr.Position)}
 	}
 	s.leaked = false
 	return rows, nil
@@ -177,6 +178,8 @@ func addRow(rows *sql.Rows, m sinkMsg) {
 		if rd.Decode(m.body) == nil {
 			for _, f := range rd.Fields {
 				rows.Columns = append(rows.Columns, string(f.Name))
+				rows.Fields = append(rows.Fields, sql.Field{Name: string(f.Name), TableOID: f.TableOID,
+					Column: int16(f.TableAttributeNumber), TypeOID: f.DataTypeOID, TypeMod: f.TypeModifier})
 			}
 		}
 	case 'D':

@@ -35,7 +35,13 @@ func writeErrorTo(w *bufio.Writer, severity, code, msg string) {
 // is the text the error's position refers to.
 func errorResponse(err error, query string) *pgproto3.ErrorResponse {
 	var se *sql.Error
-	if !errors.As(err, &se) {
+	var qe *sql.QueryError
+	switch {
+	case errors.As(err, &se):
+	case errors.As(err, &qe):
+		// A query the call ran failed; its position is in that query, not the client's.
+		se = &sql.Error{Code: qe.Code, Message: qe.Message, Detail: qe.Detail, Hint: qe.Hint}
+	default:
 		se = &sql.Error{Code: sql.CodeInternalError, Message: "rejot: " + err.Error()}
 	}
 	return &pgproto3.ErrorResponse{

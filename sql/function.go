@@ -82,8 +82,27 @@ type Session interface {
 // Rows are the text-format results of a Session query.
 type Rows struct {
 	Columns []string
+	Fields  []Field
 	Values  [][]*string
 }
+
+// Field describes a result column as the server does.
+type Field struct {
+	Name     string
+	TableOID uint32 // the table of a plain column reference, else 0
+	Column   int16  // its attribute number, else 0
+	TypeOID  uint32
+	TypeMod  int32
+}
+
+// QueryError is a server's error for a Session query. Position is the
+// 1-based character position in that query's text, 0 when none.
+type QueryError struct {
+	Code, Message, Detail, Hint string
+	Position                    int
+}
+
+func (e *QueryError) Error() string { return e.Message + " (SQLSTATE " + e.Code + ")" }
 
 // Env is what a running function sees.
 type Env struct {

@@ -1,0 +1,294 @@
+package sql
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// PublicColumn is a column of a public schema, as validated against the
+// live database.
+type PublicColumn struct {
+	Name     string
+	Type     string // Postgres's name with modifiers, e.g. numeric(12,2)
+	TypeOID  uint32
+	TypeMod  int32
+	IsKey    bool
+	Nullable bool
+}
+
+// Validated is a projection checked against the live database.
+type Validated struct {
+	*Projection
+	TableOID uint32
+	Source   string // schema-qualified, quoted
+	Columns  []PublicColumn
+	Key      []string
+}
+
+// projectionPrefix wraps a publication query to describe its output.
+const projectionPrefix = "SELECT * FROM ("
+
+// Validate checks a projection against the live database through the
+// caller's own session: its privileges apply, and uncommitted DDL earlier
+// in its transaction counts. Error positions are 1-based byte offsets into
+// p.Query.
+func Validate(ctx context.Context, sess Session, p *Projection) (*Validated, error) {
+	v := &Validated{Projection: p}
+	if err := v.resolveTable(ctx, sess); err != nil {
+		return nil, err
+	}
+	fields, err := v.describe(ctx, sess)
+	if err != nil {
+		return nil, err
+	}
+	attrs, err := v.attributes(ctx, sess)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.setColumns(ctx, sess, fields, attrs); err != nil {
+		return nil, err
+	}
+	if err := v.checkImmutable(ctx, sess); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+func (v *Validated) resolveTable(ctx context.Context, sess Session) error {
+	name := pgx.Identifier{v.Table}.Sanitize()
+	if v.Schema != "" {
+		name = pgx.Identifier{v.Schema, v.Table}.Sanitize()
+	}
+	rows, err := sess.Query(ctx, `SELECT c.oid, c.relkind, n.nspname, c.relname
+		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.oid = pg_catalog.to_regclass($1)`, &name)
+	if err != nil {
+		return err
+	}
+	if len(rows.Values) == 0 {
+		return Errorf(CodeUndefinedTable, "relation %q does not exist", strings.Trim(name, `"`)).at(int32(v.TableAt))
+	}
+	r := rows.Values[0]
+	oid, _ := strconv.ParseUint(*r[0], 10, 32)
+	v.TableOID = uint32(oid)
+	v.Source = pgx.Identifier{*r[2], *r[3]}.Sanitize()
+	if kind := *r[1]; kind != "r" && kind != "p" {
+		return Errorf(CodeFeatureNotSupported, "%s is not a table (it is a %s): a publication reads a table's rows",
+			v.Source, relkindName(kind)).at(int32(v.TableAt)).hint("Publish from the table the %s reads.", relkindName(kind))
+	}
+	return nil
+}
+
+func relkindName(k string) string {
+	switch k {
+	case "v":
+		return "view"
+	case "m":
+		return "materialized view"
+	case "f":
+		return "foreign table"
+	case "S":
+		return "sequence"
+	}
+	return "relation of kind " + k
+}
+
+// describe runs the query with LIMIT 0: Postgres checks the columns, the
+// functions and the caller's privileges, and describes the output.
+func (v *Validated) describe(ctx context.Context, sess Session) ([]Field, error) {
+	rows, err := sess.Query(ctx, projectionPrefix+v.Query+"\n) AS rejot_projection LIMIT 0")
+	if err != nil {
+		var qe *QueryError
+		if errors.As(err, &qe) {
+			e := &Error{Code: qe.Code, Message: qe.Message, Detail: qe.Detail, Hint: qe.Hint}
+			if pos := qe.Position - len(projectionPrefix); pos > 0 && pos <= len([]rune(v.Query))+1 {
+				e.Position = byteOffset(v.Query, pos) + 1
+			}
+			return nil, e
+		}
+		return nil, err
+	}
+	return rows.Fields, nil
+}
+
+type attribute struct {
+	name    string
+	notNull bool
+	isKey   bool
+	typ     string // declared type: a domain stays a domain
+	typeOID uint32
+	typeMod int32
+}
+
+func (v *Validated) attributes(ctx context.Context, sess Session) (map[int16]attribute, error) {
+	oid := strconv.FormatUint(uint64(v.TableOID), 10)
+	rows, err := sess.Query(ctx, `SELECT a.attnum, a.attname, a.attnotnull,
+			coalesce(a.attnum = ANY (i.indkey::int2[]), false),
+			pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod
+		FROM pg_catalog.pg_attribute a
+		LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+		WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped`, &oid)
+	if err != nil {
+		return nil, err
+	}
+	attrs := map[int16]attribute{}
+	for _, r := range rows.Values {
+		num, _ := strconv.Atoi(*r[0])
+		oid, _ := strconv.ParseUint(*r[5], 10, 32)
+		mod, _ := strconv.Atoi(*r[6])
+		attrs[int16(num)] = attribute{name: *r[1], notNull: *r[2] == "t", isKey: *r[3] == "t",
+			typ: *r[4], typeOID: uint32(oid), typeMod: int32(mod)}
+	}
+	return attrs, nil
+}
+
+// setColumns types the output and finds the public key: the table's
+// primary key, published as plain column references.
+func (v *Validated) setColumns(ctx context.Context, sess Session, fields []Field, attrs map[int16]attribute) error {
+	types, err := formatTypes(ctx, sess, fields)
+	if err != nil {
+		return err
+	}
+	covered := map[int16]bool{}
+	for i, f := range fields {
+		c := PublicColumn{Name: v.Projection.Columns[i].Name, Type: types[i], TypeOID: f.TypeOID, TypeMod: f.TypeMod, Nullable: true}
+		if a, ok := attrs[f.Column]; ok && f.TableOID == v.TableOID && v.Projection.Columns[i].Source != "" {
+			c.Nullable = !a.notNull
+			c.Type, c.TypeOID, c.TypeMod = a.typ, a.typeOID, a.typeMod
+			if a.isKey && !covered[f.Column] {
+				c.IsKey, c.Nullable, covered[f.Column] = true, false, true
+				v.Key = append(v.Key, c.Name)
+			}
+		}
+		v.Columns = append(v.Columns, c)
+	}
+	return v.checkKey(attrs, covered)
+}
+
+func (v *Validated) checkKey(attrs map[int16]attribute, covered map[int16]bool) error {
+	var pk, missing []string
+	for num, a := range attrs {
+		if a.isKey {
+			pk = append(pk, a.name)
+			if !covered[num] {
+				missing = append(missing, a.name)
+			}
+		}
+	}
+	if len(pk) == 0 {
+		return Errorf(CodeFeatureNotSupported, "%s has no primary key: a publication's rows are identified by the table's primary key", v.Source).
+			at(int32(v.TableAt)).hint("Add a primary key to %s.", v.Source)
+	}
+	if len(missing) > 0 {
+		return Errorf(CodeFeatureNotSupported, "the publication must include the primary key of %s as plain columns; missing: %s",
+			v.Source, strings.Join(missing, ", ")).hint("Add %s to the select list; you may rename it (%s AS new_name).",
+			strings.Join(missing, ", "), missing[0])
+	}
+	return nil
+}
+
+func formatTypes(ctx context.Context, sess Session, fields []Field) ([]string, error) {
+	oids, mods := make([]string, len(fields)), make([]string, len(fields))
+	for i, f := range fields {
+		oids[i] = strconv.FormatUint(uint64(f.TypeOID), 10)
+		mods[i] = strconv.Itoa(int(f.TypeMod))
+	}
+	o, m := "{"+strings.Join(oids, ",")+"}", "{"+strings.Join(mods, ",")+"}"
+	rows, err := sess.Query(ctx, `SELECT pg_catalog.format_type(t, m)
+		FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS u(t, m, i) ORDER BY i`, &o, &m)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(rows.Values))
+	for i, r := range rows.Values {
+		out[i] = *r[0]
+	}
+	return out, nil
+}
+
+// checkImmutable asks Postgres itself whether the projection's expressions
+// and filter are immutable, with operator and cast resolution included:
+// each becomes a generated column of a temporary copy of the table, which
+// Postgres accepts only for immutable expressions. The copy is made inside
+// a PL/pgSQL block that always undoes its work, so nothing remains.
+func (v *Validated) checkImmutable(ctx context.Context, sess Session) error {
+	type check struct {
+		expr, typ string
+		at        int
+	}
+	var checks []check
+	for i, c := range v.Projection.Columns {
+		if c.Source == "" {
+			checks = append(checks, check{c.Expr, v.Columns[i].Type, c.At})
+		}
+	}
+	if v.Filter != "" {
+		checks = append(checks, check{v.Filter, "boolean", v.FilterAt})
+	}
+	if len(checks) == 0 {
+		return nil
+	}
+	tag, err := dollarTag(checks)
+	if err != nil {
+		return err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "DO %s\nDECLARE bad int := -1; msg text;\nBEGIN\n  BEGIN\n", tag)
+	fmt.Fprintf(&b, "    CREATE TEMP TABLE rejot_immutability_check (LIKE %s);\n", v.Source)
+	for i, c := range checks {
+		fmt.Fprintf(&b, "    BEGIN ALTER TABLE pg_temp.rejot_immutability_check ADD COLUMN rejot_c%d %s GENERATED ALWAYS AS (%s) STORED;\n", i, c.typ, c.expr)
+		fmt.Fprintf(&b, "    EXCEPTION WHEN OTHERS THEN bad := %d; GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT; RAISE EXCEPTION USING ERRCODE = 'RJ001'; END;\n", i)
+	}
+	fmt.Fprintf(&b, "    RAISE EXCEPTION USING ERRCODE = 'RJ000';\n  EXCEPTION WHEN SQLSTATE 'RJ000' OR SQLSTATE 'RJ001' THEN NULL;\n  END;\n")
+	fmt.Fprintf(&b, "  IF bad >= 0 THEN RAISE EXCEPTION 'rejot:%%:%%', bad, msg USING ERRCODE = 'RJ002'; END IF;\nEND %s", tag)
+	_, err = sess.Query(ctx, b.String())
+	var qe *QueryError
+	if !errors.As(err, &qe) || qe.Code != "RJ002" {
+		return err
+	}
+	idx, msg := parseCheckFailure(qe.Message)
+	if idx < 0 || idx >= len(checks) {
+		return err
+	}
+	what := "expression"
+	if v.Filter != "" && idx == len(checks)-1 {
+		what = "filter"
+	}
+	return Errorf("42P17", "the publication's %s %s is not allowed: %s", what, checks[idx].expr, strings.TrimPrefix(msg, "generation expression ")).
+		at(int32(checks[idx].at)).hint("A publication may use only immutable functions and operators (no now(), random(), nextval(), volatile or stable functions), so that every change projects the same way.")
+}
+
+func parseCheckFailure(msg string) (int, string) {
+	rest, ok := strings.CutPrefix(msg, "rejot:")
+	if !ok {
+		return -1, ""
+	}
+	num, text, _ := strings.Cut(rest, ":")
+	i, err := strconv.Atoi(num)
+	if err != nil {
+		return -1, ""
+	}
+	return i, text
+}
+
+// dollarTag picks a dollar-quote tag that no expression contains.
+func dollarTag[T any](items []T) (string, error) {
+	var raw [8]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", err
+	}
+	tag := "$rejot_" + hex.EncodeToString(raw[:]) + "$"
+	for _, it := range items {
+		if strings.Contains(fmt.Sprint(it), tag) {
+			return "", errors.New("cannot quote the expression")
+		}
+	}
+	return tag, nil
+}
