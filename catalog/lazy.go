@@ -112,6 +112,17 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
+func (l *Lazy) current() *Catalog { return l.cur.Load() }
+
+// Claim is Catalog.Claim on the current catalog.
+func (l *Lazy) Claim(ctx context.Context, name, system string) (string, error) {
+	c := l.cur.Load()
+	if c == nil {
+		return "", ErrUnavailable
+	}
+	return c.Claim(ctx, name, system)
+}
+
 // Describe is Catalog.Describe on the current catalog.
 func (l *Lazy) Describe(ctx context.Context, sql string, paramOIDs []uint32) (*pgconn.StatementDescription, error) {
 	c := l.cur.Load()

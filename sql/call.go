@@ -24,8 +24,9 @@ type Call struct {
 	Form     Form
 	Alias    string // output name given with AS, if any
 	Args     []Arg
-	Location int // 0-based byte offset of the function name in the query
-	NParams  int // highest $n used by the arguments
+	Location int    // 0-based byte offset of the function name in the query
+	NParams  int    // highest $n used by the arguments
+	Query    string // the query string the call was parsed from
 }
 
 // maxParams is the most parameters a Bind message can carry.
@@ -61,7 +62,7 @@ func newCall(t topLevel, query string) (*Call, *Error) {
 		return nil, Errorf(CodeUndefinedFunction, "function %s() does not exist", qualifiedName(fn)).
 			at(fn.Location).hint("Call the rejot functions as rejot.name(...).")
 	}
-	c := &Call{Function: funcName(fn), Form: t.form, Alias: t.alias, Location: int(fn.Location)}
+	c := &Call{Function: funcName(fn), Form: t.form, Alias: t.alias, Location: int(fn.Location), Query: query}
 	for _, n := range fn.Args {
 		a, err := newArg(n)
 		if err != nil {

@@ -15,6 +15,7 @@ const (
 	CodeIndeterminateDatatype = "42P18"
 	CodeUndefinedParameter    = "42P02"
 	CodeUndefinedTable        = "42P01"
+	CodeDuplicateObject       = "42710"
 )
 
 // Error is a Postgres error raised by the API: the proxy sends it to the

@@ -108,18 +108,24 @@ func (e *QueryError) Error() string { return e.Message + " (SQLSTATE " + e.Code 
 type Env struct {
 	Session  Session
 	Executor *Executor
+	Call     *Call
+	args     map[string]*Arg // the arguments bound to each parameter
 }
 
 // Executor binds and runs calls. Its exported fields configure it.
 type Executor struct {
 	Version   string        // the sidecar's version, returned by rejot.version()
+	System    string        // the system this sidecar's database is
+	Database  string        // that database's name
 	Catalog   CatalogReader // answers queries over the catalog relations; nil: none
+	Names     NameClaimer   // decides publication names' owners; nil: the catalog judges later
 	functions map[string]*Function
 }
 
 // NewExecutor returns an executor with the API's functions.
 func NewExecutor(version string) *Executor {
 	x := &Executor{Version: version, functions: map[string]*Function{}}
+	x.Register(publishFunction())
 	x.Register(&Function{
 		Name:    "version",
 		Returns: []Column{{Name: "version", TypeOID: OIDText}},
@@ -225,7 +231,11 @@ func (x *Executor) Execute(ctx context.Context, c *Call, params []*string, sess 
 	if err != nil {
 		return nil, err
 	}
-	rows, runErr := f.Run(ctx, &Env{Session: sess, Executor: x}, args)
+	env := &Env{Session: sess, Executor: x, Call: c, args: map[string]*Arg{}}
+	for i, p := range f.Params {
+		env.args[p.Name] = bound[i]
+	}
+	rows, runErr := f.Run(ctx, env, args)
 	if runErr != nil {
 		return nil, runErr
 	}

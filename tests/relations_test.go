@@ -41,7 +41,7 @@ func TestCatalogRelations(t *testing.T) {
 			}
 			var n int64
 			err := conn.QueryRow(ctx, `SELECT count(*) FROM rejot.publications p
-				JOIN rejot.columns c USING (publication, version) WHERE p.status = 'active'`).Scan(&n)
+				JOIN rejot.columns c USING (publication, version) WHERE p.status = 'active' AND p.owner = $1`, db).Scan(&n)
 			if err != nil || n != 0 {
 				t.Fatalf("join: %d, %v", n, err)
 			}

@@ -93,7 +93,10 @@ func serve(ctx context.Context, args []string) error {
 		return err
 	}
 	executor := sql.NewExecutor(buildVersion())
-	executor.Catalog = lazy
+	executor.Catalog, executor.Names = lazy, lazy
+	executor.System, executor.Database = lazy.System.Name, lazy.System.Database
+	applier := &catalog.Applier{Upstream: c.upstream, System: lazy.System.Name, Catalog: lazy,
+		Logger: log, Prepare: sql.InstallManaged}
 	srv := &proxy.Server{
 		Upstream:       up,
 		Executor:       executor,
@@ -122,7 +125,13 @@ func serve(ctx context.Context, args []string) error {
 	lazy.System.Address = ln.Addr().String()
 	catalogCtx, stopCatalog := context.WithCancel(context.Background())
 	catalogDone := make(chan struct{})
-	go func() { lazy.Run(catalogCtx); close(catalogDone) }()
+	go func() {
+		done := make(chan struct{})
+		go func() { applier.Run(catalogCtx); close(done) }()
+		lazy.Run(catalogCtx)
+		<-done
+		close(catalogDone)
+	}()
 	defer func() { stopCatalog(); <-catalogDone }()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

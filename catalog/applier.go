@@ -1,0 +1,117 @@
+package catalog
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/rs/zerolog"
+)
+
+// Applier applies a system's committed calls from the outbox in its
+// database (_rejot.commands) to the catalog, in order, once each. It is
+// woken by NOTIFY rejot_commands when a call commits, and polls as well,
+// so calls committed while the catalog or the sidecar was down are applied
+// when both are back.
+type Applier struct {
+	Upstream string // the managed database, as the sidecar's own role
+	System   string
+	Catalog  *Lazy
+	Poll     time.Duration // default 5s
+	Logger   zerolog.Logger
+	// Prepare runs on each new connection before anything is applied: the
+	// sidecar installs its schema _rejot there.
+	Prepare func(context.Context, *pgx.Conn) error
+}
+
+// Run applies commands until ctx ends.
+func (a *Applier) Run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := a.session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		a.Logger.Warn().Err(err).Dur("retry_in", backoff).Msg("outbox applier stopped; restarting")
+		sleep(ctx, backoff)
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// session listens and applies on one connection until it fails.
+func (a *Applier) session(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, a.Upstream)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if a.Prepare != nil {
+		if err := a.Prepare(ctx, conn); err != nil {
+			return err
+		}
+	}
+	if _, err := conn.Exec(ctx, "LISTEN rejot_commands"); err != nil {
+		return err
+	}
+	poll := a.Poll
+	if poll <= 0 {
+		poll = 5 * time.Second
+	}
+	for {
+		if err := a.applyPending(ctx, conn); err != nil {
+			return err
+		}
+		wait, cancel := context.WithTimeout(ctx, poll)
+		_, err := conn.WaitForNotification(wait)
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil && wait.Err() == nil {
+			return err
+		}
+	}
+}
+
+type command struct {
+	id      int64
+	kind    string
+	payload []byte
+}
+
+// applyPending applies the outbox's unapplied commands, oldest first; it
+// stops at the first one the catalog cannot take now.
+func (a *Applier) applyPending(ctx context.Context, conn *pgx.Conn) error {
+	c := a.Catalog.current()
+	if c == nil {
+		return nil // not connected yet: the next poll tries again
+	}
+	rows, err := conn.Query(ctx, "SELECT id, kind, payload FROM _rejot.commands WHERE applied_at IS NULL ORDER BY id LIMIT 100")
+	if err != nil {
+		return err
+	}
+	cmds, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (command, error) {
+		var cmd command
+		return cmd, r.Scan(&cmd.id, &cmd.kind, &cmd.payload)
+	})
+	if err != nil {
+		return err
+	}
+	for _, cmd := range cmds {
+		outcome := ""
+		if err := c.Apply(ctx, a.System, cmd.id, cmd.kind, cmd.payload); err != nil {
+			if !IsRefusal(err) {
+				a.Logger.Warn().Err(err).Int64("command", cmd.id).Msg("cannot apply to the catalog yet")
+				return nil
+			}
+			outcome = err.Error()
+			a.Logger.Error().Err(err).Int64("command", cmd.id).Str("kind", cmd.kind).Msg("command refused by the catalog")
+		} else {
+			a.Logger.Info().Int64("command", cmd.id).Str("kind", cmd.kind).Msg("command applied to the catalog")
+		}
+		if _, err := conn.Exec(ctx, "UPDATE _rejot.commands SET applied_at = now(), error = NULLIF($2, '') WHERE id = $1", cmd.id, outcome); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,110 @@
+package catalog
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Published is the payload of a publish command: a publication version as
+// its owner recorded it.
+type Published struct {
+	Publication string   `json:"publication"`
+	Version     int      `json:"version"`
+	Minor       int      `json:"minor"`
+	Owner       string   `json:"owner"`
+	Database    string   `json:"database"`
+	Query       string   `json:"query"`
+	Source      string   `json:"source"`
+	KeyColumns  []string `json:"key_columns"`
+	Columns     []Column `json:"columns"`
+	Description string   `json:"description"`
+}
+
+// ErrNameTaken: the publication name belongs to another system.
+type ErrNameTaken struct{ Name, Owner string }
+
+func (e *ErrNameTaken) Error() string {
+	return fmt.Sprintf("publication name %q belongs to system %q", e.Name, e.Owner)
+}
+
+// Claim makes name the system's unless another system has it, and returns
+// its owner. A name belongs to the system that first published it.
+func (c *Catalog) Claim(ctx context.Context, name, system string) (string, error) {
+	var owner string
+	err := c.pool.QueryRow(ctx, `WITH claim AS (
+			INSERT INTO rejot_catalog.publication_names (publication, owner) VALUES ($1, $2)
+			ON CONFLICT (publication) DO NOTHING RETURNING owner)
+		SELECT owner FROM claim UNION ALL
+		SELECT owner FROM rejot_catalog.publication_names WHERE publication = $1 LIMIT 1`, name, system).Scan(&owner)
+	return owner, err
+}
+
+// Apply applies one command of a system's outbox, once: a command already
+// applied is skipped, so replays after a crash change nothing.
+func (c *Catalog) Apply(ctx context.Context, system string, id int64, kind string, payload []byte) error {
+	return pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `INSERT INTO rejot_catalog.applied_commands (system, command_id) VALUES ($1, $2)
+			ON CONFLICT DO NOTHING`, system, id)
+		if err != nil || tag.RowsAffected() == 0 {
+			return err
+		}
+		switch kind {
+		case "publish":
+			var p Published
+			if err := json.Unmarshal(payload, &p); err != nil {
+				return fmt.Errorf("command %d: %w", id, err)
+			}
+			return applyPublish(ctx, tx, system, &p)
+		default:
+			return fmt.Errorf("command %d: unknown kind %q", id, kind)
+		}
+	})
+}
+
+func applyPublish(ctx context.Context, tx pgx.Tx, system string, p *Published) error {
+	var owner string
+	err := tx.QueryRow(ctx, `INSERT INTO rejot_catalog.publication_names (publication, owner) VALUES ($1, $2)
+		ON CONFLICT (publication) DO UPDATE SET owner = rejot_catalog.publication_names.owner
+		RETURNING owner`, p.Publication, system).Scan(&owner)
+	if err != nil {
+		return err
+	}
+	if owner != system {
+		return &ErrNameTaken{Name: p.Publication, Owner: owner}
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO rejot_catalog.publications
+			(publication, version, minor, owner, database, query, source, key_columns, description)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+		ON CONFLICT (publication, version) DO UPDATE SET
+			minor = EXCLUDED.minor, query = EXCLUDED.query, source = EXCLUDED.source,
+			key_columns = EXCLUDED.key_columns, description = EXCLUDED.description, updated_at = now()
+		WHERE rejot_catalog.publications.minor <= EXCLUDED.minor`,
+		p.Publication, p.Version, p.Minor, system, p.Database, p.Query, p.Source, p.KeyColumns, p.Description)
+	if err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, "DELETE FROM rejot_catalog.columns WHERE publication = $1 AND version = $2", p.Publication, p.Version); err != nil {
+		return err
+	}
+	for i, col := range p.Columns {
+		_, err := tx.Exec(ctx, `INSERT INTO rejot_catalog.columns
+				(publication, version, position, name, type, type_oid, type_mod, is_key, nullable, since_minor)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+			p.Publication, p.Version, i+1, col.Name, col.Type, col.TypeOID, col.TypeMod, col.IsKey, col.Nullable, col.SinceMinor)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// IsRefusal reports whether an Apply error is the command's own fault (it
+// can never apply) rather than the catalog's (retry later).
+func IsRefusal(err error) bool {
+	var taken *ErrNameTaken
+	return errors.As(err, &taken)
+}

@@ -1,0 +1,254 @@
+package sql
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/rejot-dev/rejot/catalog"
+)
+
+// NameClaimer decides which system owns a publication name.
+type NameClaimer interface {
+	Claim(ctx context.Context, name, system string) (owner string, err error)
+}
+
+var publicationName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+func publishFunction() *Function {
+	return &Function{
+		Name: "publish",
+		Params: []Param{{Name: "name", Type: OIDText}, {Name: "version", Type: OIDInt4},
+			{Name: "query", Type: OIDText}, {Name: "description", Type: OIDText, Optional: true}},
+		Returns: []Column{{Name: "publication", TypeOID: OIDText}, {Name: "version", TypeOID: OIDInt4},
+			{Name: "minor", TypeOID: OIDInt4}, {Name: "columns", TypeOID: OIDText}},
+		Run: runPublish,
+	}
+}
+
+func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
+	name, version, query, err := publishArgs(args)
+	if err != nil {
+		return nil, err
+	}
+	p, perr := AnalyzeProjection(query)
+	if perr != nil {
+		return nil, env.inArg("query", perr)
+	}
+	v, err := Validate(ctx, env.Session, p)
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) {
+			return nil, env.inArg("query", e)
+		}
+		return nil, err
+	}
+	if err := env.checkOwner(ctx, name); err != nil {
+		return nil, err
+	}
+	pub := &catalog.Published{Publication: name, Version: version, Owner: env.Executor.System,
+		Database: env.Executor.Database, Query: query, Source: v.Source, KeyColumns: v.Key,
+		Columns: publicColumns(v), Description: args.Text("description")}
+	changed, err := reconcile(ctx, env.Session, pub)
+	if err != nil {
+		return nil, err
+	}
+	if changed {
+		if err := record(ctx, env.Session, pub); err != nil {
+			return nil, err
+		}
+	}
+	return [][]any{{pub.Publication, int32(pub.Version), int32(pub.Minor), describeColumns(pub.Columns)}}, nil
+}
+
+func publishArgs(args Args) (name string, version int, query string, err error) {
+	name = args.Text("name")
+	if !publicationName.MatchString(name) {
+		return "", 0, "", Errorf(CodeInvalidParameter, "invalid publication name %q", name).
+			hint("Use lower-case letters, digits and _, starting with a letter or _ (at most 63).")
+	}
+	n, ok, err := args.Int("version")
+	if err != nil {
+		return "", 0, "", err
+	}
+	if !ok || n < 1 || n > 1<<30 {
+		return "", 0, "", Errorf(CodeInvalidParameter, "invalid version %s: versions are whole numbers from 1", nullText(args["version"]))
+	}
+	if args["query"] == nil || strings.TrimSpace(*args["query"]) == "" {
+		return "", 0, "", Errorf(CodeInvalidParameter, "the query must not be empty").hint("Give the SELECT that defines the publication.")
+	}
+	return name, int(n), *args["query"], nil
+}
+
+func nullText(v *string) string {
+	if v == nil {
+		return "NULL"
+	}
+	return strconv.Quote(*v)
+}
+
+// checkOwner claims the name in the catalog for this system, or refuses it
+// when another system has it. An unreachable catalog cannot say: the owner's
+// own record decides, and the catalog judges when the call is applied.
+func (env *Env) checkOwner(ctx context.Context, name string) error {
+	x := env.Executor
+	if x.Names == nil {
+		return nil
+	}
+	owner, err := x.Names.Claim(ctx, name, x.System)
+	if err != nil || owner == x.System {
+		return nil
+	}
+	return Errorf(CodeDuplicateObject, "publication %q belongs to system %q", name, owner).
+		hint("Publication names are unique across systems: choose another name.")
+}
+
+func publicColumns(v *Validated) []catalog.Column {
+	cols := make([]catalog.Column, len(v.Columns))
+	for i, c := range v.Columns {
+		cols[i] = catalog.Column{Name: c.Name, Type: c.Type, TypeOID: c.TypeOID, TypeMod: c.TypeMod, IsKey: c.IsKey, Nullable: c.Nullable}
+	}
+	return cols
+}
+
+// reconcile compares the new definition with this system's record of the
+// same version, in the caller's transaction (locking the record), sets the
+// minor version and the merged columns, and reports whether anything is
+// to be recorded.
+func reconcile(ctx context.Context, sess Session, pub *catalog.Published) (bool, error) {
+	name, version := pub.Publication, strconv.Itoa(pub.Version)
+	rows, err := sess.Query(ctx, `SELECT minor, query, columns::text, description,
+			(SELECT max(version) FROM _rejot.publications WHERE publication = $1)
+		FROM _rejot.publications WHERE publication = $1 AND version = $2::int FOR UPDATE`, &name, &version)
+	if err != nil {
+		return false, notManaged(err)
+	}
+	if len(rows.Values) == 0 {
+		return true, nil
+	}
+	r := rows.Values[0]
+	minor, _ := strconv.Atoi(*r[0])
+	var old []catalog.Column
+	if err := json.Unmarshal([]byte(*r[2]), &old); err != nil {
+		return false, fmt.Errorf("corrupt record of %s version %d: %w", name, pub.Version, err)
+	}
+	merged, change, reason := catalog.Compare(old, pub.Columns, minor+1)
+	switch {
+	case change == catalog.Breaking:
+		latest, _ := strconv.Atoi(*r[4])
+		return false, Errorf(CodeFeatureNotSupported, "publication %s version %d cannot change this way: %s", name, pub.Version, reason).
+			hint("Subscribers rely on version %d. Publish the new shape as version %d, and deprecate version %d when they have moved.", pub.Version, latest+1, pub.Version)
+	case change == catalog.Compatible || pub.Query != *r[1]:
+		pub.Minor = minor + 1
+	default:
+		pub.Minor = minor
+	}
+	pub.Columns = merged
+	return pub.Minor != minor || pub.Description != *r[3], nil
+}
+
+// record writes the owner's record and the command for the catalog, in the
+// caller's transaction: the call takes effect exactly when it commits.
+func record(ctx context.Context, sess Session, pub *catalog.Published) error {
+	cols, err := json.Marshal(pub.Columns)
+	if err != nil {
+		return err
+	}
+	payload, err := json.Marshal(pub)
+	if err != nil {
+		return err
+	}
+	version, minor := strconv.Itoa(pub.Version), strconv.Itoa(pub.Minor)
+	key, colsText := "{"+strings.Join(quoteArray(pub.KeyColumns), ",")+"}", string(cols)
+	_, err = sess.Query(ctx, `INSERT INTO _rejot.publications
+			(publication, version, minor, query, source, key_columns, columns, description, updated_at)
+		VALUES ($1, $2::int, $3::int, $4, $5, $6::text[], $7::jsonb, $8, now())
+		ON CONFLICT (publication, version) DO UPDATE SET minor = EXCLUDED.minor, query = EXCLUDED.query,
+			source = EXCLUDED.source, key_columns = EXCLUDED.key_columns, columns = EXCLUDED.columns,
+			description = EXCLUDED.description, updated_at = now()`,
+		&pub.Publication, &version, &minor, &pub.Query, &pub.Source, &key, &colsText, &pub.Description)
+	if err != nil {
+		return notManaged(err)
+	}
+	body, kind := string(payload), "publish"
+	_, err = sess.Query(ctx, `WITH c AS (INSERT INTO _rejot.commands (kind, payload) VALUES ($1, $2::jsonb) RETURNING id)
+		SELECT id, pg_notify('rejot_commands', id::text) FROM c`, &kind, &body)
+	return notManaged(err)
+}
+
+func quoteArray(items []string) []string {
+	out := make([]string, len(items))
+	for i, s := range items {
+		out[i] = `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+	}
+	return out
+}
+
+// notManaged explains a missing _rejot schema.
+func notManaged(err error) error {
+	var qe *QueryError
+	if errors.As(err, &qe) && qe.Code == CodeUndefinedTable {
+		return Errorf(CodeUndefinedTable, "this database is not managed by the sidecar yet (schema _rejot is missing)").
+			hint("The sidecar installs _rejot when it starts: check its log for why it could not.")
+	}
+	return err
+}
+
+func describeColumns(cols []catalog.Column) string {
+	parts := make([]string, len(cols))
+	for i, c := range cols {
+		parts[i] = c.Name + " " + c.Type
+		if c.IsKey {
+			parts[i] += " key"
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// inArg moves an error's position from inside a string argument to the
+// statement: exact for '...' and $$...$$ literals written without escapes.
+func (env *Env) inArg(name string, e *Error) *Error {
+	a := env.args[name]
+	if a == nil || e.Position == 0 || env.Call == nil {
+		e.Position = 0
+		return e
+	}
+	if a.Kind != ArgString {
+		e.Position = 0
+		return e
+	}
+	start, exact := literalStart(env.Call.Query, a)
+	if exact {
+		e.Position = start + e.Position
+	} else {
+		e.Position = a.Location + 1
+	}
+	return e
+}
+
+// literalStart finds where a string constant's content starts in query.
+func literalStart(query string, a *Arg) (int, bool) {
+	loc := a.Location
+	if loc < 0 || loc >= len(query) {
+		return 0, false
+	}
+	rest := query[loc:]
+	start := loc + 1
+	if rest[0] == '$' {
+		end := strings.IndexByte(rest[1:], '$')
+		if end < 0 {
+			return 0, false
+		}
+		start = loc + end + 2
+	} else if rest[0] != '\'' {
+		return 0, false
+	}
+	if start+len(a.Value) > len(query) || query[start:start+len(a.Value)] != a.Value {
+		return 0, false
+	}
+	return start, true
+}
