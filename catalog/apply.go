@@ -34,12 +34,14 @@ func (e *ErrNameTaken) Error() string {
 // Claim makes name the system's unless another system has it, and returns
 // its owner. A name belongs to the system that first published it.
 func (c *Catalog) Claim(ctx context.Context, name, system string) (string, error) {
+	_, err := c.pool.Exec(ctx, `INSERT INTO rejot_catalog.publication_names (publication, owner)
+		VALUES ($1, $2) ON CONFLICT (publication) DO NOTHING`, name, system)
+	if err != nil {
+		return "", err
+	}
+	// A new statement, so a claim that won a race just now is seen.
 	var owner string
-	err := c.pool.QueryRow(ctx, `WITH claim AS (
-			INSERT INTO rejot_catalog.publication_names (publication, owner) VALUES ($1, $2)
-			ON CONFLICT (publication) DO NOTHING RETURNING owner)
-		SELECT owner FROM claim UNION ALL
-		SELECT owner FROM rejot_catalog.publication_names WHERE publication = $1 LIMIT 1`, name, system).Scan(&owner)
+	err = c.pool.QueryRow(ctx, "SELECT owner FROM rejot_catalog.publication_names WHERE publication = $1", name).Scan(&owner)
 	return owner, err
 }
 
@@ -59,6 +61,12 @@ func (c *Catalog) Apply(ctx context.Context, system string, id int64, kind strin
 				return fmt.Errorf("command %d: %w", id, err)
 			}
 			return applyPublish(ctx, tx, system, &p)
+		case "unpublish", "deprecate":
+			var l lifecycle
+			if err := json.Unmarshal(payload, &l); err != nil {
+				return fmt.Errorf("command %d: %w", id, err)
+			}
+			return applyLifecycle(ctx, tx, system, &l)
 		default:
 			return fmt.Errorf("command %d: unknown kind %q", id, kind)
 		}
@@ -100,6 +108,25 @@ func applyPublish(ctx context.Context, tx pgx.Tx, system string, p *Published) e
 		}
 	}
 	return nil
+}
+
+type lifecycle struct {
+	Publication string `json:"publication"`
+	Version     int    `json:"version"`
+	Status      string `json:"status"`
+	Sunset      string `json:"sunset"`
+	Note        string `json:"note"`
+}
+
+func applyLifecycle(ctx context.Context, tx pgx.Tx, system string, l *lifecycle) error {
+	var sunset *string
+	if l.Sunset != "" {
+		sunset = &l.Sunset
+	}
+	_, err := tx.Exec(ctx, `UPDATE rejot_catalog.publications
+		SET status = $4, sunset = $5::date, note = $6, updated_at = now()
+		WHERE publication = $1 AND version = $2 AND owner = $3`, l.Publication, l.Version, system, l.Status, sunset, l.Note)
+	return err
 }
 
 // IsRefusal reports whether an Apply error is the command's own fault (it

@@ -126,6 +126,8 @@ type Executor struct {
 func NewExecutor(version string) *Executor {
 	x := &Executor{Version: version, functions: map[string]*Function{}}
 	x.Register(publishFunction())
+	x.Register(unpublishFunction())
+	x.Register(deprecateFunction())
 	x.Register(&Function{
 		Name:    "version",
 		Returns: []Column{{Name: "version", TypeOID: OIDText}},
@@ -268,4 +270,19 @@ func (a Args) Int(name string) (n int64, ok bool, err error) {
 		return 0, false, Errorf(CodeInvalidText, "invalid input syntax for type integer: %q (argument %s)", *v, name)
 	}
 	return n, true, nil
+}
+
+// Bool returns a boolean argument; a missing or NULL one is false.
+func (a Args) Bool(name string) (bool, error) {
+	v := a[name]
+	if v == nil {
+		return false, nil
+	}
+	switch strings.ToLower(strings.TrimSpace(*v)) {
+	case "t", "true", "yes", "on", "1":
+		return true, nil
+	case "f", "false", "no", "off", "0":
+		return false, nil
+	}
+	return false, Errorf(CodeInvalidText, "invalid input syntax for type boolean: %q (argument %s)", *v, name)
 }

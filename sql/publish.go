@@ -122,7 +122,7 @@ func publicColumns(v *Validated) []catalog.Column {
 func reconcile(ctx context.Context, sess Session, pub *catalog.Published) (bool, error) {
 	name, version := pub.Publication, strconv.Itoa(pub.Version)
 	rows, err := sess.Query(ctx, `SELECT minor, query, columns::text, description,
-			(SELECT max(version) FROM _rejot.publications WHERE publication = $1)
+			(SELECT max(version) FROM _rejot.publications WHERE publication = $1), status
 		FROM _rejot.publications WHERE publication = $1 AND version = $2::int FOR UPDATE`, &name, &version)
 	if err != nil {
 		return false, notManaged(err)
@@ -131,6 +131,11 @@ func reconcile(ctx context.Context, sess Session, pub *catalog.Published) (bool,
 		return true, nil
 	}
 	r := rows.Values[0]
+	if *r[5] == StatusRetired {
+		latest, _ := strconv.Atoi(*r[4])
+		return false, Errorf("55000", "publication %s version %d is retired", name, pub.Version).
+			hint("Publish version %d.", latest+1)
+	}
 	minor, _ := strconv.Atoi(*r[0])
 	var old []catalog.Column
 	if err := json.Unmarshal([]byte(*r[2]), &old); err != nil {

@@ -1,0 +1,171 @@
+package sql
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+)
+
+// Status of a publication version.
+const (
+	StatusActive     = "active"
+	StatusDeprecated = "deprecated"
+	StatusRetired    = "retired"
+)
+
+func unpublishFunction() *Function {
+	return &Function{
+		Name:    "unpublish",
+		Params:  []Param{{Name: "name", Type: OIDText}, {Name: "version", Type: OIDInt4}, {Name: "force", Type: OIDBool, Optional: true}},
+		Returns: []Column{{Name: "publication", TypeOID: OIDText}, {Name: "version", TypeOID: OIDInt4}, {Name: "status", TypeOID: OIDText}},
+		Run:     runUnpublish,
+	}
+}
+
+func deprecateFunction() *Function {
+	return &Function{
+		Name: "deprecate",
+		Params: []Param{{Name: "name", Type: OIDText}, {Name: "version", Type: OIDInt4},
+			{Name: "sunset", Type: OIDDate, Optional: true}, {Name: "note", Type: OIDText, Optional: true}},
+		Returns: []Column{{Name: "publication", TypeOID: OIDText}, {Name: "version", TypeOID: OIDInt4},
+			{Name: "status", TypeOID: OIDText}, {Name: "sunset", TypeOID: OIDText}},
+		Run: runDeprecate,
+	}
+}
+
+// Lifecycle is the payload of unpublish and deprecate commands.
+type Lifecycle struct {
+	Publication string `json:"publication"`
+	Version     int    `json:"version"`
+	Status      string `json:"status"`
+	Sunset      string `json:"sunset,omitempty"`
+	Note        string `json:"note,omitempty"`
+}
+
+func runUnpublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
+	name, version, err := nameAndVersion(args)
+	if err != nil {
+		return nil, err
+	}
+	status, err := ownVersion(ctx, env.Session, name, version)
+	if err != nil {
+		return nil, err
+	}
+	force, err := args.Bool("force")
+	if err != nil {
+		return nil, err
+	}
+	if status != StatusRetired && !force {
+		if err := env.checkUnsubscribed(ctx, name, version); err != nil {
+			return nil, err
+		}
+	}
+	change := &Lifecycle{Publication: name, Version: version, Status: StatusRetired}
+	if status != StatusRetired {
+		if err := recordLifecycle(ctx, env.Session, "unpublish", change); err != nil {
+			return nil, err
+		}
+	}
+	return [][]any{{name, int32(version), StatusRetired}}, nil
+}
+
+func runDeprecate(ctx context.Context, env *Env, args Args) ([][]any, error) {
+	name, version, err := nameAndVersion(args)
+	if err != nil {
+		return nil, err
+	}
+	status, err := ownVersion(ctx, env.Session, name, version)
+	if err != nil {
+		return nil, err
+	}
+	if status == StatusRetired {
+		return nil, Errorf("55000", "publication %s version %d is retired", name, version)
+	}
+	change := &Lifecycle{Publication: name, Version: version, Status: StatusDeprecated,
+		Sunset: args.Text("sunset"), Note: args.Text("note")}
+	if err := recordLifecycle(ctx, env.Session, "deprecate", change); err != nil {
+		return nil, err
+	}
+	var sunset any
+	if change.Sunset != "" {
+		sunset = change.Sunset
+	}
+	return [][]any{{name, int32(version), StatusDeprecated, sunset}}, nil
+}
+
+func nameAndVersion(args Args) (string, int, error) {
+	name := args.Text("name")
+	n, ok, err := args.Int("version")
+	if err != nil {
+		return "", 0, err
+	}
+	if !ok || n < 1 || n > 1<<30 {
+		return "", 0, Errorf(CodeInvalidParameter, "invalid version %s: versions are whole numbers from 1", nullText(args["version"]))
+	}
+	return name, int(n), nil
+}
+
+// ownVersion locks this system's record of a version, in the caller's
+// transaction, and returns its status.
+func ownVersion(ctx context.Context, sess Session, name string, version int) (string, error) {
+	v := strconv.Itoa(version)
+	rows, err := sess.Query(ctx, `SELECT status FROM _rejot.publications WHERE publication = $1 AND version = $2::int FOR UPDATE`, &name, &v)
+	if err != nil {
+		return "", notManaged(err)
+	}
+	if len(rows.Values) == 0 {
+		return "", Errorf("42704", "publication %s version %d does not exist in this system", name, version).
+			hint("See SELECT publication, version, owner FROM rejot.publications; a publication is changed through its owner's sidecar.")
+	}
+	return *rows.Values[0][0], nil
+}
+
+// checkUnsubscribed refuses to retire a version that is subscribed to.
+func (env *Env) checkUnsubscribed(ctx context.Context, name string, version int) error {
+	x := env.Executor
+	if x.Catalog == nil {
+		return errNoCatalog
+	}
+	res, err := x.Catalog.Query(ctx, `SELECT count(*) FROM rejot.subscriptions
+		WHERE publication = $1 AND version = $2::int AND status <> 'stopped'`,
+		[][]byte{[]byte(name), []byte(strconv.Itoa(version))}, nil, nil, nil)
+	if err != nil {
+		return Errorf("08006", "cannot check the subscriptions of %s version %d: the catalog is not reachable", name, version).
+			hint("Retry when the catalog is back, or retire it regardless with force => true.")
+	}
+	if n := string(res.Rows[0][0]); n != "0" {
+		return Errorf("55006", "publication %s version %d has %s subscription(s)", name, version, n).
+			hint("Ask the subscribers to move (rejot.subscriptions shows them), or retire it regardless with force => true.")
+	}
+	return nil
+}
+
+func recordLifecycle(ctx context.Context, sess Session, kind string, c *Lifecycle) error {
+	version := strconv.Itoa(c.Version)
+	var sunset *string
+	if c.Sunset != "" {
+		sunset = &c.Sunset
+	}
+	rows, err := sess.Query(ctx, `UPDATE _rejot.publications SET status = $3, sunset = $4::date, note = $5, updated_at = now()
+		WHERE publication = $1 AND version = $2::int RETURNING sunset::text`, &c.Publication, &version, &c.Status, sunset, &c.Note)
+	if err != nil {
+		var qe *QueryError
+		if errors.As(err, &qe) && strings.HasPrefix(qe.Code, "22") {
+			return &Error{Code: qe.Code, Message: qe.Message + " (argument sunset)"}
+		}
+		return notManaged(err)
+	}
+	if len(rows.Values) == 1 && rows.Values[0][0] != nil {
+		c.Sunset = *rows.Values[0][0] // normalised by Postgres
+	}
+	payload, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	body := string(payload)
+	_, err = sess.Query(ctx, `WITH c AS (INSERT INTO _rejot.commands (kind, payload) VALUES ($1, $2::jsonb) RETURNING id)
+		SELECT id, pg_notify('rejot_commands', id::text) FROM c`, &kind, &body)
+	return notManaged(err)
+}
