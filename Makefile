@@ -30,6 +30,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./sql -run '^$$' -fuzz FuzzSplit -fuzztime $(FUZZTIME)
 	$(GO) test ./sql -run '^$$' -fuzz FuzzMentionsRejot -fuzztime $(FUZZTIME)
+	$(GO) test ./sql -run '^$$' -fuzz FuzzAnalyzeProjection -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzStartup -fuzztime $(FUZZTIME) -fuzzminimizetime 50x
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzFrontendMessages -fuzztime $(FUZZTIME) -fuzzminimizetime 50x
 

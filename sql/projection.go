@@ -210,6 +210,9 @@ func (p *Projection) setColumns(s *pg_query.SelectStmt) *Error {
 		col.Expr = deparseExpr(rt.Val)
 		p.Columns = append(p.Columns, col)
 	}
+	if len(p.Columns) == 0 {
+		return Errorf(CodeSyntaxError, "a publication query selects at least the table's primary key").at(int32(p.TableAt))
+	}
 	return nil
 }
 

@@ -1,0 +1,38 @@
+package sql
+
+import "testing"
+
+// FuzzAnalyzeProjection: any text gets either a projection that makes
+// sense or an error with a SQLSTATE and a position inside the text.
+func FuzzAnalyzeProjection(f *testing.F) {
+	for _, s := range []string{
+		"SELECT id, customer_id AS c FROM public.orders o WHERE o.status <> 'draft'",
+		"SELECT id, total / 100.0 AS total FROM orders",
+		"SELECT * FROM t", "SELECT count(*) AS n FROM t", "SELECT id FROM a JOIN b USING (id)",
+		"SELECT id FROM t; DROP TABLE t", "WITH x AS (SELECT 1) SELECT id FROM x", "SELECT $1 AS p FROM t",
+		"SELECT id, (SELECT 1) AS s FROM t", "SELECT id FROM t ORDER BY id LIMIT 1", "", "SELECT", "\x00",
+		"SELECT id, 'a''b' AS q, $$x$$ AS d FROM t WHERE v IN (1, 2) AND w IS NOT NULL",
+		"SELECT id, ARRAY[1,2] AS a, row(1, 2) AS r, CASE WHEN a THEN 1 END AS c FROM t",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, query string) {
+		p, err := AnalyzeProjection(query)
+		if err != nil {
+			if len(err.Code) != 5 || err.Message == "" || err.Position < 0 || err.Position > len(query)+1 {
+				t.Fatalf("bad error %+v for %q", err, query)
+			}
+			return
+		}
+		if p.Table == "" || len(p.Columns) == 0 {
+			t.Fatalf("accepted without a table or columns: %q", query)
+		}
+		seen := map[string]bool{}
+		for _, c := range p.Columns {
+			if c.Name == "" || seen[c.Name] {
+				t.Fatalf("column names %+v for %q", p.Columns, query)
+			}
+			seen[c.Name] = true
+		}
+	})
+}
