@@ -61,7 +61,11 @@ func (a *Applier) session(ctx context.Context) error {
 		if err := a.applyPending(ctx, conn); err != nil {
 			return err
 		}
-		wait, cancel := context.WithTimeout(ctx, poll)
+		next := poll
+		if a.Catalog.current() == nil {
+			next = min(poll, 200*time.Millisecond) // catch up as soon as the catalog is reached
+		}
+		wait, cancel := context.WithTimeout(ctx, next)
 		_, err := conn.WaitForNotification(wait)
 		cancel()
 		if ctx.Err() != nil {

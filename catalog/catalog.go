@@ -108,11 +108,24 @@ func (c *Catalog) Describe(ctx context.Context, sql string, paramOIDs []uint32) 
 func (c *Catalog) Query(ctx context.Context, sql string, params [][]byte, paramOIDs []uint32, paramFormats, resultFormats []int16) (*Result, error) {
 	var res *Result
 	err := c.readOnly(ctx, func(conn *pgconn.PgConn) error {
-		r := conn.ExecParams(ctx, sql, params, paramOIDs, paramFormats, resultFormats).Read()
-		if r.Err != nil {
-			return r.Err
+		rr := conn.ExecParams(ctx, sql, params, paramOIDs, paramFormats, resultFormats)
+		r := &Result{}
+		for rr.NextRow() {
+			row := make([][]byte, len(rr.Values()))
+			for i, v := range rr.Values() {
+				if v != nil {
+					row[i] = append([]byte{}, v...)
+				}
+			}
+			r.Rows = append(r.Rows, row)
 		}
-		res = &Result{Fields: r.FieldDescriptions, Rows: r.Rows, Tag: r.CommandTag.String()}
+		// Copied here: a result without rows still has its fields.
+		r.Fields = append([]pgconn.FieldDescription(nil), rr.FieldDescriptions()...)
+		tag, err := rr.Close()
+		if err != nil {
+			return err
+		}
+		r.Tag, res = tag.String(), r
 		return nil
 	})
 	return res, err

@@ -103,6 +103,14 @@ func TestQueriesAreReadOnlyAndConfined(t *testing.T) {
 	}
 }
 
+func TestEmptyResultKeepsItsFields(t *testing.T) {
+	c := open(t)
+	res, err := c.Query(context.Background(), "SELECT publication, version FROM rejot.publications WHERE false", nil, nil, nil, nil)
+	if err != nil || len(res.Fields) != 2 || res.Fields[1].DataTypeOID != 23 || len(res.Rows) != 0 || res.Tag != "SELECT 0" {
+		t.Fatalf("empty result: %+v, %v", res, err)
+	}
+}
+
 func TestDefaultURL(t *testing.T) {
 	for in, want := range map[string]string{
 		"postgres://app:pw@db:5432/shop?sslmode=require": "postgres://app:pw@db:5432/rejot?sslmode=require",

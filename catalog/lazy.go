@@ -114,6 +114,9 @@ func sleep(ctx context.Context, d time.Duration) {
 
 func (l *Lazy) current() *Catalog { return l.cur.Load() }
 
+// Ready reports whether the catalog is connected now.
+func (l *Lazy) Ready() bool { return l.cur.Load() != nil }
+
 // Claim is Catalog.Claim on the current catalog.
 func (l *Lazy) Claim(ctx context.Context, name, system string) (string, error) {
 	c := l.cur.Load()

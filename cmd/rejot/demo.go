@@ -9,20 +9,24 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
-	"github.com/rejot-dev/rejot/proxy"
-	"github.com/rejot-dev/rejot/sql"
 	"github.com/rejot-dev/rejot/tests/pgtest"
 )
 
 // demoScript is played through the sidecar with psql.
 const demoScript = `\echo '-- ordinary SQL is relayed to Postgres unchanged'
-CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, total_cents bigint NOT NULL);
-INSERT INTO orders VALUES (1, 'ada', 1250), (2, 'grace', 9900);
-SELECT * FROM orders ORDER BY id;
-\echo '-- rejot calls are answered by the sidecar itself'
-SELECT rejot.version();
-CALL rejot.version();
+CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, total_cents bigint NOT NULL, internal_note text);
+INSERT INTO orders VALUES (1, 'ada', 1250, 'vip'), (2, 'grace', 9900, NULL);
+SELECT id, customer, total_cents FROM orders ORDER BY id;
+\echo '-- rejot calls are answered by the sidecar itself: publish a public schema'
+CALL rejot.publish(name => 'orders', version => 1,
+                   query => $$SELECT id, customer, total_cents FROM public.orders$$,
+                   description => 'Orders other teams may rely on');
+SELECT pg_sleep(0.5);
+\echo '-- the shared catalog, queried through the same connection'
+SELECT publication, version, minor, owner, key_columns FROM rejot.publications;
+SELECT name, type, is_key FROM rejot.columns WHERE publication = 'orders' ORDER BY position;
 `
 
 func demo(ctx context.Context, args []string) error {
@@ -41,7 +45,7 @@ func demo(ctx context.Context, args []string) error {
 	if err := pg.Exec(ctx, "postgres", "CREATE DATABASE shop"); err != nil {
 		return err
 	}
-	up, err := proxy.ParseUpstream(pg.URL("shop"))
+	sc, err := newSidecar(&serveConfig{upstream: pg.URL("shop"), startupTimeout: time.Minute}, log)
 	if err != nil {
 		return err
 	}
@@ -49,9 +53,13 @@ func demo(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	srv := &proxy.Server{Upstream: up, Executor: sql.NewExecutor(buildVersion()), Logger: log}
-	go srv.Serve(ln)
-	defer srv.Close(context.Background())
+	sidecarCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- sc.run(sidecarCtx, ln) }()
+	defer func() { stop(); <-done }()
+	for deadline := time.Now().Add(30 * time.Second); !sc.lazy.Ready() && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
 	url := fmt.Sprintf("postgres://postgres@%s/shop?sslmode=disable", ln.Addr())
 	fmt.Printf("Sidecar for database shop listening on %s (Postgres itself on %s)\n\n", ln.Addr(), pg.Addr())
 	if err := playScript(ctx, url); err != nil {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime/pprof"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -84,32 +85,6 @@ func serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	up, err := proxy.ParseUpstream(c.upstream)
-	if err != nil {
-		return err
-	}
-	lazy, err := catalogFor(c, log)
-	if err != nil {
-		return err
-	}
-	executor := sql.NewExecutor(buildVersion())
-	executor.Catalog, executor.Names = lazy, lazy
-	executor.System, executor.Database = lazy.System.Name, lazy.System.Database
-	applier := &catalog.Applier{Upstream: c.upstream, System: lazy.System.Name, Catalog: lazy,
-		Logger: log, Prepare: sql.InstallManaged}
-	srv := &proxy.Server{
-		Upstream:       up,
-		Executor:       executor,
-		StartupTimeout: c.startupTimeout,
-		Logger:         log,
-	}
-	if c.tlsCert != "" {
-		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
-		if err != nil {
-			return fmt.Errorf("cannot load TLS certificate: %w", err)
-		}
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	}
 	if path := os.Getenv("REJOT_CPUPROFILE"); path != "" {
 		stop, err := startCPUProfile(path)
 		if err != nil {
@@ -117,47 +92,73 @@ func serve(ctx context.Context, args []string) error {
 		}
 		defer stop()
 	}
+	sc, err := newSidecar(c, log)
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
 		return fmt.Errorf("cannot listen: %w", err)
 	}
-	log.Info().Str("listen", ln.Addr().String()).Str("upstream", up.Addr()).Str("version", buildVersion()).Msg("sidecar started")
-	lazy.System.Address = ln.Addr().String()
-	catalogCtx, stopCatalog := context.WithCancel(context.Background())
-	catalogDone := make(chan struct{})
-	go func() {
-		done := make(chan struct{})
-		go func() { applier.Run(catalogCtx); close(done) }()
-		lazy.Run(catalogCtx)
-		<-done
-		close(catalogDone)
-	}()
-	defer func() { stopCatalog(); <-catalogDone }()
+	return sc.run(ctx, ln)
+}
+
+// sidecar is the parts of a running sidecar, wired.
+type sidecar struct {
+	srv     *proxy.Server
+	lazy    *catalog.Lazy
+	applier *catalog.Applier
+	log     zerolog.Logger
+}
+
+func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
+	up, err := proxy.ParseUpstream(c.upstream)
+	if err != nil {
+		return nil, err
+	}
+	lazy, err := catalogFor(c, log)
+	if err != nil {
+		return nil, err
+	}
+	executor := sql.NewExecutor(buildVersion())
+	executor.Catalog, executor.Names = lazy, lazy
+	executor.System, executor.Database = lazy.System.Name, lazy.System.Database
+	sc := &sidecar{log: log, lazy: lazy,
+		applier: &catalog.Applier{Upstream: c.upstream, System: lazy.System.Name, Catalog: lazy,
+			Logger: log, Prepare: sql.InstallManaged},
+		srv: &proxy.Server{Upstream: up, Executor: executor, StartupTimeout: c.startupTimeout, Logger: log}}
+	if c.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("cannot load TLS certificate: %w", err)
+		}
+		sc.srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	return sc, nil
+}
+
+// run serves clients on ln, keeps the catalog and the outbox applier
+// going, and stops them all when ctx ends.
+func (sc *sidecar) run(ctx context.Context, ln net.Listener) error {
+	sc.log.Info().Str("listen", ln.Addr().String()).Str("version", buildVersion()).Msg("sidecar started")
+	sc.lazy.System.Address = ln.Addr().String()
+	bg, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); sc.lazy.Run(bg) }()
+	go func() { defer wg.Done(); sc.applier.Run(bg) }()
+	defer func() { stop(); wg.Wait() }()
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- sc.srv.Serve(ln) }()
 	select {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
 	}
-	log.Info().Msg("shutting down")
+	sc.log.Info().Msg("shutting down")
 	closeCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return srv.Close(closeCtx)
-}
-
-// startCPUProfile writes a CPU profile until stop is called: a debugging
-// aid for measuring the relay (REJOT_CPUPROFILE=file).
-func startCPUProfile(path string) (stop func(), err error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, err
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+	return sc.srv.Close(closeCtx)
 }
 
 // catalogFor wires the catalog: --catalog, or the database rejot on the
@@ -180,4 +181,18 @@ func catalogFor(c *serveConfig, log zerolog.Logger) (*catalog.Lazy, error) {
 		lazy.CreateFrom = c.upstream
 	}
 	return lazy, nil
+}
+
+// startCPUProfile writes a CPU profile until stop is called: a debugging
+// aid for measuring the relay (REJOT_CPUPROFILE=file).
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
