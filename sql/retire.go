@@ -45,11 +45,7 @@ type Lifecycle struct {
 }
 
 func runUnpublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
-	name, version, err := nameAndVersion(args)
-	if err != nil {
-		return nil, err
-	}
-	status, err := ownVersion(ctx, env.Session, name, version)
+	name, version, status, err := ownVersionArgs(ctx, env, args)
 	if err != nil {
 		return nil, err
 	}
@@ -72,11 +68,7 @@ func runUnpublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 }
 
 func runDeprecate(ctx context.Context, env *Env, args Args) ([][]any, error) {
-	name, version, err := nameAndVersion(args)
-	if err != nil {
-		return nil, err
-	}
-	status, err := ownVersion(ctx, env.Session, name, version)
+	name, version, status, err := ownVersionArgs(ctx, env, args)
 	if err != nil {
 		return nil, err
 	}
@@ -93,6 +85,17 @@ func runDeprecate(ctx context.Context, env *Env, args Args) ([][]any, error) {
 		sunset = change.Sunset
 	}
 	return [][]any{{name, int32(version), StatusDeprecated, sunset}}, nil
+}
+
+// ownVersionArgs reads the name and version arguments and locks this
+// system's record of that version, returning its status.
+func ownVersionArgs(ctx context.Context, env *Env, args Args) (string, int, string, error) {
+	name, version, err := nameAndVersion(args)
+	if err != nil {
+		return "", 0, "", err
+	}
+	status, err := ownVersion(ctx, env.Session, name, version)
+	return name, version, status, err
 }
 
 func nameAndVersion(args Args) (string, int, error) {
