@@ -63,7 +63,7 @@ CREATE ROLE shop_reader_` + p.db + ` LOGIN;
 	lines := strings.Split(out, "\n")
 	for i, l := range lines {
 		if strings.HasPrefix(l, "LINE 1: ") && i+1 < len(lines) {
-			if caret, at := strings.Index(lines[i+1], "^"), strings.Index(l, "shop_orders'"); caret != at {
+			if caret, at := strings.Index(lines[i+1], "^"), strings.Index(l, "FRM ")+len("FRM "); caret != at {
 				t.Errorf("caret at %d, want %d:\n%s", caret, at, out)
 			}
 			return
