@@ -18,6 +18,10 @@ type Applier struct {
 	System   string
 	Catalog  *Lazy
 	Poll     time.Duration // default 5s
+	// ClaimTTL is how long a name claimed by a publish that never
+	// committed stays reserved (default 1h: longer than any sane
+	// transaction that publishes).
+	ClaimTTL time.Duration
 	Logger   zerolog.Logger
 	// Prepare runs on each new connection before anything is applied: the
 	// sidecar installs its schema _rejot there.
@@ -101,6 +105,13 @@ func (a *Applier) applyPending(ctx context.Context, conn *pgx.Conn) error {
 	if err != nil {
 		return err
 	}
+	if err := a.applyAll(ctx, conn, c, cmds); err != nil {
+		return err
+	}
+	return a.releaseClaims(ctx, conn, c)
+}
+
+func (a *Applier) applyAll(ctx context.Context, conn *pgx.Conn, c *Catalog, cmds []command) error {
 	for _, cmd := range cmds {
 		outcome := ""
 		if err := c.Apply(ctx, a.System, cmd.id, cmd.kind, cmd.payload); err != nil {
@@ -116,6 +127,29 @@ func (a *Applier) applyPending(ctx context.Context, conn *pgx.Conn) error {
 		if _, err := conn.Exec(ctx, "UPDATE _rejot.commands SET applied_at = now(), error = NULLIF($2, '') WHERE id = $1", cmd.id, outcome); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// releaseClaims gives back names whose publish was rolled back.
+func (a *Applier) releaseClaims(ctx context.Context, conn *pgx.Conn, c *Catalog) error {
+	ttl := a.ClaimTTL
+	if ttl <= 0 {
+		ttl = time.Hour
+	}
+	rows, err := conn.Query(ctx, "SELECT DISTINCT publication FROM _rejot.publications")
+	if err != nil {
+		return err
+	}
+	keep, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	n, err := c.ReleaseStaleClaims(ctx, a.System, keep, ttl)
+	if err != nil {
+		a.Logger.Warn().Err(err).Msg("cannot release stale name claims")
+	} else if n > 0 {
+		a.Logger.Info().Int64("names", n).Msg("released names claimed by publishes that never committed")
 	}
 	return nil
 }

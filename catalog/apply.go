@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -43,6 +44,17 @@ func (c *Catalog) Claim(ctx context.Context, name, system string) (string, error
 	var owner string
 	err = c.pool.QueryRow(ctx, "SELECT owner FROM rejot_catalog.publication_names WHERE publication = $1", name).Scan(&owner)
 	return owner, err
+}
+
+// ReleaseStaleClaims gives back names the system claimed for a publish
+// that never committed: claims older than ttl with no publication in the
+// catalog and none in the system's own record (keep).
+func (c *Catalog) ReleaseStaleClaims(ctx context.Context, system string, keep []string, ttl time.Duration) (int64, error) {
+	tag, err := c.pool.Exec(ctx, `DELETE FROM rejot_catalog.publication_names n
+		WHERE owner = $1 AND created_at < now() - $2::interval AND NOT (publication = ANY ($3))
+		  AND NOT EXISTS (SELECT 1 FROM rejot_catalog.publications p WHERE p.publication = n.publication)`,
+		system, ttl.String(), keep)
+	return tag.RowsAffected(), err
 }
 
 // Apply applies one command of a system's outbox, once: a command already

@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rejot-dev/rejot/tests/pgtest"
@@ -108,6 +109,34 @@ func TestEmptyResultKeepsItsFields(t *testing.T) {
 	res, err := c.Query(context.Background(), "SELECT publication, version FROM rejot.publications WHERE false", nil, nil, nil, nil)
 	if err != nil || len(res.Fields) != 2 || res.Fields[1].DataTypeOID != 23 || len(res.Rows) != 0 || res.Tag != "SELECT 0" {
 		t.Fatalf("empty result: %+v, %v", res, err)
+	}
+}
+
+// TestClaimsAndStaleRelease: a name belongs to its first claimer; a claim
+// that never became a publication is released after its time.
+func TestClaimsAndStaleRelease(t *testing.T) {
+	c := open(t)
+	ctx := context.Background()
+	for _, s := range []string{"a", "b"} {
+		if err := c.RegisterSystem(ctx, System{Name: s, Database: s}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if owner, err := c.Claim(ctx, "n", "a"); err != nil || owner != "a" {
+		t.Fatalf("claim: %s, %v", owner, err)
+	}
+	if owner, _ := c.Claim(ctx, "n", "b"); owner != "a" {
+		t.Fatalf("second claimer got %s", owner)
+	}
+	c.Claim(ctx, "kept", "a")
+	if n, err := c.ReleaseStaleClaims(ctx, "a", []string{"kept"}, time.Hour); err != nil || n != 0 {
+		t.Fatalf("young claims released: %d, %v", n, err)
+	}
+	if n, err := c.ReleaseStaleClaims(ctx, "a", []string{"kept"}, 0); err != nil || n != 1 {
+		t.Fatalf("stale claims released: %d, %v", n, err)
+	}
+	if owner, _ := c.Claim(ctx, "n", "b"); owner != "b" {
+		t.Fatalf("released name went to %s", owner)
 	}
 }
 
