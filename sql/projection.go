@@ -21,6 +21,15 @@ type Projection struct {
 	// ready to be evaluated over the table's own columns; "" when none.
 	Filter   string
 	FilterAt int
+	// Functions are the functions the query calls, for the checks that
+	// need the live catalog (aggregates, window functions).
+	Functions []FunctionRef
+}
+
+// FunctionRef is a function call in a projection.
+type FunctionRef struct {
+	Schema, Name string
+	At           int
 }
 
 // ProjectedColumn is one output column of a projection.
@@ -72,6 +81,7 @@ func AnalyzeProjection(query string) (*Projection, *Error) {
 		p.FilterAt = int(location(sel.WhereClause))
 		p.Filter = deparseExpr(sel.WhereClause)
 	}
+	p.Functions = functionRefs(sel)
 	return p, nil
 }
 
@@ -153,6 +163,20 @@ func checkExpressions(s *pg_query.SelectStmt) *Error {
 		}
 	})
 	return err
+}
+
+func functionRefs(s *pg_query.SelectStmt) []FunctionRef {
+	var refs []FunctionRef
+	walk(s.ProtoReflect(), func(m protoreflect.Message) {
+		if fn, ok := m.Interface().(*pg_query.FuncCall); ok {
+			r := FunctionRef{Name: funcName(fn), At: int(fn.Location)}
+			if n := len(fn.Funcname); n > 1 {
+				r.Schema = fn.Funcname[n-2].GetString_().GetSval()
+			}
+			refs = append(refs, r)
+		}
+	})
+	return refs
 }
 
 func (p *Projection) setTable(s *pg_query.SelectStmt) *Error {

@@ -44,6 +44,9 @@ func Validate(ctx context.Context, sess Session, p *Projection) (*Validated, err
 	if err := v.resolveTable(ctx, sess); err != nil {
 		return nil, err
 	}
+	if err := v.checkAggregates(ctx, sess); err != nil {
+		return nil, err
+	}
 	fields, err := v.describe(ctx, sess)
 	if err != nil {
 		return nil, err
@@ -82,6 +85,37 @@ func (v *Validated) resolveTable(ctx context.Context, sess Session) error {
 	if kind := *r[1]; kind != "r" && kind != "p" {
 		return Errorf(CodeFeatureNotSupported, "%s is not a table (it is a %s): a publication reads a table's rows",
 			v.Source, relkindName(kind)).at(int32(v.TableAt)).hint("Publish from the table the %s reads.", relkindName(kind))
+	}
+	return nil
+}
+
+// checkAggregates refuses aggregate and window functions by name, before
+// Postgres would complain about GROUP BY in words that do not say why.
+func (v *Validated) checkAggregates(ctx context.Context, sess Session) error {
+	if len(v.Functions) == 0 {
+		return nil
+	}
+	names := make([]string, len(v.Functions))
+	for i, f := range v.Functions {
+		names[i] = `"` + strings.ReplaceAll(strings.ReplaceAll(f.Name, `\`, `\\`), `"`, `\"`) + `"`
+	}
+	list := "{" + strings.Join(names, ",") + "}"
+	rows, err := sess.Query(ctx, `SELECT DISTINCT p.proname, p.prokind FROM pg_catalog.pg_proc p
+		WHERE p.proname = ANY ($1::text[]) AND p.prokind IN ('a', 'w') AND pg_catalog.pg_function_is_visible(p.oid)
+		ORDER BY p.prokind DESC`, &list)
+	if err != nil {
+		return err
+	}
+	for _, r := range rows.Values {
+		for _, f := range v.Functions {
+			if f.Name == *r[0] && f.Schema == "" {
+				kind := "aggregate"
+				if *r[1] == "w" {
+					kind = "window"
+				}
+				return Errorf(CodeFeatureNotSupported, "%s function %s() is not supported in a publication query: a publication is the table's rows, one per key", kind, f.Name).at(int32(f.At))
+			}
+		}
 	}
 	return nil
 }

@@ -162,6 +162,8 @@ func TestValidateRefuses(t *testing.T) {
 		{"SELECT id FROM orders WHERE placed_at > now() - interval '1 day'", "42P17", "filter"},
 		{"SELECT id, nextval('s') AS n FROM orders", "42P01", "relation \"s\""},
 		{"SELECT id, nosuchfn(id) AS n FROM orders", "42883", "nosuchfn"},
+		{"SELECT id, sum(total) AS s FROM orders", "0A000", "aggregate function sum()"},
+		{"SELECT id, rank() AS r FROM orders", "0A000", "window function rank()"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.query, func(t *testing.T) {

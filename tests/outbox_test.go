@@ -182,6 +182,7 @@ func TestHostileArguments(t *testing.T) {
 		"quote breaking attempt":    {"CALL rejot.publish('h3', 1, $1)", []any{"SELECT id FROM victim') ; DROP TABLE victim; --"}, "42601"},
 		"a megabyte query":          {"CALL rejot.publish('h4', 1, $1)", []any{big}, ""},
 		"NUL and control chars":     {"CALL rejot.publish($1, 1, 'SELECT id FROM victim')", []any{"a\x01b\tc"}, "22023"},
+		"a NUL byte":                {"CALL rejot.publish($1, 1, 'SELECT id FROM victim')", []any{"a\x00b"}, "22023"},
 		"version not a number":      {"CALL rejot.publish('h5', 'one', 'SELECT id FROM victim')", nil, "22P02"},
 		"version zero":              {"CALL rejot.publish('h6', 0, 'SELECT id FROM victim')", nil, "22023"},
 		"NULL query":                {"CALL rejot.publish('h7', 1, NULL)", nil, "22023"},
