@@ -50,7 +50,7 @@ func TestConcurrentMigration(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	all, _ := loadMigrations()
+	all, _ := catalogMigrations.load()
 	var n int
 	pg.Connect(t, db).QueryRow(context.Background(), "SELECT count(*) FROM public.rejot_catalog_migrations").Scan(&n)
 	if n != len(all) {

@@ -26,8 +26,19 @@ type migration struct {
 	sql     string
 }
 
-func loadMigrations() ([]migration, error) {
-	entries, err := fs.ReadDir(migrations, "migrations")
+// Migrations is a set of numbered SQL files (001_name.sql, ...) applied in
+// order, each once, recorded in Table, under an advisory lock so that
+// several processes starting at once are safe: one works while the others
+// wait, then find nothing left to do.
+type Migrations struct {
+	Files fs.FS
+	Dir   string
+	Table string // schema-qualified name of the table recording applied files
+	Lock  int64  // advisory lock key
+}
+
+func (ms Migrations) load() ([]migration, error) {
+	entries, err := fs.ReadDir(ms.Files, ms.Dir)
 	if err != nil {
 		return nil, err
 	}
@@ -38,7 +49,7 @@ func loadMigrations() ([]migration, error) {
 		if !ok || err != nil {
 			return nil, fmt.Errorf("migration %s: name must start with a number and _", e.Name())
 		}
-		body, err := migrations.ReadFile("migrations/" + e.Name())
+		body, err := fs.ReadFile(ms.Files, ms.Dir+"/"+e.Name())
 		if err != nil {
 			return nil, err
 		}
@@ -48,46 +59,51 @@ func loadMigrations() ([]migration, error) {
 	return out, nil
 }
 
-// Migrate brings the catalog's schema to the newest version. Several
-// sidecars may call it at once: an advisory lock lets one work while the
-// others wait, then find nothing left to do.
-func Migrate(ctx context.Context, conn *pgx.Conn) error {
-	all, err := loadMigrations()
+// Run applies the migrations not applied yet.
+func (ms Migrations) Run(ctx context.Context, conn *pgx.Conn) error {
+	all, err := ms.load()
 	if err != nil {
 		return err
 	}
-	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", int64(migrationLock)); err != nil {
-		return fmt.Errorf("cannot lock the catalog for migration: %w", err)
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", ms.Lock); err != nil {
+		return fmt.Errorf("cannot lock for migration: %w", err)
 	}
-	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", int64(migrationLock))
-	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS public.rejot_catalog_migrations (
+	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", ms.Lock)
+	if schema, _, ok := strings.Cut(ms.Table, "."); ok {
+		if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+schema); err != nil {
+			return err
+		}
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+ms.Table+` (
 		version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 		return fmt.Errorf("cannot create the migrations table: %w", err)
 	}
 	for _, m := range all {
-		if err := apply(ctx, conn, m); err != nil {
+		if err := ms.apply(ctx, conn, m); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func apply(ctx context.Context, conn *pgx.Conn, m migration) error {
+func (ms Migrations) apply(ctx context.Context, conn *pgx.Conn, m migration) error {
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		var done bool
-		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM public.rejot_catalog_migrations WHERE version = $1)", m.version).Scan(&done); err != nil {
+		tag, err := tx.Exec(ctx, "INSERT INTO "+ms.Table+" (version, name) VALUES ($1, $2) ON CONFLICT DO NOTHING", m.version, m.name)
+		if err != nil || tag.RowsAffected() == 0 {
 			return err
 		}
-		if done {
-			return nil
-		}
 		if _, err := tx.Exec(ctx, m.sql); err != nil {
-			return fmt.Errorf("catalog migration %s: %w", m.name, err)
+			return fmt.Errorf("migration %s: %w", m.name, err)
 		}
-		_, err := tx.Exec(ctx, "INSERT INTO public.rejot_catalog_migrations (version, name) VALUES ($1, $2)", m.version, m.name)
-		return err
+		return nil
 	})
 }
+
+// catalogMigrations are the catalog's own.
+var catalogMigrations = Migrations{Files: migrations, Dir: "migrations", Table: "public.rejot_catalog_migrations", Lock: migrationLock}
+
+// Migrate brings the catalog's schema to the newest version.
+func Migrate(ctx context.Context, conn *pgx.Conn) error { return catalogMigrations.Run(ctx, conn) }
 
 // EnsureDatabase creates database name on the server that adminURL points
 // at, unless it exists. Concurrent creators are fine: losing the race is
