@@ -1,0 +1,291 @@
+// Package pglog is the event log kept in Postgres: per publication version
+// an ordered change log and the compacted state, updated together, so a
+// new subscriber copies the state at a position and streams from there
+// without touching the owner's database. Appends notify listeners on the
+// channel rejot_log.
+package pglog
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rejot-dev/rejot/catalog"
+	"github.com/rejot-dev/rejot/replicator"
+)
+
+//go:embed migrations/*.sql
+var files embed.FS
+
+var migrations = catalog.Migrations{Files: files, Dir: "migrations", Table: "rejot_log.schema_migrations", Lock: 7_265_106_113}
+
+// Channel is the LISTEN channel appends notify; the payload is
+// "<publication>/<version>/<head position>".
+const Channel = "rejot_log"
+
+// Log is an open event log.
+type Log struct {
+	pool *pgxpool.Pool
+}
+
+var _ replicator.Log = (*Log)(nil)
+
+// Open connects to the event log at url and migrates its schema.
+func Open(ctx context.Context, url string) (*Log, error) {
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("cannot open the event log: %w", err)
+	}
+	err = pool.AcquireFunc(ctx, func(c *pgxpool.Conn) error { return migrations.Run(ctx, c.Conn()) })
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return &Log{pool: pool}, nil
+}
+
+// Close closes the log's connections.
+func (l *Log) Close() { l.pool.Close() }
+
+// Append appends the groups of one source transaction in one transaction.
+func (l *Log) Append(ctx context.Context, groups []replicator.Group) (int, error) {
+	added := 0
+	err := pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
+		added = 0
+		for i := range groups {
+			ok, err := appendGroup(ctx, tx, &groups[i])
+			if err != nil {
+				return err
+			}
+			if ok {
+				added++
+			}
+		}
+		return nil
+	})
+	return added, err
+}
+
+func appendGroup(ctx context.Context, tx pgx.Tx, g *replicator.Group) (bool, error) {
+	stream, err := streamID(ctx, tx, g.Stream)
+	if err != nil {
+		return false, err
+	}
+	lsn := pglogrepl.LSN(g.CommitLSN).String()
+	var dup bool
+	err = tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM rejot_log.groups
+		WHERE stream = $1 AND system = $2 AND commit_lsn = $3::pg_lsn)`, stream, g.System, lsn).Scan(&dup)
+	if err != nil || dup || len(g.Changes) == 0 {
+		return false, err
+	}
+	var head int64
+	err = tx.QueryRow(ctx, "UPDATE rejot_log.streams SET head = head + $2 WHERE id = $1 RETURNING head",
+		stream, len(g.Changes)).Scan(&head)
+	if err != nil {
+		return false, err
+	}
+	first := head - int64(len(g.Changes)) + 1
+	if err := insertChanges(ctx, tx, stream, first, lsn, g); err != nil {
+		return false, err
+	}
+	if err := compact(ctx, tx, stream, first, g.Changes); err != nil {
+		return false, err
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO rejot_log.groups (stream, system, commit_lsn, commit_time, first_position, last_position)
+		VALUES ($1, $2, $3::pg_lsn, $4, $5, $6)`, stream, g.System, lsn, g.CommitTime, first, head)
+	if err != nil {
+		return false, err
+	}
+	payload := g.Stream.Publication + "/" + strconv.Itoa(g.Stream.Version) + "/" + strconv.FormatInt(head, 10)
+	_, err = tx.Exec(ctx, "SELECT pg_notify($1, $2)", Channel, payload)
+	return err == nil, err
+}
+
+func streamID(ctx context.Context, tx pgx.Tx, s replicator.Stream) (int, error) {
+	var id int
+	err := tx.QueryRow(ctx, `INSERT INTO rejot_log.streams (publication, version) VALUES ($1, $2)
+		ON CONFLICT (publication, version) DO UPDATE SET version = EXCLUDED.version RETURNING id`,
+		s.Publication, s.Version).Scan(&id)
+	return id, err
+}
+
+func encode(values []replicator.Value) ([]byte, error) {
+	if values == nil {
+		return nil, nil
+	}
+	return json.Marshal(values)
+}
+
+func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, lsn string, g *replicator.Group) error {
+	n := len(g.Changes)
+	ops, keys, rows := make([]string, n), make([]string, n), make([]*string, n)
+	for i, c := range g.Changes {
+		ops[i] = string(c.Op)
+		k, err := encode(c.Key)
+		if err != nil {
+			return err
+		}
+		if k == nil {
+			k = []byte("[]")
+		}
+		keys[i] = string(k)
+		if c.Op == replicator.OpUpsert {
+			r, err := encode(c.Row)
+			if err != nil {
+				return err
+			}
+			s := string(r)
+			rows[i] = &s
+		}
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO rejot_log.changes (stream, position, commit_lsn, commit_time, op, key, row)
+		SELECT $1, $2 + o - 1, $3::pg_lsn, $4, op::"char", key::jsonb, row::jsonb
+		FROM unnest($5::text[], $6::text[], $7::text[]) WITH ORDINALITY AS c(op, key, row, o)`,
+		stream, first, lsn, g.CommitTime, ops, keys, rows)
+	return err
+}
+
+// compact brings the state up to date with a group's changes: the last
+// change per key wins, a truncate clears what came before it.
+func compact(ctx context.Context, tx pgx.Tx, stream int, first int64, changes []replicator.Change) error {
+	type latest struct {
+		row      *string
+		position int64
+	}
+	final := map[string]latest{}
+	var order []string
+	truncated := false
+	for i, c := range changes {
+		pos := first + int64(i)
+		if c.Op == replicator.OpTruncate {
+			final, order, truncated = map[string]latest{}, nil, true
+			continue
+		}
+		k, err := encode(c.Key)
+		if err != nil {
+			return err
+		}
+		key := string(k)
+		if _, seen := final[key]; !seen {
+			order = append(order, key)
+		}
+		l := latest{position: pos}
+		if c.Op == replicator.OpUpsert {
+			r, err := encode(c.Row)
+			if err != nil {
+				return err
+			}
+			s := string(r)
+			l.row = &s
+		}
+		final[key] = l
+	}
+	if truncated {
+		if _, err := tx.Exec(ctx, "DELETE FROM rejot_log.state WHERE stream = $1", stream); err != nil {
+			return err
+		}
+	}
+	var upKeys, upRows, delKeys []string
+	var upPos []int64
+	for _, key := range order {
+		l := final[key]
+		if l.row == nil {
+			delKeys = append(delKeys, key)
+			continue
+		}
+		upKeys, upRows, upPos = append(upKeys, key), append(upRows, *l.row), append(upPos, l.position)
+	}
+	if len(delKeys) > 0 {
+		if _, err := tx.Exec(ctx, "DELETE FROM rejot_log.state WHERE stream = $1 AND key = ANY ($2::jsonb[])", stream, delKeys); err != nil {
+			return err
+		}
+	}
+	if len(upKeys) == 0 {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO rejot_log.state (stream, key, row, position)
+		SELECT $1, k::jsonb, r::jsonb, p FROM unnest($2::text[], $3::text[], $4::int8[]) AS u(k, r, p)
+		ON CONFLICT (stream, key) DO UPDATE SET row = EXCLUDED.row, position = EXCLUDED.position`,
+		stream, upKeys, upRows, upPos)
+	return err
+}
+
+// State calls fn for every row of a stream's compacted state, as of one
+// consistent moment, and returns the position that state is at: a
+// subscriber that copies it continues with the changes after it.
+func (l *Log) State(ctx context.Context, s replicator.Stream, fn func(row []replicator.Value) error) (int64, error) {
+	var head int64
+	err := pgx.BeginTxFunc(ctx, l.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var id int
+		err := tx.QueryRow(ctx, "SELECT id, head FROM rejot_log.streams WHERE publication = $1 AND version = $2",
+			s.Publication, s.Version).Scan(&id, &head)
+		if err == pgx.ErrNoRows {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, "SELECT row::text FROM rejot_log.state WHERE stream = $1 ORDER BY key", id)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var raw string
+			var row []replicator.Value
+			if err := rows.Scan(&raw); err != nil {
+				return err
+			}
+			if err := json.Unmarshal([]byte(raw), &row); err != nil {
+				return err
+			}
+			if err := fn(row); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
+	})
+	return head, err
+}
+
+// Changes returns up to limit records of a stream after position.
+func (l *Log) Changes(ctx context.Context, s replicator.Stream, after int64, limit int) ([]replicator.Record, error) {
+	rows, err := l.pool.Query(ctx, `SELECT c.position, c.commit_lsn::text, c.commit_time, c.op::text, c.key::text, c.row::text
+		FROM rejot_log.changes c JOIN rejot_log.streams s ON s.id = c.stream
+		WHERE s.publication = $1 AND s.version = $2 AND c.position > $3
+		ORDER BY c.position LIMIT $4`, s.Publication, s.Version, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, scanRecord)
+}
+
+func scanRecord(row pgx.CollectableRow) (replicator.Record, error) {
+	var r replicator.Record
+	var lsn, op, key string
+	var data *string
+	var at time.Time
+	if err := row.Scan(&r.Position, &lsn, &at, &op, &key, &data); err != nil {
+		return r, err
+	}
+	parsed, err := pglogrepl.ParseLSN(lsn)
+	if err != nil {
+		return r, err
+	}
+	r.CommitLSN, r.CommitTime, r.Op = uint64(parsed), at, replicator.Op(op[0])
+	if err := json.Unmarshal([]byte(key), &r.Key); err != nil {
+		return r, err
+	}
+	if data != nil {
+		if err := json.Unmarshal([]byte(*data), &r.Row); err != nil {
+			return r, err
+		}
+	}
+	return r, nil
+}

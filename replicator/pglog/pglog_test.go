@@ -1,0 +1,211 @@
+package pglog
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/replicator"
+	"github.com/rejot-dev/rejot/tests/pgtest"
+)
+
+var pg *pgtest.Cluster
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg, pgtest.Options{})) }
+
+func open(t *testing.T) (*Log, string) {
+	t.Helper()
+	db := pg.CreateDB(t)
+	l, err := Open(context.Background(), pg.URL(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	return l, db
+}
+
+func v(s string) replicator.Value { return &s }
+
+func upsert(key string, row ...replicator.Value) replicator.Change {
+	return replicator.Change{Op: replicator.OpUpsert, Key: []replicator.Value{v(key)}, Row: append([]replicator.Value{v(key)}, row...)}
+}
+
+func del(key string) replicator.Change {
+	return replicator.Change{Op: replicator.OpDelete, Key: []replicator.Value{v(key)}}
+}
+
+var orders = replicator.Stream{Publication: "orders", Version: 1}
+
+func group(lsn uint64, changes ...replicator.Change) replicator.Group {
+	return replicator.Group{Stream: orders, System: "shop", CommitLSN: lsn, CommitTime: time.Unix(1700000000, 0).UTC(), Changes: changes}
+}
+
+// state renders a stream's compacted state.
+func state(t *testing.T, l *Log, s replicator.Stream) (string, int64) {
+	t.Helper()
+	var rows []string
+	head, err := l.State(context.Background(), s, func(row []replicator.Value) error {
+		var cells []string
+		for _, c := range row {
+			if c == nil {
+				cells = append(cells, "NULL")
+			} else {
+				cells = append(cells, fmt.Sprintf("%q", *c))
+			}
+		}
+		rows = append(rows, strings.Join(cells, ","))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(rows, " | "), head
+}
+
+func TestAppendCompactsAndOrders(t *testing.T) {
+	l, _ := open(t)
+	ctx := context.Background()
+	steps := []struct {
+		g     replicator.Group
+		state string
+		head  int64
+	}{
+		{group(100, upsert("1", v("a")), upsert("2", v("b"))), `"1","a" | "2","b"`, 2},
+		{group(200, upsert("1", v("a2")), del("2"), upsert("3", nil)), `"1","a2" | "3",NULL`, 5},
+		{group(300, upsert("4", v("")), upsert("4", v("d")), del("4"), upsert("4", v("last"))), `"1","a2" | "3",NULL | "4","last"`, 9},
+		{group(400, upsert("5", v("x")), replicator.Change{Op: replicator.OpTruncate}, upsert("6", v("after"))), `"6","after"`, 12},
+	}
+	for i, st := range steps {
+		n, err := l.Append(ctx, []replicator.Group{st.g})
+		if err != nil || n != 1 {
+			t.Fatalf("step %d: appended %d, %v", i, n, err)
+		}
+		got, head := state(t, l, orders)
+		if got != st.state || head != st.head {
+			t.Fatalf("step %d: state %s at %d, want %s at %d", i, got, head, st.state, st.head)
+		}
+	}
+	recs, err := l.Changes(ctx, orders, 4, 100)
+	if err != nil || len(recs) != 8 || recs[0].Position != 5 || recs[0].Op != replicator.OpUpsert || recs[0].CommitLSN != 200 {
+		t.Fatalf("changes after 4: %+v, %v", recs, err)
+	}
+	if recs[0].Row[1] != nil {
+		t.Fatalf("NULL came back as %q", *recs[0].Row[1])
+	}
+	if recs[3].Op != replicator.OpDelete || recs[3].Row != nil || *recs[3].Key[0] != "4" || recs[6].Op != replicator.OpTruncate {
+		t.Fatalf("delete and truncate records: %+v", recs)
+	}
+}
+
+// TestAppendIsIdempotent: replaying a source transaction after a crash
+// writes nothing twice.
+func TestAppendIsIdempotent(t *testing.T) {
+	l, _ := open(t)
+	ctx := context.Background()
+	g := group(100, upsert("1", v("a")))
+	other := replicator.Group{Stream: replicator.Stream{Publication: "orders", Version: 2}, System: "shop", CommitLSN: 100, Changes: []replicator.Change{upsert("1", v("a"))}}
+	if n, err := l.Append(ctx, []replicator.Group{g, other}); err != nil || n != 2 {
+		t.Fatalf("first append: %d, %v", n, err)
+	}
+	if n, err := l.Append(ctx, []replicator.Group{g, other}); err != nil || n != 0 {
+		t.Fatalf("replay: %d, %v", n, err)
+	}
+	if _, head := state(t, l, orders); head != 1 {
+		t.Fatalf("head %d after replay", head)
+	}
+	// The same LSN from another system is another transaction.
+	g.System = "other"
+	if n, _ := l.Append(ctx, []replicator.Group{g}); n != 1 {
+		t.Fatal("another system's transaction was taken for a replay")
+	}
+}
+
+// TestValuesRoundTripExactly: text values come back byte for byte; NULL
+// and the empty string stay distinct.
+func TestValuesRoundTripExactly(t *testing.T) {
+	l, _ := open(t)
+	ctx := context.Background()
+	values := []replicator.Value{v(""), nil, v("12.3400"), v("NaN"), v("-Infinity"), v("infinity"),
+		v(`\x00ff10`), v(`{"a": [1, 2.50]}`), v(`{1,NULL,"x,y"}`), v("2024-02-29 23:59:59.999999+00"),
+		v("ünïcödé ✓ 😀"), v("quote ' double \" backslash \\ tab \t newline \n"), v("\u2028\u2029<>&")}
+	if _, err := l.Append(ctx, []replicator.Group{group(1, replicator.Change{Op: replicator.OpUpsert, Key: []replicator.Value{v("k")}, Row: values})}); err != nil {
+		t.Fatal(err)
+	}
+	var got []replicator.Value
+	l.State(ctx, orders, func(row []replicator.Value) error { got = row; return nil })
+	recs, _ := l.Changes(ctx, orders, 0, 1)
+	for _, back := range [][]replicator.Value{got, recs[0].Row} {
+		if len(back) != len(values) {
+			t.Fatalf("got %d values", len(back))
+		}
+		for i := range values {
+			if (values[i] == nil) != (back[i] == nil) || (values[i] != nil && *values[i] != *back[i]) {
+				t.Errorf("value %d: got %v, want %v", i, deref(back[i]), deref(values[i]))
+			}
+		}
+	}
+}
+
+func deref(p *string) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
+
+// TestAppendNotifies: listeners learn of an append when it commits.
+func TestAppendNotifies(t *testing.T) {
+	l, db := open(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, pg.URL(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "LISTEN "+Channel); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Append(ctx, []replicator.Group{group(7, upsert("1", v("a")), upsert("2", v("b")))}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := conn.WaitForNotification(ctx)
+	if err != nil || n.Payload != "orders/1/2" {
+		t.Fatalf("notification %+v, %v", n, err)
+	}
+}
+
+// TestConcurrentAppendsKeepPositionsDense: appenders racing on one stream
+// get distinct, gap-free positions.
+func TestConcurrentAppendsKeepPositionsDense(t *testing.T) {
+	l, _ := open(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 25 {
+				lsn := uint64(w*1000 + i + 1)
+				if _, err := l.Append(ctx, []replicator.Group{group(lsn, upsert(fmt.Sprint(lsn), v("x")))}); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	recs, err := l.Changes(ctx, orders, 0, 1000)
+	if err != nil || len(recs) != 100 {
+		t.Fatalf("%d records, %v", len(recs), err)
+	}
+	for i, r := range recs {
+		if r.Position != int64(i+1) {
+			t.Fatalf("position %d at index %d", r.Position, i)
+		}
+	}
+}
