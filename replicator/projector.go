@@ -1,0 +1,114 @@
+package replicator
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Querier runs queries: a connection to the owner's database.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// SourceColumn is a column of a published table as the WAL carries it.
+type SourceColumn struct {
+	Name string
+	Type string // Postgres's name with modifiers, e.g. numeric(12,2)
+}
+
+// Projection is how a publication version's rows are made from its source
+// table's rows: the published expressions and filter, over the table's
+// columns by name (as sql.Projection deparses them).
+type Projection struct {
+	Stream  Stream
+	Exprs   []string // one per public column, in order
+	Filter  string   // "" when there is none
+	KeyCols []int    // positions in Exprs of the public key
+}
+
+// Projected is one source tuple after projection.
+type Projected struct {
+	Keep bool    // the row passes the filter
+	Row  []Value // the public columns, in text form
+}
+
+// Project evaluates a projection on a batch of source tuples (values in
+// text form, in source column order) with Postgres itself, so the result is
+// exactly what the query would give for those rows — whatever the table
+// holds now. One query per batch.
+func Project(ctx context.Context, q Querier, p *Projection, cols []SourceColumn, tuples [][]Value) ([]Projected, error) {
+	if len(tuples) == 0 {
+		return nil, nil
+	}
+	query := projectSQL(p, cols)
+	args := make([]any, 0, len(cols)+1)
+	ords := make([]int32, len(tuples))
+	for i := range tuples {
+		ords[i] = int32(i)
+	}
+	args = append(args, ords)
+	for c := range cols {
+		col := make([]Value, len(tuples))
+		for i, t := range tuples {
+			if c < len(t) {
+				col[i] = t[c]
+			}
+		}
+		args = append(args, col)
+	}
+	rows, err := q.Query(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("cannot project %s version %d: %w", p.Stream.Publication, p.Stream.Version, err)
+	}
+	defer rows.Close()
+	out := make([]Projected, len(tuples))
+	for rows.Next() {
+		dest := make([]any, len(p.Exprs)+2)
+		var ord int32
+		var keep bool
+		vals := make([]Value, len(p.Exprs))
+		dest[0], dest[1] = &ord, &keep
+		for i := range vals {
+			dest[i+2] = &vals[i]
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, err
+		}
+		out[ord] = Projected{Keep: keep, Row: vals}
+	}
+	return out, rows.Err()
+}
+
+// projectSQL builds
+//
+//	SELECT o, coalesce((filter), true), (expr1)::text, ...
+//	FROM (SELECT u.o, u.c1::type1 AS "col1", ... FROM unnest($1::int4[], $2::text[], ...) AS u(o, c1, ...)) AS t
+func projectSQL(p *Projection, cols []SourceColumn) string {
+	var b strings.Builder
+	filter := "true"
+	if p.Filter != "" {
+		filter = "coalesce((" + p.Filter + "), false)"
+	}
+	fmt.Fprintf(&b, "SELECT t.rejot_ord, %s", filter)
+	for _, e := range p.Exprs {
+		fmt.Fprintf(&b, ", (%s)::text", e)
+	}
+	b.WriteString(" FROM (SELECT u.rejot_ord")
+	for i, c := range cols {
+		fmt.Fprintf(&b, ", u.c%d::%s AS %s", i, c.Type, pgx.Identifier{c.Name}.Sanitize())
+	}
+	b.WriteString(" FROM unnest($1::int4[]")
+	for i := range cols {
+		fmt.Fprintf(&b, ", $%d::text[]", i+2)
+	}
+	b.WriteString(") AS u(rejot_ord")
+	for i := range cols {
+		b.WriteString(", c" + strconv.Itoa(i))
+	}
+	b.WriteString(")) AS t")
+	return b.String()
+}
