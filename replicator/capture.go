@@ -1,0 +1,202 @@
+package replicator
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+)
+
+// Source is a publication version and the table its rows come from.
+type Source struct {
+	Projection
+	Schema, Table string
+	// KeySources are the source columns of the public key, in key order:
+	// a deleted row's public key is read from its old key tuple.
+	KeySources []string
+}
+
+// relation is a table as the WAL describes it.
+type relation struct {
+	schema, table string
+	cols          []SourceColumn
+}
+
+// event is one row change of a source transaction, values in text form.
+type event struct {
+	op       byte // 'I', 'U', 'D' or 'T'
+	rel      uint32
+	old, new []Value
+	// toasted marks new values the WAL left out (unchanged TOAST).
+	toasted []bool
+}
+
+// transaction is a decoded source transaction.
+type transaction struct {
+	commitLSN  uint64
+	endLSN     uint64
+	commitTime time.Time
+	events     []event
+}
+
+// tupleValues turns a WAL tuple into text values; unchanged TOAST values
+// are reported, for the caller to fill.
+func tupleValues(t *pglogrepl.TupleData) ([]Value, []bool) {
+	if t == nil {
+		return nil, nil
+	}
+	vals, toasted := make([]Value, len(t.Columns)), make([]bool, len(t.Columns))
+	for i, c := range t.Columns {
+		switch c.DataType {
+		case 't', 'b':
+			s := string(c.Data)
+			vals[i] = &s
+		case 'u':
+			toasted[i] = true
+		}
+	}
+	return vals, toasted
+}
+
+// changesFor computes what a source transaction did to one publication
+// version, in commit order.
+func changesFor(ctx context.Context, q Querier, src *Source, rels map[uint32]*relation, events []event) ([]Change, error) {
+	var tuples [][]Value
+	var at []int // event index of each tuple
+	var rel *relation
+	for i, e := range events {
+		r := rels[e.rel]
+		if r == nil || r.schema != src.Schema || r.table != src.Table {
+			continue
+		}
+		rel = r
+		if e.op == 'I' || e.op == 'U' {
+			tuples, at = append(tuples, e.new), append(at, i)
+		}
+	}
+	if rel == nil {
+		return nil, nil
+	}
+	if err := fillToasted(ctx, q, src, rel, events, at); err != nil {
+		return nil, err
+	}
+	projected, err := Project(ctx, q, &src.Projection, rel.cols, tuples)
+	if err != nil {
+		return nil, err
+	}
+	byEvent := map[int]Projected{}
+	for j, i := range at {
+		byEvent[i] = projected[j]
+	}
+	var out []Change
+	for i, e := range events {
+		r := rels[e.rel]
+		if r == nil || r.schema != src.Schema || r.table != src.Table {
+			continue
+		}
+		out = append(out, eventChanges(src, r, e, byEvent[i])...)
+	}
+	return out, nil
+}
+
+func eventChanges(src *Source, rel *relation, e event, p Projected) []Change {
+	switch e.op {
+	case 'T':
+		return []Change{{Op: OpTruncate}}
+	case 'D':
+		return []Change{{Op: OpDelete, Key: oldKey(src, rel, e.old)}}
+	}
+	key := make([]Value, len(src.KeyCols))
+	for i, c := range src.KeyCols {
+		key[i] = p.Row[c]
+	}
+	var out []Change
+	if e.op == 'U' && e.old != nil {
+		if old := oldKey(src, rel, e.old); !sameValues(old, key) {
+			out = append(out, Change{Op: OpDelete, Key: old}) // the key changed
+		}
+	}
+	if p.Keep {
+		return append(out, Change{Op: OpUpsert, Key: key, Row: p.Row})
+	}
+	if e.op == 'U' {
+		out = append(out, Change{Op: OpDelete, Key: key}) // the row left the filter
+	}
+	return out
+}
+
+// oldKey reads the public key from an old (key or full) tuple.
+func oldKey(src *Source, rel *relation, old []Value) []Value {
+	key := make([]Value, len(src.KeySources))
+	for i, name := range src.KeySources {
+		for j, c := range rel.cols {
+			if c.Name == name && j < len(old) {
+				key[i] = old[j]
+			}
+		}
+	}
+	return key
+}
+
+func sameValues(a, b []Value) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if (a[i] == nil) != (b[i] == nil) || (a[i] != nil && *a[i] != *b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// fillToasted supplies values the WAL left out because they did not change
+// and are stored out of line. Without REPLICA IDENTITY FULL the WAL does
+// not carry them, so they are read from the table by key: the value is the
+// one the row has now, which a later change of it will correct in the log.
+func fillToasted(ctx context.Context, q Querier, src *Source, rel *relation, events []event, at []int) error {
+	for _, i := range at {
+		e := &events[i]
+		for c, missing := range e.toasted {
+			if !missing {
+				continue
+			}
+			v, err := readColumn(ctx, q, src, rel, e.new, rel.cols[c].Name)
+			if err != nil {
+				return err
+			}
+			e.new[c] = v
+		}
+	}
+	return nil
+}
+
+func readColumn(ctx context.Context, q Querier, src *Source, rel *relation, row []Value, col string) (Value, error) {
+	var conds []string
+	var args []any
+	for _, name := range src.KeySources {
+		for j, c := range rel.cols {
+			if c.Name == name {
+				args = append(args, row[j])
+				conds = append(conds, fmt.Sprintf("%s::text = $%d", pgx.Identifier{name}.Sanitize(), len(args)))
+			}
+		}
+	}
+	query := fmt.Sprintf("SELECT %s::text FROM %s WHERE %s", pgx.Identifier{col}.Sanitize(),
+		pgx.Identifier{src.Schema, src.Table}.Sanitize(), strings.Join(conds, " AND "))
+	rows, err := q.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var v Value
+	if rows.Next() {
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+	}
+	return v, rows.Err()
+}

@@ -1,0 +1,162 @@
+package pglog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/replicator"
+	"github.com/rejot-dev/rejot/sql"
+	"github.com/rs/zerolog"
+)
+
+// source builds a capture source from a published query, as the sidecar
+// will from its record of publications.
+func source(t *testing.T, stream replicator.Stream, query string, key ...string) replicator.Source {
+	t.Helper()
+	a, err := sql.AnalyzeProjection(query)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := replicator.Source{Schema: "public", Table: a.Table, KeySources: key}
+	src.Stream, src.Filter = stream, a.Filter
+	for i, c := range a.Columns {
+		src.Exprs = append(src.Exprs, c.Expr)
+		for _, k := range key {
+			if c.Source == k {
+				src.KeyCols = append(src.KeyCols, i)
+			}
+		}
+	}
+	return src
+}
+
+// TestCaptureToLog: changes in the owner's table reach the log's compacted
+// state as the projection of the table, with inserts, updates, rows
+// leaving the filter, key changes, deletes and truncates; and the slot is
+// confirmed past them.
+func TestCaptureToLog(t *testing.T) {
+	l, _ := open(t)
+	srcDB := pg.CreateDB(t)
+	owner := pg.Connect(t, srcDB)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	exec := func(q string) {
+		t.Helper()
+		if _, err := owner.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	exec(`CREATE TABLE orders (id bigint PRIMARY KEY, status text NOT NULL, total numeric(12,2), note text)`)
+	stream := replicator.Stream{Publication: "cap_orders", Version: 1}
+	query := "SELECT id, total, upper(note) AS loud FROM orders WHERE status <> 'draft'"
+	system := "cap_" + srcDB
+	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l,
+		Sources: []replicator.Source{source(t, stream, query, "id")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- pub.Run(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("publisher: %v", err)
+		}
+		owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
+	}()
+	// Wait for the slot before writing: changes before it are not captured.
+	waitUntil(t, func() bool {
+		var n int
+		owner.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active", replicator.SlotName(system)).Scan(&n)
+		return n == 1
+	})
+	for _, q := range []string{
+		"INSERT INTO orders VALUES (1, 'placed', 10.50, 'a'), (2, 'draft', 1, 'b'), (3, 'placed', NULL, NULL)",
+		"UPDATE orders SET total = 11.00 WHERE id = 1",
+		"UPDATE orders SET status = 'placed' WHERE id = 2",
+		"UPDATE orders SET status = 'draft' WHERE id = 3",
+		"UPDATE orders SET id = 10 WHERE id = 1",
+		"BEGIN; INSERT INTO orders VALUES (4, 'placed', 4, 'x'); DELETE FROM orders WHERE id = 4; COMMIT",
+		"INSERT INTO orders VALUES (5, 'placed', 5, repeat('long ', 5000))",
+		"UPDATE orders SET total = 6 WHERE id = 5",
+	} {
+		exec(q)
+	}
+	want := projection(t, owner, query)
+	waitUntil(t, func() bool { return sortedState(t, l, stream) == want })
+	// A truncate empties the state.
+	exec("TRUNCATE orders")
+	exec("INSERT INTO orders VALUES (7, 'placed', 7, 'after')")
+	want = projection(t, owner, query)
+	waitUntil(t, func() bool { return sortedState(t, l, stream) == want })
+	// The slot is confirmed up to what was captured.
+	waitUntil(t, func() bool {
+		var lag int64
+		owner.QueryRow(ctx, `SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1`,
+			replicator.SlotName(system)).Scan(&lag)
+		return lag < 1<<20
+	})
+}
+
+// projection renders what the published query gives now, as state does
+// (rows sorted: the two orders differ).
+func projection(t *testing.T, owner *pgx.Conn, query string) string {
+	t.Helper()
+	a, perr := sql.AnalyzeProjection(query)
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	var exprs []string
+	for _, c := range a.Columns {
+		exprs = append(exprs, "("+c.Expr+")::text")
+	}
+	q := "SELECT ARRAY[" + strings.Join(exprs, ", ") + "] FROM " + a.Table
+	if a.Filter != "" {
+		q += " WHERE " + a.Filter
+	}
+	rows, err := owner.Query(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var vals []*string
+		if err := rows.Scan(&vals); err != nil {
+			t.Fatal(err)
+		}
+		var cells []string
+		for _, v := range vals {
+			if v == nil {
+				cells = append(cells, "NULL")
+			} else {
+				cells = append(cells, fmt.Sprintf("%q", *v))
+			}
+		}
+		out = append(out, strings.Join(cells, ","))
+	}
+	sort.Strings(out)
+	return strings.Join(out, " | ")
+}
+
+func sortedState(t *testing.T, l *Log, s replicator.Stream) string {
+	got, _ := state(t, l, s)
+	rows := strings.Split(got, " | ")
+	sort.Strings(rows)
+	return strings.Join(rows, " | ")
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 20s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,299 @@
+package replicator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rs/zerolog"
+)
+
+// Publisher captures an owner's database: one logical replication slot
+// (rejot_<system>, pgoutput) and one Postgres publication limited to the
+// tables its publication versions read. For each source transaction it
+// projects the changed rows of every affected version with Postgres itself,
+// appends one group per version to the log, and only then confirms the
+// transaction's end to the slot, so a crash replays what the log may not
+// have (and the log skips what it has).
+type Publisher struct {
+	URL     string // the owner's database, as a role with REPLICATION
+	System  string
+	Log     Log
+	Sources []Source
+	Logger  zerolog.Logger
+	// StatusInterval is how often the slot hears from us (default 1s).
+	StatusInterval time.Duration
+}
+
+// SlotName is the replication slot (and Postgres publication) of a system.
+func SlotName(system string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(system) {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') || r == '_' {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	name := "rejot_" + b.String()
+	if len(name) > 63 {
+		name = name[:63]
+	}
+	return name
+}
+
+// Run captures until ctx ends or the connection fails; the caller restarts
+// it with backoff.
+func (p *Publisher) Run(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, p.URL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if err := p.preparePublication(ctx, conn); err != nil {
+		return err
+	}
+	repl, err := p.replicationConn(ctx)
+	if err != nil {
+		return err
+	}
+	defer repl.Close(context.WithoutCancel(ctx))
+	if err := p.ensureSlot(ctx, conn, repl); err != nil {
+		return err
+	}
+	slot := SlotName(p.System)
+	err = pglogrepl.StartReplication(ctx, repl, slot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + slot + "'"}})
+	if err != nil {
+		return fmt.Errorf("cannot start replication: %w", err)
+	}
+	s := &stream{p: p, conn: conn, repl: repl, rels: map[uint32]*relation{}}
+	return s.loop(ctx)
+}
+
+// preparePublication keeps the Postgres publication to exactly the tables
+// the sources read (never FOR ALL TABLES, which would stop UPDATE and
+// DELETE on tables without a replica identity).
+func (p *Publisher) preparePublication(ctx context.Context, conn *pgx.Conn) error {
+	name := pgx.Identifier{SlotName(p.System)}.Sanitize()
+	seen := map[string]bool{}
+	var tables []string
+	for _, s := range p.Sources {
+		t := pgx.Identifier{s.Schema, s.Table}.Sanitize()
+		if !seen[t] {
+			seen[t] = true
+			tables = append(tables, t)
+		}
+	}
+	if len(tables) == 0 {
+		return errors.New("no publication versions to capture")
+	}
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", SlotName(p.System)).Scan(&exists); err != nil {
+		return err
+	}
+	verb := "CREATE PUBLICATION " + name + " FOR TABLE "
+	if exists {
+		verb = "ALTER PUBLICATION " + name + " SET TABLE "
+	}
+	if _, err := conn.Exec(ctx, verb+strings.Join(tables, ", ")); err != nil {
+		return fmt.Errorf("cannot prepare publication %s: %w", name, err)
+	}
+	return nil
+}
+
+func (p *Publisher) replicationConn(ctx context.Context) (*pgconn.PgConn, error) {
+	cfg, err := pgconn.ParseConfig(p.URL)
+	if err != nil {
+		return nil, err
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	repl, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("cannot open a replication connection (the role needs REPLICATION, the server wal_level=logical): %w", err)
+	}
+	return repl, nil
+}
+
+func (p *Publisher) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn) error {
+	slot := SlotName(p.System)
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", slot).Scan(&exists); err != nil {
+		return err
+	}
+	if exists {
+		return nil
+	}
+	_, err := pglogrepl.CreateReplicationSlot(ctx, repl, slot, "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
+	if err != nil {
+		return fmt.Errorf("cannot create replication slot %s: %w", slot, err)
+	}
+	p.Logger.Info().Str("system", p.System).Str("slot", slot).Msg("replication slot created")
+	return nil
+}
+
+// stream is one replication session.
+type stream struct {
+	p         *Publisher
+	conn      *pgx.Conn
+	repl      *pgconn.PgConn
+	rels      map[uint32]*relation
+	txn       *transaction
+	confirmed uint64 // what the slot may forget
+	received  uint64 // the server's WAL end, when nothing is in flight
+}
+
+func (s *stream) loop(ctx context.Context) error {
+	interval := s.p.StatusInterval
+	if interval <= 0 {
+		interval = time.Second
+	}
+	next := time.Now().Add(interval)
+	for {
+		if time.Now().After(next) {
+			if err := s.status(ctx, false); err != nil {
+				return err
+			}
+			next = time.Now().Add(interval)
+		}
+		wait, cancel := context.WithDeadline(ctx, next)
+		msg, err := s.repl.ReceiveMessage(wait)
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if pgconn.Timeout(err) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := s.handle(ctx, msg); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *stream) handle(ctx context.Context, msg pgproto3.BackendMessage) error {
+	switch m := msg.(type) {
+	case *pgproto3.ErrorResponse:
+		return pgconn.ErrorResponseToPgError(m)
+	case *pgproto3.CopyData:
+		switch m.Data[0] {
+		case pglogrepl.PrimaryKeepaliveMessageByteID:
+			ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+			if err != nil {
+				return err
+			}
+			if s.txn == nil {
+				s.received = max(s.received, uint64(ka.ServerWALEnd))
+			}
+			if ka.ReplyRequested {
+				return s.status(ctx, false)
+			}
+		case pglogrepl.XLogDataByteID:
+			xld, err := pglogrepl.ParseXLogData(m.Data[1:])
+			if err != nil {
+				return err
+			}
+			return s.decode(ctx, xld.WALData)
+		}
+	}
+	return nil
+}
+
+// status tells the slot how far it may forget: the end of the last
+// transaction appended, or — with nothing in flight — the server's WAL
+// end, so an idle source never makes the server keep WAL.
+func (s *stream) status(ctx context.Context, reply bool) error {
+	pos := pglogrepl.LSN(max(s.confirmed, s.received))
+	return pglogrepl.SendStandbyStatusUpdate(ctx, s.repl, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos, ReplyRequested: reply})
+}
+
+func (s *stream) decode(ctx context.Context, data []byte) error {
+	msg, err := pglogrepl.Parse(data)
+	if err != nil {
+		return err
+	}
+	switch m := msg.(type) {
+	case *pglogrepl.RelationMessage:
+		return s.relation(ctx, m)
+	case *pglogrepl.BeginMessage:
+		s.txn = &transaction{commitTime: m.CommitTime}
+	case *pglogrepl.InsertMessage:
+		vals, toasted := tupleValues(m.Tuple)
+		s.add(event{op: 'I', rel: m.RelationID, new: vals, toasted: toasted})
+	case *pglogrepl.UpdateMessage:
+		old, _ := tupleValues(m.OldTuple)
+		vals, toasted := tupleValues(m.NewTuple)
+		s.add(event{op: 'U', rel: m.RelationID, old: old, new: vals, toasted: toasted})
+	case *pglogrepl.DeleteMessage:
+		old, _ := tupleValues(m.OldTuple)
+		s.add(event{op: 'D', rel: m.RelationID, old: old})
+	case *pglogrepl.TruncateMessage:
+		for _, id := range m.RelationIDs {
+			s.add(event{op: 'T', rel: id})
+		}
+	case *pglogrepl.CommitMessage:
+		return s.commit(ctx, m)
+	}
+	return nil
+}
+
+func (s *stream) add(e event) {
+	if s.txn != nil {
+		s.txn.events = append(s.txn.events, e)
+	}
+}
+
+// relation records a table's columns with their exact type names.
+func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
+	r := &relation{schema: m.Namespace, table: m.RelationName}
+	for _, c := range m.Columns {
+		var typ string
+		if err := s.conn.QueryRow(ctx, "SELECT pg_catalog.format_type($1, $2)", c.DataType, c.TypeModifier).Scan(&typ); err != nil {
+			return err
+		}
+		r.cols = append(r.cols, SourceColumn{Name: c.Name, Type: typ})
+	}
+	s.rels[m.RelationID] = r
+	return nil
+}
+
+// commit projects the transaction for every source, appends the groups,
+// and then confirms it.
+func (s *stream) commit(ctx context.Context, m *pglogrepl.CommitMessage) error {
+	txn := s.txn
+	s.txn = nil
+	if txn == nil {
+		return nil
+	}
+	var groups []Group
+	for i := range s.p.Sources {
+		src := &s.p.Sources[i]
+		changes, err := changesFor(ctx, s.conn, src, s.rels, txn.events)
+		if err != nil {
+			return err
+		}
+		if len(changes) > 0 {
+			groups = append(groups, Group{Stream: src.Stream, System: s.p.System, CommitLSN: uint64(m.CommitLSN),
+				CommitTime: m.CommitTime, Changes: changes})
+		}
+	}
+	if len(groups) > 0 {
+		if _, err := s.p.Log.Append(ctx, groups); err != nil {
+			return fmt.Errorf("cannot append to the event log: %w", err)
+		}
+		s.p.Logger.Debug().Str("lsn", m.CommitLSN.String()).Int("groups", len(groups)).Msg("transaction captured")
+	}
+	s.confirmed = uint64(m.TransactionEndLSN)
+	return nil
+}
