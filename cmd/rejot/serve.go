@@ -16,6 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rejot-dev/rejot/catalog"
 	"github.com/rejot-dev/rejot/proxy"
+	"github.com/rejot-dev/rejot/replicator"
+	"github.com/rejot-dev/rejot/replicator/pglog"
 	"github.com/rejot-dev/rejot/sql"
 	"github.com/rs/zerolog"
 )
@@ -108,6 +110,7 @@ type sidecar struct {
 	srv     *proxy.Server
 	lazy    *catalog.Lazy
 	applier *catalog.Applier
+	capture *replicator.Capture
 	log     zerolog.Logger
 }
 
@@ -127,6 +130,12 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 		applier: &catalog.Applier{Upstream: c.upstream, System: lazy.System.Name, Catalog: lazy,
 			Logger: log, Prepare: sql.InstallManaged},
 		srv: &proxy.Server{Upstream: up, Executor: executor, StartupTimeout: c.startupTimeout, Logger: log}}
+	logURL := c.eventLog
+	if logURL == "" {
+		logURL = lazy.URL
+	}
+	sc.capture = &replicator.Capture{URL: c.upstream, System: lazy.System.Name, Logger: log,
+		OpenLog: func(ctx context.Context) (replicator.Log, error) { return pglog.Open(ctx, logURL) }}
 	if c.tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
 		if err != nil {
@@ -144,9 +153,10 @@ func (sc *sidecar) run(ctx context.Context, ln net.Listener) error {
 	sc.lazy.System.Address = ln.Addr().String()
 	bg, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); sc.lazy.Run(bg) }()
 	go func() { defer wg.Done(); sc.applier.Run(bg) }()
+	go func() { defer wg.Done(); sc.capture.Run(bg) }()
 	defer func() { stop(); wg.Wait() }()
 	errc := make(chan error, 1)
 	go func() { errc <- sc.srv.Serve(ln) }()

@@ -1,0 +1,178 @@
+package replicator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/sql"
+	"github.com/rs/zerolog"
+)
+
+// Capture keeps a Publisher running for the publication versions the
+// owner's record (_rejot.publications) holds: it starts one when there is
+// something to capture, restarts it when the versions change or it fails
+// (with backoff), and stops it when ctx ends.
+type Capture struct {
+	URL    string // the owner's database, as a role with REPLICATION
+	System string
+	Log    Log
+	// OpenLog opens the event log when Log is nil, retried until it works.
+	OpenLog func(context.Context) (Log, error)
+	Logger  zerolog.Logger
+	Check   time.Duration // how often the record is re-read (default 2s)
+}
+
+// Run captures until ctx ends.
+func (c *Capture) Run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for c.Log == nil && ctx.Err() == nil {
+		l, err := c.OpenLog(ctx)
+		if err == nil {
+			c.Log = l
+			break
+		}
+		c.Logger.Warn().Err(err).Dur("retry_in", backoff).Msg("event log unreachable")
+		sleepCtx(ctx, backoff)
+		backoff = min(2*backoff, 30*time.Second)
+	}
+	backoff = 100 * time.Millisecond
+	for ctx.Err() == nil {
+		sources, err := c.load(ctx)
+		if err == nil && len(sources) == 0 {
+			sleepCtx(ctx, c.check())
+			continue
+		}
+		if err == nil {
+			err = c.runUntilChanged(ctx, sources)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errSourcesChanged) {
+			backoff = 100 * time.Millisecond
+			continue
+		}
+		c.Logger.Warn().Err(err).Str("system", c.System).Dur("retry_in", backoff).Msg("capture stopped; restarting")
+		sleepCtx(ctx, backoff)
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+var errSourcesChanged = errors.New("the published versions changed")
+
+func (c *Capture) check() time.Duration {
+	if c.Check > 0 {
+		return c.Check
+	}
+	return 2 * time.Second
+}
+
+// runUntilChanged runs a publisher for sources until it fails or the
+// published versions change.
+func (c *Capture) runUntilChanged(ctx context.Context, sources []Source) error {
+	run, stop := context.WithCancel(ctx)
+	defer stop()
+	p := &Publisher{URL: c.URL, System: c.System, Log: c.Log, Sources: sources, Logger: c.Logger}
+	done := make(chan error, 1)
+	go func() { done <- p.Run(run) }()
+	want := fingerprint(sources)
+	t := time.NewTicker(c.check())
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-t.C:
+			now, err := c.load(ctx)
+			if err == nil && fingerprint(now) != want {
+				stop()
+				<-done
+				return errSourcesChanged
+			}
+		}
+	}
+}
+
+func fingerprint(sources []Source) string {
+	var b strings.Builder
+	for _, s := range sources {
+		fmt.Fprintf(&b, "%s/%d/%s.%s/%q/%q/%v;", s.Stream.Publication, s.Stream.Version, s.Schema, s.Table, s.Exprs, s.Filter, s.KeyCols)
+	}
+	return b.String()
+}
+
+// load reads the versions to capture from the owner's record: every
+// version not retired, its query analysed again for the expressions.
+func (c *Capture) load(ctx context.Context) ([]Source, error) {
+	conn, err := pgx.Connect(ctx, c.URL)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return LoadSources(ctx, conn)
+}
+
+// LoadSources reads the capture sources of the publications recorded in
+// the owner's database.
+func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
+	rows, err := conn.Query(ctx, `SELECT p.publication, p.version, p.query, p.key_columns, n.nspname, c.relname
+		FROM _rejot.publications p
+		JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(p.source)
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE p.status <> 'retired' ORDER BY p.publication, p.version`)
+	if err != nil {
+		return nil, err
+	}
+	type rec struct {
+		stream        Stream
+		query         string
+		key           []string
+		schema, table string
+	}
+	recs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rec, error) {
+		var x rec
+		return x, r.Scan(&x.stream.Publication, &x.stream.Version, &x.query, &x.key, &x.schema, &x.table)
+	})
+	if err != nil {
+		return nil, err
+	}
+	sources := make([]Source, 0, len(recs))
+	for _, r := range recs {
+		src, err := newSource(r.stream, r.query, r.key, r.schema, r.table)
+		if err != nil {
+			return nil, err
+		}
+		sources = append(sources, src)
+	}
+	return sources, nil
+}
+
+func newSource(stream Stream, query string, key []string, schema, table string) (Source, error) {
+	a, perr := sql.AnalyzeProjection(query)
+	if perr != nil {
+		return Source{}, fmt.Errorf("publication %s version %d: %w", stream.Publication, stream.Version, perr)
+	}
+	src := Source{Schema: schema, Table: table}
+	src.Stream, src.Filter = stream, a.Filter
+	for i, col := range a.Columns {
+		src.Exprs = append(src.Exprs, col.Expr)
+		for _, k := range key {
+			if col.Name == k {
+				src.KeyCols = append(src.KeyCols, i)
+				src.KeySources = append(src.KeySources, col.Source)
+			}
+		}
+	}
+	return src, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
