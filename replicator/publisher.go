@@ -67,13 +67,17 @@ func (p *Publisher) Run(ctx context.Context) error {
 	if err := p.ensureSlot(ctx, conn, repl); err != nil {
 		return err
 	}
+	since, err := p.fill(ctx)
+	if err != nil {
+		return err
+	}
 	slot := SlotName(p.System)
 	err = pglogrepl.StartReplication(ctx, repl, slot, 0, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{"proto_version '1'", "publication_names '" + slot + "'"}})
 	if err != nil {
 		return fmt.Errorf("cannot start replication: %w", err)
 	}
-	s := &stream{p: p, conn: conn, repl: repl, rels: map[uint32]*relation{}}
+	s := &stream{p: p, conn: conn, repl: repl, rels: map[uint32]*relation{}, since: since}
 	return s.loop(ctx)
 }
 
@@ -148,6 +152,7 @@ type stream struct {
 	txn       *transaction
 	confirmed uint64 // what the slot may forget
 	received  uint64 // the server's WAL end, when nothing is in flight
+	since     map[Stream]uint64
 }
 
 func (s *stream) loop(ctx context.Context) error {
@@ -279,6 +284,9 @@ func (s *stream) commit(ctx context.Context, m *pglogrepl.CommitMessage) error {
 	var groups []Group
 	for i := range s.p.Sources {
 		src := &s.p.Sources[i]
+		if uint64(m.CommitLSN) <= s.since[src.Stream] {
+			continue // the version's first state already has this transaction
+		}
 		changes, err := changesFor(ctx, s.conn, src, s.rels, txn.events)
 		if err != nil {
 			return err

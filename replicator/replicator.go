@@ -61,4 +61,7 @@ type Log interface {
 	// groups already appended (same stream, system and commit LSN) are
 	// skipped. It returns how many were new.
 	Append(ctx context.Context, groups []Group) (int, error)
+	// Since returns the commit LSN of the first group a system appended
+	// to a stream; ok is false when it appended none.
+	Since(ctx context.Context, s Stream, system string) (lsn uint64, ok bool, err error)
 }

@@ -160,3 +160,55 @@ func waitUntil(t *testing.T, cond func() bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestFirstFill: a version published over existing rows starts with them,
+// consistently with the changes that follow; a restart does not fill again.
+func TestFirstFill(t *testing.T) {
+	l, _ := open(t)
+	srcDB := pg.CreateDB(t)
+	owner := pg.Connect(t, srcDB)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := owner.Exec(ctx, `CREATE TABLE items (id int PRIMARY KEY, v text);
+		INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 500) g`); err != nil {
+		t.Fatal(err)
+	}
+	stream := replicator.Stream{Publication: "fill_items", Version: 1}
+	query := "SELECT id, v FROM items WHERE id % 2 = 0"
+	system := "fill_" + srcDB
+	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
+	run := func() (stop func()) {
+		pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l,
+			Sources: []replicator.Source{source(t, stream, query, "id")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
+		runCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- pub.Run(runCtx) }()
+		return func() { cancel(); <-done }
+	}
+	stop := run()
+	waitUntil(t, func() bool { return sortedState(t, l, stream) == projection(t, owner, query) })
+	if _, err := owner.Exec(ctx, "UPDATE items SET v = 'changed' WHERE id <= 10; DELETE FROM items WHERE id > 400"); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, func() bool { return sortedState(t, l, stream) == projection(t, owner, query) })
+	stop()
+	if _, err := owner.Exec(ctx, "INSERT INTO items VALUES (1000, 'while down')"); err != nil {
+		t.Fatal(err)
+	}
+	stop = run()
+	defer stop()
+	waitUntil(t, func() bool { return sortedState(t, l, stream) == projection(t, owner, query) })
+	recs, err := l.Changes(ctx, stream, 0, 100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	truncates := 0
+	for _, r := range recs {
+		if r.Op == replicator.OpTruncate {
+			truncates++
+		}
+	}
+	if truncates != 1 {
+		t.Fatalf("the first state was taken %d times", truncates)
+	}
+}

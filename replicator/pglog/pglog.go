@@ -216,6 +216,19 @@ func compact(ctx context.Context, tx pgx.Tx, stream int, first int64, changes []
 	return err
 }
 
+// Since returns the commit LSN of the first group system appended to s.
+func (l *Log) Since(ctx context.Context, s replicator.Stream, system string) (uint64, bool, error) {
+	var lsn *string
+	err := l.pool.QueryRow(ctx, `SELECT min(g.commit_lsn)::text FROM rejot_log.groups g
+		JOIN rejot_log.streams s ON s.id = g.stream
+		WHERE s.publication = $1 AND s.version = $2 AND g.system = $3`, s.Publication, s.Version, system).Scan(&lsn)
+	if err != nil || lsn == nil {
+		return 0, false, err
+	}
+	parsed, err := pglogrepl.ParseLSN(*lsn)
+	return uint64(parsed), err == nil, err
+}
+
 // State calls fn for every row of a stream's compacted state, as of one
 // consistent moment, and returns the position that state is at: a
 // subscriber that copies it continues with the changes after it.
