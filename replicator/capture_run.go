@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -24,10 +25,45 @@ type Capture struct {
 	OpenLog func(context.Context) (Log, error)
 	Logger  zerolog.Logger
 	Check   time.Duration // how often the record is re-read (default 2s)
+
+	problem atomic.Pointer[string]
+}
+
+// Problem says why the database cannot be captured ("" when it can), as
+// last checked: wal_level not logical, or a role without REPLICATION.
+func (c *Capture) Problem() string {
+	if p := c.problem.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// checkSetup records whether the database can be captured at all.
+func (c *Capture) checkSetup(ctx context.Context, conn *pgx.Conn) error {
+	var level string
+	var replication bool
+	err := conn.QueryRow(ctx, `SELECT current_setting('wal_level'),
+		coalesce((SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user), false)`).Scan(&level, &replication)
+	if err != nil {
+		return err
+	}
+	problem := ""
+	switch {
+	case level != "logical":
+		problem = "the database cannot be captured: its server has wal_level = " + level + ", and publishing needs logical"
+	case !replication:
+		problem = "the database cannot be captured: the sidecar's role lacks the REPLICATION attribute"
+	}
+	if old := c.Problem(); problem != old && problem != "" {
+		c.Logger.Error().Str("system", c.System).Str("problem", problem).Msg("capture impossible")
+	}
+	c.problem.Store(&problem)
+	return nil
 }
 
 // Run captures until ctx ends.
 func (c *Capture) Run(ctx context.Context) {
+	c.load(ctx) // learn at once whether the database can be captured at all
 	backoff := 100 * time.Millisecond
 	for c.Log == nil && ctx.Err() == nil {
 		l, err := c.OpenLog(ctx)
@@ -113,6 +149,12 @@ func (c *Capture) load(ctx context.Context) ([]Source, error) {
 		return nil, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	if err := c.checkSetup(ctx, conn); err != nil {
+		return nil, err
+	}
+	if c.Problem() != "" {
+		return nil, nil // nothing can be captured until the setup changes
+	}
 	return LoadSources(ctx, conn)
 }
 

@@ -114,12 +114,15 @@ type Env struct {
 
 // Executor binds and runs calls. Its exported fields configure it.
 type Executor struct {
-	Version   string        // the sidecar's version, returned by rejot.version()
-	System    string        // the system this sidecar's database is
-	Database  string        // that database's name
-	Catalog   CatalogReader // answers queries over the catalog relations; nil: none
-	Names     NameClaimer   // decides publication names' owners; nil: the catalog judges later
-	functions map[string]*Function
+	Version  string        // the sidecar's version, returned by rejot.version()
+	System   string        // the system this sidecar's database is
+	Database string        // that database's name
+	Catalog  CatalogReader // answers queries over the catalog relations; nil: none
+	Names    NameClaimer   // decides publication names' owners; nil: the catalog judges later
+	// CaptureProblem says why this database cannot be captured ("" when it
+	// can): publishing is refused with that reason.
+	CaptureProblem func() string
+	functions      map[string]*Function
 }
 
 // NewExecutor returns an executor with the API's functions.

@@ -35,6 +35,12 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if f := env.Executor.CaptureProblem; f != nil {
+		if problem := f(); problem != "" {
+			return nil, Errorf("55000", "%s", problem).
+				hint("Set wal_level = logical on the server (and restart it), and give the sidecar's role REPLICATION; the sidecar notices within seconds.")
+		}
+	}
 	p, perr := AnalyzeProjection(query)
 	if perr != nil {
 		return nil, env.inArg("query", perr)

@@ -2,8 +2,12 @@ package tests
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/tests/pgtest"
 )
 
 // TestPublishedTableIsCaptured: once a version is published through the
@@ -43,4 +47,38 @@ func TestPublishedTableIsCaptured(t *testing.T) {
 			WHERE s.publication = $1 AND s.version = 1`, name).Scan(&rows)
 		return rows == `["1", "uno"] ["2", "two"]`
 	})
+}
+
+// TestPublishRefusedWithoutLogicalWAL: on a server whose wal_level is not
+// logical, publishing says why and how to fix it; the sidecar keeps
+// relaying everything else.
+func TestPublishRefusedWithoutLogicalWAL(t *testing.T) {
+	replica, err := pgtest.Start(pgtest.Options{Settings: map[string]string{"wal_level": "replica"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer replica.Destroy()
+	ctx := context.Background()
+	if err := replica.Exec(ctx, "postgres", "CREATE DATABASE shop"); err != nil {
+		t.Fatal(err)
+	}
+	sc := startSidecarUpstream(t, replica.URL("shop"))
+	conn, err := pgx.Connect(ctx, sc.url("shop", "postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE TABLE t (id int PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	var last error
+	waitFor(t, 20*time.Second, func() bool {
+		_, last = conn.Exec(ctx, "CALL rejot.publish('walless', 1, 'SELECT id FROM t')")
+		pe := pgErr(last)
+		return pe.Code == "55000" && strings.Contains(pe.Message, "wal_level = replica") && strings.Contains(pe.Hint, "wal_level = logical")
+	})
+	var one int
+	if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+		t.Fatal(err)
+	}
 }
