@@ -163,7 +163,9 @@ func (s *stream) loop(ctx context.Context) error {
 	next := time.Now().Add(interval)
 	for {
 		if time.Now().After(next) {
-			if err := s.status(ctx, false); err != nil {
+			// Asking for a reply makes the server say how far it has
+			// decoded, which an idle source may confirm at once.
+			if err := s.status(ctx, s.txn == nil); err != nil {
 				return err
 			}
 			next = time.Now().Add(interval)

@@ -212,3 +212,45 @@ func TestFirstFill(t *testing.T) {
 		t.Fatalf("the first state was taken %d times", truncates)
 	}
 }
+
+// TestIdleSourceKeepsNoWAL: while another database writes WAL and the
+// published table is idle, the slot's confirmed position keeps up.
+func TestIdleSourceKeepsNoWAL(t *testing.T) {
+	l, _ := open(t)
+	srcDB, busyDB := pg.CreateDB(t), pg.CreateDB(t)
+	owner, busy := pg.Connect(t, srcDB), pg.Connect(t, busyDB)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := owner.Exec(ctx, "CREATE TABLE quiet (id int PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := busy.Exec(ctx, "CREATE TABLE noise (id serial PRIMARY KEY, pad text)"); err != nil {
+		t.Fatal(err)
+	}
+	system := "idle_" + srcDB
+	slot := replicator.SlotName(system)
+	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", slot)
+	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond,
+		Sources: []replicator.Source{source(t, replicator.Stream{Publication: "idle", Version: 1}, "SELECT id FROM quiet", "id")}}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- pub.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+	lag := func() int64 {
+		var n int64
+		owner.QueryRow(ctx, "SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&n)
+		return n
+	}
+	waitUntil(t, func() bool {
+		var active bool
+		owner.QueryRow(ctx, "SELECT active FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&active)
+		return active
+	})
+	// About 40 MB of WAL elsewhere.
+	for range 20 {
+		if _, err := busy.Exec(ctx, "INSERT INTO noise (pad) SELECT repeat('x', 1000) FROM generate_series(1, 2000)"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntil(t, func() bool { return lag() < 1<<20 })
+}
