@@ -19,10 +19,18 @@ func (s *session) backendLoop() error {
 			s.wmu.Unlock()
 		}
 	}()
-	if s.upass > 0 {
-		// The rest of a message the event loop had begun to relay.
+	if len(s.pendingClient) > 0 || s.upass > 0 {
 		s.wmu.Lock()
 		locked = true
+	}
+	if len(s.pendingClient) > 0 {
+		if _, err := s.cw.Write(s.pendingClient); err != nil {
+			return err
+		}
+		s.pendingClient = nil
+	}
+	if s.upass > 0 {
+		// The rest of a message the event loop had begun to relay.
 		if _, err := io.CopyN(s.cw, s.ur.r, int64(s.upass)); err != nil {
 			return err
 		}

@@ -80,6 +80,8 @@ func newEventLoop() (*eventLoop, error) {
 		scratch: make([]byte, fastReadSize), events: make([]unix.EpollEvent, 128)}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
 		return nil, err
 	}
 	go l.run()
@@ -143,9 +145,17 @@ func (l *eventLoop) serve(s *session) fastResult {
 		fc.shutdown() // closed meanwhile: the loop will see both ends gone
 	}
 	l.mu.Lock()
+	if l.closing {
+		l.mu.Unlock()
+		fc.shutdown()
+		if err := s.resume(fc); err != nil {
+			return fastResult{err: err}
+		}
+		return fastResult{handback: true}
+	}
 	l.queue = append(l.queue, fc)
-	l.mu.Unlock()
 	l.wake()
+	l.mu.Unlock()
 	res := <-fc.done
 	if res.handback {
 		if err := s.resume(fc); err != nil {
@@ -270,7 +280,10 @@ func (l *eventLoop) step(fc *fastConn, client bool, events uint32) (fastResult, 
 			return fastResult{err: err}, true
 		}
 	}
-	if events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) == 0 || len(*out) > 0 {
+	// A hang-up or error is reported whatever the interest mask: act on it
+	// (the read sees the end) rather than be woken for it again and again.
+	gone := events&(unix.EPOLLHUP|unix.EPOLLERR) != 0
+	if !gone && (events&unix.EPOLLIN == 0 || len(*out) > 0) {
 		return fastResult{}, false
 	}
 	var res fastResult

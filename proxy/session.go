@@ -59,6 +59,9 @@ type session struct {
 	leaked  bool // an internal statement may be left on the upstream connection
 	types   *pgtype.Map
 	upass   int // bytes of an upstream frame the event loop had begun to relay
+	// Bytes the event loop had relayed but not yet written, when it handed
+	// the session back: the relay's loops send them first.
+	pendingUp, pendingClient []byte
 
 	fmu  sync.Mutex // guards fast, and client/up while they are swapped
 	fast *fastConn  // set while the event loop relays the session
@@ -196,11 +199,10 @@ func (s *session) resume(fc *fastConn) error {
 	s.cw = bufio.NewWriterSize(client, bufferSize)
 	s.uw = bufio.NewWriterSize(up, bufferSize)
 	s.upass = fc.upass
-	if _, err := up.Write(fc.toUp); err != nil {
-		return err
-	}
-	_, err := client.Write(fc.toClient)
-	return err
+	// Written by the relay's two loops once both run: writing here, with
+	// nobody reading the upstream's replies, could wait forever.
+	s.pendingUp, s.pendingClient = fc.toUp, fc.toClient
+	return nil
 }
 
 // fileConn turns a raw socket back into a net.Conn; fd is closed.
@@ -239,6 +241,12 @@ func (s *session) finish(frontErr error, done chan error) error {
 
 // frontendLoop reads client messages until the client leaves.
 func (s *session) frontendLoop() error {
+	if len(s.pendingUp) > 0 {
+		if _, err := s.uw.Write(s.pendingUp); err != nil {
+			return err
+		}
+		s.pendingUp = nil
+	}
 	for {
 		if s.cr.r.Buffered() < 5 {
 			if err := s.uw.Flush(); err != nil {

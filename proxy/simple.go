@@ -91,7 +91,9 @@ func (s *session) runSimple(query string, stmts []sql.Statement) error {
 // refuseQuery answers a whole query string with an error and the upstream's
 // ReadyForQuery.
 func (s *session) refuseQuery(query string, e *sql.Error) error {
-	s.reply(appendEncoded(nil, errorResponse(e, query)))
+	if err := s.fail(e, query); err != nil {
+		return err
+	}
 	s.expect('S', nil, nil)
 	if err := s.send('S', nil); err != nil {
 		return err
