@@ -83,6 +83,7 @@ func (a *Applier) session(ctx context.Context) error {
 
 type command struct {
 	id      int64
+	uid     string
 	kind    string
 	payload []byte
 }
@@ -94,13 +95,13 @@ func (a *Applier) applyPending(ctx context.Context, conn *pgx.Conn) error {
 	if c == nil {
 		return nil // not connected yet: the next poll tries again
 	}
-	rows, err := conn.Query(ctx, "SELECT id, kind, payload FROM _rejot.commands WHERE applied_at IS NULL ORDER BY id LIMIT 100")
+	rows, err := conn.Query(ctx, "SELECT id, uid::text, kind, payload FROM _rejot.commands WHERE applied_at IS NULL ORDER BY id LIMIT 100")
 	if err != nil {
 		return err
 	}
 	cmds, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (command, error) {
 		var cmd command
-		return cmd, r.Scan(&cmd.id, &cmd.kind, &cmd.payload)
+		return cmd, r.Scan(&cmd.id, &cmd.uid, &cmd.kind, &cmd.payload)
 	})
 	if err != nil {
 		return err
@@ -114,7 +115,7 @@ func (a *Applier) applyPending(ctx context.Context, conn *pgx.Conn) error {
 func (a *Applier) applyAll(ctx context.Context, conn *pgx.Conn, c *Catalog, cmds []command) error {
 	for _, cmd := range cmds {
 		outcome := ""
-		if err := c.Apply(ctx, a.System, cmd.id, cmd.kind, cmd.payload); err != nil {
+		if err := c.Apply(ctx, a.System, cmd.uid, cmd.id, cmd.kind, cmd.payload); err != nil {
 			if !IsRefusal(err) {
 				a.Logger.Warn().Err(err).Int64("command", cmd.id).Msg("cannot apply to the catalog yet")
 				return nil

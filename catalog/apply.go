@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Published is the payload of a publish command: a publication version as
@@ -59,10 +61,11 @@ func (c *Catalog) ReleaseStaleClaims(ctx context.Context, system string, keep []
 
 // Apply applies one command of a system's outbox, once: a command already
 // applied is skipped, so replays after a crash change nothing.
-func (c *Catalog) Apply(ctx context.Context, system string, id int64, kind string, payload []byte) error {
+// uid is the command's random id; id its place in the outbox, for messages.
+func (c *Catalog) Apply(ctx context.Context, system, uid string, id int64, kind string, payload []byte) error {
 	return pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `INSERT INTO rejot_catalog.applied_commands (system, command_id) VALUES ($1, $2)
-			ON CONFLICT DO NOTHING`, system, id)
+		tag, err := tx.Exec(ctx, `INSERT INTO rejot_catalog.applied_commands (system, command_uid, command_id)
+			VALUES ($1, $2::uuid, $3) ON CONFLICT DO NOTHING`, system, uid, id)
 		if err != nil || tag.RowsAffected() == 0 {
 			return err
 		}
@@ -70,19 +73,35 @@ func (c *Catalog) Apply(ctx context.Context, system string, id int64, kind strin
 		case "publish":
 			var p Published
 			if err := json.Unmarshal(payload, &p); err != nil {
-				return fmt.Errorf("command %d: %w", id, err)
+				return &ErrRefused{fmt.Sprintf("command %d: %v", id, err)}
 			}
-			return applyPublish(ctx, tx, system, &p)
+			return refusal(applyPublish(ctx, tx, system, &p))
 		case "unpublish", "deprecate":
 			var l lifecycle
 			if err := json.Unmarshal(payload, &l); err != nil {
-				return fmt.Errorf("command %d: %w", id, err)
+				return &ErrRefused{fmt.Sprintf("command %d: %v", id, err)}
 			}
-			return applyLifecycle(ctx, tx, system, &l)
+			return refusal(applyLifecycle(ctx, tx, system, &l))
 		default:
-			return fmt.Errorf("command %d: unknown kind %q", id, kind)
+			return &ErrRefused{fmt.Sprintf("command %d: unknown kind %q", id, kind)}
 		}
 	})
+}
+
+// ErrRefused: the command can never apply (malformed, or data the catalog
+// rejects); it is recorded as refused rather than retried, so it cannot
+// hold back the commands after it.
+type ErrRefused struct{ Reason string }
+
+func (e *ErrRefused) Error() string { return e.Reason }
+
+// refusal marks the catalog's data errors (classes 22 and 23) as refusals.
+func refusal(err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23")) {
+		return &ErrRefused{pe.Message}
+	}
+	return err
 }
 
 func applyPublish(ctx context.Context, tx pgx.Tx, system string, p *Published) error {
@@ -145,5 +164,6 @@ func applyLifecycle(ctx context.Context, tx pgx.Tx, system string, l *lifecycle)
 // can never apply) rather than the catalog's (retry later).
 func IsRefusal(err error) bool {
 	var taken *ErrNameTaken
-	return errors.As(err, &taken)
+	var refused *ErrRefused
+	return errors.As(err, &taken) || errors.As(err, &refused)
 }

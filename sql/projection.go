@@ -60,6 +60,9 @@ func AnalyzeProjection(query string) (*Projection, *Error) {
 		}
 		return nil, e
 	}
+	if n := tree.Stmts[0].StmtLen; n > 0 {
+		query = query[:tree.Stmts[0].StmtLocation+n] // without a trailing semicolon
+	}
 	sel := tree.Stmts[0].Stmt.GetSelectStmt()
 	if sel == nil {
 		return nil, Errorf(CodeFeatureNotSupported, "a publication query must be a SELECT").at(tree.Stmts[0].StmtLocation)

@@ -71,3 +71,10 @@ func TestAnalyzeProjectionRefuses(t *testing.T) {
 		})
 	}
 }
+
+func TestAnalyzeProjectionTrailingSemicolon(t *testing.T) {
+	p, err := AnalyzeProjection("SELECT id FROM t;  \n")
+	if err != nil || p.Query != "SELECT id FROM t" {
+		t.Fatalf("%q, %v", p.Query, err)
+	}
+}

@@ -57,7 +57,7 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 		return nil, err
 	}
 	pub := &catalog.Published{Publication: name, Version: version, Owner: env.Executor.System,
-		Database: env.Executor.Database, Query: query, Source: v.Source, KeyColumns: v.Key,
+		Database: env.Executor.Database, Query: p.Query, Source: v.Source, KeyColumns: v.Key,
 		Columns: publicColumns(v), Description: args.Text("description")}
 	changed, err := reconcile(ctx, env.Session, pub)
 	if err != nil {
@@ -127,6 +127,11 @@ func publicColumns(v *Validated) []catalog.Column {
 // to be recorded.
 func reconcile(ctx context.Context, sess Session, pub *catalog.Published) (bool, error) {
 	name, version := pub.Publication, strconv.Itoa(pub.Version)
+	// Serialise publishes of one version: FOR UPDATE below locks nothing
+	// while the version does not exist yet.
+	if _, err := sess.Query(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('rejot publish ' || $1 || '/' || $2, 0))", &name, &version); err != nil {
+		return false, err
+	}
 	rows, err := sess.Query(ctx, `SELECT minor, query, columns::text, description,
 			(SELECT max(version) FROM _rejot.publications WHERE publication = $1), status
 		FROM _rejot.publications WHERE publication = $1 AND version = $2::int FOR UPDATE`, &name, &version)

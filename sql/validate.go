@@ -284,6 +284,10 @@ func (v *Validated) checkImmutable(ctx context.Context, sess Session) error {
 	fmt.Fprintf(&b, "  IF bad >= 0 THEN RAISE EXCEPTION 'rejot:%%:%%', bad, msg USING ERRCODE = 'RJ002'; END IF;\nEND %s", tag)
 	_, err = sess.Query(ctx, b.String())
 	var qe *QueryError
+	if errors.As(err, &qe) && qe.Code == "42501" {
+		return Errorf("42501", "cannot check that the publication's expressions and filter are immutable: %s", qe.Message).
+			hint("The check builds a temporary copy of the table: the publishing role needs TEMPORARY on the database and SELECT on the whole table (or publish plain columns without a filter).")
+	}
 	if !errors.As(err, &qe) || qe.Code != "RJ002" {
 		return err
 	}
