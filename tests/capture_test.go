@@ -82,3 +82,92 @@ func TestPublishRefusedWithoutLogicalWAL(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestCaptureSurvivesKill: the owner's sidecar is killed (kill -9) twice
+// while a writer changes the published table; after restarts the log's
+// state equals the projection of the table, and no source transaction was
+// appended twice.
+func TestCaptureSurvivesKill(t *testing.T) {
+	p := newPublisher(t)
+	ctx := context.Background()
+	name := p.name("killed")
+	if err := p.exec(t, "CREATE TABLE acct (id int PRIMARY KEY, balance int NOT NULL, note text)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.exec(t, "INSERT INTO acct SELECT g, 100, 'n' || g FROM generate_series(1, 200) g"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.exec(t, "CALL rejot.publish($1, 1, 'SELECT id, balance FROM acct WHERE balance >= 0')", name); err != nil {
+		t.Fatal(err)
+	}
+	slotActive := func() bool {
+		var active bool
+		pg.Connect(t, p.db).QueryRow(ctx, "SELECT active FROM pg_replication_slots WHERE slot_name = $1", "rejot_"+p.db).Scan(&active)
+		return active
+	}
+	waitFor(t, 30*time.Second, slotActive)
+	// The writer goes straight to Postgres: the sidecar being killed must
+	// not stop the owner's application.
+	writer := pg.Connect(t, p.db)
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		i := 0
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			i++
+			var err error
+			switch i % 4 {
+			case 0:
+				_, err = writer.Exec(ctx, "UPDATE acct SET balance = balance - 1 WHERE id = $1", i%200+1)
+			case 1:
+				_, err = writer.Exec(ctx, "INSERT INTO acct VALUES ($1, $2, 'x') ON CONFLICT (id) DO UPDATE SET balance = -1", 1000+i%300, i)
+			case 2:
+				_, err = writer.Exec(ctx, "DELETE FROM acct WHERE id = $1", 1000+(i*7)%300)
+			case 3:
+				_, err = writer.Exec(ctx, "BEGIN; UPDATE acct SET balance = balance + 1 WHERE id = 1; UPDATE acct SET balance = balance - 1 WHERE id = 2; COMMIT")
+			}
+			if err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	sc := p.sc
+	for range 2 {
+		time.Sleep(700 * time.Millisecond)
+		sc.kill(t)
+		time.Sleep(200 * time.Millisecond)
+		sc = startSidecar(t, p.db)
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	owner := pg.Connect(t, p.db)
+	logDB := pg.Connect(t, "rejot")
+	var want string
+	owner.QueryRow(ctx, `SELECT coalesce(string_agg(format('["%s", "%s"]', id, balance), ' ' ORDER BY id::text), '')
+		FROM acct WHERE balance >= 0`).Scan(&want)
+	waitFor(t, 60*time.Second, func() bool {
+		var got string
+		logDB.QueryRow(ctx, `SELECT coalesce(string_agg(st.row::text, ' ' ORDER BY st.row->>0), '')
+			FROM rejot_log.state st JOIN rejot_log.streams s ON s.id = st.stream
+			WHERE s.publication = $1 AND s.version = 1`, name).Scan(&got)
+		return got == want
+	})
+	var changes, grouped int64
+	logDB.QueryRow(ctx, `SELECT (SELECT count(*) FROM rejot_log.changes c WHERE c.stream = s.id),
+			(SELECT sum(last_position - first_position + 1) FROM rejot_log.groups g WHERE g.stream = s.id)
+		FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = 1`, name).Scan(&changes, &grouped)
+	if changes == 0 || changes != grouped {
+		t.Fatalf("%d changes, %d in groups", changes, grouped)
+	}
+	_ = sc
+}
