@@ -3,7 +3,6 @@ package pglog
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sort"
 	"strings"
 	"testing"
@@ -130,15 +129,7 @@ func projection(t *testing.T, owner *pgx.Conn, query string) string {
 		if err := rows.Scan(&vals); err != nil {
 			t.Fatal(err)
 		}
-		var cells []string
-		for _, v := range vals {
-			if v == nil {
-				cells = append(cells, "NULL")
-			} else {
-				cells = append(cells, fmt.Sprintf("%q", *v))
-			}
-		}
-		out = append(out, strings.Join(cells, ","))
+		out = append(out, renderRow(vals))
 	}
 	sort.Strings(out)
 	return strings.Join(out, " | ")
@@ -233,20 +224,12 @@ func TestIdleSourceKeepsNoWAL(t *testing.T) {
 	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", slot)
 	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond,
 		Sources: []replicator.Source{source(t, replicator.Stream{Publication: "idle", Version: 1}, "SELECT id FROM quiet", "id")}}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- pub.Run(runCtx) }()
-	defer func() { stop(); <-done }()
+	runPublisher(t, ctx, pub, owner)
 	lag := func() int64 {
 		var n int64
 		owner.QueryRow(ctx, "SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&n)
 		return n
 	}
-	waitUntil(t, func() bool {
-		var active bool
-		owner.QueryRow(ctx, "SELECT active FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&active)
-		return active
-	})
 	// About 40 MB of WAL elsewhere.
 	for range 20 {
 		if _, err := busy.Exec(ctx, "INSERT INTO noise (pad) SELECT repeat('x', 1000) FROM generate_series(1, 2000)"); err != nil {
@@ -280,15 +263,7 @@ func TestTypeMatrixRoundTrips(t *testing.T) {
 	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
 	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond,
 		Sources: []replicator.Source{source(t, stream, query, "id")}}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- pub.Run(runCtx) }()
-	defer func() { stop(); <-done }()
-	waitUntil(t, func() bool {
-		var active bool
-		owner.QueryRow(ctx, "SELECT active FROM pg_replication_slots WHERE slot_name = $1", replicator.SlotName(system)).Scan(&active)
-		return active
-	})
+	runPublisher(t, ctx, pub, owner)
 	rows := []string{
 		`(1, true, -32768, 2147483647, -9223372036854775808, 'NaN', 12.30, 'Infinity', -1.0000000000000002,
 		  '', 'ünïcödé', 'ab', '\x00ff'::bytea, 'infinity', '24:00:00', '23:59:59.999999+14', '-infinity', '2024-02-29 12:00:00.000001+00',
@@ -350,4 +325,19 @@ func TestCaptureResumesAfterUpstreamRestart(t *testing.T) {
 	exec("UPDATE events SET v = 'after' WHERE id <= 25; DELETE FROM events WHERE id > 40")
 	owner := conn()
 	waitUntil(t, func() bool { return sortedState(t, l, stream) == projection(t, owner, "SELECT id, v FROM events") })
+}
+
+// runPublisher runs pub until the test ends and waits until its slot is
+// active: changes from then on are captured.
+func runPublisher(t *testing.T, ctx context.Context, pub *replicator.Publisher, owner *pgx.Conn) {
+	t.Helper()
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- pub.Run(runCtx) }()
+	t.Cleanup(func() { stop(); <-done })
+	waitUntil(t, func() bool {
+		var active bool
+		owner.QueryRow(ctx, "SELECT active FROM pg_replication_slots WHERE slot_name = $1", replicator.SlotName(pub.System)).Scan(&active)
+		return active
+	})
 }

@@ -50,15 +50,7 @@ func state(t *testing.T, l *Log, s replicator.Stream) (string, int64) {
 	t.Helper()
 	var rows []string
 	head, err := l.State(context.Background(), s, func(row []replicator.Value) error {
-		var cells []string
-		for _, c := range row {
-			if c == nil {
-				cells = append(cells, "NULL")
-			} else {
-				cells = append(cells, fmt.Sprintf("%q", *c))
-			}
-		}
-		rows = append(rows, strings.Join(cells, ","))
+		rows = append(rows, renderRow(row))
 		return nil
 	})
 	if err != nil {
@@ -208,4 +200,17 @@ func TestConcurrentAppendsKeepPositionsDense(t *testing.T) {
 			t.Fatalf("position %d at index %d", r.Position, i)
 		}
 	}
+}
+
+// renderRow prints values quoted, NULL bare, comma-separated.
+func renderRow(row []replicator.Value) string {
+	cells := make([]string, len(row))
+	for i, c := range row {
+		if c == nil {
+			cells[i] = "NULL"
+		} else {
+			cells[i] = fmt.Sprintf("%q", *c)
+		}
+	}
+	return strings.Join(cells, ",")
 }
