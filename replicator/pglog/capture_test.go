@@ -17,7 +17,7 @@ import (
 
 // source builds a capture source from a published query, as the sidecar
 // will from its record of publications.
-func source(t *testing.T, stream replicator.Stream, query string, key ...string) replicator.Source {
+func source(t testing.TB, stream replicator.Stream, query string, key ...string) replicator.Source {
 	t.Helper()
 	a, err := sql.AnalyzeProjection(query)
 	if err != nil {

@@ -18,7 +18,7 @@ var pg *pgtest.Cluster
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg, pgtest.Options{})) }
 
-func open(t *testing.T) (*Log, string) {
+func open(t testing.TB) (*Log, string) {
 	t.Helper()
 	db := pg.CreateDB(t)
 	l, err := Open(context.Background(), pg.URL(db))
@@ -46,7 +46,7 @@ func group(lsn uint64, changes ...replicator.Change) replicator.Group {
 }
 
 // state renders a stream's compacted state.
-func state(t *testing.T, l *Log, s replicator.Stream) (string, int64) {
+func state(t testing.TB, l *Log, s replicator.Stream) (string, int64) {
 	t.Helper()
 	var rows []string
 	head, err := l.State(context.Background(), s, func(row []replicator.Value) error {
