@@ -153,6 +153,26 @@ type stream struct {
 	confirmed uint64 // what the slot may forget
 	received  uint64 // the server's WAL end, when nothing is in flight
 	since     map[Stream]uint64
+	// Groups of committed transactions not yet appended: appending many
+	// transactions in one log transaction is what makes a backlog fast.
+	pending    []Group
+	pendingEnd uint64
+}
+
+// maxPending bounds the transactions appended together.
+const maxPending = 1000
+
+// flush appends the pending groups, then lets the slot forget them.
+func (s *stream) flush(ctx context.Context) error {
+	if len(s.pending) > 0 {
+		if _, err := s.p.Log.Append(ctx, s.pending); err != nil {
+			return fmt.Errorf("cannot append to the event log: %w", err)
+		}
+		s.p.Logger.Debug().Str("lsn", pglogrepl.LSN(s.pendingEnd).String()).Int("groups", len(s.pending)).Msg("transactions captured")
+	}
+	s.confirmed = max(s.confirmed, s.pendingEnd)
+	s.pending = nil
+	return nil
 }
 
 func (s *stream) loop(ctx context.Context) error {
@@ -165,18 +185,29 @@ func (s *stream) loop(ctx context.Context) error {
 		if time.Now().After(next) {
 			// Asking for a reply makes the server say how far it has
 			// decoded, which an idle source may confirm at once.
+			if err := s.flush(ctx); err != nil {
+				return err
+			}
 			if err := s.status(ctx, s.txn == nil); err != nil {
 				return err
 			}
 			next = time.Now().Add(interval)
 		}
-		wait, cancel := context.WithDeadline(ctx, next)
+		deadline := next
+		if s.pendingEnd > s.confirmed {
+			// Append what is pending as soon as the stream pauses.
+			deadline = time.Now().Add(2 * time.Millisecond)
+		}
+		wait, cancel := context.WithDeadline(ctx, deadline)
 		msg, err := s.repl.ReceiveMessage(wait)
 		cancel()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if pgconn.Timeout(err) {
+			if err := s.flush(ctx); err != nil {
+				return err
+			}
 			continue
 		}
 		if err != nil {
@@ -199,7 +230,7 @@ func (s *stream) handle(ctx context.Context, msg pgproto3.BackendMessage) error 
 			if err != nil {
 				return err
 			}
-			if s.txn == nil {
+			if s.txn == nil && s.pendingEnd <= s.confirmed {
 				s.received = max(s.received, uint64(ka.ServerWALEnd))
 			}
 			if ka.ReplyRequested {
@@ -298,12 +329,10 @@ func (s *stream) commit(ctx context.Context, m *pglogrepl.CommitMessage) error {
 				CommitTime: m.CommitTime, Changes: changes})
 		}
 	}
-	if len(groups) > 0 {
-		if _, err := s.p.Log.Append(ctx, groups); err != nil {
-			return fmt.Errorf("cannot append to the event log: %w", err)
-		}
-		s.p.Logger.Debug().Str("lsn", m.CommitLSN.String()).Int("groups", len(groups)).Msg("transaction captured")
+	s.pending = append(s.pending, groups...)
+	s.pendingEnd = uint64(m.TransactionEndLSN)
+	if len(s.pending) >= maxPending {
+		return s.flush(ctx)
 	}
-	s.confirmed = uint64(m.TransactionEndLSN)
 	return nil
 }

@@ -53,58 +53,119 @@ func Open(ctx context.Context, url string) (*Log, error) {
 // Close closes the log's connections.
 func (l *Log) Close() { l.pool.Close() }
 
-// Append appends the groups of one source transaction in one transaction.
+// Append appends groups in one transaction. Groups of several source
+// transactions may come together: each stays whole, and per stream the
+// work is a handful of statements whatever the number of groups.
 func (l *Log) Append(ctx context.Context, groups []replicator.Group) (int, error) {
 	added := 0
 	err := pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
 		added = 0
+		byStream := map[replicator.Stream][]*replicator.Group{}
+		var order []replicator.Stream
 		for i := range groups {
-			ok, err := appendGroup(ctx, tx, &groups[i])
+			g := &groups[i]
+			if _, ok := byStream[g.Stream]; !ok {
+				order = append(order, g.Stream)
+			}
+			byStream[g.Stream] = append(byStream[g.Stream], g)
+		}
+		for _, s := range order {
+			n, err := appendStream(ctx, tx, s, byStream[s])
 			if err != nil {
 				return err
 			}
-			if ok {
-				added++
-			}
+			added += n
 		}
 		return nil
 	})
 	return added, err
 }
 
-func appendGroup(ctx context.Context, tx pgx.Tx, g *replicator.Group) (bool, error) {
-	stream, err := streamID(ctx, tx, g.Stream)
+// appendStream appends one stream's groups (in order), skipping those
+// already appended.
+func appendStream(ctx context.Context, tx pgx.Tx, s replicator.Stream, groups []*replicator.Group) (int, error) {
+	stream, err := streamID(ctx, tx, s)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
-	lsn := pglogrepl.LSN(g.CommitLSN).String()
-	var dup bool
-	err = tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM rejot_log.groups
-		WHERE stream = $1 AND system = $2 AND commit_lsn = $3::pg_lsn)`, stream, g.System, lsn).Scan(&dup)
-	if err != nil || dup || len(g.Changes) == 0 {
-		return false, err
+	fresh, err := newGroups(ctx, tx, stream, groups)
+	if err != nil || len(fresh) == 0 {
+		return 0, err
+	}
+	total := 0
+	var all []replicator.Change
+	for _, g := range fresh {
+		total += len(g.Changes)
+		all = append(all, g.Changes...)
 	}
 	var head int64
-	err = tx.QueryRow(ctx, "UPDATE rejot_log.streams SET head = head + $2 WHERE id = $1 RETURNING head",
-		stream, len(g.Changes)).Scan(&head)
-	if err != nil {
-		return false, err
+	if err := tx.QueryRow(ctx, "UPDATE rejot_log.streams SET head = head + $2 WHERE id = $1 RETURNING head", stream, total).Scan(&head); err != nil {
+		return 0, err
 	}
-	first := head - int64(len(g.Changes)) + 1
-	if err := insertChanges(ctx, tx, stream, first, lsn, g); err != nil {
-		return false, err
+	first := head - int64(total) + 1
+	if err := insertChanges(ctx, tx, stream, first, fresh); err != nil {
+		return 0, err
 	}
-	if err := compact(ctx, tx, stream, first, g.Changes); err != nil {
-		return false, err
+	if err := compact(ctx, tx, stream, first, all); err != nil {
+		return 0, err
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO rejot_log.groups (stream, system, commit_lsn, commit_time, first_position, last_position)
-		VALUES ($1, $2, $3::pg_lsn, $4, $5, $6)`, stream, g.System, lsn, g.CommitTime, first, head)
-	if err != nil {
-		return false, err
+	if err := insertGroups(ctx, tx, stream, first, fresh); err != nil {
+		return 0, err
 	}
-	payload := g.Stream.Publication + "/" + strconv.Itoa(g.Stream.Version) + "/" + strconv.FormatInt(head, 10)
+	payload := s.Publication + "/" + strconv.Itoa(s.Version) + "/" + strconv.FormatInt(head, 10)
 	_, err = tx.Exec(ctx, "SELECT pg_notify($1, $2)", Channel, payload)
-	return err == nil, err
+	return len(fresh), err
+}
+
+// newGroups drops the groups already appended (same system and commit
+// LSN) and the empty ones.
+func newGroups(ctx context.Context, tx pgx.Tx, stream int, groups []*replicator.Group) ([]*replicator.Group, error) {
+	systems, lsns := make([]string, len(groups)), make([]string, len(groups))
+	for i, g := range groups {
+		systems[i], lsns[i] = g.System, pglogrepl.LSN(g.CommitLSN).String()
+	}
+	rows, err := tx.Query(ctx, `SELECT g.system, g.commit_lsn::text FROM rejot_log.groups g
+		JOIN unnest($2::text[], $3::pg_lsn[]) AS u(system, lsn) ON g.system = u.system AND g.commit_lsn = u.lsn
+		WHERE g.stream = $1`, stream, systems, lsns)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for rows.Next() {
+		var system, lsn string
+		if err := rows.Scan(&system, &lsn); err != nil {
+			return nil, err
+		}
+		seen[system+"/"+lsn] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	var fresh []*replicator.Group
+	for i, g := range groups {
+		key := systems[i] + "/" + lsns[i]
+		if !seen[key] && len(g.Changes) > 0 {
+			seen[key] = true // the same transaction twice in one call counts once
+			fresh = append(fresh, g)
+		}
+	}
+	return fresh, nil
+}
+
+func insertGroups(ctx context.Context, tx pgx.Tx, stream int, first int64, groups []*replicator.Group) error {
+	n := len(groups)
+	systems, lsns, times := make([]string, n), make([]string, n), make([]time.Time, n)
+	firsts, lasts := make([]int64, n), make([]int64, n)
+	pos := first
+	for i, g := range groups {
+		systems[i], lsns[i], times[i] = g.System, pglogrepl.LSN(g.CommitLSN).String(), g.CommitTime
+		firsts[i], lasts[i] = pos, pos+int64(len(g.Changes))-1
+		pos += int64(len(g.Changes))
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO rejot_log.groups (stream, system, commit_lsn, commit_time, first_position, last_position)
+		SELECT $1, s, l, t, f, z FROM unnest($2::text[], $3::pg_lsn[], $4::timestamptz[], $5::int8[], $6::int8[]) AS u(s, l, t, f, z)`,
+		stream, systems, lsns, times, firsts, lasts)
+	return err
 }
 
 func streamID(ctx context.Context, tx pgx.Tx, s replicator.Stream) (int, error) {
@@ -122,32 +183,37 @@ func encode(values []replicator.Value) ([]byte, error) {
 	return json.Marshal(values)
 }
 
-func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, lsn string, g *replicator.Group) error {
-	n := len(g.Changes)
-	ops, keys, rows := make([]string, n), make([]string, n), make([]*string, n)
-	for i, c := range g.Changes {
-		ops[i] = string(c.Op)
-		k, err := encode(c.Key)
-		if err != nil {
-			return err
-		}
-		if k == nil {
-			k = []byte("[]")
-		}
-		keys[i] = string(k)
-		if c.Op == replicator.OpUpsert {
-			r, err := encode(c.Row)
+func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, groups []*replicator.Group) error {
+	var ops, keys, lsns []string
+	var rows []*string
+	var times []time.Time
+	for _, g := range groups {
+		lsn := pglogrepl.LSN(g.CommitLSN).String()
+		for _, c := range g.Changes {
+			k, err := encode(c.Key)
 			if err != nil {
 				return err
 			}
-			s := string(r)
-			rows[i] = &s
+			if k == nil {
+				k = []byte("[]")
+			}
+			var row *string
+			if c.Op == replicator.OpUpsert {
+				r, err := encode(c.Row)
+				if err != nil {
+					return err
+				}
+				s := string(r)
+				row = &s
+			}
+			ops, keys, rows = append(ops, string(c.Op)), append(keys, string(k)), append(rows, row)
+			lsns, times = append(lsns, lsn), append(times, g.CommitTime)
 		}
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO rejot_log.changes (stream, position, commit_lsn, commit_time, op, key, row)
-		SELECT $1, $2 + o - 1, $3::pg_lsn, $4, op::"char", key::jsonb, row::jsonb
-		FROM unnest($5::text[], $6::text[], $7::text[]) WITH ORDINALITY AS c(op, key, row, o)`,
-		stream, first, lsn, g.CommitTime, ops, keys, rows)
+		SELECT $1, $2 + o - 1, lsn, t, op::"char", key::jsonb, row::jsonb
+		FROM unnest($3::text[], $4::text[], $5::text[], $6::pg_lsn[], $7::timestamptz[]) WITH ORDINALITY AS c(op, key, row, lsn, t, o)`,
+		stream, first, ops, keys, rows, lsns, times)
 	return err
 }
 
