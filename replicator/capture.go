@@ -61,43 +61,55 @@ func tupleValues(t *pglogrepl.TupleData) ([]Value, []bool) {
 	return vals, toasted
 }
 
-// changesFor computes what a source transaction did to one publication
-// version, in commit order.
-func changesFor(ctx context.Context, q Querier, src *Source, rels map[uint32]*relation, events []event) ([]Change, error) {
+// changesFor computes what each of several source transactions did to one
+// publication version, in commit order, with one projection query for all
+// of them. Transactions for which skip is true get no changes.
+func changesFor(ctx context.Context, q Querier, src *Source, rels map[uint32]*relation, txns []*transaction, skip func(*transaction) bool) ([][]Change, error) {
+	type ref struct{ txn, event int }
 	var tuples [][]Value
-	var at []int // event index of each tuple
+	var at []ref // the event of each tuple
 	var rel *relation
-	for i, e := range events {
-		r := rels[e.rel]
-		if r == nil || r.schema != src.Schema || r.table != src.Table {
+	for ti, txn := range txns {
+		if skip(txn) {
 			continue
 		}
-		rel = r
-		if e.op == 'I' || e.op == 'U' {
-			tuples, at = append(tuples, e.new), append(at, i)
+		for ei, e := range txn.events {
+			r := rels[e.rel]
+			if r == nil || r.schema != src.Schema || r.table != src.Table {
+				continue
+			}
+			rel = r
+			if e.op == 'I' || e.op == 'U' {
+				if err := fillToasted(ctx, q, src, r, &txn.events[ei]); err != nil {
+					return nil, err
+				}
+				tuples, at = append(tuples, txn.events[ei].new), append(at, ref{ti, ei})
+			}
 		}
 	}
+	out := make([][]Change, len(txns))
 	if rel == nil {
-		return nil, nil
-	}
-	if err := fillToasted(ctx, q, src, rel, events, at); err != nil {
-		return nil, err
+		return out, nil
 	}
 	projected, err := Project(ctx, q, &src.Projection, rel.cols, tuples)
 	if err != nil {
 		return nil, err
 	}
-	byEvent := map[int]Projected{}
-	for j, i := range at {
-		byEvent[i] = projected[j]
+	byEvent := map[ref]Projected{}
+	for j, r := range at {
+		byEvent[r] = projected[j]
 	}
-	var out []Change
-	for i, e := range events {
-		r := rels[e.rel]
-		if r == nil || r.schema != src.Schema || r.table != src.Table {
+	for ti, txn := range txns {
+		if skip(txn) {
 			continue
 		}
-		out = append(out, eventChanges(src, r, e, byEvent[i])...)
+		for ei, e := range txn.events {
+			r := rels[e.rel]
+			if r == nil || r.schema != src.Schema || r.table != src.Table {
+				continue
+			}
+			out[ti] = append(out[ti], eventChanges(src, r, e, byEvent[ref{ti, ei}])...)
+		}
 	}
 	return out, nil
 }
@@ -157,19 +169,16 @@ func sameValues(a, b []Value) bool {
 // and are stored out of line. Without REPLICA IDENTITY FULL the WAL does
 // not carry them, so they are read from the table by key: the value is the
 // one the row has now, which a later change of it will correct in the log.
-func fillToasted(ctx context.Context, q Querier, src *Source, rel *relation, events []event, at []int) error {
-	for _, i := range at {
-		e := &events[i]
-		for c, missing := range e.toasted {
-			if !missing {
-				continue
-			}
-			v, err := readColumn(ctx, q, src, rel, e.new, rel.cols[c].Name)
-			if err != nil {
-				return err
-			}
-			e.new[c] = v
+func fillToasted(ctx context.Context, q Querier, src *Source, rel *relation, e *event) error {
+	for c, missing := range e.toasted {
+		if !missing || e.new[c] != nil {
+			continue
 		}
+		v, err := readColumn(ctx, q, src, rel, e.new, rel.cols[c].Name)
+		if err != nil {
+			return err
+		}
+		e.new[c] = v
 	}
 	return nil
 }

@@ -153,26 +153,61 @@ type stream struct {
 	confirmed uint64 // what the slot may forget
 	received  uint64 // the server's WAL end, when nothing is in flight
 	since     map[Stream]uint64
-	// Groups of committed transactions not yet appended: appending many
-	// transactions in one log transaction is what makes a backlog fast.
-	pending    []Group
+	// Committed transactions not yet appended: projecting and appending
+	// many together is what makes a backlog fast.
+	pending    []*transaction
 	pendingEnd uint64
 }
 
 // maxPending bounds the transactions appended together.
 const maxPending = 1000
 
-// flush appends the pending groups, then lets the slot forget them.
+// flush projects and appends the pending transactions, then lets the
+// slot forget them.
 func (s *stream) flush(ctx context.Context) error {
 	if len(s.pending) > 0 {
-		if _, err := s.p.Log.Append(ctx, s.pending); err != nil {
-			return fmt.Errorf("cannot append to the event log: %w", err)
+		groups, err := s.groups(ctx)
+		if err != nil {
+			return err
 		}
-		s.p.Logger.Debug().Str("lsn", pglogrepl.LSN(s.pendingEnd).String()).Int("groups", len(s.pending)).Msg("transactions captured")
+		if len(groups) > 0 {
+			if _, err := s.p.Log.Append(ctx, groups); err != nil {
+				return fmt.Errorf("cannot append to the event log: %w", err)
+			}
+		}
+		s.p.Logger.Debug().Str("lsn", pglogrepl.LSN(s.pendingEnd).String()).Int("transactions", len(s.pending)).Msg("transactions captured")
 	}
 	s.confirmed = max(s.confirmed, s.pendingEnd)
 	s.pending = nil
 	return nil
+}
+
+// groups projects the pending transactions for every source: one group per
+// (transaction, version) that changed something.
+func (s *stream) groups(ctx context.Context) ([]Group, error) {
+	perTxn := make([][]Group, len(s.pending))
+	for i := range s.p.Sources {
+		src := &s.p.Sources[i]
+		since := s.since[src.Stream]
+		// The version's first state already has what committed before it.
+		skip := func(t *transaction) bool { return t.commitLSN <= since }
+		changes, err := changesFor(ctx, s.conn, src, s.rels, s.pending, skip)
+		if err != nil {
+			return nil, err
+		}
+		for ti, c := range changes {
+			if len(c) > 0 {
+				t := s.pending[ti]
+				perTxn[ti] = append(perTxn[ti], Group{Stream: src.Stream, System: s.p.System,
+					CommitLSN: t.commitLSN, CommitTime: t.commitTime, Changes: c})
+			}
+		}
+	}
+	var groups []Group
+	for _, g := range perTxn {
+		groups = append(groups, g...) // commit order
+	}
+	return groups, nil
 }
 
 func (s *stream) loop(ctx context.Context) error {
@@ -263,6 +298,10 @@ func (s *stream) decode(ctx context.Context, data []byte) error {
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
+		// Pending transactions are projected with the columns they had.
+		if err := s.flush(ctx); err != nil {
+			return err
+		}
 		return s.relation(ctx, m)
 	case *pglogrepl.BeginMessage:
 		s.txn = &transaction{commitTime: m.CommitTime}
@@ -306,31 +345,19 @@ func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) err
 	return nil
 }
 
-// commit projects the transaction for every source, appends the groups,
-// and then confirms it.
+// commit queues a decoded transaction; it is projected and appended with
+// the others pending when the stream pauses or enough are queued.
 func (s *stream) commit(ctx context.Context, m *pglogrepl.CommitMessage) error {
 	txn := s.txn
 	s.txn = nil
 	if txn == nil {
 		return nil
 	}
-	var groups []Group
-	for i := range s.p.Sources {
-		src := &s.p.Sources[i]
-		if uint64(m.CommitLSN) <= s.since[src.Stream] {
-			continue // the version's first state already has this transaction
-		}
-		changes, err := changesFor(ctx, s.conn, src, s.rels, txn.events)
-		if err != nil {
-			return err
-		}
-		if len(changes) > 0 {
-			groups = append(groups, Group{Stream: src.Stream, System: s.p.System, CommitLSN: uint64(m.CommitLSN),
-				CommitTime: m.CommitTime, Changes: changes})
-		}
+	txn.commitLSN, txn.endLSN, txn.commitTime = uint64(m.CommitLSN), uint64(m.TransactionEndLSN), m.CommitTime
+	if len(txn.events) > 0 {
+		s.pending = append(s.pending, txn)
 	}
-	s.pending = append(s.pending, groups...)
-	s.pendingEnd = uint64(m.TransactionEndLSN)
+	s.pendingEnd = txn.endLSN
 	if len(s.pending) >= maxPending {
 		return s.flush(ctx)
 	}
