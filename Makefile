@@ -21,9 +21,11 @@ vet:
 demo: build
 	$(BIN) demo
 
-# Proxy throughput: pgbench -S direct vs. through the sidecar vs. PgBouncer.
+# Proxy throughput (pgbench -S direct vs. the sidecar vs. PgBouncer), then
+# capture throughput (vs. pgoutput decoding alone).
 bench: build
 	scripts/bench-proxy.sh
+	$(GO) test ./replicator/pglog -run '^$$' -bench Capture -benchtime 1x -v
 
 # Run each fuzz target for FUZZTIME (default 30s); new crashers land in testdata.
 FUZZTIME ?= 30s
