@@ -65,51 +65,47 @@ func tupleValues(t *pglogrepl.TupleData) ([]Value, []bool) {
 // publication version, in commit order, with one projection query for all
 // of them. Transactions for which skip is true get no changes.
 func changesFor(ctx context.Context, q Querier, src *Source, rels map[uint32]*relation, txns []*transaction, skip func(*transaction) bool) ([][]Change, error) {
-	type ref struct{ txn, event int }
+	type ref struct {
+		txn, event int
+		rel        *relation
+	}
+	var mine []ref // the source's events, in order
 	var tuples [][]Value
-	var at []ref // the event of each tuple
-	var rel *relation
+	var at []int // index in mine of each tuple
 	for ti, txn := range txns {
 		if skip(txn) {
 			continue
 		}
-		for ei, e := range txn.events {
+		for ei := range txn.events {
+			e := &txn.events[ei]
 			r := rels[e.rel]
 			if r == nil || r.schema != src.Schema || r.table != src.Table {
 				continue
 			}
-			rel = r
 			if e.op == 'I' || e.op == 'U' {
-				if err := fillToasted(ctx, q, src, r, &txn.events[ei]); err != nil {
+				if err := fillToasted(ctx, q, src, r, e); err != nil {
 					return nil, err
 				}
-				tuples, at = append(tuples, txn.events[ei].new), append(at, ref{ti, ei})
+				tuples, at = append(tuples, e.new), append(at, len(mine))
 			}
+			mine = append(mine, ref{ti, ei, r})
 		}
 	}
 	out := make([][]Change, len(txns))
-	if rel == nil {
+	if len(mine) == 0 {
 		return out, nil
 	}
-	projected, err := Project(ctx, q, &src.Projection, rel.cols, tuples)
+	projected, err := Project(ctx, q, &src.Projection, mine[0].rel.cols, tuples)
 	if err != nil {
 		return nil, err
 	}
-	byEvent := map[ref]Projected{}
-	for j, r := range at {
-		byEvent[r] = projected[j]
+	byEvent := make([]Projected, len(mine))
+	for j, i := range at {
+		byEvent[i] = projected[j]
 	}
-	for ti, txn := range txns {
-		if skip(txn) {
-			continue
-		}
-		for ei, e := range txn.events {
-			r := rels[e.rel]
-			if r == nil || r.schema != src.Schema || r.table != src.Table {
-				continue
-			}
-			out[ti] = append(out[ti], eventChanges(src, r, e, byEvent[ref{ti, ei}])...)
-		}
+	for i, m := range mine {
+		e := txns[m.txn].events[m.event]
+		out[m.txn] = append(out[m.txn], eventChanges(src, m.rel, e, byEvent[i])...)
 	}
 	return out, nil
 }

@@ -27,6 +27,7 @@ type Capture struct {
 	Check   time.Duration // how often the record is re-read (default 2s)
 
 	problem atomic.Pointer[string]
+	conn    *pgx.Conn // for reading the owner's record; owned by Run
 }
 
 // Problem says why the database cannot be captured ("" when it can), as
@@ -63,6 +64,11 @@ func (c *Capture) checkSetup(ctx context.Context, conn *pgx.Conn) error {
 
 // Run captures until ctx ends.
 func (c *Capture) Run(ctx context.Context) {
+	defer func() {
+		if c.conn != nil {
+			c.conn.Close(context.WithoutCancel(ctx))
+		}
+	}()
 	c.load(ctx) // learn at once whether the database can be captured at all
 	backoff := 100 * time.Millisecond
 	for c.Log == nil && ctx.Err() == nil {
@@ -143,19 +149,31 @@ func fingerprint(sources []Source) string {
 
 // load reads the versions to capture from the owner's record: every
 // version not retired, its query analysed again for the expressions.
+// It keeps its connection between checks, and drops it on any error.
 func (c *Capture) load(ctx context.Context) ([]Source, error) {
-	conn, err := pgx.Connect(ctx, c.URL)
-	if err != nil {
-		return nil, err
+	if c.conn == nil {
+		conn, err := pgx.Connect(ctx, c.URL)
+		if err != nil {
+			return nil, err
+		}
+		c.conn = conn
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	if err := c.checkSetup(ctx, conn); err != nil {
+	sources, err := c.read(ctx)
+	if err != nil {
+		c.conn.Close(context.WithoutCancel(ctx))
+		c.conn = nil
+	}
+	return sources, err
+}
+
+func (c *Capture) read(ctx context.Context) ([]Source, error) {
+	if err := c.checkSetup(ctx, c.conn); err != nil {
 		return nil, err
 	}
 	if c.Problem() != "" {
 		return nil, nil // nothing can be captured until the setup changes
 	}
-	return LoadSources(ctx, conn)
+	return LoadSources(ctx, c.conn)
 }
 
 // LoadSources reads the capture sources of the publications recorded in
@@ -184,7 +202,7 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
 	}
 	sources := make([]Source, 0, len(recs))
 	for _, r := range recs {
-		src, err := newSource(r.stream, r.query, r.key, r.schema, r.table)
+		src, err := NewSource(r.stream, r.query, r.key, r.schema, r.table)
 		if err != nil {
 			return nil, err
 		}
@@ -193,7 +211,9 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
 	return sources, nil
 }
 
-func newSource(stream Stream, query string, key []string, schema, table string) (Source, error) {
+// NewSource makes the capture source of a publication version from its
+// published query, public key columns and (resolved) table.
+func NewSource(stream Stream, query string, key []string, schema, table string) (Source, error) {
 	a, perr := sql.AnalyzeProjection(query)
 	if perr != nil {
 		return Source{}, fmt.Errorf("publication %s version %d: %w", stream.Publication, stream.Version, perr)

@@ -2,7 +2,6 @@ package pglog
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
@@ -63,7 +62,7 @@ func benchCapture(b *testing.B, load func(context.Context, *pgx.Conn, int) error
 	// Create the capture's slot and publication, then stop it: the load
 	// queues up while nothing reads it.
 	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l, Logger: zerolog.Nop(), Sources: []replicator.Source{src}}
-	stopFirst := startRun(b, ctx, pub, owner)
+	stopFirst := startPublisher(b, ctx, pub, owner)
 	stopFirst()
 	if _, err := owner.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", baseline); err != nil {
 		b.Fatal(err)
@@ -81,7 +80,7 @@ func benchCapture(b *testing.B, load func(context.Context, *pgx.Conn, int) error
 	}
 	decode := time.Since(start)
 	start = time.Now()
-	stop := startRun(b, ctx, pub, owner)
+	stop := startPublisher(b, ctx, pub, owner)
 	defer stop()
 	for {
 		_, head := state(b, l, stream)
@@ -100,23 +99,4 @@ func benchCapture(b *testing.B, load func(context.Context, *pgx.Conn, int) error
 	b.ReportMetric(decode.Seconds()/capture.Seconds(), "ratio_vs_baseline")
 	b.Logf("%d rows: capture %v (%.0f rows/s), pgoutput decode alone %v (%.0f rows/s, %d messages)",
 		n, capture.Round(time.Millisecond), float64(n)/capture.Seconds(), decode.Round(time.Millisecond), float64(n)/decode.Seconds(), changes)
-}
-
-// startRun runs a publisher until stop is called, once its slot is active.
-func startRun(b *testing.B, ctx context.Context, pub *replicator.Publisher, owner *pgx.Conn) (stop func()) {
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- pub.Run(runCtx) }()
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		var active bool
-		owner.QueryRow(ctx, "SELECT active FROM pg_replication_slots WHERE slot_name = $1", replicator.SlotName(pub.System)).Scan(&active)
-		if active {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatal(fmt.Errorf("slot never active"))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return func() { cancel(); <-done }
 }

@@ -15,23 +15,17 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// source builds a capture source from a published query, as the sidecar
-// will from its record of publications.
+// source builds a capture source from a published query over a table in
+// public, as the sidecar does from its record of publications.
 func source(t testing.TB, stream replicator.Stream, query string, key ...string) replicator.Source {
 	t.Helper()
 	a, err := sql.AnalyzeProjection(query)
 	if err != nil {
 		t.Fatal(err)
 	}
-	src := replicator.Source{Schema: "public", Table: a.Table, KeySources: key}
-	src.Stream, src.Filter = stream, a.Filter
-	for i, c := range a.Columns {
-		src.Exprs = append(src.Exprs, c.Expr)
-		for _, k := range key {
-			if c.Source == k {
-				src.KeyCols = append(src.KeyCols, i)
-			}
-		}
+	src, serr := replicator.NewSource(stream, query, key, "public", a.Table)
+	if serr != nil {
+		t.Fatal(serr)
 	}
 	return src
 }
@@ -58,22 +52,9 @@ func TestCaptureToLog(t *testing.T) {
 	system := "cap_" + srcDB
 	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l,
 		Sources: []replicator.Source{source(t, stream, query, "id")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- pub.Run(runCtx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("publisher: %v", err)
-		}
-		owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
-	}()
-	// Wait for the slot before writing: changes before it are not captured.
-	waitUntil(t, func() bool {
-		var n int
-		owner.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active", replicator.SlotName(system)).Scan(&n)
-		return n == 1
-	})
+	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
+	// Changes before the slot is active are not captured.
+	runPublisher(t, ctx, pub, owner)
 	for _, q := range []string{
 		"INSERT INTO orders VALUES (1, 'placed', 10.50, 'a'), (2, 'draft', 1, 'b'), (3, 'placed', NULL, NULL)",
 		"UPDATE orders SET total = 11.00 WHERE id = 1",
@@ -142,7 +123,7 @@ func sortedState(t *testing.T, l *Log, s replicator.Stream) string {
 	return strings.Join(rows, " | ")
 }
 
-func waitUntil(t *testing.T, cond func() bool) {
+func waitUntil(t testing.TB, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
@@ -172,10 +153,7 @@ func TestFirstFill(t *testing.T) {
 	run := func() (stop func()) {
 		pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l,
 			Sources: []replicator.Source{source(t, stream, query, "id")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
-		runCtx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- pub.Run(runCtx) }()
-		return func() { cancel(); <-done }
+		return startPublisher(t, ctx, pub, owner)
 	}
 	stop := run()
 	waitUntil(t, func() bool { return sortedState(t, l, stream) == projection(t, owner, query) })
@@ -327,17 +305,30 @@ func TestCaptureResumesAfterUpstreamRestart(t *testing.T) {
 	waitUntil(t, func() bool { return sortedState(t, l, stream) == projection(t, owner, "SELECT id, v FROM events") })
 }
 
-// runPublisher runs pub until the test ends and waits until its slot is
-// active: changes from then on are captured.
-func runPublisher(t *testing.T, ctx context.Context, pub *replicator.Publisher, owner *pgx.Conn) {
+// startPublisher runs pub until stop is called, once its slot is active:
+// changes from then on are captured. stop reports any error the publisher
+// ended with other than being stopped.
+func startPublisher(t testing.TB, ctx context.Context, pub *replicator.Publisher, owner *pgx.Conn) (stop func()) {
 	t.Helper()
-	runCtx, stop := context.WithCancel(ctx)
+	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- pub.Run(runCtx) }()
-	t.Cleanup(func() { stop(); <-done })
+	stop = func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("publisher: %v", err)
+		}
+	}
 	waitUntil(t, func() bool {
 		var active bool
 		owner.QueryRow(ctx, "SELECT active FROM pg_replication_slots WHERE slot_name = $1", replicator.SlotName(pub.System)).Scan(&active)
 		return active
 	})
+	return stop
+}
+
+// runPublisher runs pub, once its slot is active, until the test ends.
+func runPublisher(t testing.TB, ctx context.Context, pub *replicator.Publisher, owner *pgx.Conn) {
+	t.Helper()
+	t.Cleanup(startPublisher(t, ctx, pub, owner))
 }
