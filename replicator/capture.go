@@ -17,12 +17,49 @@ type Source struct {
 	// KeySources are the source columns of the public key, in key order:
 	// a deleted row's public key is read from its old key tuple.
 	KeySources []string
+	// References are the source columns the projection reads.
+	References []string
 }
 
 // relation is a table as the WAL describes it.
 type relation struct {
 	schema, table string
 	cols          []SourceColumn
+	key           []bool // in the replica identity
+	varlena       []bool // variable length: may be stored out of line
+	// kept marks the columns whose out-of-line values the log keeps:
+	// variable-length, outside the replica identity, read by a projection.
+	kept []bool
+}
+
+// name is how the log's kept values name the table.
+func (r *relation) name() string { return r.schema + "." + r.table }
+
+// keepColumns works out which columns of a table the log keeps values of
+// for the sources (see Kept).
+func keepColumns(sources []Source, schema, table string, names []string, key, varlena []bool) []bool {
+	read := map[string]bool{}
+	for _, s := range sources {
+		if s.Schema == schema && s.Table == table {
+			for _, c := range s.References {
+				read[c] = true
+			}
+		}
+	}
+	kept := make([]bool, len(names))
+	for i, n := range names {
+		kept[i] = varlena[i] && !key[i] && read[n]
+	}
+	return kept
+}
+
+func anyTrue(b []bool) bool {
+	for _, x := range b {
+		if x {
+			return true
+		}
+	}
+	return false
 }
 
 // event is one row change of a source transaction, values in text form.
@@ -40,6 +77,7 @@ type transaction struct {
 	endLSN     uint64
 	commitTime time.Time
 	events     []event
+	parts      int // parts already appended (a large transaction)
 }
 
 // tupleValues turns a WAL tuple into text values; unchanged TOAST values
@@ -83,9 +121,6 @@ func changesFor(ctx context.Context, q Querier, src *Source, rels map[uint32]*re
 				continue
 			}
 			if e.op == 'I' || e.op == 'U' {
-				if err := fillToasted(ctx, q, src, r, e); err != nil {
-					return nil, err
-				}
 				tuples, at = append(tuples, e.new), append(at, len(mine))
 			}
 			mine = append(mine, ref{ti, ei, r})
@@ -161,37 +196,22 @@ func sameValues(a, b []Value) bool {
 	return true
 }
 
-// fillToasted supplies values the WAL left out because they did not change
-// and are stored out of line. Without REPLICA IDENTITY FULL the WAL does
-// not carry them, so they are read from the table by key: the value is the
-// one the row has now, which a later change of it will correct in the log.
-func fillToasted(ctx context.Context, q Querier, src *Source, rel *relation, e *event) error {
-	for c, missing := range e.toasted {
-		if !missing || e.new[c] != nil {
-			continue
-		}
-		v, err := readColumn(ctx, q, src, rel, e.new, rel.cols[c].Name)
-		if err != nil {
-			return err
-		}
-		e.new[c] = v
-	}
-	return nil
-}
-
-func readColumn(ctx context.Context, q Querier, src *Source, rel *relation, row []Value, col string) (Value, error) {
+// readColumn reads a column of a row by its replica identity from the
+// table as it is now: the last resort for an unchanged out-of-line value
+// the log does not keep (a row captured before values were kept).
+func readColumn(ctx context.Context, q Querier, rel *relation, key []Value, col string) (Value, error) {
 	var conds []string
 	var args []any
-	for _, name := range src.KeySources {
-		for j, c := range rel.cols {
-			if c.Name == name {
-				args = append(args, row[j])
-				conds = append(conds, fmt.Sprintf("%s::text = $%d", pgx.Identifier{name}.Sanitize(), len(args)))
-			}
+	k := 0
+	for j, c := range rel.cols {
+		if rel.key[j] {
+			args = append(args, key[k])
+			k++
+			conds = append(conds, fmt.Sprintf("%s::text = $%d", pgx.Identifier{c.Name}.Sanitize(), len(args)))
 		}
 	}
 	query := fmt.Sprintf("SELECT %s::text FROM %s WHERE %s", pgx.Identifier{col}.Sanitize(),
-		pgx.Identifier{src.Schema, src.Table}.Sanitize(), strings.Join(conds, " AND "))
+		pgx.Identifier{rel.schema, rel.table}.Sanitize(), strings.Join(conds, " AND "))
 	rows, err := q.Query(ctx, query, args...)
 	if err != nil {
 		return nil, err

@@ -218,7 +218,7 @@ func NewSource(stream Stream, query string, key []string, schema, table string) 
 	if perr != nil {
 		return Source{}, fmt.Errorf("publication %s version %d: %w", stream.Publication, stream.Version, perr)
 	}
-	src := Source{Schema: schema, Table: table}
+	src := Source{Schema: schema, Table: table, References: a.References}
 	src.Stream, src.Filter = stream, a.Filter
 	for i, col := range a.Columns {
 		src.Exprs = append(src.Exprs, col.Expr)

@@ -10,13 +10,17 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
+// fillChunk is how many rows the first fill appends at a time.
+const fillChunk = 5000
+
 // fill gives publication versions new to the log their first state: the
 // rows their table holds, projected, read in a snapshot exported by a
 // temporary slot — consistent with a point C of the WAL, without locking
 // the table. The state is appended as one group at C-1 (no commit record
-// can start there), and the publisher then skips, for those versions,
-// transactions that committed before C: the snapshot has them. It returns
-// each source's "since": changes at or before it are already in the log.
+// can start there), in chunks of one log transaction that commits at the
+// end, and the publisher then skips, for those versions, transactions that
+// committed before C: the snapshot has them. It returns each source's
+// "since": changes at or before it are already in the log.
 func (p *Publisher) fill(ctx context.Context) (map[Stream]uint64, error) {
 	since := map[Stream]uint64{}
 	var todo []*Source
@@ -35,63 +39,77 @@ func (p *Publisher) fill(ctx context.Context) (map[Stream]uint64, error) {
 	if len(todo) == 0 {
 		return since, nil
 	}
-	point, groups, err := p.snapshot(ctx, todo)
+	point, err := p.snapshot(ctx, todo)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := p.Log.Append(ctx, groups); err != nil {
-		return nil, fmt.Errorf("cannot append the first state: %w", err)
-	}
 	for _, src := range todo {
 		since[src.Stream] = point
-		p.Logger.Info().Str("publication", src.Stream.Publication).Int("version", src.Stream.Version).
-			Str("lsn", pglogrepl.LSN(point).String()).Msg("first state captured")
 	}
 	return since, nil
 }
 
-// snapshot reads the sources' rows as of a fresh consistent point.
-func (p *Publisher) snapshot(ctx context.Context, todo []*Source) (uint64, []Group, error) {
+// snapshot appends the sources' rows as of a fresh consistent point.
+func (p *Publisher) snapshot(ctx context.Context, todo []*Source) (uint64, error) {
 	repl, err := p.replicationConn(ctx)
 	if err != nil {
-		return 0, nil, err
+		return 0, err
 	}
 	defer repl.Close(context.WithoutCancel(ctx))
 	slot, err := pglogrepl.CreateReplicationSlot(ctx, repl, SlotName(p.System)+"_fill", "pgoutput",
 		pglogrepl.CreateReplicationSlotOptions{Temporary: true, Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
 	if err != nil {
-		return 0, nil, fmt.Errorf("cannot export a snapshot for the first state: %w", err)
+		return 0, fmt.Errorf("cannot export a snapshot for the first state: %w", err)
 	}
 	c, err := pglogrepl.ParseLSN(slot.ConsistentPoint)
 	if err != nil {
-		return 0, nil, err
+		return 0, err
 	}
 	point := uint64(c) - 1
 	conn, err := pgx.Connect(ctx, p.URL)
 	if err != nil {
-		return 0, nil, err
+		return 0, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	var groups []Group
+	log, err := p.Log.Begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer log.Rollback(context.WithoutCancel(ctx))
 	err = pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+strings.ReplaceAll(slot.SnapshotName, "'", "''")+"'"); err != nil {
 			return err
 		}
+		tables := map[[2]string]bool{}
 		for _, src := range todo {
-			changes, err := readAll(ctx, tx, src)
-			if err != nil {
+			if err := p.fillSource(ctx, tx, log, src, point); err != nil {
 				return err
 			}
-			groups = append(groups, Group{Stream: src.Stream, System: p.System, CommitLSN: point,
-				CommitTime: time.Now(), Changes: changes})
+			tables[[2]string{src.Schema, src.Table}] = true
+		}
+		for t := range tables {
+			if err := p.fillKept(ctx, tx, log, t[0], t[1]); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
-	return point, groups, err
+	if err != nil {
+		return 0, err
+	}
+	if _, err := log.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("cannot append the first state: %w", err)
+	}
+	for _, src := range todo {
+		p.Logger.Info().Str("system", p.System).Str("publication", src.Stream.Publication).Int("version", src.Stream.Version).
+			Str("lsn", pglogrepl.LSN(point).String()).Msg("first state captured")
+	}
+	return point, nil
 }
 
-// readAll projects every row of a source's table.
-func readAll(ctx context.Context, tx pgx.Tx, src *Source) ([]Change, error) {
+// fillSource appends a source's projected rows in chunks, logging its
+// progress every few seconds.
+func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *Source, point uint64) error {
 	exprs := make([]string, len(src.Exprs))
 	for i, e := range src.Exprs {
 		exprs[i] = "(" + e + ")::text"
@@ -102,20 +120,120 @@ func readAll(ctx context.Context, tx pgx.Tx, src *Source) ([]Change, error) {
 	}
 	rows, err := tx.Query(ctx, q)
 	if err != nil {
-		return nil, fmt.Errorf("cannot read %s.%s for its first state: %w", src.Schema, src.Table, err)
+		return fmt.Errorf("cannot read %s.%s for its first state: %w", src.Schema, src.Table, err)
 	}
 	defer rows.Close()
-	changes := []Change{{Op: OpTruncate}} // the state is exactly the snapshot
+	now := time.Now()
+	group := Group{Stream: src.Stream, System: p.System, CommitLSN: point, CommitTime: now}
+	chunk := []Change{{Op: OpTruncate}} // the state is exactly the snapshot
+	total, lastReport := 0, now
+	send := func() error {
+		group.Changes = chunk
+		if err := log.Append(ctx, []Group{group}); err != nil {
+			return fmt.Errorf("cannot append the first state: %w", err)
+		}
+		chunk = chunk[:0]
+		if time.Since(lastReport) > 5*time.Second {
+			lastReport = time.Now()
+			p.Logger.Info().Str("system", p.System).Str("publication", src.Stream.Publication).Int("version", src.Stream.Version).
+				Int("rows", total).Msg("first state in progress")
+		}
+		return nil
+	}
 	for rows.Next() {
 		var row []Value
 		if err := rows.Scan(&row); err != nil {
-			return nil, err
+			return err
 		}
 		key := make([]Value, len(src.KeyCols))
 		for i, k := range src.KeyCols {
 			key[i] = row[k]
 		}
-		changes = append(changes, Change{Op: OpUpsert, Key: key, Row: row})
+		chunk = append(chunk, Change{Op: OpUpsert, Key: key, Row: row})
+		total++
+		if len(chunk) >= fillChunk {
+			if err := send(); err != nil {
+				return err
+			}
+		}
 	}
-	return changes, rows.Err()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if len(chunk) > 0 || total == 0 {
+		return send()
+	}
+	return nil
+}
+
+// fillKept records, for a table's rows as of the snapshot, the out-of-line
+// values the log keeps (see Kept) — only where it keeps none yet: what it
+// has is as of the capture's position, which a replay after the snapshot
+// point must find.
+func (p *Publisher) fillKept(ctx context.Context, tx pgx.Tx, log LogTx, schema, table string) error {
+	name := pgx.Identifier{schema, table}.Sanitize()
+	var names []string
+	var key, varlena []bool
+	rows, err := tx.Query(ctx, `SELECT a.attname, a.attlen = -1,
+			c.relreplident = 'f' OR coalesce(a.attnum = ANY (i.indkey::int2[]), false)
+		FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+		LEFT JOIN pg_catalog.pg_index i ON i.indrelid = c.oid
+			AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))
+		WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`, name)
+	if err != nil {
+		return err
+	}
+	var n string
+	var v, k bool
+	if _, err := pgx.ForEachRow(rows, []any{&n, &v, &k}, func() error {
+		names, varlena, key = append(names, n), append(varlena, v), append(key, k)
+		return nil
+	}); err != nil {
+		return err
+	}
+	kept := keepColumns(p.Sources, schema, table, names, key, varlena)
+	if !anyTrue(kept) || !anyTrue(key) {
+		return nil
+	}
+	var keyCols, keptCols []string
+	for i, c := range names {
+		if key[i] {
+			keyCols = append(keyCols, pgx.Identifier{c}.Sanitize()+"::text")
+		}
+		if kept[i] {
+			keptCols = append(keptCols, c)
+		}
+	}
+	sel := make([]string, len(keptCols))
+	for i, c := range keptCols {
+		sel[i] = pgx.Identifier{c}.Sanitize() + "::text"
+	}
+	rows, err = tx.Query(ctx, "SELECT ARRAY["+strings.Join(keyCols, ", ")+"], ARRAY["+strings.Join(sel, ", ")+"] FROM "+name)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	table = schema + "." + table
+	var batch []Kept
+	for rows.Next() {
+		var k, vals []Value
+		if err := rows.Scan(&k, &vals); err != nil {
+			return err
+		}
+		m := make(map[string]Value, len(vals))
+		for i, c := range keptCols {
+			m[c] = vals[i]
+		}
+		batch = append(batch, Kept{Table: table, Key: k, Values: m, Missing: true})
+		if len(batch) >= fillChunk {
+			if err := log.Keep(ctx, p.System, batch); err != nil {
+				return err
+			}
+			batch = batch[:0]
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	return log.Keep(ctx, p.System, batch)
 }

@@ -78,6 +78,11 @@ func (p *Publisher) Run(ctx context.Context) error {
 		return fmt.Errorf("cannot start replication: %w", err)
 	}
 	s := &stream{p: p, conn: conn, repl: repl, rels: map[uint32]*relation{}, since: since}
+	defer func() {
+		if s.open != nil {
+			s.open.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
 	return s.loop(ctx)
 }
 
@@ -155,49 +160,101 @@ type stream struct {
 	since     map[Stream]uint64
 	// Committed transactions not yet appended: projecting and appending
 	// many together is what makes a backlog fast.
-	pending    []*transaction
-	pendingEnd uint64
+	pending       []*transaction
+	pendingEvents int
+	pendingEnd    uint64
+	// open is the log transaction of a large source transaction being
+	// appended in parts.
+	open LogTx
 }
 
-// maxPending bounds the transactions appended together.
-const maxPending = 1000
+// Memory bounds: a backlog is appended in batches of at most maxPending
+// transactions or maxPendingEvents row changes, and a source transaction
+// larger than partEvents is projected and appended in parts as it is
+// decoded, into one log transaction that commits with it.
+const (
+	maxPending       = 1000
+	maxPendingEvents = 50_000
+	partEvents       = 10_000
+)
 
 // flush projects and appends the pending transactions, then lets the
 // slot forget them.
 func (s *stream) flush(ctx context.Context) error {
 	if len(s.pending) > 0 {
-		groups, err := s.groups(ctx)
+		tx, err := s.p.Log.Begin(ctx)
 		if err != nil {
+			return fmt.Errorf("cannot append to the event log: %w", err)
+		}
+		defer tx.Rollback(context.WithoutCancel(ctx))
+		if err := s.write(ctx, tx, s.pending); err != nil {
 			return err
 		}
-		if len(groups) > 0 {
-			if _, err := s.p.Log.Append(ctx, groups); err != nil {
-				return fmt.Errorf("cannot append to the event log: %w", err)
-			}
+		if _, err := tx.Commit(ctx); err != nil {
+			return fmt.Errorf("cannot append to the event log: %w", err)
 		}
 		s.p.Logger.Debug().Str("lsn", pglogrepl.LSN(s.pendingEnd).String()).Int("transactions", len(s.pending)).Msg("transactions captured")
 	}
 	s.confirmed = max(s.confirmed, s.pendingEnd)
-	s.pending = nil
+	s.pending, s.pendingEvents = nil, 0
 	return nil
 }
 
-// groups projects the pending transactions for every source: one group per
+// write projects transactions and appends them in tx.
+func (s *stream) write(ctx context.Context, tx LogTx, txns []*transaction) error {
+	if err := s.fillUnchanged(ctx, tx, txns); err != nil {
+		return err
+	}
+	groups, err := s.groups(ctx, txns)
+	if err != nil {
+		return err
+	}
+	if err := tx.Append(ctx, groups); err != nil {
+		return fmt.Errorf("cannot append to the event log: %w", err)
+	}
+	return nil
+}
+
+// part appends what the transaction being decoded did so far, in the log
+// transaction that commits with it: a large source transaction never sits
+// whole in memory.
+func (s *stream) part(ctx context.Context) error {
+	if err := s.flush(ctx); err != nil { // commit order
+		return err
+	}
+	if s.open == nil {
+		tx, err := s.p.Log.Begin(ctx)
+		if err != nil {
+			return fmt.Errorf("cannot append to the event log: %w", err)
+		}
+		s.open = tx
+		s.p.Logger.Info().Str("system", s.p.System).Str("lsn", pglogrepl.LSN(s.txn.commitLSN).String()).
+			Msg("large source transaction: appending it in parts")
+	}
+	if err := s.write(ctx, s.open, []*transaction{s.txn}); err != nil {
+		return err
+	}
+	s.txn.parts++
+	s.txn.events = nil
+	return nil
+}
+
+// groups projects transactions for every source: one group per
 // (transaction, version) that changed something.
-func (s *stream) groups(ctx context.Context) ([]Group, error) {
-	perTxn := make([][]Group, len(s.pending))
+func (s *stream) groups(ctx context.Context, txns []*transaction) ([]Group, error) {
+	perTxn := make([][]Group, len(txns))
 	for i := range s.p.Sources {
 		src := &s.p.Sources[i]
 		since := s.since[src.Stream]
 		// The version's first state already has what committed before it.
 		skip := func(t *transaction) bool { return t.commitLSN <= since }
-		changes, err := changesFor(ctx, s.conn, src, s.rels, s.pending, skip)
+		changes, err := changesFor(ctx, s.conn, src, s.rels, txns, skip)
 		if err != nil {
 			return nil, err
 		}
 		for ti, c := range changes {
 			if len(c) > 0 {
-				t := s.pending[ti]
+				t := txns[ti]
 				perTxn[ti] = append(perTxn[ti], Group{Stream: src.Stream, System: s.p.System,
 					CommitLSN: t.commitLSN, CommitTime: t.commitTime, Changes: c})
 			}
@@ -298,26 +355,39 @@ func (s *stream) decode(ctx context.Context, data []byte) error {
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
-		// Pending transactions are projected with the columns they had.
+		// What was decoded before is projected with the columns it had.
 		if err := s.flush(ctx); err != nil {
 			return err
 		}
+		if s.txn != nil && len(s.txn.events) > 0 {
+			if err := s.part(ctx); err != nil {
+				return err
+			}
+		}
 		return s.relation(ctx, m)
 	case *pglogrepl.BeginMessage:
-		s.txn = &transaction{commitTime: m.CommitTime}
+		s.txn = &transaction{commitLSN: uint64(m.FinalLSN), commitTime: m.CommitTime}
 	case *pglogrepl.InsertMessage:
 		vals, toasted := tupleValues(m.Tuple)
-		s.add(event{op: 'I', rel: m.RelationID, new: vals, toasted: toasted})
+		return s.add(ctx, event{op: 'I', rel: m.RelationID, new: vals, toasted: toasted})
 	case *pglogrepl.UpdateMessage:
 		old, _ := tupleValues(m.OldTuple)
 		vals, toasted := tupleValues(m.NewTuple)
-		s.add(event{op: 'U', rel: m.RelationID, old: old, new: vals, toasted: toasted})
+		for i, t := range toasted {
+			// With REPLICA IDENTITY FULL the old tuple has the value.
+			if t && i < len(old) && old[i] != nil {
+				vals[i], toasted[i] = old[i], false
+			}
+		}
+		return s.add(ctx, event{op: 'U', rel: m.RelationID, old: old, new: vals, toasted: toasted})
 	case *pglogrepl.DeleteMessage:
 		old, _ := tupleValues(m.OldTuple)
-		s.add(event{op: 'D', rel: m.RelationID, old: old})
+		return s.add(ctx, event{op: 'D', rel: m.RelationID, old: old})
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
-			s.add(event{op: 'T', rel: id})
+			if err := s.add(ctx, event{op: 'T', rel: id}); err != nil {
+				return err
+			}
 		}
 	case *pglogrepl.CommitMessage:
 		return s.commit(ctx, m)
@@ -325,28 +395,53 @@ func (s *stream) decode(ctx context.Context, data []byte) error {
 	return nil
 }
 
-func (s *stream) add(e event) {
-	if s.txn != nil {
-		s.txn.events = append(s.txn.events, e)
+func (s *stream) add(ctx context.Context, e event) error {
+	if s.txn == nil {
+		return nil
 	}
+	s.txn.events = append(s.txn.events, e)
+	if len(s.txn.events) >= partEvents {
+		return s.part(ctx)
+	}
+	return nil
 }
 
-// relation records a table's columns with their exact type names.
+// relation records a table's columns with their exact type names, which
+// form its replica identity, and which may be stored out of line.
 func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
 	r := &relation{schema: m.Namespace, table: m.RelationName}
-	for _, c := range m.Columns {
-		var typ string
-		if err := s.conn.QueryRow(ctx, "SELECT pg_catalog.format_type($1, $2)", c.DataType, c.TypeModifier).Scan(&typ); err != nil {
-			return err
-		}
-		r.cols = append(r.cols, SourceColumn{Name: c.Name, Type: typ})
+	oids, mods := make([]uint32, len(m.Columns)), make([]int32, len(m.Columns))
+	names := make([]string, len(m.Columns))
+	for i, c := range m.Columns {
+		oids[i], mods[i], names[i] = c.DataType, c.TypeModifier, c.Name
+		r.key = append(r.key, c.Flags&1 != 0)
 	}
+	rows, err := s.conn.Query(ctx, `SELECT pg_catalog.format_type(u.oid, u.mod), coalesce(t.typlen = -1, true)
+		FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS u(oid, mod, o)
+		LEFT JOIN pg_catalog.pg_type t ON t.oid = u.oid ORDER BY u.o`, oids, mods)
+	if err != nil {
+		return err
+	}
+	var typ string
+	var varlena bool
+	i := 0
+	_, err = pgx.ForEachRow(rows, []any{&typ, &varlena}, func() error {
+		r.cols = append(r.cols, SourceColumn{Name: names[i], Type: typ})
+		r.varlena = append(r.varlena, varlena)
+		i++
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	r.kept = keepColumns(s.p.Sources, r.schema, r.table, names, r.key, r.varlena)
 	s.rels[m.RelationID] = r
 	return nil
 }
 
 // commit queues a decoded transaction; it is projected and appended with
-// the others pending when the stream pauses or enough are queued.
+// the others pending when the stream pauses or enough are queued. A
+// transaction appended in parts commits its log transaction now.
 func (s *stream) commit(ctx context.Context, m *pglogrepl.CommitMessage) error {
 	txn := s.txn
 	s.txn = nil
@@ -354,11 +449,29 @@ func (s *stream) commit(ctx context.Context, m *pglogrepl.CommitMessage) error {
 		return nil
 	}
 	txn.commitLSN, txn.endLSN, txn.commitTime = uint64(m.CommitLSN), uint64(m.TransactionEndLSN), m.CommitTime
+	if s.open != nil {
+		tx := s.open
+		if len(txn.events) > 0 {
+			if err := s.write(ctx, tx, []*transaction{txn}); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Commit(ctx); err != nil {
+			return fmt.Errorf("cannot append to the event log: %w", err)
+		}
+		s.open = nil
+		s.p.Logger.Info().Str("system", s.p.System).Str("lsn", pglogrepl.LSN(txn.commitLSN).String()).
+			Int("parts", txn.parts+1).Msg("large source transaction captured")
+		s.pendingEnd = max(s.pendingEnd, txn.endLSN)
+		s.confirmed = max(s.confirmed, txn.endLSN)
+		return nil
+	}
 	if len(txn.events) > 0 {
 		s.pending = append(s.pending, txn)
+		s.pendingEvents += len(txn.events)
 	}
 	s.pendingEnd = txn.endLSN
-	if len(s.pending) >= maxPending {
+	if len(s.pending) >= maxPending || s.pendingEvents >= maxPendingEvents {
 		return s.flush(ctx)
 	}
 	return nil

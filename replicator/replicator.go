@@ -6,6 +6,8 @@ package replicator
 
 import (
 	"context"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -55,13 +57,75 @@ type Record struct {
 	Change
 }
 
+// Kept changes the out-of-line values kept for a source table's rows.
+// The WAL leaves out a value stored out of line (TOAST) when an update
+// does not change it; the capture keeps the last value it saw of every
+// such column a projection reads, so it can project that update exactly as
+// of its transaction, without REPLICA IDENTITY FULL.
+type Kept struct {
+	Table string  // the source table, schema.table
+	Key   []Value // the row's replica identity; nil with Gone: every row
+	// Values are the columns to keep (merged with what is kept already).
+	Values map[string]Value
+	Gone   bool // the row (without Key: every row of the table) is gone
+	// Missing keeps Values only where nothing is kept yet (a first fill
+	// must not overwrite values newer than its snapshot).
+	Missing bool
+}
+
 // Log is the event log.
 type Log interface {
-	// Append appends the groups of one source transaction, atomically;
-	// groups already appended (same stream, system and commit LSN) are
-	// skipped. It returns how many were new.
-	Append(ctx context.Context, groups []Group) (int, error)
+	// Begin starts an append: what a LogTx appends becomes visible, and
+	// durable, at once when it commits.
+	Begin(ctx context.Context) (LogTx, error)
 	// Since returns the commit LSN of the first group a system appended
 	// to a stream; ok is false when it appended none.
 	Since(ctx context.Context, s Stream, system string) (lsn uint64, ok bool, err error)
+}
+
+// LogTx is one append to the log, possibly in parts.
+type LogTx interface {
+	// Append appends groups in order. Groups already in the log (same
+	// stream, system and commit LSN) are skipped, and a group with the
+	// same identity as one appended earlier in this LogTx continues it:
+	// a large source transaction arrives in parts.
+	Append(ctx context.Context, groups []Group) error
+	// Keep records out-of-line values, in order.
+	Keep(ctx context.Context, system string, kept []Kept) error
+	// Recall returns the values kept for rows of a source table, by the
+	// key's encoding (KeyString).
+	Recall(ctx context.Context, system, table string, keys [][]Value) (map[string]map[string]Value, error)
+	// Commit makes the append visible and returns how many groups were new.
+	Commit(ctx context.Context) (int, error)
+	// Rollback abandons the append; harmless after Commit.
+	Rollback(ctx context.Context) error
+}
+
+// KeyString encodes a key's values as one comparable string.
+func KeyString(key []Value) string {
+	var b strings.Builder
+	for _, v := range key {
+		if v == nil {
+			b.WriteString("n;")
+			continue
+		}
+		b.WriteString(strconv.Itoa(len(*v)))
+		b.WriteByte(':')
+		b.WriteString(*v)
+		b.WriteByte(';')
+	}
+	return b.String()
+}
+
+// Append appends groups in one LogTx.
+func Append(ctx context.Context, l Log, groups []Group) (int, error) {
+	tx, err := l.Begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if err := tx.Append(ctx, groups); err != nil {
+		return 0, err
+	}
+	return tx.Commit(ctx)
 }

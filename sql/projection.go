@@ -24,6 +24,9 @@ type Projection struct {
 	// Functions are the functions the query calls, for the checks that
 	// need the live catalog (aggregates, window functions).
 	Functions []FunctionRef
+	// References are the table columns the output columns and the filter
+	// read, each once, in order of appearance.
+	References []string
 }
 
 // FunctionRef is a function call in a projection.
@@ -85,6 +88,7 @@ func AnalyzeProjection(query string) (*Projection, *Error) {
 		p.Filter = deparseExpr(sel.WhereClause)
 	}
 	p.Functions = functionRefs(sel)
+	p.References = columnRefs(sel)
 	return p, nil
 }
 
@@ -241,6 +245,31 @@ func (p *Projection) setColumns(s *pg_query.SelectStmt) *Error {
 		return Errorf(CodeSyntaxError, "a publication query selects at least the table's primary key").at(int32(p.TableAt))
 	}
 	return nil
+}
+
+// columnRefs lists the columns a projection reads (the last name of each
+// column reference).
+func columnRefs(s *pg_query.SelectStmt) []string {
+	var refs []string
+	seen := map[string]bool{}
+	visit := func(m protoreflect.Message) {
+		ref, ok := m.Interface().(*pg_query.ColumnRef)
+		if !ok || len(ref.Fields) == 0 {
+			return
+		}
+		name := ref.Fields[len(ref.Fields)-1].GetString_().GetSval()
+		if name != "" && !seen[name] {
+			seen[name] = true
+			refs = append(refs, name)
+		}
+	}
+	for _, t := range s.TargetList {
+		walk(t.ProtoReflect(), visit)
+	}
+	if s.WhereClause != nil {
+		walk(s.WhereClause.ProtoReflect(), visit)
+	}
+	return refs
 }
 
 // deparseVersion is the parse tree version pg_query's deparser expects.

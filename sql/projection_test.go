@@ -29,6 +29,9 @@ func TestAnalyzeProjection(t *testing.T) {
 	if p.Filter != "status <> 'draft'" {
 		t.Errorf("filter %q", p.Filter)
 	}
+	if got := strings.Join(p.References, ","); got != "id,customer_id,total_cents,status" {
+		t.Errorf("references %s", got)
+	}
 }
 
 func TestAnalyzeProjectionRefuses(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"context"
 	"embed"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -57,110 +58,192 @@ func (l *Log) Close() { l.pool.Close() }
 // transactions may come together: each stays whole, and per stream the
 // work is a handful of statements whatever the number of groups.
 func (l *Log) Append(ctx context.Context, groups []replicator.Group) (int, error) {
-	added := 0
-	err := pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
-		added = 0
-		byStream := map[replicator.Stream][]*replicator.Group{}
-		var order []replicator.Stream
-		for i := range groups {
-			g := &groups[i]
-			if _, ok := byStream[g.Stream]; !ok {
-				order = append(order, g.Stream)
-			}
-			byStream[g.Stream] = append(byStream[g.Stream], g)
+	return replicator.Append(ctx, l, groups)
+}
+
+// Begin starts an append.
+func (l *Log) Begin(ctx context.Context) (replicator.LogTx, error) {
+	tx, err := l.pool.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &Tx{tx: tx, streams: map[replicator.Stream]*streamTx{}, groups: map[groupID]*groupTx{}}, nil
+}
+
+// Tx is an append in progress: one transaction of the log database.
+type Tx struct {
+	tx      pgx.Tx
+	streams map[replicator.Stream]*streamTx
+	order   []replicator.Stream
+	groups  map[groupID]*groupTx
+	added   int
+}
+
+type streamTx struct {
+	id     int
+	head   int64
+	groups []*groupTx // new groups, in order
+}
+
+type groupID struct {
+	stream replicator.Stream
+	system string
+	lsn    uint64
+}
+
+type groupTx struct {
+	skip        bool // already in the log
+	first, last int64
+	commitTime  time.Time
+	id          groupID
+}
+
+// Append appends groups in order; see replicator.LogTx.
+func (t *Tx) Append(ctx context.Context, groups []replicator.Group) error {
+	byStream := map[replicator.Stream][]*replicator.Group{}
+	var order []replicator.Stream
+	for i := range groups {
+		g := &groups[i]
+		if _, ok := byStream[g.Stream]; !ok {
+			order = append(order, g.Stream)
 		}
-		for _, s := range order {
-			n, err := appendStream(ctx, tx, s, byStream[s])
-			if err != nil {
-				return err
-			}
-			added += n
+		byStream[g.Stream] = append(byStream[g.Stream], g)
+	}
+	for _, s := range order {
+		if err := t.appendStream(ctx, s, byStream[s]); err != nil {
+			return err
 		}
-		return nil
-	})
-	return added, err
+	}
+	return nil
 }
 
 // appendStream appends one stream's groups (in order), skipping those
 // already appended.
-func appendStream(ctx context.Context, tx pgx.Tx, s replicator.Stream, groups []*replicator.Group) (int, error) {
-	stream, err := streamID(ctx, tx, s)
-	if err != nil {
-		return 0, err
+func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*replicator.Group) error {
+	st := t.streams[s]
+	if st == nil {
+		id, err := streamID(ctx, t.tx, s)
+		if err != nil {
+			return err
+		}
+		st = &streamTx{id: id}
+		t.streams[s] = st
+		t.order = append(t.order, s)
 	}
-	fresh, err := newGroups(ctx, tx, stream, groups)
-	if err != nil || len(fresh) == 0 {
-		return 0, err
+	if err := t.sortOut(ctx, st, s, groups); err != nil {
+		return err
 	}
-	total := 0
+	var fresh []*replicator.Group
 	var all []replicator.Change
-	for _, g := range fresh {
-		total += len(g.Changes)
-		all = append(all, g.Changes...)
+	for _, g := range groups {
+		if gt := t.groups[groupID{g.Stream, g.System, g.CommitLSN}]; !gt.skip && len(g.Changes) > 0 {
+			fresh = append(fresh, g)
+			all = append(all, g.Changes...)
+		}
+	}
+	if len(all) == 0 {
+		return nil
 	}
 	var head int64
-	if err := tx.QueryRow(ctx, "UPDATE rejot_log.streams SET head = head + $2 WHERE id = $1 RETURNING head", stream, total).Scan(&head); err != nil {
-		return 0, err
+	if err := t.tx.QueryRow(ctx, "UPDATE rejot_log.streams SET head = head + $2 WHERE id = $1 RETURNING head", st.id, len(all)).Scan(&head); err != nil {
+		return err
 	}
-	first := head - int64(total) + 1
-	if err := insertChanges(ctx, tx, stream, first, fresh); err != nil {
-		return 0, err
+	first := head - int64(len(all)) + 1
+	pos := first
+	for _, g := range fresh {
+		gt := t.groups[groupID{g.Stream, g.System, g.CommitLSN}]
+		if gt.first == 0 {
+			gt.first = pos
+			st.groups = append(st.groups, gt)
+		}
+		pos += int64(len(g.Changes))
+		gt.last = pos - 1
 	}
-	if err := compact(ctx, tx, stream, first, all); err != nil {
-		return 0, err
+	st.head = head
+	if err := insertChanges(ctx, t.tx, st.id, first, fresh); err != nil {
+		return err
 	}
-	if err := insertGroups(ctx, tx, stream, first, fresh); err != nil {
-		return 0, err
-	}
-	payload := s.Publication + "/" + strconv.Itoa(s.Version) + "/" + strconv.FormatInt(head, 10)
-	_, err = tx.Exec(ctx, "SELECT pg_notify($1, $2)", Channel, payload)
-	return len(fresh), err
+	return compact(ctx, t.tx, st.id, first, all)
 }
 
-// newGroups drops the groups already appended (same system and commit
-// LSN) and the empty ones.
-func newGroups(ctx context.Context, tx pgx.Tx, stream int, groups []*replicator.Group) ([]*replicator.Group, error) {
-	systems, lsns := make([]string, len(groups)), make([]string, len(groups))
-	for i, g := range groups {
+// sortOut learns, for groups not seen before in this append, whether the
+// log already has them (same system and commit LSN).
+func (t *Tx) sortOut(ctx context.Context, st *streamTx, s replicator.Stream, groups []*replicator.Group) error {
+	var unseen []*replicator.Group
+	for _, g := range groups {
+		id := groupID{s, g.System, g.CommitLSN}
+		if t.groups[id] == nil {
+			t.groups[id] = &groupTx{id: id, commitTime: g.CommitTime}
+			unseen = append(unseen, g)
+		}
+	}
+	if len(unseen) == 0 {
+		return nil
+	}
+	systems, lsns := make([]string, len(unseen)), make([]string, len(unseen))
+	for i, g := range unseen {
 		systems[i], lsns[i] = g.System, pglogrepl.LSN(g.CommitLSN).String()
 	}
-	rows, err := tx.Query(ctx, `SELECT g.system, g.commit_lsn::text FROM rejot_log.groups g
+	rows, err := t.tx.Query(ctx, `SELECT g.system, g.commit_lsn::text FROM rejot_log.groups g
 		JOIN unnest($2::text[], $3::pg_lsn[]) AS u(system, lsn) ON g.system = u.system AND g.commit_lsn = u.lsn
-		WHERE g.stream = $1`, stream, systems, lsns)
+		WHERE g.stream = $1`, st.id, systems, lsns)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	seen := map[string]bool{}
+	defer rows.Close()
 	for rows.Next() {
 		var system, lsn string
 		if err := rows.Scan(&system, &lsn); err != nil {
-			return nil, err
+			return err
 		}
-		seen[system+"/"+lsn] = true
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	var fresh []*replicator.Group
-	for i, g := range groups {
-		key := systems[i] + "/" + lsns[i]
-		if !seen[key] && len(g.Changes) > 0 {
-			seen[key] = true // the same transaction twice in one call counts once
-			fresh = append(fresh, g)
+		parsed, err := pglogrepl.ParseLSN(lsn)
+		if err != nil {
+			return err
 		}
+		t.groups[groupID{s, system, uint64(parsed)}].skip = true
 	}
-	return fresh, nil
+	return rows.Err()
 }
 
-func insertGroups(ctx context.Context, tx pgx.Tx, stream int, first int64, groups []*replicator.Group) error {
+// Commit records the new groups, notifies listeners and commits.
+func (t *Tx) Commit(ctx context.Context) (int, error) {
+	added := 0
+	for _, s := range t.order {
+		st := t.streams[s]
+		if len(st.groups) == 0 {
+			continue
+		}
+		if err := insertGroups(ctx, t.tx, st.id, st.groups); err != nil {
+			return 0, err
+		}
+		added += len(st.groups)
+		payload := s.Publication + "/" + strconv.Itoa(s.Version) + "/" + strconv.FormatInt(st.head, 10)
+		if _, err := t.tx.Exec(ctx, "SELECT pg_notify($1, $2)", Channel, payload); err != nil {
+			return 0, err
+		}
+	}
+	if err := t.tx.Commit(ctx); err != nil {
+		return 0, err
+	}
+	return added, nil
+}
+
+// Rollback abandons the append.
+func (t *Tx) Rollback(ctx context.Context) error {
+	err := t.tx.Rollback(ctx)
+	if errors.Is(err, pgx.ErrTxClosed) {
+		return nil
+	}
+	return err
+}
+
+func insertGroups(ctx context.Context, tx pgx.Tx, stream int, groups []*groupTx) error {
 	n := len(groups)
 	systems, lsns, times := make([]string, n), make([]string, n), make([]time.Time, n)
 	firsts, lasts := make([]int64, n), make([]int64, n)
-	pos := first
 	for i, g := range groups {
-		systems[i], lsns[i], times[i] = g.System, pglogrepl.LSN(g.CommitLSN).String(), g.CommitTime
-		firsts[i], lasts[i] = pos, pos+int64(len(g.Changes))-1
-		pos += int64(len(g.Changes))
+		systems[i], lsns[i], times[i] = g.id.system, pglogrepl.LSN(g.id.lsn).String(), g.commitTime
+		firsts[i], lasts[i] = g.first, g.last
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO rejot_log.groups (stream, system, commit_lsn, commit_time, first_position, last_position)
 		SELECT $1, s, l, t, f, z FROM unnest($2::text[], $3::pg_lsn[], $4::timestamptz[], $5::int8[], $6::int8[]) AS u(s, l, t, f, z)`,
@@ -367,4 +450,143 @@ func scanRecord(row pgx.CollectableRow) (replicator.Record, error) {
 		}
 	}
 	return r, nil
+}
+
+// Keep records out-of-line values of source rows, in order; see
+// replicator.Kept.
+func (t *Tx) Keep(ctx context.Context, system string, kept []replicator.Kept) error {
+	type pending struct {
+		table   string
+		key     string
+		vals    map[string]replicator.Value
+		gone    bool // delete what is kept before storing vals
+		missing bool
+	}
+	var order []*pending
+	byKey := map[string]*pending{}
+	flush := func() error {
+		if len(order) == 0 {
+			return nil
+		}
+		var goneT, goneK, putT, putK, putV []string
+		var putMissing []bool
+		for _, p := range order {
+			if p.gone {
+				goneT, goneK = append(goneT, p.table), append(goneK, p.key)
+			}
+			if p.vals != nil {
+				v, err := json.Marshal(p.vals)
+				if err != nil {
+					return err
+				}
+				putT, putK, putV = append(putT, p.table), append(putK, p.key), append(putV, string(v))
+				putMissing = append(putMissing, p.missing)
+			}
+		}
+		order, byKey = nil, map[string]*pending{}
+		if len(goneT) > 0 {
+			if _, err := t.tx.Exec(ctx, `DELETE FROM rejot_log.kept k USING unnest($2::text[], $3::jsonb[]) AS u(source, key)
+				WHERE k.system = $1 AND k.source = u.source AND k.key = u.key`, system, goneT, goneK); err != nil {
+				return err
+			}
+		}
+		for _, missing := range []bool{false, true} {
+			var tables, keys, vals []string
+			for i := range putT {
+				if putMissing[i] == missing {
+					tables, keys, vals = append(tables, putT[i]), append(keys, putK[i]), append(vals, putV[i])
+				}
+			}
+			if len(tables) == 0 {
+				continue
+			}
+			merge := "rejot_log.kept.vals || EXCLUDED.vals" // newer values win
+			if missing {
+				merge = "EXCLUDED.vals || rejot_log.kept.vals" // kept values win
+			}
+			_, err := t.tx.Exec(ctx, `INSERT INTO rejot_log.kept (system, source, key, vals)
+				SELECT $1, s, k, v FROM unnest($2::text[], $3::jsonb[], $4::jsonb[]) AS u(s, k, v)
+				ON CONFLICT (system, source, key) DO UPDATE SET vals = `+merge, system, tables, keys, vals)
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, k := range kept {
+		if k.Key == nil { // every row of the table
+			if err := flush(); err != nil {
+				return err
+			}
+			if _, err := t.tx.Exec(ctx, "DELETE FROM rejot_log.kept WHERE system = $1 AND source = $2", system, k.Table); err != nil {
+				return err
+			}
+			continue
+		}
+		enc, err := encode(k.Key)
+		if err != nil {
+			return err
+		}
+		id := k.Table + "\x00" + string(enc)
+		p := byKey[id]
+		if p == nil || p.missing != k.Missing {
+			if p != nil {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			p = &pending{table: k.Table, key: string(enc), missing: k.Missing}
+			byKey[id] = p
+			order = append(order, p)
+		}
+		if k.Gone {
+			p.gone, p.vals = true, nil
+			continue
+		}
+		if p.vals == nil {
+			p.vals = map[string]replicator.Value{}
+		}
+		for c, v := range k.Values {
+			p.vals[c] = v
+		}
+	}
+	return flush()
+}
+
+// Recall returns the values kept for rows of a source table.
+func (t *Tx) Recall(ctx context.Context, system, table string, keys [][]replicator.Value) (map[string]map[string]replicator.Value, error) {
+	out := map[string]map[string]replicator.Value{}
+	if len(keys) == 0 {
+		return out, nil
+	}
+	enc := make([]string, len(keys))
+	for i, k := range keys {
+		e, err := encode(k)
+		if err != nil {
+			return nil, err
+		}
+		enc[i] = string(e)
+	}
+	rows, err := t.tx.Query(ctx, `SELECT key::text, vals::text FROM rejot_log.kept
+		WHERE system = $1 AND source = $2 AND key = ANY ($3::jsonb[])`, system, table, enc)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var rawKey, rawVals string
+		if err := rows.Scan(&rawKey, &rawVals); err != nil {
+			return nil, err
+		}
+		var key []replicator.Value
+		vals := map[string]replicator.Value{}
+		if err := json.Unmarshal([]byte(rawKey), &key); err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal([]byte(rawVals), &vals); err != nil {
+			return nil, err
+		}
+		out[replicator.KeyString(key)] = vals
+	}
+	return out, rows.Err()
 }

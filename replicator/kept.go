@@ -1,0 +1,164 @@
+package replicator
+
+import (
+	"context"
+	"fmt"
+)
+
+// Unchanged out-of-line values.
+//
+// An update that does not change a value stored out of line (TOAST) leaves
+// it out of the WAL ('u' in pgoutput) unless the table has REPLICA
+// IDENTITY FULL. Re-reading the row would give its value now, not as of
+// that transaction, so the log keeps the last value the capture saw of
+// every such column a projection reads (LogTx.Keep), in the same
+// transaction as the changes: what it recalls for a transaction is exactly
+// the value the row had just before it.
+
+// rowKey reads a row's replica identity from a tuple.
+func rowKey(rel *relation, tuple []Value) []Value {
+	var key []Value
+	for i, k := range rel.key {
+		if k && i < len(tuple) {
+			key = append(key, tuple[i])
+		}
+	}
+	return key
+}
+
+// keptValues are the kept columns of a tuple.
+func keptValues(rel *relation, tuple []Value) map[string]Value {
+	vals := map[string]Value{}
+	for i, k := range rel.kept {
+		if k && i < len(tuple) {
+			vals[rel.cols[i].Name] = tuple[i]
+		}
+	}
+	return vals
+}
+
+// fillUnchanged supplies, in commit order, the values the WAL left out of
+// the transactions' updates, and records in tx what the log keeps from
+// them. A value neither kept nor in an old tuple is read from the table (a
+// row captured before its values were kept): right once the log catches
+// up, logged as a warning.
+func (s *stream) fillUnchanged(ctx context.Context, tx LogTx, txns []*transaction) error {
+	// The rows to recall: those updated with a value left out.
+	want := map[uint32][][]Value{}
+	for _, txn := range txns {
+		for i := range txn.events {
+			e := &txn.events[i]
+			r := s.rels[e.rel]
+			if r == nil || e.op != 'U' || !leftOut(r, e) {
+				continue
+			}
+			want[e.rel] = append(want[e.rel], before(r, e))
+		}
+	}
+	recalled := map[uint32]map[string]map[string]Value{}
+	for id, keys := range want {
+		got, err := tx.Recall(ctx, s.p.System, s.rels[id].name(), keys)
+		if err != nil {
+			return fmt.Errorf("cannot recall kept values: %w", err)
+		}
+		recalled[id] = got
+	}
+	// What this batch has seen, per table and row, overrides the log:
+	// nil for a row that is gone.
+	type seen struct {
+		rows      map[string]map[string]Value
+		truncated bool
+	}
+	batch := map[uint32]*seen{}
+	var kept []Kept
+	for _, txn := range txns {
+		for i := range txn.events {
+			e := &txn.events[i]
+			r := s.rels[e.rel]
+			if r == nil || !anyTrue(r.kept) {
+				continue
+			}
+			b := batch[e.rel]
+			if b == nil {
+				b = &seen{rows: map[string]map[string]Value{}}
+				batch[e.rel] = b
+			}
+			switch e.op {
+			case 'T':
+				b.rows, b.truncated = map[string]map[string]Value{}, true
+				kept = append(kept, Kept{Table: r.name(), Gone: true})
+			case 'D':
+				key := rowKey(r, e.old)
+				b.rows[KeyString(key)] = nil
+				kept = append(kept, Kept{Table: r.name(), Key: key, Gone: true})
+			case 'I', 'U':
+				if e.op == 'U' && leftOut(r, e) {
+					k := KeyString(before(r, e))
+					vals, ok := b.rows[k]
+					if !ok && !b.truncated {
+						vals = recalled[e.rel][k]
+					}
+					if err := s.supply(ctx, r, e, vals); err != nil {
+						return err
+					}
+				}
+				key := rowKey(r, e.new)
+				if e.op == 'U' && e.old != nil {
+					if old := rowKey(r, e.old); !sameValues(old, key) {
+						b.rows[KeyString(old)] = nil
+						kept = append(kept, Kept{Table: r.name(), Key: old, Gone: true})
+					}
+				}
+				vals := keptValues(r, e.new)
+				b.rows[KeyString(key)] = vals
+				kept = append(kept, Kept{Table: r.name(), Key: key, Values: vals})
+			}
+		}
+	}
+	return tx.Keep(ctx, s.p.System, kept)
+}
+
+// leftOut says whether an update left out a kept value.
+func leftOut(r *relation, e *event) bool {
+	for i, t := range e.toasted {
+		if t && i < len(r.kept) && r.kept[i] {
+			return true
+		}
+	}
+	return false
+}
+
+// before is the replica identity the row had before an update.
+func before(r *relation, e *event) []Value {
+	if e.old != nil {
+		return rowKey(r, e.old)
+	}
+	return rowKey(r, e.new)
+}
+
+// supply fills an update's left-out kept values: from what is kept, else
+// from the old tuple (REPLICA IDENTITY FULL), else from the table.
+func (s *stream) supply(ctx context.Context, r *relation, e *event, vals map[string]Value) error {
+	for i, t := range e.toasted {
+		if !t || !r.kept[i] {
+			continue
+		}
+		name := r.cols[i].Name
+		if v, ok := vals[name]; ok {
+			e.new[i] = v
+			continue
+		}
+		if e.old != nil && i < len(e.old) && e.old[i] != nil {
+			e.new[i] = e.old[i]
+			continue
+		}
+		v, err := readColumn(ctx, s.conn, r, before(r, e), name)
+		if err != nil {
+			return err
+		}
+		s.p.Logger.Warn().Str("system", s.p.System).Str("table", r.name()).Str("column", name).
+			Msg("an unchanged out-of-line value was not kept; read the row's current value instead")
+		e.new[i] = v
+	}
+	return nil
+}
