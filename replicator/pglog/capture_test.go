@@ -135,7 +135,8 @@ func waitUntil(t testing.TB, cond func() bool) {
 }
 
 // TestFirstFill: a version published over existing rows starts with them,
-// consistently with the changes that follow; a restart does not fill again.
+// consistently with the changes that follow, as one group appended in
+// chunks; a restart does not fill again.
 func TestFirstFill(t *testing.T) {
 	l, _ := open(t)
 	srcDB := pg.CreateDB(t)
@@ -143,7 +144,7 @@ func TestFirstFill(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if _, err := owner.Exec(ctx, `CREATE TABLE items (id int PRIMARY KEY, v text);
-		INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 500) g`); err != nil {
+		INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 12000) g`); err != nil {
 		t.Fatal(err)
 	}
 	stream := replicator.Stream{Publication: "fill_items", Version: 1}
@@ -157,12 +158,12 @@ func TestFirstFill(t *testing.T) {
 	}
 	stop := run()
 	waitUntil(t, func() bool { return sortedState(t, l, stream) == projection(t, owner, query) })
-	if _, err := owner.Exec(ctx, "UPDATE items SET v = 'changed' WHERE id <= 10; DELETE FROM items WHERE id > 400"); err != nil {
+	if _, err := owner.Exec(ctx, "UPDATE items SET v = 'changed' WHERE id <= 10; DELETE FROM items WHERE id > 11000"); err != nil {
 		t.Fatal(err)
 	}
 	waitUntil(t, func() bool { return sortedState(t, l, stream) == projection(t, owner, query) })
 	stop()
-	if _, err := owner.Exec(ctx, "INSERT INTO items VALUES (1000, 'while down')"); err != nil {
+	if _, err := owner.Exec(ctx, "INSERT INTO items VALUES (100000, 'while down')"); err != nil {
 		t.Fatal(err)
 	}
 	stop = run()
@@ -180,6 +181,12 @@ func TestFirstFill(t *testing.T) {
 	}
 	if truncates != 1 {
 		t.Fatalf("the first state was taken %d times", truncates)
+	}
+	var first, last int64
+	l.pool.QueryRow(ctx, `SELECT first_position, last_position FROM rejot_log.groups g JOIN rejot_log.streams s ON s.id = g.stream
+		WHERE s.publication = $1 ORDER BY first_position LIMIT 1`, stream.Publication).Scan(&first, &last)
+	if first != 1 || last != 6001 { // a truncate, then 6000 rows over two chunks
+		t.Fatalf("the first state's group spans %d..%d", first, last)
 	}
 }
 
