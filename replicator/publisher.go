@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -72,11 +73,20 @@ func (p *Publisher) Run(ctx context.Context) error {
 		return err
 	}
 	slot := SlotName(p.System)
+	// Protocol 2 where the server has it (14+), without streaming of
+	// transactions still in progress: whole committed transactions are
+	// what the log appends, and a large one is appended in parts anyway.
+	proto := "1"
+	major, _, _ := strings.Cut(repl.ParameterStatus("server_version"), ".")
+	if v, _ := strconv.Atoi(major); v >= 14 {
+		proto = "2"
+	}
 	err = pglogrepl.StartReplication(ctx, repl, slot, 0, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names '" + slot + "'"}})
+		PluginArgs: []string{"proto_version '" + proto + "'", "publication_names '" + slot + "'", "streaming 'off'"}})
 	if err != nil {
 		return fmt.Errorf("cannot start replication: %w", err)
 	}
+	p.Logger.Info().Str("system", p.System).Str("slot", slot).Str("protocol", proto).Msg("capture started")
 	s := &stream{p: p, conn: conn, repl: repl, rels: map[uint32]*relation{}, since: since}
 	defer func() {
 		if s.open != nil {
