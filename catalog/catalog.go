@@ -77,8 +77,8 @@ func (c *Catalog) RegisterSystem(ctx context.Context, s System) error {
 }
 
 // Heartbeat marks a system seen now.
-func (c *Catalog) Heartbeat(ctx context.Context, system string) error {
-	_, err := c.pool.Exec(ctx, "UPDATE rejot_catalog.systems SET last_seen = now() WHERE system = $1", system)
+func (c *Catalog) Heartbeat(ctx context.Context, system, problem string) error {
+	_, err := c.pool.Exec(ctx, "UPDATE rejot_catalog.systems SET last_seen = now(), problem = nullif($2, '') WHERE system = $1", system, problem)
 	return err
 }
 

@@ -67,7 +67,7 @@ func TestSystemsAndHeartbeat(t *testing.T) {
 	if err := c.RegisterSystem(ctx, System{Name: "shop", Database: "shop", Address: "127.0.0.1:7432", Version: "v2"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Heartbeat(ctx, "shop"); err != nil {
+	if err := c.Heartbeat(ctx, "shop", ""); err != nil {
 		t.Fatal(err)
 	}
 	res, err := c.Query(ctx, "SELECT system, address, version FROM rejot.systems", nil, nil, nil, nil)

@@ -25,7 +25,10 @@ type Lazy struct {
 	CreateFrom string
 	System     System
 	Heartbeat  time.Duration // default 10s
-	Logger     zerolog.Logger
+	// Problem, when set, says what is wrong with the system's setup ("" when
+	// nothing is); each heartbeat records it in rejot.systems.
+	Problem func() string
+	Logger  zerolog.Logger
 
 	cur atomic.Pointer[Catalog]
 }
@@ -41,6 +44,9 @@ func (l *Lazy) Run(ctx context.Context) {
 		c, err := l.open(ctx)
 		if err == nil {
 			err = c.RegisterSystem(ctx, l.System)
+			if err == nil {
+				err = c.Heartbeat(ctx, l.System.Name, l.problem())
+			}
 			if err != nil {
 				c.Close()
 			}
@@ -88,21 +94,35 @@ func DefaultURL(upstream string) (string, error) {
 	return upstream + " dbname=rejot", nil
 }
 
-// beat heartbeats until ctx ends or the catalog stops answering.
+// beat heartbeats until ctx ends or the catalog stops answering; a change
+// of the setup problem is recorded within a second.
 func (l *Lazy) beat(ctx context.Context, c *Catalog, every time.Duration) {
-	t := time.NewTicker(every)
+	t := time.NewTicker(min(every, time.Second))
 	defer t.Stop()
+	last, said := time.Now(), l.problem()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		if err := c.Heartbeat(ctx, l.System.Name); err != nil && ctx.Err() == nil {
+		problem := l.problem()
+		if time.Since(last) < every && problem == said {
+			continue
+		}
+		if err := c.Heartbeat(ctx, l.System.Name, problem); err != nil && ctx.Err() == nil {
 			l.Logger.Warn().Err(err).Msg("catalog heartbeat failed; reconnecting")
 			return
 		}
+		last, said = time.Now(), problem
 	}
+}
+
+func (l *Lazy) problem() string {
+	if l.Problem == nil {
+		return ""
+	}
+	return l.Problem()
 }
 
 func sleep(ctx context.Context, d time.Duration) {

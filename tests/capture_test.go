@@ -77,6 +77,12 @@ func TestPublishRefusedWithoutLogicalWAL(t *testing.T) {
 		pe := pgErr(last)
 		return pe.Code == "55000" && strings.Contains(pe.Message, "wal_level = replica") && strings.Contains(pe.Hint, "wal_level = logical")
 	})
+	// rejot.systems says so too.
+	waitFor(t, 20*time.Second, func() bool {
+		var problem *string
+		conn.QueryRow(ctx, "SELECT problem FROM rejot.systems WHERE database = 'shop'").Scan(&problem)
+		return problem != nil && strings.Contains(*problem, "wal_level = replica")
+	})
 	var one int
 	if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
 		t.Fatal(err)

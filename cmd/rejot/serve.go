@@ -137,6 +137,7 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 	sc.capture = &replicator.Capture{URL: c.upstream, System: lazy.System.Name, Logger: log,
 		OpenLog: func(ctx context.Context) (replicator.Log, error) { return pglog.Open(ctx, logURL) }}
 	executor.CaptureProblem = sc.capture.Problem
+	lazy.Problem = sc.capture.Problem
 	if c.tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
 		if err != nil {
