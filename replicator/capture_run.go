@@ -142,7 +142,7 @@ func (c *Capture) runUntilChanged(ctx context.Context, sources []Source) error {
 func fingerprint(sources []Source) string {
 	var b strings.Builder
 	for _, s := range sources {
-		fmt.Fprintf(&b, "%s/%d/%s.%s/%q/%q/%v;", s.Stream.Publication, s.Stream.Version, s.Schema, s.Table, s.Exprs, s.Filter, s.KeyCols)
+		fmt.Fprintf(&b, "%s/%d/%s;", s.Stream.Publication, s.Stream.Version, s.Definition())
 	}
 	return b.String()
 }
@@ -179,7 +179,8 @@ func (c *Capture) read(ctx context.Context) ([]Source, error) {
 // LoadSources reads the capture sources of the publications recorded in
 // the owner's database.
 func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
-	rows, err := conn.Query(ctx, `SELECT p.publication, p.version, p.query, p.key_columns, n.nspname, c.relname
+	rows, err := conn.Query(ctx, `SELECT p.publication, p.version, p.query, p.key_columns, n.nspname, c.relname,
+			ARRAY(SELECT x->>'name' FROM jsonb_array_elements(p.columns) AS x)
 		FROM _rejot.publications p
 		JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(p.source)
 		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -192,10 +193,11 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
 		query         string
 		key           []string
 		schema, table string
+		columns       []string
 	}
 	recs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rec, error) {
 		var x rec
-		return x, r.Scan(&x.stream.Publication, &x.stream.Version, &x.query, &x.key, &x.schema, &x.table)
+		return x, r.Scan(&x.stream.Publication, &x.stream.Version, &x.query, &x.key, &x.schema, &x.table, &x.columns)
 	})
 	if err != nil {
 		return nil, err
@@ -204,6 +206,9 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
 	for _, r := range recs {
 		src, err := NewSource(r.stream, r.query, r.key, r.schema, r.table)
 		if err != nil {
+			return nil, err
+		}
+		if err := src.Order(r.columns); err != nil {
 			return nil, err
 		}
 		sources = append(sources, src)
@@ -222,6 +227,7 @@ func NewSource(stream Stream, query string, key []string, schema, table string) 
 	src.Stream, src.Filter = stream, a.Filter
 	for i, col := range a.Columns {
 		src.Exprs = append(src.Exprs, col.Expr)
+		src.Names = append(src.Names, col.Name)
 		for _, k := range key {
 			if col.Name == k {
 				src.KeyCols = append(src.KeyCols, i)
@@ -230,6 +236,44 @@ func NewSource(stream Stream, query string, key []string, schema, table string) 
 		}
 	}
 	return src, nil
+}
+
+// Order puts the public columns in the order the version's columns are
+// recorded (the first minor's columns first, then those each minor added),
+// so every row the log holds for a version reads the same way: a row
+// appended before a minor added columns is a prefix of one appended after.
+func (s *Source) Order(columns []string) error {
+	at := map[string]int{}
+	for i, c := range s.Names {
+		at[c] = i
+	}
+	if len(columns) != len(s.Names) {
+		return fmt.Errorf("publication %s version %d: recorded with %d columns, its query has %d", s.Stream.Publication, s.Stream.Version, len(columns), len(s.Names))
+	}
+	exprs := make([]string, len(columns))
+	for i, c := range columns {
+		j, ok := at[c]
+		if !ok {
+			return fmt.Errorf("publication %s version %d: recorded column %s is not in its query", s.Stream.Publication, s.Stream.Version, c)
+		}
+		exprs[i] = s.Exprs[j]
+	}
+	keys := make([]int, len(s.KeyCols))
+	for k, j := range s.KeyCols {
+		for i, c := range columns {
+			if c == s.Names[j] {
+				keys[k] = i
+			}
+		}
+	}
+	s.Exprs, s.KeyCols, s.Names = exprs, keys, columns
+	return nil
+}
+
+// Definition identifies what a source's rows are: when it changes (a new
+// minor, a new filter), the version's state is filled again.
+func (s *Source) Definition() string {
+	return fmt.Sprintf("%s.%s/%q/%q/%v", s.Schema, s.Table, s.Exprs, s.Filter, s.KeyCols)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

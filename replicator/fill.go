@@ -20,21 +20,27 @@ const fillChunk = 5000
 // can start there), in chunks of one log transaction that commits at the
 // end, and the publisher then skips, for those versions, transactions that
 // committed before C: the snapshot has them. It returns each source's
-// "since": changes at or before it are already in the log.
+// "since": changes at or before it are already in the log. A version whose
+// rows are defined anew (a new minor, a changed query) is filled again the
+// same way: its subscribers see the old state replaced in one group.
 func (p *Publisher) fill(ctx context.Context) (map[Stream]uint64, error) {
 	since := map[Stream]uint64{}
 	var todo []*Source
 	for i := range p.Sources {
 		src := &p.Sources[i]
-		lsn, ok, err := p.Log.Since(ctx, src.Stream, p.System)
+		lsn, definition, ok, err := p.Log.Filled(ctx, src.Stream, p.System)
 		if err != nil {
 			return nil, err
 		}
-		if ok {
+		if ok && definition == src.Definition() {
 			since[src.Stream] = lsn
-		} else {
-			todo = append(todo, src)
+			continue
 		}
+		if ok {
+			p.Logger.Info().Str("system", p.System).Str("publication", src.Stream.Publication).Int("version", src.Stream.Version).
+				Msg("the version's rows are defined anew (a new minor or query): filling its state again")
+		}
+		todo = append(todo, src)
 	}
 	if len(todo) == 0 {
 		return since, nil
@@ -89,6 +95,11 @@ func (p *Publisher) snapshot(ctx context.Context, todo []*Source) (uint64, error
 		}
 		for t := range tables {
 			if err := p.fillKept(ctx, tx, log, t[0], t[1]); err != nil {
+				return err
+			}
+		}
+		for _, src := range todo {
+			if err := log.SetFilled(ctx, src.Stream, p.System, src.Definition(), point); err != nil {
 				return err
 			}
 		}

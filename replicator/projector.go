@@ -26,6 +26,7 @@ type SourceColumn struct {
 type Projection struct {
 	Stream  Stream
 	Exprs   []string // one per public column, in order
+	Names   []string // the public columns' names
 	Filter  string   // "" when there is none
 	KeyCols []int    // positions in Exprs of the public key
 }

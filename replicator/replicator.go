@@ -78,9 +78,10 @@ type Log interface {
 	// Begin starts an append: what a LogTx appends becomes visible, and
 	// durable, at once when it commits.
 	Begin(ctx context.Context) (LogTx, error)
-	// Since returns the commit LSN of the first group a system appended
-	// to a stream; ok is false when it appended none.
-	Since(ctx context.Context, s Stream, system string) (lsn uint64, ok bool, err error)
+	// Filled returns the point at which a system last filled a stream's
+	// state and the definition it filled it with; ok is false when it
+	// never did.
+	Filled(ctx context.Context, s Stream, system string) (lsn uint64, definition string, ok bool, err error)
 }
 
 // LogTx is one append to the log, possibly in parts.
@@ -95,6 +96,9 @@ type LogTx interface {
 	// Recall returns the values kept for rows of a source table, by the
 	// key's encoding (KeyString).
 	Recall(ctx context.Context, system, table string, keys [][]Value) (map[string]map[string]Value, error)
+	// SetFilled records that the append fills a stream's state, with
+	// definition, as of lsn.
+	SetFilled(ctx context.Context, s Stream, system, definition string, lsn uint64) error
 	// Commit makes the append visible and returns how many groups were new.
 	Commit(ctx context.Context) (int, error)
 	// Rollback abandons the append; harmless after Commit.

@@ -285,9 +285,10 @@ func TestCaptureResumesAfterUpstreamRestart(t *testing.T) {
 		}
 	}
 	exec(`CREATE SCHEMA _rejot; CREATE TABLE _rejot.publications (publication text, version int, query text,
-		key_columns text[], source text, status text)`)
+		key_columns text[], source text, status text, columns jsonb)`)
 	exec("CREATE TABLE events (id int PRIMARY KEY, v text)")
-	exec(`INSERT INTO _rejot.publications VALUES ('restart_events', 1, 'SELECT id, v FROM events', '{id}', '"public"."events"', 'active')`)
+	exec(`INSERT INTO _rejot.publications VALUES ('restart_events', 1, 'SELECT id, v FROM events', '{id}', '"public"."events"', 'active',
+		'[{"name": "id"}, {"name": "v"}]')`)
 	capture := &replicator.Capture{URL: src.URL("postgres"), System: "restart", Log: l, Logger: zerolog.Nop(), Check: 200 * time.Millisecond}
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -303,7 +304,8 @@ func TestCaptureResumesAfterUpstreamRestart(t *testing.T) {
 		t.Cleanup(func() { c.Close(context.Background()) })
 		return c
 	}
-	waitUntil(t, func() bool { return sortedState(t, l, stream) == projection(t, conn(), "SELECT id, v FROM events") })
+	before := conn()
+	waitUntil(t, func() bool { return sortedState(t, l, stream) == projection(t, before, "SELECT id, v FROM events") })
 	if err := src.Restart(); err != nil {
 		t.Fatal(err)
 	}
@@ -338,4 +340,59 @@ func startPublisher(t testing.TB, ctx context.Context, pub *replicator.Publisher
 func runPublisher(t testing.TB, ctx context.Context, pub *replicator.Publisher, owner *pgx.Conn) {
 	t.Helper()
 	t.Cleanup(startPublisher(t, ctx, pub, owner))
+}
+
+// TestNewDefinitionFillsAgain: when a version's rows are defined anew (a
+// minor adds a column, here in the middle of the query), its state is
+// filled again — old rows get the new column — in the recorded column
+// order, and changes go on from there.
+func TestNewDefinitionFillsAgain(t *testing.T) {
+	l, _ := open(t)
+	srcDB := pg.CreateDB(t)
+	owner := pg.Connect(t, srcDB)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := owner.Exec(ctx, `CREATE TABLE t (id int PRIMARY KEY, v text, n int);
+		INSERT INTO t SELECT g, 'v' || g, g * 10 FROM generate_series(1, 20) g`); err != nil {
+		t.Fatal(err)
+	}
+	stream := replicator.Stream{Publication: "redefined", Version: 1}
+	system := "redef_" + srcDB
+	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
+	run := func(src replicator.Source) (stop func()) {
+		pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l,
+			Sources: []replicator.Source{src}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
+		return startPublisher(t, ctx, pub, owner)
+	}
+	stop := run(source(t, stream, "SELECT id, v FROM t", "id"))
+	waitUntil(t, func() bool { return sortedState(t, l, stream) == projection(t, owner, "SELECT id, v FROM t") })
+	stop()
+	if _, err := owner.Exec(ctx, "UPDATE t SET v = 'while down' WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	src := source(t, stream, "SELECT id, n, v FROM t", "id")
+	if err := src.Order([]string{"id", "v", "n"}); err != nil {
+		t.Fatal(err)
+	}
+	stop = run(src)
+	defer stop()
+	want := func() string { return projection(t, owner, "SELECT id, v, n FROM t") }
+	waitUntil(t, func() bool { return sortedState(t, l, stream) == want() })
+	if _, err := owner.Exec(ctx, "UPDATE t SET n = -1 WHERE id = 2"); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, func() bool { return sortedState(t, l, stream) == want() })
+	recs, err := l.Changes(ctx, stream, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	truncates := 0
+	for _, r := range recs {
+		if r.Op == replicator.OpTruncate {
+			truncates++
+		}
+	}
+	if truncates != 2 {
+		t.Fatalf("filled %d times, want 2", truncates)
+	}
 }

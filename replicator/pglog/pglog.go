@@ -365,17 +365,41 @@ func compact(ctx context.Context, tx pgx.Tx, stream int, first int64, changes []
 	return err
 }
 
-// Since returns the commit LSN of the first group system appended to s.
-func (l *Log) Since(ctx context.Context, s replicator.Stream, system string) (uint64, bool, error) {
-	var lsn *string
-	err := l.pool.QueryRow(ctx, `SELECT min(g.commit_lsn)::text FROM rejot_log.groups g
-		JOIN rejot_log.streams s ON s.id = g.stream
-		WHERE s.publication = $1 AND s.version = $2 AND g.system = $3`, s.Publication, s.Version, system).Scan(&lsn)
-	if err != nil || lsn == nil {
-		return 0, false, err
+// Filled returns where and with what definition system last filled s. A
+// stream filled before definitions were recorded has its first group's
+// LSN and an empty definition.
+func (l *Log) Filled(ctx context.Context, s replicator.Stream, system string) (uint64, string, bool, error) {
+	var lsn, definition *string
+	err := l.pool.QueryRow(ctx, `SELECT CASE WHEN s.filled_system = $3 THEN s.filled_lsn::text
+			ELSE (SELECT min(g.commit_lsn)::text FROM rejot_log.groups g WHERE g.stream = s.id AND g.system = $3) END,
+			CASE WHEN s.filled_system = $3 THEN s.definition END
+		FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = $2`, s.Publication, s.Version, system).Scan(&lsn, &definition)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && lsn == nil) {
+		return 0, "", false, nil
+	}
+	if err != nil {
+		return 0, "", false, err
 	}
 	parsed, err := pglogrepl.ParseLSN(*lsn)
-	return uint64(parsed), err == nil, err
+	if err != nil {
+		return 0, "", false, err
+	}
+	def := ""
+	if definition != nil {
+		def = *definition
+	}
+	return uint64(parsed), def, true, nil
+}
+
+// SetFilled records what a stream's state is filled from.
+func (t *Tx) SetFilled(ctx context.Context, s replicator.Stream, system, definition string, lsn uint64) error {
+	id, err := streamID(ctx, t.tx, s)
+	if err != nil {
+		return err
+	}
+	_, err = t.tx.Exec(ctx, "UPDATE rejot_log.streams SET definition = $2, filled_system = $3, filled_lsn = $4 WHERE id = $1",
+		id, definition, system, pglogrepl.LSN(lsn).String())
+	return err
 }
 
 // State calls fn for every row of a stream's compacted state, as of one
