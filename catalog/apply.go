@@ -82,6 +82,12 @@ func (c *Catalog) Apply(ctx context.Context, system, uid string, id int64, kind 
 				return &ErrRefused{fmt.Sprintf("command %d: %v", id, err)}
 			}
 			return refusal(applyLifecycle(ctx, tx, system, &l))
+		case "subscribe", "unsubscribe", "resync":
+			var sub subscription
+			if err := json.Unmarshal(payload, &sub); err != nil {
+				return &ErrRefused{fmt.Sprintf("command %d: %v", id, err)}
+			}
+			return refusal(applySubscription(ctx, tx, system, kind, &sub))
 		default:
 			return &ErrRefused{fmt.Sprintf("command %d: unknown kind %q", id, kind)}
 		}
@@ -158,6 +164,57 @@ func applyLifecycle(ctx context.Context, tx pgx.Tx, system string, l *lifecycle)
 		SET status = $4, sunset = $5::date, note = $6, updated_at = now()
 		WHERE publication = $1 AND version = $2 AND owner = $3`, l.Publication, l.Version, system, l.Status, sunset, l.Note)
 	return err
+}
+
+type subscription struct {
+	Target      string `json:"target"`
+	Publication string `json:"publication"`
+	Version     int    `json:"version"`
+}
+
+func applySubscription(ctx context.Context, tx pgx.Tx, system, kind string, s *subscription) error {
+	var err error
+	switch kind {
+	case "subscribe":
+		_, err = tx.Exec(ctx, `INSERT INTO rejot_catalog.subscriptions (target, system, publication, version)
+			VALUES ($1, $2, $3, $4)
+			ON CONFLICT (system, target) DO UPDATE SET publication = EXCLUDED.publication, version = EXCLUDED.version,
+				status = 'copying', copied_rows = 0, applied_position = NULL, error = NULL, created_at = now()`,
+			s.Target, system, s.Publication, s.Version)
+	case "unsubscribe":
+		_, err = tx.Exec(ctx, "DELETE FROM rejot_catalog.subscriptions WHERE system = $1 AND target = $2", system, s.Target)
+	case "resync":
+		_, err = tx.Exec(ctx, `UPDATE rejot_catalog.subscriptions SET status = 'copying', copied_rows = 0, applied_position = NULL
+			WHERE system = $1 AND target = $2`, system, s.Target)
+	}
+	return err
+}
+
+// SubscriptionReport is how a subscription is doing, as its sidecar
+// reports it to rejot.subscriptions.
+type SubscriptionReport struct {
+	Target        string
+	Status        string
+	CopiedRows    int64
+	Position      *int64
+	LagSeconds    *float64
+	LagChanges    *int64
+	LastAppliedAt *time.Time
+	Error         *string
+}
+
+// ReportSubscriptions records how a system's subscriptions are doing. A
+// subscription the catalog does not know yet (its subscribe command is
+// not applied) is left out; the next report has it.
+func (c *Catalog) ReportSubscriptions(ctx context.Context, system string, reports []SubscriptionReport) error {
+	batch := &pgx.Batch{}
+	for _, r := range reports {
+		batch.Queue(`UPDATE rejot_catalog.subscriptions SET status = $3, copied_rows = $4, applied_position = $5,
+			lag_seconds = $6, lag_changes = $7, last_applied_at = $8, error = $9
+			WHERE system = $1 AND target = $2`, system, r.Target, r.Status, r.CopiedRows, r.Position, r.LagSeconds,
+			r.LagChanges, r.LastAppliedAt, r.Error)
+	}
+	return c.pool.SendBatch(ctx, batch).Close()
 }
 
 // IsRefusal reports whether an Apply error is the command's own fault (it

@@ -163,3 +163,13 @@ func (l *Lazy) Query(ctx context.Context, sql string, params [][]byte, paramOIDs
 	}
 	return c.Query(ctx, sql, params, paramOIDs, paramFormats, resultFormats)
 }
+
+// ReportSubscriptions records how the system's subscriptions are doing,
+// when the catalog is reachable.
+func (l *Lazy) ReportSubscriptions(ctx context.Context, reports []SubscriptionReport) error {
+	c := l.cur.Load()
+	if c == nil {
+		return ErrUnavailable
+	}
+	return c.ReportSubscriptions(ctx, l.System.Name, reports)
+}

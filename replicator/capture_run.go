@@ -258,14 +258,19 @@ func (s *Source) Order(columns []string) error {
 		}
 		exprs[i] = s.Exprs[j]
 	}
-	keys := make([]int, len(s.KeyCols))
+	// The key in the recorded order too: deletes carry it.
+	keySource := map[string]string{}
 	for k, j := range s.KeyCols {
-		for i, c := range columns {
-			if c == s.Names[j] {
-				keys[k] = i
-			}
+		keySource[s.Names[j]] = s.KeySources[k]
+	}
+	var keys []int
+	var keySources []string
+	for i, c := range columns {
+		if src, ok := keySource[c]; ok {
+			keys, keySources = append(keys, i), append(keySources, src)
 		}
 	}
+	s.KeySources = keySources
 	s.Exprs, s.KeyCols, s.Names = exprs, keys, columns
 	return nil
 }

@@ -133,3 +133,30 @@ func Append(ctx context.Context, l Log, groups []Group) (int, error) {
 	}
 	return tx.Commit(ctx)
 }
+
+// LogReader is the event log as subscribers read it.
+type LogReader interface {
+	// State calls fn for every row of a stream's compacted state, as of
+	// one moment, and returns the position it is at.
+	State(ctx context.Context, s Stream, fn func(row []Value) error) (int64, error)
+	// Head is a stream's last position.
+	Head(ctx context.Context, s Stream) (int64, error)
+	// Next is the span of whole groups after a position, up to about
+	// limit changes.
+	Next(ctx context.Context, s Stream, after int64, limit int) (Span, error)
+	// Read calls fn with a span's changes, in order, in chunks.
+	Read(ctx context.Context, s Stream, span Span, fn func([]Record) error) error
+	// Wait returns when an append to s is notified, or after at most d.
+	Wait(ctx context.Context, s Stream, d time.Duration)
+	// SetReader records a subscriber's position, so the log keeps what
+	// it has not read; a negative position forgets the reader.
+	SetReader(ctx context.Context, s Stream, reader string, position int64) error
+}
+
+// Span is a run of whole groups of a stream: positions (After, Upto].
+type Span struct {
+	After, Upto int64
+	Groups      int
+	LastCommit  time.Time // commit time of the span's last group
+	NextCommit  time.Time // of the group after the span, zero when none was seen
+}

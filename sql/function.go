@@ -131,6 +131,9 @@ func NewExecutor(version string) *Executor {
 	x.Register(publishFunction())
 	x.Register(unpublishFunction())
 	x.Register(deprecateFunction())
+	x.Register(subscribeFunction())
+	x.Register(unsubscribeFunction())
+	x.Register(resyncFunction())
 	x.Register(&Function{
 		Name:    "version",
 		Returns: []Column{{Name: "version", TypeOID: OIDText}},

@@ -110,8 +110,9 @@ type sidecar struct {
 	srv     *proxy.Server
 	lazy    *catalog.Lazy
 	applier *catalog.Applier
-	capture *replicator.Capture
-	log     zerolog.Logger
+	capture    *replicator.Capture
+	subscriber *replicator.Subscriber
+	log        zerolog.Logger
 }
 
 func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
@@ -134,8 +135,12 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 	if logURL == "" {
 		logURL = lazy.URL
 	}
+	eventLog := &sharedLog{url: logURL}
 	sc.capture = &replicator.Capture{URL: c.upstream, System: lazy.System.Name, Logger: log,
-		OpenLog: func(ctx context.Context) (replicator.Log, error) { return pglog.Open(ctx, logURL) }}
+		OpenLog: func(ctx context.Context) (replicator.Log, error) { return eventLog.open(ctx) }}
+	sc.subscriber = &replicator.Subscriber{URL: c.upstream, System: lazy.System.Name, Logger: log,
+		OpenLog: func(ctx context.Context) (replicator.LogReader, error) { return eventLog.open(ctx) },
+		Report:  lazy.ReportSubscriptions}
 	executor.CaptureProblem = sc.capture.Problem
 	lazy.Problem = sc.capture.Problem
 	if c.tlsCert != "" {
@@ -155,10 +160,11 @@ func (sc *sidecar) run(ctx context.Context, ln net.Listener) error {
 	sc.lazy.System.Address = ln.Addr().String()
 	bg, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); sc.lazy.Run(bg) }()
 	go func() { defer wg.Done(); sc.applier.Run(bg) }()
 	go func() { defer wg.Done(); sc.capture.Run(bg) }()
+	go func() { defer wg.Done(); sc.subscriber.Run(bg) }()
 	defer func() { stop(); wg.Wait() }()
 	errc := make(chan error, 1)
 	go func() { errc <- sc.srv.Serve(ln) }()
@@ -207,4 +213,25 @@ func startCPUProfile(path string) (stop func(), err error) {
 		return nil, err
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+// sharedLog opens the event log once for the capture and the subscriber.
+type sharedLog struct {
+	url string
+	mu  sync.Mutex
+	log *pglog.Log
+}
+
+func (s *sharedLog) open(ctx context.Context) (*pglog.Log, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.log != nil {
+		return s.log, nil
+	}
+	l, err := pglog.Open(ctx, s.url)
+	if err != nil {
+		return nil, err
+	}
+	s.log = l
+	return l, nil
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -32,7 +33,11 @@ const Channel = "rejot_log"
 
 // Log is an open event log.
 type Log struct {
-	pool *pgxpool.Pool
+	pool       *pgxpool.Pool
+	ctx        context.Context // ends when the log closes
+	cancel     context.CancelFunc
+	notifyOnce sync.Once
+	notify     *notifier
 }
 
 var _ replicator.Log = (*Log)(nil)
@@ -48,11 +53,15 @@ func Open(ctx context.Context, url string) (*Log, error) {
 		pool.Close()
 		return nil, err
 	}
-	return &Log{pool: pool}, nil
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Log{pool: pool, ctx: ctx, cancel: cancel}, nil
 }
 
 // Close closes the log's connections.
-func (l *Log) Close() { l.pool.Close() }
+func (l *Log) Close() {
+	l.cancel()
+	l.pool.Close()
+}
 
 // Append appends groups in one transaction. Groups of several source
 // transactions may come together: each stays whole, and per stream the

@@ -1,0 +1,193 @@
+package pglog
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rejot-dev/rejot/replicator"
+)
+
+var _ replicator.LogReader = (*Log)(nil)
+
+// Head returns a stream's last position (0 when it has none).
+func (l *Log) Head(ctx context.Context, s replicator.Stream) (int64, error) {
+	var head int64
+	err := l.pool.QueryRow(ctx, "SELECT head FROM rejot_log.streams WHERE publication = $1 AND version = $2",
+		s.Publication, s.Version).Scan(&head)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	return head, err
+}
+
+// Next returns the span of whole groups after position after, up to about
+// limit changes (at least one group, however large), and the commit time
+// of its last group and of the group after it (zero when none follows).
+func (l *Log) Next(ctx context.Context, s replicator.Stream, after int64, limit int) (replicator.Span, error) {
+	rows, err := l.pool.Query(ctx, `SELECT g.last_position, g.commit_time FROM rejot_log.groups g
+		JOIN rejot_log.streams s ON s.id = g.stream
+		WHERE s.publication = $1 AND s.version = $2 AND g.first_position > $3 AND g.last_position <= s.head
+		ORDER BY g.first_position LIMIT $4`, s.Publication, s.Version, after, limit+1)
+	if err != nil {
+		return replicator.Span{}, err
+	}
+	defer rows.Close()
+	span := replicator.Span{After: after, Upto: after}
+	for rows.Next() {
+		var last int64
+		var at time.Time
+		if err := rows.Scan(&last, &at); err != nil {
+			return span, err
+		}
+		if span.Upto > after && last-after > int64(limit) {
+			span.NextCommit = at
+			break
+		}
+		span.Upto, span.LastCommit = last, at
+		span.Groups++
+	}
+	return span, rows.Err()
+}
+
+// Read calls fn for each change of a span, in order, in chunks.
+func (l *Log) Read(ctx context.Context, s replicator.Stream, span replicator.Span, fn func([]replicator.Record) error) error {
+	const chunk = 5000
+	for after := span.After; after < span.Upto; {
+		recs, err := l.Changes(ctx, s, after, min(chunk, int(span.Upto-after)))
+		if err != nil {
+			return err
+		}
+		if len(recs) == 0 {
+			return errors.New("the event log has no changes where it should: pruned too early?")
+		}
+		if err := fn(recs); err != nil {
+			return err
+		}
+		after = recs[len(recs)-1].Position
+	}
+	return nil
+}
+
+// SetReader records a subscriber's position (the log keeps what it has
+// not read); a negative position removes the reader.
+func (l *Log) SetReader(ctx context.Context, s replicator.Stream, reader string, position int64) error {
+	if position < 0 {
+		_, err := l.pool.Exec(ctx, `DELETE FROM rejot_log.readers r USING rejot_log.streams s
+			WHERE s.id = r.stream AND s.publication = $1 AND s.version = $2 AND r.reader = $3`, s.Publication, s.Version, reader)
+		return err
+	}
+	_, err := l.pool.Exec(ctx, `INSERT INTO rejot_log.readers (stream, reader, position)
+		SELECT id, $3, $4 FROM rejot_log.streams WHERE publication = $1 AND version = $2
+		ON CONFLICT (stream, reader) DO UPDATE SET position = EXCLUDED.position, updated_at = now()`,
+		s.Publication, s.Version, reader, position)
+	return err
+}
+
+// Prune deletes the changes of a stream that every reader has read (all of
+// them when it has none: new subscribers copy the compacted state). It
+// returns how many it deleted.
+func (l *Log) Prune(ctx context.Context, s replicator.Stream) (int64, error) {
+	tag, err := l.pool.Exec(ctx, `DELETE FROM rejot_log.changes c USING rejot_log.streams s
+		WHERE s.publication = $1 AND s.version = $2 AND c.stream = s.id
+		  AND c.position <= coalesce((SELECT min(position) FROM rejot_log.readers r WHERE r.stream = s.id), s.head)`,
+		s.Publication, s.Version)
+	return tag.RowsAffected(), err
+}
+
+// Wait returns when the log notifies an append to s, or after at most d.
+func (l *Log) Wait(ctx context.Context, s replicator.Stream, d time.Duration) {
+	ch := l.waiter().channel(s)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	case <-ch:
+	}
+}
+
+// notifier listens on the log's channel with one connection and wakes the
+// waiters of each stream.
+type notifier struct {
+	mu      sync.Mutex
+	waiters map[string]chan struct{}
+}
+
+func (l *Log) waiter() *notifier {
+	l.notifyOnce.Do(func() {
+		l.notify = &notifier{waiters: map[string]chan struct{}{}}
+		go l.listen(l.notify)
+	})
+	return l.notify
+}
+
+func (n *notifier) channel(s replicator.Stream) chan struct{} {
+	key := streamKey(s)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ch := n.waiters[key]
+	if ch == nil {
+		ch = make(chan struct{})
+		n.waiters[key] = ch
+	}
+	return ch
+}
+
+// wake wakes the waiters of one stream ("" wakes all).
+func (n *notifier) wake(key string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for k, ch := range n.waiters {
+		if key == "" || k == key {
+			close(ch)
+			delete(n.waiters, k)
+		}
+	}
+}
+
+func streamKey(s replicator.Stream) string {
+	return s.Publication + "/" + strconv.Itoa(s.Version)
+}
+
+// listen keeps a LISTEN connection until the log closes, reconnecting
+// with backoff; after a reconnect every waiter wakes (a notification may
+// have been missed).
+func (l *Log) listen(n *notifier) {
+	backoff := 100 * time.Millisecond
+	for l.ctx.Err() == nil {
+		conn, err := l.pool.Acquire(l.ctx)
+		if err == nil {
+			_, err = conn.Exec(l.ctx, "LISTEN "+Channel)
+			if err == nil {
+				backoff = 100 * time.Millisecond
+				n.wake("")
+				for err == nil {
+					var note *pgconn.Notification
+					note, err = conn.Conn().WaitForNotification(l.ctx)
+					if err == nil {
+						// payload: publication/version/head
+						if i := strings.LastIndexByte(note.Payload, '/'); i > 0 {
+							n.wake(note.Payload[:i])
+						}
+					}
+				}
+			}
+			conn.Hijack().Close(context.Background())
+		}
+		if l.ctx.Err() != nil {
+			return
+		}
+		select {
+		case <-l.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}

@@ -1,0 +1,676 @@
+package replicator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rejot-dev/rejot/catalog"
+	"github.com/rs/zerolog"
+)
+
+// Subscriber keeps the subscriptions of a consumer's database in sync: for
+// each row of _rejot.subscriptions it copies the version's compacted state
+// into the target, then applies the log after it, whole source
+// transactions in commit order, several per destination transaction,
+// storing the applied position in the same transaction.
+type Subscriber struct {
+	URL    string // the consumer's database
+	System string
+	Log    LogReader
+	// OpenLog opens the event log when Log is nil, retried until it works.
+	OpenLog func(context.Context) (LogReader, error)
+	// Report, when set, records the subscriptions' status in the catalog.
+	Report func(context.Context, []catalog.SubscriptionReport) error
+	Logger zerolog.Logger
+	Check  time.Duration // how often subscriptions are re-read (default 2s)
+	Batch  int           // changes per destination transaction (default 5000)
+
+	mu      sync.Mutex
+	workers map[string]*worker
+}
+
+// subscription is a row of _rejot.subscriptions.
+type subscription struct {
+	target, schema, table string
+	stream                Stream
+	columns               []subscribedColumn
+	copy                  bool
+	generation            int
+}
+
+type subscribedColumn struct {
+	Name  string `json:"name"`
+	Type  string `json:"type"`
+	Key   bool   `json:"key"`
+	Index int    `json:"index"`
+}
+
+// Run keeps the subscriptions in sync until ctx ends.
+func (s *Subscriber) Run(ctx context.Context) {
+	s.workers = map[string]*worker{}
+	defer s.stopAll()
+	backoff := 100 * time.Millisecond
+	for s.Log == nil && ctx.Err() == nil {
+		l, err := s.OpenLog(ctx)
+		if err == nil {
+			s.Log = l
+			break
+		}
+		s.Logger.Warn().Err(err).Dur("retry_in", backoff).Msg("event log unreachable")
+		sleepCtx(ctx, backoff)
+		backoff = min(2*backoff, 30*time.Second)
+	}
+	go s.reportLoop(ctx)
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	for ctx.Err() == nil {
+		if conn == nil {
+			c, err := pgx.Connect(ctx, s.URL)
+			if err != nil {
+				sleepCtx(ctx, s.check())
+				continue
+			}
+			if _, err := c.Exec(ctx, "LISTEN rejot_subscriptions"); err != nil {
+				c.Close(ctx)
+				sleepCtx(ctx, s.check())
+				continue
+			}
+			conn = c
+		}
+		subs, err := loadSubscriptions(ctx, conn)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.Logger.Warn().Err(err).Msg("cannot read the subscriptions")
+			}
+			conn.Close(context.WithoutCancel(ctx))
+			conn = nil
+			sleepCtx(ctx, s.check())
+			continue
+		}
+		s.reconcile(ctx, subs)
+		wait, cancel := context.WithTimeout(ctx, s.check())
+		_, err = conn.WaitForNotification(wait)
+		cancel()
+		if err != nil && !pgconn.Timeout(err) && !errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			conn.Close(context.WithoutCancel(ctx))
+			conn = nil
+		}
+	}
+}
+
+func (s *Subscriber) check() time.Duration {
+	if s.Check > 0 {
+		return s.Check
+	}
+	return 2 * time.Second
+}
+
+func (s *Subscriber) batch() int {
+	if s.Batch > 0 {
+		return s.Batch
+	}
+	return 5000
+}
+
+func loadSubscriptions(ctx context.Context, conn *pgx.Conn) ([]subscription, error) {
+	rows, err := conn.Query(ctx, `SELECT target, target_schema, target_table, publication, version, columns::text, copy, generation
+		FROM _rejot.subscriptions ORDER BY target`)
+	if err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "42P01" {
+			return nil, nil // _rejot is not installed yet: nothing is subscribed
+		}
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (subscription, error) {
+		var sub subscription
+		var cols string
+		if err := r.Scan(&sub.target, &sub.schema, &sub.table, &sub.stream.Publication, &sub.stream.Version, &cols, &sub.copy, &sub.generation); err != nil {
+			return sub, err
+		}
+		return sub, json.Unmarshal([]byte(cols), &sub.columns)
+	})
+}
+
+// reconcile runs one worker per subscription (a new one after a resync)
+// and stops those of subscriptions that are gone.
+func (s *Subscriber) reconcile(ctx context.Context, subs []subscription) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[string]bool{}
+	for _, sub := range subs {
+		seen[sub.target] = true
+		if w := s.workers[sub.target]; w != nil {
+			if w.sub.generation == sub.generation && w.sub.stream == sub.stream {
+				continue
+			}
+			w.stop()
+		}
+		w := &worker{s: s, sub: sub, limit: s.batch()}
+		w.status.Store(&workerStatus{Status: "copying"})
+		s.workers[sub.target] = w
+		w.start(ctx)
+	}
+	for target, w := range s.workers {
+		if !seen[target] {
+			w.stop()
+			delete(s.workers, target)
+			// Unsubscribed: the log need not keep anything for it.
+			if err := s.Log.SetReader(ctx, w.sub.stream, w.reader(), -1); err != nil {
+				s.Logger.Warn().Err(err).Str("target", target).Msg("cannot release the event log")
+			}
+			s.Logger.Info().Str("target", target).Msg("subscription removed")
+		}
+	}
+}
+
+func (s *Subscriber) stopAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, w := range s.workers {
+		w.stop()
+	}
+}
+
+// reportLoop records the subscriptions' status in the catalog every second.
+func (s *Subscriber) reportLoop(ctx context.Context) {
+	if s.Report == nil {
+		return
+	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		reports := s.Reports(ctx)
+		if len(reports) > 0 {
+			if err := s.Report(ctx, reports); err != nil && ctx.Err() == nil {
+				s.Logger.Debug().Err(err).Msg("cannot report the subscriptions to the catalog")
+			}
+		}
+	}
+}
+
+// Reports says how each subscription is doing.
+func (s *Subscriber) Reports(ctx context.Context) []catalog.SubscriptionReport {
+	s.mu.Lock()
+	workers := make([]*worker, 0, len(s.workers))
+	for _, w := range s.workers {
+		workers = append(workers, w)
+	}
+	s.mu.Unlock()
+	var out []catalog.SubscriptionReport
+	for _, w := range workers {
+		out = append(out, w.report(ctx))
+	}
+	return out
+}
+
+// worker keeps one subscription in sync.
+type worker struct {
+	s      *Subscriber
+	sub    subscription
+	cancel context.CancelFunc
+	done   chan struct{}
+	limit  int // changes per destination transaction; 1 group after a failure
+	// what the catalog hears
+	status atomic.Pointer[workerStatus]
+	copied atomic.Int64
+}
+
+type workerStatus struct {
+	Status        string
+	Position      *int64
+	LastAppliedAt *time.Time
+	LastCommit    time.Time
+	Error         *string
+}
+
+func (w *worker) reader() string { return w.s.System + "/" + w.sub.target }
+
+func (w *worker) start(ctx context.Context) {
+	ctx, w.cancel = context.WithCancel(ctx)
+	w.done = make(chan struct{})
+	go func() {
+		defer close(w.done)
+		w.run(ctx)
+	}()
+}
+
+func (w *worker) stop() {
+	w.cancel()
+	<-w.done
+}
+
+func (w *worker) log() *zerolog.Logger {
+	l := w.s.Logger.With().Str("target", w.sub.target).Str("publication", w.sub.stream.Publication).
+		Int("version", w.sub.stream.Version).Logger()
+	return &l
+}
+
+var errSubscriptionMoved = errors.New("the subscription changed (resync or unsubscribe)")
+
+func (w *worker) run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := w.work(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errSubscriptionMoved) {
+			return // the subscriber reconciles
+		}
+		msg := err.Error()
+		st := *w.status.Load()
+		st.Status, st.Error = "failed", &msg
+		w.status.Store(&st)
+		w.limit = 1 // narrow the failure down to one source transaction
+		w.recordError(ctx, msg)
+		w.log().Error().Err(err).Dur("retry_in", backoff).Msg("subscription failed; retrying")
+		sleepCtx(ctx, backoff)
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// recordError keeps the error in _rejot.subscriptions (best effort).
+func (w *worker) recordError(ctx context.Context, msg string) {
+	conn, err := pgx.Connect(ctx, w.s.URL)
+	if err != nil {
+		return
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	conn.Exec(ctx, `UPDATE _rejot.subscriptions SET status = 'failed', error = $3, updated_at = now()
+		WHERE target = $1 AND generation = $2`, w.sub.target, w.sub.generation, msg)
+}
+
+// target is a subscription's table as the worker writes it.
+type target struct {
+	name    string
+	cols    []subscribedColumn
+	types   []string // the target's own type of each column
+	keys    []int    // positions in cols of the key, in key order
+	upsert  string
+	delete  string
+	copySQL string
+}
+
+func (w *worker) work(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, w.s.URL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	t, err := w.prepare(ctx, conn)
+	if err != nil {
+		return err
+	}
+	var position *int64
+	err = conn.QueryRow(ctx, "SELECT position FROM _rejot.subscriptions WHERE target = $1 AND generation = $2",
+		w.sub.target, w.sub.generation).Scan(&position)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return errSubscriptionMoved
+	}
+	if err != nil {
+		return err
+	}
+	if position == nil {
+		p, err := w.copyState(ctx, conn, t)
+		if err != nil {
+			return err
+		}
+		position = &p
+	}
+	st := *w.status.Load()
+	st.Status, st.Position, st.Error = "streaming", position, nil
+	w.status.Store(&st)
+	return w.stream(ctx, conn, t, *position)
+}
+
+// prepare reads the target's column types and builds the statements.
+func (w *worker) prepare(ctx context.Context, conn *pgx.Conn) (*target, error) {
+	t := &target{name: w.sub.target, cols: w.sub.columns}
+	rows, err := conn.Query(ctx, `SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod)
+		FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped`, w.sub.target)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the target table: %w", err)
+	}
+	types := map[string]string{}
+	var name, typ string
+	if _, err := pgx.ForEachRow(rows, []any{&name, &typ}, func() error { types[name] = typ; return nil }); err != nil {
+		return nil, fmt.Errorf("cannot read the target table: %w", err)
+	}
+	var names, sel, sets, conds []string
+	for i, c := range t.cols {
+		typ, ok := types[c.Name]
+		if !ok {
+			return nil, fmt.Errorf("the target %s has no column %s any more", t.name, c.Name)
+		}
+		t.types = append(t.types, typ)
+		id := pgx.Identifier{c.Name}.Sanitize()
+		names = append(names, id)
+		sel = append(sel, fmt.Sprintf("u.c%d::%s", i, typ))
+		if c.Key {
+			t.keys = append(t.keys, i)
+			conds = append(conds, fmt.Sprintf("t.%s = d.k%d::%s", id, len(t.keys)-1, typ))
+		} else {
+			sets = append(sets, id+" = EXCLUDED."+id)
+		}
+	}
+	var keyNames, unnestU, aliasU, unnestD, aliasD []string
+	for _, k := range t.keys {
+		keyNames = append(keyNames, names[k])
+	}
+	for i := range t.cols {
+		unnestU = append(unnestU, fmt.Sprintf("$%d::text[]", i+1))
+		aliasU = append(aliasU, fmt.Sprintf("c%d", i))
+	}
+	for i := range t.keys {
+		unnestD = append(unnestD, fmt.Sprintf("$%d::text[]", i+1))
+		aliasD = append(aliasD, fmt.Sprintf("k%d", i))
+	}
+	conflict := "DO NOTHING"
+	if len(sets) > 0 {
+		conflict = "DO UPDATE SET " + strings.Join(sets, ", ")
+	}
+	t.upsert = fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM unnest(%s) AS u(%s) ON CONFLICT (%s) %s",
+		t.name, strings.Join(names, ", "), strings.Join(sel, ", "), strings.Join(unnestU, ", "), strings.Join(aliasU, ", "),
+		strings.Join(keyNames, ", "), conflict)
+	t.delete = fmt.Sprintf("DELETE FROM %s AS t USING unnest(%s) AS d(%s) WHERE %s",
+		t.name, strings.Join(unnestD, ", "), strings.Join(aliasD, ", "), strings.Join(conds, " AND "))
+	t.copySQL = fmt.Sprintf("COPY %s (%s) FROM STDIN", t.name, strings.Join(names, ", "))
+	return t, nil
+}
+
+// lock locks the subscription's row in tx and returns its position; a
+// subscription resynced or removed meanwhile ends the worker.
+func (w *worker) lock(ctx context.Context, tx pgx.Tx) (*int64, error) {
+	var position *int64
+	err := tx.QueryRow(ctx, "SELECT position FROM _rejot.subscriptions WHERE target = $1 AND generation = $2 FOR UPDATE",
+		w.sub.target, w.sub.generation).Scan(&position)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, errSubscriptionMoved
+	}
+	return position, err
+}
+
+// copyState copies the version's compacted state into the target, in one
+// destination transaction that also stores the position it is at.
+func (w *worker) copyState(ctx context.Context, conn *pgx.Conn, t *target) (int64, error) {
+	log := w.log()
+	// Hold the log's changes from now on: what follows the state must be
+	// there to stream.
+	if err := w.s.Log.SetReader(ctx, w.sub.stream, w.reader(), 0); err != nil {
+		return 0, err
+	}
+	st := &workerStatus{Status: "copying"}
+	w.status.Store(st)
+	w.copied.Store(0)
+	start := time.Now()
+	var position int64
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if p, err := w.lock(ctx, tx); err != nil {
+			return err
+		} else if p != nil {
+			return errSubscriptionMoved
+		}
+		if !w.sub.copy { // stream from now on, over what the table holds
+			head, err := w.s.Log.Head(ctx, w.sub.stream)
+			if err != nil {
+				return err
+			}
+			position = head
+			_, err = tx.Exec(ctx, `UPDATE _rejot.subscriptions SET position = $3, status = 'streaming', updated_at = now()
+				WHERE target = $1 AND generation = $2`, w.sub.target, w.sub.generation, position)
+			return err
+		}
+		// The target becomes exactly the state (MVCC-safe: readers see
+		// the old rows or the new ones).
+		if _, err := tx.Exec(ctx, "DELETE FROM "+t.name); err != nil {
+			return err
+		}
+		pr, pw := io.Pipe()
+		read := make(chan error, 1)
+		go func() {
+			var err error
+			position, err = w.s.Log.State(ctx, w.sub.stream, func(row []Value) error {
+				if _, err := pw.Write(copyLine(t, row)); err != nil {
+					return err
+				}
+				if n := w.copied.Add(1); n%100_000 == 0 {
+					log.Info().Int64("rows", n).Msg("copying")
+				}
+				return nil
+			})
+			pw.CloseWithError(err)
+			read <- err
+		}()
+		_, err := tx.Conn().PgConn().CopyFrom(ctx, pr, t.copySQL)
+		pr.CloseWithError(err)
+		if rerr := <-read; rerr != nil && !errors.Is(rerr, io.ErrClosedPipe) {
+			return fmt.Errorf("cannot read the event log's state: %w", rerr)
+		}
+		if err != nil {
+			return fmt.Errorf("cannot copy into %s: %w", t.name, err)
+		}
+		_, err = tx.Exec(ctx, `UPDATE _rejot.subscriptions SET position = $3, status = 'streaming', copied_rows = $4,
+			last_applied_at = now(), error = NULL, updated_at = now() WHERE target = $1 AND generation = $2`,
+			w.sub.target, w.sub.generation, position, w.copied.Load())
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	if err := w.s.Log.SetReader(ctx, w.sub.stream, w.reader(), position); err != nil {
+		log.Warn().Err(err).Msg("cannot record the subscription's place in the event log")
+	}
+	log.Info().Int64("rows", w.copied.Load()).Int64("position", position).Dur("took", time.Since(start)).Msg("copied; streaming")
+	return position, nil
+}
+
+// copyLine renders a state row in COPY's text format.
+func copyLine(t *target, row []Value) []byte {
+	var b strings.Builder
+	for i, c := range t.cols {
+		if i > 0 {
+			b.WriteByte('\t')
+		}
+		var v Value
+		if c.Index < len(row) {
+			v = row[c.Index]
+		}
+		if v == nil {
+			b.WriteString(`\N`)
+			continue
+		}
+		for _, r := range []byte(*v) {
+			switch r {
+			case '\\':
+				b.WriteString(`\\`)
+			case '\t':
+				b.WriteString(`\t`)
+			case '\n':
+				b.WriteString(`\n`)
+			case '\r':
+				b.WriteString(`\r`)
+			default:
+				b.WriteByte(r)
+			}
+		}
+	}
+	b.WriteByte('\n')
+	return []byte(b.String())
+}
+
+// stream applies the log after position, woken by the log's
+// notifications.
+func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position int64) error {
+	lastReader := time.Now()
+	for ctx.Err() == nil {
+		span, err := w.s.Log.Next(ctx, w.sub.stream, position, w.limit)
+		if err != nil {
+			return err
+		}
+		if span.Groups == 0 {
+			w.s.Log.Wait(ctx, w.sub.stream, time.Second)
+			continue
+		}
+		if err := w.apply(ctx, conn, t, span); err != nil {
+			return fmt.Errorf("cannot apply changes %d to %d (source commit at %s): %w",
+				span.After+1, span.Upto, span.LastCommit.Format(time.RFC3339Nano), err)
+		}
+		position = span.Upto
+		now := time.Now()
+		w.status.Store(&workerStatus{Status: "streaming", Position: &position, LastAppliedAt: &now, LastCommit: span.LastCommit})
+		w.limit = w.s.batch()
+		if time.Since(lastReader) > 5*time.Second {
+			lastReader = time.Now()
+			if err := w.s.Log.SetReader(ctx, w.sub.stream, w.reader(), position); err != nil {
+				w.log().Warn().Err(err).Msg("cannot record the subscription's place in the event log")
+			}
+		}
+	}
+	return ctx.Err()
+}
+
+// apply applies a span of whole source transactions in one destination
+// transaction, collapsed per key, with the new position.
+func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span Span) error {
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		p, err := w.lock(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if p == nil || *p != span.After {
+			return errSubscriptionMoved
+		}
+		err = w.s.Log.Read(ctx, w.sub.stream, span, func(recs []Record) error {
+			return applyChanges(ctx, tx, t, recs)
+		})
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE _rejot.subscriptions SET position = $3, status = 'streaming', last_applied_at = now(),
+			last_commit_at = $4, error = NULL, updated_at = now() WHERE target = $1 AND generation = $2`,
+			w.sub.target, w.sub.generation, span.Upto, span.LastCommit)
+		return err
+	})
+}
+
+// applyChanges applies records in order: the last change per key wins, a
+// truncate clears the table.
+func applyChanges(ctx context.Context, tx pgx.Tx, t *target, recs []Record) error {
+	type last struct {
+		row []Value // nil: deleted
+	}
+	final := map[string]last{}
+	var order []string
+	keys := map[string][]Value{}
+	flush := func() error {
+		var upserts, deletes [][]Value
+		for _, k := range order {
+			if row := final[k].row; row != nil {
+				upserts = append(upserts, row)
+			} else {
+				deletes = append(deletes, keys[k])
+			}
+		}
+		final, order, keys = map[string]last{}, nil, map[string][]Value{}
+		if len(deletes) > 0 {
+			args := make([]any, len(t.keys))
+			for i := range t.keys {
+				col := make([]Value, len(deletes))
+				for j, k := range deletes {
+					col[j] = k[i]
+				}
+				args[i] = col
+			}
+			if _, err := tx.Exec(ctx, t.delete, args...); err != nil {
+				return err
+			}
+		}
+		if len(upserts) > 0 {
+			args := make([]any, len(t.cols))
+			for i, c := range t.cols {
+				col := make([]Value, len(upserts))
+				for j, row := range upserts {
+					if c.Index < len(row) {
+						col[j] = row[c.Index]
+					}
+				}
+				args[i] = col
+			}
+			if _, err := tx.Exec(ctx, t.upsert, args...); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, r := range recs {
+		switch r.Op {
+		case OpTruncate:
+			final, order, keys = map[string]last{}, nil, map[string][]Value{}
+			if _, err := tx.Exec(ctx, "DELETE FROM "+t.name); err != nil {
+				return err
+			}
+			continue
+		case OpUpsert:
+			key := make([]Value, len(t.keys))
+			for i, k := range t.keys {
+				if idx := t.cols[k].Index; idx < len(r.Row) {
+					key[i] = r.Row[idx]
+				}
+			}
+			ks := KeyString(key)
+			if _, ok := final[ks]; !ok {
+				order = append(order, ks)
+			}
+			final[ks], keys[ks] = last{row: r.Row}, key
+		case OpDelete:
+			ks := KeyString(r.Key)
+			if _, ok := final[ks]; !ok {
+				order = append(order, ks)
+			}
+			final[ks], keys[ks] = last{}, r.Key
+		}
+	}
+	return flush()
+}
+
+// report says how the subscription is doing.
+func (w *worker) report(ctx context.Context) catalog.SubscriptionReport {
+	st := w.status.Load()
+	r := catalog.SubscriptionReport{Target: w.sub.target, Status: st.Status, CopiedRows: w.copied.Load(),
+		Position: st.Position, LastAppliedAt: st.LastAppliedAt, Error: st.Error}
+	if st.Position != nil {
+		if head, err := w.s.Log.Head(ctx, w.sub.stream); err == nil {
+			behind := max(head-*st.Position, 0)
+			r.LagChanges = &behind
+			var lag float64
+			switch {
+			case st.LastCommit.IsZero():
+			case behind > 0:
+				lag = time.Since(st.LastCommit).Seconds()
+			case st.LastAppliedAt != nil:
+				lag = max(st.LastAppliedAt.Sub(st.LastCommit).Seconds(), 0)
+			}
+			r.LagSeconds = &lag
+		}
+	}
+	return r
+}

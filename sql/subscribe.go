@@ -1,0 +1,455 @@
+package sql
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+func subscribeFunction() *Function {
+	return &Function{
+		Name: "subscribe",
+		Params: []Param{{Name: "publication", Type: OIDText}, {Name: "version", Type: OIDInt4},
+			{Name: "target", Type: OIDText}, {Name: "columns", Type: OIDText, Optional: true},
+			{Name: "copy", Type: OIDBool, Optional: true}},
+		Returns: subscriptionColumns,
+		Run:     runSubscribe,
+	}
+}
+
+func unsubscribeFunction() *Function {
+	return &Function{
+		Name:    "unsubscribe",
+		Params:  []Param{{Name: "target", Type: OIDText}, {Name: "drop_table", Type: OIDBool, Optional: true}},
+		Returns: subscriptionColumns,
+		Run:     runUnsubscribe,
+	}
+}
+
+func resyncFunction() *Function {
+	return &Function{
+		Name:    "resync",
+		Params:  []Param{{Name: "target", Type: OIDText}},
+		Returns: subscriptionColumns,
+		Run:     runResync,
+	}
+}
+
+var subscriptionColumns = []Column{{Name: "target", TypeOID: OIDText}, {Name: "publication", TypeOID: OIDText},
+	{Name: "version", TypeOID: OIDInt4}, {Name: "status", TypeOID: OIDText}}
+
+// SubscribedColumn is a column of a subscription's target, as recorded in
+// _rejot.subscriptions: Index is its place in the version's rows.
+type SubscribedColumn struct {
+	Name  string `json:"name"`
+	Type  string `json:"type"`
+	Key   bool   `json:"key"`
+	Index int    `json:"index"`
+}
+
+// Subscription is the payload of subscribe, unsubscribe and resync
+// commands.
+type Subscription struct {
+	Target      string `json:"target"`
+	Publication string `json:"publication"`
+	Version     int    `json:"version"`
+}
+
+type publicColumn struct {
+	name, typ     string
+	key, nullable bool
+}
+
+func runSubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
+	pub := args.Text("publication")
+	n, ok, err := args.Int("version")
+	if err != nil {
+		return nil, err
+	}
+	if !ok || n < 1 || n > 1<<30 {
+		return nil, Errorf(CodeInvalidParameter, "invalid version %s: versions are whole numbers from 1", nullText(args["version"]))
+	}
+	version := int(n)
+	copyRows := true
+	if args["copy"] != nil {
+		if copyRows, err = args.Bool("copy"); err != nil {
+			return nil, err
+		}
+	}
+	target, err := resolveTarget(ctx, env.Session, args["target"])
+	if err != nil {
+		return nil, err
+	}
+	cols, err := env.versionColumns(ctx, pub, version)
+	if err != nil {
+		return nil, err
+	}
+	chosen, err := chooseColumns(cols, args["columns"], pub, version)
+	if err != nil {
+		return nil, err
+	}
+	// Serialise subscribe, unsubscribe and resync of one target.
+	if _, err := env.Session.Query(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('rejot subscription ' || $1, 0))", &target.name); err != nil {
+		return nil, err
+	}
+	existing, err := existingSubscription(ctx, env.Session, target.name)
+	if err != nil {
+		return nil, err
+	}
+	if existing != nil {
+		if existing.Publication == pub && existing.Version == version {
+			return [][]any{{target.name, pub, int32(version), existing.status}}, nil // already so: a no-op
+		}
+		return nil, Errorf(CodeDuplicateObject, "table %s is already subscribed to %s version %d", target.name, existing.Publication, existing.Version).
+			hint("Unsubscribe it first (CALL rejot.unsubscribe('%s')), or subscribe into another table.", target.name)
+	}
+	if target.exists {
+		if err := checkTarget(ctx, env.Session, target, chosen, cols, pub, version); err != nil {
+			return nil, err
+		}
+	} else if err := createTarget(ctx, env.Session, target, chosen, cols); err != nil {
+		return nil, err
+	}
+	recorded, err := json.Marshal(chosen)
+	if err != nil {
+		return nil, err
+	}
+	rec, copyText, v := string(recorded), strconv.FormatBool(copyRows), strconv.Itoa(version)
+	_, err = env.Session.Query(ctx, `INSERT INTO _rejot.subscriptions (target, target_schema, target_table, publication, version, columns, copy)
+		VALUES ($1, $2, $3, $4, $5::int, $6::jsonb, $7::boolean)`, &target.name, &target.schema, &target.table, &pub, &v, &rec, &copyText)
+	if err != nil {
+		return nil, notManaged(err)
+	}
+	if err := recordSubscription(ctx, env.Session, "subscribe", &Subscription{Target: target.name, Publication: pub, Version: version}); err != nil {
+		return nil, err
+	}
+	return [][]any{{target.name, pub, int32(version), "copying"}}, nil
+}
+
+func runUnsubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
+	drop, err := args.Bool("drop_table")
+	if err != nil {
+		return nil, err
+	}
+	sub, target, err := ownSubscription(ctx, env, args)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := env.Session.Query(ctx, "DELETE FROM _rejot.subscriptions WHERE target = $1", &target); err != nil {
+		return nil, err
+	}
+	if drop {
+		if _, err := env.Session.Query(ctx, "DROP TABLE IF EXISTS "+target); err != nil {
+			return nil, err
+		}
+	}
+	if err := recordSubscription(ctx, env.Session, "unsubscribe", sub); err != nil {
+		return nil, err
+	}
+	return [][]any{{target, sub.Publication, int32(sub.Version), "stopped"}}, nil
+}
+
+func runResync(ctx context.Context, env *Env, args Args) ([][]any, error) {
+	sub, target, err := ownSubscription(ctx, env, args)
+	if err != nil {
+		return nil, err
+	}
+	_, err = env.Session.Query(ctx, `UPDATE _rejot.subscriptions SET status = 'copying', position = NULL, copied_rows = 0,
+		generation = generation + 1, error = NULL, updated_at = now() WHERE target = $1`, &target)
+	if err != nil {
+		return nil, err
+	}
+	if err := recordSubscription(ctx, env.Session, "resync", sub); err != nil {
+		return nil, err
+	}
+	return [][]any{{target, sub.Publication, int32(sub.Version), "copying"}}, nil
+}
+
+// ownSubscription finds and locks the subscription a target argument
+// names.
+func ownSubscription(ctx context.Context, env *Env, args Args) (*Subscription, string, error) {
+	target, err := resolveTarget(ctx, env.Session, args["target"])
+	if err != nil {
+		return nil, "", err
+	}
+	if _, err := env.Session.Query(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('rejot subscription ' || $1, 0))", &target.name); err != nil {
+		return nil, "", err
+	}
+	sub, err := existingSubscription(ctx, env.Session, target.name)
+	if err != nil {
+		return nil, "", err
+	}
+	if sub == nil {
+		return nil, "", Errorf("42704", "table %s is not subscribed to anything", target.name).
+			hint("SELECT target, publication, version FROM rejot.subscriptions shows the subscriptions.")
+	}
+	return &sub.Subscription, target.name, nil
+}
+
+type existing struct {
+	Subscription
+	status string
+}
+
+func existingSubscription(ctx context.Context, sess Session, target string) (*existing, error) {
+	rows, err := sess.Query(ctx, "SELECT publication, version::text, status FROM _rejot.subscriptions WHERE target = $1 FOR UPDATE", &target)
+	if err != nil {
+		return nil, notManaged(err)
+	}
+	if len(rows.Values) == 0 {
+		return nil, nil
+	}
+	r := rows.Values[0]
+	v, _ := strconv.Atoi(*r[1])
+	return &existing{Subscription{Target: target, Publication: *r[0], Version: v}, *r[2]}, nil
+}
+
+// target is a subscription's table, resolved in the caller's session.
+type target struct {
+	schema, table string
+	name          string // schema.table, quoted where needed
+	exists        bool
+}
+
+func resolveTarget(ctx context.Context, sess Session, arg *string) (*target, error) {
+	if arg == nil || strings.TrimSpace(*arg) == "" {
+		return nil, Errorf(CodeInvalidParameter, "the target must name a table, as schema.table or table")
+	}
+	rows, err := sess.Query(ctx, `SELECT CASE WHEN cardinality(p) = 1 THEN current_schema() ELSE p[1] END, p[cardinality(p)], cardinality(p)::text
+		FROM parse_ident($1) AS p`, arg)
+	if err != nil {
+		return nil, targetError(err, *arg)
+	}
+	r := rows.Values[0]
+	if *r[2] != "1" && *r[2] != "2" {
+		return nil, Errorf(CodeInvalidParameter, "invalid target %q: name a table as schema.table or table", *arg)
+	}
+	if r[0] == nil {
+		return nil, Errorf("3F000", "no schema has been selected to create the target %s in", *arg).
+			hint("Name the target as schema.table.")
+	}
+	t := &target{schema: *r[0], table: *r[1]}
+	rows, err = sess.Query(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)::text,
+		(SELECT c.relkind::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		  WHERE n.nspname = $1 AND c.relname = $2), format('%I.%I', $1, $2)`, &t.schema, &t.table)
+	if err != nil {
+		return nil, err
+	}
+	if *rows.Values[0][0] != "true" {
+		return nil, Errorf("3F000", "schema %q does not exist", t.schema).hint("Create it first: CREATE SCHEMA %s;", pgx.Identifier{t.schema}.Sanitize())
+	}
+	t.name = *rows.Values[0][2] // quoted where needed, as Postgres prints names
+	if kind := rows.Values[0][1]; kind != nil {
+		if *kind != "r" && *kind != "p" {
+			return nil, Errorf("42809", "%s is not a table", t.name)
+		}
+		t.exists = true
+	}
+	return t, nil
+}
+
+func targetError(err error, arg string) error {
+	if qe, ok := err.(*QueryError); ok && strings.HasPrefix(qe.Code, "22") {
+		return Errorf(CodeInvalidParameter, "invalid target %q: %s", arg, qe.Message)
+	}
+	return err
+}
+
+// versionColumns reads a publication version's columns from the catalog.
+func (env *Env) versionColumns(ctx context.Context, pub string, version int) ([]publicColumn, error) {
+	x := env.Executor
+	if x.Catalog == nil {
+		return nil, errNoCatalog
+	}
+	res, err := x.Catalog.Query(ctx, `SELECT p.status, c.name, c.type, c.is_key, c.nullable
+		FROM rejot.publications p JOIN rejot.columns c USING (publication, version)
+		WHERE p.publication = $1 AND p.version = $2::int ORDER BY c.position`,
+		[][]byte{[]byte(pub), []byte(strconv.Itoa(version))}, nil, nil, nil)
+	if err != nil {
+		return nil, Errorf("08006", "cannot read publication %s version %d: the catalog is not reachable", pub, version).
+			hint("Subscribing needs the catalog; retry when it is back.")
+	}
+	if len(res.Rows) == 0 {
+		return nil, Errorf("42704", "publication %s version %d does not exist", pub, version).
+			hint("SELECT publication, version, status FROM rejot.publications lists what can be subscribed to.")
+	}
+	if string(res.Rows[0][0]) == StatusRetired {
+		return nil, Errorf("55000", "publication %s version %d is retired", pub, version).
+			hint("Subscribe to a version that is active (see rejot.publications).")
+	}
+	cols := make([]publicColumn, len(res.Rows))
+	for i, r := range res.Rows {
+		cols[i] = publicColumn{name: string(r[1]), typ: string(r[2]), key: string(r[3]) == "t", nullable: string(r[4]) == "t"}
+	}
+	return cols, nil
+}
+
+// chooseColumns picks the subscribed columns: all, or those listed (which
+// must include the key).
+func chooseColumns(cols []publicColumn, list *string, pub string, version int) ([]SubscribedColumn, error) {
+	var names []string
+	if list != nil {
+		names = parseNameList(*list)
+		if len(names) == 0 {
+			return nil, Errorf(CodeInvalidParameter, "columns lists no column").hint("Leave it out to subscribe to every column.")
+		}
+	}
+	want := map[string]bool{}
+	for _, n := range names {
+		found := false
+		for _, c := range cols {
+			found = found || c.name == n
+		}
+		if !found {
+			return nil, Errorf("42703", "publication %s version %d has no column %q", pub, version, n)
+		}
+		want[n] = true
+	}
+	var chosen []SubscribedColumn
+	for i, c := range cols {
+		if names != nil && !want[c.name] {
+			if c.key {
+				return nil, Errorf("42P10", "the subscribed columns must include the key column %q", c.name)
+			}
+			continue
+		}
+		chosen = append(chosen, SubscribedColumn{Name: c.name, Type: c.typ, Key: c.key, Index: i})
+	}
+	return chosen, nil
+}
+
+// parseNameList reads '{a,b}' (an array literal) or 'a, b'.
+func parseNameList(s string) []string {
+	s = strings.TrimSpace(s)
+	s = strings.TrimSuffix(strings.TrimPrefix(s, "{"), "}")
+	var names []string
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if len(part) >= 2 && part[0] == '"' && part[len(part)-1] == '"' {
+			part = strings.ReplaceAll(part[1:len(part)-1], `""`, `"`)
+		}
+		if part != "" {
+			names = append(names, part)
+		}
+	}
+	return names
+}
+
+// createTarget creates the target table: the public columns with their
+// exact types, NOT NULL where the publication promises it, the public key
+// as primary key.
+func createTarget(ctx context.Context, sess Session, t *target, chosen []SubscribedColumn, cols []publicColumn) error {
+	var defs, keys []string
+	for _, c := range chosen {
+		// The type comes from the catalog: only a name Postgres reads as
+		// a type of this database goes into the statement.
+		rows, err := sess.Query(ctx, "SELECT to_regtype($1)::text", &c.Type)
+		if err != nil || rows.Values[0][0] == nil {
+			return Errorf("42704", "type %s of column %s does not exist in this database", c.Type, c.Name).
+				hint("Create the type (with the definition the publisher's database has) before subscribing.")
+		}
+		def := pgx.Identifier{c.Name}.Sanitize() + " " + c.Type
+		if !cols[c.Index].nullable {
+			def += " NOT NULL"
+		}
+		defs = append(defs, def)
+		if c.Key {
+			keys = append(keys, pgx.Identifier{c.Name}.Sanitize())
+		}
+	}
+	defs = append(defs, "PRIMARY KEY ("+strings.Join(keys, ", ")+")")
+	_, err := sess.Query(ctx, "CREATE TABLE "+t.name+" ("+strings.Join(defs, ", ")+")")
+	return err
+}
+
+// checkTarget makes sure an existing table can hold the subscription,
+// naming every mismatch.
+func checkTarget(ctx context.Context, sess Session, t *target, chosen []SubscribedColumn, cols []publicColumn, pub string, version int) error {
+	rows, err := sess.Query(ctx, `SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod),
+			a.attnotnull::text, (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '')::text,
+			coalesce(a.attnum = ANY (i.indkey::int2[]), false)::text
+		FROM pg_catalog.pg_attribute a
+		LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+		WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`, &t.name)
+	if err != nil {
+		return err
+	}
+	type col struct {
+		typ                   string
+		notNull, filled, isPK bool
+	}
+	have := map[string]col{}
+	var order []string
+	for _, r := range rows.Values {
+		have[*r[0]] = col{typ: *r[1], notNull: *r[2] == "true", filled: *r[3] == "true", isPK: *r[4] == "true"}
+		order = append(order, *r[0])
+	}
+	var problems []string
+	subscribed := map[string]bool{}
+	var wantKey, haveKey []string
+	for _, c := range chosen {
+		subscribed[c.Name] = true
+		if c.Key {
+			wantKey = append(wantKey, c.Name)
+		}
+		h, ok := have[c.Name]
+		switch {
+		case !ok:
+			problems = append(problems, fmt.Sprintf("column %s is missing", c.Name))
+		case h.typ != c.Type:
+			problems = append(problems, fmt.Sprintf("column %s is %s, the publication's is %s", c.Name, h.typ, c.Type))
+		}
+	}
+	for _, name := range order {
+		h := have[name]
+		if h.isPK {
+			haveKey = append(haveKey, name)
+		}
+		if !subscribed[name] && h.notNull && !h.filled {
+			problems = append(problems, fmt.Sprintf("column %s is NOT NULL without a default, and the publication does not fill it", name))
+		}
+	}
+	if !sameSet(wantKey, haveKey) {
+		if len(haveKey) == 0 {
+			problems = append(problems, fmt.Sprintf("the table has no primary key; the publication's key is (%s)", strings.Join(wantKey, ", ")))
+		} else {
+			problems = append(problems, fmt.Sprintf("the primary key is (%s), the publication's key is (%s)", strings.Join(haveKey, ", "), strings.Join(wantKey, ", ")))
+		}
+	}
+	if len(problems) > 0 {
+		return Errorf("42P16", "table %s does not fit publication %s version %d: %s", t.name, pub, version, strings.Join(problems, "; ")).
+			hint("Change the table to match, or subscribe into a table that does not exist yet: ReJot creates it.")
+	}
+	return nil
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	in := map[string]bool{}
+	for _, x := range a {
+		in[x] = true
+	}
+	for _, x := range b {
+		if !in[x] {
+			return false
+		}
+	}
+	return true
+}
+
+func recordSubscription(ctx context.Context, sess Session, kind string, s *Subscription) error {
+	payload, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	body := string(payload)
+	_, err = sess.Query(ctx, `WITH c AS (INSERT INTO _rejot.commands (kind, payload) VALUES ($1, $2::jsonb) RETURNING id)
+		SELECT id, pg_notify('rejot_commands', id::text), pg_notify('rejot_subscriptions', $3) FROM c`, &kind, &body, &s.Target)
+	return notManaged(err)
+}
