@@ -107,9 +107,9 @@ func serve(ctx context.Context, args []string) error {
 
 // sidecar is the parts of a running sidecar, wired.
 type sidecar struct {
-	srv     *proxy.Server
-	lazy    *catalog.Lazy
-	applier *catalog.Applier
+	srv        *proxy.Server
+	lazy       *catalog.Lazy
+	applier    *catalog.Applier
 	capture    *replicator.Capture
 	subscriber *replicator.Subscriber
 	log        zerolog.Logger
