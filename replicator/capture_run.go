@@ -25,6 +25,9 @@ type Capture struct {
 	OpenLog func(context.Context) (Log, error)
 	Logger  zerolog.Logger
 	Check   time.Duration // how often the record is re-read (default 2s)
+	// PruneEvery is how often the log drops changes every subscriber has
+	// read (default 30s).
+	PruneEvery time.Duration
 
 	problem atomic.Pointer[string]
 	conn    *pgx.Conn // for reading the owner's record; owned by Run
@@ -104,6 +107,37 @@ func (c *Capture) Run(ctx context.Context) {
 	}
 }
 
+// Pruner is a log that can forget changes every subscriber has read.
+type Pruner interface {
+	Prune(ctx context.Context, s Stream) (int64, error)
+}
+
+func (c *Capture) pruneEvery() time.Duration {
+	if c.PruneEvery > 0 {
+		return c.PruneEvery
+	}
+	return 30 * time.Second
+}
+
+// prune drops the log's changes of the captured versions that every
+// subscriber has read: the compacted state is what new subscribers copy.
+func (c *Capture) prune(ctx context.Context, sources []Source) {
+	p, ok := c.Log.(Pruner)
+	if !ok {
+		return
+	}
+	for _, s := range sources {
+		n, err := p.Prune(ctx, s.Stream)
+		if err != nil {
+			c.Logger.Warn().Err(err).Str("publication", s.Stream.Publication).Int("version", s.Stream.Version).Msg("cannot prune the event log")
+			continue
+		}
+		if n > 0 {
+			c.Logger.Debug().Str("publication", s.Stream.Publication).Int("version", s.Stream.Version).Int64("changes", n).Msg("event log pruned")
+		}
+	}
+}
+
 var errSourcesChanged = errors.New("the published versions changed")
 
 func (c *Capture) check() time.Duration {
@@ -124,11 +158,16 @@ func (c *Capture) runUntilChanged(ctx context.Context, sources []Source) error {
 	want := fingerprint(sources)
 	t := time.NewTicker(c.check())
 	defer t.Stop()
+	lastPrune := time.Now()
 	for {
 		select {
 		case err := <-done:
 			return err
 		case <-t.C:
+			if time.Since(lastPrune) > c.pruneEvery() {
+				lastPrune = time.Now()
+				c.prune(ctx, sources)
+			}
 			now, err := c.load(ctx)
 			if err == nil && fingerprint(now) != want {
 				stop()

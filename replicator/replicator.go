@@ -151,6 +151,8 @@ type LogReader interface {
 	// SetReader records a subscriber's position, so the log keeps what
 	// it has not read; a negative position forgets the reader.
 	SetReader(ctx context.Context, s Stream, reader string, position int64) error
+	// KeepReaders forgets the readers named prefix… except those in keep.
+	KeepReaders(ctx context.Context, prefix string, keep []string) error
 }
 
 // Span is a run of whole groups of a stream: positions (After, Upto].

@@ -71,6 +71,7 @@ func (s *Subscriber) Run(ctx context.Context) {
 	}
 	go s.reportLoop(ctx)
 	var conn *pgx.Conn
+	released := false
 	defer func() {
 		if conn != nil {
 			conn.Close(context.WithoutCancel(ctx))
@@ -101,6 +102,15 @@ func (s *Subscriber) Run(ctx context.Context) {
 			continue
 		}
 		s.reconcile(ctx, subs)
+		if !released {
+			// Subscriptions removed while this sidecar was down let go
+			// of the log.
+			keep := make([]string, len(subs))
+			for i, sub := range subs {
+				keep[i] = s.System + "/" + sub.target
+			}
+			released = s.Log.KeepReaders(ctx, s.System+"/", keep) == nil
+		}
 		wait, cancel := context.WithTimeout(ctx, s.check())
 		_, err = conn.WaitForNotification(wait)
 		cancel()

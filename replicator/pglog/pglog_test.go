@@ -214,3 +214,56 @@ func renderRow(row []replicator.Value) string {
 	}
 	return strings.Join(cells, ",")
 }
+
+// TestPruneKeepsWhatReadersNeed: changes every reader has read go; with a
+// reader at 0 (copying) nothing goes; with no reader, all of them (the
+// compacted state serves new subscribers), the state untouched.
+func TestPruneKeepsWhatReadersNeed(t *testing.T) {
+	l, _ := open(t)
+	ctx := context.Background()
+	s := replicator.Stream{Publication: "prune", Version: 1}
+	for lsn := uint64(1); lsn <= 5; lsn++ {
+		g := group(lsn, upsert(fmt.Sprint(lsn), v("x")))
+		g.Stream = s
+		if _, err := l.Append(ctx, []replicator.Group{g}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func() int {
+		recs, err := l.Changes(ctx, s, 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(recs)
+	}
+	if err := l.SetReader(ctx, s, "a/t", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.SetReader(ctx, s, "b/t", 4); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := l.Prune(ctx, s); err != nil || n != 0 || count() != 5 {
+		t.Fatalf("pruned %d (%v) with a reader at 0", n, err)
+	}
+	if err := l.SetReader(ctx, s, "a/t", 2); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := l.Prune(ctx, s); n != 2 || count() != 3 {
+		t.Fatalf("pruned %d, %d left", n, count())
+	}
+	if err := l.KeepReaders(ctx, "a/", nil); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := l.Prune(ctx, s); n != 2 || count() != 1 {
+		t.Fatalf("pruned %d, %d left", n, count())
+	}
+	if err := l.SetReader(ctx, s, "b/t", -1); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := l.Prune(ctx, s); n != 1 || count() != 0 {
+		t.Fatalf("pruned %d, %d left", n, count())
+	}
+	if st, head := state(t, l, s); head != 5 || strings.Count(st, "x") != 5 {
+		t.Fatalf("state %s at %d", st, head)
+	}
+}

@@ -89,6 +89,16 @@ func (l *Log) SetReader(ctx context.Context, s replicator.Stream, reader string,
 	return err
 }
 
+// KeepReaders forgets the readers whose names start with prefix other than
+// keep: subscriptions removed while their sidecar was down.
+func (l *Log) KeepReaders(ctx context.Context, prefix string, keep []string) error {
+	if keep == nil {
+		keep = []string{} // not NULL: nothing is kept
+	}
+	_, err := l.pool.Exec(ctx, `DELETE FROM rejot_log.readers WHERE starts_with(reader, $1) AND NOT (reader = ANY ($2))`, prefix, keep)
+	return err
+}
+
 // Prune deletes the changes of a stream that every reader has read (all of
 // them when it has none: new subscribers copy the compacted state). It
 // returns how many it deleted.
