@@ -80,7 +80,7 @@ func (c *Capture) Run(ctx context.Context) {
 			c.Log = l
 			break
 		}
-		c.Logger.Warn().Err(err).Dur("retry_in", backoff).Msg("event log unreachable")
+		logAt(c.Logger, backoff).Err(err).Dur("retry_in", backoff).Msg("event log unreachable")
 		sleepCtx(ctx, backoff)
 		backoff = min(2*backoff, 30*time.Second)
 	}
@@ -91,11 +91,15 @@ func (c *Capture) Run(ctx context.Context) {
 			sleepCtx(ctx, c.check())
 			continue
 		}
+		started := time.Now()
 		if err == nil {
 			err = c.runUntilChanged(ctx, sources)
 		}
 		if ctx.Err() != nil {
 			return
+		}
+		if time.Since(started) > 30*time.Second {
+			backoff = 100 * time.Millisecond // it ran: a new outage starts the backoff over
 		}
 		if errors.Is(err, errSourcesChanged) {
 			backoff = 100 * time.Millisecond
@@ -318,6 +322,15 @@ func (s *Source) Order(columns []string) error {
 // minor, a new filter), the version's state is filled again.
 func (s *Source) Definition() string {
 	return fmt.Sprintf("%s.%s/%q/%q/%v", s.Schema, s.Table, s.Exprs, s.Filter, s.KeyCols)
+}
+
+// logAt logs the first retries quietly: at start the log's database may
+// still be being created (it defaults to the catalog's).
+func logAt(l zerolog.Logger, backoff time.Duration) *zerolog.Event {
+	if backoff < 2*time.Second {
+		return l.Debug()
+	}
+	return l.Warn()
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

@@ -65,7 +65,7 @@ func (s *Subscriber) Run(ctx context.Context) {
 			s.Log = l
 			break
 		}
-		s.Logger.Warn().Err(err).Dur("retry_in", backoff).Msg("event log unreachable")
+		logAt(s.Logger, backoff).Err(err).Dur("retry_in", backoff).Msg("event log unreachable")
 		sleepCtx(ctx, backoff)
 		backoff = min(2*backoff, 30*time.Second)
 	}
@@ -434,6 +434,9 @@ func (w *worker) copyState(ctx context.Context, conn *pgx.Conn, t *target) (int6
 	start := time.Now()
 	var position int64
 	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
+			return err
+		}
 		if p, err := w.lock(ctx, tx); err != nil {
 			return err
 		} else if p != nil {
@@ -546,6 +549,7 @@ func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position
 		}
 		position = span.Upto
 		now := time.Now()
+		w.log().Debug().Int64("position", position).Int("transactions", span.Groups).Msg("applied")
 		w.status.Store(&workerStatus{Status: "streaming", Position: &position, LastAppliedAt: &now, LastCommit: span.LastCommit})
 		w.limit = w.s.batch()
 		if time.Since(lastReader) > 5*time.Second {
@@ -562,6 +566,11 @@ func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position
 // transaction, collapsed per key, with the new position.
 func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span Span) error {
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		// Durable at commit: the log may drop what a subscriber says it
+		// has applied.
+		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
+			return err
+		}
 		p, err := w.lock(ctx, tx)
 		if err != nil {
 			return err

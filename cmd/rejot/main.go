@@ -84,6 +84,7 @@ func newLogger(level string) (zerolog.Logger, error) {
 	if err != nil {
 		return zerolog.Nop(), fmt.Errorf("invalid --log-level %q", level)
 	}
+	zerolog.TimeFieldFormat = "2006-01-02T15:04:05.000Z07:00" // milliseconds: replication is measured in them
 	var log zerolog.Logger
 	if isatty.IsTerminal(os.Stderr.Fd()) {
 		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: "15:04:05.000"})

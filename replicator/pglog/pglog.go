@@ -76,6 +76,12 @@ func (l *Log) Begin(ctx context.Context) (replicator.LogTx, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The slot is confirmed once the append commits: the commit must be
+	// durable by then, whatever the server's default.
+	if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
+		tx.Rollback(ctx)
+		return nil, err
+	}
 	return &Tx{tx: tx, streams: map[replicator.Stream]*streamTx{}, groups: map[groupID]*groupTx{}}, nil
 }
 

@@ -152,7 +152,7 @@ func (c *Cluster) writeConfig() error {
 		"max_replication_slots":           "100",
 		"max_connections":                 "200",
 		"fsync":                           "off",
-		"synchronous_commit":              "off",
+		"synchronous_commit":              "on", // as in production: WAL reaches walsenders at commit
 		"full_page_writes":                "off",
 		"shared_buffers":                  "64MB",
 		"logging_collector":               "off",
