@@ -255,8 +255,28 @@ func (c *Cluster) signal(sig syscall.Signal) error {
 		return nil
 	}
 	if sig == syscall.SIGKILL {
-		// Kill the whole process group: the backends too.
-		syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+		// The backends too, like a crash of the machine: they may have
+		// left the postmaster's process group, so find them by parent.
+		pid := c.cmd.Process.Pid
+		children := childrenOf(pid)
+		syscall.Kill(-pid, syscall.SIGKILL)
+		syscall.Kill(pid, syscall.SIGKILL)
+		for _, child := range children {
+			syscall.Kill(child, syscall.SIGKILL)
+		}
+		// Wait until they are gone: a new postmaster refuses to start
+		// while the old shared memory is still attached.
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			alive := false
+			for _, child := range children {
+				if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(child))); err == nil {
+					alive = true
+				}
+			}
+			if !alive {
+				break
+			}
+		}
 	} else {
 		c.cmd.Process.Signal(sig)
 	}
@@ -268,6 +288,32 @@ func (c *Cluster) signal(sig syscall.Signal) error {
 	}
 	c.cmd = nil
 	return nil
+}
+
+// childrenOf lists the processes whose parent is pid (Linux /proc).
+func childrenOf(pid int) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+		i := strings.LastIndexByte(string(stat), ')')
+		if i < 0 {
+			continue
+		}
+		fields := strings.Fields(string(stat[i+1:]))
+		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
+			out = append(out, child)
+		}
+	}
+	return out
 }
 
 // Restart stops and starts the server.
