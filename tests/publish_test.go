@@ -35,7 +35,7 @@ func newPublisher(t *testing.T) *publisher {
 		var n int
 		err := conn.QueryRow(ctx, "SELECT count(*) FROM rejot.systems WHERE system = $1", db).Scan(&n)
 		var ok bool
-		conn.QueryRow(ctx, "SELECT to_regclass('_rejot.commands') IS NOT NULL").Scan(&ok)
+		conn.QueryRow(ctx, "SELECT to_regclass('_rejot.subscriptions') IS NOT NULL").Scan(&ok)
 		return err == nil && n == 1 && ok
 	})
 	return p

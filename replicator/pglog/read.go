@@ -82,11 +82,17 @@ func (l *Log) SetReader(ctx context.Context, s replicator.Stream, reader string,
 			WHERE s.id = r.stream AND s.publication = $1 AND s.version = $2 AND r.reader = $3`, s.Publication, s.Version, reader)
 		return err
 	}
-	_, err := l.pool.Exec(ctx, `INSERT INTO rejot_log.readers (stream, reader, position)
-		SELECT id, $3, $4 FROM rejot_log.streams WHERE publication = $1 AND version = $2
-		ON CONFLICT (stream, reader) DO UPDATE SET position = EXCLUDED.position, updated_at = now()`,
-		s.Publication, s.Version, reader, position)
-	return err
+	// The stream may not exist yet (subscribed before the owner's first
+	// fill): the reader holds it from the start all the same.
+	return pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
+		id, err := streamID(ctx, tx, s)
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO rejot_log.readers (stream, reader, position) VALUES ($1, $2, $3)
+			ON CONFLICT (stream, reader) DO UPDATE SET position = EXCLUDED.position, updated_at = now()`, id, reader, position)
+		return err
+	})
 }
 
 // KeepReaders forgets the readers whose names start with prefix other than
