@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"io"
 	"strings"
+	"time"
 )
 
 // backendLoop relays upstream messages to the client (or to the sidecar's
@@ -106,6 +107,9 @@ func (s *session) observe(typ byte, peeked []byte) {
 	case 'Z':
 		if len(peeked) > 0 {
 			s.txStatus = peeked[0]
+		}
+		if s.txStatus == 'I' {
+			s.idleSince = time.Now()
 		}
 		s.copyIn = false
 		s.aborted = s.txStatus == 'E'

@@ -128,6 +128,46 @@ func (s *Server) Close(ctx context.Context) error {
 	}
 }
 
+// Shutdown stops accepting clients and lets sessions finish what they are
+// doing: a session is closed once it is idle — outside a transaction,
+// nothing in flight — and has stayed so for a moment (so the reply that
+// made it idle, a COMMIT's, reaches its client). When ctx ends, the
+// sessions left are closed as Close does.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	s.mu.Unlock()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		left := 0
+		for sess := range s.sessions {
+			if sess.quiet(100 * time.Millisecond) {
+				go sess.close()
+			} else {
+				left++
+			}
+		}
+		s.mu.Unlock()
+		if left == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			s.Logger.Warn().Int("sessions", left).Msg("shutdown timeout: closing sessions still in a transaction")
+			closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return s.Close(closeCtx)
+		case <-t.C:
+		}
+	}
+	return s.Close(ctx)
+}
+
 // Sessions is the number of client sessions open now.
 func (s *Server) Sessions() int {
 	s.mu.Lock()

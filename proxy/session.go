@@ -47,6 +47,7 @@ type session struct {
 	copyIn    bool // the upstream waits for COPY data: nothing is intercepted
 	authed    bool // the upstream sent its first ReadyForQuery
 	txStatus  byte // from the last ReadyForQuery
+	idleSince time.Time // when the last ReadyForQuery said idle
 	aborted   bool // in a failed transaction block, as far as replies show
 	drained   chan struct{}
 	cancelKey []byte // BackendKeyData body: the upstream backend's pid and secret
@@ -101,6 +102,14 @@ func newSession(srv *Server, client, up net.Conn, st *startup, log zerolog.Logge
 }
 
 // close ends the session from outside (server shutdown).
+// quiet says whether the session has been idle for at least d: signed
+// in, outside a transaction, no reply outstanding.
+func (s *session) quiet(d time.Duration) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.authed && s.txStatus == 'I' && len(s.pending) == 0 && !s.copyIn && !s.idleSince.IsZero() && time.Since(s.idleSince) >= d
+}
+
 func (s *session) close() {
 	s.closeOnce.Do(func() {
 		s.cancel()

@@ -304,6 +304,7 @@ func (s *stream) loop(ctx context.Context) error {
 		msg, err := s.repl.ReceiveMessage(wait)
 		cancel()
 		if ctx.Err() != nil {
+			s.stop(ctx)
 			return ctx.Err()
 		}
 		if pgconn.Timeout(err) {
@@ -318,6 +319,21 @@ func (s *stream) loop(ctx context.Context) error {
 		if err := s.handle(ctx, msg); err != nil {
 			return err
 		}
+	}
+}
+
+// stop ends the session at a clean point: what is pending is appended and
+// confirmed (a large transaction being appended in parts is left to be
+// replayed).
+func (s *stream) stop(ctx context.Context) {
+	fin, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := s.flush(fin); err != nil {
+		s.p.Logger.Warn().Err(err).Msg("capture stopped without appending what was pending; it is replayed at the next start")
+		return
+	}
+	if err := s.status(fin, false); err == nil {
+		s.p.Logger.Info().Str("system", s.p.System).Str("confirmed", pglogrepl.LSN(s.confirmed).String()).Msg("capture stopped")
 	}
 }
 

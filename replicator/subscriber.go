@@ -543,7 +543,11 @@ func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position
 			w.s.Log.Wait(ctx, w.sub.stream, time.Second)
 			continue
 		}
-		if err := w.apply(ctx, conn, t, span); err != nil {
+		// A span being applied is finished even when the sidecar stops.
+		applyCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		err = w.apply(applyCtx, conn, t, span)
+		cancel()
+		if err != nil {
 			return fmt.Errorf("cannot apply changes %d to %d (source commit at %s): %w",
 				span.After+1, span.Upto, span.LastCommit.Format(time.RFC3339Nano), err)
 		}

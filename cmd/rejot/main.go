@@ -25,8 +25,19 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first SIGTERM or SIGINT asks for a graceful stop; a second one
+	// exits at once (still safe: every invariant holds on kill -9).
+	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-signals
+		stop()
+		<-signals
+		fmt.Fprintln(os.Stderr, "rejot: second signal: exiting now")
+		os.Exit(1)
+	}()
 	var err error
 	switch os.Args[1] {
 	case "serve":

@@ -25,7 +25,7 @@ import (
 type serveConfig struct {
 	upstream, listen, name, catalog, eventLog, httpAddr string
 	tlsCert, tlsKey, logLevel                           string
-	startupTimeout                                      time.Duration
+	startupTimeout, shutdownTimeout                     time.Duration
 }
 
 // parseServeFlags reads flags, each defaulting to its REJOT_* variable.
@@ -47,6 +47,9 @@ func parseServeFlags(args []string) (*serveConfig, error) {
 	timeout := envOr("startup-timeout", "60s")
 	fs.Func("startup-timeout", "time a client has to finish connecting, default "+timeout+" (env REJOT_STARTUP_TIMEOUT)",
 		func(v string) error { timeout = v; return nil })
+	shutdown := envOr("shutdown-timeout", "30s")
+	fs.Func("shutdown-timeout", "on SIGTERM, how long open transactions may take to finish, default "+shutdown+" (env REJOT_SHUTDOWN_TIMEOUT)",
+		func(v string) error { shutdown = v; return nil })
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -64,6 +67,9 @@ func parseServeFlags(args []string) (*serveConfig, error) {
 		return nil, fmt.Errorf("invalid --startup-timeout %q", timeout)
 	}
 	c.startupTimeout = d
+	if c.shutdownTimeout, err = time.ParseDuration(shutdown); err != nil || c.shutdownTimeout < 0 {
+		return nil, fmt.Errorf("invalid --shutdown-timeout %q", shutdown)
+	}
 	return c, nil
 }
 
@@ -113,6 +119,9 @@ type sidecar struct {
 	capture    *replicator.Capture
 	subscriber *replicator.Subscriber
 	log        zerolog.Logger
+	// shutdownTimeout bounds how long open transactions may take to
+	// finish on shutdown.
+	shutdownTimeout time.Duration
 }
 
 func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
@@ -127,7 +136,7 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 	executor := sql.NewExecutor(buildVersion())
 	executor.Catalog, executor.Names = lazy, lazy
 	executor.System, executor.Database = lazy.System.Name, lazy.System.Database
-	sc := &sidecar{log: log, lazy: lazy,
+	sc := &sidecar{log: log, lazy: lazy, shutdownTimeout: c.shutdownTimeout,
 		applier: &catalog.Applier{Upstream: c.upstream, System: lazy.System.Name, Catalog: lazy,
 			Logger: log, Prepare: sql.InstallManaged},
 		srv: &proxy.Server{Upstream: up, Executor: executor, StartupTimeout: c.startupTimeout, Logger: log}}
@@ -173,10 +182,19 @@ func (sc *sidecar) run(ctx context.Context, ln net.Listener) error {
 		return err
 	case <-ctx.Done():
 	}
-	sc.log.Info().Msg("shutting down")
-	closeCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	sc.log.Info().Dur("timeout", sc.shutdownTimeout).Msg("shutting down: no new clients; open transactions may finish")
+	closeCtx, cancel := context.WithTimeout(context.Background(), sc.shutdownTimeout)
 	defer cancel()
-	return sc.srv.Close(closeCtx)
+	err := sc.srv.Shutdown(closeCtx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = nil // the sessions left were closed
+	}
+	// Capture and apply stop at a clean point: what they are appending or
+	// applying completes, positions are confirmed.
+	stop()
+	wg.Wait()
+	sc.log.Info().Msg("shutdown complete")
+	return err
 }
 
 // catalogFor wires the catalog: --catalog, or the database rejot on the
