@@ -44,11 +44,11 @@ type session struct {
 	// client has not sent yet, so the server ignores what it is sent until
 	// that Sync. Intercepted messages in that stretch are ignored too.
 	skipping  bool
-	copyIn    bool // the upstream waits for COPY data: nothing is intercepted
-	authed    bool // the upstream sent its first ReadyForQuery
-	txStatus  byte // from the last ReadyForQuery
+	copyIn    bool      // the upstream waits for COPY data: nothing is intercepted
+	authed    bool      // the upstream sent its first ReadyForQuery
+	txStatus  byte      // from the last ReadyForQuery
 	idleSince time.Time // when the last ReadyForQuery said idle
-	aborted   bool // in a failed transaction block, as far as replies show
+	aborted   bool      // in a failed transaction block, as far as replies show
 	drained   chan struct{}
 	cancelKey []byte // BackendKeyData body: the upstream backend's pid and secret
 
