@@ -173,3 +173,12 @@ func (l *Lazy) ReportSubscriptions(ctx context.Context, reports []SubscriptionRe
 	}
 	return c.ReportSubscriptions(ctx, l.System.Name, reports)
 }
+
+// Ping checks that the catalog answers.
+func (l *Lazy) Ping(ctx context.Context) error {
+	c := l.cur.Load()
+	if c == nil {
+		return ErrUnavailable
+	}
+	return c.pool.Ping(ctx)
+}

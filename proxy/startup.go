@@ -25,6 +25,9 @@ type startup struct {
 // handle serves one client connection from accept to close.
 func (s *Server) handle(conn net.Conn) {
 	s.total.Add(1)
+	metricConnectionsTotal.Inc()
+	metricConnections.Inc()
+	defer metricConnections.Dec()
 	defer conn.Close()
 	if tc, ok := conn.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
@@ -59,6 +62,7 @@ func (s *Server) handle(conn net.Conn) {
 	up, err := s.Upstream.Dial(ctx)
 	cancel()
 	if err != nil {
+		metricUpstreamErrors.Inc()
 		log.Warn().Err(err).Msg("cannot reach upstream")
 		writeFatal(client, "08006", fmt.Sprintf("rejot: cannot connect to the upstream database at %s: %v", s.Upstream.Addr(), err))
 		return

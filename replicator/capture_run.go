@@ -31,6 +31,7 @@ type Capture struct {
 
 	problem atomic.Pointer[string]
 	conn    *pgx.Conn // for reading the owner's record; owned by Run
+	running atomic.Bool
 }
 
 // Problem says why the database cannot be captured ("" when it can), as
@@ -65,8 +66,13 @@ func (c *Capture) checkSetup(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
+// Running says whether the capture's loop is running.
+func (c *Capture) Running() bool { return c.running.Load() }
+
 // Run captures until ctx ends.
 func (c *Capture) Run(ctx context.Context) {
+	c.running.Store(true)
+	defer c.running.Store(false)
 	defer func() {
 		if c.conn != nil {
 			c.conn.Close(context.WithoutCancel(ctx))
@@ -212,6 +218,12 @@ func (c *Capture) load(ctx context.Context) ([]Source, error) {
 func (c *Capture) read(ctx context.Context) ([]Source, error) {
 	if err := c.checkSetup(ctx, c.conn); err != nil {
 		return nil, err
+	}
+	slot := SlotName(c.System)
+	var retained *int64
+	if err := c.conn.QueryRow(ctx, `SELECT (pg_current_wal_lsn() - restart_lsn)::int8 FROM pg_catalog.pg_replication_slots
+		WHERE slot_name = $1`, slot).Scan(&retained); err == nil && retained != nil {
+		metricSlotRetained.WithLabelValues(slot).Set(float64(*retained))
 	}
 	if c.Problem() != "" {
 		return nil, nil // nothing can be captured until the setup changes

@@ -135,6 +135,7 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *S
 	}
 	defer rows.Close()
 	now := time.Now()
+	metricFillRows.WithLabelValues(streamLabels(src.Stream)...).Set(0)
 	group := Group{Stream: src.Stream, System: p.System, CommitLSN: point, CommitTime: now}
 	chunk := []Change{{Op: OpTruncate}} // the state is exactly the snapshot
 	total, lastReport := 0, now
@@ -143,6 +144,7 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *S
 		if err := log.Append(ctx, []Group{group}); err != nil {
 			return fmt.Errorf("cannot append the first state: %w", err)
 		}
+		metricCaptured.WithLabelValues(streamLabels(src.Stream)...).Add(float64(len(chunk)))
 		chunk = chunk[:0]
 		if time.Since(lastReport) > 5*time.Second {
 			lastReport = time.Now()
@@ -162,6 +164,7 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *S
 		}
 		chunk = append(chunk, Change{Op: OpUpsert, Key: key, Row: row})
 		total++
+		metricFillRows.WithLabelValues(streamLabels(src.Stream)...).Set(float64(total))
 		if len(chunk) >= fillChunk {
 			if err := send(); err != nil {
 				return err

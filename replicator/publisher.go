@@ -167,6 +167,7 @@ type stream struct {
 	txn       *transaction
 	confirmed uint64 // what the slot may forget
 	received  uint64 // the server's WAL end, when nothing is in flight
+	serverEnd uint64 // the server's WAL end, last heard
 	since     map[Stream]uint64
 	// Committed transactions not yet appended: projecting and appending
 	// many together is what makes a backlog fast.
@@ -221,6 +222,9 @@ func (s *stream) write(ctx context.Context, tx LogTx, txns []*transaction) error
 	}
 	if err := tx.Append(ctx, groups); err != nil {
 		return fmt.Errorf("cannot append to the event log: %w", err)
+	}
+	for _, g := range groups {
+		metricCaptured.WithLabelValues(streamLabels(g.Stream)...).Add(float64(len(g.Changes)))
 	}
 	return nil
 }
@@ -348,6 +352,7 @@ func (s *stream) handle(ctx context.Context, msg pgproto3.BackendMessage) error 
 			if err != nil {
 				return err
 			}
+			s.serverEnd = max(s.serverEnd, uint64(ka.ServerWALEnd))
 			if s.txn == nil && s.pendingEnd <= s.confirmed {
 				s.received = max(s.received, uint64(ka.ServerWALEnd))
 			}
@@ -359,6 +364,7 @@ func (s *stream) handle(ctx context.Context, msg pgproto3.BackendMessage) error 
 			if err != nil {
 				return err
 			}
+			s.serverEnd = max(s.serverEnd, uint64(xld.ServerWALEnd))
 			return s.decode(ctx, xld.WALData)
 		}
 	}
@@ -370,6 +376,15 @@ func (s *stream) handle(ctx context.Context, msg pgproto3.BackendMessage) error 
 // end, so an idle source never makes the server keep WAL.
 func (s *stream) status(ctx context.Context, reply bool) error {
 	pos := pglogrepl.LSN(max(s.confirmed, s.received))
+	slot := SlotName(s.p.System)
+	metricCaptureLagBytes.WithLabelValues(slot).Set(float64(max(s.serverEnd, uint64(pos)) - uint64(pos)))
+	lag := 0.0
+	if len(s.pending) > 0 {
+		lag = time.Since(s.pending[0].commitTime).Seconds()
+	} else if s.txn != nil && s.txn.parts > 0 {
+		lag = time.Since(s.txn.commitTime).Seconds()
+	}
+	metricCaptureLagSeconds.WithLabelValues(slot).Set(lag)
 	return pglogrepl.SendStandbyStatusUpdate(ctx, s.repl, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos, ReplyRequested: reply})
 }

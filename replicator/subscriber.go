@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rejot-dev/rejot/catalog"
 	"github.com/rs/zerolog"
 )
@@ -36,6 +37,7 @@ type Subscriber struct {
 
 	mu      sync.Mutex
 	workers map[string]*worker
+	running atomic.Bool
 }
 
 // subscription is a row of _rejot.subscriptions.
@@ -54,9 +56,16 @@ type subscribedColumn struct {
 	Index int    `json:"index"`
 }
 
+// Running says whether the subscriber's loop is running.
+func (s *Subscriber) Running() bool { return s.running.Load() }
+
 // Run keeps the subscriptions in sync until ctx ends.
 func (s *Subscriber) Run(ctx context.Context) {
+	s.running.Store(true)
+	defer s.running.Store(false)
+	s.mu.Lock()
 	s.workers = map[string]*worker{}
+	s.mu.Unlock()
 	defer s.stopAll()
 	backoff := 100 * time.Millisecond
 	for s.Log == nil && ctx.Err() == nil {
@@ -178,6 +187,9 @@ func (s *Subscriber) reconcile(ctx context.Context, subs []subscription) {
 		if !seen[target] {
 			w.stop()
 			delete(s.workers, target)
+			for _, m := range []*prometheus.GaugeVec{metricLagSeconds, metricLagChanges, metricCopiedRows} {
+				m.DeleteLabelValues(w.labels()...)
+			}
 			// Unsubscribed: the log need not keep anything for it.
 			if err := s.Log.SetReader(ctx, w.sub.stream, w.reader(), -1); err != nil {
 				s.Logger.Warn().Err(err).Str("target", target).Msg("cannot release the event log")
@@ -197,9 +209,6 @@ func (s *Subscriber) stopAll() {
 
 // reportLoop records the subscriptions' status in the catalog every second.
 func (s *Subscriber) reportLoop(ctx context.Context) {
-	if s.Report == nil {
-		return
-	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -208,8 +217,8 @@ func (s *Subscriber) reportLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		reports := s.Reports(ctx)
-		if len(reports) > 0 {
+		reports := s.Reports(ctx) // also sets the lag metrics
+		if len(reports) > 0 && s.Report != nil {
 			if err := s.Report(ctx, reports); err != nil && ctx.Err() == nil {
 				s.Logger.Debug().Err(err).Msg("cannot report the subscriptions to the catalog")
 			}
@@ -286,6 +295,7 @@ func (w *worker) run(ctx context.Context) {
 		if errors.Is(err, errSubscriptionMoved) {
 			return // the subscriber reconciles
 		}
+		metricApplyErrors.WithLabelValues(w.labels()...).Inc()
 		msg := err.Error()
 		st := *w.status.Load()
 		st.Status, st.Error = "failed", &msg
@@ -457,6 +467,7 @@ func (w *worker) copyState(ctx context.Context, conn *pgx.Conn, t *target) (int6
 		if _, err := tx.Exec(ctx, "DELETE FROM "+t.name); err != nil {
 			return err
 		}
+		lastReport := time.Now()
 		pr, pw := io.Pipe()
 		read := make(chan error, 1)
 		go func() {
@@ -465,7 +476,12 @@ func (w *worker) copyState(ctx context.Context, conn *pgx.Conn, t *target) (int6
 				if _, err := pw.Write(copyLine(t, row)); err != nil {
 					return err
 				}
-				if n := w.copied.Add(1); n%100_000 == 0 {
+				n := w.copied.Add(1)
+				if n%1000 == 0 {
+					metricCopiedRows.WithLabelValues(w.labels()...).Set(float64(n))
+				}
+				if time.Since(lastReport) > 5*time.Second {
+					lastReport = time.Now()
 					log.Info().Int64("rows", n).Msg("copying")
 				}
 				return nil
@@ -492,6 +508,7 @@ func (w *worker) copyState(ctx context.Context, conn *pgx.Conn, t *target) (int6
 	if err := w.s.Log.SetReader(ctx, w.sub.stream, w.reader(), position); err != nil {
 		log.Warn().Err(err).Msg("cannot record the subscription's place in the event log")
 	}
+	metricCopiedRows.WithLabelValues(w.labels()...).Set(float64(w.copied.Load()))
 	log.Info().Int64("rows", w.copied.Load()).Int64("position", position).Dur("took", time.Since(start)).Msg("copied; streaming")
 	return position, nil
 }
@@ -551,6 +568,7 @@ func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position
 			return fmt.Errorf("cannot apply changes %d to %d (source commit at %s): %w",
 				span.After+1, span.Upto, span.LastCommit.Format(time.RFC3339Nano), err)
 		}
+		metricApplied.WithLabelValues(w.labels()...).Add(float64(span.Upto - span.After))
 		position = span.Upto
 		now := time.Now()
 		w.log().Debug().Int64("position", position).Int("transactions", span.Groups).Msg("applied")
@@ -693,6 +711,8 @@ func (w *worker) report(ctx context.Context) catalog.SubscriptionReport {
 				lag = max(st.LastAppliedAt.Sub(st.LastCommit).Seconds(), 0)
 			}
 			r.LagSeconds = &lag
+			metricLagSeconds.WithLabelValues(w.labels()...).Set(lag)
+			metricLagChanges.WithLabelValues(w.labels()...).Set(float64(behind))
 		}
 	}
 	return r

@@ -244,6 +244,7 @@ func (x *Executor) Execute(ctx context.Context, c *Call, params []*string, sess 
 		env.args[p.Name] = bound[i]
 	}
 	rows, runErr := f.Run(ctx, env, args)
+	metricCalls.WithLabelValues(f.Name, outcome(runErr)).Inc()
 	if runErr != nil {
 		return nil, runErr
 	}

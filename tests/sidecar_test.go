@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -49,7 +50,11 @@ func startSidecarUpstream(t *testing.T, upstream string, extra ...string) *sidec
 		t.Fatal(err)
 	}
 	s := &sidecar{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
-	args := append([]string{"serve", "--upstream", upstream, "--listen", s.addr, "--log-level", "debug"}, extra...)
+	args := []string{"serve", "--upstream", upstream, "--listen", s.addr, "--log-level", "debug"}
+	if !slices.Contains(extra, "--http") {
+		args = append(args, "--http", "127.0.0.1:0") // many sidecars share this machine
+	}
+	args = append(args, extra...)
 	s.cmd = exec.Command(rejotBin, args...)
 	s.cmd.Stdout, s.cmd.Stderr = s, s
 	if err := s.cmd.Start(); err != nil {

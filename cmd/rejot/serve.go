@@ -13,12 +13,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rejot-dev/rejot/catalog"
 	"github.com/rejot-dev/rejot/proxy"
 	"github.com/rejot-dev/rejot/replicator"
 	"github.com/rejot-dev/rejot/replicator/pglog"
 	"github.com/rejot-dev/rejot/sql"
+	"github.com/rejot-dev/rejot/web"
 	"github.com/rs/zerolog"
 )
 
@@ -108,6 +110,15 @@ func serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("cannot listen: %w", err)
 	}
+	if c.httpAddr != "" && c.httpAddr != "off" {
+		hl, err := net.Listen("tcp", c.httpAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("cannot listen for HTTP on %s (--http; off disables it): %w", c.httpAddr, err)
+		}
+		sc.http = sc.httpServer(c)
+		sc.httpLn = hl
+	}
 	return sc.run(ctx, ln)
 }
 
@@ -122,6 +133,42 @@ type sidecar struct {
 	// shutdownTimeout bounds how long open transactions may take to
 	// finish on shutdown.
 	shutdownTimeout time.Duration
+	eventLog        *sharedLog
+	http            *web.Server // nil with --http off
+	httpLn          net.Listener
+}
+
+// httpServer makes the HTTP side: metrics, health, readiness (upstream,
+// catalog and event log answer; capture and apply loops run), the
+// catalog page.
+func (sc *sidecar) httpServer(c *serveConfig) *web.Server {
+	running := func(name string, f func() bool) func(context.Context) error {
+		return func(context.Context) error {
+			if !f() {
+				return errors.New(name + " is not running")
+			}
+			return nil
+		}
+	}
+	return &web.Server{Logger: sc.log, Checks: []web.Check{
+		{Name: "upstream", Probe: func(ctx context.Context) error {
+			conn, err := pgx.Connect(ctx, c.upstream)
+			if err != nil {
+				return err
+			}
+			return conn.Close(ctx)
+		}},
+		{Name: "catalog", Probe: sc.lazy.Ping},
+		{Name: "event_log", Probe: func(ctx context.Context) error {
+			l, err := sc.eventLog.open(ctx)
+			if err != nil {
+				return err
+			}
+			return l.Ping(ctx)
+		}},
+		{Name: "capture", Probe: running("capture", sc.capture.Running)},
+		{Name: "apply", Probe: running("apply", sc.subscriber.Running)},
+	}}
 }
 
 func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
@@ -145,6 +192,7 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 		logURL = lazy.URL
 	}
 	eventLog := &sharedLog{url: logURL}
+	sc.eventLog = eventLog
 	sc.capture = &replicator.Capture{URL: c.upstream, System: lazy.System.Name, Logger: log,
 		OpenLog: func(ctx context.Context) (replicator.Log, error) { return eventLog.open(ctx) }}
 	sc.subscriber = &replicator.Subscriber{URL: c.upstream, System: lazy.System.Name, Logger: log,
@@ -175,8 +223,16 @@ func (sc *sidecar) run(ctx context.Context, ln net.Listener) error {
 	go func() { defer wg.Done(); sc.capture.Run(bg) }()
 	go func() { defer wg.Done(); sc.subscriber.Run(bg) }()
 	defer func() { stop(); wg.Wait() }()
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- sc.srv.Serve(ln) }()
+	if sc.http != nil {
+		go func() {
+			if err := sc.http.Serve(sc.httpLn); err != nil {
+				errc <- fmt.Errorf("http: %w", err)
+			}
+		}()
+		defer sc.http.Shutdown(context.Background())
+	}
 	select {
 	case err := <-errc:
 		return err

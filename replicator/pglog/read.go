@@ -15,6 +15,9 @@ import (
 
 var _ replicator.LogReader = (*Log)(nil)
 
+// Ping checks that the log's database answers.
+func (l *Log) Ping(ctx context.Context) error { return l.pool.Ping(ctx) }
+
 // Head returns a stream's last position (0 when it has none).
 func (l *Log) Head(ctx context.Context, s replicator.Stream) (int64, error) {
 	var head int64

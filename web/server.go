@@ -1,0 +1,110 @@
+// Package web is the sidecar's HTTP side (--http): Prometheus metrics,
+// health and readiness for orchestrators, and the catalog page people look
+// at to choose what to subscribe to.
+package web
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+)
+
+// Check is one condition of readiness: Probe returns nil when it holds.
+type Check struct {
+	Name  string
+	Probe func(context.Context) error
+}
+
+// Server serves /metrics, /healthz, /readyz and, when Page is set, the
+// catalog page at /.
+type Server struct {
+	Checks []Check
+	Page   http.Handler
+	Logger zerolog.Logger
+
+	srv *http.Server
+}
+
+// Handler is the server's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.Handler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "alive"})
+	})
+	mux.HandleFunc("GET /readyz", s.ready)
+	if s.Page != nil {
+		mux.Handle("/", s.Page)
+	}
+	return mux
+}
+
+// readiness is /readyz's body: what holds and what does not.
+type readiness struct {
+	Ready  bool              `json:"ready"`
+	Checks map[string]string `json:"checks"` // "ok" or what is wrong
+}
+
+// ready runs every check at once, each within 2 seconds.
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	res := readiness{Ready: true, Checks: map[string]string{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, c := range s.Checks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := c.Probe(ctx)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				res.Ready = false
+				res.Checks[c.Name] = err.Error()
+				return
+			}
+			res.Checks[c.Name] = "ok"
+		}()
+	}
+	wg.Wait()
+	status := http.StatusOK
+	if !res.Ready {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, res)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// Serve serves on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	s.Logger.Info().Str("http", ln.Addr().String()).Msg("serving metrics, health and the catalog page")
+	err := s.srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops the server, letting requests in flight finish.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.srv == nil {
+		return nil
+	}
+	return s.srv.Shutdown(ctx)
+}
