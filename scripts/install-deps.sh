@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what ReJot's build, tests and benchmarks need on a Debian machine:
 # Postgres server binaries (tests start throwaway clusters from them), psql,
-# pgbench and PgBouncer (benchmarks). Idempotent; needs root or sudo.
+# pgbench and PgBouncer (benchmarks), Chromium (the catalog page's browser
+# tests drive it headless). Idempotent; needs root or sudo.
 set -euo pipefail
 
 need=()
@@ -10,6 +11,7 @@ command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v pgbench >/dev/null 2>&1 || need+=(postgresql-contrib)
 command -v pgbouncer >/dev/null 2>&1 || need+=(pgbouncer)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "install-deps: nothing to install"

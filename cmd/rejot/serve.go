@@ -150,7 +150,7 @@ func (sc *sidecar) httpServer(c *serveConfig) *web.Server {
 			return nil
 		}
 	}
-	return &web.Server{Logger: sc.log, Checks: []web.Check{
+	return &web.Server{Logger: sc.log, Page: web.CatalogPage(sc.lazy), Checks: []web.Check{
 		{Name: "upstream", Probe: func(ctx context.Context) error {
 			conn, err := pgx.Connect(ctx, c.upstream)
 			if err != nil {
