@@ -134,7 +134,7 @@ func (s *session) setFast(fc *fastConn) {
 // back) relays both directions with a goroutine each until either side
 // closes.
 func (s *session) run() {
-	s.log.Debug().Msg("client connected")
+	s.log.Info().Msg("client connected")
 	defer s.close()
 	if _, err := s.uw.Write(s.st.packet); err != nil {
 		return
@@ -146,7 +146,7 @@ func (s *session) run() {
 	switch {
 	case err == nil && s.srv.loop != nil && s.fastEligible():
 		if res := s.srv.loop.serve(s); !res.handback {
-			s.log.Debug().Err(res.err).Msg("client disconnected")
+			s.log.Info().Err(res.err).Msg("client disconnected")
 			return
 		}
 	case err == nil, errors.Is(err, errConcurrentAuth):
@@ -172,7 +172,7 @@ func (s *session) relay() {
 	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 		err = berr
 	}
-	s.log.Debug().Err(err).Msg("client disconnected")
+	s.log.Info().Err(err).Msg("client disconnected")
 }
 
 // resume takes a session back from the event loop: its sockets return to
