@@ -26,6 +26,7 @@ demo: build
 bench: build
 	scripts/bench-proxy.sh
 	$(GO) test ./replicator/pglog -run '^$$' -bench Capture -benchtime 1x -v
+	$(GO) test ./tests/bench -run '^$$' -bench Replication -benchtime 1x -timeout 60m -v
 
 # Run each fuzz target for FUZZTIME (default 30s); new crashers land in testdata.
 FUZZTIME ?= 30s
