@@ -3,6 +3,7 @@ package replicator
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -141,7 +142,7 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *S
 	total, lastReport := 0, now
 	send := func() error {
 		group.Changes = chunk
-		if err := log.Append(ctx, []Group{group}); err != nil {
+		if err := log.Fill(ctx, group); err != nil {
 			return fmt.Errorf("cannot append the first state: %w", err)
 		}
 		metricCaptured.WithLabelValues(streamLabels(src.Stream)...).Add(float64(len(chunk)))
@@ -222,7 +223,9 @@ func (p *Publisher) fillKept(ctx context.Context, tx pgx.Tx, log LogTx, schema, 
 	for i, c := range keptCols {
 		sel[i] = pgx.Identifier{c}.Sanitize() + "::text"
 	}
-	rows, err = tx.Query(ctx, "SELECT ARRAY["+strings.Join(keyCols, ", ")+"], ARRAY["+strings.Join(sel, ", ")+"] FROM "+name)
+	// Only rows that may hold out-of-line values (see mayBeToasted).
+	rows, err = tx.Query(ctx, "SELECT ARRAY["+strings.Join(keyCols, ", ")+"], ARRAY["+strings.Join(sel, ", ")+"] FROM "+name+" AS t"+
+		" WHERE pg_catalog.pg_column_size(t.*) + "+strconv.Itoa(16*len(names))+" >= "+strconv.Itoa(toastFloor))
 	if err != nil {
 		return err
 	}

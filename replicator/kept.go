@@ -111,11 +111,37 @@ func (s *stream) fillUnchanged(ctx context.Context, tx LogTx, txns []*transactio
 				}
 				vals := keptValues(r, e.new)
 				b.rows[KeyString(key)] = vals
-				kept = append(kept, Kept{Table: r.name(), Key: key, Values: vals})
+				if mayBeToasted(e) {
+					kept = append(kept, Kept{Table: r.name(), Key: key, Values: vals})
+				}
 			}
 		}
 	}
 	return tx.Keep(ctx, s.p.System, kept)
+}
+
+// toastFloor is a row size under which Postgres stores every value inline:
+// TOAST moves values out of line only from rows of about 2 kB
+// (TOAST_TUPLE_THRESHOLD), with some room for headers and for values
+// whose stored form is larger than their text.
+const toastFloor = 1800
+
+// mayBeToasted says whether a row, as an insert or update carries it,
+// could have values stored out of line — and so could later leave them
+// out of an update. Rows that cannot (most rows of most tables) need
+// nothing kept: a value that becomes out of line later arrives whole in
+// the update that moves it, which keeps it then.
+func mayBeToasted(e *event) bool {
+	size := 16 * len(e.new)
+	for i, v := range e.new {
+		if i < len(e.toasted) && e.toasted[i] {
+			return true
+		}
+		if v != nil {
+			size += len(*v)
+		}
+	}
+	return size >= toastFloor
 }
 
 // leftOut says whether an update left out a kept value.

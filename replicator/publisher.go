@@ -174,6 +174,7 @@ type stream struct {
 	pending       []*transaction
 	pendingEvents int
 	pendingEnd    uint64
+	pendingSince  time.Time // when the oldest pending transaction arrived
 	// open is the log transaction of a large source transaction being
 	// appended in parts.
 	open LogTx
@@ -184,6 +185,8 @@ type stream struct {
 // larger than partEvents is projected and appended in parts as it is
 // decoded, into one log transaction that commits with it.
 const (
+	pauseWait        = 2 * time.Millisecond // a pause this long appends what is pending
+	maxPendingWait   = 5 * time.Millisecond // what is pending waits no longer than this
 	maxPending       = 1000
 	maxPendingEvents = 50_000
 	partEvents       = 10_000
@@ -207,7 +210,7 @@ func (s *stream) flush(ctx context.Context) error {
 		s.p.Logger.Debug().Str("lsn", pglogrepl.LSN(s.pendingEnd).String()).Int("transactions", len(s.pending)).Msg("transactions captured")
 	}
 	s.confirmed = max(s.confirmed, s.pendingEnd)
-	s.pending, s.pendingEvents = nil, 0
+	s.pending, s.pendingEvents, s.pendingSince = nil, 0, time.Time{}
 	return nil
 }
 
@@ -301,8 +304,15 @@ func (s *stream) loop(ctx context.Context) error {
 		}
 		deadline := next
 		if s.pendingEnd > s.confirmed {
-			// Append what is pending as soon as the stream pauses.
-			deadline = time.Now().Add(2 * time.Millisecond)
+			// Append what is pending as soon as the stream pauses, and
+			// under a steady stream at least every maxPendingWait.
+			if s.pendingSince.IsZero() {
+				s.pendingSince = time.Now()
+			}
+			deadline = time.Now().Add(pauseWait)
+			if limit := s.pendingSince.Add(maxPendingWait); limit.Before(deadline) {
+				deadline = limit
+			}
 		}
 		wait, cancel := context.WithDeadline(ctx, deadline)
 		msg, err := s.repl.ReceiveMessage(wait)

@@ -6,6 +6,7 @@ package replicator
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"time"
@@ -91,6 +92,10 @@ type LogTx interface {
 	// same identity as one appended earlier in this LogTx continues it:
 	// a large source transaction arrives in parts.
 	Append(ctx context.Context, groups []Group) error
+	// Fill appends part of a version's first state (a truncate, then an
+	// upsert per row): the log may keep only its compacted state when no
+	// subscriber reads the version yet.
+	Fill(ctx context.Context, g Group) error
 	// Keep records out-of-line values, in order.
 	Keep(ctx context.Context, system string, kept []Kept) error
 	// Recall returns the values kept for rows of a source table, by the
@@ -154,6 +159,11 @@ type LogReader interface {
 	// KeepReaders forgets the readers named prefix… except those in keep.
 	KeepReaders(ctx context.Context, prefix string, keep []string) error
 }
+
+// ErrPruned: the log no longer holds changes a subscriber needs (they
+// were never kept, as for a first state nobody read, or were pruned); the
+// subscriber copies the compacted state again.
+var ErrPruned = errors.New("the event log no longer holds these changes")
 
 // Span is a run of whole groups of a stream: positions (After, Upto].
 type Span struct {

@@ -295,6 +295,9 @@ func (w *worker) run(ctx context.Context) {
 		if errors.Is(err, errSubscriptionMoved) {
 			return // the subscriber reconciles
 		}
+		if errors.Is(err, errRecopy) {
+			continue
+		}
 		metricApplyErrors.WithLabelValues(w.labels()...).Inc()
 		msg := err.Error()
 		st := *w.status.Load()
@@ -564,6 +567,9 @@ func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position
 		applyCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		err = w.apply(applyCtx, conn, t, span)
 		cancel()
+		if errors.Is(err, ErrPruned) {
+			return w.recopy(ctx, conn, position)
+		}
 		if err != nil {
 			return fmt.Errorf("cannot apply changes %d to %d (source commit at %s): %w",
 				span.After+1, span.Upto, span.LastCommit.Format(time.RFC3339Nano), err)
@@ -583,6 +589,24 @@ func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position
 	}
 	return ctx.Err()
 }
+
+// recopy starts the subscription over from a copy of the state: the log
+// no longer has the changes after its position.
+func (w *worker) recopy(ctx context.Context, conn *pgx.Conn, position int64) error {
+	w.log().Warn().Int64("position", position).Msg("the event log no longer holds the changes this subscription needs; copying the state again")
+	tag, err := conn.Exec(ctx, `UPDATE _rejot.subscriptions SET position = NULL, status = 'copying', updated_at = now()
+		WHERE target = $1 AND generation = $2 AND position = $3`, w.sub.target, w.sub.generation, position)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return errSubscriptionMoved
+	}
+	return errRecopy
+}
+
+// errRecopy: the worker starts over with a copy, at once.
+var errRecopy = errors.New("copying the state again")
 
 // apply applies a span of whole source transactions in one destination
 // transaction, collapsed per key, with the new position.

@@ -150,6 +150,11 @@ func TestFirstFill(t *testing.T) {
 	stream := replicator.Stream{Publication: "fill_items", Version: 1}
 	query := "SELECT id, v FROM items WHERE id % 2 = 0"
 	system := "fill_" + srcDB
+	// A subscriber reads the stream from the start: the log keeps the
+	// first state's changes for it.
+	if err := l.SetReader(ctx, stream, "test/reader", 0); err != nil {
+		t.Fatal(err)
+	}
 	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
 	run := func() (stop func()) {
 		pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l,
@@ -358,6 +363,9 @@ func TestNewDefinitionFillsAgain(t *testing.T) {
 	}
 	stream := replicator.Stream{Publication: "redefined", Version: 1}
 	system := "redef_" + srcDB
+	if err := l.SetReader(ctx, stream, "test/reader", 0); err != nil {
+		t.Fatal(err)
+	}
 	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
 	run := func(src replicator.Source) (stop func()) {
 		pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l,
@@ -394,5 +402,40 @@ func TestNewDefinitionFillsAgain(t *testing.T) {
 	}
 	if truncates != 2 {
 		t.Fatalf("filled %d times, want 2", truncates)
+	}
+}
+
+// TestUnreadFirstFillKeepsOnlyState: a first state nobody reads yet is
+// kept as compacted state only — positions advance, the change log stays
+// empty — and changes after it are logged as usual.
+func TestUnreadFirstFillKeepsOnlyState(t *testing.T) {
+	l, _ := open(t)
+	srcDB := pg.CreateDB(t)
+	owner := pg.Connect(t, srcDB)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := owner.Exec(ctx, `CREATE TABLE t (id int PRIMARY KEY, v text);
+		INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 7000) g`); err != nil {
+		t.Fatal(err)
+	}
+	stream := replicator.Stream{Publication: "unread", Version: 1}
+	system := "unread_" + srcDB
+	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
+	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l,
+		Sources: []replicator.Source{source(t, stream, "SELECT id, v FROM t", "id")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
+	runPublisher(t, ctx, pub, owner)
+	waitUntil(t, func() bool { return sortedState(t, l, stream) == projection(t, owner, "SELECT id, v FROM t") })
+	if head := headOf(t, l, stream); head != 7001 {
+		t.Fatalf("head %d", head)
+	}
+	if recs, _ := l.Changes(ctx, stream, 0, 10); len(recs) != 0 {
+		t.Fatalf("%d changes logged for an unread first state", len(recs))
+	}
+	if _, err := owner.Exec(ctx, "UPDATE t SET v = 'after' WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, func() bool { return headOf(t, l, stream) == 7002 })
+	if recs, _ := l.Changes(ctx, stream, 0, 10); len(recs) != 1 || recs[0].Position != 7002 {
+		t.Fatalf("changes after the first state: %v", recs)
 	}
 }

@@ -98,6 +98,8 @@ type streamTx struct {
 	id     int
 	head   int64
 	groups []*groupTx // new groups, in order
+	fill   bool       // a first state (Fill)
+	unread bool       // no subscriber reads it yet: a fill keeps no change log
 }
 
 type groupID struct {
@@ -125,23 +127,39 @@ func (t *Tx) Append(ctx context.Context, groups []replicator.Group) error {
 		byStream[g.Stream] = append(byStream[g.Stream], g)
 	}
 	for _, s := range order {
-		if err := t.appendStream(ctx, s, byStream[s]); err != nil {
+		if err := t.appendStream(ctx, s, byStream[s], false); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// Fill appends a version's first state: one group, a truncate then an
+// upsert per row, in parts. The compacted state is written with COPY and,
+// when no subscriber reads the stream yet, the changes are not kept in
+// the change log: new subscribers copy the state (a subscriber that
+// starts meanwhile waits on the stream's row until this commits).
+func (t *Tx) Fill(ctx context.Context, g replicator.Group) error {
+	return t.appendStream(ctx, g.Stream, []*replicator.Group{&g}, true)
+}
+
 // appendStream appends one stream's groups (in order), skipping those
 // already appended.
-func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*replicator.Group) error {
+func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*replicator.Group, fill bool) error {
 	st := t.streams[s]
 	if st == nil {
 		id, err := streamID(ctx, t.tx, s)
 		if err != nil {
 			return err
 		}
-		st = &streamTx{id: id}
+		st = &streamTx{id: id, fill: fill}
+		if fill {
+			var read bool
+			if err := t.tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM rejot_log.readers WHERE stream = $1)", id).Scan(&read); err != nil {
+				return err
+			}
+			st.unread = !read
+		}
 		t.streams[s] = st
 		t.order = append(t.order, s)
 	}
@@ -175,10 +193,44 @@ func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*re
 		gt.last = pos - 1
 	}
 	st.head = head
-	if err := insertChanges(ctx, t.tx, st.id, first, fresh); err != nil {
-		return err
+	if !(st.fill && st.unread) {
+		if err := insertChanges(ctx, t.tx, st.id, first, fresh); err != nil {
+			return err
+		}
+	}
+	if st.fill {
+		return fillState(ctx, t.tx, st.id, first, all)
 	}
 	return compact(ctx, t.tx, st.id, first, all)
+}
+
+// fillState writes a first state's part: a truncate clears the state, and
+// the rows (each key once: a table's rows) are copied in.
+func fillState(ctx context.Context, tx pgx.Tx, stream int, first int64, changes []replicator.Change) error {
+	rows := make([][]any, 0, len(changes))
+	for i, c := range changes {
+		switch c.Op {
+		case replicator.OpTruncate:
+			if _, err := tx.Exec(ctx, "DELETE FROM rejot_log.state WHERE stream = $1", stream); err != nil {
+				return err
+			}
+			rows = rows[:0]
+		case replicator.OpUpsert:
+			k, err := encode(c.Key)
+			if err != nil {
+				return err
+			}
+			r, err := encode(c.Row)
+			if err != nil {
+				return err
+			}
+			rows = append(rows, []any{int32(stream), string(k), string(r), first + int64(i)})
+		default:
+			return fmt.Errorf("a first state holds upserts only, not %q", c.Op)
+		}
+	}
+	_, err := tx.CopyFrom(ctx, pgx.Identifier{"rejot_log", "state"}, []string{"stream", "key", "row", "position"}, pgx.CopyFromRows(rows))
+	return err
 }
 
 // sortOut learns, for groups not seen before in this append, whether the
@@ -432,7 +484,7 @@ func (l *Log) State(ctx context.Context, s replicator.Stream, fn func(row []repl
 		if err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, "SELECT row::text FROM rejot_log.state WHERE stream = $1 ORDER BY key", id)
+		rows, err := tx.Query(ctx, "SELECT row::text FROM rejot_log.state WHERE stream = $1", id)
 		if err != nil {
 			return err
 		}

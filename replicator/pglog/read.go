@@ -66,8 +66,8 @@ func (l *Log) Read(ctx context.Context, s replicator.Stream, span replicator.Spa
 		if err != nil {
 			return err
 		}
-		if len(recs) == 0 {
-			return errors.New("the event log has no changes where it should: pruned too early?")
+		if len(recs) == 0 || recs[0].Position != after+1 {
+			return replicator.ErrPruned
 		}
 		if err := fn(recs); err != nil {
 			return err
