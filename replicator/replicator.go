@@ -7,6 +7,7 @@ package replicator
 import (
 	"context"
 	"errors"
+	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -144,6 +145,9 @@ type LogReader interface {
 	// State calls fn for every row of a stream's compacted state, as of
 	// one moment, and returns the position it is at.
 	State(ctx context.Context, s Stream, fn func(row []Value) error) (int64, error)
+	// CopyState writes the compacted state in COPY's text format, the
+	// given elements of each row as columns, and returns its position.
+	CopyState(ctx context.Context, s Stream, elements []int, w io.Writer) (int64, error)
 	// Head is a stream's last position.
 	Head(ctx context.Context, s Stream) (int64, error)
 	// Next is the span of whole groups after a position, up to about

@@ -1,6 +1,7 @@
 package replicator
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -470,25 +471,13 @@ func (w *worker) copyState(ctx context.Context, conn *pgx.Conn, t *target) (int6
 		if _, err := tx.Exec(ctx, "DELETE FROM "+t.name); err != nil {
 			return err
 		}
-		lastReport := time.Now()
+		// The log's server renders the rows in COPY format and this one
+		// reads them: the sidecar only passes bytes along.
 		pr, pw := io.Pipe()
 		read := make(chan error, 1)
 		go func() {
 			var err error
-			position, err = w.s.Log.State(ctx, w.sub.stream, func(row []Value) error {
-				if _, err := pw.Write(copyLine(t, row)); err != nil {
-					return err
-				}
-				n := w.copied.Add(1)
-				if n%1000 == 0 {
-					metricCopiedRows.WithLabelValues(w.labels()...).Set(float64(n))
-				}
-				if time.Since(lastReport) > 5*time.Second {
-					lastReport = time.Now()
-					log.Info().Int64("rows", n).Msg("copying")
-				}
-				return nil
-			})
+			position, err = w.s.Log.CopyState(ctx, w.sub.stream, t.elements(), &rowCounter{w: pw, worker: w, log: log})
 			pw.CloseWithError(err)
 			read <- err
 		}()
@@ -516,38 +505,34 @@ func (w *worker) copyState(ctx context.Context, conn *pgx.Conn, t *target) (int6
 	return position, nil
 }
 
-// copyLine renders a state row in COPY's text format.
-func copyLine(t *target, row []Value) []byte {
-	var b strings.Builder
+// elements are the places of the target's columns in the version's rows.
+func (t *target) elements() []int {
+	out := make([]int, len(t.cols))
 	for i, c := range t.cols {
-		if i > 0 {
-			b.WriteByte('\t')
-		}
-		var v Value
-		if c.Index < len(row) {
-			v = row[c.Index]
-		}
-		if v == nil {
-			b.WriteString(`\N`)
-			continue
-		}
-		for _, r := range []byte(*v) {
-			switch r {
-			case '\\':
-				b.WriteString(`\\`)
-			case '\t':
-				b.WriteString(`\t`)
-			case '\n':
-				b.WriteString(`\n`)
-			case '\r':
-				b.WriteString(`\r`)
-			default:
-				b.WriteByte(r)
-			}
-		}
+		out[i] = c.Index
 	}
-	b.WriteByte('\n')
-	return []byte(b.String())
+	return out
+}
+
+// rowCounter counts the rows of a COPY stream as they pass (one per
+// newline: COPY's text format escapes newlines in values), for progress.
+type rowCounter struct {
+	w          io.Writer
+	worker     *worker
+	log        *zerolog.Logger
+	lastReport time.Time
+}
+
+func (c *rowCounter) Write(p []byte) (int, error) {
+	n := c.worker.copied.Add(int64(bytes.Count(p, []byte{'\n'})))
+	metricCopiedRows.WithLabelValues(c.worker.labels()...).Set(float64(n))
+	if time.Since(c.lastReport) > 5*time.Second {
+		if !c.lastReport.IsZero() {
+			c.log.Info().Int64("rows", n).Msg("copying")
+		}
+		c.lastReport = time.Now()
+	}
+	return c.w.Write(p)
 }
 
 // stream applies the log after position, woken by the log's

@@ -3,6 +3,7 @@ package pglog
 import (
 	"context"
 	"errors"
+	"io"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +18,34 @@ var _ replicator.LogReader = (*Log)(nil)
 
 // Ping checks that the log's database answers.
 func (l *Log) Ping(ctx context.Context) error { return l.pool.Ping(ctx) }
+
+// CopyState writes a stream's compacted state to w in COPY's text format,
+// the given elements of each row as columns (an element past a row's end,
+// a column a later minor added, is NULL), as of one consistent moment,
+// and returns the position that state is at. Postgres renders the rows:
+// they pass through as bytes.
+func (l *Log) CopyState(ctx context.Context, s replicator.Stream, elements []int, w io.Writer) (int64, error) {
+	var head int64
+	err := pgx.BeginTxFunc(ctx, l.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var id int
+		err := tx.QueryRow(ctx, "SELECT id, head FROM rejot_log.streams WHERE publication = $1 AND version = $2",
+			s.Publication, s.Version).Scan(&id, &head)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		cols := make([]string, len(elements))
+		for i, e := range elements {
+			cols[i] = "row->>" + strconv.Itoa(e)
+		}
+		_, err = tx.Conn().PgConn().CopyTo(ctx, w, "COPY (SELECT "+strings.Join(cols, ", ")+
+			" FROM rejot_log.state WHERE stream = "+strconv.Itoa(id)+") TO STDOUT")
+		return err
+	})
+	return head, err
+}
 
 // Head returns a stream's last position (0 when it has none).
 func (l *Log) Head(ctx context.Context, s replicator.Stream) (int64, error) {
