@@ -8,7 +8,7 @@ import (
 
 // TestSubscriptionTypeMatrix: every built-in type family — arrays, numeric
 // with scale and NaN, ±infinity, bytea, json and jsonb, enums, domains,
-// NULL next to '' — arrives in the target exactly, through the copy and
+// NULL next to ” — arrives in the target exactly, through the copy and
 // through streamed changes.
 func TestSubscriptionTypeMatrix(t *testing.T) {
 	owner := newPublisher(t)
