@@ -247,13 +247,43 @@ func (t *Tx) sortOut(ctx context.Context, st *streamTx, s replicator.Stream, gro
 	if len(unseen) == 0 {
 		return nil
 	}
-	systems, lsns := make([]string, len(unseen)), make([]string, len(unseen))
-	for i, g := range unseen {
+	// A system appends its transactions in commit order, so a group past
+	// the last one it appended is new; only those at or before it (a
+	// replay after a crash) are looked up one by one.
+	last := map[string]uint64{}
+	var maybe []*replicator.Group
+	for _, g := range unseen {
+		l, ok := last[g.System]
+		if !ok {
+			var lsn *string
+			err := t.tx.QueryRow(ctx, "SELECT lsn::text FROM rejot_log.appended WHERE stream = $1 AND system = $2",
+				st.id, g.System).Scan(&lsn)
+			if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+				return err
+			}
+			if lsn != nil {
+				parsed, err := pglogrepl.ParseLSN(*lsn)
+				if err != nil {
+					return err
+				}
+				l = uint64(parsed)
+			}
+			last[g.System] = l
+		}
+		if g.CommitLSN <= l {
+			maybe = append(maybe, g)
+		}
+	}
+	if len(maybe) == 0 {
+		return nil
+	}
+	systems, lsns := make([]string, len(maybe)), make([]string, len(maybe))
+	for i, g := range maybe {
 		systems[i], lsns[i] = g.System, pglogrepl.LSN(g.CommitLSN).String()
 	}
-	rows, err := t.tx.Query(ctx, `SELECT g.system, g.commit_lsn::text FROM rejot_log.groups g
-		JOIN unnest($2::text[], $3::pg_lsn[]) AS u(system, lsn) ON g.system = u.system AND g.commit_lsn = u.lsn
-		WHERE g.stream = $1`, st.id, systems, lsns)
+	rows, err := t.tx.Query(ctx, `SELECT g.system, g.commit_lsn::text FROM unnest($2::text[], $3::pg_lsn[]) AS u(system, lsn)
+		JOIN LATERAL (SELECT g.system, g.commit_lsn FROM rejot_log.groups g
+			WHERE g.stream = $1 AND g.system = u.system AND g.commit_lsn = u.lsn) g ON true`, st.id, systems, lsns)
 	if err != nil {
 		return err
 	}
@@ -315,6 +345,12 @@ func insertGroups(ctx context.Context, tx pgx.Tx, stream int, groups []*groupTx)
 	_, err := tx.Exec(ctx, `INSERT INTO rejot_log.groups (stream, system, commit_lsn, commit_time, first_position, last_position)
 		SELECT $1, s, l, t, f, z FROM unnest($2::text[], $3::pg_lsn[], $4::timestamptz[], $5::int8[], $6::int8[]) AS u(s, l, t, f, z)`,
 		stream, systems, lsns, times, firsts, lasts)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO rejot_log.appended (stream, system, lsn)
+		SELECT $1, s, max(l) FROM unnest($2::text[], $3::pg_lsn[]) AS u(s, l) GROUP BY s
+		ON CONFLICT (stream, system) DO UPDATE SET lsn = greatest(rejot_log.appended.lsn, EXCLUDED.lsn)`, stream, systems, lsns)
 	return err
 }
 
