@@ -130,30 +130,58 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *S
 	if src.Filter != "" {
 		q += " WHERE " + src.Filter
 	}
-	rows, err := tx.Query(ctx, q)
+	// Reading the owner's rows and writing the log's go on at once: a
+	// writer appends each chunk while the next is read.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	chunks := make(chan []Change, 2)
+	written := make(chan error, 1)
+	progress := metricFillRows.WithLabelValues(streamLabels(src.Stream)...)
+	captured := metricCaptured.WithLabelValues(streamLabels(src.Stream)...)
+	go func() {
+		group := Group{Stream: src.Stream, System: p.System, CommitLSN: point, CommitTime: time.Now()}
+		total, lastReport := 0, time.Now()
+		for chunk := range chunks {
+			group.Changes = chunk
+			if err := log.Fill(ctx, group); err != nil {
+				cancel()
+				for range chunks {
+				}
+				written <- fmt.Errorf("cannot append the first state: %w", err)
+				return
+			}
+			total += len(chunk)
+			captured.Add(float64(len(chunk)))
+			progress.Set(float64(total))
+			if time.Since(lastReport) > 5*time.Second {
+				lastReport = time.Now()
+				p.Logger.Info().Str("system", p.System).Str("publication", src.Stream.Publication).Int("version", src.Stream.Version).
+					Int("rows", total).Msg("first state in progress")
+			}
+		}
+		written <- nil
+	}()
+	err := readChunks(ctx, tx, q, src, chunks)
+	close(chunks)
+	if werr := <-written; werr != nil {
+		return werr
+	}
 	if err != nil {
 		return fmt.Errorf("cannot read %s.%s for its first state: %w", src.Schema, src.Table, err)
 	}
-	defer rows.Close()
-	now := time.Now()
-	metricFillRows.WithLabelValues(streamLabels(src.Stream)...).Set(0)
-	group := Group{Stream: src.Stream, System: p.System, CommitLSN: point, CommitTime: now}
-	chunk := []Change{{Op: OpTruncate}} // the state is exactly the snapshot
-	total, lastReport := 0, now
-	send := func() error {
-		group.Changes = chunk
-		if err := log.Fill(ctx, group); err != nil {
-			return fmt.Errorf("cannot append the first state: %w", err)
-		}
-		metricCaptured.WithLabelValues(streamLabels(src.Stream)...).Add(float64(len(chunk)))
-		chunk = chunk[:0]
-		if time.Since(lastReport) > 5*time.Second {
-			lastReport = time.Now()
-			p.Logger.Info().Str("system", p.System).Str("publication", src.Stream.Publication).Int("version", src.Stream.Version).
-				Int("rows", total).Msg("first state in progress")
-		}
-		return nil
+	return nil
+}
+
+// readChunks reads a source's projected rows as upserts, in chunks; the
+// first chunk starts with a truncate (the state is exactly the snapshot),
+// and an empty table still gives that one.
+func readChunks(ctx context.Context, tx pgx.Tx, q string, src *Source, chunks chan<- []Change) error {
+	rows, err := tx.Query(ctx, q)
+	if err != nil {
+		return err
 	}
+	defer rows.Close()
+	chunk := []Change{{Op: OpTruncate}}
 	for rows.Next() {
 		var row []Value
 		if err := rows.Scan(&row); err != nil {
@@ -164,19 +192,24 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *S
 			key[i] = row[k]
 		}
 		chunk = append(chunk, Change{Op: OpUpsert, Key: key, Row: row})
-		total++
-		metricFillRows.WithLabelValues(streamLabels(src.Stream)...).Set(float64(total))
 		if len(chunk) >= fillChunk {
-			if err := send(); err != nil {
-				return err
+			select {
+			case chunks <- chunk:
+			case <-ctx.Done():
+				return ctx.Err()
 			}
+			chunk = make([]Change, 0, fillChunk)
 		}
 	}
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	if len(chunk) > 0 || total == 0 {
-		return send()
+	if len(chunk) > 0 {
+		select {
+		case chunks <- chunk:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package replicator
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -476,8 +477,14 @@ func (w *worker) copyState(ctx context.Context, conn *pgx.Conn, t *target) (int6
 		pr, pw := io.Pipe()
 		read := make(chan error, 1)
 		go func() {
+			// COPY TO hands over a row at a time: gather them, so the pipe
+			// and the COPY FROM move large pieces.
+			buf := bufio.NewWriterSize(&rowCounter{w: pw, worker: w, log: log}, 256<<10)
 			var err error
-			position, err = w.s.Log.CopyState(ctx, w.sub.stream, t.elements(), &rowCounter{w: pw, worker: w, log: log})
+			position, err = w.s.Log.CopyState(ctx, w.sub.stream, t.elements(), buf)
+			if err == nil {
+				err = buf.Flush()
+			}
 			pw.CloseWithError(err)
 			read <- err
 		}()

@@ -366,7 +366,51 @@ func encode(values []replicator.Value) ([]byte, error) {
 	if values == nil {
 		return nil, nil
 	}
-	return json.Marshal(values)
+	return appendJSON(make([]byte, 0, 16*len(values)+2), values), nil
+}
+
+// appendJSON renders values as a JSON array exactly as Postgres prints it
+// as jsonb (["a", null, "b"]), so keys written now equal keys stored as
+// jsonb before, byte for byte.
+func appendJSON(b []byte, values []replicator.Value) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '[')
+	for i, v := range values {
+		if i > 0 {
+			b = append(b, ',', ' ')
+		}
+		if v == nil {
+			b = append(b, "null"...)
+			continue
+		}
+		b = append(b, '"')
+		for j := 0; j < len(*v); j++ {
+			switch c := (*v)[j]; c {
+			case '"':
+				b = append(b, '\\', '"')
+			case '\\':
+				b = append(b, '\\', '\\')
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				if c < 0x20 {
+					b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&15])
+				} else {
+					b = append(b, c)
+				}
+			}
+		}
+		b = append(b, '"')
+	}
+	return append(b, ']')
 }
 
 func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, groups []*replicator.Group) error {
@@ -397,7 +441,7 @@ func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, grou
 		}
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO rejot_log.changes (stream, position, commit_lsn, commit_time, op, key, row)
-		SELECT $1, $2 + o - 1, lsn, t, op::"char", key::jsonb, row::jsonb
+		SELECT $1, $2 + o - 1, lsn, t, op::"char", key, row
 		FROM unnest($3::text[], $4::text[], $5::text[], $6::pg_lsn[], $7::timestamptz[]) WITH ORDINALITY AS c(op, key, row, lsn, t, o)`,
 		stream, first, ops, keys, rows, lsns, times)
 	return err
@@ -454,7 +498,7 @@ func compact(ctx context.Context, tx pgx.Tx, stream int, first int64, changes []
 		upKeys, upRows, upPos = append(upKeys, key), append(upRows, *l.row), append(upPos, l.position)
 	}
 	if len(delKeys) > 0 {
-		if _, err := tx.Exec(ctx, "DELETE FROM rejot_log.state WHERE stream = $1 AND key = ANY ($2::jsonb[])", stream, delKeys); err != nil {
+		if _, err := tx.Exec(ctx, "DELETE FROM rejot_log.state WHERE stream = $1 AND key = ANY ($2::text[])", stream, delKeys); err != nil {
 			return err
 		}
 	}
@@ -462,7 +506,7 @@ func compact(ctx context.Context, tx pgx.Tx, stream int, first int64, changes []
 		return nil
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO rejot_log.state (stream, key, row, position)
-		SELECT $1, k::jsonb, r::jsonb, p FROM unnest($2::text[], $3::text[], $4::int8[]) AS u(k, r, p)
+		SELECT $1, k, r::jsonb, p FROM unnest($2::text[], $3::text[], $4::int8[]) AS u(k, r, p)
 		ON CONFLICT (stream, key) DO UPDATE SET row = EXCLUDED.row, position = EXCLUDED.position`,
 		stream, upKeys, upRows, upPos)
 	return err

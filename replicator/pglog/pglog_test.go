@@ -267,3 +267,25 @@ func TestPruneKeepsWhatReadersNeed(t *testing.T) {
 		t.Fatalf("state %s at %d", st, head)
 	}
 }
+
+// TestKeysPrintLikeJsonb: keys are written as Postgres prints jsonb, so
+// they equal the keys an older log stored as jsonb, byte for byte.
+func TestKeysPrintLikeJsonb(t *testing.T) {
+	conn := pg.Connect(t, "postgres")
+	values := []replicator.Value{v(""), v("plain"), nil, v(`quo"te back\slash`), v("tab\tnl\ncr\rbs\bff\f"),
+		v("\x01\x1f\x7f"), v("ünïcödé 💡 <&> \u2028"), v("[1, 2]")}
+	got, _ := encode(values)
+	var want string
+	args := make([]any, len(values))
+	params := make([]string, len(values))
+	for i, x := range values {
+		args[i] = x
+		params[i] = fmt.Sprintf("$%d::text", i+1)
+	}
+	if err := conn.QueryRow(context.Background(), "SELECT jsonb_build_array("+strings.Join(params, ", ")+")::text", args...).Scan(&want); err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != want {
+		t.Fatalf("encoded %s\nPostgres %s", got, want)
+	}
+}
