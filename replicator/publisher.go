@@ -89,6 +89,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 	p.Logger.Info().Str("system", p.System).Str("slot", slot).Str("protocol", proto).Msg("capture started")
 	s := &stream{p: p, conn: conn, repl: repl, rels: map[uint32]*relation{}, since: since}
 	defer func() {
+		s.wait() // the appender uses the connections closed next
 		if s.open != nil {
 			s.open.Rollback(context.WithoutCancel(ctx))
 		}
@@ -175,6 +176,8 @@ type stream struct {
 	pendingEvents int
 	pendingEnd    uint64
 	pendingSince  time.Time // when the oldest pending transaction arrived
+	inflight      chan error // the append in flight, nil when none
+	inflightEnd   uint64     // the end of its last transaction
 	// open is the log transaction of a large source transaction being
 	// appended in parts.
 	open LogTx
@@ -187,30 +190,72 @@ type stream struct {
 const (
 	pauseWait        = 2 * time.Millisecond // a pause this long appends what is pending
 	maxPendingWait   = 5 * time.Millisecond // what is pending waits no longer than this
-	maxPending       = 1000
+	maxPending       = 5000
 	maxPendingEvents = 50_000
 	partEvents       = 10_000
 )
 
-// flush projects and appends the pending transactions, then lets the
-// slot forget them.
+// flush starts projecting and appending the pending transactions while
+// decoding goes on; the slot may forget them once the append has
+// committed (wait). One append is in flight at a time, so appends keep
+// commit order.
 func (s *stream) flush(ctx context.Context) error {
-	if len(s.pending) > 0 {
-		tx, err := s.p.Log.Begin(ctx)
-		if err != nil {
-			return fmt.Errorf("cannot append to the event log: %w", err)
-		}
-		defer tx.Rollback(context.WithoutCancel(ctx))
-		if err := s.write(ctx, tx, s.pending); err != nil {
-			return err
-		}
-		if _, err := tx.Commit(ctx); err != nil {
-			return fmt.Errorf("cannot append to the event log: %w", err)
-		}
-		s.p.Logger.Debug().Str("lsn", pglogrepl.LSN(s.pendingEnd).String()).Int("transactions", len(s.pending)).Msg("transactions captured")
+	if err := s.wait(); err != nil {
+		return err
 	}
-	s.confirmed = max(s.confirmed, s.pendingEnd)
+	if len(s.pending) == 0 {
+		s.confirmed = max(s.confirmed, s.pendingEnd)
+		s.pending, s.pendingEvents, s.pendingSince = nil, 0, time.Time{}
+		return nil
+	}
+	batch, end := s.pending, s.pendingEnd
 	s.pending, s.pendingEvents, s.pendingSince = nil, 0, time.Time{}
+	done := make(chan error, 1)
+	s.inflight, s.inflightEnd = done, end
+	go func() { done <- s.append(ctx, batch, end) }()
+	return nil
+}
+
+// wait waits for the append in flight, if any, and lets the slot forget
+// what it appended.
+func (s *stream) wait() error {
+	if s.inflight == nil {
+		return nil
+	}
+	err := <-s.inflight
+	if err == nil {
+		s.confirmed = max(s.confirmed, s.inflightEnd)
+	}
+	s.inflight = nil
+	return err
+}
+
+// drain appends everything pending and waits for it: before the decoder
+// uses the owner's connection or changes what the appender reads.
+func (s *stream) drain(ctx context.Context) error {
+	if err := s.flush(ctx); err != nil {
+		return err
+	}
+	return s.wait()
+}
+
+// append projects and appends a batch of transactions in one log
+// transaction. It runs beside the decoder: it alone uses the owner's
+// connection meanwhile, and the relations do not change under it (a
+// relation message drains first).
+func (s *stream) append(ctx context.Context, batch []*transaction, end uint64) error {
+	tx, err := s.p.Log.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("cannot append to the event log: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if err := s.write(ctx, tx, batch); err != nil {
+		return err
+	}
+	if _, err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("cannot append to the event log: %w", err)
+	}
+	s.p.Logger.Debug().Str("lsn", pglogrepl.LSN(end).String()).Int("transactions", len(batch)).Msg("transactions captured")
 	return nil
 }
 
@@ -236,7 +281,7 @@ func (s *stream) write(ctx context.Context, tx LogTx, txns []*transaction) error
 // transaction that commits with it: a large source transaction never sits
 // whole in memory.
 func (s *stream) part(ctx context.Context) error {
-	if err := s.flush(ctx); err != nil { // commit order
+	if err := s.drain(ctx); err != nil { // commit order, and the owner's connection is ours
 		return err
 	}
 	if s.open == nil {
@@ -322,7 +367,12 @@ func (s *stream) loop(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if pgconn.Timeout(err) {
-			if err := s.flush(ctx); err != nil {
+			if len(s.pending) == 0 {
+				err = s.wait() // only an append in flight: see it through
+			} else {
+				err = s.flush(ctx)
+			}
+			if err != nil {
 				return err
 			}
 			continue
@@ -342,7 +392,7 @@ func (s *stream) loop(ctx context.Context) error {
 func (s *stream) stop(ctx context.Context) {
 	fin, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if err := s.flush(fin); err != nil {
+	if err := s.drain(fin); err != nil {
 		s.p.Logger.Warn().Err(err).Msg("capture stopped without appending what was pending; it is replayed at the next start")
 		return
 	}
@@ -407,7 +457,7 @@ func (s *stream) decode(ctx context.Context, data []byte) error {
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
 		// What was decoded before is projected with the columns it had.
-		if err := s.flush(ctx); err != nil {
+		if err := s.drain(ctx); err != nil {
 			return err
 		}
 		if s.txn != nil && len(s.txn.events) > 0 {
@@ -501,6 +551,9 @@ func (s *stream) commit(ctx context.Context, m *pglogrepl.CommitMessage) error {
 	}
 	txn.commitLSN, txn.endLSN, txn.commitTime = uint64(m.CommitLSN), uint64(m.TransactionEndLSN), m.CommitTime
 	if s.open != nil {
+		if err := s.wait(); err != nil {
+			return err
+		}
 		tx := s.open
 		if len(txn.events) > 0 {
 			if err := s.write(ctx, tx, []*transaction{txn}); err != nil {

@@ -37,7 +37,11 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	rejotBin = filepath.Join(dir, "rejot")
-	build := exec.Command("go", "build", "-o", rejotBin, "../cmd/rejot")
+	args := []string{"build", "-o", rejotBin}
+	if os.Getenv("REJOT_TEST_RACE") != "" {
+		args = append(args, "-race") // the sidecars themselves under the race detector
+	}
+	build := exec.Command("go", append(args, "../cmd/rejot")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build rejot:", err)

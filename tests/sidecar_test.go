@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -69,6 +70,9 @@ func startSidecarUpstream(t *testing.T, upstream string, extra ...string) *sidec
 		case <-time.After(15 * time.Second):
 			s.cmd.Process.Kill()
 			<-done
+		}
+		if strings.Contains(s.logs(), "WARNING: DATA RACE") {
+			t.Errorf("the sidecar has a data race (REJOT_TEST_RACE builds it with -race)")
 		}
 		if t.Failed() {
 			t.Logf("sidecar log:\n%s", s.logs())
