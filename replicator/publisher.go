@@ -175,7 +175,7 @@ type stream struct {
 	pending       []*transaction
 	pendingEvents int
 	pendingEnd    uint64
-	pendingSince  time.Time // when the oldest pending transaction arrived
+	pendingSince  time.Time  // when the oldest pending transaction arrived
 	inflight      chan error // the append in flight, nil when none
 	inflightEnd   uint64     // the end of its last transaction
 	// open is the log transaction of a large source transaction being
