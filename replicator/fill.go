@@ -1,14 +1,19 @@
 package replicator
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // fillChunk is how many rows the first fill appends at a time.
@@ -130,6 +135,16 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *S
 	if src.Filter != "" {
 		q += " WHERE " + src.Filter
 	}
+	if fc, ok := log.(FillCopier); ok {
+		group := Group{Stream: src.Stream, System: p.System, CommitLSN: point, CommitTime: time.Now()}
+		id, first, can, err := fc.FillStart(ctx, group)
+		if err != nil {
+			return fmt.Errorf("cannot append the first state: %w", err)
+		}
+		if can {
+			return p.copyFill(ctx, tx, fc, src, group, id, first)
+		}
+	}
 	// Reading the owner's rows and writing the log's go on at once: a
 	// writer appends each chunk while the next is read.
 	ctx, cancel := context.WithCancel(ctx)
@@ -170,6 +185,77 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *S
 		return fmt.Errorf("cannot read %s.%s for its first state: %w", src.Schema, src.Table, err)
 	}
 	return nil
+}
+
+// copyFill passes a source's projected rows from the owner's server to the
+// log's as COPY data: Postgres renders them (keys and rows as JSON arrays
+// of text values, as jsonb prints them) and Postgres reads them; the
+// sidecar only moves bytes.
+func (p *Publisher) copyFill(ctx context.Context, tx pgx.Tx, fc FillCopier, src *Source, group Group, id int, first int64) error {
+	exprs := make([]string, len(src.Exprs))
+	for i, e := range src.Exprs {
+		exprs[i] = "(" + e + ")::text"
+	}
+	keys := make([]string, len(src.KeyCols))
+	for i, k := range src.KeyCols {
+		keys[i] = exprs[k]
+	}
+	q := fmt.Sprintf("COPY (SELECT %d, to_jsonb(ARRAY[%s]::text[])::text, to_jsonb(ARRAY[%s]::text[])::text, %d FROM %s",
+		id, strings.Join(keys, ", "), strings.Join(exprs, ", "), first, pgx.Identifier{src.Schema, src.Table}.Sanitize())
+	if src.Filter != "" {
+		q += " WHERE " + src.Filter
+	}
+	q += ") TO STDOUT"
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pr, pw := io.Pipe()
+	read := make(chan error, 1)
+	progress := &fillProgress{p: p, src: src, gauge: metricFillRows.WithLabelValues(streamLabels(src.Stream)...), last: time.Now()}
+	progress.gauge.Set(0)
+	go func() {
+		buf := bufio.NewWriterSize(io.MultiWriter(pw, progress), 256<<10)
+		_, err := tx.Conn().PgConn().CopyTo(ctx, buf, q)
+		if err == nil {
+			err = buf.Flush()
+		}
+		pw.CloseWithError(err)
+		read <- err
+	}()
+	rows, err := fc.FillCopy(ctx, pr)
+	pr.CloseWithError(err)
+	if rerr := <-read; rerr != nil && !errors.Is(rerr, io.ErrClosedPipe) {
+		return fmt.Errorf("cannot read %s.%s for its first state: %w", src.Schema, src.Table, rerr)
+	}
+	if err != nil {
+		return fmt.Errorf("cannot append the first state: %w", err)
+	}
+	if err := fc.FillEnd(ctx, group, rows); err != nil {
+		return fmt.Errorf("cannot append the first state: %w", err)
+	}
+	progress.gauge.Set(float64(rows))
+	metricCaptured.WithLabelValues(streamLabels(src.Stream)...).Add(float64(rows + 1))
+	return nil
+}
+
+// fillProgress counts the rows of a first state as they pass (COPY's text
+// format: one row per newline), for the metric and the log.
+type fillProgress struct {
+	p     *Publisher
+	src   *Source
+	gauge prometheus.Gauge
+	rows  int64
+	last  time.Time
+}
+
+func (f *fillProgress) Write(b []byte) (int, error) {
+	f.rows += int64(bytes.Count(b, []byte{'\n'}))
+	f.gauge.Set(float64(f.rows))
+	if time.Since(f.last) > 5*time.Second {
+		f.last = time.Now()
+		f.p.Logger.Info().Str("system", f.p.System).Str("publication", f.src.Stream.Publication).Int("version", f.src.Stream.Version).
+			Int64("rows", f.rows).Msg("first state in progress")
+	}
+	return len(b), nil
 }
 
 // readChunks reads a source's projected rows as upserts, in chunks; the

@@ -111,6 +111,18 @@ type LogTx interface {
 	Rollback(ctx context.Context) error
 }
 
+// FillCopier is a LogTx that can take a first state as COPY data, which
+// then passes from the owner's server to the log's without being decoded:
+// FillStart says whether it can (nobody reads the version yet) and what
+// stream id and position the rows carry; FillCopy reads rows of (stream,
+// key, row, position), keys and rows as JSON arrays printed as jsonb
+// prints them; FillEnd records the group.
+type FillCopier interface {
+	FillStart(ctx context.Context, g Group) (stream int, first int64, ok bool, err error)
+	FillCopy(ctx context.Context, r io.Reader) (rows int64, err error)
+	FillEnd(ctx context.Context, g Group, rows int64) error
+}
+
 // KeyString encodes a key's values as one comparable string.
 func KeyString(key []Value) string {
 	var b strings.Builder

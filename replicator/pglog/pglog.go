@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"sync"
 	"time"
@@ -143,25 +144,83 @@ func (t *Tx) Fill(ctx context.Context, g replicator.Group) error {
 	return t.appendStream(ctx, g.Stream, []*replicator.Group{&g}, true)
 }
 
+// streamTx returns what this append knows of a stream, looking it up (and
+// locking its row) the first time.
+func (t *Tx) stream(ctx context.Context, s replicator.Stream, fill bool) (*streamTx, error) {
+	if st := t.streams[s]; st != nil {
+		return st, nil
+	}
+	id, err := streamID(ctx, t.tx, s)
+	if err != nil {
+		return nil, err
+	}
+	st := &streamTx{id: id, fill: fill}
+	if fill {
+		var read bool
+		if err := t.tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM rejot_log.readers WHERE stream = $1)", id).Scan(&read); err != nil {
+			return nil, err
+		}
+		st.unread = !read
+	}
+	t.streams[s] = st
+	t.order = append(t.order, s)
+	return st, nil
+}
+
+// FillStart begins a first state that arrives as COPY data (FillCopy):
+// possible when nobody reads the stream yet, so the log keeps only the
+// compacted state. It clears the state and returns the stream's id and
+// the position the rows take (the fill group's first); ok is false when
+// the first state must go through Fill.
+func (t *Tx) FillStart(ctx context.Context, g replicator.Group) (int, int64, bool, error) {
+	st, err := t.stream(ctx, g.Stream, true)
+	if err != nil || !st.unread || len(st.groups) > 0 {
+		return 0, 0, false, err
+	}
+	if err := t.sortOut(ctx, st, g.Stream, []*replicator.Group{&g}); err != nil {
+		return 0, 0, false, err
+	}
+	if t.groups[groupID{g.Stream, g.System, g.CommitLSN}].skip {
+		return 0, 0, false, nil
+	}
+	var head int64
+	if err := t.tx.QueryRow(ctx, "SELECT head FROM rejot_log.streams WHERE id = $1", st.id).Scan(&head); err != nil {
+		return 0, 0, false, err
+	}
+	if _, err := t.tx.Exec(ctx, "DELETE FROM rejot_log.state WHERE stream = $1", st.id); err != nil {
+		return 0, 0, false, err
+	}
+	return st.id, head + 1, true, nil
+}
+
+// FillCopy reads a first state's rows in COPY text format — stream,
+// key, row, position: what FillStart returned — into the compacted state.
+func (t *Tx) FillCopy(ctx context.Context, r io.Reader) (int64, error) {
+	tag, err := t.tx.Conn().PgConn().CopyFrom(ctx, r, "COPY rejot_log.state (stream, key, row, position) FROM STDIN")
+	return tag.RowsAffected(), err
+}
+
+// FillEnd records the first state FillCopy read: a group of a truncate
+// and one upsert per row.
+func (t *Tx) FillEnd(ctx context.Context, g replicator.Group, rows int64) error {
+	st := t.streams[g.Stream]
+	var head int64
+	if err := t.tx.QueryRow(ctx, "UPDATE rejot_log.streams SET head = head + $2 WHERE id = $1 RETURNING head", st.id, rows+1).Scan(&head); err != nil {
+		return err
+	}
+	gt := t.groups[groupID{g.Stream, g.System, g.CommitLSN}]
+	gt.first, gt.last = head-rows, head
+	st.groups = append(st.groups, gt)
+	st.head = head
+	return nil
+}
+
 // appendStream appends one stream's groups (in order), skipping those
 // already appended.
 func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*replicator.Group, fill bool) error {
-	st := t.streams[s]
-	if st == nil {
-		id, err := streamID(ctx, t.tx, s)
-		if err != nil {
-			return err
-		}
-		st = &streamTx{id: id, fill: fill}
-		if fill {
-			var read bool
-			if err := t.tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM rejot_log.readers WHERE stream = $1)", id).Scan(&read); err != nil {
-				return err
-			}
-			st.unread = !read
-		}
-		t.streams[s] = st
-		t.order = append(t.order, s)
+	st, err := t.stream(ctx, s, fill)
+	if err != nil {
+		return err
 	}
 	if err := t.sortOut(ctx, st, s, groups); err != nil {
 		return err
