@@ -76,22 +76,41 @@ func (l *Lazy) open(ctx context.Context) (*Catalog, error) {
 			return nil, err
 		}
 	}
-	return Open(ctx, l.URL)
+	c, err := Open(ctx, l.URL)
+	var pe *pgconn.PgError
+	if l.CreateFrom == "" && errors.As(err, &pe) && pe.Code == "3D000" {
+		// A catalog named explicitly but not there yet: create it from
+		// the maintenance database of its server, as the default is.
+		cfg, perr := pgconn.ParseConfig(l.URL)
+		admin, aerr := withDatabase(l.URL, "postgres")
+		if perr == nil && aerr == nil {
+			if err := EnsureDatabase(ctx, admin, cfg.Database); err != nil {
+				return nil, err
+			}
+			return Open(ctx, l.URL)
+		}
+	}
+	return c, err
+}
+
+// withDatabase is a connection URL with another database.
+func withDatabase(connURL, db string) (string, error) {
+	if strings.HasPrefix(connURL, "postgres://") || strings.HasPrefix(connURL, "postgresql://") {
+		u, err := url.Parse(connURL)
+		if err != nil {
+			return "", err
+		}
+		u.Path = "/" + db
+		u.RawPath = ""
+		return u.String(), nil
+	}
+	return connURL + " dbname=" + db, nil
 }
 
 // DefaultURL is the catalog's default: the database rejot on the upstream's
 // server, reached as the upstream is.
 func DefaultURL(upstream string) (string, error) {
-	if strings.HasPrefix(upstream, "postgres://") || strings.HasPrefix(upstream, "postgresql://") {
-		u, err := url.Parse(upstream)
-		if err != nil {
-			return "", err
-		}
-		u.Path = "/rejot"
-		u.RawPath = ""
-		return u.String(), nil
-	}
-	return upstream + " dbname=rejot", nil
+	return withDatabase(upstream, "rejot")
 }
 
 // beat heartbeats until ctx ends or the catalog stops answering; a change
