@@ -130,6 +130,19 @@ func setArgValue(a *Arg, n *pg_query.Node) *Error {
 			a.Kind = ArgNull
 		}
 		return nil
+	case n.GetAArrayExpr() != nil:
+		// ARRAY['a', 'b'] of string constants: the array's text form.
+		arr := n.GetAArrayExpr()
+		parts := make([]string, len(arr.Elements))
+		for i, e := range arr.Elements {
+			var el Arg
+			if err := setArgValue(&el, e); err != nil || el.Kind != ArgString {
+				return Errorf(CodeFeatureNotSupported, "an ARRAY argument of a rejot function holds string constants").at(arr.Location)
+			}
+			parts[i] = `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(el.Value) + `"`
+		}
+		a.Kind, a.Value, a.Location = ArgString, "{"+strings.Join(parts, ",")+"}", int(arr.Location)
+		return nil
 	case n.GetAExpr() != nil && isNegation(n.GetAExpr()):
 		// -5 arrives as 0 - 5 only for non-integers; keep it a constant.
 		e := n.GetAExpr()

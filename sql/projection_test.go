@@ -81,3 +81,18 @@ func TestAnalyzeProjectionTrailingSemicolon(t *testing.T) {
 		t.Fatalf("%q, %v", p.Query, err)
 	}
 }
+
+func TestParseNameList(t *testing.T) {
+	for in, want := range map[string]string{
+		"{id,total}":            "id|total",
+		"id, total ":            "id|total",
+		`{"id","a b","q\"x"}`:   `id|a b|q"x`,
+		`{ "back\\slash" , x }`: `back\slash|x`,
+		"":                      "",
+		"{}":                    "",
+	} {
+		if got := strings.Join(parseNameList(in), "|"); got != want {
+			t.Errorf("parseNameList(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -322,20 +322,49 @@ func chooseColumns(cols []publicColumn, list *string, pub string, version int) (
 	return chosen, nil
 }
 
-// parseNameList reads '{a,b}' (an array literal) or 'a, b'.
+// parseNameList reads '{a,"b c"}' (an array literal, as ARRAY['a', 'b c']
+// arrives) or 'a, b'.
 func parseNameList(s string) []string {
 	s = strings.TrimSpace(s)
-	s = strings.TrimSuffix(strings.TrimPrefix(s, "{"), "}")
+	if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") {
+		s = s[1 : len(s)-1]
+	}
 	var names []string
-	for _, part := range strings.Split(s, ",") {
-		part = strings.TrimSpace(part)
-		if len(part) >= 2 && part[0] == '"' && part[len(part)-1] == '"' {
-			part = strings.ReplaceAll(part[1:len(part)-1], `""`, `"`)
+	var cur strings.Builder
+	quoted, inQuotes := false, false
+	end := func() {
+		name := cur.String()
+		if !quoted {
+			name = strings.TrimSpace(name)
 		}
-		if part != "" {
-			names = append(names, part)
+		if name != "" {
+			names = append(names, name)
+		}
+		cur.Reset()
+		quoted = false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case inQuotes && c == '\\' && i+1 < len(s):
+			i++
+			cur.WriteByte(s[i])
+		case inQuotes && c == '"':
+			inQuotes = false
+		case inQuotes:
+			cur.WriteByte(c)
+		case c == '"':
+			inQuotes, quoted = true, true
+			cur.Reset()
+		case c == ',':
+			end()
+		default:
+			if !quoted {
+				cur.WriteByte(c)
+			}
 		}
 	}
+	end()
 	return names
 }
 

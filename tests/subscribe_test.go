@@ -188,7 +188,7 @@ func TestSubscribeRefusesMisfits(t *testing.T) {
 		}
 	}
 	// A subset of columns works and makes the table with those only.
-	if err := consumer.exec(t, "CALL rejot.subscribe($1, 1, 'public.prices', columns => 'id, price')", name); err != nil {
+	if err := consumer.exec(t, "CALL rejot.subscribe($1, 1, 'public.prices', columns => ARRAY['id', 'price'])", name); err != nil {
 		t.Fatal(err)
 	}
 	if err := owner.exec(t, "INSERT INTO items VALUES (1, 9.99, 'x')"); err != nil {
