@@ -112,6 +112,10 @@ func TestCaptureSurvivesKill(t *testing.T) {
 		return active
 	}
 	waitFor(t, 30*time.Second, slotActive)
+	// A reader at 0 keeps the capture's pruning from dropping what the
+	// checks below count.
+	waitFirstStates(t, pg.Connect(t, "rejot"), []string{name})
+	holdLog(t, pg.Connect(t, "rejot"), []string{name})
 	// The writer goes straight to Postgres: the sidecar being killed must
 	// not stop the owner's application.
 	writer := pg.Connect(t, p.db)
@@ -169,7 +173,7 @@ func TestCaptureSurvivesKill(t *testing.T) {
 		return got == want
 	})
 	// Every group's changes are in the log once — but the first state's,
-	// which nobody read (the log kept only the compacted state).
+	// which nobody read then (the log kept only the compacted state).
 	var changes, grouped int64
 	logDB.QueryRow(ctx, `SELECT (SELECT count(*) FROM rejot_log.changes c WHERE c.stream = s.id),
 			(SELECT sum(last_position - first_position + 1) FROM rejot_log.groups g WHERE g.stream = s.id AND g.first_position > 1)

@@ -306,11 +306,12 @@ func (t *Tx) sortOut(ctx context.Context, st *streamTx, s replicator.Stream, gro
 	if len(unseen) == 0 {
 		return nil
 	}
-	// A system appends its transactions in commit order, so a group past
-	// the last one it appended is new; only those at or before it (a
-	// replay after a crash) are looked up one by one.
+	// A system appends its transactions in commit order (one capture
+	// per system), so a group at or before the last one it appended to
+	// the stream is a replay — already in the log, or skipped on purpose
+	// — and one past it is new. No lookup: the groups themselves may be
+	// pruned.
 	last := map[string]uint64{}
-	var maybe []*replicator.Group
 	for _, g := range unseen {
 		l, ok := last[g.System]
 		if !ok {
@@ -330,35 +331,10 @@ func (t *Tx) sortOut(ctx context.Context, st *streamTx, s replicator.Stream, gro
 			last[g.System] = l
 		}
 		if g.CommitLSN <= l {
-			maybe = append(maybe, g)
+			t.groups[groupID{s, g.System, g.CommitLSN}].skip = true
 		}
 	}
-	if len(maybe) == 0 {
-		return nil
-	}
-	systems, lsns := make([]string, len(maybe)), make([]string, len(maybe))
-	for i, g := range maybe {
-		systems[i], lsns[i] = g.System, pglogrepl.LSN(g.CommitLSN).String()
-	}
-	rows, err := t.tx.Query(ctx, `SELECT g.system, g.commit_lsn::text FROM unnest($2::text[], $3::pg_lsn[]) AS u(system, lsn)
-		JOIN LATERAL (SELECT g.system, g.commit_lsn FROM rejot_log.groups g
-			WHERE g.stream = $1 AND g.system = u.system AND g.commit_lsn = u.lsn) g ON true`, st.id, systems, lsns)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var system, lsn string
-		if err := rows.Scan(&system, &lsn); err != nil {
-			return err
-		}
-		parsed, err := pglogrepl.ParseLSN(lsn)
-		if err != nil {
-			return err
-		}
-		t.groups[groupID{s, system, uint64(parsed)}].skip = true
-	}
-	return rows.Err()
+	return nil
 }
 
 // Commit records the new groups, notifies listeners and commits.

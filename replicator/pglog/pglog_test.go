@@ -184,7 +184,9 @@ func TestConcurrentAppendsKeepPositionsDense(t *testing.T) {
 			defer wg.Done()
 			for i := range 25 {
 				lsn := uint64(w*1000 + i + 1)
-				if _, err := l.Append(ctx, []replicator.Group{group(lsn, upsert(fmt.Sprint(lsn), v("x")))}); err != nil {
+				g := group(lsn, upsert(fmt.Sprint(lsn), v("x")))
+				g.System = fmt.Sprint("shop", w) // each system appends in its own commit order
+				if _, err := l.Append(ctx, []replicator.Group{g}); err != nil {
 					t.Error(err)
 				}
 			}
@@ -265,6 +267,17 @@ func TestPruneKeepsWhatReadersNeed(t *testing.T) {
 	}
 	if st, head := state(t, l, s); head != 5 || strings.Count(st, "x") != 5 {
 		t.Fatalf("state %s at %d", st, head)
+	}
+	// The groups went with their changes; a replay is still known.
+	var groups int
+	l.pool.QueryRow(ctx, "SELECT count(*) FROM rejot_log.groups g JOIN rejot_log.streams s ON s.id = g.stream WHERE s.publication = 'prune'").Scan(&groups)
+	if groups != 0 {
+		t.Fatalf("%d groups left", groups)
+	}
+	g := group(3, upsert("3", v("again")))
+	g.Stream = s
+	if n, err := l.Append(ctx, []replicator.Group{g}); err != nil || n != 0 {
+		t.Fatalf("a replay of a pruned group was appended: %d, %v", n, err)
 	}
 }
 

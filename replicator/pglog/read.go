@@ -141,11 +141,29 @@ func (l *Log) KeepReaders(ctx context.Context, prefix string, keep []string) err
 // them when it has none: new subscribers copy the compacted state). It
 // returns how many it deleted.
 func (l *Log) Prune(ctx context.Context, s replicator.Stream) (int64, error) {
-	tag, err := l.pool.Exec(ctx, `DELETE FROM rejot_log.changes c USING rejot_log.streams s
-		WHERE s.publication = $1 AND s.version = $2 AND c.stream = s.id
-		  AND c.position <= coalesce((SELECT min(position) FROM rejot_log.readers r WHERE r.stream = s.id), s.head)`,
-		s.Publication, s.Version)
-	return tag.RowsAffected(), err
+	var n int64
+	err := pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
+		var id int
+		var upto int64
+		err := tx.QueryRow(ctx, `SELECT s.id, coalesce((SELECT min(position) FROM rejot_log.readers r WHERE r.stream = s.id), s.head)
+			FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = $2`, s.Publication, s.Version).Scan(&id, &upto)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, "DELETE FROM rejot_log.changes WHERE stream = $1 AND position <= $2", id, upto)
+		if err != nil {
+			return err
+		}
+		n = tag.RowsAffected()
+		// The groups of what is gone: readers only look past their
+		// position, and appends know replays by rejot_log.appended.
+		_, err = tx.Exec(ctx, "DELETE FROM rejot_log.groups WHERE stream = $1 AND last_position <= $2", id, upto)
+		return err
+	})
+	return n, err
 }
 
 // Wait returns when the log notifies an append to s, or after at most d.
