@@ -154,9 +154,6 @@ func Append(ctx context.Context, l Log, groups []Group) (int, error) {
 
 // LogReader is the event log as subscribers read it.
 type LogReader interface {
-	// State calls fn for every row of a stream's compacted state, as of
-	// one moment, and returns the position it is at.
-	State(ctx context.Context, s Stream, fn func(row []Value) error) (int64, error)
 	// CopyState writes the compacted state in COPY's text format, the
 	// given elements of each row as columns, and returns its position.
 	CopyState(ctx context.Context, s Stream, elements []int, w io.Writer) (int64, error)
