@@ -165,8 +165,12 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *S
 				written <- fmt.Errorf("cannot append the first state: %w", err)
 				return
 			}
-			total += len(chunk)
 			captured.Add(float64(len(chunk)))
+			for _, c := range chunk {
+				if c.Op == OpUpsert {
+					total++
+				}
+			}
 			progress.Set(float64(total))
 			if time.Since(lastReport) > 5*time.Second {
 				lastReport = time.Now()
