@@ -209,10 +209,14 @@ type SubscriptionReport struct {
 func (c *Catalog) ReportSubscriptions(ctx context.Context, system string, reports []SubscriptionReport) error {
 	batch := &pgx.Batch{}
 	for _, r := range reports {
-		batch.Queue(`UPDATE rejot_catalog.subscriptions SET status = $3, copied_rows = $4, applied_position = $5,
-			lag_seconds = $6, lag_changes = $7, last_applied_at = $8, error = $9
-			WHERE system = $1 AND target = $2`, system, r.Target, r.Status, r.CopiedRows, r.Position, r.LagSeconds,
-			r.LagChanges, r.LastAppliedAt, r.Error)
+		// A subscription to a retired version gets nothing more: stopped.
+		batch.Queue(`UPDATE rejot_catalog.subscriptions s SET
+				status = CASE WHEN p.status = 'retired' THEN 'stopped' ELSE $3 END,
+				copied_rows = $4, applied_position = $5, lag_seconds = $6, lag_changes = $7, last_applied_at = $8,
+				error = CASE WHEN p.status = 'retired' THEN 'publication ' || s.publication || ' version ' || s.version || ' is retired: subscribe to another version' ELSE $9 END
+			FROM rejot_catalog.publications p
+			WHERE s.system = $1 AND s.target = $2 AND p.publication = s.publication AND p.version = s.version`,
+			system, r.Target, r.Status, r.CopiedRows, r.Position, r.LagSeconds, r.LagChanges, r.LastAppliedAt, r.Error)
 	}
 	return c.pool.SendBatch(ctx, batch).Close()
 }

@@ -181,3 +181,43 @@ func TestSubscribersMoveAtTheirOwnSpeed(t *testing.T) {
 		return readers == fast.db+"/public.copy"
 	})
 }
+
+// TestRetiredVersionStopsSubscriptions: when the owner retires a version
+// its subscribers still follow (force), rejot.subscriptions says they are
+// stopped, and why.
+func TestRetiredVersionStopsSubscriptions(t *testing.T) {
+	owner := newPublisher(t)
+	consumer := newPublisher(t)
+	ctx := context.Background()
+	name := owner.name("retiring")
+	if err := owner.exec(t, "CREATE TABLE t (id int PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := owner.exec(t, "CALL rejot.publish($1, 1, 'SELECT id FROM t')", name); err != nil {
+		t.Fatal(err)
+	}
+	owner.catalogMinor(t, name, 1, 0)
+	if err := consumer.exec(t, "CALL rejot.subscribe($1, 1, 'copy')", name); err != nil {
+		t.Fatal(err)
+	}
+	status := func() (string, string) {
+		var st string
+		var msg *string
+		consumer.conn.QueryRow(ctx, "SELECT status, error FROM rejot.subscriptions WHERE system = $1 AND target = 'public.copy'", consumer.db).Scan(&st, &msg)
+		if msg == nil {
+			return st, ""
+		}
+		return st, *msg
+	}
+	waitFor(t, 30*time.Second, func() bool { st, _ := status(); return st == "streaming" })
+	if pe := pgErr(owner.exec(t, "CALL rejot.unpublish($1, 1)", name)); pe.Code != "55006" {
+		t.Fatalf("unpublish with a subscriber: %v", pe)
+	}
+	if err := owner.exec(t, "CALL rejot.unpublish($1, 1, force => true)", name); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, func() bool {
+		st, msg := status()
+		return st == "stopped" && strings.Contains(msg, "is retired")
+	})
+}
