@@ -79,18 +79,10 @@ func (c *Capture) Run(ctx context.Context) {
 		}
 	}()
 	c.load(ctx) // learn at once whether the database can be captured at all
-	backoff := 100 * time.Millisecond
-	for c.Log == nil && ctx.Err() == nil {
-		l, err := c.OpenLog(ctx)
-		if err == nil {
-			c.Log = l
-			break
-		}
-		logAt(c.Logger, backoff).Err(err).Dur("retry_in", backoff).Msg("event log unreachable")
-		sleepCtx(ctx, backoff)
-		backoff = min(2*backoff, 30*time.Second)
+	if c.Log == nil {
+		c.Log = openLog(ctx, c.Logger, c.OpenLog)
 	}
-	backoff = 100 * time.Millisecond
+	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		sources, err := c.load(ctx)
 		if err == nil && len(sources) == 0 {
@@ -336,13 +328,25 @@ func (s *Source) Definition() string {
 	return fmt.Sprintf("%s.%s/%q/%q/%v", s.Schema, s.Table, s.Exprs, s.Filter, s.KeyCols)
 }
 
-// logAt logs the first retries quietly: at start the log's database may
-// still be being created (it defaults to the catalog's).
-func logAt(l zerolog.Logger, backoff time.Duration) *zerolog.Event {
-	if backoff < 2*time.Second {
-		return l.Debug()
+// openLog opens the event log, retrying with backoff until it works or
+// ctx ends (then it returns the zero value). The first failures are logged
+// quietly: at start the log's database may still be being created (it
+// defaults to the catalog's).
+func openLog[L any](ctx context.Context, logger zerolog.Logger, open func(context.Context) (L, error)) L {
+	backoff := 100 * time.Millisecond
+	for {
+		l, err := open(ctx)
+		if err == nil || ctx.Err() != nil {
+			return l
+		}
+		event := logger.Warn()
+		if backoff < 2*time.Second {
+			event = logger.Debug()
+		}
+		event.Err(err).Dur("retry_in", backoff).Msg("event log unreachable")
+		sleepCtx(ctx, backoff)
+		backoff = min(2*backoff, 30*time.Second)
 	}
-	return l.Warn()
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

@@ -127,14 +127,6 @@ func (p *Publisher) snapshot(ctx context.Context, todo []*Source) (uint64, error
 // fillSource appends a source's projected rows in chunks, logging its
 // progress every few seconds.
 func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *Source, point uint64) error {
-	exprs := make([]string, len(src.Exprs))
-	for i, e := range src.Exprs {
-		exprs[i] = "(" + e + ")::text"
-	}
-	q := "SELECT ARRAY[" + strings.Join(exprs, ", ") + "] FROM " + pgx.Identifier{src.Schema, src.Table}.Sanitize()
-	if src.Filter != "" {
-		q += " WHERE " + src.Filter
-	}
 	if fc, ok := log.(FillCopier); ok {
 		group := Group{Stream: src.Stream, System: p.System, CommitLSN: point, CommitTime: time.Now()}
 		id, first, can, err := fc.FillStart(ctx, group)
@@ -145,6 +137,7 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *S
 			return p.copyFill(ctx, tx, fc, src, group, id, first)
 		}
 	}
+	q := "SELECT ARRAY[" + strings.Join(src.textExprs(), ", ") + "]" + src.rowsFrom()
 	// Reading the owner's rows and writing the log's go on at once: a
 	// writer appends each chunk while the next is read.
 	ctx, cancel := context.WithCancel(ctx)
@@ -196,20 +189,13 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *S
 // of text values, as jsonb prints them) and Postgres reads them; the
 // sidecar only moves bytes.
 func (p *Publisher) copyFill(ctx context.Context, tx pgx.Tx, fc FillCopier, src *Source, group Group, id int, first int64) error {
-	exprs := make([]string, len(src.Exprs))
-	for i, e := range src.Exprs {
-		exprs[i] = "(" + e + ")::text"
-	}
+	exprs := src.textExprs()
 	keys := make([]string, len(src.KeyCols))
 	for i, k := range src.KeyCols {
 		keys[i] = exprs[k]
 	}
-	q := fmt.Sprintf("COPY (SELECT %d, to_jsonb(ARRAY[%s]::text[])::text, to_jsonb(ARRAY[%s]::text[])::text, %d FROM %s",
-		id, strings.Join(keys, ", "), strings.Join(exprs, ", "), first, pgx.Identifier{src.Schema, src.Table}.Sanitize())
-	if src.Filter != "" {
-		q += " WHERE " + src.Filter
-	}
-	q += ") TO STDOUT"
+	q := fmt.Sprintf("COPY (SELECT %d, to_jsonb(ARRAY[%s]::text[])::text, to_jsonb(ARRAY[%s]::text[])::text, %d%s) TO STDOUT",
+		id, strings.Join(keys, ", "), strings.Join(exprs, ", "), first, src.rowsFrom())
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
@@ -260,6 +246,24 @@ func (f *fillProgress) Write(b []byte) (int, error) {
 			Int64("rows", f.rows).Msg("first state in progress")
 	}
 	return len(b), nil
+}
+
+// textExprs are a source's public columns as text, as the log keeps them.
+func (s *Source) textExprs() []string {
+	exprs := make([]string, len(s.Exprs))
+	for i, e := range s.Exprs {
+		exprs[i] = "(" + e + ")::text"
+	}
+	return exprs
+}
+
+// rowsFrom is the FROM (and WHERE) that gives a source's rows.
+func (s *Source) rowsFrom() string {
+	from := " FROM " + pgx.Identifier{s.Schema, s.Table}.Sanitize()
+	if s.Filter != "" {
+		from += " WHERE " + s.Filter
+	}
+	return from
 }
 
 // readChunks reads a source's projected rows as upserts, in chunks; the

@@ -271,8 +271,14 @@ func (s *stream) write(ctx context.Context, tx LogTx, txns []*transaction) error
 	if err := tx.Append(ctx, groups); err != nil {
 		return fmt.Errorf("cannot append to the event log: %w", err)
 	}
+	// One metric update per version, not per group: a batch holds
+	// thousands of single-row transactions.
+	counts := map[Stream]int{}
 	for _, g := range groups {
-		metricCaptured.WithLabelValues(streamLabels(g.Stream)...).Add(float64(len(g.Changes)))
+		counts[g.Stream] += len(g.Changes)
+	}
+	for stream, n := range counts {
+		metricCaptured.WithLabelValues(streamLabels(stream)...).Add(float64(n))
 	}
 	return nil
 }

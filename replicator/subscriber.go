@@ -69,16 +69,11 @@ func (s *Subscriber) Run(ctx context.Context) {
 	s.workers = map[string]*worker{}
 	s.mu.Unlock()
 	defer s.stopAll()
-	backoff := 100 * time.Millisecond
-	for s.Log == nil && ctx.Err() == nil {
-		l, err := s.OpenLog(ctx)
-		if err == nil {
-			s.Log = l
-			break
-		}
-		logAt(s.Logger, backoff).Err(err).Dur("retry_in", backoff).Msg("event log unreachable")
-		sleepCtx(ctx, backoff)
-		backoff = min(2*backoff, 30*time.Second)
+	if s.Log == nil {
+		s.Log = openLog(ctx, s.Logger, s.OpenLog)
+	}
+	if ctx.Err() != nil {
+		return
 	}
 	go s.reportLoop(ctx)
 	var conn *pgx.Conn
@@ -479,7 +474,7 @@ func (w *worker) copyState(ctx context.Context, conn *pgx.Conn, t *target) (int6
 		go func() {
 			// COPY TO hands over a row at a time: gather them, so the pipe
 			// and the COPY FROM move large pieces.
-			buf := bufio.NewWriterSize(&rowCounter{w: pw, worker: w, log: log}, 256<<10)
+			buf := bufio.NewWriterSize(&rowCounter{w: pw, worker: w, gauge: metricCopiedRows.WithLabelValues(w.labels()...), log: log}, 256<<10)
 			var err error
 			position, err = w.s.Log.CopyState(ctx, w.sub.stream, t.elements(), buf)
 			if err == nil {
@@ -526,13 +521,14 @@ func (t *target) elements() []int {
 type rowCounter struct {
 	w          io.Writer
 	worker     *worker
+	gauge      prometheus.Gauge
 	log        *zerolog.Logger
 	lastReport time.Time
 }
 
 func (c *rowCounter) Write(p []byte) (int, error) {
 	n := c.worker.copied.Add(int64(bytes.Count(p, []byte{'\n'})))
-	metricCopiedRows.WithLabelValues(c.worker.labels()...).Set(float64(n))
+	c.gauge.Set(float64(n))
 	if time.Since(c.lastReport) > 5*time.Second {
 		if !c.lastReport.IsZero() {
 			c.log.Info().Int64("rows", n).Msg("copying")

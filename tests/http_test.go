@@ -70,19 +70,7 @@ func metric(t *testing.T, base, name string, labels ...string) float64 {
 // subscriber's sidecars count calls, captured and applied changes, and
 // show lag going to zero.
 func TestMetricsFollowReplication(t *testing.T) {
-	owner := newPublisher(t)
-	consumer := newPublisher(t)
-	name := owner.name("metered")
-	if err := owner.exec(t, "CREATE TABLE t (id int PRIMARY KEY, v int)"); err != nil {
-		t.Fatal(err)
-	}
-	if err := owner.exec(t, "CALL rejot.publish($1, 1, 'SELECT id, v FROM t')", name); err != nil {
-		t.Fatal(err)
-	}
-	owner.catalogMinor(t, name, 1, 0)
-	if err := consumer.exec(t, "CALL rejot.subscribe($1, 1, 'copy')", name); err != nil {
-		t.Fatal(err)
-	}
+	owner, consumer, name := replicated(t, "metered", "CREATE TABLE t (id int PRIMARY KEY, v int)", "SELECT id, v FROM t", "copy")
 	ownerHTTP, consumerHTTP := owner.sc.httpURL(t), consumer.sc.httpURL(t)
 	pub := `publication="` + name + `"`
 	if v := metric(t, ownerHTTP, "rejot_proxy_calls_total", `function="publish"`, `outcome="ok"`); v < 1 {

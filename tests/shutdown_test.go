@@ -16,20 +16,8 @@ import (
 // capture and apply stop cleanly and resume after a restart with nothing
 // lost.
 func TestGracefulShutdown(t *testing.T) {
-	owner := newPublisher(t)
-	consumer := newPublisher(t)
+	owner, consumer, _ := replicated(t, "graceful", "CREATE TABLE t (id int PRIMARY KEY, v text)", "SELECT id, v FROM t", "copy")
 	ctx := context.Background()
-	name := owner.name("graceful")
-	if err := owner.exec(t, "CREATE TABLE t (id int PRIMARY KEY, v text)"); err != nil {
-		t.Fatal(err)
-	}
-	if err := owner.exec(t, "CALL rejot.publish($1, 1, 'SELECT id, v FROM t')", name); err != nil {
-		t.Fatal(err)
-	}
-	owner.catalogMinor(t, name, 1, 0)
-	if err := consumer.exec(t, "CALL rejot.subscribe($1, 1, 'copy')", name); err != nil {
-		t.Fatal(err)
-	}
 	if err := owner.exec(t, "INSERT INTO t SELECT g, 'before' FROM generate_series(1, 50) g"); err != nil {
 		t.Fatal(err)
 	}

@@ -104,36 +104,16 @@ func bankLoad(t *testing.T, url string, writers int, stop chan struct{}) (wait f
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
-			var conn *pgx.Conn
-			for {
-				select {
-				case <-stop:
-					if conn != nil {
-						conn.Close(context.Background())
-					}
-					return
-				default:
-				}
-				if conn == nil {
-					c, err := pgx.Connect(context.Background(), url)
-					if err != nil {
-						time.Sleep(50 * time.Millisecond)
-						continue
-					}
-					conn = c
-				}
+			untilStopped(url, stop, func(conn *pgx.Conn) bool {
 				err := bankTxn(conn, rng)
-				var pe interface{ SQLState() string }
-				switch {
-				case err == nil:
+				if err == nil {
 					committed.Add(1)
-				case errors.As(err, &pe):
-					// a conflict (deadlock, duplicate key): the transaction rolled back
-				default:
-					conn.Close(context.Background())
-					conn = nil
 				}
-			}
+				// A conflict (deadlock, duplicate key) rolled the
+				// transaction back; anything else drops the connection.
+				var pe interface{ SQLState() string }
+				return err == nil || errors.As(err, &pe)
+			})
 		}()
 	}
 	return func() int64 {
@@ -174,6 +154,38 @@ func bankTxn(conn *pgx.Conn, rng *rand.Rand) error {
 	return err
 }
 
+// untilStopped runs step on a connection to url, again and again, until
+// stop is closed, connecting (again) whenever it has none: servers and
+// sidecars restart under it. step says whether the connection is still
+// good.
+func untilStopped(url string, stop <-chan struct{}, step func(*pgx.Conn) bool) {
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		if conn == nil {
+			c, err := pgx.Connect(context.Background(), url)
+			if err != nil {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			conn = c
+		}
+		if !step(conn) {
+			conn.Close(context.Background())
+			conn = nil
+		}
+	}
+}
+
 // watchSum polls the target until stop and reports every moment its total
 // was neither empty nor the right one: a source transaction seen in part.
 func watchSum(t *testing.T, url string, want int64, stop chan struct{}) (wait func() []string) {
@@ -182,36 +194,18 @@ func watchSum(t *testing.T, url string, want int64, stop chan struct{}) (wait fu
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		var conn *pgx.Conn
-		for {
-			select {
-			case <-stop:
-				if conn != nil {
-					conn.Close(context.Background())
-				}
-				return
-			default:
-			}
-			if conn == nil {
-				c, err := pgx.Connect(context.Background(), url)
-				if err != nil {
-					time.Sleep(50 * time.Millisecond)
-					continue
-				}
-				conn = c
-			}
+		untilStopped(url, stop, func(conn *pgx.Conn) bool {
 			var sum *int64
 			var n int64
 			if err := conn.QueryRow(context.Background(), "SELECT sum(balance), count(*) FROM billing.acct").Scan(&sum, &n); err != nil {
-				conn.Close(context.Background())
-				conn = nil
-				continue
+				return false
 			}
 			reads.Add(1)
 			if sum != nil && *sum != want && len(bad) < 10 {
 				bad = append(bad, fmt.Sprintf("total %d over %d rows", *sum, n))
 			}
-		}
+			return true
+		})
 	}()
 	return func() []string {
 		<-done
@@ -310,25 +304,9 @@ func TestSubscriptionSurvivesCrashes(t *testing.T) {
 // the error, and catches up once the table is fixed; rejot.resync copies
 // everything again.
 func TestSubscriptionFailsVisiblyAndRecovers(t *testing.T) {
-	owner := newPublisher(t)
-	consumer := newPublisher(t)
+	owner, consumer, _ := replicated(t, "fragile", `CREATE TABLE items (id int PRIMARY KEY, label text);
+		INSERT INTO items VALUES (1, 'one'), (2, 'two')`, "SELECT id, label FROM items", "items")
 	ctx := context.Background()
-	name := owner.name("fragile")
-	for _, q := range []string{
-		"CREATE TABLE items (id int PRIMARY KEY, label text)",
-		"INSERT INTO items VALUES (1, 'one'), (2, 'two')",
-	} {
-		if err := owner.exec(t, q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := owner.exec(t, "CALL rejot.publish($1, 1, 'SELECT id, label FROM items')", name); err != nil {
-		t.Fatal(err)
-	}
-	owner.catalogMinor(t, name, 1, 0)
-	if err := consumer.exec(t, "CALL rejot.subscribe($1, 1, 'items')", name); err != nil {
-		t.Fatal(err)
-	}
 	targetConverges(t, 30*time.Second, owner.conn, "SELECT id, label FROM items", consumer.conn, "items")
 	// Someone adds a constraint the owner's data breaks.
 	if err := consumer.exec(t, "ALTER TABLE items ADD CONSTRAINT short CHECK (length(label) < 5)"); err != nil {

@@ -27,6 +27,26 @@ func tableText(t *testing.T, conn *pgx.Conn, query string) string {
 	return out
 }
 
+// replicated sets up an owner and a subscriber, each database behind its
+// own sidecar: the owner runs setup and publishes query as version 1 of a
+// publication named after base, and the subscriber subscribes target to it.
+func replicated(t *testing.T, base, setup, query, target string) (owner, consumer *publisher, name string) {
+	t.Helper()
+	owner, consumer = newPublisher(t), newPublisher(t)
+	name = owner.name(base)
+	if err := owner.exec(t, setup); err != nil {
+		t.Fatal(err)
+	}
+	if err := owner.exec(t, "CALL rejot.publish($1, 1, $2)", name, query); err != nil {
+		t.Fatal(err)
+	}
+	owner.catalogMinor(t, name, 1, 0)
+	if err := consumer.exec(t, "CALL rejot.subscribe($1, 1, $2)", name, target); err != nil {
+		t.Fatal(err)
+	}
+	return owner, consumer, name
+}
+
 // targetConverges waits until the target holds exactly the projection.
 func targetConverges(t *testing.T, d time.Duration, owner *pgx.Conn, projection string, consumer *pgx.Conn, target string) {
 	t.Helper()

@@ -186,20 +186,8 @@ func TestSubscribersMoveAtTheirOwnSpeed(t *testing.T) {
 // its subscribers still follow (force), rejot.subscriptions says they are
 // stopped, and why.
 func TestRetiredVersionStopsSubscriptions(t *testing.T) {
-	owner := newPublisher(t)
-	consumer := newPublisher(t)
+	owner, consumer, name := replicated(t, "retiring", "CREATE TABLE t (id int PRIMARY KEY)", "SELECT id FROM t", "copy")
 	ctx := context.Background()
-	name := owner.name("retiring")
-	if err := owner.exec(t, "CREATE TABLE t (id int PRIMARY KEY)"); err != nil {
-		t.Fatal(err)
-	}
-	if err := owner.exec(t, "CALL rejot.publish($1, 1, 'SELECT id FROM t')", name); err != nil {
-		t.Fatal(err)
-	}
-	owner.catalogMinor(t, name, 1, 0)
-	if err := consumer.exec(t, "CALL rejot.subscribe($1, 1, 'copy')", name); err != nil {
-		t.Fatal(err)
-	}
 	status := func() (string, string) {
 		var st string
 		var msg *string

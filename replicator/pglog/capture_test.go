@@ -83,6 +83,23 @@ func TestCaptureToLog(t *testing.T) {
 	})
 }
 
+// fills counts the first states in a stream's change log (each starts
+// with a truncate).
+func fills(t *testing.T, l *Log, s replicator.Stream) int {
+	t.Helper()
+	recs, err := l.Changes(context.Background(), s, 0, 100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range recs {
+		if r.Op == replicator.OpTruncate {
+			n++
+		}
+	}
+	return n
+}
+
 // projection renders what the published query gives now, as state does
 // (rows sorted: the two orders differ).
 func projection(t *testing.T, owner *pgx.Conn, query string) string {
@@ -174,17 +191,7 @@ func TestFirstFill(t *testing.T) {
 	stop = run()
 	defer stop()
 	waitUntil(t, func() bool { return sortedState(t, l, stream) == projection(t, owner, query) })
-	recs, err := l.Changes(ctx, stream, 0, 100000)
-	if err != nil {
-		t.Fatal(err)
-	}
-	truncates := 0
-	for _, r := range recs {
-		if r.Op == replicator.OpTruncate {
-			truncates++
-		}
-	}
-	if truncates != 1 {
+	if truncates := fills(t, l, stream); truncates != 1 {
 		t.Fatalf("the first state was taken %d times", truncates)
 	}
 	var first, last int64
@@ -390,17 +397,7 @@ func TestNewDefinitionFillsAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, func() bool { return sortedState(t, l, stream) == want() })
-	recs, err := l.Changes(ctx, stream, 0, 1000)
-	if err != nil {
-		t.Fatal(err)
-	}
-	truncates := 0
-	for _, r := range recs {
-		if r.Op == replicator.OpTruncate {
-			truncates++
-		}
-	}
-	if truncates != 2 {
+	if truncates := fills(t, l, stream); truncates != 2 {
 		t.Fatalf("filled %d times, want 2", truncates)
 	}
 }
