@@ -26,6 +26,9 @@ type Applier struct {
 	// Prepare runs on each new connection before anything is applied: the
 	// sidecar installs its schema _rejot there.
 	Prepare func(context.Context, *pgx.Conn) error
+	// Applied, when set, is called after each command the catalog took
+	// (the sidecar wakes its capture: a publish starts a first fill).
+	Applied func(kind string)
 }
 
 // Run applies commands until ctx ends.
@@ -124,6 +127,9 @@ func (a *Applier) applyAll(ctx context.Context, conn *pgx.Conn, c *Catalog, cmds
 			a.Logger.Error().Err(err).Int64("command", cmd.id).Str("kind", cmd.kind).Msg("command refused by the catalog")
 		} else {
 			a.Logger.Info().Int64("command", cmd.id).Str("kind", cmd.kind).Msg("command applied to the catalog")
+			if a.Applied != nil {
+				a.Applied(cmd.kind)
+			}
 		}
 		if _, err := conn.Exec(ctx, "UPDATE _rejot.commands SET applied_at = now(), error = NULLIF($2, '') WHERE id = $1", cmd.id, outcome); err != nil {
 			return err

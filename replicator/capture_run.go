@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,9 +30,37 @@ type Capture struct {
 	// read (default 30s).
 	PruneEvery time.Duration
 
-	problem atomic.Pointer[string]
-	conn    *pgx.Conn // for reading the owner's record; owned by Run
-	running atomic.Bool
+	problem  atomic.Pointer[string]
+	conn     *pgx.Conn // for reading the owner's record; owned by Run
+	running  atomic.Bool
+	wakeOnce sync.Once
+	wake     chan struct{}
+}
+
+// Wake makes the capture read the owner's record now rather than at its
+// next check: the sidecar calls it when a publish or unpublish has been
+// applied, so a new version's first fill starts at once.
+func (c *Capture) Wake() {
+	select {
+	case c.woken() <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Capture) woken() chan struct{} {
+	c.wakeOnce.Do(func() { c.wake = make(chan struct{}, 1) })
+	return c.wake
+}
+
+// pause waits for d, or less when woken.
+func (c *Capture) pause(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	case <-c.woken():
+	}
 }
 
 // Problem says why the database cannot be captured ("" when it can), as
@@ -86,7 +115,7 @@ func (c *Capture) Run(ctx context.Context) {
 	for ctx.Err() == nil {
 		sources, err := c.load(ctx)
 		if err == nil && len(sources) == 0 {
-			sleepCtx(ctx, c.check())
+			c.pause(ctx, c.check())
 			continue
 		}
 		started := time.Now()
@@ -165,17 +194,17 @@ func (c *Capture) runUntilChanged(ctx context.Context, sources []Source) error {
 		select {
 		case err := <-done:
 			return err
+		case <-c.woken():
 		case <-t.C:
 			if time.Since(lastPrune) > c.pruneEvery() {
 				lastPrune = time.Now()
 				c.prune(ctx, sources)
 			}
-			now, err := c.load(ctx)
-			if err == nil && fingerprint(now) != want {
-				stop()
-				<-done
-				return errSourcesChanged
-			}
+		}
+		if now, err := c.load(ctx); err == nil && fingerprint(now) != want {
+			stop()
+			<-done
+			return errSourcesChanged
 		}
 	}
 }

@@ -337,6 +337,17 @@ func (p *Publisher) fillKept(ctx context.Context, tx pgx.Tx, log LogTx, schema, 
 	if !anyTrue(kept) || !anyTrue(key) {
 		return nil
 	}
+	// A table whose TOAST relation is empty (checked after the snapshot
+	// was taken) has no out-of-line value in any row the snapshot sees:
+	// nothing to keep, and no need to read the table twice.
+	var toasted int64
+	if err := tx.QueryRow(ctx, `SELECT coalesce(pg_catalog.pg_relation_size(NULLIF(reltoastrelid, 0)), 0)
+		FROM pg_catalog.pg_class WHERE oid = $1::regclass`, name).Scan(&toasted); err != nil {
+		return err
+	}
+	if toasted == 0 {
+		return nil
+	}
 	var keyCols, keptCols []string
 	for i, c := range names {
 		if key[i] {

@@ -198,6 +198,7 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 	sc.subscriber = &replicator.Subscriber{URL: c.upstream, System: lazy.System.Name, Logger: log,
 		OpenLog: func(ctx context.Context) (replicator.LogReader, error) { return eventLog.open(ctx) },
 		Report:  lazy.ReportSubscriptions}
+	sc.applier.Applied = func(string) { sc.capture.Wake() }
 	executor.CaptureProblem = sc.capture.Problem
 	lazy.Problem = sc.capture.Problem
 	if c.tlsCert != "" {
