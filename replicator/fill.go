@@ -128,13 +128,13 @@ func (p *Publisher) snapshot(ctx context.Context, todo []*Source) (uint64, error
 // progress every few seconds.
 func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *Source, point uint64) error {
 	if fc, ok := log.(FillCopier); ok {
-		group := Group{Stream: src.Stream, System: p.System, CommitLSN: point, CommitTime: time.Now()}
-		id, first, can, err := fc.FillStart(ctx, group)
+		group := Group{Stream: src.Stream, System: p.System, CommitLSN: point, CommitTime: time.Now(), Layout: src.Layout()}
+		can, err := fc.FillStart(ctx, group)
 		if err != nil {
 			return fmt.Errorf("cannot append the first state: %w", err)
 		}
 		if can {
-			return p.copyFill(ctx, tx, fc, src, group, id, first)
+			return p.copyFill(ctx, tx, fc, src, group)
 		}
 	}
 	q := "SELECT ARRAY[" + strings.Join(src.textExprs(), ", ") + "]" + src.rowsFrom()
@@ -147,7 +147,7 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *S
 	progress := metricFillRows.WithLabelValues(streamLabels(src.Stream)...)
 	captured := metricCaptured.WithLabelValues(streamLabels(src.Stream)...)
 	go func() {
-		group := Group{Stream: src.Stream, System: p.System, CommitLSN: point, CommitTime: time.Now()}
+		group := Group{Stream: src.Stream, System: p.System, CommitLSN: point, CommitTime: time.Now(), Layout: src.Layout()}
 		total, lastReport := 0, time.Now()
 		for chunk := range chunks {
 			group.Changes = chunk
@@ -185,17 +185,10 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *S
 }
 
 // copyFill passes a source's projected rows from the owner's server to the
-// log's as COPY data: Postgres renders them (keys and rows as JSON arrays
-// of text values, as jsonb prints them) and Postgres reads them; the
-// sidecar only moves bytes.
-func (p *Publisher) copyFill(ctx context.Context, tx pgx.Tx, fc FillCopier, src *Source, group Group, id int, first int64) error {
-	exprs := src.textExprs()
-	keys := make([]string, len(src.KeyCols))
-	for i, k := range src.KeyCols {
-		keys[i] = exprs[k]
-	}
-	q := fmt.Sprintf("COPY (SELECT %d, to_jsonb(ARRAY[%s]::text[])::text, to_jsonb(ARRAY[%s]::text[])::text, %d%s) TO STDOUT",
-		id, strings.Join(keys, ", "), strings.Join(exprs, ", "), first, src.rowsFrom())
+// log's as COPY data: Postgres renders them (each public column as text)
+// and Postgres reads them; the sidecar only moves bytes.
+func (p *Publisher) copyFill(ctx context.Context, tx pgx.Tx, fc FillCopier, src *Source, group Group) error {
+	q := "COPY (SELECT " + strings.Join(src.textExprs(), ", ") + src.rowsFrom() + ") TO STDOUT"
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
@@ -211,7 +204,7 @@ func (p *Publisher) copyFill(ctx context.Context, tx pgx.Tx, fc FillCopier, src 
 		pw.CloseWithError(err)
 		read <- err
 	}()
-	rows, err := fc.FillCopy(ctx, pr)
+	rows, err := fc.FillCopy(ctx, group, pr)
 	pr.CloseWithError(err)
 	if rerr := <-read; rerr != nil && !errors.Is(rerr, io.ErrClosedPipe) {
 		return fmt.Errorf("cannot read %s.%s for its first state: %w", src.Schema, src.Table, rerr)
@@ -246,6 +239,11 @@ func (f *fillProgress) Write(b []byte) (int, error) {
 			Int64("rows", f.rows).Msg("first state in progress")
 	}
 	return len(b), nil
+}
+
+// Layout is how the log lays out the version's rows.
+func (s *Source) Layout() Layout {
+	return Layout{Columns: len(s.Exprs), Key: s.KeyCols}
 }
 
 // textExprs are a source's public columns as text, as the log keeps them.

@@ -324,7 +324,7 @@ func (s *stream) groups(ctx context.Context, txns []*transaction) ([]Group, erro
 			if len(c) > 0 {
 				t := txns[ti]
 				perTxn[ti] = append(perTxn[ti], Group{Stream: src.Stream, System: s.p.System,
-					CommitLSN: t.commitLSN, CommitTime: t.commitTime, Changes: c})
+					CommitLSN: t.commitLSN, CommitTime: t.commitTime, Layout: src.Layout(), Changes: c})
 			}
 		}
 	}

@@ -41,6 +41,15 @@ type Stream struct {
 	Version     int
 }
 
+// Layout is how a publication version's rows are laid out: how many
+// values a row has and which of them, in key order, are its public key
+// (the source table's primary key, which a publication always includes
+// as plain columns). The log keys its compacted state by those values.
+type Layout struct {
+	Columns int
+	Key     []int
+}
+
 // Group is what one source transaction changed in one publication
 // version: the unit that is appended once and applied atomically.
 type Group struct {
@@ -48,6 +57,7 @@ type Group struct {
 	System     string // the owner's system: with CommitLSN, what makes an append idempotent
 	CommitLSN  uint64
 	CommitTime time.Time
+	Layout     Layout
 	Changes    []Change
 }
 
@@ -113,13 +123,12 @@ type LogTx interface {
 
 // FillCopier is a LogTx that can take a first state as COPY data, which
 // then passes from the owner's server to the log's without being decoded:
-// FillStart says whether it can (nobody reads the version yet) and what
-// stream id and position the rows carry; FillCopy reads rows of (stream,
-// key, row, position), keys and rows as JSON arrays printed as jsonb
-// prints them; FillEnd records the group.
+// FillStart says whether it can (nobody reads the version yet); FillCopy
+// reads rows in COPY's text format, one column per value of the group's
+// Layout; FillEnd records the group.
 type FillCopier interface {
-	FillStart(ctx context.Context, g Group) (stream int, first int64, ok bool, err error)
-	FillCopy(ctx context.Context, r io.Reader) (rows int64, err error)
+	FillStart(ctx context.Context, g Group) (ok bool, err error)
+	FillCopy(ctx context.Context, g Group, r io.Reader) (rows int64, err error)
 	FillEnd(ctx context.Context, g Group, rows int64) error
 }
 

@@ -278,7 +278,7 @@ func logState(t *testing.T, logDB *pgx.Conn, name string) (string, int64) {
 	var state string
 	var groups int64
 	err := logDB.QueryRow(context.Background(), `SELECT
-			coalesce((SELECT string_agg(st.row::text, E'\n' ORDER BY (st.row->>0)::bigint) FROM rejot_log.state st WHERE st.stream = s.id), ''),
+			coalesce((SELECT string_agg(to_jsonb(r)::text, E'\n' ORDER BY r[1]::bigint) FROM rejot_log.state_rows($1, 1) AS r), ''),
 			(SELECT count(*) FROM rejot_log.groups g WHERE g.stream = s.id)
 		FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = 1`, name).Scan(&state, &groups)
 	if err != nil {

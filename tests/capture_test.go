@@ -42,9 +42,8 @@ func TestPublishedTableIsCaptured(t *testing.T) {
 	}
 	waitFor(t, 30*time.Second, func() bool {
 		var rows string
-		logDB.QueryRow(ctx, `SELECT string_agg(st.row::text, ' ' ORDER BY st.key::text)
-			FROM rejot_log.state st JOIN rejot_log.streams s ON s.id = st.stream
-			WHERE s.publication = $1 AND s.version = 1`, name).Scan(&rows)
+		logDB.QueryRow(ctx, `SELECT string_agg(to_jsonb(r)::text, ' ' ORDER BY r[1])
+			FROM rejot_log.state_rows($1, 1) AS r`, name).Scan(&rows)
 		return rows == `["1", "uno"] ["2", "two"]`
 	})
 }
@@ -167,9 +166,8 @@ func TestCaptureSurvivesKill(t *testing.T) {
 		FROM acct WHERE balance >= 0`).Scan(&want)
 	waitFor(t, 60*time.Second, func() bool {
 		var got string
-		logDB.QueryRow(ctx, `SELECT coalesce(string_agg(st.row::text, ' ' ORDER BY st.row->>0), '')
-			FROM rejot_log.state st JOIN rejot_log.streams s ON s.id = st.stream
-			WHERE s.publication = $1 AND s.version = 1`, name).Scan(&got)
+		logDB.QueryRow(ctx, `SELECT coalesce(string_agg(to_jsonb(r)::text, ' ' ORDER BY r[1]), '')
+			FROM rejot_log.state_rows($1, 1) AS r`, name).Scan(&got)
 		return got == want
 	})
 	// Every group's changes are in the log once — but the first state's,

@@ -12,12 +12,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rejot-dev/rejot/catalog"
 	"github.com/rejot-dev/rejot/replicator"
@@ -98,9 +101,11 @@ type Tx struct {
 type streamTx struct {
 	id     int
 	head   int64
-	groups []*groupTx // new groups, in order
-	fill   bool       // a first state (Fill)
-	unread bool       // no subscriber reads it yet: a fill keeps no change log
+	groups []*groupTx        // new groups, in order
+	fill   bool              // a first state (Fill)
+	unread bool              // no subscriber reads it yet: a fill keeps no change log
+	layout replicator.Layout // of its state table; no columns: no table yet
+	copied bool              // FillStart made a new table: its key is indexed at FillEnd
 }
 
 type groupID struct {
@@ -150,14 +155,18 @@ func (t *Tx) stream(ctx context.Context, s replicator.Stream, fill bool) (*strea
 	if st := t.streams[s]; st != nil {
 		return st, nil
 	}
-	id, err := streamID(ctx, t.tx, s)
+	var key []int
+	st := &streamTx{fill: fill}
+	err := t.tx.QueryRow(ctx, `INSERT INTO rejot_log.streams (publication, version) VALUES ($1, $2)
+		ON CONFLICT (publication, version) DO UPDATE SET version = EXCLUDED.version
+		RETURNING id, coalesce(state_columns, 0), coalesce(state_key, '{}')`, s.Publication, s.Version).Scan(&st.id, &st.layout.Columns, &key)
 	if err != nil {
 		return nil, err
 	}
-	st := &streamTx{id: id, fill: fill}
+	st.layout.Key = key
 	if fill {
 		var read bool
-		if err := t.tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM rejot_log.readers WHERE stream = $1)", id).Scan(&read); err != nil {
+		if err := t.tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM rejot_log.readers WHERE stream = $1)", st.id).Scan(&read); err != nil {
 			return nil, err
 		}
 		st.unread = !read
@@ -169,41 +178,50 @@ func (t *Tx) stream(ctx context.Context, s replicator.Stream, fill bool) (*strea
 
 // FillStart begins a first state that arrives as COPY data (FillCopy):
 // possible when nobody reads the stream yet, so the log keeps only the
-// compacted state. It clears the state and returns the stream's id and
-// the position the rows take (the fill group's first); ok is false when
+// compacted state. It replaces the stream's state table with an empty
+// one, its key indexed once the rows are in (FillEnd); ok is false when
 // the first state must go through Fill.
-func (t *Tx) FillStart(ctx context.Context, g replicator.Group) (int, int64, bool, error) {
+func (t *Tx) FillStart(ctx context.Context, g replicator.Group) (bool, error) {
 	st, err := t.stream(ctx, g.Stream, true)
 	if err != nil || !st.unread || len(st.groups) > 0 {
-		return 0, 0, false, err
+		return false, err
 	}
 	if err := t.sortOut(ctx, st, g.Stream, []*replicator.Group{&g}); err != nil {
-		return 0, 0, false, err
+		return false, err
 	}
 	if t.groups[groupID{g.Stream, g.System, g.CommitLSN}].skip {
-		return 0, 0, false, nil
+		return false, nil
 	}
-	var head int64
-	if err := t.tx.QueryRow(ctx, "SELECT head FROM rejot_log.streams WHERE id = $1", st.id).Scan(&head); err != nil {
-		return 0, 0, false, err
+	if err := t.newState(ctx, st, g.Layout, false); err != nil {
+		return false, err
 	}
-	if _, err := t.tx.Exec(ctx, "DELETE FROM rejot_log.state WHERE stream = $1", st.id); err != nil {
-		return 0, 0, false, err
-	}
-	return st.id, head + 1, true, nil
+	st.copied = true
+	return true, nil
 }
 
-// FillCopy reads a first state's rows in COPY text format — stream,
-// key, row, position: what FillStart returned — into the compacted state.
-func (t *Tx) FillCopy(ctx context.Context, r io.Reader) (int64, error) {
-	tag, err := t.tx.Conn().PgConn().CopyFrom(ctx, r, "COPY rejot_log.state (stream, key, row, position) FROM STDIN")
+// FillCopy reads a first state's rows in COPY text format, one column per
+// value, into the stream's new state table. The table was made in this
+// transaction, so the rows go in frozen: nobody vacuums them later.
+func (t *Tx) FillCopy(ctx context.Context, g replicator.Group, r io.Reader) (int64, error) {
+	st := t.streams[g.Stream]
+	cols := make([]string, st.layout.Columns)
+	for i := range cols {
+		cols[i] = column(i)
+	}
+	tag, err := t.tx.Conn().PgConn().CopyFrom(ctx, r, "COPY "+stateTable(st.id)+" ("+strings.Join(cols, ", ")+") FROM STDIN WITH (FREEZE)")
 	return tag.RowsAffected(), err
 }
 
-// FillEnd records the first state FillCopy read: a group of a truncate
-// and one upsert per row.
+// FillEnd indexes the key of the first state FillCopy read and records it:
+// a group of a truncate and one upsert per row.
 func (t *Tx) FillEnd(ctx context.Context, g replicator.Group, rows int64) error {
 	st := t.streams[g.Stream]
+	if _, err := t.tx.Exec(ctx, "ALTER TABLE "+stateTable(st.id)+" ADD PRIMARY KEY ("+keyColumns(st.layout)+")"); err != nil {
+		if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == "23505" {
+			return fmt.Errorf("the version's rows repeat a key (%s): %w", pgErr.Detail, err)
+		}
+		return err
+	}
 	var head int64
 	if err := t.tx.QueryRow(ctx, "UPDATE rejot_log.streams SET head = head + $2 WHERE id = $1 RETURNING head", st.id, rows+1).Scan(&head); err != nil {
 		return err
@@ -212,6 +230,87 @@ func (t *Tx) FillEnd(ctx context.Context, g replicator.Group, rows int64) error 
 	gt.first, gt.last = head-rows, head
 	st.groups = append(st.groups, gt)
 	st.head = head
+	return nil
+}
+
+// stateTable names a stream's compacted state.
+func stateTable(stream int) string { return "rejot_log.state_" + strconv.Itoa(stream) }
+
+// column names the state table's column of a row's i-th value.
+func column(i int) string { return "v" + strconv.Itoa(i) }
+
+func keyColumns(l replicator.Layout) string {
+	cols := make([]string, len(l.Key))
+	for i, k := range l.Key {
+		cols[i] = column(k)
+	}
+	return strings.Join(cols, ", ")
+}
+
+// checkLayout refuses a layout the log cannot key rows by.
+func checkLayout(l replicator.Layout) error {
+	if l.Columns <= 0 || len(l.Key) == 0 {
+		return fmt.Errorf("the rows' layout is missing (%d values, key %v)", l.Columns, l.Key)
+	}
+	for _, k := range l.Key {
+		if k < 0 || k >= l.Columns {
+			return fmt.Errorf("the rows' key %v is outside their %d values", l.Key, l.Columns)
+		}
+	}
+	return nil
+}
+
+func sameLayout(a, b replicator.Layout) bool {
+	return a.Columns == b.Columns && slices.Equal(a.Key, b.Key)
+}
+
+// newState replaces a stream's state table with an empty one laid out as
+// l, its key indexed at once or (indexed false) left for later.
+func (t *Tx) newState(ctx context.Context, st *streamTx, l replicator.Layout, indexed bool) error {
+	if err := checkLayout(l); err != nil {
+		return err
+	}
+	cols := make([]string, l.Columns)
+	for i := range cols {
+		cols[i] = column(i) + ` text COLLATE "C"`
+	}
+	if indexed {
+		cols = append(cols, "PRIMARY KEY ("+keyColumns(l)+")")
+	}
+	table := stateTable(st.id)
+	if _, err := t.tx.Exec(ctx, "DROP TABLE IF EXISTS "+table); err != nil {
+		return err
+	}
+	if _, err := t.tx.Exec(ctx, "CREATE TABLE "+table+" ("+strings.Join(cols, ", ")+")"); err != nil {
+		return err
+	}
+	if _, err := t.tx.Exec(ctx, "UPDATE rejot_log.streams SET state_columns = $2, state_key = $3 WHERE id = $1", st.id, l.Columns, l.Key); err != nil {
+		return err
+	}
+	st.layout = replicator.Layout{Columns: l.Columns, Key: slices.Clone(l.Key)}
+	return nil
+}
+
+// clearState empties a stream's state for a first state laid out as l:
+// the rows go (MVCC-safe: a subscriber copying meanwhile still sees the
+// old ones), or the table is made anew when the layout changed.
+func (t *Tx) clearState(ctx context.Context, st *streamTx, l replicator.Layout) error {
+	if st.layout.Columns > 0 && sameLayout(st.layout, l) {
+		_, err := t.tx.Exec(ctx, "DELETE FROM "+stateTable(st.id))
+		return err
+	}
+	return t.newState(ctx, st, l, true)
+}
+
+// appendable makes sure a stream has a state table for g's rows.
+func (t *Tx) appendable(ctx context.Context, st *streamTx, g *replicator.Group) error {
+	if st.layout.Columns == 0 {
+		return t.newState(ctx, st, g.Layout, true)
+	}
+	if g.Layout.Columns > 0 && !sameLayout(st.layout, g.Layout) {
+		return fmt.Errorf("%s version %d: rows laid out as %+v, its state as %+v (a changed definition needs a new first state)",
+			g.Stream.Publication, g.Stream.Version, g.Layout, st.layout)
+	}
 	return nil
 }
 
@@ -236,6 +335,11 @@ func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*re
 	if len(all) == 0 {
 		return nil
 	}
+	if !fill {
+		if err := t.appendable(ctx, st, fresh[0]); err != nil {
+			return err
+		}
+	}
 	var head int64
 	if err := t.tx.QueryRow(ctx, "UPDATE rejot_log.streams SET head = head + $2 WHERE id = $1 RETURNING head", st.id, len(all)).Scan(&head); err != nil {
 		return err
@@ -258,38 +362,60 @@ func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*re
 		}
 	}
 	if st.fill {
-		return fillState(ctx, t.tx, st.id, first, all)
+		return t.fillState(ctx, st, fresh[0].Layout, all)
 	}
-	return compact(ctx, t.tx, st.id, first, all)
+	return compact(ctx, t.tx, st, all)
 }
 
 // fillState writes a first state's part: a truncate clears the state, and
 // the rows (each key once: a table's rows) are copied in.
-func fillState(ctx context.Context, tx pgx.Tx, stream int, first int64, changes []replicator.Change) error {
-	rows := make([][]any, 0, len(changes))
-	for i, c := range changes {
+func (t *Tx) fillState(ctx context.Context, st *streamTx, l replicator.Layout, changes []replicator.Change) error {
+	var rows [][]any
+	for _, c := range changes {
 		switch c.Op {
 		case replicator.OpTruncate:
-			if _, err := tx.Exec(ctx, "DELETE FROM rejot_log.state WHERE stream = $1", stream); err != nil {
+			if err := t.clearState(ctx, st, l); err != nil {
 				return err
 			}
 			rows = rows[:0]
 		case replicator.OpUpsert:
-			k, err := encode(c.Key)
+			row, err := stateRow(st.layout, c.Row)
 			if err != nil {
 				return err
 			}
-			r, err := encode(c.Row)
-			if err != nil {
-				return err
+			vals := make([]any, len(row))
+			for i, v := range row {
+				vals[i] = v
 			}
-			rows = append(rows, []any{int32(stream), string(k), string(r), first + int64(i)})
+			rows = append(rows, vals)
 		default:
 			return fmt.Errorf("a first state holds upserts only, not %q", c.Op)
 		}
 	}
-	_, err := tx.CopyFrom(ctx, pgx.Identifier{"rejot_log", "state"}, []string{"stream", "key", "row", "position"}, pgx.CopyFromRows(rows))
+	if len(rows) == 0 {
+		return nil
+	}
+	if st.layout.Columns == 0 {
+		return errors.New("a first state must start with a truncate")
+	}
+	cols := make([]string, st.layout.Columns)
+	for i := range cols {
+		cols[i] = column(i)
+	}
+	_, err := t.tx.CopyFrom(ctx, pgx.Identifier{"rejot_log", "state_" + strconv.Itoa(st.id)}, cols, pgx.CopyFromRows(rows))
 	return err
+}
+
+// stateRow is a row's values as the state table holds them: a value a row
+// lacks (laid out before a column was added) is NULL.
+func stateRow(l replicator.Layout, row []replicator.Value) ([]replicator.Value, error) {
+	if len(row) > l.Columns {
+		return nil, fmt.Errorf("a row of %d values does not fit a state of %d", len(row), l.Columns)
+	}
+	if len(row) < l.Columns {
+		row = append(slices.Clone(row), make([]replicator.Value, l.Columns-len(row))...)
+	}
+	return row, nil
 }
 
 // sortOut learns, for groups not seen before in this append, whether the
@@ -484,67 +610,104 @@ func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, grou
 
 // compact brings the state up to date with a group's changes: the last
 // change per key wins, a truncate clears what came before it.
-func compact(ctx context.Context, tx pgx.Tx, stream int, first int64, changes []replicator.Change) error {
-	type latest struct {
-		row      *string
-		position int64
-	}
-	final := map[string]latest{}
+func compact(ctx context.Context, tx pgx.Tx, st *streamTx, changes []replicator.Change) error {
+	final := map[string]int{} // key → index of its last change
 	var order []string
 	truncated := false
 	for i, c := range changes {
-		pos := first + int64(i)
 		if c.Op == replicator.OpTruncate {
-			final, order, truncated = map[string]latest{}, nil, true
+			final, order, truncated = map[string]int{}, nil, true
 			continue
 		}
-		k, err := encode(c.Key)
-		if err != nil {
-			return err
-		}
-		key := string(k)
+		key := replicator.KeyString(c.Key)
 		if _, seen := final[key]; !seen {
 			order = append(order, key)
 		}
-		l := latest{position: pos}
-		if c.Op == replicator.OpUpsert {
-			r, err := encode(c.Row)
-			if err != nil {
-				return err
-			}
-			s := string(r)
-			l.row = &s
-		}
-		final[key] = l
+		final[key] = i
 	}
+	table := stateTable(st.id)
 	if truncated {
-		if _, err := tx.Exec(ctx, "DELETE FROM rejot_log.state WHERE stream = $1", stream); err != nil {
+		if _, err := tx.Exec(ctx, "DELETE FROM "+table); err != nil {
 			return err
 		}
 	}
-	var upKeys, upRows, delKeys []string
-	var upPos []int64
+	l := st.layout
+	del := make([][]replicator.Value, len(l.Key))
+	up := make([][]replicator.Value, l.Columns)
+	deletes, upserts := 0, 0
 	for _, key := range order {
-		l := final[key]
-		if l.row == nil {
-			delKeys = append(delKeys, key)
+		c := changes[final[key]]
+		if c.Op != replicator.OpUpsert {
+			if len(c.Key) != len(l.Key) {
+				return fmt.Errorf("a key of %d values for a state keyed by %d", len(c.Key), len(l.Key))
+			}
+			for i, v := range c.Key {
+				del[i] = append(del[i], v)
+			}
+			deletes++
 			continue
 		}
-		upKeys, upRows, upPos = append(upKeys, key), append(upRows, *l.row), append(upPos, l.position)
+		row, err := stateRow(l, c.Row)
+		if err != nil {
+			return err
+		}
+		for i, v := range row {
+			up[i] = append(up[i], v)
+		}
+		upserts++
 	}
-	if len(delKeys) > 0 {
-		if _, err := tx.Exec(ctx, "DELETE FROM rejot_log.state WHERE stream = $1 AND key = ANY ($2::text[])", stream, delKeys); err != nil {
+	if deletes > 0 {
+		args := make([]any, len(del))
+		conds := make([]string, len(del))
+		names := make([]string, len(del))
+		for i, k := range l.Key {
+			args[i] = del[i]
+			names[i] = "k" + strconv.Itoa(i)
+			conds[i] = "s." + column(k) + " = d." + names[i]
+		}
+		q := "DELETE FROM " + table + " s USING unnest(" + arrayParams(0, len(del)) + ") AS d(" + strings.Join(names, ", ") +
+			") WHERE " + strings.Join(conds, " AND ")
+		if _, err := tx.Exec(ctx, q, args...); err != nil {
 			return err
 		}
 	}
-	if len(upKeys) == 0 {
+	if upserts == 0 {
 		return nil
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO rejot_log.state (stream, key, row, position)
-		SELECT $1, k, r::jsonb, p FROM unnest($2::text[], $3::text[], $4::int8[]) AS u(k, r, p)
-		ON CONFLICT (stream, key) DO UPDATE SET row = EXCLUDED.row, position = EXCLUDED.position`,
-		stream, upKeys, upRows, upPos)
+	args := make([]any, len(up))
+	for i := range up {
+		args[i] = up[i]
+	}
+	_, err := tx.Exec(ctx, upsertSQL(table, l), args...)
 	return err
+}
+
+// arrayParams is "$from+1::text[], …" for n parameters.
+func arrayParams(from, n int) string {
+	p := make([]string, n)
+	for i := range p {
+		p[i] = "$" + strconv.Itoa(from+i+1) + "::text[]"
+	}
+	return strings.Join(p, ", ")
+}
+
+// upsertSQL writes rows given as one text array per column into a state
+// table: a row whose key is there replaces it.
+func upsertSQL(table string, l replicator.Layout) string {
+	cols := make([]string, l.Columns)
+	var set []string
+	for i := range cols {
+		cols[i] = column(i)
+		if !slices.Contains(l.Key, i) {
+			set = append(set, cols[i]+" = EXCLUDED."+cols[i])
+		}
+	}
+	q := "INSERT INTO " + table + " (" + strings.Join(cols, ", ") + ") SELECT * FROM unnest(" + arrayParams(0, l.Columns) +
+		") ON CONFLICT (" + keyColumns(l) + ") DO "
+	if len(set) == 0 {
+		return q + "NOTHING"
+	}
+	return q + "UPDATE SET " + strings.Join(set, ", ")
 }
 
 // Filled returns where and with what definition system last filled s. A
@@ -584,40 +747,27 @@ func (t *Tx) SetFilled(ctx context.Context, s replicator.Stream, system, definit
 	return err
 }
 
-// State calls fn for every row of a stream's compacted state, as of one
-// consistent moment, and returns the position that state is at: a
-// subscriber that copies it continues with the changes after it.
+// State calls fn for every row of a stream's compacted state, in key
+// order, as of one consistent moment, and returns the position that state
+// is at: a subscriber that copies it continues with the changes after it.
 func (l *Log) State(ctx context.Context, s replicator.Stream, fn func(row []replicator.Value) error) (int64, error) {
 	var head int64
 	err := pgx.BeginTxFunc(ctx, l.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		var id int
-		err := tx.QueryRow(ctx, "SELECT id, head FROM rejot_log.streams WHERE publication = $1 AND version = $2",
-			s.Publication, s.Version).Scan(&id, &head)
-		if err == pgx.ErrNoRows {
+		err := tx.QueryRow(ctx, "SELECT head FROM rejot_log.streams WHERE publication = $1 AND version = $2",
+			s.Publication, s.Version).Scan(&head)
+		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
 		if err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, "SELECT row::text FROM rejot_log.state WHERE stream = $1", id)
+		rows, err := tx.Query(ctx, "SELECT * FROM rejot_log.state_rows($1, $2)", s.Publication, s.Version)
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var raw string
-			var row []replicator.Value
-			if err := rows.Scan(&raw); err != nil {
-				return err
-			}
-			if err := json.Unmarshal([]byte(raw), &row); err != nil {
-				return err
-			}
-			if err := fn(row); err != nil {
-				return err
-			}
-		}
-		return rows.Err()
+		var row []replicator.Value
+		_, err = pgx.ForEachRow(rows, []any{&row}, func() error { return fn(row) })
+		return err
 	})
 	return head, err
 }

@@ -42,7 +42,19 @@ func del(key string) replicator.Change {
 var orders = replicator.Stream{Publication: "orders", Version: 1}
 
 func group(lsn uint64, changes ...replicator.Change) replicator.Group {
-	return replicator.Group{Stream: orders, System: "shop", CommitLSN: lsn, CommitTime: time.Unix(1700000000, 0).UTC(), Changes: changes}
+	return replicator.Group{Stream: orders, System: "shop", CommitLSN: lsn, CommitTime: time.Unix(1700000000, 0).UTC(),
+		Layout: layoutOf(changes), Changes: changes}
+}
+
+// layoutOf is the layout of the rows changes upsert (two values unless
+// one says otherwise), keyed by the first value, as upsert writes them.
+func layoutOf(changes []replicator.Change) replicator.Layout {
+	for _, c := range changes {
+		if c.Op == replicator.OpUpsert {
+			return replicator.Layout{Columns: len(c.Row), Key: []int{0}}
+		}
+	}
+	return replicator.Layout{Columns: 2, Key: []int{0}}
 }
 
 // state renders a stream's compacted state.
@@ -100,7 +112,8 @@ func TestAppendIsIdempotent(t *testing.T) {
 	l, _ := open(t)
 	ctx := context.Background()
 	g := group(100, upsert("1", v("a")))
-	other := replicator.Group{Stream: replicator.Stream{Publication: "orders", Version: 2}, System: "shop", CommitLSN: 100, Changes: []replicator.Change{upsert("1", v("a"))}}
+	other := replicator.Group{Stream: replicator.Stream{Publication: "orders", Version: 2}, System: "shop", CommitLSN: 100,
+		Layout: replicator.Layout{Columns: 2, Key: []int{0}}, Changes: []replicator.Change{upsert("1", v("a"))}}
 	if n, err := l.Append(ctx, []replicator.Group{g, other}); err != nil || n != 2 {
 		t.Fatalf("first append: %d, %v", n, err)
 	}
@@ -125,7 +138,7 @@ func TestValuesRoundTripExactly(t *testing.T) {
 	values := []replicator.Value{v(""), nil, v("12.3400"), v("NaN"), v("-Infinity"), v("infinity"),
 		v(`\x00ff10`), v(`{"a": [1, 2.50]}`), v(`{1,NULL,"x,y"}`), v("2024-02-29 23:59:59.999999+00"),
 		v("ünïcödé ✓ 😀"), v("quote ' double \" backslash \\ tab \t newline \n"), v("\u2028\u2029<>&")}
-	if _, err := l.Append(ctx, []replicator.Group{group(1, replicator.Change{Op: replicator.OpUpsert, Key: []replicator.Value{v("k")}, Row: values})}); err != nil {
+	if _, err := l.Append(ctx, []replicator.Group{group(1, replicator.Change{Op: replicator.OpUpsert, Key: values[:1], Row: values})}); err != nil {
 		t.Fatal(err)
 	}
 	var got []replicator.Value

@@ -27,21 +27,23 @@ func (l *Log) Ping(ctx context.Context) error { return l.pool.Ping(ctx) }
 func (l *Log) CopyState(ctx context.Context, s replicator.Stream, elements []int, w io.Writer) (int64, error) {
 	var head int64
 	err := pgx.BeginTxFunc(ctx, l.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		var id int
-		err := tx.QueryRow(ctx, "SELECT id, head FROM rejot_log.streams WHERE publication = $1 AND version = $2",
-			s.Publication, s.Version).Scan(&id, &head)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
+		var id, columns int
+		err := tx.QueryRow(ctx, "SELECT id, head, coalesce(state_columns, 0) FROM rejot_log.streams WHERE publication = $1 AND version = $2",
+			s.Publication, s.Version).Scan(&id, &head, &columns)
+		if errors.Is(err, pgx.ErrNoRows) || (err == nil && columns == 0) {
+			return nil // no state yet
 		}
 		if err != nil {
 			return err
 		}
 		cols := make([]string, len(elements))
 		for i, e := range elements {
-			cols[i] = "row->>" + strconv.Itoa(e)
+			cols[i] = "NULL"
+			if e < columns {
+				cols[i] = column(e)
+			}
 		}
-		_, err = tx.Conn().PgConn().CopyTo(ctx, w, "COPY (SELECT "+strings.Join(cols, ", ")+
-			" FROM rejot_log.state WHERE stream = "+strconv.Itoa(id)+") TO STDOUT")
+		_, err = tx.Conn().PgConn().CopyTo(ctx, w, "COPY (SELECT "+strings.Join(cols, ", ")+" FROM "+stateTable(id)+") TO STDOUT")
 		return err
 	})
 	return head, err
