@@ -106,6 +106,25 @@ type streamTx struct {
 	unread bool              // no subscriber reads it yet: a fill keeps no change log
 	layout replicator.Layout // of its state table; no columns: no table yet
 	copied bool              // FillStart made a new table: its key is indexed at FillEnd
+	locked bool              // holds the stream's compaction lock
+}
+
+// compactLock is the first key of the advisory lock a stream's first
+// state and its compactions (rejot_log.compact) take; the second is the
+// stream's id.
+const compactLock = 1919251314
+
+// lockState keeps compactions off a stream's state until the append
+// commits: a first state replaces what they would fold changes into.
+func (t *Tx) lockState(ctx context.Context, st *streamTx) error {
+	if st.locked {
+		return nil
+	}
+	if _, err := t.tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1, $2)", compactLock, st.id); err != nil {
+		return err
+	}
+	st.locked = true
+	return nil
 }
 
 type groupID struct {
@@ -270,6 +289,9 @@ func (t *Tx) newState(ctx context.Context, st *streamTx, l replicator.Layout, in
 	if err := checkLayout(l); err != nil {
 		return err
 	}
+	if err := t.lockState(ctx, st); err != nil {
+		return err
+	}
 	cols := make([]string, l.Columns)
 	for i := range cols {
 		cols[i] = column(i) + ` text COLLATE "C"`
@@ -296,6 +318,9 @@ func (t *Tx) newState(ctx context.Context, st *streamTx, l replicator.Layout, in
 // old ones), or the table is made anew when the layout changed.
 func (t *Tx) clearState(ctx context.Context, st *streamTx, l replicator.Layout) error {
 	if st.layout.Columns > 0 && sameLayout(st.layout, l) {
+		if err := t.lockState(ctx, st); err != nil {
+			return err
+		}
 		_, err := t.tx.Exec(ctx, "DELETE FROM "+stateTable(st.id))
 		return err
 	}
@@ -364,7 +389,13 @@ func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*re
 	if st.fill {
 		return t.fillState(ctx, st, fresh[0].Layout, all)
 	}
-	return compact(ctx, t.tx, st, all)
+	// The state catches up in bulk (rejot_log.compact), not here.
+	for _, c := range all {
+		if len(c.Row) > st.layout.Columns {
+			return fmt.Errorf("a row of %d values does not fit a state of %d", len(c.Row), st.layout.Columns)
+		}
+	}
+	return nil
 }
 
 // fillState writes a first state's part: a truncate clears the state, and
@@ -473,6 +504,14 @@ func (t *Tx) Commit(ctx context.Context) (int, error) {
 		}
 		if err := insertGroups(ctx, t.tx, st.id, st.groups); err != nil {
 			return 0, err
+		}
+		if st.fill {
+			// A first state is the whole state as of its group: nothing
+			// before it is left to compact.
+			if _, err := t.tx.Exec(ctx, `INSERT INTO rejot_log.compactions (stream, position) VALUES ($1, $2)
+				ON CONFLICT (stream) DO UPDATE SET position = EXCLUDED.position`, st.id, st.head); err != nil {
+				return 0, err
+			}
 		}
 		added += len(st.groups)
 		payload := s.Publication + "/" + strconv.Itoa(s.Version) + "/" + strconv.FormatInt(st.head, 10)
@@ -608,108 +647,6 @@ func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, grou
 	return err
 }
 
-// compact brings the state up to date with a group's changes: the last
-// change per key wins, a truncate clears what came before it.
-func compact(ctx context.Context, tx pgx.Tx, st *streamTx, changes []replicator.Change) error {
-	final := map[string]int{} // key → index of its last change
-	var order []string
-	truncated := false
-	for i, c := range changes {
-		if c.Op == replicator.OpTruncate {
-			final, order, truncated = map[string]int{}, nil, true
-			continue
-		}
-		key := replicator.KeyString(c.Key)
-		if _, seen := final[key]; !seen {
-			order = append(order, key)
-		}
-		final[key] = i
-	}
-	table := stateTable(st.id)
-	if truncated {
-		if _, err := tx.Exec(ctx, "DELETE FROM "+table); err != nil {
-			return err
-		}
-	}
-	l := st.layout
-	del := make([][]replicator.Value, len(l.Key))
-	up := make([][]replicator.Value, l.Columns)
-	deletes, upserts := 0, 0
-	for _, key := range order {
-		c := changes[final[key]]
-		if c.Op != replicator.OpUpsert {
-			if len(c.Key) != len(l.Key) {
-				return fmt.Errorf("a key of %d values for a state keyed by %d", len(c.Key), len(l.Key))
-			}
-			for i, v := range c.Key {
-				del[i] = append(del[i], v)
-			}
-			deletes++
-			continue
-		}
-		row, err := stateRow(l, c.Row)
-		if err != nil {
-			return err
-		}
-		for i, v := range row {
-			up[i] = append(up[i], v)
-		}
-		upserts++
-	}
-	if deletes > 0 {
-		args := make([]any, len(del))
-		conds := make([]string, len(del))
-		names := make([]string, len(del))
-		for i, k := range l.Key {
-			args[i] = del[i]
-			names[i] = "k" + strconv.Itoa(i)
-			conds[i] = "s." + column(k) + " = d." + names[i]
-		}
-		q := "DELETE FROM " + table + " s USING unnest(" + arrayParams(0, len(del)) + ") AS d(" + strings.Join(names, ", ") +
-			") WHERE " + strings.Join(conds, " AND ")
-		if _, err := tx.Exec(ctx, q, args...); err != nil {
-			return err
-		}
-	}
-	if upserts == 0 {
-		return nil
-	}
-	args := make([]any, len(up))
-	for i := range up {
-		args[i] = up[i]
-	}
-	_, err := tx.Exec(ctx, upsertSQL(table, l), args...)
-	return err
-}
-
-// arrayParams is "$from+1::text[], …" for n parameters.
-func arrayParams(from, n int) string {
-	p := make([]string, n)
-	for i := range p {
-		p[i] = "$" + strconv.Itoa(from+i+1) + "::text[]"
-	}
-	return strings.Join(p, ", ")
-}
-
-// upsertSQL writes rows given as one text array per column into a state
-// table: a row whose key is there replaces it.
-func upsertSQL(table string, l replicator.Layout) string {
-	cols := make([]string, l.Columns)
-	var set []string
-	for i := range cols {
-		cols[i] = column(i)
-		if !slices.Contains(l.Key, i) {
-			set = append(set, cols[i]+" = EXCLUDED."+cols[i])
-		}
-	}
-	q := "INSERT INTO " + table + " (" + strings.Join(cols, ", ") + ") SELECT * FROM unnest(" + arrayParams(0, l.Columns) +
-		") ON CONFLICT (" + keyColumns(l) + ") DO "
-	if len(set) == 0 {
-		return q + "NOTHING"
-	}
-	return q + "UPDATE SET " + strings.Join(set, ", ")
-}
-
 // Filled returns where and with what definition system last filled s. A
 // stream filled before definitions were recorded has its first group's
 // LSN and an empty definition.
@@ -751,17 +688,17 @@ func (t *Tx) SetFilled(ctx context.Context, s replicator.Stream, system, definit
 // order, as of one consistent moment, and returns the position that state
 // is at: a subscriber that copies it continues with the changes after it.
 func (l *Log) State(ctx context.Context, s replicator.Stream, fn func(row []replicator.Value) error) (int64, error) {
-	var head int64
-	err := pgx.BeginTxFunc(ctx, l.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, "SELECT head FROM rejot_log.streams WHERE publication = $1 AND version = $2",
-			s.Publication, s.Version).Scan(&head)
-		if errors.Is(err, pgx.ErrNoRows) {
+	var at int64
+	err := l.readState(ctx, s, func(tx pgx.Tx, id int, layout replicator.Layout, position int64) error {
+		at = position
+		if layout.Columns == 0 {
 			return nil
 		}
-		if err != nil {
-			return err
+		cols := make([]string, layout.Columns)
+		for i := range cols {
+			cols[i] = column(i)
 		}
-		rows, err := tx.Query(ctx, "SELECT * FROM rejot_log.state_rows($1, $2)", s.Publication, s.Version)
+		rows, err := tx.Query(ctx, "SELECT ARRAY["+strings.Join(cols, ", ")+"]::text[] FROM "+stateTable(id)+" ORDER BY "+keyColumns(layout))
 		if err != nil {
 			return err
 		}
@@ -769,7 +706,35 @@ func (l *Log) State(ctx context.Context, s replicator.Stream, fn func(row []repl
 		_, err = pgx.ForEachRow(rows, []any{&row}, func() error { return fn(row) })
 		return err
 	})
-	return head, err
+	return at, err
+}
+
+// readState compacts a stream, then calls fn in a read-only snapshot with
+// the stream's id, its state's layout (no columns: no state yet) and the
+// position the state is at. fn is not called when the stream does not
+// exist.
+func (l *Log) readState(ctx context.Context, s replicator.Stream, fn func(tx pgx.Tx, id int, layout replicator.Layout, position int64) error) error {
+	var id int
+	err := l.pool.QueryRow(ctx, "SELECT id FROM rejot_log.streams WHERE publication = $1 AND version = $2", s.Publication, s.Version).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := l.pool.Exec(ctx, "SELECT rejot_log.compact($1)", id); err != nil {
+		return fmt.Errorf("cannot compact the state: %w", err)
+	}
+	return pgx.BeginTxFunc(ctx, l.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var layout replicator.Layout
+		var position int64
+		err := tx.QueryRow(ctx, `SELECT coalesce(s.state_columns, 0), coalesce(s.state_key, '{}'), coalesce(c.position, 0)
+			FROM rejot_log.streams s LEFT JOIN rejot_log.compactions c ON c.stream = s.id WHERE s.id = $1`, id).Scan(&layout.Columns, &layout.Key, &position)
+		if err != nil {
+			return err
+		}
+		return fn(tx, id, layout, position)
+	})
 }
 
 // Changes returns up to limit records of a stream after position.

@@ -22,19 +22,15 @@ func (l *Log) Ping(ctx context.Context) error { return l.pool.Ping(ctx) }
 // CopyState writes a stream's compacted state to w in COPY's text format,
 // the given elements of each row as columns (an element past a row's end,
 // a column a later minor added, is NULL), as of one consistent moment,
-// and returns the position that state is at. Postgres renders the rows:
-// they pass through as bytes.
+// and returns the position that state is at. The stream is compacted
+// first. Postgres renders the rows: they pass through as bytes.
 func (l *Log) CopyState(ctx context.Context, s replicator.Stream, elements []int, w io.Writer) (int64, error) {
-	var head int64
-	err := pgx.BeginTxFunc(ctx, l.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		var id, columns int
-		err := tx.QueryRow(ctx, "SELECT id, head, coalesce(state_columns, 0) FROM rejot_log.streams WHERE publication = $1 AND version = $2",
-			s.Publication, s.Version).Scan(&id, &head, &columns)
-		if errors.Is(err, pgx.ErrNoRows) || (err == nil && columns == 0) {
+	var at int64
+	err := l.readState(ctx, s, func(tx pgx.Tx, id int, layout replicator.Layout, position int64) error {
+		at = position
+		columns := layout.Columns
+		if columns == 0 {
 			return nil // no state yet
-		}
-		if err != nil {
-			return err
 		}
 		cols := make([]string, len(elements))
 		for i, e := range elements {
@@ -43,10 +39,10 @@ func (l *Log) CopyState(ctx context.Context, s replicator.Stream, elements []int
 				cols[i] = column(e)
 			}
 		}
-		_, err = tx.Conn().PgConn().CopyTo(ctx, w, "COPY (SELECT "+strings.Join(cols, ", ")+" FROM "+stateTable(id)+") TO STDOUT")
+		_, err := tx.Conn().PgConn().CopyTo(ctx, w, "COPY (SELECT "+strings.Join(cols, ", ")+" FROM "+stateTable(id)+") TO STDOUT")
 		return err
 	})
-	return head, err
+	return at, err
 }
 
 // Head returns a stream's last position (0 when it has none).
@@ -147,7 +143,8 @@ func (l *Log) Prune(ctx context.Context, s replicator.Stream) (int64, error) {
 	err := pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
 		var id int
 		var upto int64
-		err := tx.QueryRow(ctx, `SELECT s.id, coalesce((SELECT min(position) FROM rejot_log.readers r WHERE r.stream = s.id), s.head)
+		// Changes go only once the state holds them.
+		err := tx.QueryRow(ctx, `SELECT s.id, least(rejot_log.compact(s.id), coalesce((SELECT min(position) FROM rejot_log.readers r WHERE r.stream = s.id), s.head))
 			FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = $2`, s.Publication, s.Version).Scan(&id, &upto)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
