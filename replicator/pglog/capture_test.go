@@ -435,4 +435,20 @@ func TestUnreadFirstFillKeepsOnlyState(t *testing.T) {
 	if recs, _ := l.Changes(ctx, stream, 0, 10); len(recs) != 1 || recs[0].Position != 7002 {
 		t.Fatalf("changes after the first state: %v", recs)
 	}
+	// The copied state is keyed by the first compaction with changes to
+	// fold in, which reading the state runs.
+	var indexed bool
+	l.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index i JOIN rejot_log.streams s ON i.indrelid = format('rejot_log.state_%s', s.id)::regclass
+		WHERE s.publication = 'unread' AND i.indisprimary)`).Scan(&indexed)
+	if indexed {
+		t.Fatal("the copied first state was indexed before any compaction needed it")
+	}
+	if got, want := sortedState(t, l, stream), projection(t, owner, "SELECT id, v FROM t"); got != want {
+		t.Fatalf("state after the update:\n%s\nwant\n%s", got, want)
+	}
+	l.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index i JOIN rejot_log.streams s ON i.indrelid = format('rejot_log.state_%s', s.id)::regclass
+		WHERE s.publication = 'unread' AND i.indisprimary)`).Scan(&indexed)
+	if !indexed {
+		t.Fatal("the state has no primary key after a compaction")
+	}
 }

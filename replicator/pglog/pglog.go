@@ -20,7 +20,6 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rejot-dev/rejot/catalog"
 	"github.com/rejot-dev/rejot/replicator"
@@ -105,7 +104,6 @@ type streamTx struct {
 	fill   bool              // a first state (Fill)
 	unread bool              // no subscriber reads it yet: a fill keeps no change log
 	layout replicator.Layout // of its state table; no columns: no table yet
-	copied bool              // FillStart made a new table: its key is indexed at FillEnd
 	locked bool              // holds the stream's compaction lock
 }
 
@@ -198,7 +196,9 @@ func (t *Tx) stream(ctx context.Context, s replicator.Stream, fill bool) (*strea
 // FillStart begins a first state that arrives as COPY data (FillCopy):
 // possible when nobody reads the stream yet, so the log keeps only the
 // compacted state. It replaces the stream's state table with an empty
-// one, its key indexed once the rows are in (FillEnd); ok is false when
+// one, its key left unindexed (the first compaction indexes it, in one
+// sort, when there are changes to fold in: a subscriber's copy does not
+// need it); ok is false when
 // the first state must go through Fill.
 func (t *Tx) FillStart(ctx context.Context, g replicator.Group) (bool, error) {
 	st, err := t.stream(ctx, g.Stream, true)
@@ -214,7 +214,6 @@ func (t *Tx) FillStart(ctx context.Context, g replicator.Group) (bool, error) {
 	if err := t.newState(ctx, st, g.Layout, false); err != nil {
 		return false, err
 	}
-	st.copied = true
 	return true, nil
 }
 
@@ -231,16 +230,10 @@ func (t *Tx) FillCopy(ctx context.Context, g replicator.Group, r io.Reader) (int
 	return tag.RowsAffected(), err
 }
 
-// FillEnd indexes the key of the first state FillCopy read and records it:
-// a group of a truncate and one upsert per row.
+// FillEnd records the first state FillCopy read: a group of a truncate
+// and one upsert per row.
 func (t *Tx) FillEnd(ctx context.Context, g replicator.Group, rows int64) error {
 	st := t.streams[g.Stream]
-	if _, err := t.tx.Exec(ctx, "ALTER TABLE "+stateTable(st.id)+" ADD PRIMARY KEY ("+keyColumns(st.layout)+")"); err != nil {
-		if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == "23505" {
-			return fmt.Errorf("the version's rows repeat a key (%s): %w", pgErr.Detail, err)
-		}
-		return err
-	}
 	var head int64
 	if err := t.tx.QueryRow(ctx, "UPDATE rejot_log.streams SET head = head + $2 WHERE id = $1 RETURNING head", st.id, rows+1).Scan(&head); err != nil {
 		return err
@@ -739,7 +732,7 @@ func (l *Log) readState(ctx context.Context, s replicator.Stream, fn func(tx pgx
 
 // Changes returns up to limit records of a stream after position.
 func (l *Log) Changes(ctx context.Context, s replicator.Stream, after int64, limit int) ([]replicator.Record, error) {
-	rows, err := l.pool.Query(ctx, `SELECT c.position, c.commit_lsn::text, c.commit_time, c.op::text, c.key::text, c.row::text
+	rows, err := l.pool.Query(ctx, `SELECT c.position, (c.commit_lsn - '0/0')::int8, c.commit_time, c.op::text, c.key::text, c.row::text
 		FROM rejot_log.changes c JOIN rejot_log.streams s ON s.id = c.stream
 		WHERE s.publication = $1 AND s.version = $2 AND c.position > $3
 		ORDER BY c.position LIMIT $4`, s.Publication, s.Version, after, limit)
@@ -751,22 +744,20 @@ func (l *Log) Changes(ctx context.Context, s replicator.Stream, after int64, lim
 
 func scanRecord(row pgx.CollectableRow) (replicator.Record, error) {
 	var r replicator.Record
-	var lsn, op, key string
+	var lsn int64
+	var op, key string
 	var data *string
 	var at time.Time
 	if err := row.Scan(&r.Position, &lsn, &at, &op, &key, &data); err != nil {
 		return r, err
 	}
-	parsed, err := pglogrepl.ParseLSN(lsn)
-	if err != nil {
-		return r, err
-	}
-	r.CommitLSN, r.CommitTime, r.Op = uint64(parsed), at, replicator.Op(op[0])
-	if err := json.Unmarshal([]byte(key), &r.Key); err != nil {
+	r.CommitLSN, r.CommitTime, r.Op = uint64(lsn), at, replicator.Op(op[0])
+	var err error
+	if r.Key, err = decodeValues(key); err != nil {
 		return r, err
 	}
 	if data != nil {
-		if err := json.Unmarshal([]byte(*data), &r.Row); err != nil {
+		if r.Row, err = decodeValues(*data); err != nil {
 			return r, err
 		}
 	}

@@ -87,6 +87,13 @@ BEGIN
             EXECUTE format('DELETE FROM rejot_log.state_%s', stream_id);
             done := cut;
         END IF;
+        -- A first state copied in is indexed by the first compaction that
+        -- has changes to fold in: in one sort, and not before a copy.
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index
+                        WHERE indrelid = format('rejot_log.state_%s', stream_id)::regclass AND indisprimary) THEN
+            EXECUTE format('ALTER TABLE rejot_log.state_%s ADD PRIMARY KEY (%s)', stream_id,
+                (SELECT string_agg(format('v%s', k), ', ' ORDER BY o) FROM unnest(s.state_key) WITH ORDINALITY AS u(k, o)));
+        END IF;
         SELECT string_agg(format('v%s', k), ', ' ORDER BY o),
                string_agg(format('s.v%s = l.key::jsonb->>%s', k, o - 1), ' AND ' ORDER BY o)
           INTO keyed, matched FROM unnest(s.state_key) WITH ORDINALITY AS u(k, o);

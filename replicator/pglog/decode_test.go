@@ -1,0 +1,48 @@
+package pglog
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+
+	"github.com/rejot-dev/rejot/replicator"
+)
+
+// FuzzDecodeValues: the fast path reads every array the log writes as
+// encoding/json does, and refuses what encoding/json refuses.
+func FuzzDecodeValues(f *testing.F) {
+	for _, seed := range []string{`[]`, `["1"]`, `["a", null, "b"]`, `["x","y"]`, `[null]`, `["a\"b"]`, `["\u00e9"]`,
+		`["é ✓"]`, `["a",]`, `[,]`, `["a" "b"]`, `["a"`, `nul`, `[nul]`, `[1]`, `["\t"]`, "[\"\t\"]", `[ "a" ]`} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := decodeValues(s)
+		var want []replicator.Value
+		werr := json.Unmarshal([]byte(s), &want)
+		if (err == nil) != (werr == nil) {
+			t.Fatalf("%q: error %v, encoding/json says %v", s, err, werr)
+		}
+		if err == nil && !reflect.DeepEqual(got, want) {
+			t.Fatalf("%q: %v, encoding/json reads %v", s, render(got), render(want))
+		}
+		if err == nil && got != nil {
+			// What the log writes reads back the same.
+			again, err := decodeValues(string(appendJSON(nil, got)))
+			if err != nil || !reflect.DeepEqual(again, got) {
+				t.Fatalf("%q: written and read back: %v, %v", s, render(again), err)
+			}
+		}
+	})
+}
+
+func render(vals []replicator.Value) []any {
+	out := make([]any, len(vals))
+	for i, v := range vals {
+		if v == nil {
+			out[i] = nil
+		} else {
+			out[i] = *v
+		}
+	}
+	return out
+}
