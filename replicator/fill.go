@@ -1,14 +1,13 @@
 package replicator
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -94,7 +93,7 @@ func (p *Publisher) snapshot(ctx context.Context, todo []*Source) (uint64, error
 		}
 		tables := map[[2]string]bool{}
 		for _, src := range todo {
-			if err := p.fillSource(ctx, tx, log, src, point); err != nil {
+			if err := p.fillSource(ctx, tx, slot.SnapshotName, log, src, point); err != nil {
 				return err
 			}
 			tables[[2]string{src.Schema, src.Table}] = true
@@ -126,7 +125,7 @@ func (p *Publisher) snapshot(ctx context.Context, todo []*Source) (uint64, error
 
 // fillSource appends a source's projected rows in chunks, logging its
 // progress every few seconds.
-func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *Source, point uint64) error {
+func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, snapshot string, log LogTx, src *Source, point uint64) error {
 	if fc, ok := log.(FillCopier); ok {
 		group := Group{Stream: src.Stream, System: p.System, CommitLSN: point, CommitTime: time.Now(), Layout: src.Layout()}
 		can, err := fc.FillStart(ctx, group)
@@ -134,7 +133,7 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *S
 			return fmt.Errorf("cannot append the first state: %w", err)
 		}
 		if can {
-			return p.copyFill(ctx, tx, fc, src, group)
+			return p.copyFill(ctx, tx, snapshot, fc, src, group)
 		}
 	}
 	q := "SELECT ARRAY[" + strings.Join(src.textExprs(), ", ") + "]" + src.rowsFrom()
@@ -186,31 +185,62 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, log LogTx, src *S
 
 // copyFill passes a source's projected rows from the owner's server to the
 // log's as COPY data: Postgres renders them (each public column as text)
-// and Postgres reads them; the sidecar only moves bytes.
-func (p *Publisher) copyFill(ctx context.Context, tx pgx.Tx, fc FillCopier, src *Source, group Group) error {
-	q := "COPY (SELECT " + strings.Join(src.textExprs(), ", ") + src.rowsFrom() + ") TO STDOUT"
+// and Postgres reads them; the sidecar only moves bytes. A large table is
+// read in two halves at once (by block ranges, a second session in the
+// same snapshot): rendering the rows is the slow side.
+func (p *Publisher) copyFill(ctx context.Context, tx pgx.Tx, snapshot string, fc FillCopier, src *Source, group Group) error {
+	parts, err := p.fillParts(ctx, tx, src)
+	if err != nil {
+		return fmt.Errorf("cannot read %s.%s for its first state: %w", src.Schema, src.Table, err)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
-	read := make(chan error, 1)
 	progress := &fillProgress{p: p, src: src, gauge: metricFillRows.WithLabelValues(streamLabels(src.Stream)...), last: time.Now()}
 	progress.gauge.Set(0)
+	out := &rowsOut{w: io.MultiWriter(pw, progress)}
+	partDone := make(chan error, len(parts))
+	for i, where := range parts {
+		go func() {
+			q := "COPY (SELECT " + strings.Join(src.textExprs(), ", ") + src.rowsWhere(where) + ") TO STDOUT"
+			conn := tx.Conn()
+			if i > 0 {
+				c, err := snapshotConn(ctx, p.URL, snapshot)
+				if err != nil {
+					partDone <- err
+					return
+				}
+				defer c.Close(context.WithoutCancel(ctx))
+				conn = c
+			}
+			buf := &rowBuffer{out: out}
+			_, err := conn.PgConn().CopyTo(ctx, buf, q)
+			if err == nil {
+				err = buf.flush()
+			}
+			partDone <- err
+		}()
+	}
+	read := make(chan error, 1)
 	go func() {
-		buf := bufio.NewWriterSize(io.MultiWriter(pw, progress), 256<<10)
-		_, err := tx.Conn().PgConn().CopyTo(ctx, buf, q)
-		if err == nil {
-			err = buf.Flush()
+		var first error
+		for range parts {
+			if err := <-partDone; err != nil && first == nil {
+				first = err
+				cancel() // the other part stops too
+			}
 		}
-		pw.CloseWithError(err)
-		read <- err
+		pw.CloseWithError(first) // nil: the log reads to the end
+		read <- first
 	}()
 	rows, err := fc.FillCopy(ctx, group, pr)
 	pr.CloseWithError(err)
-	if rerr := <-read; rerr != nil && !errors.Is(rerr, io.ErrClosedPipe) {
-		return fmt.Errorf("cannot read %s.%s for its first state: %w", src.Schema, src.Table, rerr)
-	}
+	rerr := <-read
 	if err != nil {
 		return fmt.Errorf("cannot append the first state: %w", err)
+	}
+	if rerr != nil {
+		return fmt.Errorf("cannot read %s.%s for its first state: %w", src.Schema, src.Table, rerr)
 	}
 	if err := fc.FillEnd(ctx, group, rows); err != nil {
 		return fmt.Errorf("cannot append the first state: %w", err)
@@ -218,6 +248,84 @@ func (p *Publisher) copyFill(ctx context.Context, tx pgx.Tx, fc FillCopier, src 
 	progress.gauge.Set(float64(rows))
 	metricCaptured.WithLabelValues(streamLabels(src.Stream)...).Add(float64(rows + 1))
 	return nil
+}
+
+// fillSplitPages is the default Publisher.FillSplitPages.
+const fillSplitPages = 2048
+
+// fillParts are the conditions that split a source's rows for reading in
+// parallel: two block ranges of a large table on Postgres 14 and later
+// (TID range scans), else the whole table.
+func (p *Publisher) fillParts(ctx context.Context, tx pgx.Tx, src *Source) ([]string, error) {
+	var version int
+	var pages int64
+	err := tx.QueryRow(ctx, `SELECT current_setting('server_version_num')::int,
+		pg_catalog.pg_relation_size($1::regclass) / current_setting('block_size')::int`,
+		pgx.Identifier{src.Schema, src.Table}.Sanitize()).Scan(&version, &pages)
+	if err != nil {
+		return nil, err
+	}
+	split := p.FillSplitPages
+	if split <= 0 {
+		split = fillSplitPages
+	}
+	if version < 140000 || pages < split {
+		return []string{""}, nil
+	}
+	// Rows the snapshot sees are in blocks that existed when it was
+	// taken; the second range is open-ended all the same.
+	half := pages / 2
+	return []string{fmt.Sprintf("ctid < '(%d,0)'::tid", half), fmt.Sprintf("ctid >= '(%d,0)'::tid", half)}, nil
+}
+
+// snapshotConn opens a session of the owner's database in an exported
+// snapshot.
+func snapshotConn(ctx context.Context, url, snapshot string) (*pgx.Conn, error) {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	for _, q := range []string{"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+		"SET TRANSACTION SNAPSHOT '" + strings.ReplaceAll(snapshot, "'", "''") + "'"} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			conn.Close(context.WithoutCancel(ctx))
+			return nil, err
+		}
+	}
+	return conn, nil
+}
+
+// rowsOut takes whole rows of COPY data from several readers.
+type rowsOut struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+// rowBuffer gathers one reader's COPY data — whole rows: a COPY's data
+// message holds one row — and passes it on in large writes, so rows of
+// several readers never interleave.
+type rowBuffer struct {
+	out *rowsOut
+	buf []byte
+}
+
+func (b *rowBuffer) Write(p []byte) (int, error) {
+	b.buf = append(b.buf, p...)
+	if len(b.buf) >= 256<<10 {
+		return len(p), b.flush()
+	}
+	return len(p), nil
+}
+
+func (b *rowBuffer) flush() error {
+	if len(b.buf) == 0 {
+		return nil
+	}
+	b.out.mu.Lock()
+	defer b.out.mu.Unlock()
+	_, err := b.out.w.Write(b.buf)
+	b.buf = b.buf[:0]
+	return err
 }
 
 // fillProgress counts the rows of a first state as they pass (COPY's text
@@ -256,10 +364,18 @@ func (s *Source) textExprs() []string {
 }
 
 // rowsFrom is the FROM (and WHERE) that gives a source's rows.
-func (s *Source) rowsFrom() string {
+func (s *Source) rowsFrom() string { return s.rowsWhere("") }
+
+// rowsWhere is rowsFrom with one more condition (none when "").
+func (s *Source) rowsWhere(cond string) string {
 	from := " FROM " + pgx.Identifier{s.Schema, s.Table}.Sanitize()
-	if s.Filter != "" {
+	switch {
+	case s.Filter != "" && cond != "":
+		from += " WHERE (" + s.Filter + ") AND " + cond
+	case s.Filter != "":
 		from += " WHERE " + s.Filter
+	case cond != "":
+		from += " WHERE " + cond
 	}
 	return from
 }

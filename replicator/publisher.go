@@ -30,6 +30,9 @@ type Publisher struct {
 	Logger  zerolog.Logger
 	// StatusInterval is how often the slot hears from us (default 1s).
 	StatusInterval time.Duration
+	// FillSplitPages is the table size, in blocks, from which a first
+	// fill reads the table in two halves at once (default 2048: 16 MB).
+	FillSplitPages int64
 }
 
 // SlotName is the replication slot (and Postgres publication) of a system.
