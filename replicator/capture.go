@@ -177,7 +177,7 @@ func oldKey(src *Source, rel *relation, old []Value) []Value {
 	for i, name := range src.KeySources {
 		for j, c := range rel.cols {
 			if c.Name == name && j < len(old) {
-				key[i] = old[j]
+				key[i] = TextForm(c.Type, old[j]) // as the projection gives keys
 			}
 		}
 	}

@@ -304,6 +304,7 @@ func NewSource(stream Stream, query string, key []string, schema, table string) 
 	for i, col := range a.Columns {
 		src.Exprs = append(src.Exprs, col.Expr)
 		src.Names = append(src.Names, col.Name)
+		src.Sources = append(src.Sources, col.Source)
 		for _, k := range key {
 			if col.Name == k {
 				src.KeyCols = append(src.KeyCols, i)
@@ -326,13 +327,13 @@ func (s *Source) Order(columns []string) error {
 	if len(columns) != len(s.Names) {
 		return fmt.Errorf("publication %s version %d: recorded with %d columns, its query has %d", s.Stream.Publication, s.Stream.Version, len(columns), len(s.Names))
 	}
-	exprs := make([]string, len(columns))
+	exprs, sources := make([]string, len(columns)), make([]string, len(columns))
 	for i, c := range columns {
 		j, ok := at[c]
 		if !ok {
 			return fmt.Errorf("publication %s version %d: recorded column %s is not in its query", s.Stream.Publication, s.Stream.Version, c)
 		}
-		exprs[i] = s.Exprs[j]
+		exprs[i], sources[i] = s.Exprs[j], s.Sources[j]
 	}
 	// The key in the recorded order too: deletes carry it.
 	keySource := map[string]string{}
@@ -347,7 +348,7 @@ func (s *Source) Order(columns []string) error {
 		}
 	}
 	s.KeySources = keySources
-	s.Exprs, s.KeyCols, s.Names = exprs, keys, columns
+	s.Exprs, s.KeyCols, s.Names, s.Sources = exprs, keys, columns, sources
 	return nil
 }
 

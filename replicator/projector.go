@@ -29,6 +29,9 @@ type Projection struct {
 	Names   []string // the public columns' names
 	Filter  string   // "" when there is none
 	KeyCols []int    // positions in Exprs of the public key
+	// Sources are, per public column, the source column it is when it is
+	// a plain column reference ("" otherwise).
+	Sources []string
 }
 
 // Projected is one source tuple after projection.
@@ -44,6 +47,19 @@ type Projected struct {
 func Project(ctx context.Context, q Querier, p *Projection, cols []SourceColumn, tuples [][]Value) ([]Projected, error) {
 	if len(tuples) == 0 {
 		return nil, nil
+	}
+	if at, ok := p.direct(cols); ok {
+		out := make([]Projected, len(tuples))
+		for i, t := range tuples {
+			row := make([]Value, len(at))
+			for j, c := range at {
+				if c < len(t) {
+					row[j] = TextForm(cols[c].Type, t[c])
+				}
+			}
+			out[i] = Projected{Keep: true, Row: row}
+		}
+		return out, nil
 	}
 	query := projectSQL(p, cols)
 	args := make([]any, 0, len(cols)+1)
@@ -112,4 +128,79 @@ func projectSQL(p *Projection, cols []SourceColumn) string {
 	}
 	b.WriteString(")) AS t")
 	return b.String()
+}
+
+// direct says whether a projection can be computed without Postgres: no
+// filter, and every public column a plain reference to a source column of
+// a type whose text form does not depend on session settings (see
+// TextForm). It returns where each public column is in cols.
+func (p *Projection) direct(cols []SourceColumn) ([]int, bool) {
+	if p.Filter != "" || len(p.Sources) != len(p.Exprs) {
+		return nil, false
+	}
+	at := make([]int, len(p.Sources))
+	for i, name := range p.Sources {
+		at[i] = -1
+		for j, c := range cols {
+			if c.Name == name && name != "" {
+				at[i] = j
+				break
+			}
+		}
+		if at[i] < 0 || !plainText(cols[at[i]].Type) {
+			return nil, false
+		}
+	}
+	return at, true
+}
+
+// plainText lists the types whose output (what the WAL carries) is the
+// same in every session and is, after TextForm, what (value)::text gives.
+// Dates, times and floats are not among them: their output follows
+// DateStyle, TimeZone and extra_float_digits.
+func plainText(typ string) bool {
+	base, _, _ := strings.Cut(typ, "(")
+	switch base {
+	case "smallint", "integer", "bigint", "oid", "text", "character varying", "character", "bpchar", "numeric",
+		"uuid", "json", "jsonb", "boolean", "inet", "cidr":
+		return true
+	}
+	return false
+}
+
+// TextForm turns a value as the WAL carries it (the type's output) into
+// what (value)::text gives, which is how the log keeps values: casts to
+// text trim character(n)'s padding, spell booleans out and give inet its
+// mask. Other types print the same either way.
+func TextForm(typ string, v Value) Value {
+	if v == nil {
+		return nil
+	}
+	base, _, _ := strings.Cut(typ, "(")
+	switch base {
+	case "character", "bpchar":
+		if t := strings.TrimRight(*v, " "); len(t) != len(*v) {
+			return &t
+		}
+	case "boolean":
+		var t string
+		switch *v {
+		case "t":
+			t = "true"
+		case "f":
+			t = "false"
+		default:
+			return v
+		}
+		return &t
+	case "inet":
+		if !strings.Contains(*v, "/") {
+			t := *v + "/32"
+			if strings.Contains(*v, ":") {
+				t = *v + "/128"
+			}
+			return &t
+		}
+	}
+	return v
 }

@@ -481,3 +481,34 @@ func TestFirstFillInTwoParts(t *testing.T) {
 		t.Fatalf("state of %d lines, want %d", strings.Count(got, "\n"), strings.Count(want, "\n"))
 	}
 }
+
+// TestPaddedKeyDeletes: a character(n) key arrives padded in the WAL and
+// trimmed from the projection ((code)::text); deletes and key changes
+// name the row the same way, so the state keeps nothing stale.
+func TestPaddedKeyDeletes(t *testing.T) {
+	l, _ := open(t)
+	srcDB := pg.CreateDB(t)
+	owner := pg.Connect(t, srcDB)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := owner.Exec(ctx, `CREATE TABLE ck (code char(6) PRIMARY KEY, ok boolean, v text);
+		INSERT INTO ck VALUES ('keep', true, 'k'), ('gone', false, 'g')`); err != nil {
+		t.Fatal(err)
+	}
+	stream := replicator.Stream{Publication: "ck", Version: 1}
+	system := "ck_" + srcDB
+	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
+	query := "SELECT code, ok, v FROM ck"
+	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l,
+		Sources: []replicator.Source{source(t, stream, query, "code")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
+	runPublisher(t, ctx, pub, owner)
+	waitUntil(t, func() bool { return headOf(t, l, stream) > 0 })
+	for _, q := range []string{"INSERT INTO ck VALUES ('new', NULL, 'n')", "UPDATE ck SET v = 'k2' WHERE code = 'keep'",
+		"DELETE FROM ck WHERE code = 'gone'", "UPDATE ck SET code = 'moved' WHERE code = 'new'"} {
+		if _, err := owner.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := projection(t, owner, query)
+	waitUntil(t, func() bool { return sortedState(t, l, stream) == want })
+}
