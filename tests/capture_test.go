@@ -174,7 +174,7 @@ func TestCaptureSurvivesKill(t *testing.T) {
 	// which nobody read then (the log kept only the compacted state).
 	var changes, grouped int64
 	logDB.QueryRow(ctx, `SELECT (SELECT count(*) FROM rejot_log.changes c WHERE c.stream = s.id),
-			(SELECT sum(last_position - first_position + 1) FROM rejot_log.groups g WHERE g.stream = s.id AND g.first_position > 1)
+			(SELECT sum(last_position - first_position + 1) FROM rejot_log.change_groups g WHERE g.stream = s.id AND g.first_position > 1)
 		FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = 1`, name).Scan(&changes, &grouped)
 	if changes == 0 || changes != grouped {
 		t.Fatalf("%d changes, %d in groups", changes, grouped)

@@ -195,7 +195,7 @@ func TestFirstFill(t *testing.T) {
 		t.Fatalf("the first state was taken %d times", truncates)
 	}
 	var first, last int64
-	l.pool.QueryRow(ctx, `SELECT first_position, last_position FROM rejot_log.groups g JOIN rejot_log.streams s ON s.id = g.stream
+	l.pool.QueryRow(ctx, `SELECT first_position, last_position FROM rejot_log.change_groups g JOIN rejot_log.streams s ON s.id = g.stream
 		WHERE s.publication = $1 ORDER BY first_position LIMIT 1`, stream.Publication).Scan(&first, &last)
 	if first != 1 || last != 6001 { // a truncate, then 6000 rows over two chunks
 		t.Fatalf("the first state's group spans %d..%d", first, last)

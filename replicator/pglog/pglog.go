@@ -133,8 +133,8 @@ type groupID struct {
 
 type groupTx struct {
 	skip        bool // already in the log
+	marked      bool // its change at last is marked as the group's end
 	first, last int64
-	commitTime  time.Time
 	id          groupID
 }
 
@@ -364,11 +364,14 @@ func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*re
 	}
 	first := head - int64(len(all)) + 1
 	pos := first
+	var unmark []int64 // group ends marked by an earlier part of the same group
 	for _, g := range fresh {
 		gt := t.groups[groupID{g.Stream, g.System, g.CommitLSN}]
 		if gt.first == 0 {
 			gt.first = pos
 			st.groups = append(st.groups, gt)
+		} else if gt.marked {
+			unmark = append(unmark, gt.last)
 		}
 		pos += int64(len(g.Changes))
 		gt.last = pos - 1
@@ -377,6 +380,14 @@ func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*re
 	if !(st.fill && st.unread) {
 		if err := insertChanges(ctx, t.tx, st.id, first, fresh); err != nil {
 			return err
+		}
+		for _, g := range fresh {
+			t.groups[groupID{g.Stream, g.System, g.CommitLSN}].marked = true
+		}
+		if len(unmark) > 0 {
+			if _, err := t.tx.Exec(ctx, "UPDATE rejot_log.changes SET last = false WHERE stream = $1 AND position = ANY ($2)", st.id, unmark); err != nil {
+				return err
+			}
 		}
 	}
 	if st.fill {
@@ -449,7 +460,7 @@ func (t *Tx) sortOut(ctx context.Context, st *streamTx, s replicator.Stream, gro
 	for _, g := range groups {
 		id := groupID{s, g.System, g.CommitLSN}
 		if t.groups[id] == nil {
-			t.groups[id] = &groupTx{id: id, commitTime: g.CommitTime}
+			t.groups[id] = &groupTx{id: id}
 			unseen = append(unseen, g)
 		}
 	}
@@ -495,7 +506,7 @@ func (t *Tx) Commit(ctx context.Context) (int, error) {
 		if len(st.groups) == 0 {
 			continue
 		}
-		if err := insertGroups(ctx, t.tx, st.id, st.groups); err != nil {
+		if err := recordAppended(ctx, t.tx, st.id, st.groups); err != nil {
 			return 0, err
 		}
 		if st.fill {
@@ -527,24 +538,22 @@ func (t *Tx) Rollback(ctx context.Context) error {
 	return err
 }
 
-func insertGroups(ctx context.Context, tx pgx.Tx, stream int, groups []*groupTx) error {
-	n := len(groups)
-	systems, lsns, times := make([]string, n), make([]string, n), make([]time.Time, n)
-	firsts, lasts := make([]int64, n), make([]int64, n)
-	for i, g := range groups {
-		systems[i], lsns[i], times[i] = g.id.system, pglogrepl.LSN(g.id.lsn).String(), g.commitTime
-		firsts[i], lasts[i] = g.first, g.last
+// recordAppended notes, per system, the last commit LSN appended to a
+// stream: what tells a replay from a new transaction (see sortOut).
+func recordAppended(ctx context.Context, tx pgx.Tx, stream int, groups []*groupTx) error {
+	last := map[string]uint64{}
+	for _, g := range groups {
+		last[g.id.system] = max(last[g.id.system], g.id.lsn)
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO rejot_log.groups (stream, system, commit_lsn, commit_time, first_position, last_position)
-		SELECT $1, s, l, t, f, z FROM unnest($2::text[], $3::pg_lsn[], $4::timestamptz[], $5::int8[], $6::int8[]) AS u(s, l, t, f, z)`,
-		stream, systems, lsns, times, firsts, lasts)
-	if err != nil {
-		return err
+	for system, lsn := range last {
+		_, err := tx.Exec(ctx, `INSERT INTO rejot_log.appended (stream, system, lsn) VALUES ($1, $2, $3::pg_lsn)
+			ON CONFLICT (stream, system) DO UPDATE SET lsn = greatest(rejot_log.appended.lsn, EXCLUDED.lsn)`,
+			stream, system, pglogrepl.LSN(lsn).String())
+		if err != nil {
+			return err
+		}
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO rejot_log.appended (stream, system, lsn)
-		SELECT $1, s, max(l) FROM unnest($2::text[], $3::pg_lsn[]) AS u(s, l) GROUP BY s
-		ON CONFLICT (stream, system) DO UPDATE SET lsn = greatest(rejot_log.appended.lsn, EXCLUDED.lsn)`, stream, systems, lsns)
-	return err
+	return nil
 }
 
 func streamID(ctx context.Context, tx pgx.Tx, s replicator.Stream) (int, error) {
@@ -606,13 +615,16 @@ func appendJSON(b []byte, values []replicator.Value) []byte {
 	return append(b, ']')
 }
 
+// insertChanges adds groups' changes to the change log; each group's last
+// change is marked: readers take whole groups, up to a mark.
 func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, groups []*replicator.Group) error {
 	var ops, keys, lsns []string
 	var rows []*string
 	var times []time.Time
+	var last []bool
 	for _, g := range groups {
 		lsn := pglogrepl.LSN(g.CommitLSN).String()
-		for _, c := range g.Changes {
+		for i, c := range g.Changes {
 			k, err := encode(c.Key)
 			if err != nil {
 				return err
@@ -630,13 +642,13 @@ func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, grou
 				row = &s
 			}
 			ops, keys, rows = append(ops, string(c.Op)), append(keys, string(k)), append(rows, row)
-			lsns, times = append(lsns, lsn), append(times, g.CommitTime)
+			lsns, times, last = append(lsns, lsn), append(times, g.CommitTime), append(last, i == len(g.Changes)-1)
 		}
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO rejot_log.changes (stream, position, commit_lsn, commit_time, op, key, row)
-		SELECT $1, $2 + o - 1, lsn, t, op::"char", key, row
-		FROM unnest($3::text[], $4::text[], $5::text[], $6::pg_lsn[], $7::timestamptz[]) WITH ORDINALITY AS c(op, key, row, lsn, t, o)`,
-		stream, first, ops, keys, rows, lsns, times)
+	_, err := tx.Exec(ctx, `INSERT INTO rejot_log.changes (stream, position, commit_lsn, commit_time, op, key, row, last)
+		SELECT $1, $2 + o - 1, lsn, t, op::"char", key, row, l
+		FROM unnest($3::text[], $4::text[], $5::text[], $6::pg_lsn[], $7::timestamptz[], $8::bool[]) WITH ORDINALITY AS c(op, key, row, lsn, t, l, o)`,
+		stream, first, ops, keys, rows, lsns, times, last)
 	return err
 }
 

@@ -283,7 +283,7 @@ func TestPruneKeepsWhatReadersNeed(t *testing.T) {
 	}
 	// The groups went with their changes; a replay is still known.
 	var groups int
-	l.pool.QueryRow(ctx, "SELECT count(*) FROM rejot_log.groups g JOIN rejot_log.streams s ON s.id = g.stream WHERE s.publication = 'prune'").Scan(&groups)
+	l.pool.QueryRow(ctx, "SELECT count(*) FROM rejot_log.change_groups g JOIN rejot_log.streams s ON s.id = g.stream WHERE s.publication = 'prune'").Scan(&groups)
 	if groups != 0 {
 		t.Fatalf("%d groups left", groups)
 	}

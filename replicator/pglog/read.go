@@ -60,10 +60,11 @@ func (l *Log) Head(ctx context.Context, s replicator.Stream) (int64, error) {
 // limit changes (at least one group, however large), and the commit time
 // of its last group and of the group after it (zero when none follows).
 func (l *Log) Next(ctx context.Context, s replicator.Stream, after int64, limit int) (replicator.Span, error) {
-	rows, err := l.pool.Query(ctx, `SELECT g.last_position, g.commit_time FROM rejot_log.groups g
-		JOIN rejot_log.streams s ON s.id = g.stream
-		WHERE s.publication = $1 AND s.version = $2 AND g.first_position > $3 AND g.last_position <= s.head
-		ORDER BY g.first_position LIMIT $4`, s.Publication, s.Version, after, limit+1)
+	// Groups end at marked changes; what is visible is committed whole.
+	rows, err := l.pool.Query(ctx, `SELECT c.position, c.commit_time FROM rejot_log.changes c
+		JOIN rejot_log.streams s ON s.id = c.stream
+		WHERE s.publication = $1 AND s.version = $2 AND c.position > $3 AND c.last
+		ORDER BY c.position LIMIT $4`, s.Publication, s.Version, after, limit+1)
 	if err != nil {
 		return replicator.Span{}, err
 	}

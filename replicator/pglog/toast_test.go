@@ -140,7 +140,7 @@ func TestLargeTransactionInParts(t *testing.T) {
 	want := projection(t, owner, query)
 	waitUntil(t, func() bool { return sortedState(t, l, stream) == want })
 	var groups, changes int64
-	if err := l.pool.QueryRow(ctx, `SELECT count(*), sum(last_position - first_position + 1) FROM rejot_log.groups g
+	if err := l.pool.QueryRow(ctx, `SELECT count(*), sum(last_position - first_position + 1) FROM rejot_log.change_groups g
 		JOIN rejot_log.streams s ON s.id = g.stream WHERE s.publication = $1 AND g.first_position > 2`, stream.Publication).Scan(&groups, &changes); err != nil {
 		t.Fatal(err)
 	}

@@ -251,10 +251,20 @@ func (e *env) rejotCatchUp(wantHead int64) time.Duration {
 	start := time.Now()
 	e.must(e.ownerSC.start())
 	e.must(e.consumerSC.start())
+	var captured time.Duration // when the log's head reached wantHead
 	e.waitFor("ReJot catch-up", 30*time.Minute, 5*time.Millisecond, func() (bool, error) {
+		if captured == 0 {
+			if head, err := e.head(); err == nil && head >= wantHead {
+				captured = time.Since(start)
+			}
+		}
 		return e.caughtUp(wantHead)
 	}, e.rejotDiag)
 	total := time.Since(start)
+	if captured == 0 {
+		captured = total
+	}
+	progress("(b) ReJot: every change in the log after %v, applied after %v", captured.Round(time.Millisecond), total.Round(time.Millisecond))
 	e.endInterval("(b) ReJot catch-up", m, total)
 	e.must(e.ownerSC.ready(e.ctx))
 	e.must(e.consumerSC.ready(e.ctx))
