@@ -542,18 +542,28 @@ func (c *rowCounter) Write(p []byte) (int, error) {
 // notifications.
 func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position int64) error {
 	lastReader := time.Now()
+	// The next span is read from the log while this one is applied to the
+	// target: two servers, working at once.
+	fetchCtx, stopFetching := context.WithCancel(ctx)
+	defer stopFetching()
+	spans := w.prefetch(fetchCtx, position, w.limit)
 	for ctx.Err() == nil {
-		span, err := w.s.Log.Next(ctx, w.sub.stream, position, w.limit)
-		if err != nil {
-			return err
+		var f fetched
+		select {
+		case f = <-spans:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		if span.Groups == 0 {
-			w.s.Log.Wait(ctx, w.sub.stream, time.Second)
-			continue
+		if errors.Is(f.err, ErrPruned) {
+			return w.recopy(ctx, conn, position)
 		}
+		if f.err != nil {
+			return f.err
+		}
+		span := f.span
 		// A span being applied is finished even when the sidecar stops.
 		applyCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		err = w.apply(applyCtx, conn, t, span)
+		err := w.apply(applyCtx, conn, t, span, f.recs)
 		cancel()
 		if errors.Is(err, ErrPruned) {
 			return w.recopy(ctx, conn, position)
@@ -563,11 +573,10 @@ func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position
 				span.After+1, span.Upto, span.LastCommit.Format(time.RFC3339Nano), err)
 		}
 		metricApplied.WithLabelValues(w.labels()...).Add(float64(span.Upto - span.After))
-		position = span.Upto
+		position, w.limit = span.Upto, w.s.batch()
 		now := time.Now()
 		w.log().Debug().Int64("position", position).Int("transactions", span.Groups).Msg("applied")
 		w.status.Store(&workerStatus{Status: "streaming", Position: &position, LastAppliedAt: &now, LastCommit: span.LastCommit})
-		w.limit = w.s.batch()
 		if time.Since(lastReader) > 5*time.Second {
 			lastReader = time.Now()
 			if err := w.s.Log.SetReader(ctx, w.sub.stream, w.reader(), position); err != nil {
@@ -576,6 +585,53 @@ func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position
 		}
 	}
 	return ctx.Err()
+}
+
+// fetched is a span of the log to apply: its changes when they were read
+// ahead (nil for a span too large to hold: apply reads it as it goes),
+// or why reading stopped.
+type fetched struct {
+	span Span
+	recs []Record
+	err  error
+}
+
+// prefetch reads spans after position, one ahead of the applier: the
+// first of at most limit changes (one group after a failure), then of the
+// batch size. It stops at the first error, which it passes on.
+func (w *worker) prefetch(ctx context.Context, position int64, limit int) <-chan fetched {
+	out := make(chan fetched, 1)
+	go func() {
+		for ctx.Err() == nil {
+			span, err := w.s.Log.Next(ctx, w.sub.stream, position, limit)
+			if err != nil {
+				out <- fetched{err: err}
+				return
+			}
+			if span.Groups == 0 {
+				w.s.Log.Wait(ctx, w.sub.stream, time.Second)
+				continue
+			}
+			f := fetched{span: span}
+			if span.Upto-span.After <= int64(2*w.s.batch()) {
+				err = w.s.Log.Read(ctx, w.sub.stream, span, func(recs []Record) error {
+					f.recs = append(f.recs, recs...)
+					return nil
+				})
+				if err != nil {
+					out <- fetched{err: err}
+					return
+				}
+			}
+			select {
+			case out <- f:
+			case <-ctx.Done():
+				return
+			}
+			position, limit = span.Upto, w.s.batch()
+		}
+	}()
+	return out
 }
 
 // recopy starts the subscription over from a copy of the state: the log
@@ -598,7 +654,7 @@ var errRecopy = errors.New("copying the state again")
 
 // apply applies a span of whole source transactions in one destination
 // transaction, collapsed per key, with the new position.
-func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span Span) error {
+func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span Span, recs []Record) error {
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		// Durable at commit: the log may drop what a subscriber says it
 		// has applied.
@@ -612,9 +668,13 @@ func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span Span
 		if p == nil || *p != span.After {
 			return errSubscriptionMoved
 		}
-		err = w.s.Log.Read(ctx, w.sub.stream, span, func(recs []Record) error {
-			return applyChanges(ctx, tx, t, recs)
-		})
+		if recs != nil {
+			err = applyChanges(ctx, tx, t, recs)
+		} else {
+			err = w.s.Log.Read(ctx, w.sub.stream, span, func(recs []Record) error {
+				return applyChanges(ctx, tx, t, recs)
+			})
+		}
 		if err != nil {
 			return err
 		}
