@@ -102,6 +102,13 @@ func (s *stream) fillUnchanged(ctx context.Context, tx LogTx, txns []*transactio
 						return err
 					}
 				}
+				toasty := mayBeToasted(e)
+				if !toasty && e.old == nil {
+					// All inline (the common case): nothing to keep, and
+					// no later update in this batch can leave a value of
+					// this row out before a large write keeps it.
+					continue
+				}
 				key := rowKey(r, e.new)
 				if e.op == 'U' && e.old != nil {
 					if old := rowKey(r, e.old); !sameValues(old, key) {
@@ -109,9 +116,9 @@ func (s *stream) fillUnchanged(ctx context.Context, tx LogTx, txns []*transactio
 						kept = append(kept, Kept{Table: r.name(), Key: old, Gone: true})
 					}
 				}
-				vals := keptValues(r, e.new)
-				b.rows[KeyString(key)] = vals
-				if mayBeToasted(e) {
+				if toasty {
+					vals := keptValues(r, e.new)
+					b.rows[KeyString(key)] = vals
 					kept = append(kept, Kept{Table: r.name(), Key: key, Values: vals})
 				}
 			}
