@@ -6,6 +6,7 @@
 package pglog
 
 import (
+	"bytes"
 	"context"
 	"embed"
 	"encoding/json"
@@ -615,41 +616,68 @@ func appendJSON(b []byte, values []replicator.Value) []byte {
 	return append(b, ']')
 }
 
-// insertChanges adds groups' changes to the change log; each group's last
-// change is marked: readers take whole groups, up to a mark.
+// insertChanges adds groups' changes to the change log, as COPY (text
+// format, rendered here); each group's last change is marked: readers
+// take whole groups, up to a mark.
 func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, groups []*replicator.Group) error {
-	var ops, keys, lsns []string
-	var rows []*string
-	var times []time.Time
-	var last []bool
+	var b []byte
+	prefix := strconv.Itoa(stream) + "\t"
+	pos := first
 	for _, g := range groups {
 		lsn := pglogrepl.LSN(g.CommitLSN).String()
+		at := g.CommitTime.UTC().Format("2006-01-02 15:04:05.999999Z07:00")
 		for i, c := range g.Changes {
-			k, err := encode(c.Key)
-			if err != nil {
-				return err
+			b = append(b, prefix...)
+			b = strconv.AppendInt(b, pos, 10)
+			b = append(b, '\t')
+			b = append(b, lsn...)
+			b = append(b, '\t')
+			b = append(b, at...)
+			b = append(b, '\t')
+			b = append(b, byte(c.Op), '\t')
+			if c.Key == nil {
+				b = append(b, "[]"...)
+			} else {
+				b = appendCopyText(b, appendJSON(nil, c.Key))
 			}
-			if k == nil {
-				k = []byte("[]")
-			}
-			var row *string
+			b = append(b, '\t')
 			if c.Op == replicator.OpUpsert {
-				r, err := encode(c.Row)
-				if err != nil {
-					return err
-				}
-				s := string(r)
-				row = &s
+				b = appendCopyText(b, appendJSON(nil, c.Row))
+			} else {
+				b = append(b, '\\', 'N')
 			}
-			ops, keys, rows = append(ops, string(c.Op)), append(keys, string(k)), append(rows, row)
-			lsns, times, last = append(lsns, lsn), append(times, g.CommitTime), append(last, i == len(g.Changes)-1)
+			if i == len(g.Changes)-1 {
+				b = append(b, "\tt\n"...)
+			} else {
+				b = append(b, "\tf\n"...)
+			}
+			pos++
 		}
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO rejot_log.changes (stream, position, commit_lsn, commit_time, op, key, row, last)
-		SELECT $1, $2 + o - 1, lsn, t, op::"char", key, row, l
-		FROM unnest($3::text[], $4::text[], $5::text[], $6::pg_lsn[], $7::timestamptz[], $8::bool[]) WITH ORDINALITY AS c(op, key, row, lsn, t, l, o)`,
-		stream, first, ops, keys, rows, lsns, times, last)
+	_, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(b),
+		"COPY rejot_log.changes (stream, position, commit_lsn, commit_time, op, key, row, last) FROM STDIN")
 	return err
+}
+
+// appendCopyText appends a value for COPY's text format: backslashes and
+// the characters that end fields or rows are escaped. (JSON text never
+// holds raw control characters; backslashes it does.)
+func appendCopyText(b, v []byte) []byte {
+	for _, c := range v {
+		switch c {
+		case '\\':
+			b = append(b, '\\', '\\')
+		case '\t':
+			b = append(b, '\\', 't')
+		case '\n':
+			b = append(b, '\\', 'n')
+		case '\r':
+			b = append(b, '\\', 'r')
+		default:
+			b = append(b, c)
+		}
+	}
+	return b
 }
 
 // Filled returns where and with what definition system last filled s. A
