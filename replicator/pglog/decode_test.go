@@ -3,8 +3,10 @@ package pglog
 import (
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/rejot-dev/rejot/replicator"
 )
 
@@ -45,4 +47,14 @@ func render(vals []replicator.Value) []any {
 		}
 	}
 	return out
+}
+
+// TestAppendLSN: LSNs are written as Postgres reads them.
+func TestAppendLSN(t *testing.T) {
+	for _, lsn := range []uint64{0, 1, 0x16B3748, 0xABCDEF0123456789, 0xFFFFFFFF, 1 << 32} {
+		got := string(appendLSN(nil, lsn))
+		if want := pglogrepl.LSN(lsn).String(); !strings.EqualFold(got, want) {
+			t.Errorf("%d: %s, want %s", lsn, got, want)
+		}
+	}
 }

@@ -620,29 +620,31 @@ func appendJSON(b []byte, values []replicator.Value) []byte {
 // format, rendered here); each group's last change is marked: readers
 // take whole groups, up to a mark.
 func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, groups []*replicator.Group) error {
-	var b []byte
+	var b, scratch, commit []byte
 	prefix := strconv.Itoa(stream) + "\t"
 	pos := first
 	for _, g := range groups {
-		lsn := pglogrepl.LSN(g.CommitLSN).String()
-		at := g.CommitTime.UTC().Format("2006-01-02 15:04:05.999999Z07:00")
+		// The group's commit LSN and time, as every change carries them.
+		commit = appendLSN(commit[:0], g.CommitLSN)
+		commit = append(commit, '\t')
+		commit = g.CommitTime.UTC().AppendFormat(commit, "2006-01-02 15:04:05.999999Z07:00")
+		commit = append(commit, '\t')
 		for i, c := range g.Changes {
 			b = append(b, prefix...)
 			b = strconv.AppendInt(b, pos, 10)
 			b = append(b, '\t')
-			b = append(b, lsn...)
-			b = append(b, '\t')
-			b = append(b, at...)
-			b = append(b, '\t')
+			b = append(b, commit...)
 			b = append(b, byte(c.Op), '\t')
 			if c.Key == nil {
 				b = append(b, "[]"...)
 			} else {
-				b = appendCopyText(b, appendJSON(nil, c.Key))
+				scratch = appendJSON(scratch[:0], c.Key)
+				b = appendCopyText(b, scratch)
 			}
 			b = append(b, '\t')
 			if c.Op == replicator.OpUpsert {
-				b = appendCopyText(b, appendJSON(nil, c.Row))
+				scratch = appendJSON(scratch[:0], c.Row)
+				b = appendCopyText(b, scratch)
 			} else {
 				b = append(b, '\\', 'N')
 			}
@@ -657,6 +659,14 @@ func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, grou
 	_, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(b),
 		"COPY rejot_log.changes (stream, position, commit_lsn, commit_time, op, key, row, last) FROM STDIN")
 	return err
+}
+
+// appendLSN appends an LSN as Postgres prints it (%X/%X).
+func appendLSN(b []byte, lsn uint64) []byte {
+	b = strconv.AppendUint(b, lsn>>32, 16)
+	b = append(b, '/')
+	b = strconv.AppendUint(b, lsn&0xFFFFFFFF, 16)
+	return b
 }
 
 // appendCopyText appends a value for COPY's text format: backslashes and
