@@ -86,15 +86,33 @@ func tupleValues(t *pglogrepl.TupleData) ([]Value, []bool) {
 	if t == nil {
 		return nil, nil
 	}
-	vals, toasted := make([]Value, len(t.Columns)), make([]bool, len(t.Columns))
+	// One allocation for the values' bytes and one for their headers,
+	// rather than two per value: a busy capture decodes millions.
+	size := 0
+	for _, c := range t.Columns {
+		size += len(c.Data)
+	}
+	var b strings.Builder
+	b.Grow(size)
+	for _, c := range t.Columns {
+		b.Write(c.Data)
+	}
+	all := b.String()
+	vals, strs := make([]Value, len(t.Columns)), make([]string, len(t.Columns))
+	var toasted []bool
+	at := 0
 	for i, c := range t.Columns {
 		switch c.DataType {
 		case 't', 'b':
-			s := string(c.Data)
-			vals[i] = &s
+			strs[i] = all[at : at+len(c.Data)]
+			vals[i] = &strs[i]
 		case 'u':
+			if toasted == nil {
+				toasted = make([]bool, len(t.Columns))
+			}
 			toasted[i] = true
 		}
+		at += len(c.Data)
 	}
 	return vals, toasted
 }
