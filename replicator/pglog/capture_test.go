@@ -435,8 +435,9 @@ func TestUnreadFirstFillKeepsOnlyState(t *testing.T) {
 	if recs, _ := l.Changes(ctx, stream, 0, 10); len(recs) != 1 || recs[0].Position != 7002 {
 		t.Fatalf("changes after the first state: %v", recs)
 	}
-	// The copied state is keyed by the first compaction with changes to
-	// fold in, which reading the state runs.
+	// Reading the state folds in what is not compacted yet, and writes
+	// nothing; the copied state is keyed by the first compaction with
+	// changes to fold in (pruning runs one).
 	var indexed bool
 	l.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index i JOIN rejot_log.streams s ON i.indrelid = format('rejot_log.state_%s', s.id)::regclass
 		WHERE s.publication = 'unread' AND i.indisprimary)`).Scan(&indexed)
@@ -445,6 +446,12 @@ func TestUnreadFirstFillKeepsOnlyState(t *testing.T) {
 	}
 	if got, want := sortedState(t, l, stream), projection(t, owner, "SELECT id, v FROM t"); got != want {
 		t.Fatalf("state after the update:\n%s\nwant\n%s", got, want)
+	}
+	if _, err := l.Prune(ctx, stream); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := sortedState(t, l, stream), projection(t, owner, "SELECT id, v FROM t"); got != want {
+		t.Fatalf("state after compaction:\n%s\nwant\n%s", got, want)
 	}
 	l.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index i JOIN rejot_log.streams s ON i.indrelid = format('rejot_log.state_%s', s.id)::regclass
 		WHERE s.publication = 'unread' AND i.indisprimary)`).Scan(&indexed)

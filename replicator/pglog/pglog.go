@@ -732,16 +732,28 @@ func (t *Tx) SetFilled(ctx context.Context, s replicator.Stream, system, definit
 // is at: a subscriber that copies it continues with the changes after it.
 func (l *Log) State(ctx context.Context, s replicator.Stream, fn func(row []replicator.Value) error) (int64, error) {
 	var at int64
-	err := l.readState(ctx, s, func(tx pgx.Tx, id int, layout replicator.Layout, position int64) error {
-		at = position
-		if layout.Columns == 0 {
+	err := l.readState(ctx, s, func(tx pgx.Tx, st stateAt) error {
+		at = st.head
+		if st.layout.Columns == 0 {
 			return nil
 		}
-		cols := make([]string, layout.Columns)
-		for i := range cols {
-			cols[i] = column(i)
+		elements := make([]int, st.layout.Columns)
+		for i := range elements {
+			elements[i] = i
 		}
-		rows, err := tx.Query(ctx, "SELECT ARRAY["+strings.Join(cols, ", ")+"]::text[] FROM "+stateTable(id)+" ORDER BY "+keyColumns(layout))
+		q, err := st.query(ctx, tx, elements)
+		if err != nil {
+			return err
+		}
+		order := make([]string, len(st.layout.Key))
+		for i, k := range st.layout.Key {
+			order[i] = "m.c" + strconv.Itoa(k)
+		}
+		cols := make([]string, len(elements))
+		for i := range cols {
+			cols[i] = "m.c" + strconv.Itoa(i)
+		}
+		rows, err := tx.Query(ctx, "SELECT ARRAY["+strings.Join(cols, ", ")+"]::text[] FROM ("+q+") AS m ORDER BY "+strings.Join(order, ", "))
 		if err != nil {
 			return err
 		}
@@ -752,32 +764,81 @@ func (l *Log) State(ctx context.Context, s replicator.Stream, fn func(row []repl
 	return at, err
 }
 
-// readState compacts a stream, then calls fn in a read-only snapshot with
-// the stream's id, its state's layout (no columns: no state yet) and the
-// position the state is at. fn is not called when the stream does not
-// exist.
-func (l *Log) readState(ctx context.Context, s replicator.Stream, fn func(tx pgx.Tx, id int, layout replicator.Layout, position int64) error) error {
-	var id int
-	err := l.pool.QueryRow(ctx, "SELECT id FROM rejot_log.streams WHERE publication = $1 AND version = $2", s.Publication, s.Version).Scan(&id)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if _, err := l.pool.Exec(ctx, "SELECT rejot_log.compact($1)", id); err != nil {
-		return fmt.Errorf("cannot compact the state: %w", err)
-	}
+// stateAt is what a read of a stream's state sees in its snapshot: the
+// state table as compacted up to compacted, and the changes after it up
+// to head.
+type stateAt struct {
+	id              int
+	layout          replicator.Layout
+	compacted, head int64
+}
+
+// readState calls fn in a read-only snapshot with what the stream's state
+// is there; fn is not called when the stream does not exist. Reading
+// writes nothing: a subscriber's role needs no more than to read the log.
+func (l *Log) readState(ctx context.Context, s replicator.Stream, fn func(pgx.Tx, stateAt) error) error {
 	return pgx.BeginTxFunc(ctx, l.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		var layout replicator.Layout
-		var position int64
-		err := tx.QueryRow(ctx, `SELECT coalesce(s.state_columns, 0), coalesce(s.state_key, '{}'), coalesce(c.position, 0)
-			FROM rejot_log.streams s LEFT JOIN rejot_log.compactions c ON c.stream = s.id WHERE s.id = $1`, id).Scan(&layout.Columns, &layout.Key, &position)
+		var st stateAt
+		err := tx.QueryRow(ctx, `SELECT s.id, coalesce(s.state_columns, 0), coalesce(s.state_key, '{}'), coalesce(c.position, 0), s.head
+			FROM rejot_log.streams s LEFT JOIN rejot_log.compactions c ON c.stream = s.id
+			WHERE s.publication = $1 AND s.version = $2`, s.Publication, s.Version).
+			Scan(&st.id, &st.layout.Columns, &st.layout.Key, &st.compacted, &st.head)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
-		return fn(tx, id, layout, position)
+		return fn(tx, st)
 	})
+}
+
+// query is a SELECT of the state at head, the given elements of each row
+// as columns c0, c1, …: the state table's rows whose key no later change
+// touched, and the last upsert of each key the changes after the
+// compaction touched — all of them after their last truncate, with none
+// of the table's rows when there is one. What the compaction would write,
+// computed without writing it.
+func (st stateAt) query(ctx context.Context, tx pgx.Tx, elements []int) (string, error) {
+	from := st.compacted
+	withState := true
+	if st.head > st.compacted {
+		var cut *int64
+		err := tx.QueryRow(ctx, `SELECT max(position) FROM rejot_log.changes
+			WHERE stream = $1 AND position > $2 AND position <= $3 AND op = 't'`, st.id, st.compacted, st.head).Scan(&cut)
+		if err != nil {
+			return "", err
+		}
+		if cut != nil {
+			from, withState = *cut, false
+		}
+	}
+	id := strconv.Itoa(st.id)
+	stateCols, changeCols := make([]string, len(elements)), make([]string, len(elements))
+	for i, e := range elements {
+		name := " AS c" + strconv.Itoa(i)
+		stateCols[i], changeCols[i] = "NULL::text"+name, "r.j->>"+strconv.Itoa(e)+name
+		if e < st.layout.Columns {
+			stateCols[i] = "s." + column(e) + name
+		}
+	}
+	matched := make([]string, len(st.layout.Key))
+	for o, k := range st.layout.Key {
+		matched[o] = "s." + column(k) + " = l.key::jsonb->>" + strconv.Itoa(o)
+	}
+	last := "(SELECT DISTINCT ON (c.key) c.key, c.op, c.row FROM rejot_log.changes c WHERE c.stream = " + id +
+		" AND c.position > " + strconv.FormatInt(from, 10) + " AND c.position <= " + strconv.FormatInt(st.head, 10) +
+		" ORDER BY c.key, c.position DESC)"
+	changed := "SELECT " + strings.Join(changeCols, ", ") + " FROM " + last + " AS l, LATERAL (SELECT l.row::jsonb AS j) AS r WHERE l.op = 'u'"
+	if !withState {
+		return changed, nil
+	}
+	q := "SELECT " + strings.Join(stateCols, ", ") + " FROM " + stateTable(st.id) + " AS s"
+	if st.head > from {
+		q += " WHERE NOT EXISTS (SELECT 1 FROM " + last + " AS l WHERE " + strings.Join(matched, " AND ") + ")" +
+			" UNION ALL " + changed
+	}
+	return q, nil
 }
 
 // Changes returns up to limit records of a stream after position.

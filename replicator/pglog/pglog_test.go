@@ -3,7 +3,9 @@ package pglog
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -313,5 +315,58 @@ func TestKeysPrintLikeJsonb(t *testing.T) {
 	}
 	if string(got) != want {
 		t.Fatalf("encoded %s\nPostgres %s", got, want)
+	}
+}
+
+// TestReadFoldsInWhatCompactionWould: reading the state (the table plus
+// the changes not compacted yet, folded in on the way) gives what the
+// compaction then writes, through random upserts, deletes, key reuse and
+// truncates, with a key of two columns.
+func TestReadFoldsInWhatCompactionWould(t *testing.T) {
+	l, _ := open(t)
+	ctx := context.Background()
+	s := replicator.Stream{Publication: "fold", Version: 1}
+	layout := replicator.Layout{Columns: 4, Key: []int{2, 0}}
+	rng := rand.New(rand.NewPCG(7, 11))
+	key := func() (a, b string) { return strconv.Itoa(rng.IntN(4)), strconv.Itoa(rng.IntN(5)) }
+	lsn := uint64(1)
+	for round := range 40 {
+		var changes []replicator.Change
+		for range 1 + rng.IntN(8) {
+			a, b := key()
+			switch r := rng.IntN(20); {
+			case r == 0:
+				changes = append(changes, replicator.Change{Op: replicator.OpTruncate})
+			case r < 7:
+				changes = append(changes, replicator.Change{Op: replicator.OpDelete, Key: []replicator.Value{v(b), v(a)}})
+			default:
+				var note replicator.Value
+				if rng.IntN(3) > 0 {
+					note = v(fmt.Sprintf("n%d \\ \"q\"\t%d", round, rng.IntN(100)))
+				}
+				changes = append(changes, replicator.Change{Op: replicator.OpUpsert, Key: []replicator.Value{v(b), v(a)},
+					Row: []replicator.Value{v(a), note, v(b), v(strconv.Itoa(round))}})
+			}
+		}
+		lsn++
+		if _, err := l.Append(ctx, []replicator.Group{{Stream: s, System: "shop", CommitLSN: lsn, Layout: layout, Changes: changes}}); err != nil {
+			t.Fatal(err)
+		}
+		read, head := state(t, l, s)
+		if rng.IntN(3) == 0 || round == 39 {
+			if _, err := l.pool.Exec(ctx, "SELECT rejot_log.compact(id) FROM rejot_log.streams WHERE publication = 'fold'"); err != nil {
+				t.Fatal(err)
+			}
+			var compacted []string
+			rows, err := l.pool.Query(ctx, "SELECT r FROM rejot_log.state_rows('fold', 1) AS r")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var row []replicator.Value
+			pgx.ForEachRow(rows, []any{&row}, func() error { compacted = append(compacted, renderRow(row)); return nil })
+			if got := strings.Join(compacted, " | "); got != read {
+				t.Fatalf("round %d (head %d): read\n%s\ncompacted\n%s", round, head, read, got)
+			}
+		}
 	}
 }

@@ -22,24 +22,21 @@ func (l *Log) Ping(ctx context.Context) error { return l.pool.Ping(ctx) }
 // CopyState writes a stream's compacted state to w in COPY's text format,
 // the given elements of each row as columns (an element past a row's end,
 // a column a later minor added, is NULL), as of one consistent moment,
-// and returns the position that state is at. The stream is compacted
-// first. Postgres renders the rows: they pass through as bytes.
+// and returns the position that state is at: the stream's head, with the
+// changes not compacted yet folded in on the way. Postgres renders the
+// rows: they pass through as bytes.
 func (l *Log) CopyState(ctx context.Context, s replicator.Stream, elements []int, w io.Writer) (int64, error) {
 	var at int64
-	err := l.readState(ctx, s, func(tx pgx.Tx, id int, layout replicator.Layout, position int64) error {
-		at = position
-		columns := layout.Columns
-		if columns == 0 {
+	err := l.readState(ctx, s, func(tx pgx.Tx, st stateAt) error {
+		at = st.head
+		if st.layout.Columns == 0 {
 			return nil // no state yet
 		}
-		cols := make([]string, len(elements))
-		for i, e := range elements {
-			cols[i] = "NULL"
-			if e < columns {
-				cols[i] = column(e)
-			}
+		q, err := st.query(ctx, tx, elements)
+		if err != nil {
+			return err
 		}
-		_, err := tx.Conn().PgConn().CopyTo(ctx, w, "COPY (SELECT "+strings.Join(cols, ", ")+" FROM "+stateTable(id)+") TO STDOUT")
+		_, err = tx.Conn().PgConn().CopyTo(ctx, w, "COPY ("+q+") TO STDOUT")
 		return err
 	})
 	return at, err
