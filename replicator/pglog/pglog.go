@@ -42,13 +42,74 @@ type Log struct {
 	cancel     context.CancelFunc
 	notifyOnce sync.Once
 	notify     *notifier
+
+	// What appends learned of streams, so the next one need not ask: a
+	// stream's id and state layout, and the last commit LSN each system
+	// appended to it. Only committed facts go in; an append that fails
+	// forgets its streams (its commit may or may not have happened).
+	mu    sync.Mutex
+	known map[replicator.Stream]*knownStream
+}
+
+type knownStream struct {
+	id       int
+	layout   replicator.Layout
+	appended map[string]uint64
+}
+
+// learn records committed facts about a stream.
+func (l *Log) learn(s replicator.Stream, id int, layout *replicator.Layout, system string, lsn uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.known == nil {
+		l.known = map[replicator.Stream]*knownStream{}
+	}
+	k := l.known[s]
+	if k == nil || k.id != id {
+		k = &knownStream{id: id, appended: map[string]uint64{}}
+		l.known[s] = k
+	}
+	if layout != nil {
+		k.layout = replicator.Layout{Columns: layout.Columns, Key: slices.Clone(layout.Key)}
+	}
+	if system != "" {
+		k.appended[system] = max(k.appended[system], lsn)
+	}
+}
+
+// forget drops what is known of streams.
+func (l *Log) forget(streams []replicator.Stream) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range streams {
+		delete(l.known, s)
+	}
+}
+
+// knownAppended is the last commit LSN system appended to s, if known.
+func (l *Log) knownAppended(s replicator.Stream, system string) (uint64, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if k := l.known[s]; k != nil {
+		lsn, ok := k.appended[system]
+		return lsn, ok
+	}
+	return 0, false
 }
 
 var _ replicator.Log = (*Log)(nil)
 
 // Open connects to the event log at url and migrates its schema.
 func Open(ctx context.Context, url string) (*Log, error) {
-	pool, err := pgxpool.New(ctx, url)
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("cannot open the event log: %w", err)
+	}
+	// The slot is confirmed once an append commits, and a subscriber's
+	// position lets changes go: commits must be durable by then,
+	// whatever the server's default.
+	cfg.ConnConfig.RuntimeParams["synchronous_commit"] = "on"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("cannot open the event log: %w", err)
 	}
@@ -76,21 +137,16 @@ func (l *Log) Append(ctx context.Context, groups []replicator.Group) (int, error
 
 // Begin starts an append.
 func (l *Log) Begin(ctx context.Context) (replicator.LogTx, error) {
-	tx, err := l.pool.Begin(ctx)
+	tx, err := l.pool.Begin(ctx) // durable at commit: see Open
 	if err != nil {
 		return nil, err
 	}
-	// The slot is confirmed once the append commits: the commit must be
-	// durable by then, whatever the server's default.
-	if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
-		tx.Rollback(ctx)
-		return nil, err
-	}
-	return &Tx{tx: tx, streams: map[replicator.Stream]*streamTx{}, groups: map[groupID]*groupTx{}}, nil
+	return &Tx{log: l, tx: tx, streams: map[replicator.Stream]*streamTx{}, groups: map[groupID]*groupTx{}}, nil
 }
 
 // Tx is an append in progress: one transaction of the log database.
 type Tx struct {
+	log     *Log
 	tx      pgx.Tx
 	streams map[replicator.Stream]*streamTx
 	order   []replicator.Stream
@@ -172,6 +228,23 @@ func (t *Tx) Fill(ctx context.Context, g replicator.Group) error {
 func (t *Tx) stream(ctx context.Context, s replicator.Stream, fill bool) (*streamTx, error) {
 	if st := t.streams[s]; st != nil {
 		return st, nil
+	}
+	if !fill {
+		// An append need not look the stream up when an earlier one did:
+		// its head update takes the row's lock all the same. (A first
+		// state does: its upsert locks the row for the whole fill.)
+		t.log.mu.Lock()
+		k := t.log.known[s]
+		var st *streamTx
+		if k != nil && k.layout.Columns > 0 {
+			st = &streamTx{id: k.id, layout: replicator.Layout{Columns: k.layout.Columns, Key: slices.Clone(k.layout.Key)}}
+		}
+		t.log.mu.Unlock()
+		if st != nil {
+			t.streams[s] = st
+			t.order = append(t.order, s)
+			return st, nil
+		}
 	}
 	var key []int
 	st := &streamTx{fill: fill}
@@ -477,6 +550,9 @@ func (t *Tx) sortOut(ctx context.Context, st *streamTx, s replicator.Stream, gro
 	for _, g := range unseen {
 		l, ok := last[g.System]
 		if !ok {
+			l, ok = t.log.knownAppended(s, g.System)
+		}
+		if !ok {
 			var lsn *string
 			err := t.tx.QueryRow(ctx, "SELECT lsn::text FROM rejot_log.appended WHERE stream = $1 AND system = $2",
 				st.id, g.System).Scan(&lsn)
@@ -490,8 +566,9 @@ func (t *Tx) sortOut(ctx context.Context, st *streamTx, s replicator.Stream, gro
 				}
 				l = uint64(parsed)
 			}
-			last[g.System] = l
+			t.log.learn(s, st.id, nil, g.System, l) // committed: true whatever becomes of this append
 		}
+		last[g.System] = l
 		if g.CommitLSN <= l {
 			t.groups[groupID{s, g.System, g.CommitLSN}].skip = true
 		}
@@ -501,14 +578,28 @@ func (t *Tx) sortOut(ctx context.Context, st *streamTx, s replicator.Stream, gro
 
 // Commit records the new groups, notifies listeners and commits.
 func (t *Tx) Commit(ctx context.Context) (int, error) {
+	added, err := t.commit(ctx)
+	if err != nil {
+		// Whether the commit happened is not known: ask the log next time.
+		t.log.forget(t.order)
+		return 0, err
+	}
+	for _, s := range t.order {
+		st := t.streams[s]
+		t.log.learn(s, st.id, &st.layout, "", 0)
+		for _, g := range st.groups {
+			t.log.learn(s, st.id, nil, g.id.system, g.id.lsn)
+		}
+	}
+	return added, nil
+}
+
+func (t *Tx) commit(ctx context.Context) (int, error) {
 	added := 0
 	for _, s := range t.order {
 		st := t.streams[s]
 		if len(st.groups) == 0 {
 			continue
-		}
-		if err := recordAppended(ctx, t.tx, st.id, st.groups); err != nil {
-			return 0, err
 		}
 		if st.fill {
 			// A first state is the whole state as of its group: nothing
@@ -518,11 +609,11 @@ func (t *Tx) Commit(ctx context.Context) (int, error) {
 				return 0, err
 			}
 		}
-		added += len(st.groups)
-		payload := s.Publication + "/" + strconv.Itoa(s.Version) + "/" + strconv.FormatInt(st.head, 10)
-		if _, err := t.tx.Exec(ctx, "SELECT pg_notify($1, $2)", Channel, payload); err != nil {
+		if err := recordAppended(ctx, t.tx, st.id, st.groups,
+			s.Publication+"/"+strconv.Itoa(s.Version)+"/"+strconv.FormatInt(st.head, 10)); err != nil {
 			return 0, err
 		}
+		added += len(st.groups)
 	}
 	if err := t.tx.Commit(ctx); err != nil {
 		return 0, err
@@ -540,21 +631,22 @@ func (t *Tx) Rollback(ctx context.Context) error {
 }
 
 // recordAppended notes, per system, the last commit LSN appended to a
-// stream: what tells a replay from a new transaction (see sortOut).
-func recordAppended(ctx context.Context, tx pgx.Tx, stream int, groups []*groupTx) error {
+// stream (what tells a replay from a new transaction, see sortOut), and
+// notifies listeners with payload on commit: one statement.
+func recordAppended(ctx context.Context, tx pgx.Tx, stream int, groups []*groupTx, payload string) error {
 	last := map[string]uint64{}
 	for _, g := range groups {
 		last[g.id.system] = max(last[g.id.system], g.id.lsn)
 	}
+	systems, lsns := make([]string, 0, len(last)), make([]string, 0, len(last))
 	for system, lsn := range last {
-		_, err := tx.Exec(ctx, `INSERT INTO rejot_log.appended (stream, system, lsn) VALUES ($1, $2, $3::pg_lsn)
-			ON CONFLICT (stream, system) DO UPDATE SET lsn = greatest(rejot_log.appended.lsn, EXCLUDED.lsn)`,
-			stream, system, pglogrepl.LSN(lsn).String())
-		if err != nil {
-			return err
-		}
+		systems, lsns = append(systems, system), append(lsns, string(appendLSN(nil, lsn)))
 	}
-	return nil
+	_, err := tx.Exec(ctx, `WITH a AS (
+			INSERT INTO rejot_log.appended (stream, system, lsn) SELECT $1, s, l FROM unnest($2::text[], $3::pg_lsn[]) AS u(s, l)
+			ON CONFLICT (stream, system) DO UPDATE SET lsn = greatest(rejot_log.appended.lsn, EXCLUDED.lsn))
+		SELECT pg_notify($4, $5)`, stream, systems, lsns, Channel, payload)
+	return err
 }
 
 func streamID(ctx context.Context, tx pgx.Tx, s replicator.Stream) (int, error) {
