@@ -668,7 +668,19 @@ func encode(values []replicator.Value) ([]byte, error) {
 // as jsonb (["a", null, "b"]), so keys written now equal keys stored as
 // jsonb before, byte for byte.
 func appendJSON(b []byte, values []replicator.Value) []byte {
+	return appendJSONAs(b, values, false)
+}
+
+// appendJSONAs is appendJSON, for COPY's text format when forCopy: JSON's
+// escapes are its only backslashes (control characters are escaped, so
+// no tab or newline is left to end a field or a row), and COPY reads
+// each backslash doubled.
+func appendJSONAs(b []byte, values []replicator.Value, forCopy bool) []byte {
 	const hex = "0123456789abcdef"
+	esc := []byte{'\\'}
+	if forCopy {
+		esc = []byte{'\\', '\\'}
+	}
 	b = append(b, '[')
 	for i, v := range values {
 		if i > 0 {
@@ -680,27 +692,35 @@ func appendJSON(b []byte, values []replicator.Value) []byte {
 		}
 		b = append(b, '"')
 		for j := 0; j < len(*v); j++ {
-			switch c := (*v)[j]; c {
-			case '"':
-				b = append(b, '\\', '"')
-			case '\\':
-				b = append(b, '\\', '\\')
+			c := (*v)[j]
+			var e byte
+			switch c {
+			case '"', '\\':
+				e = c
 			case '\b':
-				b = append(b, '\\', 'b')
+				e = 'b'
 			case '\f':
-				b = append(b, '\\', 'f')
+				e = 'f'
 			case '\n':
-				b = append(b, '\\', 'n')
+				e = 'n'
 			case '\r':
-				b = append(b, '\\', 'r')
+				e = 'r'
 			case '\t':
-				b = append(b, '\\', 't')
+				e = 't'
 			default:
 				if c < 0x20 {
-					b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&15])
+					b = append(b, esc...)
+					b = append(b, 'u', '0', '0', hex[c>>4], hex[c&15])
 				} else {
 					b = append(b, c)
 				}
+				continue
+			}
+			b = append(b, esc...)
+			if e == '\\' {
+				b = append(b, esc...) // the escaped backslash, doubled as well for COPY
+			} else {
+				b = append(b, e)
 			}
 		}
 		b = append(b, '"')
@@ -712,7 +732,7 @@ func appendJSON(b []byte, values []replicator.Value) []byte {
 // format, rendered here); each group's last change is marked: readers
 // take whole groups, up to a mark.
 func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, groups []*replicator.Group) error {
-	var b, scratch, commit []byte
+	var b, commit []byte
 	prefix := strconv.Itoa(stream) + "\t"
 	pos := first
 	for _, g := range groups {
@@ -730,13 +750,11 @@ func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, grou
 			if c.Key == nil {
 				b = append(b, "[]"...)
 			} else {
-				scratch = appendJSON(scratch[:0], c.Key)
-				b = appendCopyText(b, scratch)
+				b = appendJSONAs(b, c.Key, true)
 			}
 			b = append(b, '\t')
 			if c.Op == replicator.OpUpsert {
-				scratch = appendJSON(scratch[:0], c.Row)
-				b = appendCopyText(b, scratch)
+				b = appendJSONAs(b, c.Row, true)
 			} else {
 				b = append(b, '\\', 'N')
 			}
@@ -758,27 +776,6 @@ func appendLSN(b []byte, lsn uint64) []byte {
 	b = strconv.AppendUint(b, lsn>>32, 16)
 	b = append(b, '/')
 	b = strconv.AppendUint(b, lsn&0xFFFFFFFF, 16)
-	return b
-}
-
-// appendCopyText appends a value for COPY's text format: backslashes and
-// the characters that end fields or rows are escaped. (JSON text never
-// holds raw control characters; backslashes it does.)
-func appendCopyText(b, v []byte) []byte {
-	for _, c := range v {
-		switch c {
-		case '\\':
-			b = append(b, '\\', '\\')
-		case '\t':
-			b = append(b, '\\', 't')
-		case '\n':
-			b = append(b, '\\', 'n')
-		case '\r':
-			b = append(b, '\\', 'r')
-		default:
-			b = append(b, c)
-		}
-	}
 	return b
 }
 
