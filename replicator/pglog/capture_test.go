@@ -35,11 +35,7 @@ func source(t testing.TB, stream replicator.Stream, query string, key ...string)
 // leaving the filter, key changes, deletes and truncates; and the slot is
 // confirmed past them.
 func TestCaptureToLog(t *testing.T) {
-	l, _ := open(t)
-	srcDB := pg.CreateDB(t)
-	owner := pg.Connect(t, srcDB)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	l, srcDB, owner, ctx := ownerAndLog(t)
 	exec := func(q string) {
 		t.Helper()
 		if _, err := owner.Exec(ctx, q); err != nil {
@@ -155,11 +151,7 @@ func waitUntil(t testing.TB, cond func() bool) {
 // consistently with the changes that follow, as one group appended in
 // chunks; a restart does not fill again.
 func TestFirstFill(t *testing.T) {
-	l, _ := open(t)
-	srcDB := pg.CreateDB(t)
-	owner := pg.Connect(t, srcDB)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	l, srcDB, owner, ctx := ownerAndLog(t)
 	if _, err := owner.Exec(ctx, `CREATE TABLE items (id int PRIMARY KEY, v text);
 		INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 12000) g`); err != nil {
 		t.Fatal(err)
@@ -239,11 +231,7 @@ func TestIdleSourceKeepsNoWAL(t *testing.T) {
 // TestTypeMatrixRoundTrips: every built-in type family, captured from the
 // WAL, is in the log exactly as Postgres prints it from the table.
 func TestTypeMatrixRoundTrips(t *testing.T) {
-	l, _ := open(t)
-	srcDB := pg.CreateDB(t)
-	owner := pg.Connect(t, srcDB)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	l, srcDB, owner, ctx := ownerAndLog(t)
 	if _, err := owner.Exec(ctx, `CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 		CREATE DOMAIN posint AS int CHECK (VALUE > 0);
 		CREATE TABLE types (id int PRIMARY KEY,
@@ -359,11 +347,7 @@ func runPublisher(t testing.TB, ctx context.Context, pub *replicator.Publisher, 
 // filled again — old rows get the new column — in the recorded column
 // order, and changes go on from there.
 func TestNewDefinitionFillsAgain(t *testing.T) {
-	l, _ := open(t)
-	srcDB := pg.CreateDB(t)
-	owner := pg.Connect(t, srcDB)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	l, srcDB, owner, ctx := ownerAndLog(t)
 	if _, err := owner.Exec(ctx, `CREATE TABLE t (id int PRIMARY KEY, v text, n int);
 		INSERT INTO t SELECT g, 'v' || g, g * 10 FROM generate_series(1, 20) g`); err != nil {
 		t.Fatal(err)
@@ -406,11 +390,7 @@ func TestNewDefinitionFillsAgain(t *testing.T) {
 // kept as compacted state only — positions advance, the change log stays
 // empty — and changes after it are logged as usual.
 func TestUnreadFirstFillKeepsOnlyState(t *testing.T) {
-	l, _ := open(t)
-	srcDB := pg.CreateDB(t)
-	owner := pg.Connect(t, srcDB)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	l, srcDB, owner, ctx := ownerAndLog(t)
 	if _, err := owner.Exec(ctx, `CREATE TABLE t (id int PRIMARY KEY, v text);
 		INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 7000) g`); err != nil {
 		t.Fatal(err)
@@ -464,11 +444,7 @@ func TestUnreadFirstFillKeepsOnlyState(t *testing.T) {
 // block ranges at once, in one snapshot; with a filter that has an OR, the
 // state is exactly the projection — no row twice, none missing.
 func TestFirstFillInTwoParts(t *testing.T) {
-	l, _ := open(t)
-	srcDB := pg.CreateDB(t)
-	owner := pg.Connect(t, srcDB)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	l, srcDB, owner, ctx := ownerAndLog(t)
 	if _, err := owner.Exec(ctx, `CREATE TABLE big (id int PRIMARY KEY, v text);
 		INSERT INTO big SELECT g, CASE WHEN g % 7 = 0 THEN 'x' ELSE repeat('p', g % 50) END FROM generate_series(1, 20000) g`); err != nil {
 		t.Fatal(err)
@@ -493,11 +469,7 @@ func TestFirstFillInTwoParts(t *testing.T) {
 // trimmed from the projection ((code)::text); deletes and key changes
 // name the row the same way, so the state keeps nothing stale.
 func TestPaddedKeyDeletes(t *testing.T) {
-	l, _ := open(t)
-	srcDB := pg.CreateDB(t)
-	owner := pg.Connect(t, srcDB)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	l, srcDB, owner, ctx := ownerAndLog(t)
 	if _, err := owner.Exec(ctx, `CREATE TABLE ck (code char(6) PRIMARY KEY, ok boolean, v text);
 		INSERT INTO ck VALUES ('keep', true, 'k'), ('gone', false, 'g')`); err != nil {
 		t.Fatal(err)
@@ -518,4 +490,16 @@ func TestPaddedKeyDeletes(t *testing.T) {
 	}
 	want := projection(t, owner, query)
 	waitUntil(t, func() bool { return sortedState(t, l, stream) == want })
+}
+
+// ownerAndLog gives a test an event log and an owner's database of its
+// own, and a context that ends with the test (at most 60 s).
+func ownerAndLog(t *testing.T) (*Log, string, *pgx.Conn, context.Context) {
+	t.Helper()
+	l, _ := open(t)
+	srcDB := pg.CreateDB(t)
+	owner := pg.Connect(t, srcDB)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return l, srcDB, owner, ctx
 }
