@@ -373,11 +373,34 @@ func (t *Tx) newState(ctx context.Context, st *streamTx, l replicator.Layout, in
 	if _, err := t.tx.Exec(ctx, "CREATE TABLE "+table+" ("+strings.Join(cols, ", ")+")"); err != nil {
 		return err
 	}
+	if err := t.grantAsChanges(ctx, table); err != nil {
+		return err
+	}
 	if _, err := t.tx.Exec(ctx, "UPDATE rejot_log.streams SET state_columns = $2, state_key = $3 WHERE id = $1", st.id, l.Columns, l.Key); err != nil {
 		return err
 	}
 	st.layout = replicator.Layout{Columns: l.Columns, Key: slices.Clone(l.Key)}
 	return nil
+}
+
+// grantAsChanges lets whoever may read the change log read a new state
+// table too: sidecars that share the log under roles of their own are
+// granted the log's tables once (see docs/guide.md), and the tables the
+// log makes later follow rejot_log.changes.
+func (t *Tx) grantAsChanges(ctx context.Context, table string) error {
+	rows, err := t.tx.Query(ctx, `SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END
+		FROM pg_catalog.pg_class c, aclexplode(c.relacl) AS a
+		LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+		WHERE c.oid = 'rejot_log.changes'::regclass AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner`)
+	if err != nil {
+		return err
+	}
+	grantees, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(grantees) == 0 {
+		return err
+	}
+	_, err = t.tx.Exec(ctx, "GRANT SELECT ON "+table+" TO "+strings.Join(grantees, ", "))
+	return err
 }
 
 // clearState empties a stream's state for a first state laid out as l:

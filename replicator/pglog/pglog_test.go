@@ -370,3 +370,33 @@ func TestReadFoldsInWhatCompactionWould(t *testing.T) {
 		}
 	}
 }
+
+// TestStateTablesReadableAsChanges: a role that may read the change log
+// may read the state tables the log makes later (sidecars sharing the
+// log under roles of their own), and others may not.
+func TestStateTablesReadableAsChanges(t *testing.T) {
+	l, db := open(t)
+	ctx := context.Background()
+	conn := pg.Connect(t, db)
+	reader, other := "reader_"+db, "other_"+db
+	if _, err := conn.Exec(ctx, fmt.Sprintf(`CREATE ROLE %s; CREATE ROLE %s;
+		GRANT USAGE ON SCHEMA rejot_log TO %s, %s; GRANT SELECT ON rejot_log.changes TO %s`, reader, other, reader, other, reader)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Exec(context.Background(), fmt.Sprintf("DROP OWNED BY %s, %s; DROP ROLE %s, %s", reader, other, reader, other))
+	})
+	if _, err := l.Append(ctx, []replicator.Group{group(1, upsert("1", v("a")))}); err != nil {
+		t.Fatal(err)
+	}
+	for role, want := range map[string]bool{reader: true, other: false} {
+		var can bool
+		if err := conn.QueryRow(ctx, `SELECT has_table_privilege($1, format('rejot_log.state_%s', id), 'SELECT')
+			FROM rejot_log.streams WHERE publication = 'orders'`, role).Scan(&can); err != nil {
+			t.Fatal(err)
+		}
+		if can != want {
+			t.Errorf("%s may read the state: %v, want %v", role, can, want)
+		}
+	}
+}
