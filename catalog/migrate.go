@@ -69,14 +69,23 @@ func (ms Migrations) Run(ctx context.Context, conn *pgx.Conn) error {
 		return fmt.Errorf("cannot lock for migration: %w", err)
 	}
 	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", ms.Lock)
-	if schema, _, ok := strings.Cut(ms.Table, "."); ok {
-		if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+schema); err != nil {
-			return err
-		}
+	// Only a first start creates anything: a role that may only use what
+	// is there (another sidecar's, see docs/guide.md) cannot even ask for
+	// CREATE … IF NOT EXISTS.
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", ms.Table).Scan(&exists); err != nil {
+		return err
 	}
-	if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+ms.Table+` (
-		version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-		return fmt.Errorf("cannot create the migrations table: %w", err)
+	if !exists {
+		if schema, _, ok := strings.Cut(ms.Table, "."); ok {
+			if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+schema); err != nil {
+				return err
+			}
+		}
+		if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+ms.Table+` (
+			version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+			return fmt.Errorf("cannot create the migrations table: %w", err)
+		}
 	}
 	for _, m := range all {
 		if err := ms.apply(ctx, conn, m); err != nil {

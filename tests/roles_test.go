@@ -1,0 +1,121 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TestSidecarsWithRolesOfTheirOwn follows docs/guide.md for sidecars that
+// share the catalog and event log under roles of their own, neither a
+// superuser: the owner's role creates the catalog's schemas, the grants
+// the guide lists let the subscriber's role in, and a subscription fills
+// and follows — the state table the owner's first fill makes included.
+func TestSidecarsWithRolesOfTheirOwn(t *testing.T) {
+	ctx := context.Background()
+	shop, billing, cat := pg.CreateDB(t), pg.CreateDB(t), pg.CreateDB(t)
+	own, sub := "rejot_"+shop, "rejot_"+billing
+	admin := pg.Connect(t, "postgres")
+	mustExec(t, admin, fmt.Sprintf(`CREATE ROLE %[1]s LOGIN REPLICATION; CREATE ROLE %[2]s LOGIN;
+		GRANT CONNECT, CREATE ON DATABASE %[3]s TO %[1]s;
+		GRANT CONNECT, CREATE ON DATABASE %[4]s TO %[2]s;
+		ALTER DATABASE %[5]s OWNER TO %[1]s;
+		GRANT CONNECT ON DATABASE %[5]s TO %[2]s`, own, sub, shop, billing, cat))
+	t.Cleanup(func() {
+		for _, db := range []string{shop, billing, cat} {
+			if c, err := pgx.Connect(ctx, pg.URL(db)); err == nil {
+				c.Exec(ctx, fmt.Sprintf("DROP OWNED BY %s, %s CASCADE", own, sub))
+				c.Close(ctx)
+			}
+		}
+		admin.Exec(ctx, fmt.Sprintf("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '%s'", shop))
+		admin.Exec(ctx, fmt.Sprintf("DROP ROLE IF EXISTS %s, %s", own, sub))
+	})
+	shopAdmin, billingAdmin := pg.Connect(t, shop), pg.Connect(t, billing)
+	mustExec(t, shopAdmin, fmt.Sprintf(`CREATE TABLE items (id int PRIMARY KEY, v text);
+		INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 50) g;
+		ALTER TABLE items OWNER TO %s`, own))
+	mustExec(t, billingAdmin, fmt.Sprintf("GRANT CREATE ON SCHEMA public TO %s", sub))
+
+	owner := startSidecarUpstream(t, directURL(shop, own), "--catalog", directURL(cat, own))
+	ownerConn := connectAs(t, owner.url(shop, own))
+	// The owner's sidecar makes the catalog and the log at start; then the
+	// grants the guide lists.
+	catAdmin := pg.Connect(t, cat)
+	waitFor(t, 20*time.Second, func() bool {
+		var ready bool
+		// Both schemas migrated to the end: the log's last migration
+		// makes change_groups; the catalog's are counted.
+		catAdmin.QueryRow(ctx, `SELECT to_regclass('rejot_log.change_groups') IS NOT NULL
+			AND (SELECT count(*) FROM public.rejot_catalog_migrations) = $1`, catalogMigrations(t)).Scan(&ready)
+		return ready
+	})
+	mustExec(t, catAdmin, fmt.Sprintf(guideGrants, sub))
+	// The first fill makes the version's state table, after the grants.
+	name := "items_" + shop
+	waitFor(t, 20*time.Second, func() bool {
+		_, err := ownerConn.Exec(ctx, "CALL rejot.publish($1, 1, 'SELECT id, v FROM items')", name)
+		return err == nil
+	})
+	var state string
+	waitFor(t, 20*time.Second, func() bool {
+		return catAdmin.QueryRow(ctx, "SELECT tablename FROM pg_tables WHERE schemaname = 'rejot_log' AND tablename LIKE 'state\\_%'").Scan(&state) == nil
+	})
+	var can bool
+	catAdmin.QueryRow(ctx, "SELECT has_table_privilege($1, 'rejot_log.' || $2, 'SELECT')", sub, state).Scan(&can)
+	if !can {
+		t.Fatalf("%s may not read %s, made after the grants", sub, state)
+	}
+
+	consumer := startSidecarUpstream(t, directURL(billing, sub), "--catalog", directURL(cat, sub))
+	consumerConn := connectAs(t, consumer.url(billing, sub))
+	waitFor(t, 20*time.Second, func() bool {
+		_, err := consumerConn.Exec(ctx, "CALL rejot.subscribe($1, 1, 'public.items')", name)
+		return err == nil
+	})
+	mustExec(t, shopAdmin, "UPDATE items SET v = 'changed' WHERE id <= 5; DELETE FROM items WHERE id > 45")
+	targetConverges(t, 30*time.Second, shopAdmin, "SELECT id, v FROM items ORDER BY id", billingAdmin, "public.items ORDER BY id")
+	waitFor(t, 20*time.Second, func() bool {
+		var status string
+		consumerConn.QueryRow(ctx, "SELECT status FROM rejot.subscriptions WHERE target = 'public.items'").Scan(&status)
+		return status == "streaming"
+	})
+}
+
+// guideGrants are the grants docs/guide.md lists for another sidecar's
+// role on the catalog and log database (%[1]s: the role).
+const guideGrants = `GRANT USAGE ON SCHEMA rejot, rejot_catalog, rejot_log TO %[1]s;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, rejot, rejot_catalog, rejot_log TO %[1]s;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA rejot_catalog, rejot_log TO %[1]s;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA rejot_log TO %[1]s`
+
+func mustExec(t *testing.T, conn *pgx.Conn, sql string) {
+	t.Helper()
+	if _, err := conn.Exec(context.Background(), sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func connectAs(t *testing.T, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// catalogMigrations counts the catalog's migration files.
+func catalogMigrations(t *testing.T) int {
+	t.Helper()
+	files, err := filepath.Glob("../catalog/migrations/*.sql")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no catalog migrations found: %v", err)
+	}
+	return len(files)
+}
