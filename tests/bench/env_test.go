@@ -53,15 +53,22 @@ func newEnv(b *testing.B, ctx context.Context, cfg config) *env {
 	e.owner, e.consumer = startClusters(b, cfg.statements)
 	e.openStatements()
 	e.must(e.owner.Exec(ctx, "postgres", "CREATE DATABASE "+sourceDB))
-	e.must(e.owner.Exec(ctx, "postgres", "CREATE DATABASE "+logDB))
+	// The catalog and event log live on the owner's cluster (as by
+	// default, the catalog on the upstream's server), or on the
+	// consumer's with BENCH_LOG_CLUSTER=consumer.
+	logCluster := e.owner
+	if cfg.logOnConsumer {
+		logCluster = e.consumer
+	}
+	e.must(logCluster.Exec(ctx, "postgres", "CREATE DATABASE "+logDB))
 	e.must(e.consumer.Exec(ctx, "postgres", "CREATE DATABASE "+consumerDB))
 	e.must(e.consumer.Exec(ctx, "postgres", "CREATE DATABASE "+nativeDB))
 	e.src = connect(b, e.owner.URL(sourceDB))
-	e.log = connect(b, e.owner.URL(logDB))
+	e.log = connect(b, logCluster.URL(logDB))
 	e.rejot = connect(b, e.consumer.URL(consumerDB))
 	e.native = connect(b, e.consumer.URL(nativeDB))
 	e.loadSource()
-	catalogURL := e.owner.URL(logDB)
+	catalogURL := logCluster.URL(logDB)
 	e.ownerSC, err = newSidecar(bin, dir, cfg.profileDir, "owner", e.owner.URL(sourceDB), catalogURL)
 	e.must(err)
 	e.consumerSC, err = newSidecar(bin, dir, cfg.profileDir, "consumer", e.consumer.URL(consumerDB), catalogURL)

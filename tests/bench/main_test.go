@@ -15,6 +15,8 @@
 //	BENCH_KEEP             when set, keep the work dir (sidecar logs) after a good run
 //	BENCH_LOG_LEVEL        the sidecars' --log-level                (default info)
 //	BENCH_STATEMENTS       when N > 0, print each cluster's top N statements (pg_stat_statements)
+//	BENCH_LOG_CLUSTER      "consumer" puts ReJot's catalog and event log on the consumer's
+//	                       cluster (default: the owner's, as --catalog defaults to)
 //	                       after every measured interval: a diagnostic, leave it off for figures
 //	REJOT_BIN              the sidecar binary (default: built from ./cmd/rejot)
 //	REJOT_PG_BIN           Postgres server binaries (see tests/pgtest)
@@ -58,23 +60,25 @@ var clusterSettings = map[string]string{
 
 // config is what the environment asks for.
 type config struct {
-	rows, txns  int
-	latencySecs int
-	latencyRate int
-	profileDir  string
-	keep        bool
-	statements  int // top statements to print per interval; 0: none
+	rows, txns    int
+	latencySecs   int
+	latencyRate   int
+	profileDir    string
+	logOnConsumer bool
+	keep          bool
+	statements    int // top statements to print per interval; 0: none
 }
 
 func readConfig(b *testing.B) config {
 	c := config{
-		rows:        envInt(b, "BENCH_ROWS", 1_000_000, 1),
-		txns:        envInt(b, "BENCH_TXNS", 100_000, 1),
-		latencySecs: envInt(b, "BENCH_LATENCY_SECONDS", 10, 1),
-		latencyRate: envInt(b, "BENCH_LATENCY_RATE", 1000, 1),
-		profileDir:  os.Getenv("BENCH_PROFILE_DIR"),
-		keep:        os.Getenv("BENCH_KEEP") != "",
-		statements:  envInt(b, "BENCH_STATEMENTS", 0, 0),
+		rows:          envInt(b, "BENCH_ROWS", 1_000_000, 1),
+		txns:          envInt(b, "BENCH_TXNS", 100_000, 1),
+		latencySecs:   envInt(b, "BENCH_LATENCY_SECONDS", 10, 1),
+		latencyRate:   envInt(b, "BENCH_LATENCY_RATE", 1000, 1),
+		profileDir:    os.Getenv("BENCH_PROFILE_DIR"),
+		logOnConsumer: os.Getenv("BENCH_LOG_CLUSTER") == "consumer",
+		keep:          os.Getenv("BENCH_KEEP") != "",
+		statements:    envInt(b, "BENCH_STATEMENTS", 0, 0),
 	}
 	if need := 2 * c.latencySecs * c.latencyRate; need > c.rows {
 		b.Fatalf("BENCH_ROWS=%d is too small: the latency runs update %d distinct rows", c.rows, need)
