@@ -265,6 +265,15 @@ func (e *env) rejotCatchUp(wantHead int64) time.Duration {
 		captured = total
 	}
 	progress("(b) ReJot: every change in the log after %v, applied after %v", captured.Round(time.Millisecond), total.Round(time.Millisecond))
+	if rows, err := e.src.Query(e.ctx, `SELECT slot_name || ': ' || total_txns || ' txns, ' || total_bytes || ' bytes decoded, ' ||
+			spill_txns || ' spilled' FROM pg_stat_replication_slots ORDER BY slot_name`); err == nil {
+		for rows.Next() {
+			var line string
+			rows.Scan(&line)
+			progress("(b) slot %s", line)
+		}
+		rows.Close()
+	}
 	e.endInterval("(b) ReJot catch-up", m, total)
 	e.must(e.ownerSC.ready(e.ctx))
 	e.must(e.consumerSC.ready(e.ctx))
