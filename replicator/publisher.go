@@ -225,8 +225,9 @@ type stream struct {
 // larger than partEvents is projected and appended in parts as it is
 // decoded, into one log transaction that commits with it.
 const (
-	pauseWait        = 2 * time.Millisecond // a pause this long appends what is pending
-	maxPendingWait   = 5 * time.Millisecond // what is pending waits no longer than this
+	pauseWait        = 2 * time.Millisecond   // a pause this long appends what is pending
+	maxPendingWait   = 5 * time.Millisecond   // what is pending waits no longer than this
+	appendPoll       = 500 * time.Microsecond // how often a due batch looks whether the append before it is done
 	maxPending       = 5000
 	maxPendingEvents = 50_000
 	partEvents       = 10_000
@@ -265,6 +266,24 @@ func (s *stream) wait() error {
 	}
 	s.inflight = nil
 	return err
+}
+
+// done says, without waiting, whether no append is in flight (taking the
+// result of one that has finished).
+func (s *stream) done() (bool, error) {
+	if s.inflight == nil {
+		return true, nil
+	}
+	select {
+	case err := <-s.inflight:
+		if err == nil {
+			s.confirmed = max(s.confirmed, s.inflightEnd)
+		}
+		s.inflight = nil
+		return true, err
+	default:
+		return false, nil
+	}
 }
 
 // drain appends everything pending and waits for it: before the decoder
@@ -401,6 +420,17 @@ func (s *stream) loop(ctx context.Context) error {
 			}
 			next = time.Now().Add(interval)
 		}
+		if len(s.pending) > 0 && !s.pendingSince.IsZero() && time.Since(s.pendingSince) >= maxPendingWait {
+			// Due under a steady stream: appended as soon as the append
+			// before it is done, checked at every message.
+			done, err := s.done()
+			if err == nil && done {
+				err = s.flush(ctx)
+			}
+			if err != nil {
+				return err
+			}
+		}
 		deadline := next
 		if s.pendingEnd > s.confirmed {
 			// Append what is pending as soon as the stream pauses, and
@@ -408,10 +438,19 @@ func (s *stream) loop(ctx context.Context) error {
 			if s.pendingSince.IsZero() {
 				s.pendingSince = time.Now()
 			}
-			deadline = time.Now().Add(pauseWait)
+			now := time.Now()
+			deadline = now.Add(pauseWait)
 			if limit := s.pendingSince.Add(maxPendingWait); limit.Before(deadline) {
 				deadline = limit
 			}
+			if s.inflight != nil && !deadline.After(now) {
+				// Due, but the append before is still running: decode
+				// on, and look again shortly.
+				deadline = now.Add(appendPoll)
+			}
+			// To a quarter of a millisecond: the deadline moves with
+			// every message otherwise.
+			deadline = deadline.Truncate(250 * time.Microsecond).Add(250 * time.Microsecond)
 		}
 		if !deadline.Equal(readDeadline) {
 			if err := conn.SetReadDeadline(deadline); err != nil {
@@ -426,9 +465,11 @@ func (s *stream) loop(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if timedOut(err) {
-			if len(s.pending) == 0 {
-				err = s.wait() // only an append in flight: see it through
-			} else {
+			// Append what is pending once the append before it is done;
+			// until then decoding goes on (the batch grows, up to
+			// maxPending, where commit waits).
+			done, err := s.done()
+			if err == nil && done && len(s.pending) > 0 {
 				err = s.flush(ctx)
 			}
 			if err != nil {
