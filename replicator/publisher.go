@@ -58,6 +58,12 @@ func SlotName(system string) string {
 // Run captures until ctx ends or the connection fails; the caller restarts
 // it with backoff.
 func (p *Publisher) Run(ctx context.Context) error {
+	// What the log remembers of earlier appends holds while this process
+	// alone appends for the system; another process may have had the
+	// slot since (a restart elsewhere, a rolling deploy): ask the log.
+	if f, ok := p.Log.(interface{ Forget() }); ok {
+		f.Forget()
+	}
 	conn, err := pgx.Connect(ctx, p.URL)
 	if err != nil {
 		return err

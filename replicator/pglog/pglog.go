@@ -77,6 +77,15 @@ func (l *Log) learn(s replicator.Stream, id int, layout *replicator.Layout, syst
 	}
 }
 
+// Forget drops what appends remembered: the next ones ask the log. A
+// publisher calls it when it starts: another process may have appended
+// for its system since.
+func (l *Log) Forget() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.known = nil
+}
+
 // forget drops what is known of streams.
 func (l *Log) forget(streams []replicator.Stream) {
 	l.mu.Lock()

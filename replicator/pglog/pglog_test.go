@@ -400,3 +400,29 @@ func TestStateTablesReadableAsChanges(t *testing.T) {
 		}
 	}
 }
+
+// TestAnotherProcessAppended: what a log remembers of its appends is
+// forgotten on request (a publisher starting), so a replay of what
+// another process appended meanwhile is still known as one.
+func TestAnotherProcessAppended(t *testing.T) {
+	a, db := open(t)
+	ctx := context.Background()
+	if _, err := a.Append(ctx, []replicator.Group{group(100, upsert("1", v("a")))}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(ctx, pg.URL(db)) // another sidecar process with the slot
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if n, err := b.Append(ctx, []replicator.Group{group(200, upsert("2", v("b")))}); err != nil || n != 1 {
+		t.Fatalf("b: %d, %v", n, err)
+	}
+	a.Forget()
+	if n, err := a.Append(ctx, []replicator.Group{group(200, upsert("2", v("b")))}); err != nil || n != 0 {
+		t.Fatalf("a replay of what the other process appended was appended again: %d, %v", n, err)
+	}
+	if _, head := state(t, a, orders); head != 2 {
+		t.Fatalf("head %d", head)
+	}
+}
