@@ -1,8 +1,10 @@
 // Package pglog is the event log kept in Postgres: per publication version
-// an ordered change log and the compacted state, updated together, so a
-// new subscriber copies the state at a position and streams from there
-// without touching the owner's database. Appends notify listeners on the
-// channel rejot_log.
+// an ordered change log and the compacted state (a table per version,
+// compacted from the change log in bulk; reads fold in what is not
+// compacted yet), so a new subscriber copies the state at a position and
+// streams from there without touching the owner's database. Appends
+// notify listeners on the channel rejot_log. docs/capture.md has the
+// layout and the reasons.
 package pglog
 
 import (
