@@ -9,7 +9,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -73,7 +72,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 	if err := p.preparePublication(ctx, conn); err != nil {
 		return err
 	}
-	repl, paced, err := p.pacedConn(ctx)
+	repl, err := p.replicationConn(ctx)
 	if err != nil {
 		return err
 	}
@@ -100,7 +99,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		return fmt.Errorf("cannot start replication: %w", err)
 	}
 	p.Logger.Info().Str("system", p.System).Str("slot", slot).Str("protocol", proto).Msg("capture started")
-	s := &stream{p: p, conn: conn, repl: repl, paced: paced, rels: map[uint32]*relation{}, since: since}
+	s := &stream{p: p, conn: conn, repl: repl, rels: map[uint32]*relation{}, since: since}
 	defer func() {
 		s.wait() // the appender uses the connections closed next
 		if s.open != nil {
@@ -142,73 +141,47 @@ func (p *Publisher) preparePublication(ctx context.Context, conn *pgx.Conn) erro
 }
 
 func (p *Publisher) replicationConn(ctx context.Context) (*pgconn.PgConn, error) {
-	repl, _, err := p.pacedConn(ctx)
-	return repl, err
-}
-
-// pacedConn opens a replication connection and returns how its reads are
-// paced (see pacedReader).
-func (p *Publisher) pacedConn(ctx context.Context) (*pgconn.PgConn, *pacedReader, error) {
 	cfg, err := pgconn.ParseConfig(p.URL)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	cfg.RuntimeParams["replication"] = "database"
-	// WAL arrives as many small messages: read it in large pieces.
-	paced := &pacedReader{}
+	// WAL arrives as many small messages: read it in large pieces, and
+	// after a read that found little, let some gather before the next
+	// (see pacedReader).
 	cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
-		paced.r = r
-		return pgproto3.NewFrontend(bufio.NewReaderSize(paced, 256<<10), w)
+		return pgproto3.NewFrontend(bufio.NewReaderSize(&pacedReader{r: r}, 256<<10), w)
 	}
 	repl, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("cannot open a replication connection (the role needs REPLICATION, the server wal_level=logical): %w", err)
+		return nil, fmt.Errorf("cannot open a replication connection (the role needs REPLICATION, the server wal_level=logical): %w", err)
 	}
-	return repl, paced, nil
+	return repl, nil
 }
 
-// pacedReader reads the replication stream. While the capture is far
-// behind the server's WAL (catching up), after a read that returned less
-// than pacedSmall bytes it waits catchUpPause before reading again, so
-// the messages the server sends meanwhile come in one system call rather
-// than one each — on both sides: a walsender whose every message is read
-// at once sends each with a system call of its own. Reads, their
-// wake-ups and the scheduler took more than half of the capture's CPU
-// when it kept pace message by message. Near the server's end it reads
-// at once: a change's latency is what counts there.
+// pacedReader reads the replication stream: after a read that returned
+// less than pacedSmall bytes, it waits pacedPause before reading again,
+// so the messages the server sends meanwhile come in one system call
+// rather than one each. Reads, their wake-ups and the scheduler took more
+// than half of the capture's CPU when it kept pace with the server message
+// by message; the pause adds at most pacedPause to a change's latency.
 type pacedReader struct {
 	r     io.Reader
-	small bool         // the last read returned little
-	pause atomic.Int64 // nanoseconds to wait after a small read
+	small bool // the last read returned little
 }
 
 const (
-	pacedSmall   = 16 << 10
-	catchUpPause = 500 * time.Microsecond
-	catchUpBytes = 1 << 20 // this far behind the server's WAL, the capture is catching up
+	pacedSmall = 16 << 10
+	pacedPause = 500 * time.Microsecond
 )
 
 func (p *pacedReader) Read(b []byte) (int, error) {
 	if p.small {
-		if d := p.pause.Load(); d > 0 {
-			time.Sleep(time.Duration(d))
-		}
+		time.Sleep(pacedPause)
 	}
 	n, err := p.r.Read(b)
 	p.small = n < pacedSmall
 	return n, err
-}
-
-// catchingUp paces the reads for a capture at from, the server's WAL at
-// end.
-func (p *pacedReader) catchingUp(from, end uint64) {
-	var pause int64
-	if end > from+catchUpBytes {
-		pause = int64(catchUpPause)
-	}
-	if p.pause.Load() != pause {
-		p.pause.Store(pause)
-	}
 }
 
 func (p *Publisher) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn) error {
@@ -234,7 +207,6 @@ type stream struct {
 	p         *Publisher
 	conn      *pgx.Conn
 	repl      *pgconn.PgConn
-	paced     *pacedReader
 	rels      map[uint32]*relation
 	txn       *transaction
 	confirmed uint64 // what the slot may forget
@@ -566,7 +538,6 @@ func (s *stream) handle(ctx context.Context, msg pgproto3.BackendMessage) error 
 				return err
 			}
 			s.serverEnd = max(s.serverEnd, uint64(xld.ServerWALEnd))
-			s.paced.catchingUp(uint64(xld.WALStart), s.serverEnd)
 			return s.decode(ctx, xld.WALData)
 		}
 	}
