@@ -48,7 +48,7 @@ type Log struct {
 	// What appends learned of streams, so the next one need not ask: a
 	// stream's id and state layout, and the last commit LSN each system
 	// appended to it. Only committed facts go in; an append that fails
-	// forgets its streams (its commit may or may not have happened).
+	// makes the log forget (its commit may or may not have happened).
 	mu    sync.Mutex
 	known map[replicator.Stream]*knownStream
 }
@@ -80,21 +80,13 @@ func (l *Log) learn(s replicator.Stream, id int, layout *replicator.Layout, syst
 }
 
 // Forget drops what appends remembered: the next ones ask the log. A
-// publisher calls it when it starts: another process may have appended
-// for its system since.
+// publisher calls it when it starts (another process may have appended
+// for its system since), and an append whose commit failed does (the
+// commit may or may not have happened).
 func (l *Log) Forget() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.known = nil
-}
-
-// forget drops what is known of streams.
-func (l *Log) forget(streams []replicator.Stream) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, s := range streams {
-		delete(l.known, s)
-	}
 }
 
 // knownAppended is the last commit LSN system appended to s, if known.
@@ -283,8 +275,7 @@ func (t *Tx) stream(ctx context.Context, s replicator.Stream, fill bool) (*strea
 // compacted state. It replaces the stream's state table with an empty
 // one, its key left unindexed (the first compaction indexes it, in one
 // sort, when there are changes to fold in: a subscriber's copy does not
-// need it); ok is false when
-// the first state must go through Fill.
+// need it); ok is false when the first state must go through Fill.
 func (t *Tx) FillStart(ctx context.Context, g replicator.Group) (bool, error) {
 	st, err := t.stream(ctx, g.Stream, true)
 	if err != nil || !st.unread || len(st.groups) > 0 {
@@ -307,11 +298,7 @@ func (t *Tx) FillStart(ctx context.Context, g replicator.Group) (bool, error) {
 // transaction, so the rows go in frozen: nobody vacuums them later.
 func (t *Tx) FillCopy(ctx context.Context, g replicator.Group, r io.Reader) (int64, error) {
 	st := t.streams[g.Stream]
-	cols := make([]string, st.layout.Columns)
-	for i := range cols {
-		cols[i] = column(i)
-	}
-	tag, err := t.tx.Conn().PgConn().CopyFrom(ctx, r, "COPY "+stateTable(st.id)+" ("+strings.Join(cols, ", ")+") FROM STDIN WITH (FREEZE)")
+	tag, err := t.tx.Conn().PgConn().CopyFrom(ctx, r, "COPY "+stateTable(st.id)+" ("+strings.Join(columns(st.layout.Columns), ", ")+") FROM STDIN WITH (FREEZE)")
 	return tag.RowsAffected(), err
 }
 
@@ -335,6 +322,15 @@ func stateTable(stream int) string { return "rejot_log.state_" + strconv.Itoa(st
 
 // column names the state table's column of a row's i-th value.
 func column(i int) string { return "v" + strconv.Itoa(i) }
+
+// columns names the state table's first n columns.
+func columns(n int) []string {
+	cols := make([]string, n)
+	for i := range cols {
+		cols[i] = column(i)
+	}
+	return cols
+}
 
 func keyColumns(l replicator.Layout) string {
 	cols := make([]string, len(l.Key))
@@ -370,9 +366,9 @@ func (t *Tx) newState(ctx context.Context, st *streamTx, l replicator.Layout, in
 	if err := t.lockState(ctx, st); err != nil {
 		return err
 	}
-	cols := make([]string, l.Columns)
+	cols := columns(l.Columns)
 	for i := range cols {
-		cols[i] = column(i) + ` text COLLATE "C"`
+		cols[i] += ` text COLLATE "C"`
 	}
 	if indexed {
 		cols = append(cols, "PRIMARY KEY ("+keyColumns(l)+")")
@@ -503,8 +499,8 @@ func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*re
 	}
 	// The state catches up in bulk (rejot_log.compact), not here.
 	for _, c := range all {
-		if len(c.Row) > st.layout.Columns {
-			return fmt.Errorf("a row of %d values does not fit a state of %d", len(c.Row), st.layout.Columns)
+		if err := fits(st.layout, c.Row); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -541,19 +537,23 @@ func (t *Tx) fillState(ctx context.Context, st *streamTx, l replicator.Layout, c
 	if st.layout.Columns == 0 {
 		return errors.New("a first state must start with a truncate")
 	}
-	cols := make([]string, st.layout.Columns)
-	for i := range cols {
-		cols[i] = column(i)
-	}
-	_, err := t.tx.CopyFrom(ctx, pgx.Identifier{"rejot_log", "state_" + strconv.Itoa(st.id)}, cols, pgx.CopyFromRows(rows))
+	_, err := t.tx.CopyFrom(ctx, pgx.Identifier{"rejot_log", "state_" + strconv.Itoa(st.id)}, columns(st.layout.Columns), pgx.CopyFromRows(rows))
 	return err
+}
+
+// fits refuses a row with more values than the state has columns.
+func fits(l replicator.Layout, row []replicator.Value) error {
+	if len(row) > l.Columns {
+		return fmt.Errorf("a row of %d values does not fit a state of %d", len(row), l.Columns)
+	}
+	return nil
 }
 
 // stateRow is a row's values as the state table holds them: a value a row
 // lacks (laid out before a column was added) is NULL.
 func stateRow(l replicator.Layout, row []replicator.Value) ([]replicator.Value, error) {
-	if len(row) > l.Columns {
-		return nil, fmt.Errorf("a row of %d values does not fit a state of %d", len(row), l.Columns)
+	if err := fits(l, row); err != nil {
+		return nil, err
 	}
 	if len(row) < l.Columns {
 		row = append(slices.Clone(row), make([]replicator.Value, l.Columns-len(row))...)
@@ -615,7 +615,7 @@ func (t *Tx) Commit(ctx context.Context) (int, error) {
 	added, err := t.commit(ctx)
 	if err != nil {
 		// Whether the commit happened is not known: ask the log next time.
-		t.log.forget(t.order)
+		t.log.Forget()
 		return 0, err
 	}
 	for _, s := range t.order {
