@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -196,8 +197,12 @@ func (p *Publisher) copyFill(ctx context.Context, tx pgx.Tx, snapshot string, fc
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
-	progress := &fillProgress{p: p, src: src, gauge: metricFillRows.WithLabelValues(streamLabels(src.Stream)...), last: time.Now()}
-	progress.gauge.Set(0)
+	gauge := metricFillRows.WithLabelValues(streamLabels(src.Stream)...)
+	gauge.Set(0)
+	progress := newCopyProgress(nil, new(atomic.Int64), gauge, func(rows int64) {
+		p.Logger.Info().Str("system", p.System).Str("publication", src.Stream.Publication).Int("version", src.Stream.Version).
+			Int64("rows", rows).Msg("first state in progress")
+	})
 	out := &rowsOut{w: io.MultiWriter(pw, progress)}
 	partDone := make(chan error, len(parts))
 	for i, where := range parts {
@@ -245,7 +250,7 @@ func (p *Publisher) copyFill(ctx context.Context, tx pgx.Tx, snapshot string, fc
 	if err := fc.FillEnd(ctx, group, rows); err != nil {
 		return fmt.Errorf("cannot append the first state: %w", err)
 	}
-	progress.gauge.Set(float64(rows))
+	gauge.Set(float64(rows))
 	metricCaptured.WithLabelValues(streamLabels(src.Stream)...).Add(float64(rows + 1))
 	return nil
 }
@@ -328,25 +333,32 @@ func (b *rowBuffer) flush() error {
 	return err
 }
 
-// fillProgress counts the rows of a first state as they pass (COPY's text
-// format: one row per newline), for the metric and the log.
-type fillProgress struct {
-	p     *Publisher
-	src   *Source
-	gauge prometheus.Gauge
-	rows  int64
-	last  time.Time
+// copyProgress counts the rows of COPY text data as they pass (one per
+// newline: the format escapes newlines in values) into rows and a gauge,
+// calls report every 5 s, and passes the data on to w (nowhere when nil).
+type copyProgress struct {
+	w      io.Writer
+	rows   *atomic.Int64
+	gauge  prometheus.Gauge
+	report func(rows int64)
+	last   time.Time
 }
 
-func (f *fillProgress) Write(b []byte) (int, error) {
-	f.rows += int64(bytes.Count(b, []byte{'\n'}))
-	f.gauge.Set(float64(f.rows))
-	if time.Since(f.last) > 5*time.Second {
-		f.last = time.Now()
-		f.p.Logger.Info().Str("system", f.p.System).Str("publication", f.src.Stream.Publication).Int("version", f.src.Stream.Version).
-			Int64("rows", f.rows).Msg("first state in progress")
+func newCopyProgress(w io.Writer, rows *atomic.Int64, gauge prometheus.Gauge, report func(int64)) *copyProgress {
+	return &copyProgress{w: w, rows: rows, gauge: gauge, report: report, last: time.Now()}
+}
+
+func (c *copyProgress) Write(b []byte) (int, error) {
+	n := c.rows.Add(int64(bytes.Count(b, []byte{'\n'})))
+	c.gauge.Set(float64(n))
+	if time.Since(c.last) > 5*time.Second {
+		c.last = time.Now()
+		c.report(n)
 	}
-	return len(b), nil
+	if c.w == nil {
+		return len(b), nil
+	}
+	return c.w.Write(b)
 }
 
 // Layout is how the log lays out the version's rows.

@@ -2,7 +2,6 @@ package replicator
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -474,7 +473,10 @@ func (w *worker) copyState(ctx context.Context, conn *pgx.Conn, t *target) (int6
 		go func() {
 			// COPY TO hands over a row at a time: gather them, so the pipe
 			// and the COPY FROM move large pieces.
-			buf := bufio.NewWriterSize(&rowCounter{w: pw, worker: w, gauge: metricCopiedRows.WithLabelValues(w.labels()...), log: log}, 256<<10)
+			counted := newCopyProgress(pw, &w.copied, metricCopiedRows.WithLabelValues(w.labels()...), func(rows int64) {
+				log.Info().Int64("rows", rows).Msg("copying")
+			})
+			buf := bufio.NewWriterSize(counted, 256<<10)
 			var err error
 			position, err = w.s.Log.CopyState(ctx, w.sub.stream, t.elements(), buf)
 			if err == nil {
@@ -514,28 +516,6 @@ func (t *target) elements() []int {
 		out[i] = c.Index
 	}
 	return out
-}
-
-// rowCounter counts the rows of a COPY stream as they pass (one per
-// newline: COPY's text format escapes newlines in values), for progress.
-type rowCounter struct {
-	w          io.Writer
-	worker     *worker
-	gauge      prometheus.Gauge
-	log        *zerolog.Logger
-	lastReport time.Time
-}
-
-func (c *rowCounter) Write(p []byte) (int, error) {
-	n := c.worker.copied.Add(int64(bytes.Count(p, []byte{'\n'})))
-	c.gauge.Set(float64(n))
-	if time.Since(c.lastReport) > 5*time.Second {
-		if !c.lastReport.IsZero() {
-			c.log.Info().Int64("rows", n).Msg("copying")
-		}
-		c.lastReport = time.Now()
-	}
-	return c.w.Write(p)
 }
 
 // stream applies the log after position, woken by the log's
