@@ -9,6 +9,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -146,11 +147,27 @@ func (p *Publisher) replicationConn(ctx context.Context) (*pgconn.PgConn, error)
 		return nil, err
 	}
 	cfg.RuntimeParams["replication"] = "database"
+	if cfg.RuntimeParams["application_name"] == "" {
+		// What pg_stat_replication shows for the capture.
+		cfg.RuntimeParams["application_name"] = SlotName(p.System)
+	}
 	// WAL arrives as many small messages: read it in large pieces, and
-	// after a read that found little, let some gather before the next
-	// (see pacedReader).
+	// let some gather before each read (see pacedReader).
+	var paced *pacedReader
+	dial := cfg.DialFunc
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err == nil {
+			paced = newPacedReader(c)
+		}
+		return c, err
+	}
 	cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
-		return pgproto3.NewFrontend(bufio.NewReaderSize(&pacedReader{r: r}, 256<<10), w)
+		if paced == nil {
+			paced = &pacedReader{}
+		}
+		paced.r = r
+		return pgproto3.NewFrontend(bufio.NewReaderSize(paced, 256<<10), w)
 	}
 	repl, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
@@ -162,12 +179,15 @@ func (p *Publisher) replicationConn(ctx context.Context) (*pgconn.PgConn, error)
 // pacedReader reads the replication stream: after a read that returned
 // less than pacedSmall bytes, it waits pacedPause before reading again,
 // so the messages the server sends meanwhile come in one system call
-// rather than one each. Reads, their wake-ups and the scheduler took more
-// than half of the capture's CPU when it kept pace with the server message
-// by message; the pause adds at most pacedPause to a change's latency.
+// rather than one each; the pause adds at most pacedPause to a change's
+// latency. While it waits, the socket's low-water mark (SO_RCVLOWAT) is
+// raised to pacedSmall: the kernel would otherwise wake the process for
+// each message that arrives in the pause (Go's poller, though no one
+// reads), which took a third of the capture's CPU in a catch-up.
 type pacedReader struct {
 	r     io.Reader
-	small bool // the last read returned little
+	sock  syscall.RawConn // nil: no low-water mark to raise
+	small bool            // the last read returned little
 }
 
 const (
@@ -175,13 +195,32 @@ const (
 	pacedPause = 500 * time.Microsecond
 )
 
+func newPacedReader(conn net.Conn) *pacedReader {
+	p := &pacedReader{}
+	if s, ok := conn.(syscall.Conn); ok {
+		p.sock, _ = s.SyscallConn()
+	}
+	return p
+}
+
 func (p *pacedReader) Read(b []byte) (int, error) {
 	if p.small {
+		setLowWater(p.sock, pacedSmall)
 		time.Sleep(pacedPause)
+		setLowWater(p.sock, 1)
 	}
 	n, err := p.r.Read(b)
 	p.small = n < pacedSmall
 	return n, err
+}
+
+// setLowWater sets a socket's SO_RCVLOWAT: no wake-up for reading until
+// that many bytes are there (a read that does not wait still returns what
+// there is).
+func setLowWater(sock syscall.RawConn, n int) {
+	if sock != nil {
+		sock.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVLOWAT, n) })
+	}
 }
 
 func (p *Publisher) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn) error {

@@ -173,6 +173,10 @@ type LogReader interface {
 	Next(ctx context.Context, s Stream, after int64, limit int) (Span, error)
 	// Read calls fn with a span's changes, in order, in chunks.
 	Read(ctx context.Context, s Stream, span Span, fn func([]Record) error) error
+	// Fetch is Next with the span's changes, read together; the changes
+	// are nil when the span's first group alone is larger than limit
+	// (Read them as they are applied).
+	Fetch(ctx context.Context, s Stream, after int64, limit int) (Span, []Record, error)
 	// Wait returns when an append to s is notified, or after at most d.
 	Wait(ctx context.Context, s Stream, d time.Duration)
 	// SetReader records a subscriber's position, so the log keeps what
@@ -192,5 +196,4 @@ type Span struct {
 	After, Upto int64
 	Groups      int
 	LastCommit  time.Time // commit time of the span's last group
-	NextCommit  time.Time // of the group after the span, zero when none was seen
 }

@@ -576,14 +576,15 @@ type fetched struct {
 	err  error
 }
 
-// prefetch reads spans after position, one ahead of the applier: the
-// first of at most limit changes (one group after a failure), then of the
-// batch size. It stops at the first error, which it passes on.
+// prefetch reads spans after position, with their changes, one ahead of
+// the applier: the first of at most limit changes (one group after a
+// failure), then of the batch size. It stops at the first error, which it
+// passes on.
 func (w *worker) prefetch(ctx context.Context, position int64, limit int) <-chan fetched {
 	out := make(chan fetched, 1)
 	go func() {
 		for ctx.Err() == nil {
-			span, err := w.s.Log.Next(ctx, w.sub.stream, position, limit)
+			span, recs, err := w.s.Log.Fetch(ctx, w.sub.stream, position, limit)
 			if err != nil {
 				out <- fetched{err: err}
 				return
@@ -592,17 +593,7 @@ func (w *worker) prefetch(ctx context.Context, position int64, limit int) <-chan
 				w.s.Log.Wait(ctx, w.sub.stream, time.Second)
 				continue
 			}
-			f := fetched{span: span}
-			if span.Upto-span.After <= int64(2*w.s.batch()) {
-				err = w.s.Log.Read(ctx, w.sub.stream, span, func(recs []Record) error {
-					f.recs = append(f.recs, recs...)
-					return nil
-				})
-				if err != nil {
-					out <- fetched{err: err}
-					return
-				}
-			}
+			f := fetched{span: span, recs: recs}
 			select {
 			case out <- f:
 			case <-ctx.Done():

@@ -977,12 +977,22 @@ func (l *Log) Changes(ctx context.Context, s replicator.Stream, after int64, lim
 }
 
 func scanRecord(row pgx.CollectableRow) (replicator.Record, error) {
+	return scanRecordInto(row, nil)
+}
+
+// scanRecordInto scans a change, and its group-end mark into last when
+// the row has one.
+func scanRecordInto(row interface{ Scan(...any) error }, last *bool) (replicator.Record, error) {
 	var r replicator.Record
 	var lsn int64
 	var op, key string
 	var data *string
 	var at time.Time
-	if err := row.Scan(&r.Position, &lsn, &at, &op, &key, &data); err != nil {
+	dest := []any{&r.Position, &lsn, &at, &op, &key, &data}
+	if last != nil {
+		dest = append(dest, last)
+	}
+	if err := row.Scan(dest...); err != nil {
 		return r, err
 	}
 	r.CommitLSN, r.CommitTime, r.Op = uint64(lsn), at, replicator.Op(op[0])

@@ -2,6 +2,7 @@ package pglog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -425,4 +426,80 @@ func TestAnotherProcessAppended(t *testing.T) {
 	if _, head := state(t, a, orders); head != 2 {
 		t.Fatalf("head %d", head)
 	}
+}
+
+// TestFetchIsNextAndRead: Fetch returns the span Next finds and the
+// changes Read gives for it, whatever the limit and the group sizes; a
+// first group larger than the limit comes without its changes, and a
+// pruned start is ErrPruned.
+func TestFetchIsNextAndRead(t *testing.T) {
+	l, _ := open(t)
+	ctx := context.Background()
+	s := replicator.Stream{Publication: "fetch", Version: 1}
+	sizes := []int{1, 3, 1, 7, 2, 2, 1, 12, 1}
+	var groups []replicator.Group
+	for i, n := range sizes {
+		var changes []replicator.Change
+		for j := range n {
+			changes = append(changes, upsert(fmt.Sprint(i*100+j), v("x")))
+		}
+		g := group(uint64(i+1), changes...)
+		g.Stream, g.CommitTime = s, g.CommitTime.Add(time.Duration(i)*time.Second)
+		groups = append(groups, g)
+	}
+	if _, err := l.Append(ctx, groups); err != nil {
+		t.Fatal(err)
+	}
+	head, err := l.Head(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for after := int64(0); after <= head; after++ {
+		for _, limit := range []int{1, 2, 3, 5, 8, 13, 100} {
+			want, err := l.Next(ctx, s, after, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var wantRecs []replicator.Record
+			if want.Groups > 0 {
+				if err := l.Read(ctx, s, want, func(r []replicator.Record) error {
+					wantRecs = append(wantRecs, r...)
+					return nil
+				}); err != nil && !errors.Is(err, replicator.ErrPruned) {
+					t.Fatal(err)
+				}
+			}
+			got, recs, err := l.Fetch(ctx, s, after, limit)
+			if wantRecs == nil && want.Groups > 0 {
+				// after is inside a group: Read finds its start missing.
+				if !errors.Is(err, replicator.ErrPruned) {
+					t.Fatalf("after %d, limit %d: %v, want ErrPruned", after, limit, err)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatalf("after %d, limit %d: %v", after, limit, err)
+			}
+			if got != want {
+				t.Fatalf("after %d, limit %d: span %+v, want %+v", after, limit, got, want)
+			}
+			if big := want.Groups == 1 && want.Upto-want.After > int64(limit); big {
+				if recs != nil {
+					t.Fatalf("after %d, limit %d: a group larger than the limit came with its changes", after, limit)
+				}
+				continue
+			}
+			if renderRecords(recs) != renderRecords(wantRecs) {
+				t.Fatalf("after %d, limit %d: changes %s, want %s", after, limit, renderRecords(recs), renderRecords(wantRecs))
+			}
+		}
+	}
+}
+
+func renderRecords(recs []replicator.Record) string {
+	var b strings.Builder
+	for _, r := range recs {
+		fmt.Fprintf(&b, "%d %c %d %s [%s] [%s]; ", r.Position, r.Op, r.CommitLSN, r.CommitTime.Format(time.RFC3339), renderRow(r.Key), renderRow(r.Row))
+	}
+	return b.String()
 }

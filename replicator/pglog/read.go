@@ -55,13 +55,13 @@ func (l *Log) Head(ctx context.Context, s replicator.Stream) (int64, error) {
 
 // Next returns the span of whole groups after position after, up to about
 // limit changes (at least one group, however large), and the commit time
-// of its last group and of the group after it (zero when none follows).
+// of its last group.
 func (l *Log) Next(ctx context.Context, s replicator.Stream, after int64, limit int) (replicator.Span, error) {
 	// Groups end at marked changes; what is visible is committed whole.
 	rows, err := l.pool.Query(ctx, `SELECT c.position, c.commit_time FROM rejot_log.changes c
 		JOIN rejot_log.streams s ON s.id = c.stream
 		WHERE s.publication = $1 AND s.version = $2 AND c.position > $3 AND c.last
-		ORDER BY c.position LIMIT $4`, s.Publication, s.Version, after, limit+1)
+		ORDER BY c.position LIMIT $4`, s.Publication, s.Version, after, max(limit, 1))
 	if err != nil {
 		return replicator.Span{}, err
 	}
@@ -74,13 +74,55 @@ func (l *Log) Next(ctx context.Context, s replicator.Stream, after int64, limit 
 			return span, err
 		}
 		if span.Upto > after && last-after > int64(limit) {
-			span.NextCommit = at
 			break
 		}
 		span.Upto, span.LastCommit = last, at
 		span.Groups++
 	}
 	return span, rows.Err()
+}
+
+// Fetch reads up to limit changes after a position and keeps the whole
+// groups among them: one query where Next and Read take two, and each
+// change is read once. A first group larger than limit is left to Next
+// and Read.
+func (l *Log) Fetch(ctx context.Context, s replicator.Stream, after int64, limit int) (replicator.Span, []replicator.Record, error) {
+	rows, err := l.pool.Query(ctx, `SELECT c.position, (c.commit_lsn - '0/0')::int8, c.commit_time, c.op::text, c.key::text, c.row::text, c.last
+		FROM rejot_log.changes c JOIN rejot_log.streams s ON s.id = c.stream
+		WHERE s.publication = $1 AND s.version = $2 AND c.position > $3
+		ORDER BY c.position LIMIT $4`, s.Publication, s.Version, after, limit)
+	if err != nil {
+		return replicator.Span{}, nil, err
+	}
+	span := replicator.Span{After: after, Upto: after}
+	var recs []replicator.Record
+	whole := 0 // how many of recs end a group
+	for rows.Next() {
+		var last bool
+		r, err := scanRecordInto(rows, &last)
+		if err != nil {
+			rows.Close()
+			return span, nil, err
+		}
+		recs = append(recs, r)
+		if last {
+			whole = len(recs)
+			span.Upto, span.LastCommit = r.Position, r.CommitTime
+			span.Groups++
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return span, nil, err
+	}
+	if len(recs) > 0 && recs[0].Position != after+1 {
+		return span, nil, replicator.ErrPruned
+	}
+	if span.Groups == 0 && len(recs) == limit {
+		span, err := l.Next(ctx, s, after, limit)
+		return span, nil, err
+	}
+	return span, recs[:whole], nil
 }
 
 // Read calls fn for each change of a span, in order, in chunks.

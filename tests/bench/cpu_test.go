@@ -123,3 +123,41 @@ func printCPU(b *strings.Builder, log []cpuRecord) {
 		fmt.Fprintf(b, "| %s | %s | %s | %s | %s |\n", r.what, secs(r.wall), secs(r.used.owner), secs(r.used.consumer), secs(r.used.sidecars))
 	}
 }
+
+// printWalsenders prints, for each walsender of the owner's server, the
+// CPU it used since it started (user and system apart): how the client
+// reads a replication stream changes what sending it costs.
+func (e *env) printWalsenders(what string) {
+	rows, err := e.src.Query(e.ctx, "SELECT pid, application_name FROM pg_stat_replication ORDER BY application_name")
+	if err != nil {
+		return
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var pid int
+		var name string
+		if rows.Scan(&pid, &name) != nil {
+			return
+		}
+		user, system, err := procUserSystem(pid)
+		if err == nil {
+			progress("%s: walsender for %s used %.2f s user, %.2f s system", what, name, user.Seconds(), system.Seconds())
+		}
+	}
+}
+
+// procUserSystem is a process's own user and system CPU time.
+func procUserSystem(pid int) (user, system time.Duration, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0, 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	k, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u) * clockTick, time.Duration(k) * clockTick, nil
+}

@@ -151,6 +151,7 @@ func (e *env) catchUp() catchUpResult {
 	lsn := e.queueUpdates(e.cfg.txns)
 	want := e.checksum(e.src, "pgbench_accounts")
 	e.checkpoint()
+	e.printSlots("(b) before")
 	progress("(b) native: ENABLE")
 	r.native, r.nativeStarted = e.nativeCatchUp(lsn)
 	progress("(b) native caught up: %v", r.native.Round(time.Millisecond))
@@ -230,6 +231,7 @@ func (e *env) nativeCatchUp(lsn string) (total, started time.Duration) {
 	}, e.nativeDiag)
 	total = time.Since(start)
 	e.endInterval("(b) native catch-up", m, total)
+	e.printWalsenders("(b) native")
 	e.nativeTouched = time.Now()
 	return total, started
 }
@@ -275,12 +277,32 @@ func (e *env) rejotCatchUp(wantHead int64) time.Duration {
 		rows.Close()
 	}
 	e.endInterval("(b) ReJot catch-up", m, total)
+	e.printWalsenders("(b) ReJot")
 	e.must(e.ownerSC.ready(e.ctx))
 	e.must(e.consumerSC.ready(e.ctx))
 	if head, _ := e.head(); head != wantHead {
 		progress("(b) note: the log's head is %d, expected %d", head, wantHead)
 	}
 	return total
+}
+
+// printSlots prints how much WAL each slot must read before the changes
+// it has yet to send: from its restart point and from its confirmed end.
+func (e *env) printSlots(what string) {
+	rows, err := e.src.Query(e.ctx, `SELECT slot_name || ': ' ||
+			pg_size_pretty(pg_current_wal_lsn() - restart_lsn) || ' of WAL after its restart point, ' ||
+			pg_size_pretty(pg_current_wal_lsn() - confirmed_flush_lsn) || ' after its confirmed end'
+		FROM pg_replication_slots ORDER BY slot_name`)
+	if err != nil {
+		return
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var line string
+		if rows.Scan(&line) == nil {
+			progress("%s: slot %s", what, line)
+		}
+	}
 }
 
 // checksum sums what identifies a table's rows, whatever their order.
