@@ -63,7 +63,7 @@ func (p *Publisher) fill(ctx context.Context) (map[Stream]uint64, error) {
 
 // snapshot appends the sources' rows as of a fresh consistent point.
 func (p *Publisher) snapshot(ctx context.Context, todo []*Source) (uint64, error) {
-	repl, err := p.replicationConn(ctx)
+	repl, _, err := p.replicationConn(ctx)
 	if err != nil {
 		return 0, err
 	}

@@ -79,3 +79,70 @@ func TestPacedReaderWaitsOnlyBriefly(t *testing.T) {
 		t.Fatalf("low-water mark left at %d", n)
 	}
 }
+
+// TestPacedReaderBehindWaitsForAFullWindow: on loopback the receive
+// buffer is bounded; after a large read the next waits until the window
+// is full or bulkPause has passed, never for the caller's deadline, and
+// Interrupt ends it at once.
+func TestPacedReaderBehindWaitsForAFullWindow(t *testing.T) {
+	client, server := tcpPair(t)
+	p := newPacedReader(client)
+	if !p.bound {
+		t.Fatal("a loopback connection's receive window is not bounded")
+	}
+	p.r = client
+	p.SetDeadline(time.Now().Add(5 * time.Second))
+	big := make([]byte, 40<<10)
+	go server.Write(big)
+	buf := make([]byte, 256<<10)
+	got, err := io.ReadAtLeast(p, buf, len(big))
+	if err != nil || got != len(big) || !p.bulk {
+		t.Fatalf("read %d of %d (%v); behind: %v", got, len(big), err, p.bulk)
+	}
+	// Behind, a little that comes is read after at most bulkPause.
+	server.Write([]byte("tail"))
+	start := time.Now()
+	n, err := p.Read(buf)
+	if err != nil || string(buf[:n]) != "tail" {
+		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("the tail took %v", d)
+	}
+	if n := lowWater(t, client); n != 1 {
+		t.Fatalf("low-water mark left at %d", n)
+	}
+	// A full window ends the wait before bulkPause.
+	go server.Write(make([]byte, 512<<10))
+	time.Sleep(50 * time.Millisecond)
+	p.bulk = true
+	start = time.Now()
+	if n, err := p.Read(buf); err != nil || n < pacedSmall {
+		t.Fatalf("read %d, %v", n, err)
+	}
+	if d := time.Since(start); d >= bulkPause {
+		t.Fatalf("a full window waited %v", d)
+	}
+	// Interrupt ends a wait, and every read after, with a timeout.
+	for {
+		client.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := p.r.Read(buf); err != nil {
+			break
+		}
+	}
+	p.SetDeadline(time.Time{})
+	p.bulk = true
+	go func() { time.Sleep(2 * time.Millisecond); p.Interrupt() }()
+	if _, err := p.Read(buf); !timedOut(err) {
+		t.Fatalf("an interrupted read returned %v", err)
+	}
+	p.SetDeadline(time.Now().Add(time.Hour))
+	if _, err := p.Read(buf); !timedOut(err) {
+		t.Fatalf("a read after Interrupt returned %v", err)
+	}
+	p.Resume()
+	server.Write([]byte("again"))
+	if n, err := p.Read(buf); err != nil || string(buf[:n]) != "again" {
+		t.Fatalf("after Resume: %q, %v", buf[:n], err)
+	}
+}

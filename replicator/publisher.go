@@ -9,6 +9,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -73,7 +74,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 	if err := p.preparePublication(ctx, conn); err != nil {
 		return err
 	}
-	repl, err := p.replicationConn(ctx)
+	repl, paced, err := p.replicationConn(ctx)
 	if err != nil {
 		return err
 	}
@@ -100,7 +101,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		return fmt.Errorf("cannot start replication: %w", err)
 	}
 	p.Logger.Info().Str("system", p.System).Str("slot", slot).Str("protocol", proto).Msg("capture started")
-	s := &stream{p: p, conn: conn, repl: repl, rels: map[uint32]*relation{}, since: since}
+	s := &stream{p: p, conn: conn, repl: repl, paced: paced, rels: map[uint32]*relation{}, since: since}
 	defer func() {
 		s.wait() // the appender uses the connections closed next
 		if s.open != nil {
@@ -141,10 +142,10 @@ func (p *Publisher) preparePublication(ctx context.Context, conn *pgx.Conn) erro
 	return nil
 }
 
-func (p *Publisher) replicationConn(ctx context.Context) (*pgconn.PgConn, error) {
+func (p *Publisher) replicationConn(ctx context.Context) (*pgconn.PgConn, *pacedReader, error) {
 	cfg, err := pgconn.ParseConfig(p.URL)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cfg.RuntimeParams["replication"] = "database"
 	if cfg.RuntimeParams["application_name"] == "" {
@@ -171,47 +172,119 @@ func (p *Publisher) replicationConn(ctx context.Context) (*pgconn.PgConn, error)
 	}
 	repl, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("cannot open a replication connection (the role needs REPLICATION, the server wal_level=logical): %w", err)
+		return nil, nil, fmt.Errorf("cannot open a replication connection (the role needs REPLICATION, the server wal_level=logical): %w", err)
 	}
-	return repl, nil
+	return repl, paced, nil
 }
 
-// pacedReader reads the replication stream: after a read that returned
-// less than pacedSmall bytes, it waits pacedPause before reading again,
-// so the messages the server sends meanwhile come in one system call
-// rather than one each; the pause adds at most pacedPause to a change's
-// latency. While it waits, the socket's low-water mark (SO_RCVLOWAT) is
-// raised to pacedSmall: the kernel would otherwise wake the process for
-// each message that arrives in the pause (Go's poller, though no one
-// reads), which took a third of the capture's CPU in a catch-up.
+// pacedReader reads the replication stream. The server sends each message
+// (a BEGIN, a row, a COMMIT) with a system call of its own as soon as the
+// client's receive window has room, so how the client reads decides what
+// both sides pay:
+//
+//   - Live, after a read that found little (less than pacedSmall), it
+//     waits pacedPause before reading again, so the messages sent
+//     meanwhile come in one system call rather than one each; the pause
+//     adds at most pacedPause to a change's latency. While it waits, the
+//     socket's low-water mark (SO_RCVLOWAT) is raised: the kernel would
+//     otherwise wake the process for each message that arrives (Go's
+//     poller, though no one reads), which took a third of the capture's
+//     CPU in a catch-up.
+//   - Behind, after a read that found much, and when the server is on this
+//     host, it waits until its receive window is full (or bulkPause): the
+//     server then queues what it sends, cheaply, and sends it in large
+//     pieces when the window opens. A client that keeps its window open
+//     makes the server send every message on its own, and on loopback the
+//     sender also runs the receiver's TCP work: the walsender used 40%
+//     more CPU for the capture than for Postgres's own apply worker, which
+//     reads slowly. The window is bounded to pacedBuffer so that filling
+//     it takes milliseconds (left alone, the kernel grew it to 1.5 MB).
+//     A remote server keeps the kernel's sizing: its receiving side runs
+//     on this host, not in the walsender, and a small window would cost
+//     throughput on a long round trip.
 type pacedReader struct {
 	r     io.Reader
+	conn  net.Conn
 	sock  syscall.RawConn // nil: no low-water mark to raise
 	small bool            // the last read returned little
+	bulk  bool            // the last read returned much, and the window is bounded
+	bound bool            // the receive window is bounded (a server on this host)
+
+	deadline time.Time   // the caller's
+	stopped  atomic.Bool // Interrupt was called
 }
 
 const (
-	pacedSmall = 16 << 10
-	pacedPause = 500 * time.Microsecond
+	pacedSmall  = 16 << 10
+	pacedPause  = 500 * time.Microsecond
+	pacedBuffer = 64 << 10
+	bulkPause   = 10 * time.Millisecond
 )
 
 func newPacedReader(conn net.Conn) *pacedReader {
-	p := &pacedReader{}
+	p := &pacedReader{conn: conn}
 	if s, ok := conn.(syscall.Conn); ok {
 		p.sock, _ = s.SyscallConn()
+	}
+	if tcp, ok := conn.(*net.TCPConn); ok {
+		if ip, ok := tcp.RemoteAddr().(*net.TCPAddr); ok && ip.IP.IsLoopback() {
+			p.bound = tcp.SetReadBuffer(pacedBuffer) == nil
+		}
 	}
 	return p
 }
 
+// SetDeadline bounds the reads; a zero time removes the bound.
+func (p *pacedReader) SetDeadline(t time.Time) error {
+	p.deadline = t
+	if p.stopped.Load() {
+		return nil
+	}
+	return p.conn.SetReadDeadline(t)
+}
+
+// Interrupt ends the read in progress, and every later one until Resume,
+// at once with a timeout; it may be called from another goroutine.
+func (p *pacedReader) Interrupt() {
+	p.stopped.Store(true)
+	p.conn.SetReadDeadline(time.Now())
+}
+
+// Resume undoes Interrupt and removes the deadline.
+func (p *pacedReader) Resume() {
+	p.stopped.Store(false)
+	p.deadline = time.Time{}
+	p.conn.SetReadDeadline(time.Time{})
+}
+
 func (p *pacedReader) Read(b []byte) (int, error) {
-	if p.small {
+	if p.bulk && !p.stopped.Load() {
+		// The low-water mark is capped by the kernel at about the
+		// window: the read returns when the window is full.
+		setLowWater(p.sock, 1<<30)
+		p.conn.SetReadDeadline(time.Now().Add(bulkPause))
+		n, err := p.r.Read(b)
+		setLowWater(p.sock, 1)
+		if !p.stopped.Load() {
+			p.conn.SetReadDeadline(p.deadline)
+		}
+		if err == nil || !timedOut(err) || p.stopped.Load() {
+			p.note(n)
+			return n, err
+		}
+	} else if p.small {
 		setLowWater(p.sock, pacedSmall)
 		time.Sleep(pacedPause)
 		setLowWater(p.sock, 1)
 	}
 	n, err := p.r.Read(b)
-	p.small = n < pacedSmall
+	p.note(n)
 	return n, err
+}
+
+func (p *pacedReader) note(n int) {
+	p.small = n < pacedSmall
+	p.bulk = p.bound && !p.small
 }
 
 // setLowWater sets a socket's SO_RCVLOWAT: no wake-up for reading until
@@ -246,6 +319,7 @@ type stream struct {
 	p         *Publisher
 	conn      *pgx.Conn
 	repl      *pgconn.PgConn
+	paced     *pacedReader // repl's reader
 	rels      map[uint32]*relation
 	txn       *transaction
 	confirmed uint64 // what the slot may forget
@@ -448,13 +522,16 @@ func (s *stream) loop(ctx context.Context) error {
 	// connection, set only when it changes, rather than a context per
 	// message (a context with a deadline, and pgx watching it, cost a
 	// sixth of the capture's CPU at 50k transactions a second).
-	conn := s.repl.Conn()
-	stopWaiting := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Now()) })
+	conn := s.paced
+	stopWaiting := context.AfterFunc(ctx, conn.Interrupt)
 	defer stopWaiting()
-	defer conn.SetReadDeadline(time.Time{})
+	defer conn.Resume()
 	var readDeadline time.Time
 	for {
-		if time.Now().After(next) {
+		// One clock reading per message: at 300,000 messages in a
+		// catch-up, reading it three times cost a tenth of the capture.
+		now := time.Now()
+		if now.After(next) {
 			// Asking for a reply makes the server say how far it has
 			// decoded, which an idle source may confirm at once.
 			if err := s.flush(ctx); err != nil {
@@ -465,7 +542,7 @@ func (s *stream) loop(ctx context.Context) error {
 			}
 			next = time.Now().Add(interval)
 		}
-		if len(s.pending) > 0 && !s.pendingSince.IsZero() && time.Since(s.pendingSince) >= maxPendingWait {
+		if len(s.pending) > 0 && !s.pendingSince.IsZero() && now.Sub(s.pendingSince) >= maxPendingWait {
 			// Due under a steady stream: appended as soon as the append
 			// before it is done, checked at every message.
 			done, err := s.done()
@@ -481,9 +558,8 @@ func (s *stream) loop(ctx context.Context) error {
 			// Append what is pending as soon as the stream pauses, and
 			// under a steady stream at least every maxPendingWait.
 			if s.pendingSince.IsZero() {
-				s.pendingSince = time.Now()
+				s.pendingSince = now
 			}
-			now := time.Now()
 			deadline = now.Add(pauseWait)
 			if limit := s.pendingSince.Add(maxPendingWait); limit.Before(deadline) {
 				deadline = limit
@@ -498,14 +574,14 @@ func (s *stream) loop(ctx context.Context) error {
 			deadline = deadline.Truncate(250 * time.Microsecond).Add(250 * time.Microsecond)
 		}
 		if !deadline.Equal(readDeadline) {
-			if err := conn.SetReadDeadline(deadline); err != nil {
+			if err := conn.SetDeadline(deadline); err != nil {
 				return err
 			}
 			readDeadline = deadline
 		}
 		msg, err := s.repl.ReceiveMessage(context.Background())
 		if ctx.Err() != nil {
-			conn.SetReadDeadline(time.Time{})
+			conn.Resume()
 			s.stop(ctx)
 			return ctx.Err()
 		}
