@@ -541,9 +541,15 @@ func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position
 			return f.err
 		}
 		span := f.span
+		// Only the span whose position is recorded in the log next (every
+		// readerEvery) is committed durably; that flushes every commit
+		// before it too. Between, a crash of the target loses at most the
+		// spans since, position and rows together, and they are applied
+		// again from the log, which keeps them.
+		durable := time.Since(lastReader) > readerEvery
 		// A span being applied is finished even when the sidecar stops.
 		applyCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		err := w.apply(applyCtx, conn, t, span, f.recs)
+		err := w.apply(applyCtx, conn, t, span, f.recs, durable)
 		cancel()
 		if errors.Is(err, ErrPruned) {
 			return w.recopy(ctx, conn, position)
@@ -557,7 +563,7 @@ func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position
 		now := time.Now()
 		w.log().Debug().Int64("position", position).Int("transactions", span.Groups).Msg("applied")
 		w.status.Store(&workerStatus{Status: "streaming", Position: &position, LastAppliedAt: &now, LastCommit: span.LastCommit})
-		if time.Since(lastReader) > 5*time.Second {
+		if durable {
 			lastReader = time.Now()
 			if err := w.s.Log.SetReader(ctx, w.sub.stream, w.reader(), position); err != nil {
 				w.log().Warn().Err(err).Msg("cannot record the subscription's place in the event log")
@@ -623,13 +629,22 @@ func (w *worker) recopy(ctx context.Context, conn *pgx.Conn, position int64) err
 // errRecopy: the worker starts over with a copy, at once.
 var errRecopy = errors.New("copying the state again")
 
+// readerEvery is how often a subscriber records its position in the log
+// (which then may prune what came before).
+const readerEvery = 5 * time.Second
+
 // apply applies a span of whole source transactions in one destination
-// transaction, collapsed per key, with the new position.
-func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span Span, recs []Record) error {
+// transaction, collapsed per key, with the new position. A durable apply
+// waits for its commit to be flushed: the log may drop what a subscriber
+// says it has applied. The others do not wait (a flush per span took the
+// apply's time while the server did nothing else for it).
+func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span Span, recs []Record, durable bool) error {
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		// Durable at commit: the log may drop what a subscriber says it
-		// has applied.
-		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
+		commit := "SET LOCAL synchronous_commit = off"
+		if durable {
+			commit = "SET LOCAL synchronous_commit = on"
+		}
+		if _, err := tx.Exec(ctx, commit); err != nil {
 			return err
 		}
 		p, err := w.lock(ctx, tx)
