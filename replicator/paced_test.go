@@ -67,13 +67,21 @@ func TestPacedReaderWaitsOnlyBriefly(t *testing.T) {
 		server.Write([]byte("second"))
 	}()
 	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	readsSoon(t, p, client, "second")
+}
+
+// readsSoon reads want from p within a second (not when pacedSmall bytes
+// have gathered), and finds the socket's low-water mark lowered again.
+func readsSoon(t *testing.T, p *pacedReader, client net.Conn, want string) {
+	t.Helper()
+	buf := make([]byte, 64<<10)
 	start := time.Now()
-	got, err := io.ReadAtLeast(p, buf, len("second"))
-	if err != nil || string(buf[:got]) != "second" {
+	got, err := io.ReadAtLeast(p, buf, len(want))
+	if err != nil || string(buf[:got]) != want {
 		t.Fatalf("read %q, %v", buf[:got], err)
 	}
 	if d := time.Since(start); d > time.Second {
-		t.Fatalf("a lone small message took %v", d)
+		t.Fatalf("%q took %v", want, d)
 	}
 	if n := lowWater(t, client); n != 1 {
 		t.Fatalf("low-water mark left at %d", n)
@@ -101,22 +109,12 @@ func TestPacedReaderBehindWaitsForAFullWindow(t *testing.T) {
 	}
 	// Behind, a little that comes is read after at most bulkPause.
 	server.Write([]byte("tail"))
-	start := time.Now()
-	n, err := p.Read(buf)
-	if err != nil || string(buf[:n]) != "tail" {
-		t.Fatalf("read %q, %v", buf[:n], err)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Fatalf("the tail took %v", d)
-	}
-	if n := lowWater(t, client); n != 1 {
-		t.Fatalf("low-water mark left at %d", n)
-	}
+	readsSoon(t, p, client, "tail")
 	// A full window ends the wait before bulkPause.
 	go server.Write(make([]byte, 512<<10))
 	time.Sleep(50 * time.Millisecond)
 	p.bulk = true
-	start = time.Now()
+	start := time.Now()
 	if n, err := p.Read(buf); err != nil || n < pacedSmall {
 		t.Fatalf("read %d, %v", n, err)
 	}

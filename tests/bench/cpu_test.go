@@ -90,27 +90,40 @@ func clusterCPU(c *pgtest.Cluster) time.Duration {
 // procStat reads a process's parent and CPU time (with its reaped
 // children's when children is set) from /proc/PID/stat.
 func procStat(pid int, children bool) (ppid int, used time.Duration, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	f, err := statFields(pid)
 	if err != nil {
 		return 0, 0, err
-	}
-	s := string(b)
-	// The command name may hold spaces; the fields after it do not.
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 15 {
-		return 0, 0, fmt.Errorf("short /proc/%d/stat", pid)
 	}
 	ppid, _ = strconv.Atoi(f[1])
 	last := 12 // utime, stime
 	if children {
 		last = 14 // and cutime, cstime
 	}
-	var ticks int64
-	for _, v := range f[11 : last+1] {
-		n, _ := strconv.ParseInt(v, 10, 64)
-		ticks += n
+	for i := 11; i <= last; i++ {
+		used += ticks(f[i])
 	}
-	return ppid, time.Duration(ticks) * clockTick, nil
+	return ppid, used, nil
+}
+
+// statFields is /proc/PID/stat's fields after the command name (which may
+// hold spaces; the fields after it do not): f[1] is the parent, f[11] to
+// f[14] are utime, stime, cutime and cstime.
+func statFields(pid int) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, err
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 15 {
+		return nil, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	return f, nil
+}
+
+func ticks(field string) time.Duration {
+	n, _ := strconv.ParseInt(field, 10, 64)
+	return time.Duration(n) * clockTick
 }
 
 // printCPU writes the CPU table.
@@ -148,16 +161,9 @@ func (e *env) printWalsenders(what string) {
 
 // procUserSystem is a process's own user and system CPU time.
 func procUserSystem(pid int) (user, system time.Duration, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	f, err := statFields(pid)
 	if err != nil {
 		return 0, 0, err
 	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 13 {
-		return 0, 0, fmt.Errorf("short /proc/%d/stat", pid)
-	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	k, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(u) * clockTick, time.Duration(k) * clockTick, nil
+	return ticks(f[11]), ticks(f[12]), nil
 }
