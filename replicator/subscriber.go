@@ -638,49 +638,96 @@ const readerEvery = 5 * time.Second
 // waits for its commit to be flushed: the log may drop what a subscriber
 // says it has applied. The others do not wait (a flush per span took the
 // apply's time while the server did nothing else for it).
+//
+// A span read ahead goes to the server as one pipeline: begin, lock the
+// subscription's row, the changes, the new position; then, once the
+// position is checked, commit. Two round trips, where a statement at a
+// time took six or more, each a wait for two busy processes to be
+// scheduled in turn.
 func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span Span, recs []Record, durable bool) error {
-	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		commit := "SET LOCAL synchronous_commit = off"
-		if durable {
-			commit = "SET LOCAL synchronous_commit = on"
-		}
-		if _, err := tx.Exec(ctx, commit); err != nil {
-			return err
-		}
-		p, err := w.lock(ctx, tx)
-		if err != nil {
-			return err
-		}
-		if p == nil || *p != span.After {
-			return errSubscriptionMoved
-		}
-		if recs != nil {
-			err = applyChanges(ctx, tx, t, recs)
-		} else {
-			err = w.s.Log.Read(ctx, w.sub.stream, span, func(recs []Record) error {
-				return applyChanges(ctx, tx, t, recs)
+	commit := "SET LOCAL synchronous_commit = off"
+	if durable {
+		commit = "SET LOCAL synchronous_commit = on"
+	}
+	if recs == nil {
+		return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, commit); err != nil {
+				return err
+			}
+			if p, err := w.lock(ctx, tx); err != nil {
+				return err
+			} else if p == nil || *p != span.After {
+				return errSubscriptionMoved
+			}
+			err := w.s.Log.Read(ctx, w.sub.stream, span, func(recs []Record) error {
+				for _, st := range changeStatements(t, recs) {
+					if _, err := tx.Exec(ctx, st.sql, st.args...); err != nil {
+						return err
+					}
+				}
+				return nil
 			})
-		}
-		if err != nil {
+			if err != nil {
+				return err
+			}
+			_, err = tx.Exec(ctx, advance, w.sub.target, w.sub.generation, span.Upto, span.LastCommit)
 			return err
+		})
+	}
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(commit)
+	var position *int64
+	found := false
+	b.Queue("SELECT position FROM _rejot.subscriptions WHERE target = $1 AND generation = $2 FOR UPDATE",
+		w.sub.target, w.sub.generation).QueryRow(func(row pgx.Row) error {
+		err := row.Scan(&position)
+		found = err == nil
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
 		}
-		_, err = tx.Exec(ctx, `UPDATE _rejot.subscriptions SET position = $3, status = 'streaming', last_applied_at = now(),
-			last_commit_at = $4, error = NULL, updated_at = now() WHERE target = $1 AND generation = $2`,
-			w.sub.target, w.sub.generation, span.Upto, span.LastCommit)
 		return err
 	})
+	for _, st := range changeStatements(t, recs) {
+		b.Queue(st.sql, st.args...)
+	}
+	b.Queue(advance, w.sub.target, w.sub.generation, span.Upto, span.LastCommit)
+	err := conn.SendBatch(ctx, b).Close()
+	if err == nil && (!found || position == nil || *position != span.After) {
+		err = errSubscriptionMoved
+	}
+	end := "COMMIT"
+	if err != nil {
+		end = "ROLLBACK"
+	}
+	if _, endErr := conn.Exec(ctx, end); err == nil {
+		err = endErr
+	}
+	return err
 }
 
-// applyChanges applies records in order: the last change per key wins, a
-// truncate clears the table.
-func applyChanges(ctx context.Context, tx pgx.Tx, t *target, recs []Record) error {
+// advance is the statement that moves a subscription's position, with
+// an applied span.
+const advance = `UPDATE _rejot.subscriptions SET position = $3, status = 'streaming', last_applied_at = now(),
+	last_commit_at = $4, error = NULL, updated_at = now() WHERE target = $1 AND generation = $2`
+
+// statement is SQL with its arguments.
+type statement struct {
+	sql  string
+	args []any
+}
+
+// changeStatements are the statements that apply records in order: the
+// last change per key wins, a truncate clears the table.
+func changeStatements(t *target, recs []Record) []statement {
 	type last struct {
 		row []Value // nil: deleted
 	}
 	final := map[string]last{}
 	var order []string
 	keys := map[string][]Value{}
-	flush := func() error {
+	var out []statement
+	flush := func() {
 		var upserts, deletes [][]Value
 		for _, k := range order {
 			if row := final[k].row; row != nil {
@@ -699,9 +746,7 @@ func applyChanges(ctx context.Context, tx pgx.Tx, t *target, recs []Record) erro
 				}
 				args[i] = col
 			}
-			if _, err := tx.Exec(ctx, t.delete, args...); err != nil {
-				return err
-			}
+			out = append(out, statement{t.delete, args})
 		}
 		if len(upserts) > 0 {
 			args := make([]any, len(t.cols))
@@ -714,19 +759,14 @@ func applyChanges(ctx context.Context, tx pgx.Tx, t *target, recs []Record) erro
 				}
 				args[i] = col
 			}
-			if _, err := tx.Exec(ctx, t.upsert, args...); err != nil {
-				return err
-			}
+			out = append(out, statement{t.upsert, args})
 		}
-		return nil
 	}
 	for _, r := range recs {
 		switch r.Op {
 		case OpTruncate:
 			final, order, keys = map[string]last{}, nil, map[string][]Value{}
-			if _, err := tx.Exec(ctx, "DELETE FROM "+t.name); err != nil {
-				return err
-			}
+			out = append(out, statement{sql: "DELETE FROM " + t.name})
 			continue
 		case OpUpsert:
 			key := make([]Value, len(t.keys))
@@ -748,7 +788,8 @@ func applyChanges(ctx context.Context, tx pgx.Tx, t *target, recs []Record) erro
 			final[ks], keys[ks] = last{}, r.Key
 		}
 	}
-	return flush()
+	flush()
+	return out
 }
 
 // report says how the subscription is doing.

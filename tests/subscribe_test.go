@@ -221,3 +221,26 @@ func TestSubscribeRefusesMisfits(t *testing.T) {
 		t.Errorf("second subscription: %v", pe)
 	}
 }
+
+// TestSubscribeAppliesTransactionsLargerThanASpan: a source transaction of
+// more changes than an apply takes at once (5,000) is applied whole, read
+// from the log as it is applied, and so is one that truncates and refills
+// the table; the small transactions around them go in spans read ahead.
+func TestSubscribeAppliesTransactionsLargerThanASpan(t *testing.T) {
+	owner, consumer, _ := replicated(t, "bulk", "CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL)",
+		"SELECT id, n FROM items", "public.items")
+	projection := "SELECT id, n FROM items"
+	targetConverges(t, 30*time.Second, owner.conn, projection, consumer.conn, "public.items")
+	for _, q := range []string{
+		"INSERT INTO items VALUES (-1, 0)",
+		"INSERT INTO items SELECT g, g FROM generate_series(1, 12000) g",
+		"UPDATE items SET n = n + 1 WHERE id = -1",
+		"BEGIN; UPDATE items SET n = -n WHERE id % 2 = 0; TRUNCATE items; INSERT INTO items SELECT g, 2 * g FROM generate_series(1, 7000) g; DELETE FROM items WHERE id % 3 = 0; COMMIT",
+		"UPDATE items SET n = 0 WHERE id = 1",
+	} {
+		if err := owner.exec(t, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	targetConverges(t, 60*time.Second, owner.conn, projection, consumer.conn, "public.items")
+}
