@@ -27,6 +27,17 @@ func tableText(t *testing.T, conn *pgx.Conn, query string) string {
 	return out
 }
 
+// execAll runs statements in order through p's sidecar, failing the test
+// at the first error.
+func (p *publisher) execAll(t *testing.T, statements ...string) {
+	t.Helper()
+	for _, q := range statements {
+		if err := p.exec(t, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+}
+
 // replicated sets up an owner and a subscriber, each database behind its
 // own sidecar: the owner runs setup and publishes query as version 1 of a
 // publication named after base, and the subscriber subscribes target to it.
@@ -112,7 +123,7 @@ func TestSubscribeCopiesThenStreams(t *testing.T) {
 	}
 	projection := "SELECT id, status, total, note FROM orders WHERE status <> 'draft'"
 	targetConverges(t, 30*time.Second, owner.conn, projection, consumer.conn, "billing.orders")
-	for _, q := range []string{
+	owner.execAll(t,
 		"INSERT INTO orders VALUES (1000, 'placed', 1, E'tab\\there\\nnewline \\\\ back', 's'), (1001, 'draft', 2, NULL, 's')",
 		"UPDATE orders SET total = 99.99 WHERE id = 1",
 		"UPDATE orders SET status = 'draft' WHERE id = 2",
@@ -121,11 +132,7 @@ func TestSubscribeCopiesThenStreams(t *testing.T) {
 		"DELETE FROM orders WHERE id BETWEEN 10 AND 20",
 		"UPDATE orders SET secret = 'changed' WHERE id = 4",
 		"BEGIN; INSERT INTO orders VALUES (2000, 'placed', 5, 'rolled back', 's'); ROLLBACK",
-	} {
-		if err := owner.exec(t, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
+	)
 	targetConverges(t, 30*time.Second, owner.conn, projection, consumer.conn, "billing.orders")
 	if err := owner.exec(t, "TRUNCATE orders"); err != nil {
 		t.Fatal(err)
@@ -231,16 +238,12 @@ func TestSubscribeAppliesTransactionsLargerThanASpan(t *testing.T) {
 		"SELECT id, n FROM items", "public.items")
 	projection := "SELECT id, n FROM items"
 	targetConverges(t, 30*time.Second, owner.conn, projection, consumer.conn, "public.items")
-	for _, q := range []string{
+	owner.execAll(t,
 		"INSERT INTO items VALUES (-1, 0)",
 		"INSERT INTO items SELECT g, g FROM generate_series(1, 12000) g",
 		"UPDATE items SET n = n + 1 WHERE id = -1",
 		"BEGIN; UPDATE items SET n = -n WHERE id % 2 = 0; TRUNCATE items; INSERT INTO items SELECT g, 2 * g FROM generate_series(1, 7000) g; DELETE FROM items WHERE id % 3 = 0; COMMIT",
 		"UPDATE items SET n = 0 WHERE id = 1",
-	} {
-		if err := owner.exec(t, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
+	)
 	targetConverges(t, 60*time.Second, owner.conn, projection, consumer.conn, "public.items")
 }
