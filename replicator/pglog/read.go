@@ -87,6 +87,7 @@ func (l *Log) Next(ctx context.Context, s replicator.Stream, after int64, limit 
 // change is read once. A first group larger than limit is left to Next
 // and Read.
 func (l *Log) Fetch(ctx context.Context, s replicator.Stream, after int64, limit int) (replicator.Span, []replicator.Record, error) {
+	limit = max(limit, 1)
 	rows, err := l.pool.Query(ctx, `SELECT c.position, (c.commit_lsn - '0/0')::int8, c.commit_time, c.op::text, c.key::text, c.row::text, c.last
 		FROM rejot_log.changes c JOIN rejot_log.streams s ON s.id = c.stream
 		WHERE s.publication = $1 AND s.version = $2 AND c.position > $3
