@@ -530,7 +530,7 @@ func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position
 	// target: two servers, working at once.
 	fetchCtx, stopFetching := context.WithCancel(ctx)
 	defer stopFetching()
-	spans := w.prefetch(fetchCtx, position, w.limit)
+	spans := w.prefetch(fetchCtx, t, position, w.limit)
 	for ctx.Err() == nil {
 		var f fetched
 		select {
@@ -553,7 +553,7 @@ func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position
 		durable := time.Since(lastReader) > readerEvery
 		// A span being applied is finished even when the sidecar stops.
 		applyCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		err := w.apply(applyCtx, conn, t, span, f.recs, durable)
+		err := w.apply(applyCtx, conn, t, span, f.stmts, durable)
 		cancel()
 		if errors.Is(err, ErrPruned) {
 			return w.recopy(ctx, conn, position)
@@ -577,20 +577,20 @@ func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position
 	return ctx.Err()
 }
 
-// fetched is a span of the log to apply: its changes when they were read
-// ahead (nil for a span too large to hold: apply reads it as it goes),
-// or why reading stopped.
+// fetched is a span of the log to apply: its changes, read ahead and
+// already collapsed into statements (nil for a span too large to hold:
+// apply reads it as it goes), or why reading stopped.
 type fetched struct {
-	span Span
-	recs []Record
-	err  error
+	span  Span
+	stmts []statement // the changes, collapsed into statements; nil: read them while applying
+	err   error
 }
 
-// prefetch reads spans after position, with their changes, one ahead of
-// the applier: the first of at most limit changes (one group after a
-// failure), then of the batch size. It stops at the first error, which it
-// passes on.
-func (w *worker) prefetch(ctx context.Context, position int64, limit int) <-chan fetched {
+// prefetch reads spans after position, with their changes made into
+// statements for t, one ahead of the applier: the first of at most limit
+// changes (one group after a failure), then of the batch size. It stops
+// at the first error, which it passes on.
+func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit int) <-chan fetched {
 	out := make(chan fetched, 1)
 	go func() {
 		for ctx.Err() == nil {
@@ -603,7 +603,10 @@ func (w *worker) prefetch(ctx context.Context, position int64, limit int) <-chan
 				w.s.Log.Wait(ctx, w.sub.stream, time.Second)
 				continue
 			}
-			f := fetched{span: span, recs: recs}
+			f := fetched{span: span}
+			if recs != nil {
+				f.stmts = changeStatements(t, recs)
+			}
 			select {
 			case out <- f:
 			case <-ctx.Done():
@@ -648,12 +651,12 @@ const readerEvery = 5 * time.Second
 // position is checked, commit. Two round trips, where a statement at a
 // time took six or more, each a wait for two busy processes to be
 // scheduled in turn.
-func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span Span, recs []Record, durable bool) error {
+func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span Span, stmts []statement, durable bool) error {
 	commit := "SET LOCAL synchronous_commit = off"
 	if durable {
 		commit = "SET LOCAL synchronous_commit = on"
 	}
-	if recs == nil {
+	if stmts == nil {
 		return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, commit); err != nil {
 				return err
@@ -692,7 +695,7 @@ func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span Span
 		}
 		return err
 	})
-	for _, st := range changeStatements(t, recs) {
+	for _, st := range stmts {
 		b.Queue(st.sql, st.args...)
 	}
 	b.Queue(advance, w.sub.target, w.sub.generation, span.Upto, span.LastCommit)
