@@ -237,10 +237,20 @@ func newPacedReader(conn net.Conn) *pacedReader {
 // SetDeadline bounds the reads; a zero time removes the bound.
 func (p *pacedReader) SetDeadline(t time.Time) error {
 	p.deadline = t
+	return p.setReadDeadline(t)
+}
+
+// setReadDeadline sets the connection's read deadline, unless Interrupt
+// was called: then, even if it was called meanwhile, the deadline is now.
+func (p *pacedReader) setReadDeadline(t time.Time) error {
 	if p.stopped.Load() {
 		return nil
 	}
-	return p.conn.SetReadDeadline(t)
+	err := p.conn.SetReadDeadline(t)
+	if p.stopped.Load() {
+		return p.conn.SetReadDeadline(time.Now())
+	}
+	return err
 }
 
 // Interrupt ends the read in progress, and every later one until Resume,
@@ -262,12 +272,10 @@ func (p *pacedReader) Read(b []byte) (int, error) {
 		// The low-water mark is capped by the kernel at about the
 		// window: the read returns when the window is full.
 		setLowWater(p.sock, 1<<30)
-		p.conn.SetReadDeadline(time.Now().Add(bulkPause))
+		p.setReadDeadline(time.Now().Add(bulkPause))
 		n, err := p.r.Read(b)
 		setLowWater(p.sock, 1)
-		if !p.stopped.Load() {
-			p.conn.SetReadDeadline(p.deadline)
-		}
+		p.setReadDeadline(p.deadline)
 		if err == nil || !timedOut(err) || p.stopped.Load() {
 			p.note(n)
 			return n, err
@@ -403,6 +411,16 @@ func (s *stream) done() (bool, error) {
 	default:
 		return false, nil
 	}
+}
+
+// appendIfDone starts appending what is pending, if anything is and no
+// append is in flight any more; it never waits.
+func (s *stream) appendIfDone(ctx context.Context) error {
+	done, err := s.done()
+	if err == nil && done && len(s.pending) > 0 {
+		err = s.flush(ctx)
+	}
+	return err
 }
 
 // drain appends everything pending and waits for it: before the decoder
@@ -545,11 +563,7 @@ func (s *stream) loop(ctx context.Context) error {
 		if len(s.pending) > 0 && !s.pendingSince.IsZero() && now.Sub(s.pendingSince) >= maxPendingWait {
 			// Due under a steady stream: appended as soon as the append
 			// before it is done, checked at every message.
-			done, err := s.done()
-			if err == nil && done {
-				err = s.flush(ctx)
-			}
-			if err != nil {
+			if err := s.appendIfDone(ctx); err != nil {
 				return err
 			}
 		}
@@ -589,11 +603,7 @@ func (s *stream) loop(ctx context.Context) error {
 			// Append what is pending once the append before it is done;
 			// until then decoding goes on (the batch grows, up to
 			// maxPending, where commit waits).
-			done, err := s.done()
-			if err == nil && done && len(s.pending) > 0 {
-				err = s.flush(ctx)
-			}
-			if err != nil {
+			if err := s.appendIfDone(ctx); err != nil {
 				return err
 			}
 			continue

@@ -168,14 +168,12 @@ type LogReader interface {
 	CopyState(ctx context.Context, s Stream, elements []int, w io.Writer) (int64, error)
 	// Head is a stream's last position.
 	Head(ctx context.Context, s Stream) (int64, error)
-	// Next is the span of whole groups after a position, up to about
-	// limit changes.
-	Next(ctx context.Context, s Stream, after int64, limit int) (Span, error)
 	// Read calls fn with a span's changes, in order, in chunks.
 	Read(ctx context.Context, s Stream, span Span, fn func([]Record) error) error
-	// Fetch is Next with the span's changes, read together; the changes
-	// are nil when the span's first group alone is larger than limit
-	// (Read them as they are applied).
+	// Fetch is the span of whole groups after a position, up to about
+	// limit changes (at least one group, however large), with its
+	// changes; the changes are nil when the span's first group alone is
+	// larger than limit (Read them as they are applied).
 	Fetch(ctx context.Context, s Stream, after int64, limit int) (Span, []Record, error)
 	// Wait returns when an append to s is notified, or after at most d.
 	Wait(ctx context.Context, s Stream, d time.Duration)

@@ -420,16 +420,33 @@ func (w *worker) prepare(ctx context.Context, conn *pgx.Conn) (*target, error) {
 	return t, nil
 }
 
+// lockSubscription locks a subscription's row ($1 target, $2 generation)
+// and returns its position.
+const lockSubscription = "SELECT position FROM _rejot.subscriptions WHERE target = $1 AND generation = $2 FOR UPDATE"
+
 // lock locks the subscription's row in tx and returns its position; a
 // subscription resynced or removed meanwhile ends the worker.
 func (w *worker) lock(ctx context.Context, tx pgx.Tx) (*int64, error) {
+	return lockedPosition(tx.QueryRow(ctx, lockSubscription, w.sub.target, w.sub.generation))
+}
+
+// lockedPosition reads lockSubscription's answer.
+func lockedPosition(row pgx.Row) (*int64, error) {
 	var position *int64
-	err := tx.QueryRow(ctx, "SELECT position FROM _rejot.subscriptions WHERE target = $1 AND generation = $2 FOR UPDATE",
-		w.sub.target, w.sub.generation).Scan(&position)
+	err := row.Scan(&position)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, errSubscriptionMoved
 	}
 	return position, err
+}
+
+// streamsFrom says whether a subscription locked at position p streams
+// from after: otherwise it was resynced or moved on meanwhile.
+func streamsFrom(p *int64, after int64) error {
+	if p == nil || *p != after {
+		return errSubscriptionMoved
+	}
+	return nil
 }
 
 // copyState copies the version's compacted state into the target, in one
@@ -663,8 +680,8 @@ func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span Span
 			}
 			if p, err := w.lock(ctx, tx); err != nil {
 				return err
-			} else if p == nil || *p != span.After {
-				return errSubscriptionMoved
+			} else if err := streamsFrom(p, span.After); err != nil {
+				return err
 			}
 			err := w.s.Log.Read(ctx, w.sub.stream, span, func(recs []Record) error {
 				for _, st := range changeStatements(t, recs) {
@@ -684,25 +701,18 @@ func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span Span
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue(commit)
-	var position *int64
-	found := false
-	b.Queue("SELECT position FROM _rejot.subscriptions WHERE target = $1 AND generation = $2 FOR UPDATE",
-		w.sub.target, w.sub.generation).QueryRow(func(row pgx.Row) error {
-		err := row.Scan(&position)
-		found = err == nil
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
+	b.Queue(lockSubscription, w.sub.target, w.sub.generation).QueryRow(func(row pgx.Row) error {
+		p, err := lockedPosition(row)
+		if err != nil {
+			return err
 		}
-		return err
+		return streamsFrom(p, span.After)
 	})
 	for _, st := range stmts {
 		b.Queue(st.sql, st.args...)
 	}
 	b.Queue(advance, w.sub.target, w.sub.generation, span.Upto, span.LastCommit)
 	err := conn.SendBatch(ctx, b).Close()
-	if err == nil && (!found || position == nil || *position != span.After) {
-		err = errSubscriptionMoved
-	}
 	end := "COMMIT"
 	if err != nil {
 		end = "ROLLBACK"

@@ -966,46 +966,52 @@ func (st stateAt) query(ctx context.Context, tx pgx.Tx, elements []int) (string,
 
 // Changes returns up to limit records of a stream after position.
 func (l *Log) Changes(ctx context.Context, s replicator.Stream, after int64, limit int) ([]replicator.Record, error) {
-	rows, err := l.pool.Query(ctx, `SELECT c.position, (c.commit_lsn - '0/0')::int8, c.commit_time, c.op::text, c.key::text, c.row::text
+	recs, _, err := l.changes(ctx, s, after, limit)
+	return recs, err
+}
+
+// changes returns up to limit records of a stream after position, and
+// which of them end a group.
+func (l *Log) changes(ctx context.Context, s replicator.Stream, after int64, limit int) ([]replicator.Record, []bool, error) {
+	rows, err := l.pool.Query(ctx, `SELECT c.position, (c.commit_lsn - '0/0')::int8, c.commit_time, c.op::text, c.key::text, c.row::text, c.last
 		FROM rejot_log.changes c JOIN rejot_log.streams s ON s.id = c.stream
 		WHERE s.publication = $1 AND s.version = $2 AND c.position > $3
 		ORDER BY c.position LIMIT $4`, s.Publication, s.Version, after, limit)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return pgx.CollectRows(rows, scanRecord)
+	defer rows.Close()
+	var recs []replicator.Record
+	var ends []bool
+	for rows.Next() {
+		r, last, err := scanRecord(rows)
+		if err != nil {
+			return nil, nil, err
+		}
+		recs, ends = append(recs, r), append(ends, last)
+	}
+	return recs, ends, rows.Err()
 }
 
-func scanRecord(row pgx.CollectableRow) (replicator.Record, error) {
-	return scanRecordInto(row, nil)
-}
-
-// scanRecordInto scans a change, and its group-end mark into last when
-// the row has one.
-func scanRecordInto(row interface{ Scan(...any) error }, last *bool) (replicator.Record, error) {
-	var r replicator.Record
+// scanRecord scans a change and its group-end mark.
+func scanRecord(row pgx.Row) (r replicator.Record, last bool, err error) {
 	var lsn int64
 	var op, key string
 	var data *string
 	var at time.Time
-	dest := []any{&r.Position, &lsn, &at, &op, &key, &data}
-	if last != nil {
-		dest = append(dest, last)
-	}
-	if err := row.Scan(dest...); err != nil {
-		return r, err
+	if err := row.Scan(&r.Position, &lsn, &at, &op, &key, &data, &last); err != nil {
+		return r, last, err
 	}
 	r.CommitLSN, r.CommitTime, r.Op = uint64(lsn), at, replicator.Op(op[0])
-	var err error
 	if r.Key, err = decodeValues(key); err != nil {
-		return r, err
+		return r, last, err
 	}
 	if data != nil {
 		if r.Row, err = decodeValues(*data); err != nil {
-			return r, err
+			return r, last, err
 		}
 	}
-	return r, nil
+	return r, last, nil
 }
 
 // Keep records out-of-line values of source rows, in order; see

@@ -88,33 +88,18 @@ func (l *Log) Next(ctx context.Context, s replicator.Stream, after int64, limit 
 // and Read.
 func (l *Log) Fetch(ctx context.Context, s replicator.Stream, after int64, limit int) (replicator.Span, []replicator.Record, error) {
 	limit = max(limit, 1)
-	rows, err := l.pool.Query(ctx, `SELECT c.position, (c.commit_lsn - '0/0')::int8, c.commit_time, c.op::text, c.key::text, c.row::text, c.last
-		FROM rejot_log.changes c JOIN rejot_log.streams s ON s.id = c.stream
-		WHERE s.publication = $1 AND s.version = $2 AND c.position > $3
-		ORDER BY c.position LIMIT $4`, s.Publication, s.Version, after, limit)
+	recs, ends, err := l.changes(ctx, s, after, limit)
 	if err != nil {
 		return replicator.Span{}, nil, err
 	}
 	span := replicator.Span{After: after, Upto: after}
-	var recs []replicator.Record
 	whole := 0 // how many of recs end a group
-	for rows.Next() {
-		var last bool
-		r, err := scanRecordInto(rows, &last)
-		if err != nil {
-			rows.Close()
-			return span, nil, err
-		}
-		recs = append(recs, r)
-		if last {
-			whole = len(recs)
+	for i, r := range recs {
+		if ends[i] {
+			whole = i + 1
 			span.Upto, span.LastCommit = r.Position, r.CommitTime
 			span.Groups++
 		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return span, nil, err
 	}
 	if len(recs) > 0 && recs[0].Position != after+1 {
 		return span, nil, replicator.ErrPruned

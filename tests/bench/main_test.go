@@ -15,9 +15,9 @@
 //	BENCH_KEEP             when set, keep the work dir (sidecar logs) after a good run
 //	BENCH_LOG_LEVEL        the sidecars' --log-level                (default info)
 //	BENCH_STATEMENTS       when N > 0, print each cluster's top N statements (pg_stat_statements)
+//	                       after every measured interval: a diagnostic, leave it off for figures
 //	BENCH_LOG_CLUSTER      "consumer" puts ReJot's catalog and event log on the consumer's
 //	                       cluster (default: the owner's, as --catalog defaults to)
-//	                       after every measured interval: a diagnostic, leave it off for figures
 //	REJOT_BIN              the sidecar binary (default: built from ./cmd/rejot)
 //	REJOT_PG_BIN           Postgres server binaries (see tests/pgtest)
 package bench

@@ -267,15 +267,8 @@ func (e *env) rejotCatchUp(wantHead int64) time.Duration {
 		captured = total
 	}
 	progress("(b) ReJot: every change in the log after %v, applied after %v", captured.Round(time.Millisecond), total.Round(time.Millisecond))
-	if rows, err := e.src.Query(e.ctx, `SELECT slot_name || ': ' || total_txns || ' txns, ' || total_bytes || ' bytes decoded, ' ||
-			spill_txns || ' spilled' FROM pg_stat_replication_slots ORDER BY slot_name`); err == nil {
-		for rows.Next() {
-			var line string
-			rows.Scan(&line)
-			progress("(b) slot %s", line)
-		}
-		rows.Close()
-	}
+	e.printLines("(b) slot", `SELECT slot_name || ': ' || total_txns || ' txns, ' || total_bytes || ' bytes decoded, ' ||
+		spill_txns || ' spilled' FROM pg_stat_replication_slots ORDER BY slot_name`)
 	e.endInterval("(b) ReJot catch-up", m, total)
 	e.printWalsenders("(b) ReJot")
 	e.must(e.ownerSC.ready(e.ctx))
@@ -289,10 +282,16 @@ func (e *env) rejotCatchUp(wantHead int64) time.Duration {
 // printSlots prints how much WAL each slot must read before the changes
 // it has yet to send: from its restart point and from its confirmed end.
 func (e *env) printSlots(what string) {
-	rows, err := e.src.Query(e.ctx, `SELECT slot_name || ': ' ||
+	e.printLines(what+": slot", `SELECT slot_name || ': ' ||
 			pg_size_pretty(pg_current_wal_lsn() - restart_lsn) || ' of WAL after its restart point, ' ||
 			pg_size_pretty(pg_current_wal_lsn() - confirmed_flush_lsn) || ' after its confirmed end'
 		FROM pg_replication_slots ORDER BY slot_name`)
+}
+
+// printLines prints each line a query on the source's server returns,
+// after prefix; a diagnostic, so a query that fails prints nothing.
+func (e *env) printLines(prefix, query string) {
+	rows, err := e.src.Query(e.ctx, query)
 	if err != nil {
 		return
 	}
@@ -300,7 +299,7 @@ func (e *env) printSlots(what string) {
 	for rows.Next() {
 		var line string
 		if rows.Scan(&line) == nil {
-			progress("%s: slot %s", what, line)
+			progress("%s %s", prefix, line)
 		}
 	}
 }
