@@ -121,6 +121,25 @@ func TestPacedReaderBehindWaitsForAFullWindow(t *testing.T) {
 	if d := time.Since(start); d >= bulkPause {
 		t.Fatalf("a full window waited %v", d)
 	}
+	// Behind, a read waits for pacedFull bytes even when a few are
+	// there already: what comes meanwhile is read in the same call.
+	for {
+		client.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := p.r.Read(buf); err != nil {
+			break
+		}
+	}
+	p.SetDeadline(time.Now().Add(5 * time.Second))
+	server.Write(make([]byte, 1<<10))
+	go func() {
+		time.Sleep(2 * time.Millisecond)
+		server.Write(make([]byte, pacedFull))
+	}()
+	time.Sleep(time.Millisecond)
+	p.bulk = true
+	if n, err := p.Read(buf); err != nil || n < pacedFull {
+		t.Fatalf("behind, read %d (%v) without waiting for %d", n, err, pacedFull)
+	}
 	// Interrupt ends a wait, and every read after, with a timeout.
 	for {
 		client.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
