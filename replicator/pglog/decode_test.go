@@ -2,9 +2,11 @@ package pglog
 
 import (
 	"encoding/json"
+	"math/rand/v2"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/rejot-dev/rejot/replicator"
@@ -80,4 +82,29 @@ func FuzzJSONForCopy(f *testing.F) {
 			t.Fatalf("%q: COPY reads %q, want %q", s, read, plain)
 		}
 	})
+}
+
+// TestAppendTime: commit times go into the log's COPY as timestamptz
+// input; every one reads back as the same instant, to the microsecond.
+func TestAppendTime(t *testing.T) {
+	times := []time.Time{
+		time.Date(2026, 11, 26, 7, 55, 2, 123456789, time.UTC),
+		time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(1999, 12, 31, 23, 59, 59, 999999000, time.FixedZone("x", -7*3600-1800)),
+		time.Date(9999, 12, 31, 23, 59, 59, 1000, time.UTC),
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 1000 {
+		times = append(times, time.Unix(r.Int64N(1<<34), r.Int64N(1e9)).In(time.FixedZone("y", r.IntN(86400)-43200)))
+	}
+	for _, tm := range times {
+		s := string(appendTime([]byte("x"), tm))[1:]
+		got, err := time.Parse("2006-01-02 15:04:05.999999Z07:00", s)
+		if want := tm.Truncate(time.Microsecond); err != nil || !got.Equal(want) {
+			t.Fatalf("%v became %q: %v, %v", tm, s, got, err)
+		}
+	}
+	if s := string(appendTime(nil, times[0])); s != "2026-11-26 07:55:02.123456Z" {
+		t.Fatalf("got %q", s)
+	}
 }
