@@ -89,8 +89,8 @@ func readsSoon(t *testing.T, p *pacedReader, client net.Conn, want string) {
 }
 
 // TestPacedReaderBehindWaitsForAFullWindow: on loopback the receive
-// buffer is bounded; after a large read the next waits until the window
-// is full or bulkPause has passed, never for the caller's deadline, and
+// buffer is bounded; behind, a read waits until pacedFull bytes are
+// queued or bulkPause has passed, never for the caller's deadline, and
 // Interrupt ends it at once.
 func TestPacedReaderBehindWaitsForAFullWindow(t *testing.T) {
 	client, server := tcpPair(t)
@@ -104,16 +104,21 @@ func TestPacedReaderBehindWaitsForAFullWindow(t *testing.T) {
 	go server.Write(big)
 	buf := make([]byte, 256<<10)
 	got, err := io.ReadAtLeast(p, buf, len(big))
-	if err != nil || got != len(big) || !p.bulk {
-		t.Fatalf("read %d of %d (%v); behind: %v", got, len(big), err, p.bulk)
+	if err != nil || got != len(big) {
+		t.Fatalf("read %d of %d (%v)", got, len(big), err)
 	}
+	// Behind by pacedBehind or less is live.
+	p.Lag(pacedBehind)
+	if p.behind.Load() {
+		t.Fatalf("behind at a lag of %v", pacedBehind)
+	}
+	p.Lag(pacedBehind + time.Millisecond)
 	// Behind, a little that comes is read after at most bulkPause.
 	server.Write([]byte("tail"))
 	readsSoon(t, p, client, "tail")
 	// A full window ends the wait before bulkPause.
 	go server.Write(make([]byte, 512<<10))
 	time.Sleep(50 * time.Millisecond)
-	p.bulk = true
 	start := time.Now()
 	if n, err := p.Read(buf); err != nil || n < pacedSmall {
 		t.Fatalf("read %d, %v", n, err)
@@ -136,7 +141,6 @@ func TestPacedReaderBehindWaitsForAFullWindow(t *testing.T) {
 		server.Write(make([]byte, pacedFull))
 	}()
 	time.Sleep(time.Millisecond)
-	p.bulk = true
 	if n, err := p.Read(buf); err != nil || n < pacedFull {
 		t.Fatalf("behind, read %d (%v) without waiting for %d", n, err, pacedFull)
 	}
@@ -148,7 +152,6 @@ func TestPacedReaderBehindWaitsForAFullWindow(t *testing.T) {
 		}
 	}
 	p.SetDeadline(time.Time{})
-	p.bulk = true
 	go func() { time.Sleep(2 * time.Millisecond); p.Interrupt() }()
 	if _, err := p.Read(buf); !timedOut(err) {
 		t.Fatalf("an interrupted read returned %v", err)

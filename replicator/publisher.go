@@ -192,29 +192,31 @@ func (p *Publisher) replicationConn(ctx context.Context) (*pgconn.PgConn, *paced
 //     otherwise wake the process for each message that arrives (Go's
 //     poller, though no one reads), which took a third of the capture's
 //     CPU in a catch-up.
-//   - Behind, after a read that found much, and when the server is on this
+//   - Behind — decoding transactions that committed more than pacedBehind
+//     ago (the stream says, see Lag) — and when the server is on this
 //     host, it waits until pacedFull bytes are queued (or bulkPause), even
 //     when some are there already: the server then queues what it sends,
-//     cheaply, and sends it in large pieces when the window opens. (A read
-//     that took whatever had come while the last piece was processed
-//     kept the window open: in a test with a reader that only reads, the
-//     walsender used 1.6 s of CPU per 100,000 transactions that way, and
-//     0.65 s waiting for 32 kB.) A client that keeps its window open
-//     makes the server send every message on its own, and on loopback the
-//     sender also runs the receiver's TCP work: the walsender used 40%
-//     more CPU for the capture than for Postgres's own apply worker, which
-//     reads slowly. The window is bounded to pacedBuffer so that filling
-//     it takes milliseconds (left alone, the kernel grew it to 1.5 MB).
-//     A remote server keeps the kernel's sizing: its receiving side runs
-//     on this host, not in the walsender, and a small window would cost
-//     throughput on a long round trip.
+//     cheaply, and sends it in large pieces when the window opens. A
+//     client that keeps its window open makes the server send every
+//     message on its own, and on loopback the sender also runs the
+//     receiver's TCP work: the walsender used up to twice the CPU for the
+//     capture that it used for Postgres's own apply worker, which reads
+//     slowly. (A reader that took whatever had come while it processed
+//     the last piece kept the window open, and so did one that judged
+//     "behind" by the size of its last read: a walsender short of CPU
+//     sent less, the reads shrank and the window stayed open.) The window
+//     is bounded to pacedBuffer so that filling it takes milliseconds
+//     (left alone, the kernel grew it to 1.5 MB). A remote server keeps
+//     the kernel's sizing: its receiving side runs on this host, not in
+//     the walsender, and a small window would cost throughput on a long
+//     round trip.
 type pacedReader struct {
-	r     io.Reader
-	conn  net.Conn
-	sock  syscall.RawConn // nil: no low-water mark to raise
-	small bool            // the last read returned little
-	bulk  bool            // the last read returned much, and the window is bounded
-	bound bool            // the receive window is bounded (a server on this host)
+	r      io.Reader
+	conn   net.Conn
+	sock   syscall.RawConn // nil: no low-water mark to raise
+	small  bool            // the last read returned little
+	bound  bool            // the receive window is bounded (a server on this host)
+	behind atomic.Bool     // the stream is behind (Lag)
 
 	deadline time.Time   // the caller's
 	stopped  atomic.Bool // Interrupt was called
@@ -225,6 +227,7 @@ const (
 	pacedPause  = 500 * time.Microsecond
 	pacedBuffer = 64 << 10
 	pacedFull   = 32 << 10
+	pacedBehind = 50 * time.Millisecond
 	bulkPause   = 10 * time.Millisecond
 )
 
@@ -274,8 +277,16 @@ func (p *pacedReader) Resume() {
 	p.conn.SetReadDeadline(time.Time{})
 }
 
+// Lag tells the reader how long ago the transaction being decoded
+// committed; zero when the stream has paused.
+func (p *pacedReader) Lag(d time.Duration) {
+	if behind := d > pacedBehind; behind != p.behind.Load() {
+		p.behind.Store(behind)
+	}
+}
+
 func (p *pacedReader) Read(b []byte) (int, error) {
-	if p.bulk && !p.stopped.Load() {
+	if p.bound && p.behind.Load() && !p.stopped.Load() {
 		// A read returns whatever is there, whatever the low-water mark,
 		// so the wait is on the socket's queue: the kernel wakes the
 		// poller once pacedFull bytes are in, and each wake-up checks.
@@ -293,7 +304,7 @@ func (p *pacedReader) Read(b []byte) (int, error) {
 		setLowWater(p.sock, 1)
 	}
 	n, err := p.r.Read(b)
-	p.note(n)
+	p.small = n < pacedSmall
 	return n, err
 }
 
@@ -305,11 +316,6 @@ func queued(fd uintptr) int {
 		return math.MaxInt
 	}
 	return n
-}
-
-func (p *pacedReader) note(n int) {
-	p.small = n < pacedSmall
-	p.bulk = p.bound && !p.small
 }
 
 // setLowWater sets a socket's SO_RCVLOWAT: no wake-up for reading until
@@ -566,6 +572,9 @@ func (s *stream) loop(ctx context.Context) error {
 		// One clock reading per message: at 300,000 messages in a
 		// catch-up, reading it three times cost a tenth of the capture.
 		now := time.Now()
+		if s.txn != nil {
+			conn.Lag(now.Sub(s.txn.commitTime))
+		}
 		if now.After(next) {
 			// Asking for a reply makes the server say how far it has
 			// decoded, which an idle source may confirm at once.
@@ -617,6 +626,7 @@ func (s *stream) loop(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if timedOut(err) {
+			conn.Lag(0) // a pause: whatever comes next is new
 			// Append what is pending once the append before it is done;
 			// until then decoding goes on (the batch grows, up to
 			// maxPending, where commit waits).
