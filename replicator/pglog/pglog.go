@@ -281,10 +281,11 @@ func (t *Tx) FillStart(ctx context.Context, g replicator.Group) (bool, error) {
 	if err != nil || !st.unread || len(st.groups) > 0 {
 		return false, err
 	}
-	if err := t.sortOut(ctx, st, g.Stream, []*replicator.Group{&g}); err != nil {
+	gts, err := t.sortOut(ctx, st, g.Stream, []*replicator.Group{&g})
+	if err != nil {
 		return false, err
 	}
-	if t.groups[groupID{g.Stream, g.System, g.CommitLSN}].skip {
+	if gts[0].skip {
 		return false, nil
 	}
 	if err := t.newState(ctx, st, g.Layout, false); err != nil {
@@ -443,18 +444,20 @@ func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*re
 	if err != nil {
 		return err
 	}
-	if err := t.sortOut(ctx, st, s, groups); err != nil {
+	gts, err := t.sortOut(ctx, st, s, groups)
+	if err != nil {
 		return err
 	}
 	var fresh []*replicator.Group
-	var all []replicator.Change
-	for _, g := range groups {
-		if gt := t.groups[groupID{g.Stream, g.System, g.CommitLSN}]; !gt.skip && len(g.Changes) > 0 {
-			fresh = append(fresh, g)
-			all = append(all, g.Changes...)
+	var freshTx []*groupTx
+	count := 0
+	for i, g := range groups {
+		if gt := gts[i]; !gt.skip && len(g.Changes) > 0 {
+			fresh, freshTx = append(fresh, g), append(freshTx, gt)
+			count += len(g.Changes)
 		}
 	}
-	if len(all) == 0 {
+	if count == 0 {
 		return nil
 	}
 	if !fill {
@@ -463,14 +466,14 @@ func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*re
 		}
 	}
 	var head int64
-	if err := t.tx.QueryRow(ctx, "UPDATE rejot_log.streams SET head = head + $2 WHERE id = $1 RETURNING head", st.id, len(all)).Scan(&head); err != nil {
+	if err := t.tx.QueryRow(ctx, "UPDATE rejot_log.streams SET head = head + $2 WHERE id = $1 RETURNING head", st.id, count).Scan(&head); err != nil {
 		return err
 	}
-	first := head - int64(len(all)) + 1
+	first := head - int64(count) + 1
 	pos := first
 	var unmark []int64 // group ends marked by an earlier part of the same group
-	for _, g := range fresh {
-		gt := t.groups[groupID{g.Stream, g.System, g.CommitLSN}]
+	for i, g := range fresh {
+		gt := freshTx[i]
 		if gt.first == 0 {
 			gt.first = pos
 			st.groups = append(st.groups, gt)
@@ -482,11 +485,11 @@ func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*re
 	}
 	st.head = head
 	if !(st.fill && st.unread) {
-		if err := insertChanges(ctx, t.tx, st.id, first, fresh); err != nil {
+		if err := insertChanges(ctx, t.tx, st.id, first, fresh, count); err != nil {
 			return err
 		}
-		for _, g := range fresh {
-			t.groups[groupID{g.Stream, g.System, g.CommitLSN}].marked = true
+		for _, gt := range freshTx {
+			gt.marked = true
 		}
 		if len(unmark) > 0 {
 			if _, err := t.tx.Exec(ctx, "UPDATE rejot_log.changes SET last = false WHERE stream = $1 AND position = ANY ($2)", st.id, unmark); err != nil {
@@ -495,12 +498,18 @@ func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*re
 		}
 	}
 	if st.fill {
+		var all []replicator.Change
+		for _, g := range fresh {
+			all = append(all, g.Changes...)
+		}
 		return t.fillState(ctx, st, fresh[0].Layout, all)
 	}
 	// The state catches up in bulk (rejot_log.compact), not here.
-	for _, c := range all {
-		if err := fits(st.layout, c.Row); err != nil {
-			return err
+	for _, g := range fresh {
+		for _, c := range g.Changes {
+			if err := fits(st.layout, c.Row); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -562,18 +571,18 @@ func stateRow(l replicator.Layout, row []replicator.Value) ([]replicator.Value, 
 }
 
 // sortOut learns, for groups not seen before in this append, whether the
-// log already has them (same system and commit LSN).
-func (t *Tx) sortOut(ctx context.Context, st *streamTx, s replicator.Stream, groups []*replicator.Group) error {
-	var unseen []*replicator.Group
-	for _, g := range groups {
+// log already has them (same system and commit LSN), and returns what
+// this append knows of each group, in order.
+func (t *Tx) sortOut(ctx context.Context, st *streamTx, s replicator.Stream, groups []*replicator.Group) ([]*groupTx, error) {
+	gts := make([]*groupTx, len(groups))
+	var unseen []int
+	for i, g := range groups {
 		id := groupID{s, g.System, g.CommitLSN}
-		if t.groups[id] == nil {
-			t.groups[id] = &groupTx{id: id}
-			unseen = append(unseen, g)
+		if gts[i] = t.groups[id]; gts[i] == nil {
+			gts[i] = &groupTx{id: id}
+			t.groups[id] = gts[i]
+			unseen = append(unseen, i)
 		}
-	}
-	if len(unseen) == 0 {
-		return nil
 	}
 	// A system appends its transactions in commit order (one capture
 	// per system), so a group at or before the last one it appended to
@@ -581,7 +590,8 @@ func (t *Tx) sortOut(ctx context.Context, st *streamTx, s replicator.Stream, gro
 	// — and one past it is new. No lookup: the groups themselves may be
 	// pruned.
 	last := map[string]uint64{}
-	for _, g := range unseen {
+	for _, i := range unseen {
+		g := groups[i]
 		l, ok := last[g.System]
 		if !ok {
 			l, ok = t.log.knownAppended(s, g.System)
@@ -591,12 +601,12 @@ func (t *Tx) sortOut(ctx context.Context, st *streamTx, s replicator.Stream, gro
 			err := t.tx.QueryRow(ctx, "SELECT lsn::text FROM rejot_log.appended WHERE stream = $1 AND system = $2",
 				st.id, g.System).Scan(&lsn)
 			if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-				return err
+				return nil, err
 			}
 			if lsn != nil {
 				parsed, err := pglogrepl.ParseLSN(*lsn)
 				if err != nil {
-					return err
+					return nil, err
 				}
 				l = uint64(parsed)
 			}
@@ -604,10 +614,10 @@ func (t *Tx) sortOut(ctx context.Context, st *streamTx, s replicator.Stream, gro
 		}
 		last[g.System] = l
 		if g.CommitLSN <= l {
-			t.groups[groupID{s, g.System, g.CommitLSN}].skip = true
+			gts[i].skip = true
 		}
 	}
-	return nil
+	return gts, nil
 }
 
 // Commit records the new groups, notifies listeners and commits.
@@ -765,8 +775,14 @@ func appendJSONAs(b []byte, values []replicator.Value, forCopy bool) []byte {
 // insertChanges adds groups' changes to the change log, as COPY (text
 // format, rendered here); each group's last change is marked: readers
 // take whole groups, up to a mark.
-func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, groups []*replicator.Group) error {
-	var b, commit []byte
+func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, groups []*replicator.Group, count int) error {
+	buf := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(buf)
+	b := (*buf)[:0]
+	if n := count * 128; cap(b) < n {
+		b = make([]byte, 0, n)
+	}
+	var commit []byte
 	prefix := strconv.Itoa(stream) + "\t"
 	pos := first
 	for _, g := range groups {
@@ -800,10 +816,20 @@ func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, grou
 			pos++
 		}
 	}
+	if cap(b) <= maxKeptCopyBuffer {
+		*buf = b
+	}
 	_, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(b),
 		"COPY rejot_log.changes (stream, position, commit_lsn, commit_time, op, key, row, last) FROM STDIN")
 	return err
 }
+
+// copyBuffers hold the COPY data of appends, reused: a catch-up renders
+// megabytes a second. One larger than maxKeptCopyBuffer is left to the
+// collector.
+var copyBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
+const maxKeptCopyBuffer = 16 << 20
 
 // appendTime appends t in UTC to the microsecond, as timestamptz input
 // ("2006-01-02 15:04:05.000000Z"): time.AppendFormat took a tenth of the
