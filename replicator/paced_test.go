@@ -144,6 +144,35 @@ func TestPacedReaderBehindWaitsForAFullWindow(t *testing.T) {
 	if n, err := p.Read(buf); err != nil || n < pacedFull {
 		t.Fatalf("behind, read %d (%v) without waiting for %d", n, err, pacedFull)
 	}
+	// Behind, after a read that found less than pacedBig, a read holds
+	// the window shut pacedHold first, even with pacedFull queued; after
+	// a read that found more, it does not.
+	// (Not holding is seen in one of three tries: a busy machine may
+	// delay a read that does not wait.)
+	for _, last := range []int{pacedBig - 1, pacedBig} {
+		want := last < pacedBig
+		held := !want
+		for try := 0; try < 3 && held != want; try++ {
+			for {
+				client.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+				if _, err := p.r.Read(buf); err != nil {
+					break
+				}
+			}
+			p.SetDeadline(time.Now().Add(5 * time.Second))
+			server.Write(make([]byte, pacedFull))
+			time.Sleep(20 * time.Millisecond)
+			p.last = last
+			start := time.Now()
+			if n, err := p.Read(buf); err != nil || n < pacedFull {
+				t.Fatalf("read %d, %v", n, err)
+			}
+			held = time.Since(start) >= pacedHold
+		}
+		if held != want {
+			t.Fatalf("after a read of %d, held: %v", last, held)
+		}
+	}
 	// Interrupt ends a wait, and every read after, with a timeout.
 	for {
 		client.SetReadDeadline(time.Now().Add(100 * time.Millisecond))

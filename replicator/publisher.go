@@ -204,7 +204,12 @@ func (p *Publisher) replicationConn(ctx context.Context) (*pgconn.PgConn, *paced
 //     slowly. (A reader that took whatever had come while it processed
 //     the last piece kept the window open, and so did one that judged
 //     "behind" by the size of its last read: a walsender short of CPU
-//     sent less, the reads shrank and the window stayed open.) The window
+//     sent less, the reads shrank and the window stayed open.) A read
+//     that found less than pacedBig is followed by a pacedHold before the
+//     wait: the server had sent message by message, each in a packet
+//     whose overhead fills the socket's buffer after a few kB, so the
+//     next window would fill the same way; held shut, it makes the server
+//     queue, and what it queues goes out in large packets. The window
 //     is bounded to pacedBuffer so that filling it takes milliseconds
 //     (left alone, the kernel grew it to 1.5 MB). A remote server keeps
 //     the kernel's sizing: its receiving side runs on this host, not in
@@ -214,7 +219,7 @@ type pacedReader struct {
 	r      io.Reader
 	conn   net.Conn
 	sock   syscall.RawConn // nil: no low-water mark to raise
-	small  bool            // the last read returned little
+	last   int             // bytes the last read returned
 	bound  bool            // the receive window is bounded (a server on this host)
 	behind atomic.Bool     // the stream is behind (Lag)
 
@@ -227,6 +232,8 @@ const (
 	pacedPause  = 500 * time.Microsecond
 	pacedBuffer = 64 << 10
 	pacedFull   = 32 << 10
+	pacedBig    = 64 << 10
+	pacedHold   = 2 * time.Millisecond
 	pacedBehind = 50 * time.Millisecond
 	bulkPause   = 10 * time.Millisecond
 )
@@ -290,6 +297,14 @@ func (p *pacedReader) Read(b []byte) (int, error) {
 		// A read returns whatever is there, whatever the low-water mark,
 		// so the wait is on the socket's queue: the kernel wakes the
 		// poller once pacedFull bytes are in, and each wake-up checks.
+		if p.last < pacedBig {
+			// The window filled with little: the server sent each
+			// message as it came, in a packet of its own, and such
+			// packets fill the socket's buffer with overhead. Hold the
+			// window shut a moment: what the server sends meanwhile is
+			// queued on its side in large pieces, and goes out as such.
+			time.Sleep(pacedHold)
+		}
 		setLowWater(p.sock, pacedFull)
 		p.setReadDeadline(time.Now().Add(bulkPause))
 		err := p.sock.Read(func(fd uintptr) bool { return queued(fd) >= pacedFull })
@@ -298,13 +313,13 @@ func (p *pacedReader) Read(b []byte) (int, error) {
 		if err != nil && !timedOut(err) {
 			return 0, err
 		}
-	} else if p.small {
+	} else if p.last < pacedSmall {
 		setLowWater(p.sock, pacedSmall)
 		time.Sleep(pacedPause)
 		setLowWater(p.sock, 1)
 	}
 	n, err := p.r.Read(b)
-	p.small = n < pacedSmall
+	p.last = n
 	return n, err
 }
 
