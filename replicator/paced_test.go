@@ -128,12 +128,7 @@ func TestPacedReaderBehindWaitsForAFullWindow(t *testing.T) {
 	}
 	// Behind, a read waits for pacedFull bytes even when a few are
 	// there already: what comes meanwhile is read in the same call.
-	for {
-		client.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-		if _, err := p.r.Read(buf); err != nil {
-			break
-		}
-	}
+	drain(client, buf)
 	p.SetDeadline(time.Now().Add(5 * time.Second))
 	server.Write(make([]byte, 1<<10))
 	go func() {
@@ -153,12 +148,7 @@ func TestPacedReaderBehindWaitsForAFullWindow(t *testing.T) {
 		want := last < pacedBig
 		held := !want
 		for try := 0; try < 3 && held != want; try++ {
-			for {
-				client.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-				if _, err := p.r.Read(buf); err != nil {
-					break
-				}
-			}
+			drain(client, buf)
 			p.SetDeadline(time.Now().Add(5 * time.Second))
 			server.Write(make([]byte, pacedFull))
 			time.Sleep(20 * time.Millisecond)
@@ -174,12 +164,7 @@ func TestPacedReaderBehindWaitsForAFullWindow(t *testing.T) {
 		}
 	}
 	// Interrupt ends a wait, and every read after, with a timeout.
-	for {
-		client.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-		if _, err := p.r.Read(buf); err != nil {
-			break
-		}
-	}
+	drain(client, buf)
 	p.SetDeadline(time.Time{})
 	go func() { time.Sleep(2 * time.Millisecond); p.Interrupt() }()
 	if _, err := p.Read(buf); !timedOut(err) {
@@ -193,5 +178,16 @@ func TestPacedReaderBehindWaitsForAFullWindow(t *testing.T) {
 	server.Write([]byte("again"))
 	if n, err := p.Read(buf); err != nil || string(buf[:n]) != "again" {
 		t.Fatalf("after Resume: %q, %v", buf[:n], err)
+	}
+}
+
+// drain reads what has come on client until nothing more comes for
+// 100 ms.
+func drain(client net.Conn, buf []byte) {
+	for {
+		client.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := client.Read(buf); err != nil {
+			return
+		}
 	}
 }
