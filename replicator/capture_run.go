@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rejot-dev/rejot/sql"
 	"github.com/rs/zerolog"
 )
@@ -261,6 +262,9 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
 		JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(p.source)
 		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 		WHERE p.status <> 'retired' ORDER BY p.publication, p.version`)
+	if noRecord(err) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -275,6 +279,9 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
 		var x rec
 		return x, r.Scan(&x.stream.Publication, &x.stream.Version, &x.query, &x.key, &x.schema, &x.table, &x.columns)
 	})
+	if noRecord(err) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -290,6 +297,14 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
 		sources = append(sources, src)
 	}
 	return sources, nil
+}
+
+// noRecord says whether err is the owner's record being missing: no
+// _rejot yet. The sidecar installs it as it starts, and nothing can be
+// published before, so there is nothing to capture.
+func noRecord(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42P01"
 }
 
 // NewSource makes the capture source of a publication version from its

@@ -71,7 +71,7 @@ func demo(ctx context.Context, args []string) error {
 		if err := pg.Exec(ctx, "postgres", "CREATE DATABASE "+db); err != nil {
 			return err
 		}
-		sc, err := newSidecar(&serveConfig{upstream: pg.URL(db), startupTimeout: time.Minute}, log)
+		sc, err := newSidecar(&serveConfig{upstream: pg.URL(db), startupTimeout: time.Minute, shutdownTimeout: 5 * time.Second}, log)
 		if err != nil {
 			return err
 		}

@@ -503,3 +503,14 @@ func ownerAndLog(t *testing.T) (*Log, string, *pgx.Conn, context.Context) {
 	t.Cleanup(cancel)
 	return l, srcDB, owner, ctx
 }
+
+// TestNoRecordYetIsNothingToCapture: a database the sidecar has not yet
+// installed _rejot in has nothing published, which is not an error (the
+// capture starts with the sidecar, alongside the install).
+func TestNoRecordYetIsNothingToCapture(t *testing.T) {
+	conn := pg.Connect(t, pg.CreateDB(t))
+	sources, err := replicator.LoadSources(context.Background(), conn)
+	if err != nil || len(sources) != 0 {
+		t.Fatalf("got %d sources, %v", len(sources), err)
+	}
+}
