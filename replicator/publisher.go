@@ -294,9 +294,6 @@ func (p *pacedReader) Lag(d time.Duration) {
 
 func (p *pacedReader) Read(b []byte) (int, error) {
 	if p.bound && p.behind.Load() && !p.stopped.Load() {
-		// A read returns whatever is there, whatever the low-water mark,
-		// so the wait is on the socket's queue: the kernel wakes the
-		// poller once pacedFull bytes are in, and each wake-up checks.
 		if p.last < pacedBig {
 			// The window filled with little: the server sent each
 			// message as it came, in a packet of its own, and such
@@ -305,6 +302,9 @@ func (p *pacedReader) Read(b []byte) (int, error) {
 			// queued on its side in large pieces, and goes out as such.
 			time.Sleep(pacedHold)
 		}
+		// A read returns whatever is there, whatever the low-water mark,
+		// so the wait is on the socket's queue: the kernel wakes the
+		// poller once pacedFull bytes are in, and each wake-up checks.
 		setLowWater(p.sock, pacedFull)
 		p.setReadDeadline(time.Now().Add(bulkPause))
 		err := p.sock.Read(func(fd uintptr) bool { return queued(fd) >= pacedFull })
