@@ -256,18 +256,13 @@ func (c *Capture) read(ctx context.Context) ([]Source, error) {
 // LoadSources reads the capture sources of the publications recorded in
 // the owner's database.
 func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
-	rows, err := conn.Query(ctx, `SELECT p.publication, p.version, p.query, p.key_columns, n.nspname, c.relname,
+	// An error of the query is also the rows': CollectRows returns it.
+	rows, _ := conn.Query(ctx, `SELECT p.publication, p.version, p.query, p.key_columns, n.nspname, c.relname,
 			ARRAY(SELECT x->>'name' FROM jsonb_array_elements(p.columns) AS x)
 		FROM _rejot.publications p
 		JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(p.source)
 		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 		WHERE p.status <> 'retired' ORDER BY p.publication, p.version`)
-	if noRecord(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
 	type rec struct {
 		stream        Stream
 		query         string
