@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/rejot-dev/rejot/tests/pgtest"
+	"github.com/rejot-dev/rejot/internal/pgtest"
 )
 
 var pg *pgtest.Cluster
@@ -50,7 +50,7 @@ func TestConcurrentMigration(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	all, _ := catalogMigrations.load()
+	all, _ := catalogMigrations.Names()
 	var n int
 	pg.Connect(t, db).QueryRow(context.Background(), "SELECT count(*) FROM public.rejot_catalog_migrations").Scan(&n)
 	if n != len(all) {

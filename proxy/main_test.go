@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/rejot-dev/rejot/sql"
-	"github.com/rejot-dev/rejot/tests/pgtest"
+	"github.com/rejot-dev/rejot/internal/pgtest"
 	"github.com/rs/zerolog"
 )
 

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/rejot-dev/rejot/sql"
-	"github.com/rejot-dev/rejot/tests/pgtest"
+	"github.com/rejot-dev/rejot/internal/pgtest"
 )
 
 var pg *pgtest.Cluster

@@ -52,7 +52,7 @@ for c in "${CLIENT_COUNTS[@]}"; do is_uint "$c" || die "BENCH_CLIENTS must hold 
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-# The newest Postgres on the machine, as tests/pgtest picks it.
+# The newest Postgres on the machine, as internal/pgcluster picks it.
 if [ -n "${REJOT_PG_BIN:-}" ]; then
   PGBIN=$REJOT_PG_BIN
 else

@@ -5,7 +5,7 @@ import (
 	"embed"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/rejot-dev/rejot/catalog"
+	"github.com/rejot-dev/rejot/internal/migrate"
 )
 
 //go:embed managed/*.sql
@@ -14,7 +14,7 @@ var managedSQL embed.FS
 // managedMigrations are what the sidecar installs in the database it
 // manages, in its private schema _rejot: the outbox of calls and the
 // owner's record of its publications.
-var managedMigrations = catalog.Migrations{Files: managedSQL, Dir: "managed",
+var managedMigrations = migrate.Set{Files: managedSQL, Dir: "managed",
 	Table: "_rejot.schema_migrations", Lock: 7_265_106_112}
 
 // InstallManaged installs or upgrades schema _rejot; safe when several

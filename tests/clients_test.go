@@ -22,7 +22,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib"
-	"github.com/rejot-dev/rejot/tests/pgtest"
+	"github.com/rejot-dev/rejot/internal/pgtest"
 )
 
 // TestDatabaseSQL: database/sql through pgx's stdlib driver.

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rejot-dev/rejot/tests/pgtest"
+	"github.com/rejot-dev/rejot/internal/pgtest"
 )
 
 var httpAddrLine = regexp.MustCompile(`"http":"([0-9.:]+)"`)

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rejot-dev/rejot/tests/pgtest"
+	"github.com/rejot-dev/rejot/internal/pgtest"
 )
 
 // sidecar is a running `rejot serve` process.

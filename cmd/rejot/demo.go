@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/rejot-dev/rejot/tests/pgtest"
+	"github.com/rejot-dev/rejot/internal/pgcluster"
 )
 
 // The story, played with psql through the two sidecars.
@@ -61,7 +61,7 @@ func demo(ctx context.Context, args []string) error {
 	}
 	log, _ := newLogger(level)
 	fmt.Println("Starting a throwaway Postgres cluster…")
-	pg, err := pgtest.Start(pgtest.Options{})
+	pg, err := pgcluster.Start(pgcluster.Options{})
 	if err != nil {
 		return err
 	}
@@ -195,7 +195,7 @@ func listenDemo(port int) (net.Listener, error) {
 func playScript(ctx context.Context, url, script string) error {
 	psql, err := exec.LookPath("psql")
 	if err != nil {
-		bin, berr := pgtest.BinDir()
+		bin, berr := pgcluster.BinDir()
 		if berr != nil {
 			return fmt.Errorf("psql not found: %w", err)
 		}

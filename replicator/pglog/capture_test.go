@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/rejot-dev/rejot/replicator"
 	"github.com/rejot-dev/rejot/sql"
-	"github.com/rejot-dev/rejot/tests/pgtest"
+	"github.com/rejot-dev/rejot/internal/pgtest"
 	"github.com/rs/zerolog"
 )
 

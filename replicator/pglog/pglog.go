@@ -24,14 +24,14 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/rejot-dev/rejot/catalog"
+	"github.com/rejot-dev/rejot/internal/migrate"
 	"github.com/rejot-dev/rejot/replicator"
 )
 
 //go:embed migrations/*.sql
 var files embed.FS
 
-var migrations = catalog.Migrations{Files: files, Dir: "migrations", Table: "rejot_log.schema_migrations", Lock: 7_265_106_113}
+var migrations = migrate.Set{Files: files, Dir: "migrations", Table: "rejot_log.schema_migrations", Lock: 7_265_106_113}
 
 // Channel is the LISTEN channel appends notify; the payload is
 // "<publication>/<version>/<head position>".

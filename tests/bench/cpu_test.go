@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/rejot-dev/rejot/tests/pgtest"
+	"github.com/rejot-dev/rejot/internal/pgtest"
 )
 
 // CPU accounting from /proc: what each side spent during a measured

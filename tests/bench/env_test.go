@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/rejot-dev/rejot/tests/pgtest"
+	"github.com/rejot-dev/rejot/internal/pgtest"
 )
 
 // env is one run's world: the owner's cluster (source table, ReJot's

@@ -1,3 +1,6 @@
+// Package pgtest gives each test package a throwaway Postgres cluster (see
+// Main) and each test its own database (see Cluster.CreateDB), on clusters
+// from pgcluster.
 package pgtest
 
 import (
@@ -5,11 +8,38 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/internal/pgcluster"
 )
+
+// Options shape a cluster (see pgcluster.Options).
+type Options = pgcluster.Options
+
+// Cluster is a running throwaway Postgres server with test helpers.
+type Cluster struct {
+	*pgcluster.Cluster
+	mu  sync.Mutex
+	dbs int
+}
+
+// Start initialises and starts a new cluster. Call Destroy when done.
+func Start(opts Options) (*Cluster, error) {
+	c, err := pgcluster.Start(opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Cluster{Cluster: c}, nil
+}
+
+// BinDir finds the Postgres server binaries (see pgcluster.BinDir).
+func BinDir() (string, error) { return pgcluster.BinDir() }
+
+// FreePort asks the kernel for a free TCP port on the loopback interface.
+func FreePort() (int, error) { return pgcluster.FreePort() }
 
 // Main starts one cluster for a test package, runs the tests and always
 // stops the cluster. Use it from TestMain:

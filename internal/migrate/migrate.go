@@ -1,9 +1,10 @@
-package catalog
+// Package migrate applies numbered SQL files to a database, each once, in
+// order, safely when several processes start at once. The catalog, the
+// event log and the managed schema each have a set of their own.
+package migrate
 
 import (
 	"context"
-	"embed"
-	"errors"
 	"fmt"
 	"io/fs"
 	"sort"
@@ -11,14 +12,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
-
-//go:embed migrations/*.sql
-var migrations embed.FS
-
-// migrationLock serialises sidecars migrating the same catalog at once.
-const migrationLock = 7_265_106_111 // "rejot" on a phone keypad, give or take
 
 type migration struct {
 	version int
@@ -26,18 +20,18 @@ type migration struct {
 	sql     string
 }
 
-// Migrations is a set of numbered SQL files (001_name.sql, ...) applied in
+// Set is a set of numbered SQL files (001_name.sql, ...) applied in
 // order, each once, recorded in Table, under an advisory lock so that
 // several processes starting at once are safe: one works while the others
 // wait, then find nothing left to do.
-type Migrations struct {
+type Set struct {
 	Files fs.FS
 	Dir   string
 	Table string // schema-qualified name of the table recording applied files
 	Lock  int64  // advisory lock key
 }
 
-func (ms Migrations) load() ([]migration, error) {
+func (ms Set) load() ([]migration, error) {
 	entries, err := fs.ReadDir(ms.Files, ms.Dir)
 	if err != nil {
 		return nil, err
@@ -60,7 +54,7 @@ func (ms Migrations) load() ([]migration, error) {
 }
 
 // Run applies the migrations not applied yet.
-func (ms Migrations) Run(ctx context.Context, conn *pgx.Conn) error {
+func (ms Set) Run(ctx context.Context, conn *pgx.Conn) error {
 	all, err := ms.load()
 	if err != nil {
 		return err
@@ -95,7 +89,7 @@ func (ms Migrations) Run(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-func (ms Migrations) apply(ctx context.Context, conn *pgx.Conn, m migration) error {
+func (ms Set) apply(ctx context.Context, conn *pgx.Conn, m migration) error {
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, "INSERT INTO "+ms.Table+" (version, name) VALUES ($1, $2) ON CONFLICT DO NOTHING", m.version, m.name)
 		if err != nil || tag.RowsAffected() == 0 {
@@ -108,35 +102,12 @@ func (ms Migrations) apply(ctx context.Context, conn *pgx.Conn, m migration) err
 	})
 }
 
-// catalogMigrations are the catalog's own.
-var catalogMigrations = Migrations{Files: migrations, Dir: "migrations", Table: "public.rejot_catalog_migrations", Lock: migrationLock}
-
-// Migrate brings the catalog's schema to the newest version.
-func Migrate(ctx context.Context, conn *pgx.Conn) error { return catalogMigrations.Run(ctx, conn) }
-
-// EnsureDatabase creates database name on the server that adminURL points
-// at, unless it exists. Concurrent creators are fine: losing the race is
-// success.
-func EnsureDatabase(ctx context.Context, adminURL, name string) error {
-	conn, err := pgx.Connect(ctx, adminURL)
-	if err != nil {
-		return fmt.Errorf("cannot connect to create the catalog database: %w", err)
+// Names lists the set's files in the order they are applied.
+func (ms Set) Names() ([]string, error) {
+	all, err := ms.load()
+	names := make([]string, len(all))
+	for i, m := range all {
+		names[i] = m.name
 	}
-	defer conn.Close(ctx)
-	var exists bool
-	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
-		return err
-	}
-	if exists {
-		return nil
-	}
-	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) && (pe.Code == "42P04" || pe.Code == "23505") {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("cannot create the catalog database %q: %w", name, err)
-	}
-	return nil
+	return names, err
 }

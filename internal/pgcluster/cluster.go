@@ -1,8 +1,8 @@
-// Package pgtest starts throwaway Postgres clusters from the machine's own
-// binaries for tests: a temp dir, a free port, wal_level=logical, started as
-// the postgres OS user when the tests run as root. Start one per test package
-// (see Main) and give each test its own database (see Cluster.CreateDB).
-package pgtest
+// Package pgcluster starts throwaway Postgres clusters from the machine's
+// own binaries: a temp dir, a free port, wal_level=logical, started as the
+// postgres OS user when run as root. The demo runs on them, and so do the
+// tests (through pgtest).
+package pgcluster
 
 import (
 	"context"
@@ -44,7 +44,6 @@ type Cluster struct {
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
-	dbs  int
 }
 
 // BinDir finds the newest Postgres server binaries on this machine, or the

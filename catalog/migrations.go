@@ -1,0 +1,51 @@
+package catalog
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rejot-dev/rejot/internal/migrate"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// migrationLock serialises sidecars migrating the same catalog at once.
+const migrationLock = 7_265_106_111 // "rejot" on a phone keypad, give or take
+
+// catalogMigrations are the catalog's own.
+var catalogMigrations = migrate.Set{Files: migrations, Dir: "migrations", Table: "public.rejot_catalog_migrations", Lock: migrationLock}
+
+// Migrate brings the catalog's schema to the newest version.
+func Migrate(ctx context.Context, conn *pgx.Conn) error { return catalogMigrations.Run(ctx, conn) }
+
+// EnsureDatabase creates database name on the server that adminURL points
+// at, unless it exists. Concurrent creators are fine: losing the race is
+// success.
+func EnsureDatabase(ctx context.Context, adminURL, name string) error {
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return fmt.Errorf("cannot connect to create the catalog database: %w", err)
+	}
+	defer conn.Close(ctx)
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
+		return err
+	}
+	if exists {
+		return nil
+	}
+	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && (pe.Code == "42P04" || pe.Code == "23505") {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("cannot create the catalog database %q: %w", name, err)
+	}
+	return nil
+}
