@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rejot-dev/rejot/sql"
 	"github.com/rejot-dev/rejot/internal/pgtest"
+	"github.com/rejot-dev/rejot/sql"
 	"github.com/rs/zerolog"
 )
 

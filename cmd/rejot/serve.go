@@ -17,8 +17,10 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rejot-dev/rejot/catalog"
 	"github.com/rejot-dev/rejot/proxy"
-	"github.com/rejot-dev/rejot/replicator"
-	"github.com/rejot-dev/rejot/replicator/pglog"
+	"github.com/rejot-dev/rejot/replicator/apply"
+	"github.com/rejot-dev/rejot/replicator/capture"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
+	"github.com/rejot-dev/rejot/replicator/eventlog/pglog"
 	"github.com/rejot-dev/rejot/sql"
 	"github.com/rejot-dev/rejot/web"
 	"github.com/rs/zerolog"
@@ -127,8 +129,8 @@ type sidecar struct {
 	srv        *proxy.Server
 	lazy       *catalog.Lazy
 	applier    *catalog.Applier
-	capture    *replicator.Capture
-	subscriber *replicator.Subscriber
+	capture    *capture.Runner
+	subscriber *apply.Subscriber
 	log        zerolog.Logger
 	// shutdownTimeout bounds how long open transactions may take to
 	// finish on shutdown.
@@ -193,10 +195,10 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 	}
 	eventLog := &sharedLog{url: logURL}
 	sc.eventLog = eventLog
-	sc.capture = &replicator.Capture{URL: c.upstream, System: lazy.System.Name, Logger: log,
-		OpenLog: func(ctx context.Context) (replicator.Log, error) { return eventLog.open(ctx) }}
-	sc.subscriber = &replicator.Subscriber{URL: c.upstream, System: lazy.System.Name, Logger: log,
-		OpenLog: func(ctx context.Context) (replicator.LogReader, error) { return eventLog.open(ctx) },
+	sc.capture = &capture.Runner{URL: c.upstream, System: lazy.System.Name, Logger: log,
+		OpenLog: func(ctx context.Context) (eventlog.Writer, error) { return eventLog.open(ctx) }}
+	sc.subscriber = &apply.Subscriber{URL: c.upstream, System: lazy.System.Name, Logger: log,
+		OpenLog: func(ctx context.Context) (eventlog.Reader, error) { return eventLog.open(ctx) },
 		Report:  lazy.ReportSubscriptions}
 	sc.applier.Applied = func(string) { sc.capture.Wake() }
 	executor.CaptureProblem = sc.capture.Problem

@@ -25,7 +25,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rejot-dev/rejot/internal/migrate"
-	"github.com/rejot-dev/rejot/replicator"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
 //go:embed migrations/*.sql
@@ -50,21 +50,21 @@ type Log struct {
 	// appended to it. Only committed facts go in; an append that fails
 	// makes the log forget (its commit may or may not have happened).
 	mu    sync.Mutex
-	known map[replicator.Stream]*knownStream
+	known map[eventlog.Version]*knownStream
 }
 
 type knownStream struct {
 	id       int
-	layout   replicator.Layout
+	layout   eventlog.Layout
 	appended map[string]uint64
 }
 
 // learn records committed facts about a stream.
-func (l *Log) learn(s replicator.Stream, id int, layout *replicator.Layout, system string, lsn uint64) {
+func (l *Log) learn(s eventlog.Version, id int, layout *eventlog.Layout, system string, lsn uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.known == nil {
-		l.known = map[replicator.Stream]*knownStream{}
+		l.known = map[eventlog.Version]*knownStream{}
 	}
 	k := l.known[s]
 	if k == nil || k.id != id {
@@ -72,7 +72,7 @@ func (l *Log) learn(s replicator.Stream, id int, layout *replicator.Layout, syst
 		l.known[s] = k
 	}
 	if layout != nil {
-		k.layout = replicator.Layout{Columns: layout.Columns, Key: slices.Clone(layout.Key)}
+		k.layout = eventlog.Layout{Columns: layout.Columns, Key: slices.Clone(layout.Key)}
 	}
 	if system != "" {
 		k.appended[system] = max(k.appended[system], lsn)
@@ -90,7 +90,7 @@ func (l *Log) Forget() {
 }
 
 // knownAppended is the last commit LSN system appended to s, if known.
-func (l *Log) knownAppended(s replicator.Stream, system string) (uint64, bool) {
+func (l *Log) knownAppended(s eventlog.Version, system string) (uint64, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if k := l.known[s]; k != nil {
@@ -100,7 +100,7 @@ func (l *Log) knownAppended(s replicator.Stream, system string) (uint64, bool) {
 	return 0, false
 }
 
-var _ replicator.Log = (*Log)(nil)
+var _ eventlog.Log = (*Log)(nil)
 
 // Open connects to the event log at url and migrates its schema.
 func Open(ctx context.Context, url string) (*Log, error) {
@@ -134,25 +134,25 @@ func (l *Log) Close() {
 // Append appends groups in one transaction. Groups of several source
 // transactions may come together: each stays whole, and per stream the
 // work is a handful of statements whatever the number of groups.
-func (l *Log) Append(ctx context.Context, groups []replicator.Group) (int, error) {
-	return replicator.Append(ctx, l, groups)
+func (l *Log) Append(ctx context.Context, groups []eventlog.Group) (int, error) {
+	return eventlog.Append(ctx, l, groups)
 }
 
 // Begin starts an append.
-func (l *Log) Begin(ctx context.Context) (replicator.LogTx, error) {
+func (l *Log) Begin(ctx context.Context) (eventlog.Tx, error) {
 	tx, err := l.pool.Begin(ctx) // durable at commit: see Open
 	if err != nil {
 		return nil, err
 	}
-	return &Tx{log: l, tx: tx, streams: map[replicator.Stream]*streamTx{}, groups: map[groupID]*groupTx{}}, nil
+	return &Tx{log: l, tx: tx, streams: map[eventlog.Version]*streamTx{}, groups: map[groupID]*groupTx{}}, nil
 }
 
 // Tx is an append in progress: one transaction of the log database.
 type Tx struct {
 	log     *Log
 	tx      pgx.Tx
-	streams map[replicator.Stream]*streamTx
-	order   []replicator.Stream
+	streams map[eventlog.Version]*streamTx
+	order   []eventlog.Version
 	groups  map[groupID]*groupTx
 	added   int
 }
@@ -160,11 +160,11 @@ type Tx struct {
 type streamTx struct {
 	id     int
 	head   int64
-	groups []*groupTx        // new groups, in order
-	fill   bool              // a first state (Fill)
-	unread bool              // no subscriber reads it yet: a fill keeps no change log
-	layout replicator.Layout // of its state table; no columns: no table yet
-	locked bool              // holds the stream's compaction lock
+	groups []*groupTx      // new groups, in order
+	fill   bool            // a first state (Fill)
+	unread bool            // no subscriber reads it yet: a fill keeps no change log
+	layout eventlog.Layout // of its state table; no columns: no table yet
+	locked bool            // holds the stream's compaction lock
 }
 
 // compactLock is the first key of the advisory lock a stream's first
@@ -186,7 +186,7 @@ func (t *Tx) lockState(ctx context.Context, st *streamTx) error {
 }
 
 type groupID struct {
-	stream replicator.Stream
+	stream eventlog.Version
 	system string
 	lsn    uint64
 }
@@ -198,16 +198,16 @@ type groupTx struct {
 	id          groupID
 }
 
-// Append appends groups in order; see replicator.LogTx.
-func (t *Tx) Append(ctx context.Context, groups []replicator.Group) error {
-	byStream := map[replicator.Stream][]*replicator.Group{}
-	var order []replicator.Stream
+// Append appends groups in order; see eventlog.Tx.
+func (t *Tx) Append(ctx context.Context, groups []eventlog.Group) error {
+	byStream := map[eventlog.Version][]*eventlog.Group{}
+	var order []eventlog.Version
 	for i := range groups {
 		g := &groups[i]
-		if _, ok := byStream[g.Stream]; !ok {
-			order = append(order, g.Stream)
+		if _, ok := byStream[g.Version]; !ok {
+			order = append(order, g.Version)
 		}
-		byStream[g.Stream] = append(byStream[g.Stream], g)
+		byStream[g.Version] = append(byStream[g.Version], g)
 	}
 	for _, s := range order {
 		if err := t.appendStream(ctx, s, byStream[s], false); err != nil {
@@ -222,13 +222,13 @@ func (t *Tx) Append(ctx context.Context, groups []replicator.Group) error {
 // when no subscriber reads the stream yet, the changes are not kept in
 // the change log: new subscribers copy the state (a subscriber that
 // starts meanwhile waits on the stream's row until this commits).
-func (t *Tx) Fill(ctx context.Context, g replicator.Group) error {
-	return t.appendStream(ctx, g.Stream, []*replicator.Group{&g}, true)
+func (t *Tx) Fill(ctx context.Context, g eventlog.Group) error {
+	return t.appendStream(ctx, g.Version, []*eventlog.Group{&g}, true)
 }
 
 // streamTx returns what this append knows of a stream, looking it up (and
 // locking its row) the first time.
-func (t *Tx) stream(ctx context.Context, s replicator.Stream, fill bool) (*streamTx, error) {
+func (t *Tx) stream(ctx context.Context, s eventlog.Version, fill bool) (*streamTx, error) {
 	if st := t.streams[s]; st != nil {
 		return st, nil
 	}
@@ -240,7 +240,7 @@ func (t *Tx) stream(ctx context.Context, s replicator.Stream, fill bool) (*strea
 		k := t.log.known[s]
 		var st *streamTx
 		if k != nil && k.layout.Columns > 0 {
-			st = &streamTx{id: k.id, layout: replicator.Layout{Columns: k.layout.Columns, Key: slices.Clone(k.layout.Key)}}
+			st = &streamTx{id: k.id, layout: eventlog.Layout{Columns: k.layout.Columns, Key: slices.Clone(k.layout.Key)}}
 		}
 		t.log.mu.Unlock()
 		if st != nil {
@@ -253,7 +253,7 @@ func (t *Tx) stream(ctx context.Context, s replicator.Stream, fill bool) (*strea
 	st := &streamTx{fill: fill}
 	err := t.tx.QueryRow(ctx, `INSERT INTO rejot_log.streams (publication, version) VALUES ($1, $2)
 		ON CONFLICT (publication, version) DO UPDATE SET version = EXCLUDED.version
-		RETURNING id, coalesce(state_columns, 0), coalesce(state_key, '{}')`, s.Publication, s.Version).Scan(&st.id, &st.layout.Columns, &key)
+		RETURNING id, coalesce(state_columns, 0), coalesce(state_key, '{}')`, s.Publication, s.Number).Scan(&st.id, &st.layout.Columns, &key)
 	if err != nil {
 		return nil, err
 	}
@@ -276,12 +276,12 @@ func (t *Tx) stream(ctx context.Context, s replicator.Stream, fill bool) (*strea
 // one, its key left unindexed (the first compaction indexes it, in one
 // sort, when there are changes to fold in: a subscriber's copy does not
 // need it); ok is false when the first state must go through Fill.
-func (t *Tx) FillStart(ctx context.Context, g replicator.Group) (bool, error) {
-	st, err := t.stream(ctx, g.Stream, true)
+func (t *Tx) FillStart(ctx context.Context, g eventlog.Group) (bool, error) {
+	st, err := t.stream(ctx, g.Version, true)
 	if err != nil || !st.unread || len(st.groups) > 0 {
 		return false, err
 	}
-	gts, err := t.sortOut(ctx, st, g.Stream, []*replicator.Group{&g})
+	gts, err := t.sortOut(ctx, st, g.Version, []*eventlog.Group{&g})
 	if err != nil {
 		return false, err
 	}
@@ -297,21 +297,21 @@ func (t *Tx) FillStart(ctx context.Context, g replicator.Group) (bool, error) {
 // FillCopy reads a first state's rows in COPY text format, one column per
 // value, into the stream's new state table. The table was made in this
 // transaction, so the rows go in frozen: nobody vacuums them later.
-func (t *Tx) FillCopy(ctx context.Context, g replicator.Group, r io.Reader) (int64, error) {
-	st := t.streams[g.Stream]
+func (t *Tx) FillCopy(ctx context.Context, g eventlog.Group, r io.Reader) (int64, error) {
+	st := t.streams[g.Version]
 	tag, err := t.tx.Conn().PgConn().CopyFrom(ctx, r, "COPY "+stateTable(st.id)+" ("+strings.Join(columns(st.layout.Columns), ", ")+") FROM STDIN WITH (FREEZE)")
 	return tag.RowsAffected(), err
 }
 
 // FillEnd records the first state FillCopy read: a group of a truncate
 // and one upsert per row.
-func (t *Tx) FillEnd(ctx context.Context, g replicator.Group, rows int64) error {
-	st := t.streams[g.Stream]
+func (t *Tx) FillEnd(ctx context.Context, g eventlog.Group, rows int64) error {
+	st := t.streams[g.Version]
 	var head int64
 	if err := t.tx.QueryRow(ctx, "UPDATE rejot_log.streams SET head = head + $2 WHERE id = $1 RETURNING head", st.id, rows+1).Scan(&head); err != nil {
 		return err
 	}
-	gt := t.groups[groupID{g.Stream, g.System, g.CommitLSN}]
+	gt := t.groups[groupID{g.Version, g.System, g.CommitLSN}]
 	gt.first, gt.last = head-rows, head
 	st.groups = append(st.groups, gt)
 	st.head = head
@@ -333,7 +333,7 @@ func columns(n int) []string {
 	return cols
 }
 
-func keyColumns(l replicator.Layout) string {
+func keyColumns(l eventlog.Layout) string {
 	cols := make([]string, len(l.Key))
 	for i, k := range l.Key {
 		cols[i] = column(k)
@@ -342,7 +342,7 @@ func keyColumns(l replicator.Layout) string {
 }
 
 // checkLayout refuses a layout the log cannot key rows by.
-func checkLayout(l replicator.Layout) error {
+func checkLayout(l eventlog.Layout) error {
 	if l.Columns <= 0 || len(l.Key) == 0 {
 		return fmt.Errorf("the rows' layout is missing (%d values, key %v)", l.Columns, l.Key)
 	}
@@ -354,13 +354,13 @@ func checkLayout(l replicator.Layout) error {
 	return nil
 }
 
-func sameLayout(a, b replicator.Layout) bool {
+func sameLayout(a, b eventlog.Layout) bool {
 	return a.Columns == b.Columns && slices.Equal(a.Key, b.Key)
 }
 
 // newState replaces a stream's state table with an empty one laid out as
 // l, its key indexed at once or (indexed false) left for later.
-func (t *Tx) newState(ctx context.Context, st *streamTx, l replicator.Layout, indexed bool) error {
+func (t *Tx) newState(ctx context.Context, st *streamTx, l eventlog.Layout, indexed bool) error {
 	if err := checkLayout(l); err != nil {
 		return err
 	}
@@ -387,7 +387,7 @@ func (t *Tx) newState(ctx context.Context, st *streamTx, l replicator.Layout, in
 	if _, err := t.tx.Exec(ctx, "UPDATE rejot_log.streams SET state_columns = $2, state_key = $3 WHERE id = $1", st.id, l.Columns, l.Key); err != nil {
 		return err
 	}
-	st.layout = replicator.Layout{Columns: l.Columns, Key: slices.Clone(l.Key)}
+	st.layout = eventlog.Layout{Columns: l.Columns, Key: slices.Clone(l.Key)}
 	return nil
 }
 
@@ -414,7 +414,7 @@ func (t *Tx) grantAsChanges(ctx context.Context, table string) error {
 // clearState empties a stream's state for a first state laid out as l:
 // the rows go (MVCC-safe: a subscriber copying meanwhile still sees the
 // old ones), or the table is made anew when the layout changed.
-func (t *Tx) clearState(ctx context.Context, st *streamTx, l replicator.Layout) error {
+func (t *Tx) clearState(ctx context.Context, st *streamTx, l eventlog.Layout) error {
 	if st.layout.Columns > 0 && sameLayout(st.layout, l) {
 		if err := t.lockState(ctx, st); err != nil {
 			return err
@@ -426,20 +426,20 @@ func (t *Tx) clearState(ctx context.Context, st *streamTx, l replicator.Layout) 
 }
 
 // appendable makes sure a stream has a state table for g's rows.
-func (t *Tx) appendable(ctx context.Context, st *streamTx, g *replicator.Group) error {
+func (t *Tx) appendable(ctx context.Context, st *streamTx, g *eventlog.Group) error {
 	if st.layout.Columns == 0 {
 		return t.newState(ctx, st, g.Layout, true)
 	}
 	if g.Layout.Columns > 0 && !sameLayout(st.layout, g.Layout) {
 		return fmt.Errorf("%s version %d: rows laid out as %+v, its state as %+v (a changed definition needs a new first state)",
-			g.Stream.Publication, g.Stream.Version, g.Layout, st.layout)
+			g.Version.Publication, g.Version.Number, g.Layout, st.layout)
 	}
 	return nil
 }
 
 // appendStream appends one stream's groups (in order), skipping those
 // already appended.
-func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*replicator.Group, fill bool) error {
+func (t *Tx) appendStream(ctx context.Context, s eventlog.Version, groups []*eventlog.Group, fill bool) error {
 	st, err := t.stream(ctx, s, fill)
 	if err != nil {
 		return err
@@ -448,7 +448,7 @@ func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*re
 	if err != nil {
 		return err
 	}
-	var fresh []*replicator.Group
+	var fresh []*eventlog.Group
 	var freshTx []*groupTx
 	count := 0
 	for i, g := range groups {
@@ -498,7 +498,7 @@ func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*re
 		}
 	}
 	if st.fill {
-		var all []replicator.Change
+		var all []eventlog.Change
 		for _, g := range fresh {
 			all = append(all, g.Changes...)
 		}
@@ -517,16 +517,16 @@ func (t *Tx) appendStream(ctx context.Context, s replicator.Stream, groups []*re
 
 // fillState writes a first state's part: a truncate clears the state, and
 // the rows (each key once: a table's rows) are copied in.
-func (t *Tx) fillState(ctx context.Context, st *streamTx, l replicator.Layout, changes []replicator.Change) error {
+func (t *Tx) fillState(ctx context.Context, st *streamTx, l eventlog.Layout, changes []eventlog.Change) error {
 	var rows [][]any
 	for _, c := range changes {
 		switch c.Op {
-		case replicator.OpTruncate:
+		case eventlog.OpTruncate:
 			if err := t.clearState(ctx, st, l); err != nil {
 				return err
 			}
 			rows = rows[:0]
-		case replicator.OpUpsert:
+		case eventlog.OpUpsert:
 			row, err := stateRow(st.layout, c.Row)
 			if err != nil {
 				return err
@@ -551,7 +551,7 @@ func (t *Tx) fillState(ctx context.Context, st *streamTx, l replicator.Layout, c
 }
 
 // fits refuses a row with more values than the state has columns.
-func fits(l replicator.Layout, row []replicator.Value) error {
+func fits(l eventlog.Layout, row []eventlog.Value) error {
 	if len(row) > l.Columns {
 		return fmt.Errorf("a row of %d values does not fit a state of %d", len(row), l.Columns)
 	}
@@ -560,12 +560,12 @@ func fits(l replicator.Layout, row []replicator.Value) error {
 
 // stateRow is a row's values as the state table holds them: a value a row
 // lacks (laid out before a column was added) is NULL.
-func stateRow(l replicator.Layout, row []replicator.Value) ([]replicator.Value, error) {
+func stateRow(l eventlog.Layout, row []eventlog.Value) ([]eventlog.Value, error) {
 	if err := fits(l, row); err != nil {
 		return nil, err
 	}
 	if len(row) < l.Columns {
-		row = append(slices.Clone(row), make([]replicator.Value, l.Columns-len(row))...)
+		row = append(slices.Clone(row), make([]eventlog.Value, l.Columns-len(row))...)
 	}
 	return row, nil
 }
@@ -573,7 +573,7 @@ func stateRow(l replicator.Layout, row []replicator.Value) ([]replicator.Value, 
 // sortOut learns, for groups not seen before in this append, whether the
 // log already has them (same system and commit LSN), and returns what
 // this append knows of each group, in order.
-func (t *Tx) sortOut(ctx context.Context, st *streamTx, s replicator.Stream, groups []*replicator.Group) ([]*groupTx, error) {
+func (t *Tx) sortOut(ctx context.Context, st *streamTx, s eventlog.Version, groups []*eventlog.Group) ([]*groupTx, error) {
 	gts := make([]*groupTx, len(groups))
 	var unseen []int
 	for i, g := range groups {
@@ -654,7 +654,7 @@ func (t *Tx) commit(ctx context.Context) (int, error) {
 			}
 		}
 		if err := recordAppended(ctx, t.tx, st.id, st.groups,
-			s.Publication+"/"+strconv.Itoa(s.Version)+"/"+strconv.FormatInt(st.head, 10)); err != nil {
+			s.Publication+"/"+strconv.Itoa(s.Number)+"/"+strconv.FormatInt(st.head, 10)); err != nil {
 			return 0, err
 		}
 		added += len(st.groups)
@@ -693,15 +693,15 @@ func recordAppended(ctx context.Context, tx pgx.Tx, stream int, groups []*groupT
 	return err
 }
 
-func streamID(ctx context.Context, tx pgx.Tx, s replicator.Stream) (int, error) {
+func streamID(ctx context.Context, tx pgx.Tx, s eventlog.Version) (int, error) {
 	var id int
 	err := tx.QueryRow(ctx, `INSERT INTO rejot_log.streams (publication, version) VALUES ($1, $2)
 		ON CONFLICT (publication, version) DO UPDATE SET version = EXCLUDED.version RETURNING id`,
-		s.Publication, s.Version).Scan(&id)
+		s.Publication, s.Number).Scan(&id)
 	return id, err
 }
 
-func encode(values []replicator.Value) ([]byte, error) {
+func encode(values []eventlog.Value) ([]byte, error) {
 	if values == nil {
 		return nil, nil
 	}
@@ -711,7 +711,7 @@ func encode(values []replicator.Value) ([]byte, error) {
 // appendJSON renders values as a JSON array exactly as Postgres prints it
 // as jsonb (["a", null, "b"]), so keys written now equal keys stored as
 // jsonb before, byte for byte.
-func appendJSON(b []byte, values []replicator.Value) []byte {
+func appendJSON(b []byte, values []eventlog.Value) []byte {
 	return appendJSONAs(b, values, false)
 }
 
@@ -719,7 +719,7 @@ func appendJSON(b []byte, values []replicator.Value) []byte {
 // escapes are its only backslashes (control characters are escaped, so
 // no tab or newline is left to end a field or a row), and COPY reads
 // each backslash doubled.
-func appendJSONAs(b []byte, values []replicator.Value, forCopy bool) []byte {
+func appendJSONAs(b []byte, values []eventlog.Value, forCopy bool) []byte {
 	const hex = "0123456789abcdef"
 	esc := []byte{'\\'}
 	if forCopy {
@@ -775,7 +775,7 @@ func appendJSONAs(b []byte, values []replicator.Value, forCopy bool) []byte {
 // insertChanges adds groups' changes to the change log, as COPY (text
 // format, rendered here); each group's last change is marked: readers
 // take whole groups, up to a mark.
-func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, groups []*replicator.Group, count int) error {
+func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, groups []*eventlog.Group, count int) error {
 	buf := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(buf)
 	b := (*buf)[:0]
@@ -803,7 +803,7 @@ func insertChanges(ctx context.Context, tx pgx.Tx, stream int, first int64, grou
 				b = appendJSONAs(b, c.Key, true)
 			}
 			b = append(b, '\t')
-			if c.Op == replicator.OpUpsert {
+			if c.Op == eventlog.OpUpsert {
 				b = appendJSONAs(b, c.Row, true)
 			} else {
 				b = append(b, '\\', 'N')
@@ -879,12 +879,12 @@ func appendLSN(b []byte, lsn uint64) []byte {
 // Filled returns where and with what definition system last filled s. A
 // stream filled before definitions were recorded has its first group's
 // LSN and an empty definition.
-func (l *Log) Filled(ctx context.Context, s replicator.Stream, system string) (uint64, string, bool, error) {
+func (l *Log) Filled(ctx context.Context, s eventlog.Version, system string) (uint64, string, bool, error) {
 	var lsn, definition *string
 	err := l.pool.QueryRow(ctx, `SELECT CASE WHEN s.filled_system = $3 THEN s.filled_lsn::text
 			ELSE (SELECT min(g.commit_lsn)::text FROM rejot_log.groups g WHERE g.stream = s.id AND g.system = $3) END,
 			CASE WHEN s.filled_system = $3 THEN s.definition END
-		FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = $2`, s.Publication, s.Version, system).Scan(&lsn, &definition)
+		FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = $2`, s.Publication, s.Number, system).Scan(&lsn, &definition)
 	if errors.Is(err, pgx.ErrNoRows) || (err == nil && lsn == nil) {
 		return 0, "", false, nil
 	}
@@ -903,7 +903,7 @@ func (l *Log) Filled(ctx context.Context, s replicator.Stream, system string) (u
 }
 
 // SetFilled records what a stream's state is filled from.
-func (t *Tx) SetFilled(ctx context.Context, s replicator.Stream, system, definition string, lsn uint64) error {
+func (t *Tx) SetFilled(ctx context.Context, s eventlog.Version, system, definition string, lsn uint64) error {
 	id, err := streamID(ctx, t.tx, s)
 	if err != nil {
 		return err
@@ -916,7 +916,7 @@ func (t *Tx) SetFilled(ctx context.Context, s replicator.Stream, system, definit
 // State calls fn for every row of a stream's compacted state, in key
 // order, as of one consistent moment, and returns the position that state
 // is at: a subscriber that copies it continues with the changes after it.
-func (l *Log) State(ctx context.Context, s replicator.Stream, fn func(row []replicator.Value) error) (int64, error) {
+func (l *Log) State(ctx context.Context, s eventlog.Version, fn func(row []eventlog.Value) error) (int64, error) {
 	var at int64
 	err := l.readState(ctx, s, func(tx pgx.Tx, st stateAt) error {
 		at = st.head
@@ -943,7 +943,7 @@ func (l *Log) State(ctx context.Context, s replicator.Stream, fn func(row []repl
 		if err != nil {
 			return err
 		}
-		var row []replicator.Value
+		var row []eventlog.Value
 		_, err = pgx.ForEachRow(rows, []any{&row}, func() error { return fn(row) })
 		return err
 	})
@@ -955,19 +955,19 @@ func (l *Log) State(ctx context.Context, s replicator.Stream, fn func(row []repl
 // to head.
 type stateAt struct {
 	id              int
-	layout          replicator.Layout
+	layout          eventlog.Layout
 	compacted, head int64
 }
 
 // readState calls fn in a read-only snapshot with what the stream's state
 // is there; fn is not called when the stream does not exist. Reading
 // writes nothing: a subscriber's role needs no more than to read the log.
-func (l *Log) readState(ctx context.Context, s replicator.Stream, fn func(pgx.Tx, stateAt) error) error {
+func (l *Log) readState(ctx context.Context, s eventlog.Version, fn func(pgx.Tx, stateAt) error) error {
 	return pgx.BeginTxFunc(ctx, l.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		var st stateAt
 		err := tx.QueryRow(ctx, `SELECT s.id, coalesce(s.state_columns, 0), coalesce(s.state_key, '{}'), coalesce(c.position, 0), s.head
 			FROM rejot_log.streams s LEFT JOIN rejot_log.compactions c ON c.stream = s.id
-			WHERE s.publication = $1 AND s.version = $2`, s.Publication, s.Version).
+			WHERE s.publication = $1 AND s.version = $2`, s.Publication, s.Number).
 			Scan(&st.id, &st.layout.Columns, &st.layout.Key, &st.compacted, &st.head)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
@@ -1028,23 +1028,23 @@ func (st stateAt) query(ctx context.Context, tx pgx.Tx, elements []int) (string,
 }
 
 // Changes returns up to limit records of a stream after position.
-func (l *Log) Changes(ctx context.Context, s replicator.Stream, after int64, limit int) ([]replicator.Record, error) {
+func (l *Log) Changes(ctx context.Context, s eventlog.Version, after int64, limit int) ([]eventlog.Entry, error) {
 	recs, _, err := l.changes(ctx, s, after, limit)
 	return recs, err
 }
 
 // changes returns up to limit records of a stream after position, and
 // which of them end a group.
-func (l *Log) changes(ctx context.Context, s replicator.Stream, after int64, limit int) ([]replicator.Record, []bool, error) {
+func (l *Log) changes(ctx context.Context, s eventlog.Version, after int64, limit int) ([]eventlog.Entry, []bool, error) {
 	rows, err := l.pool.Query(ctx, `SELECT c.position, (c.commit_lsn - '0/0')::int8, c.commit_time, c.op::text, c.key::text, c.row::text, c.last
 		FROM rejot_log.changes c JOIN rejot_log.streams s ON s.id = c.stream
 		WHERE s.publication = $1 AND s.version = $2 AND c.position > $3
-		ORDER BY c.position LIMIT $4`, s.Publication, s.Version, after, limit)
+		ORDER BY c.position LIMIT $4`, s.Publication, s.Number, after, limit)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer rows.Close()
-	var recs []replicator.Record
+	var recs []eventlog.Entry
 	var ends []bool
 	for rows.Next() {
 		r, last, err := scanRecord(rows)
@@ -1057,7 +1057,7 @@ func (l *Log) changes(ctx context.Context, s replicator.Stream, after int64, lim
 }
 
 // scanRecord scans a change and its group-end mark.
-func scanRecord(row pgx.Row) (r replicator.Record, last bool, err error) {
+func scanRecord(row pgx.Row) (r eventlog.Entry, last bool, err error) {
 	var lsn int64
 	var op, key string
 	var data *string
@@ -1065,7 +1065,7 @@ func scanRecord(row pgx.Row) (r replicator.Record, last bool, err error) {
 	if err := row.Scan(&r.Position, &lsn, &at, &op, &key, &data, &last); err != nil {
 		return r, last, err
 	}
-	r.CommitLSN, r.CommitTime, r.Op = uint64(lsn), at, replicator.Op(op[0])
+	r.CommitLSN, r.CommitTime, r.Op = uint64(lsn), at, eventlog.Op(op[0])
 	if r.Key, err = decodeValues(key); err != nil {
 		return r, last, err
 	}
@@ -1078,12 +1078,12 @@ func scanRecord(row pgx.Row) (r replicator.Record, last bool, err error) {
 }
 
 // Keep records out-of-line values of source rows, in order; see
-// replicator.Kept.
-func (t *Tx) Keep(ctx context.Context, system string, kept []replicator.Kept) error {
+// eventlog.Kept.
+func (t *Tx) Keep(ctx context.Context, system string, kept []eventlog.Kept) error {
 	type pending struct {
 		table   string
 		key     string
-		vals    map[string]replicator.Value
+		vals    map[string]eventlog.Value
 		gone    bool // delete what is kept before storing vals
 		missing bool
 	}
@@ -1169,7 +1169,7 @@ func (t *Tx) Keep(ctx context.Context, system string, kept []replicator.Kept) er
 			continue
 		}
 		if p.vals == nil {
-			p.vals = map[string]replicator.Value{}
+			p.vals = map[string]eventlog.Value{}
 		}
 		for c, v := range k.Values {
 			p.vals[c] = v
@@ -1179,8 +1179,8 @@ func (t *Tx) Keep(ctx context.Context, system string, kept []replicator.Kept) er
 }
 
 // Recall returns the values kept for rows of a source table.
-func (t *Tx) Recall(ctx context.Context, system, table string, keys [][]replicator.Value) (map[string]map[string]replicator.Value, error) {
-	out := map[string]map[string]replicator.Value{}
+func (t *Tx) Recall(ctx context.Context, system, table string, keys [][]eventlog.Value) (map[string]map[string]eventlog.Value, error) {
+	out := map[string]map[string]eventlog.Value{}
 	if len(keys) == 0 {
 		return out, nil
 	}
@@ -1203,15 +1203,15 @@ func (t *Tx) Recall(ctx context.Context, system, table string, keys [][]replicat
 		if err := rows.Scan(&rawKey, &rawVals); err != nil {
 			return nil, err
 		}
-		var key []replicator.Value
-		vals := map[string]replicator.Value{}
+		var key []eventlog.Value
+		vals := map[string]eventlog.Value{}
 		if err := json.Unmarshal([]byte(rawKey), &key); err != nil {
 			return nil, err
 		}
 		if err := json.Unmarshal([]byte(rawVals), &vals); err != nil {
 			return nil, err
 		}
-		out[replicator.KeyString(key)] = vals
+		out[eventlog.KeyString(key)] = vals
 	}
 	return out, rows.Err()
 }

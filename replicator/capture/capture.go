@@ -1,4 +1,4 @@
-package replicator
+package capture
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
 // Source is a publication version and the table its rows come from.
@@ -66,7 +67,7 @@ func anyTrue(b []bool) bool {
 type event struct {
 	op       byte // 'I', 'U', 'D' or 'T'
 	rel      uint32
-	old, new []Value
+	old, new []eventlog.Value
 	// toasted marks new values the WAL left out (unchanged TOAST).
 	toasted []bool
 }
@@ -82,7 +83,7 @@ type transaction struct {
 
 // tupleValues turns a WAL tuple into text values; unchanged TOAST values
 // are reported, for the caller to fill.
-func tupleValues(t *pglogrepl.TupleData) ([]Value, []bool) {
+func tupleValues(t *pglogrepl.TupleData) ([]eventlog.Value, []bool) {
 	if t == nil {
 		return nil, nil
 	}
@@ -98,7 +99,7 @@ func tupleValues(t *pglogrepl.TupleData) ([]Value, []bool) {
 		b.Write(c.Data)
 	}
 	all := b.String()
-	vals, strs := make([]Value, len(t.Columns)), make([]string, len(t.Columns))
+	vals, strs := make([]eventlog.Value, len(t.Columns)), make([]string, len(t.Columns))
 	var toasted []bool
 	at := 0
 	for i, c := range t.Columns {
@@ -120,13 +121,13 @@ func tupleValues(t *pglogrepl.TupleData) ([]Value, []bool) {
 // changesFor computes what each of several source transactions did to one
 // publication version, in commit order, with one projection query for all
 // of them. Transactions for which skip is true get no changes.
-func changesFor(ctx context.Context, q Querier, src *Source, rels map[uint32]*relation, txns []*transaction, skip func(*transaction) bool) ([][]Change, error) {
+func changesFor(ctx context.Context, q Querier, src *Source, rels map[uint32]*relation, txns []*transaction, skip func(*transaction) bool) ([][]eventlog.Change, error) {
 	type ref struct {
 		txn, event int
 		rel        *relation
 	}
 	var mine []ref // the source's events, in order
-	var tuples [][]Value
+	var tuples [][]eventlog.Value
 	var at []int // index in mine of each tuple
 	for ti, txn := range txns {
 		if skip(txn) {
@@ -144,7 +145,7 @@ func changesFor(ctx context.Context, q Querier, src *Source, rels map[uint32]*re
 			mine = append(mine, ref{ti, ei, r})
 		}
 	}
-	out := make([][]Change, len(txns))
+	out := make([][]eventlog.Change, len(txns))
 	if len(mine) == 0 {
 		return out, nil
 	}
@@ -163,35 +164,35 @@ func changesFor(ctx context.Context, q Querier, src *Source, rels map[uint32]*re
 	return out, nil
 }
 
-func eventChanges(src *Source, rel *relation, e event, p Projected) []Change {
+func eventChanges(src *Source, rel *relation, e event, p Projected) []eventlog.Change {
 	switch e.op {
 	case 'T':
-		return []Change{{Op: OpTruncate}}
+		return []eventlog.Change{{Op: eventlog.OpTruncate}}
 	case 'D':
-		return []Change{{Op: OpDelete, Key: oldKey(src, rel, e.old)}}
+		return []eventlog.Change{{Op: eventlog.OpDelete, Key: oldKey(src, rel, e.old)}}
 	}
-	key := make([]Value, len(src.KeyCols))
+	key := make([]eventlog.Value, len(src.KeyCols))
 	for i, c := range src.KeyCols {
 		key[i] = p.Row[c]
 	}
-	var out []Change
+	var out []eventlog.Change
 	if e.op == 'U' && e.old != nil {
 		if old := oldKey(src, rel, e.old); !sameValues(old, key) {
-			out = append(out, Change{Op: OpDelete, Key: old}) // the key changed
+			out = append(out, eventlog.Change{Op: eventlog.OpDelete, Key: old}) // the key changed
 		}
 	}
 	if p.Keep {
-		return append(out, Change{Op: OpUpsert, Key: key, Row: p.Row})
+		return append(out, eventlog.Change{Op: eventlog.OpUpsert, Key: key, Row: p.Row})
 	}
 	if e.op == 'U' {
-		out = append(out, Change{Op: OpDelete, Key: key}) // the row left the filter
+		out = append(out, eventlog.Change{Op: eventlog.OpDelete, Key: key}) // the row left the filter
 	}
 	return out
 }
 
 // oldKey reads the public key from an old (key or full) tuple.
-func oldKey(src *Source, rel *relation, old []Value) []Value {
-	key := make([]Value, len(src.KeySources))
+func oldKey(src *Source, rel *relation, old []eventlog.Value) []eventlog.Value {
+	key := make([]eventlog.Value, len(src.KeySources))
 	for i, name := range src.KeySources {
 		for j, c := range rel.cols {
 			if c.Name == name && j < len(old) {
@@ -202,7 +203,7 @@ func oldKey(src *Source, rel *relation, old []Value) []Value {
 	return key
 }
 
-func sameValues(a, b []Value) bool {
+func sameValues(a, b []eventlog.Value) bool {
 	if len(a) != len(b) {
 		return false
 	}
@@ -217,7 +218,7 @@ func sameValues(a, b []Value) bool {
 // readColumn reads a column of a row by its replica identity from the
 // table as it is now: the last resort for an unchanged out-of-line value
 // the log does not keep (a row captured before values were kept).
-func readColumn(ctx context.Context, q Querier, rel *relation, key []Value, col string) (Value, error) {
+func readColumn(ctx context.Context, q Querier, rel *relation, key []eventlog.Value, col string) (eventlog.Value, error) {
 	var conds []string
 	var args []any
 	k := 0
@@ -235,7 +236,7 @@ func readColumn(ctx context.Context, q Querier, rel *relation, key []Value, col 
 		return nil, err
 	}
 	defer rows.Close()
-	var v Value
+	var v eventlog.Value
 	if rows.Next() {
 		if err := rows.Scan(&v); err != nil {
 			return nil, err

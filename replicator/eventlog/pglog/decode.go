@@ -5,18 +5,18 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/rejot-dev/rejot/replicator"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
 // decodeValues reads a JSON array of strings and nulls as the log writes
 // it (appendJSON; jsonb prints the same): ["a", null, "b"]. Strings
 // without escapes are taken as they are; anything else unusual goes to
 // encoding/json, which has the last word on what is valid.
-func decodeValues(s string) ([]replicator.Value, error) {
+func decodeValues(s string) ([]eventlog.Value, error) {
 	if vals, ok := decodeSimple(s); ok {
 		return vals, nil
 	}
-	var vals []replicator.Value
+	var vals []eventlog.Value
 	err := json.Unmarshal([]byte(s), &vals)
 	return vals, err
 }
@@ -24,15 +24,15 @@ func decodeValues(s string) ([]replicator.Value, error) {
 // decodeSimple handles the common case: valid UTF-8 strings without
 // backslashes or control characters, and nulls, separated by ", " or ",". ok is false
 // for anything else.
-func decodeSimple(s string) (vals []replicator.Value, ok bool) {
+func decodeSimple(s string) (vals []eventlog.Value, ok bool) {
 	if len(s) < 2 || s[0] != '[' || s[len(s)-1] != ']' {
 		return nil, false
 	}
 	body := s[1 : len(s)-1]
 	if body == "" {
-		return []replicator.Value{}, true
+		return []eventlog.Value{}, true
 	}
-	vals = make([]replicator.Value, 0, 1+strings.Count(body, ","))
+	vals = make([]eventlog.Value, 0, 1+strings.Count(body, ","))
 	for {
 		switch {
 		case strings.HasPrefix(body, "null"):

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/rejot-dev/rejot/replicator"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
 // FuzzDecodeValues: the fast path reads every array the log writes as
@@ -21,7 +21,7 @@ func FuzzDecodeValues(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		got, err := decodeValues(s)
-		var want []replicator.Value
+		var want []eventlog.Value
 		werr := json.Unmarshal([]byte(s), &want)
 		if (err == nil) != (werr == nil) {
 			t.Fatalf("%q: error %v, encoding/json says %v", s, err, werr)
@@ -39,7 +39,7 @@ func FuzzDecodeValues(f *testing.F) {
 	})
 }
 
-func render(vals []replicator.Value) []any {
+func render(vals []eventlog.Value) []any {
 	out := make([]any, len(vals))
 	for i, v := range vals {
 		if v == nil {
@@ -69,7 +69,7 @@ func FuzzJSONForCopy(f *testing.F) {
 		f.Add(seed, true)
 	}
 	f.Fuzz(func(t *testing.T, s string, null bool) {
-		vals := []replicator.Value{&s, nil}
+		vals := []eventlog.Value{&s, nil}
 		if !null {
 			vals = vals[:1]
 		}

@@ -1,4 +1,4 @@
-package replicator
+package apply
 
 import (
 	"bufio"
@@ -17,6 +17,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rejot-dev/rejot/catalog"
+	"github.com/rejot-dev/rejot/internal/retry"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
 	"github.com/rs/zerolog"
 )
 
@@ -28,9 +30,9 @@ import (
 type Subscriber struct {
 	URL    string // the consumer's database
 	System string
-	Log    LogReader
+	Log    eventlog.Reader
 	// OpenLog opens the event log when Log is nil, retried until it works.
-	OpenLog func(context.Context) (LogReader, error)
+	OpenLog func(context.Context) (eventlog.Reader, error)
 	// Report, when set, records the subscriptions' status in the catalog.
 	Report func(context.Context, []catalog.SubscriptionReport) error
 	Logger zerolog.Logger
@@ -45,7 +47,7 @@ type Subscriber struct {
 // subscription is a row of _rejot.subscriptions.
 type subscription struct {
 	target, schema, table string
-	stream                Stream
+	stream                eventlog.Version
 	columns               []subscribedColumn
 	copy                  bool
 	generation            int
@@ -70,7 +72,7 @@ func (s *Subscriber) Run(ctx context.Context) {
 	s.mu.Unlock()
 	defer s.stopAll()
 	if s.Log == nil {
-		s.Log = openLog(ctx, s.Logger, s.OpenLog)
+		s.Log = retry.Open(ctx, s.Logger, "event log unreachable", s.OpenLog)
 	}
 	if ctx.Err() != nil {
 		return
@@ -87,12 +89,12 @@ func (s *Subscriber) Run(ctx context.Context) {
 		if conn == nil {
 			c, err := pgx.Connect(ctx, s.URL)
 			if err != nil {
-				sleepCtx(ctx, s.check())
+				retry.Sleep(ctx, s.check())
 				continue
 			}
 			if _, err := c.Exec(ctx, "LISTEN rejot_subscriptions"); err != nil {
 				c.Close(ctx)
-				sleepCtx(ctx, s.check())
+				retry.Sleep(ctx, s.check())
 				continue
 			}
 			conn = c
@@ -104,7 +106,7 @@ func (s *Subscriber) Run(ctx context.Context) {
 			}
 			conn.Close(context.WithoutCancel(ctx))
 			conn = nil
-			sleepCtx(ctx, s.check())
+			retry.Sleep(ctx, s.check())
 			continue
 		}
 		s.reconcile(ctx, subs)
@@ -154,7 +156,7 @@ func loadSubscriptions(ctx context.Context, conn *pgx.Conn) ([]subscription, err
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (subscription, error) {
 		var sub subscription
 		var cols string
-		if err := r.Scan(&sub.target, &sub.schema, &sub.table, &sub.stream.Publication, &sub.stream.Version, &cols, &sub.copy, &sub.generation); err != nil {
+		if err := r.Scan(&sub.target, &sub.schema, &sub.table, &sub.stream.Publication, &sub.stream.Number, &cols, &sub.copy, &sub.generation); err != nil {
 			return sub, err
 		}
 		return sub, json.Unmarshal([]byte(cols), &sub.columns)
@@ -276,7 +278,7 @@ func (w *worker) stop() {
 
 func (w *worker) log() *zerolog.Logger {
 	l := w.s.Logger.With().Str("target", w.sub.target).Str("publication", w.sub.stream.Publication).
-		Int("version", w.sub.stream.Version).Logger()
+		Int("version", w.sub.stream.Number).Logger()
 	return &l
 }
 
@@ -303,7 +305,7 @@ func (w *worker) run(ctx context.Context) {
 		w.limit = 1 // narrow the failure down to one source transaction
 		w.recordError(ctx, msg)
 		w.log().Error().Err(err).Dur("retry_in", backoff).Msg("subscription failed; retrying")
-		sleepCtx(ctx, backoff)
+		retry.Sleep(ctx, backoff)
 		backoff = min(2*backoff, 30*time.Second)
 	}
 }
@@ -494,7 +496,7 @@ func (w *worker) copyState(ctx context.Context, conn *pgx.Conn, t *target) (int6
 		go func() {
 			// COPY TO hands over a row at a time: gather them, so the pipe
 			// and the COPY FROM move large pieces.
-			counted := newCopyProgress(pw, &w.copied, metricCopiedRows.WithLabelValues(w.labels()...), func(rows int64) {
+			counted := eventlog.NewCopyProgress(pw, &w.copied, metricCopiedRows.WithLabelValues(w.labels()...), func(rows int64) {
 				log.Info().Int64("rows", rows).Msg("copying")
 			})
 			buf := bufio.NewWriterSize(counted, 256<<10)
@@ -555,7 +557,7 @@ func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if errors.Is(f.err, ErrPruned) {
+		if errors.Is(f.err, eventlog.ErrPruned) {
 			return w.recopy(ctx, conn, position)
 		}
 		if f.err != nil {
@@ -572,7 +574,7 @@ func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position
 		applyCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		err := w.apply(applyCtx, conn, t, span, f.stmts, durable)
 		cancel()
-		if errors.Is(err, ErrPruned) {
+		if errors.Is(err, eventlog.ErrPruned) {
 			return w.recopy(ctx, conn, position)
 		}
 		if err != nil {
@@ -598,7 +600,7 @@ func (w *worker) stream(ctx context.Context, conn *pgx.Conn, t *target, position
 // already collapsed into statements (nil for a span too large to hold:
 // apply reads it as it goes), or why reading stopped.
 type fetched struct {
-	span  Span
+	span  eventlog.Span
 	stmts []statement // the changes, collapsed into statements; nil: read them while applying
 	err   error
 }
@@ -668,7 +670,7 @@ const readerEvery = 5 * time.Second
 // position is checked, commit. Two round trips, where a statement at a
 // time took six or more, each a wait for two busy processes to be
 // scheduled in turn.
-func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span Span, stmts []statement, durable bool) error {
+func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span eventlog.Span, stmts []statement, durable bool) error {
 	commit := "SET LOCAL synchronous_commit = off"
 	if durable {
 		commit = "SET LOCAL synchronous_commit = on"
@@ -683,7 +685,7 @@ func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span Span
 			} else if err := streamsFrom(p, span.After); err != nil {
 				return err
 			}
-			err := w.s.Log.Read(ctx, w.sub.stream, span, func(recs []Record) error {
+			err := w.s.Log.Read(ctx, w.sub.stream, span, func(recs []eventlog.Entry) error {
 				for _, st := range changeStatements(t, recs) {
 					if _, err := tx.Exec(ctx, st.sql, st.args...); err != nil {
 						return err
@@ -736,16 +738,16 @@ type statement struct {
 
 // changeStatements are the statements that apply records in order: the
 // last change per key wins, a truncate clears the table.
-func changeStatements(t *target, recs []Record) []statement {
+func changeStatements(t *target, recs []eventlog.Entry) []statement {
 	type last struct {
-		row []Value // nil: deleted
+		row []eventlog.Value // nil: deleted
 	}
 	final := map[string]last{}
 	var order []string
-	keys := map[string][]Value{}
+	keys := map[string][]eventlog.Value{}
 	var out []statement
 	flush := func() {
-		var upserts, deletes [][]Value
+		var upserts, deletes [][]eventlog.Value
 		for _, k := range order {
 			if row := final[k].row; row != nil {
 				upserts = append(upserts, row)
@@ -753,11 +755,11 @@ func changeStatements(t *target, recs []Record) []statement {
 				deletes = append(deletes, keys[k])
 			}
 		}
-		final, order, keys = map[string]last{}, nil, map[string][]Value{}
+		final, order, keys = map[string]last{}, nil, map[string][]eventlog.Value{}
 		if len(deletes) > 0 {
 			args := make([]any, len(t.keys))
 			for i := range t.keys {
-				col := make([]Value, len(deletes))
+				col := make([]eventlog.Value, len(deletes))
 				for j, k := range deletes {
 					col[j] = k[i]
 				}
@@ -768,7 +770,7 @@ func changeStatements(t *target, recs []Record) []statement {
 		if len(upserts) > 0 {
 			args := make([]any, len(t.cols))
 			for i, c := range t.cols {
-				col := make([]Value, len(upserts))
+				col := make([]eventlog.Value, len(upserts))
 				for j, row := range upserts {
 					if c.Index < len(row) {
 						col[j] = row[c.Index]
@@ -781,24 +783,24 @@ func changeStatements(t *target, recs []Record) []statement {
 	}
 	for _, r := range recs {
 		switch r.Op {
-		case OpTruncate:
-			final, order, keys = map[string]last{}, nil, map[string][]Value{}
+		case eventlog.OpTruncate:
+			final, order, keys = map[string]last{}, nil, map[string][]eventlog.Value{}
 			out = append(out, statement{sql: "DELETE FROM " + t.name})
 			continue
-		case OpUpsert:
-			key := make([]Value, len(t.keys))
+		case eventlog.OpUpsert:
+			key := make([]eventlog.Value, len(t.keys))
 			for i, k := range t.keys {
 				if idx := t.cols[k].Index; idx < len(r.Row) {
 					key[i] = r.Row[idx]
 				}
 			}
-			ks := KeyString(key)
+			ks := eventlog.KeyString(key)
 			if _, ok := final[ks]; !ok {
 				order = append(order, ks)
 			}
 			final[ks], keys[ks] = last{row: r.Row}, key
-		case OpDelete:
-			ks := KeyString(r.Key)
+		case eventlog.OpDelete:
+			ks := eventlog.KeyString(r.Key)
 			if _, ok := final[ks]; !ok {
 				order = append(order, ks)
 			}

@@ -9,7 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rejot-dev/rejot/replicator"
+	"github.com/rejot-dev/rejot/replicator/capture"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
 	"github.com/rs/zerolog"
 )
 
@@ -38,12 +39,12 @@ func TestUnchangedToastIsExactAsOfItsTransaction(t *testing.T) {
 	b1, b2, b3 := big("one"), big("two"), big("three")
 	exec("INSERT INTO docs VALUES (1, 1, $1), (2, 0, $1)", b1)
 
-	stream := replicator.Stream{Publication: "toast_docs", Version: 1}
+	stream := eventlog.Version{Publication: "toast_docs", Number: 1}
 	query := "SELECT id, n, body, length(body) AS len FROM docs WHERE n > 0"
 	system := "toast_" + srcDB
-	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l,
-		Sources: []replicator.Source{source(t, stream, query, "id")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
-	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
+	pub := &capture.WALReader{URL: pg.URL(srcDB), System: system, Log: l,
+		Sources: []capture.Source{source(t, stream, query, "id")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
+	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", capture.SlotName(system))
 	caughtUp := func() {
 		t.Helper()
 		want := projection(t, owner, query)
@@ -78,7 +79,7 @@ func TestUnchangedToastIsExactAsOfItsTransaction(t *testing.T) {
 	var got []string
 	for _, r := range recs {
 		s := fmt.Sprintf("%c %s", r.Op, *r.Key[0])
-		if r.Op == replicator.OpUpsert {
+		if r.Op == eventlog.OpUpsert {
 			s += fmt.Sprintf(" n=%s %s len=%s", *r.Row[1], name[*r.Row[2]], *r.Row[3])
 		}
 		got = append(got, s)
@@ -118,13 +119,13 @@ func TestLargeTransactionInParts(t *testing.T) {
 	}
 	exec("CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL, body text)")
 	exec("ALTER TABLE items ALTER body SET STORAGE EXTERNAL")
-	stream := replicator.Stream{Publication: "large_items", Version: 1}
+	stream := eventlog.Version{Publication: "large_items", Number: 1}
 	query := "SELECT id, n, md5(body) AS digest FROM items"
 	system := "large_" + srcDB
 	var logs syncBuffer
-	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l,
-		Sources: []replicator.Source{source(t, stream, query, "id")}, Logger: zerolog.New(&logs), StatusInterval: 100 * time.Millisecond}
-	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
+	pub := &capture.WALReader{URL: pg.URL(srcDB), System: system, Log: l,
+		Sources: []capture.Source{source(t, stream, query, "id")}, Logger: zerolog.New(&logs), StatusInterval: 100 * time.Millisecond}
+	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", capture.SlotName(system))
 	runPublisher(t, ctx, pub, owner)
 	exec("INSERT INTO items VALUES (0, 0, repeat('x', 5000))")
 	head := func() int64 { return headOf(t, l, stream) }
@@ -168,11 +169,11 @@ func TestLargeTransactionInParts(t *testing.T) {
 	}
 }
 
-func headOf(t testing.TB, l *Log, s replicator.Stream) int64 {
+func headOf(t testing.TB, l *Log, s eventlog.Version) int64 {
 	t.Helper()
 	var head int64
 	l.pool.QueryRow(context.Background(), "SELECT head FROM rejot_log.streams WHERE publication = $1 AND version = $2",
-		s.Publication, s.Version).Scan(&head)
+		s.Publication, s.Number).Scan(&head)
 	return head
 }
 

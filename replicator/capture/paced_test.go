@@ -1,4 +1,4 @@
-package replicator
+package capture
 
 import (
 	"io"

@@ -11,10 +11,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/rejot-dev/rejot/replicator"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
-var _ replicator.LogReader = (*Log)(nil)
+var _ eventlog.Reader = (*Log)(nil)
 
 // Ping checks that the log's database answers.
 func (l *Log) Ping(ctx context.Context) error { return l.pool.Ping(ctx) }
@@ -25,7 +25,7 @@ func (l *Log) Ping(ctx context.Context) error { return l.pool.Ping(ctx) }
 // and returns the position that state is at: the stream's head, with the
 // changes not compacted yet folded in on the way. Postgres renders the
 // rows: they pass through as bytes.
-func (l *Log) CopyState(ctx context.Context, s replicator.Stream, elements []int, w io.Writer) (int64, error) {
+func (l *Log) CopyState(ctx context.Context, s eventlog.Version, elements []int, w io.Writer) (int64, error) {
 	var at int64
 	err := l.readState(ctx, s, func(tx pgx.Tx, st stateAt) error {
 		at = st.head
@@ -43,10 +43,10 @@ func (l *Log) CopyState(ctx context.Context, s replicator.Stream, elements []int
 }
 
 // Head returns a stream's last position (0 when it has none).
-func (l *Log) Head(ctx context.Context, s replicator.Stream) (int64, error) {
+func (l *Log) Head(ctx context.Context, s eventlog.Version) (int64, error) {
 	var head int64
 	err := l.pool.QueryRow(ctx, "SELECT head FROM rejot_log.streams WHERE publication = $1 AND version = $2",
-		s.Publication, s.Version).Scan(&head)
+		s.Publication, s.Number).Scan(&head)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, nil
 	}
@@ -56,17 +56,17 @@ func (l *Log) Head(ctx context.Context, s replicator.Stream) (int64, error) {
 // Next returns the span of whole groups after position after, up to about
 // limit changes (at least one group, however large), and the commit time
 // of its last group.
-func (l *Log) Next(ctx context.Context, s replicator.Stream, after int64, limit int) (replicator.Span, error) {
+func (l *Log) Next(ctx context.Context, s eventlog.Version, after int64, limit int) (eventlog.Span, error) {
 	// Groups end at marked changes; what is visible is committed whole.
 	rows, err := l.pool.Query(ctx, `SELECT c.position, c.commit_time FROM rejot_log.changes c
 		JOIN rejot_log.streams s ON s.id = c.stream
 		WHERE s.publication = $1 AND s.version = $2 AND c.position > $3 AND c.last
-		ORDER BY c.position LIMIT $4`, s.Publication, s.Version, after, max(limit, 1))
+		ORDER BY c.position LIMIT $4`, s.Publication, s.Number, after, max(limit, 1))
 	if err != nil {
-		return replicator.Span{}, err
+		return eventlog.Span{}, err
 	}
 	defer rows.Close()
-	span := replicator.Span{After: after, Upto: after}
+	span := eventlog.Span{After: after, Upto: after}
 	for rows.Next() {
 		var last int64
 		var at time.Time
@@ -86,13 +86,13 @@ func (l *Log) Next(ctx context.Context, s replicator.Stream, after int64, limit 
 // groups among them: one query where Next and Read take two, and each
 // change is read once. A first group larger than limit is left to Next
 // and Read.
-func (l *Log) Fetch(ctx context.Context, s replicator.Stream, after int64, limit int) (replicator.Span, []replicator.Record, error) {
+func (l *Log) Fetch(ctx context.Context, s eventlog.Version, after int64, limit int) (eventlog.Span, []eventlog.Entry, error) {
 	limit = max(limit, 1)
 	recs, ends, err := l.changes(ctx, s, after, limit)
 	if err != nil {
-		return replicator.Span{}, nil, err
+		return eventlog.Span{}, nil, err
 	}
-	span := replicator.Span{After: after, Upto: after}
+	span := eventlog.Span{After: after, Upto: after}
 	whole := 0 // how many of recs end a group
 	for i, r := range recs {
 		if ends[i] {
@@ -102,7 +102,7 @@ func (l *Log) Fetch(ctx context.Context, s replicator.Stream, after int64, limit
 		}
 	}
 	if len(recs) > 0 && recs[0].Position != after+1 {
-		return span, nil, replicator.ErrPruned
+		return span, nil, eventlog.ErrPruned
 	}
 	if span.Groups == 0 && len(recs) == limit {
 		span, err := l.Next(ctx, s, after, limit)
@@ -112,7 +112,7 @@ func (l *Log) Fetch(ctx context.Context, s replicator.Stream, after int64, limit
 }
 
 // Read calls fn for each change of a span, in order, in chunks.
-func (l *Log) Read(ctx context.Context, s replicator.Stream, span replicator.Span, fn func([]replicator.Record) error) error {
+func (l *Log) Read(ctx context.Context, s eventlog.Version, span eventlog.Span, fn func([]eventlog.Entry) error) error {
 	const chunk = 5000
 	for after := span.After; after < span.Upto; {
 		recs, err := l.Changes(ctx, s, after, min(chunk, int(span.Upto-after)))
@@ -120,7 +120,7 @@ func (l *Log) Read(ctx context.Context, s replicator.Stream, span replicator.Spa
 			return err
 		}
 		if len(recs) == 0 || recs[0].Position != after+1 {
-			return replicator.ErrPruned
+			return eventlog.ErrPruned
 		}
 		if err := fn(recs); err != nil {
 			return err
@@ -132,10 +132,10 @@ func (l *Log) Read(ctx context.Context, s replicator.Stream, span replicator.Spa
 
 // SetReader records a subscriber's position (the log keeps what it has
 // not read); a negative position removes the reader.
-func (l *Log) SetReader(ctx context.Context, s replicator.Stream, reader string, position int64) error {
+func (l *Log) SetReader(ctx context.Context, s eventlog.Version, reader string, position int64) error {
 	if position < 0 {
 		_, err := l.pool.Exec(ctx, `DELETE FROM rejot_log.readers r USING rejot_log.streams s
-			WHERE s.id = r.stream AND s.publication = $1 AND s.version = $2 AND r.reader = $3`, s.Publication, s.Version, reader)
+			WHERE s.id = r.stream AND s.publication = $1 AND s.version = $2 AND r.reader = $3`, s.Publication, s.Number, reader)
 		return err
 	}
 	// The stream may not exist yet (subscribed before the owner's first
@@ -164,14 +164,14 @@ func (l *Log) KeepReaders(ctx context.Context, prefix string, keep []string) err
 // Prune deletes the changes of a stream that every reader has read (all of
 // them when it has none: new subscribers copy the compacted state). It
 // returns how many it deleted.
-func (l *Log) Prune(ctx context.Context, s replicator.Stream) (int64, error) {
+func (l *Log) Prune(ctx context.Context, s eventlog.Version) (int64, error) {
 	var n int64
 	err := pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
 		var id int
 		var upto int64
 		// Changes go only once the state holds them.
 		err := tx.QueryRow(ctx, `SELECT s.id, least(rejot_log.compact(s.id), coalesce((SELECT min(position) FROM rejot_log.readers r WHERE r.stream = s.id), s.head))
-			FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = $2`, s.Publication, s.Version).Scan(&id, &upto)
+			FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = $2`, s.Publication, s.Number).Scan(&id, &upto)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
@@ -192,7 +192,7 @@ func (l *Log) Prune(ctx context.Context, s replicator.Stream) (int64, error) {
 }
 
 // Wait returns when the log notifies an append to s, or after at most d.
-func (l *Log) Wait(ctx context.Context, s replicator.Stream, d time.Duration) {
+func (l *Log) Wait(ctx context.Context, s eventlog.Version, d time.Duration) {
 	ch := l.waiter().channel(s)
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -218,7 +218,7 @@ func (l *Log) waiter() *notifier {
 	return l.notify
 }
 
-func (n *notifier) channel(s replicator.Stream) chan struct{} {
+func (n *notifier) channel(s eventlog.Version) chan struct{} {
 	key := streamKey(s)
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -242,8 +242,8 @@ func (n *notifier) wake(key string) {
 	}
 }
 
-func streamKey(s replicator.Stream) string {
-	return s.Publication + "/" + strconv.Itoa(s.Version)
+func streamKey(s eventlog.Version) string {
+	return s.Publication + "/" + strconv.Itoa(s.Number)
 }
 
 // listen keeps a LISTEN connection until the log closes, reconnecting

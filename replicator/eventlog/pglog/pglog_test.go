@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/rejot-dev/rejot/replicator"
 	"github.com/rejot-dev/rejot/internal/pgtest"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
 var pg *pgtest.Cluster
@@ -32,39 +32,39 @@ func open(t testing.TB) (*Log, string) {
 	return l, db
 }
 
-func v(s string) replicator.Value { return &s }
+func v(s string) eventlog.Value { return &s }
 
-func upsert(key string, row ...replicator.Value) replicator.Change {
-	return replicator.Change{Op: replicator.OpUpsert, Key: []replicator.Value{v(key)}, Row: append([]replicator.Value{v(key)}, row...)}
+func upsert(key string, row ...eventlog.Value) eventlog.Change {
+	return eventlog.Change{Op: eventlog.OpUpsert, Key: []eventlog.Value{v(key)}, Row: append([]eventlog.Value{v(key)}, row...)}
 }
 
-func del(key string) replicator.Change {
-	return replicator.Change{Op: replicator.OpDelete, Key: []replicator.Value{v(key)}}
+func del(key string) eventlog.Change {
+	return eventlog.Change{Op: eventlog.OpDelete, Key: []eventlog.Value{v(key)}}
 }
 
-var orders = replicator.Stream{Publication: "orders", Version: 1}
+var orders = eventlog.Version{Publication: "orders", Number: 1}
 
-func group(lsn uint64, changes ...replicator.Change) replicator.Group {
-	return replicator.Group{Stream: orders, System: "shop", CommitLSN: lsn, CommitTime: time.Unix(1700000000, 0).UTC(),
+func group(lsn uint64, changes ...eventlog.Change) eventlog.Group {
+	return eventlog.Group{Version: orders, System: "shop", CommitLSN: lsn, CommitTime: time.Unix(1700000000, 0).UTC(),
 		Layout: layoutOf(changes), Changes: changes}
 }
 
 // layoutOf is the layout of the rows changes upsert (two values unless
 // one says otherwise), keyed by the first value, as upsert writes them.
-func layoutOf(changes []replicator.Change) replicator.Layout {
+func layoutOf(changes []eventlog.Change) eventlog.Layout {
 	for _, c := range changes {
-		if c.Op == replicator.OpUpsert {
-			return replicator.Layout{Columns: len(c.Row), Key: []int{0}}
+		if c.Op == eventlog.OpUpsert {
+			return eventlog.Layout{Columns: len(c.Row), Key: []int{0}}
 		}
 	}
-	return replicator.Layout{Columns: 2, Key: []int{0}}
+	return eventlog.Layout{Columns: 2, Key: []int{0}}
 }
 
 // state renders a stream's compacted state.
-func state(t testing.TB, l *Log, s replicator.Stream) (string, int64) {
+func state(t testing.TB, l *Log, s eventlog.Version) (string, int64) {
 	t.Helper()
 	var rows []string
-	head, err := l.State(context.Background(), s, func(row []replicator.Value) error {
+	head, err := l.State(context.Background(), s, func(row []eventlog.Value) error {
 		rows = append(rows, renderRow(row))
 		return nil
 	})
@@ -78,17 +78,17 @@ func TestAppendCompactsAndOrders(t *testing.T) {
 	l, _ := open(t)
 	ctx := context.Background()
 	steps := []struct {
-		g     replicator.Group
+		g     eventlog.Group
 		state string
 		head  int64
 	}{
 		{group(100, upsert("1", v("a")), upsert("2", v("b"))), `"1","a" | "2","b"`, 2},
 		{group(200, upsert("1", v("a2")), del("2"), upsert("3", nil)), `"1","a2" | "3",NULL`, 5},
 		{group(300, upsert("4", v("")), upsert("4", v("d")), del("4"), upsert("4", v("last"))), `"1","a2" | "3",NULL | "4","last"`, 9},
-		{group(400, upsert("5", v("x")), replicator.Change{Op: replicator.OpTruncate}, upsert("6", v("after"))), `"6","after"`, 12},
+		{group(400, upsert("5", v("x")), eventlog.Change{Op: eventlog.OpTruncate}, upsert("6", v("after"))), `"6","after"`, 12},
 	}
 	for i, st := range steps {
-		n, err := l.Append(ctx, []replicator.Group{st.g})
+		n, err := l.Append(ctx, []eventlog.Group{st.g})
 		if err != nil || n != 1 {
 			t.Fatalf("step %d: appended %d, %v", i, n, err)
 		}
@@ -98,13 +98,13 @@ func TestAppendCompactsAndOrders(t *testing.T) {
 		}
 	}
 	recs, err := l.Changes(ctx, orders, 4, 100)
-	if err != nil || len(recs) != 8 || recs[0].Position != 5 || recs[0].Op != replicator.OpUpsert || recs[0].CommitLSN != 200 {
+	if err != nil || len(recs) != 8 || recs[0].Position != 5 || recs[0].Op != eventlog.OpUpsert || recs[0].CommitLSN != 200 {
 		t.Fatalf("changes after 4: %+v, %v", recs, err)
 	}
 	if recs[0].Row[1] != nil {
 		t.Fatalf("NULL came back as %q", *recs[0].Row[1])
 	}
-	if recs[3].Op != replicator.OpDelete || recs[3].Row != nil || *recs[3].Key[0] != "4" || recs[6].Op != replicator.OpTruncate {
+	if recs[3].Op != eventlog.OpDelete || recs[3].Row != nil || *recs[3].Key[0] != "4" || recs[6].Op != eventlog.OpTruncate {
 		t.Fatalf("delete and truncate records: %+v", recs)
 	}
 }
@@ -115,12 +115,12 @@ func TestAppendIsIdempotent(t *testing.T) {
 	l, _ := open(t)
 	ctx := context.Background()
 	g := group(100, upsert("1", v("a")))
-	other := replicator.Group{Stream: replicator.Stream{Publication: "orders", Version: 2}, System: "shop", CommitLSN: 100,
-		Layout: replicator.Layout{Columns: 2, Key: []int{0}}, Changes: []replicator.Change{upsert("1", v("a"))}}
-	if n, err := l.Append(ctx, []replicator.Group{g, other}); err != nil || n != 2 {
+	other := eventlog.Group{Version: eventlog.Version{Publication: "orders", Number: 2}, System: "shop", CommitLSN: 100,
+		Layout: eventlog.Layout{Columns: 2, Key: []int{0}}, Changes: []eventlog.Change{upsert("1", v("a"))}}
+	if n, err := l.Append(ctx, []eventlog.Group{g, other}); err != nil || n != 2 {
 		t.Fatalf("first append: %d, %v", n, err)
 	}
-	if n, err := l.Append(ctx, []replicator.Group{g, other}); err != nil || n != 0 {
+	if n, err := l.Append(ctx, []eventlog.Group{g, other}); err != nil || n != 0 {
 		t.Fatalf("replay: %d, %v", n, err)
 	}
 	if _, head := state(t, l, orders); head != 1 {
@@ -128,7 +128,7 @@ func TestAppendIsIdempotent(t *testing.T) {
 	}
 	// The same LSN from another system is another transaction.
 	g.System = "other"
-	if n, _ := l.Append(ctx, []replicator.Group{g}); n != 1 {
+	if n, _ := l.Append(ctx, []eventlog.Group{g}); n != 1 {
 		t.Fatal("another system's transaction was taken for a replay")
 	}
 }
@@ -138,16 +138,16 @@ func TestAppendIsIdempotent(t *testing.T) {
 func TestValuesRoundTripExactly(t *testing.T) {
 	l, _ := open(t)
 	ctx := context.Background()
-	values := []replicator.Value{v(""), nil, v("12.3400"), v("NaN"), v("-Infinity"), v("infinity"),
+	values := []eventlog.Value{v(""), nil, v("12.3400"), v("NaN"), v("-Infinity"), v("infinity"),
 		v(`\x00ff10`), v(`{"a": [1, 2.50]}`), v(`{1,NULL,"x,y"}`), v("2024-02-29 23:59:59.999999+00"),
 		v("ünïcödé ✓ 😀"), v("quote ' double \" backslash \\ tab \t newline \n"), v("\u2028\u2029<>&")}
-	if _, err := l.Append(ctx, []replicator.Group{group(1, replicator.Change{Op: replicator.OpUpsert, Key: values[:1], Row: values})}); err != nil {
+	if _, err := l.Append(ctx, []eventlog.Group{group(1, eventlog.Change{Op: eventlog.OpUpsert, Key: values[:1], Row: values})}); err != nil {
 		t.Fatal(err)
 	}
-	var got []replicator.Value
-	l.State(ctx, orders, func(row []replicator.Value) error { got = row; return nil })
+	var got []eventlog.Value
+	l.State(ctx, orders, func(row []eventlog.Value) error { got = row; return nil })
 	recs, _ := l.Changes(ctx, orders, 0, 1)
-	for _, back := range [][]replicator.Value{got, recs[0].Row} {
+	for _, back := range [][]eventlog.Value{got, recs[0].Row} {
 		if len(back) != len(values) {
 			t.Fatalf("got %d values", len(back))
 		}
@@ -179,7 +179,7 @@ func TestAppendNotifies(t *testing.T) {
 	if _, err := conn.Exec(ctx, "LISTEN "+Channel); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Append(ctx, []replicator.Group{group(7, upsert("1", v("a")), upsert("2", v("b")))}); err != nil {
+	if _, err := l.Append(ctx, []eventlog.Group{group(7, upsert("1", v("a")), upsert("2", v("b")))}); err != nil {
 		t.Fatal(err)
 	}
 	n, err := conn.WaitForNotification(ctx)
@@ -202,7 +202,7 @@ func TestConcurrentAppendsKeepPositionsDense(t *testing.T) {
 				lsn := uint64(w*1000 + i + 1)
 				g := group(lsn, upsert(fmt.Sprint(lsn), v("x")))
 				g.System = fmt.Sprint("shop", w) // each system appends in its own commit order
-				if _, err := l.Append(ctx, []replicator.Group{g}); err != nil {
+				if _, err := l.Append(ctx, []eventlog.Group{g}); err != nil {
 					t.Error(err)
 				}
 			}
@@ -221,7 +221,7 @@ func TestConcurrentAppendsKeepPositionsDense(t *testing.T) {
 }
 
 // renderRow prints values quoted, NULL bare, comma-separated.
-func renderRow(row []replicator.Value) string {
+func renderRow(row []eventlog.Value) string {
 	cells := make([]string, len(row))
 	for i, c := range row {
 		if c == nil {
@@ -239,11 +239,11 @@ func renderRow(row []replicator.Value) string {
 func TestPruneKeepsWhatReadersNeed(t *testing.T) {
 	l, _ := open(t)
 	ctx := context.Background()
-	s := replicator.Stream{Publication: "prune", Version: 1}
+	s := eventlog.Version{Publication: "prune", Number: 1}
 	for lsn := uint64(1); lsn <= 5; lsn++ {
 		g := group(lsn, upsert(fmt.Sprint(lsn), v("x")))
-		g.Stream = s
-		if _, err := l.Append(ctx, []replicator.Group{g}); err != nil {
+		g.Version = s
+		if _, err := l.Append(ctx, []eventlog.Group{g}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -291,8 +291,8 @@ func TestPruneKeepsWhatReadersNeed(t *testing.T) {
 		t.Fatalf("%d groups left", groups)
 	}
 	g := group(3, upsert("3", v("again")))
-	g.Stream = s
-	if n, err := l.Append(ctx, []replicator.Group{g}); err != nil || n != 0 {
+	g.Version = s
+	if n, err := l.Append(ctx, []eventlog.Group{g}); err != nil || n != 0 {
 		t.Fatalf("a replay of a pruned group was appended: %d, %v", n, err)
 	}
 }
@@ -301,7 +301,7 @@ func TestPruneKeepsWhatReadersNeed(t *testing.T) {
 // they equal the keys an older log stored as jsonb, byte for byte.
 func TestKeysPrintLikeJsonb(t *testing.T) {
 	conn := pg.Connect(t, "postgres")
-	values := []replicator.Value{v(""), v("plain"), nil, v(`quo"te back\slash`), v("tab\tnl\ncr\rbs\bff\f"),
+	values := []eventlog.Value{v(""), v("plain"), nil, v(`quo"te back\slash`), v("tab\tnl\ncr\rbs\bff\f"),
 		v("\x01\x1f\x7f"), v("ünïcödé 💡 <&> \u2028"), v("[1, 2]")}
 	got, _ := encode(values)
 	var want string
@@ -326,31 +326,31 @@ func TestKeysPrintLikeJsonb(t *testing.T) {
 func TestReadFoldsInWhatCompactionWould(t *testing.T) {
 	l, _ := open(t)
 	ctx := context.Background()
-	s := replicator.Stream{Publication: "fold", Version: 1}
-	layout := replicator.Layout{Columns: 4, Key: []int{2, 0}}
+	s := eventlog.Version{Publication: "fold", Number: 1}
+	layout := eventlog.Layout{Columns: 4, Key: []int{2, 0}}
 	rng := rand.New(rand.NewPCG(7, 11))
 	key := func() (a, b string) { return strconv.Itoa(rng.IntN(4)), strconv.Itoa(rng.IntN(5)) }
 	lsn := uint64(1)
 	for round := range 40 {
-		var changes []replicator.Change
+		var changes []eventlog.Change
 		for range 1 + rng.IntN(8) {
 			a, b := key()
 			switch r := rng.IntN(20); {
 			case r == 0:
-				changes = append(changes, replicator.Change{Op: replicator.OpTruncate})
+				changes = append(changes, eventlog.Change{Op: eventlog.OpTruncate})
 			case r < 7:
-				changes = append(changes, replicator.Change{Op: replicator.OpDelete, Key: []replicator.Value{v(b), v(a)}})
+				changes = append(changes, eventlog.Change{Op: eventlog.OpDelete, Key: []eventlog.Value{v(b), v(a)}})
 			default:
-				var note replicator.Value
+				var note eventlog.Value
 				if rng.IntN(3) > 0 {
 					note = v(fmt.Sprintf("n%d \\ \"q\"\t%d", round, rng.IntN(100)))
 				}
-				changes = append(changes, replicator.Change{Op: replicator.OpUpsert, Key: []replicator.Value{v(b), v(a)},
-					Row: []replicator.Value{v(a), note, v(b), v(strconv.Itoa(round))}})
+				changes = append(changes, eventlog.Change{Op: eventlog.OpUpsert, Key: []eventlog.Value{v(b), v(a)},
+					Row: []eventlog.Value{v(a), note, v(b), v(strconv.Itoa(round))}})
 			}
 		}
 		lsn++
-		if _, err := l.Append(ctx, []replicator.Group{{Stream: s, System: "shop", CommitLSN: lsn, Layout: layout, Changes: changes}}); err != nil {
+		if _, err := l.Append(ctx, []eventlog.Group{{Version: s, System: "shop", CommitLSN: lsn, Layout: layout, Changes: changes}}); err != nil {
 			t.Fatal(err)
 		}
 		read, head := state(t, l, s)
@@ -363,7 +363,7 @@ func TestReadFoldsInWhatCompactionWould(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var row []replicator.Value
+			var row []eventlog.Value
 			pgx.ForEachRow(rows, []any{&row}, func() error { compacted = append(compacted, renderRow(row)); return nil })
 			if got := strings.Join(compacted, " | "); got != read {
 				t.Fatalf("round %d (head %d): read\n%s\ncompacted\n%s", round, head, read, got)
@@ -387,7 +387,7 @@ func TestStateTablesReadableAsChanges(t *testing.T) {
 	t.Cleanup(func() {
 		conn.Exec(context.Background(), fmt.Sprintf("DROP OWNED BY %s, %s; DROP ROLE %s, %s", reader, other, reader, other))
 	})
-	if _, err := l.Append(ctx, []replicator.Group{group(1, upsert("1", v("a")))}); err != nil {
+	if _, err := l.Append(ctx, []eventlog.Group{group(1, upsert("1", v("a")))}); err != nil {
 		t.Fatal(err)
 	}
 	for role, want := range map[string]bool{reader: true, other: false} {
@@ -408,7 +408,7 @@ func TestStateTablesReadableAsChanges(t *testing.T) {
 func TestAnotherProcessAppended(t *testing.T) {
 	a, db := open(t)
 	ctx := context.Background()
-	if _, err := a.Append(ctx, []replicator.Group{group(100, upsert("1", v("a")))}); err != nil {
+	if _, err := a.Append(ctx, []eventlog.Group{group(100, upsert("1", v("a")))}); err != nil {
 		t.Fatal(err)
 	}
 	b, err := Open(ctx, pg.URL(db)) // another sidecar process with the slot
@@ -416,11 +416,11 @@ func TestAnotherProcessAppended(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if n, err := b.Append(ctx, []replicator.Group{group(200, upsert("2", v("b")))}); err != nil || n != 1 {
+	if n, err := b.Append(ctx, []eventlog.Group{group(200, upsert("2", v("b")))}); err != nil || n != 1 {
 		t.Fatalf("b: %d, %v", n, err)
 	}
 	a.Forget()
-	if n, err := a.Append(ctx, []replicator.Group{group(200, upsert("2", v("b")))}); err != nil || n != 0 {
+	if n, err := a.Append(ctx, []eventlog.Group{group(200, upsert("2", v("b")))}); err != nil || n != 0 {
 		t.Fatalf("a replay of what the other process appended was appended again: %d, %v", n, err)
 	}
 	if _, head := state(t, a, orders); head != 2 {
@@ -435,16 +435,16 @@ func TestAnotherProcessAppended(t *testing.T) {
 func TestFetchIsNextAndRead(t *testing.T) {
 	l, _ := open(t)
 	ctx := context.Background()
-	s := replicator.Stream{Publication: "fetch", Version: 1}
+	s := eventlog.Version{Publication: "fetch", Number: 1}
 	sizes := []int{1, 3, 1, 7, 2, 2, 1, 12, 1}
-	var groups []replicator.Group
+	var groups []eventlog.Group
 	for i, n := range sizes {
-		var changes []replicator.Change
+		var changes []eventlog.Change
 		for j := range n {
 			changes = append(changes, upsert(fmt.Sprint(i*100+j), v("x")))
 		}
 		g := group(uint64(i+1), changes...)
-		g.Stream, g.CommitTime = s, g.CommitTime.Add(time.Duration(i)*time.Second)
+		g.Version, g.CommitTime = s, g.CommitTime.Add(time.Duration(i)*time.Second)
 		groups = append(groups, g)
 	}
 	if _, err := l.Append(ctx, groups); err != nil {
@@ -460,19 +460,19 @@ func TestFetchIsNextAndRead(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var wantRecs []replicator.Record
+			var wantRecs []eventlog.Entry
 			if want.Groups > 0 {
-				if err := l.Read(ctx, s, want, func(r []replicator.Record) error {
+				if err := l.Read(ctx, s, want, func(r []eventlog.Entry) error {
 					wantRecs = append(wantRecs, r...)
 					return nil
-				}); err != nil && !errors.Is(err, replicator.ErrPruned) {
+				}); err != nil && !errors.Is(err, eventlog.ErrPruned) {
 					t.Fatal(err)
 				}
 			}
 			got, recs, err := l.Fetch(ctx, s, after, limit)
 			if wantRecs == nil && want.Groups > 0 {
 				// after is inside a group: Read finds its start missing.
-				if !errors.Is(err, replicator.ErrPruned) {
+				if !errors.Is(err, eventlog.ErrPruned) {
 					t.Fatalf("after %d, limit %d: %v, want ErrPruned", after, limit, err)
 				}
 				continue
@@ -496,7 +496,7 @@ func TestFetchIsNextAndRead(t *testing.T) {
 	}
 }
 
-func renderRecords(recs []replicator.Record) string {
+func renderRecords(recs []eventlog.Entry) string {
 	var b strings.Builder
 	for _, r := range recs {
 		fmt.Fprintf(&b, "%d %c %d %s [%s] [%s]; ", r.Position, r.Op, r.CommitLSN, r.CommitTime.Format(time.RFC3339), renderRow(r.Key), renderRow(r.Row))

@@ -1,8 +1,10 @@
-package replicator
+package capture
 
 import (
 	"context"
 	"fmt"
+
+	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
 // Unchanged out-of-line values.
@@ -11,13 +13,13 @@ import (
 // it out of the WAL ('u' in pgoutput) unless the table has REPLICA
 // IDENTITY FULL. Re-reading the row would give its value now, not as of
 // that transaction, so the log keeps the last value the capture saw of
-// every such column a projection reads (LogTx.Keep), in the same
+// every such column a projection reads (eventlog.Tx.Keep), in the same
 // transaction as the changes: what it recalls for a transaction is exactly
 // the value the row had just before it.
 
 // rowKey reads a row's replica identity from a tuple.
-func rowKey(rel *relation, tuple []Value) []Value {
-	var key []Value
+func rowKey(rel *relation, tuple []eventlog.Value) []eventlog.Value {
+	var key []eventlog.Value
 	for i, k := range rel.key {
 		if k && i < len(tuple) {
 			key = append(key, tuple[i])
@@ -27,8 +29,8 @@ func rowKey(rel *relation, tuple []Value) []Value {
 }
 
 // keptValues are the kept columns of a tuple.
-func keptValues(rel *relation, tuple []Value) map[string]Value {
-	vals := map[string]Value{}
+func keptValues(rel *relation, tuple []eventlog.Value) map[string]eventlog.Value {
+	vals := map[string]eventlog.Value{}
 	for i, k := range rel.kept {
 		if k && i < len(tuple) {
 			vals[rel.cols[i].Name] = tuple[i]
@@ -42,9 +44,9 @@ func keptValues(rel *relation, tuple []Value) map[string]Value {
 // them. A value neither kept nor in an old tuple is read from the table (a
 // row captured before its values were kept): right once the log catches
 // up, logged as a warning.
-func (s *stream) fillUnchanged(ctx context.Context, tx LogTx, txns []*transaction) error {
+func (s *session) fillUnchanged(ctx context.Context, tx eventlog.Tx, txns []*transaction) error {
 	// The rows to recall: those updated with a value left out.
-	want := map[uint32][][]Value{}
+	want := map[uint32][][]eventlog.Value{}
 	for _, txn := range txns {
 		for i := range txn.events {
 			e := &txn.events[i]
@@ -55,7 +57,7 @@ func (s *stream) fillUnchanged(ctx context.Context, tx LogTx, txns []*transactio
 			want[e.rel] = append(want[e.rel], before(r, e))
 		}
 	}
-	recalled := map[uint32]map[string]map[string]Value{}
+	recalled := map[uint32]map[string]map[string]eventlog.Value{}
 	for id, keys := range want {
 		got, err := tx.Recall(ctx, s.p.System, s.rels[id].name(), keys)
 		if err != nil {
@@ -66,11 +68,11 @@ func (s *stream) fillUnchanged(ctx context.Context, tx LogTx, txns []*transactio
 	// What this batch has seen, per table and row, overrides the log:
 	// nil for a row that is gone.
 	type seen struct {
-		rows      map[string]map[string]Value
+		rows      map[string]map[string]eventlog.Value
 		truncated bool
 	}
 	batch := map[uint32]*seen{}
-	var kept []Kept
+	var kept []eventlog.Kept
 	for _, txn := range txns {
 		for i := range txn.events {
 			e := &txn.events[i]
@@ -80,20 +82,20 @@ func (s *stream) fillUnchanged(ctx context.Context, tx LogTx, txns []*transactio
 			}
 			b := batch[e.rel]
 			if b == nil {
-				b = &seen{rows: map[string]map[string]Value{}}
+				b = &seen{rows: map[string]map[string]eventlog.Value{}}
 				batch[e.rel] = b
 			}
 			switch e.op {
 			case 'T':
-				b.rows, b.truncated = map[string]map[string]Value{}, true
-				kept = append(kept, Kept{Table: r.name(), Gone: true})
+				b.rows, b.truncated = map[string]map[string]eventlog.Value{}, true
+				kept = append(kept, eventlog.Kept{Table: r.name(), Gone: true})
 			case 'D':
 				key := rowKey(r, e.old)
-				b.rows[KeyString(key)] = nil
-				kept = append(kept, Kept{Table: r.name(), Key: key, Gone: true})
+				b.rows[eventlog.KeyString(key)] = nil
+				kept = append(kept, eventlog.Kept{Table: r.name(), Key: key, Gone: true})
 			case 'I', 'U':
 				if e.op == 'U' && leftOut(r, e) {
-					k := KeyString(before(r, e))
+					k := eventlog.KeyString(before(r, e))
 					vals, ok := b.rows[k]
 					if !ok && !b.truncated {
 						vals = recalled[e.rel][k]
@@ -112,14 +114,14 @@ func (s *stream) fillUnchanged(ctx context.Context, tx LogTx, txns []*transactio
 				key := rowKey(r, e.new)
 				if e.op == 'U' && e.old != nil {
 					if old := rowKey(r, e.old); !sameValues(old, key) {
-						b.rows[KeyString(old)] = nil
-						kept = append(kept, Kept{Table: r.name(), Key: old, Gone: true})
+						b.rows[eventlog.KeyString(old)] = nil
+						kept = append(kept, eventlog.Kept{Table: r.name(), Key: old, Gone: true})
 					}
 				}
 				if toasty {
 					vals := keptValues(r, e.new)
-					b.rows[KeyString(key)] = vals
-					kept = append(kept, Kept{Table: r.name(), Key: key, Values: vals})
+					b.rows[eventlog.KeyString(key)] = vals
+					kept = append(kept, eventlog.Kept{Table: r.name(), Key: key, Values: vals})
 				}
 			}
 		}
@@ -162,7 +164,7 @@ func leftOut(r *relation, e *event) bool {
 }
 
 // before is the replica identity the row had before an update.
-func before(r *relation, e *event) []Value {
+func before(r *relation, e *event) []eventlog.Value {
 	if e.old != nil {
 		return rowKey(r, e.old)
 	}
@@ -171,7 +173,7 @@ func before(r *relation, e *event) []Value {
 
 // supply fills an update's left-out kept values: from what is kept, else
 // from the old tuple (REPLICA IDENTITY FULL), else from the table.
-func (s *stream) supply(ctx context.Context, r *relation, e *event, vals map[string]Value) error {
+func (s *session) supply(ctx context.Context, r *relation, e *event, vals map[string]eventlog.Value) error {
 	for i, t := range e.toasted {
 		if !t || !r.kept[i] {
 			continue

@@ -1,19 +1,20 @@
-package replicator
+package capture
 
 import (
 	"context"
 	"os"
 	"testing"
 
-	"github.com/rejot-dev/rejot/sql"
 	"github.com/rejot-dev/rejot/internal/pgtest"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
+	"github.com/rejot-dev/rejot/sql"
 )
 
 var pg *pgtest.Cluster
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg, pgtest.Options{})) }
 
-func s(v string) Value { return &v }
+func s(v string) eventlog.Value { return &v }
 
 // TestProjectEvaluatesInPostgres: tuples as the WAL carries them become the
 // public rows the published query defines, filter included, with exact
@@ -31,12 +32,12 @@ func TestProjectEvaluatesInPostgres(t *testing.T) {
 	if perr != nil {
 		t.Fatal(perr)
 	}
-	p := &Projection{Stream: Stream{"orders", 1}, Filter: analysed.Filter, KeyCols: []int{0}}
+	p := &Projection{Version: eventlog.Version{Publication: "orders", Number: 1}, Filter: analysed.Filter, KeyCols: []int{0}}
 	for _, c := range analysed.Columns {
 		p.Exprs = append(p.Exprs, c.Expr)
 	}
 	cols := []SourceColumn{{"id", "bigint"}, {"status", "st"}, {"total", "numeric(12,2)"}, {"note", "text"}, {"tags", "integer[]"}}
-	tuples := [][]Value{
+	tuples := [][]eventlog.Value{
 		{s("1"), s("placed"), s("12.50"), s("hello"), s("{7,8}")},
 		{s("2"), s("draft"), s("1.00"), nil, nil},
 		{s("3"), s("placed"), nil, s(""), s("{}")},
@@ -45,7 +46,7 @@ func TestProjectEvaluatesInPostgres(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	render := func(v Value) string {
+	render := func(v eventlog.Value) string {
 		if v == nil {
 			return "NULL"
 		}
@@ -109,13 +110,13 @@ func TestDirectProjectionMatchesPostgres(t *testing.T) {
 	}
 	// The types' output, as the WAL carries it: the simple protocol
 	// returns every value in text form.
-	var tuples [][]Value
+	var tuples [][]eventlog.Value
 	out, err := conn.PgConn().Exec(ctx, "SELECT * FROM v").ReadAll()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range out[0].Rows {
-		tuple := make([]Value, len(r))
+		tuple := make([]eventlog.Value, len(r))
 		for i, b := range r {
 			if b != nil {
 				tuple[i] = s(string(b))
@@ -123,7 +124,7 @@ func TestDirectProjectionMatchesPostgres(t *testing.T) {
 		}
 		tuples = append(tuples, tuple)
 	}
-	direct := &Projection{Stream: Stream{"v", 1}, KeyCols: []int{1}}
+	direct := &Projection{Version: eventlog.Version{Publication: "v", Number: 1}, KeyCols: []int{1}}
 	for _, n := range names {
 		direct.Exprs, direct.Sources = append(direct.Exprs, n), append(direct.Sources, n)
 	}
@@ -160,7 +161,7 @@ func TestDirectProjectionMatchesPostgres(t *testing.T) {
 	}
 }
 
-func deref(v Value) any {
+func deref(v eventlog.Value) any {
 	if v == nil {
 		return nil
 	}

@@ -1,7 +1,6 @@
-package replicator
+package capture
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -13,7 +12,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
 // fillChunk is how many rows the first fill appends at a time.
@@ -29,21 +28,21 @@ const fillChunk = 5000
 // "since": changes at or before it are already in the log. A version whose
 // rows are defined anew (a new minor, a changed query) is filled again the
 // same way: its subscribers see the old state replaced in one group.
-func (p *Publisher) fill(ctx context.Context) (map[Stream]uint64, error) {
-	since := map[Stream]uint64{}
+func (p *WALReader) fill(ctx context.Context) (map[eventlog.Version]uint64, error) {
+	since := map[eventlog.Version]uint64{}
 	var todo []*Source
 	for i := range p.Sources {
 		src := &p.Sources[i]
-		lsn, definition, ok, err := p.Log.Filled(ctx, src.Stream, p.System)
+		lsn, definition, ok, err := p.Log.Filled(ctx, src.Version, p.System)
 		if err != nil {
 			return nil, err
 		}
 		if ok && definition == src.Definition() {
-			since[src.Stream] = lsn
+			since[src.Version] = lsn
 			continue
 		}
 		if ok {
-			p.Logger.Info().Str("system", p.System).Str("publication", src.Stream.Publication).Int("version", src.Stream.Version).
+			p.Logger.Info().Str("system", p.System).Str("publication", src.Version.Publication).Int("version", src.Version.Number).
 				Msg("the version's rows are defined anew (a new minor or query): filling its state again")
 		}
 		todo = append(todo, src)
@@ -56,13 +55,13 @@ func (p *Publisher) fill(ctx context.Context) (map[Stream]uint64, error) {
 		return nil, err
 	}
 	for _, src := range todo {
-		since[src.Stream] = point
+		since[src.Version] = point
 	}
 	return since, nil
 }
 
 // snapshot appends the sources' rows as of a fresh consistent point.
-func (p *Publisher) snapshot(ctx context.Context, todo []*Source) (uint64, error) {
+func (p *WALReader) snapshot(ctx context.Context, todo []*Source) (uint64, error) {
 	repl, _, err := p.replicationConn(ctx)
 	if err != nil {
 		return 0, err
@@ -105,7 +104,7 @@ func (p *Publisher) snapshot(ctx context.Context, todo []*Source) (uint64, error
 			}
 		}
 		for _, src := range todo {
-			if err := log.SetFilled(ctx, src.Stream, p.System, src.Definition(), point); err != nil {
+			if err := log.SetFilled(ctx, src.Version, p.System, src.Definition(), point); err != nil {
 				return err
 			}
 		}
@@ -118,7 +117,7 @@ func (p *Publisher) snapshot(ctx context.Context, todo []*Source) (uint64, error
 		return 0, fmt.Errorf("cannot append the first state: %w", err)
 	}
 	for _, src := range todo {
-		p.Logger.Info().Str("system", p.System).Str("publication", src.Stream.Publication).Int("version", src.Stream.Version).
+		p.Logger.Info().Str("system", p.System).Str("publication", src.Version.Publication).Int("version", src.Version.Number).
 			Str("lsn", pglogrepl.LSN(point).String()).Msg("first state captured")
 	}
 	return point, nil
@@ -126,28 +125,26 @@ func (p *Publisher) snapshot(ctx context.Context, todo []*Source) (uint64, error
 
 // fillSource appends a source's projected rows in chunks, logging its
 // progress every few seconds.
-func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, snapshot string, log LogTx, src *Source, point uint64) error {
-	if fc, ok := log.(FillCopier); ok {
-		group := Group{Stream: src.Stream, System: p.System, CommitLSN: point, CommitTime: time.Now(), Layout: src.Layout()}
-		can, err := fc.FillStart(ctx, group)
-		if err != nil {
-			return fmt.Errorf("cannot append the first state: %w", err)
-		}
-		if can {
-			return p.copyFill(ctx, tx, snapshot, fc, src, group)
-		}
+func (p *WALReader) fillSource(ctx context.Context, tx pgx.Tx, snapshot string, log eventlog.Tx, src *Source, point uint64) error {
+	group := eventlog.Group{Version: src.Version, System: p.System, CommitLSN: point, CommitTime: time.Now(), Layout: src.Layout()}
+	can, err := log.FillStart(ctx, group)
+	if err != nil {
+		return fmt.Errorf("cannot append the first state: %w", err)
+	}
+	if can {
+		return p.copyFill(ctx, tx, snapshot, log, src, group)
 	}
 	q := "SELECT ARRAY[" + strings.Join(src.textExprs(), ", ") + "]" + src.rowsFrom()
 	// Reading the owner's rows and writing the log's go on at once: a
 	// writer appends each chunk while the next is read.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	chunks := make(chan []Change, 2)
+	chunks := make(chan []eventlog.Change, 2)
 	written := make(chan error, 1)
-	progress := metricFillRows.WithLabelValues(streamLabels(src.Stream)...)
-	captured := metricCaptured.WithLabelValues(streamLabels(src.Stream)...)
+	progress := metricFillRows.WithLabelValues(versionLabels(src.Version)...)
+	captured := metricCaptured.WithLabelValues(versionLabels(src.Version)...)
 	go func() {
-		group := Group{Stream: src.Stream, System: p.System, CommitLSN: point, CommitTime: time.Now(), Layout: src.Layout()}
+		group := eventlog.Group{Version: src.Version, System: p.System, CommitLSN: point, CommitTime: time.Now(), Layout: src.Layout()}
 		total, lastReport := 0, time.Now()
 		for chunk := range chunks {
 			group.Changes = chunk
@@ -160,20 +157,20 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, snapshot string, 
 			}
 			captured.Add(float64(len(chunk)))
 			for _, c := range chunk {
-				if c.Op == OpUpsert {
+				if c.Op == eventlog.OpUpsert {
 					total++
 				}
 			}
 			progress.Set(float64(total))
 			if time.Since(lastReport) > 5*time.Second {
 				lastReport = time.Now()
-				p.Logger.Info().Str("system", p.System).Str("publication", src.Stream.Publication).Int("version", src.Stream.Version).
+				p.Logger.Info().Str("system", p.System).Str("publication", src.Version.Publication).Int("version", src.Version.Number).
 					Int("rows", total).Msg("first state in progress")
 			}
 		}
 		written <- nil
 	}()
-	err := readChunks(ctx, tx, q, src, chunks)
+	err = readChunks(ctx, tx, q, src, chunks)
 	close(chunks)
 	if werr := <-written; werr != nil {
 		return werr
@@ -189,7 +186,7 @@ func (p *Publisher) fillSource(ctx context.Context, tx pgx.Tx, snapshot string, 
 // and Postgres reads them; the sidecar only moves bytes. A large table is
 // read in two halves at once (by block ranges, a second session in the
 // same snapshot): rendering the rows is the slow side.
-func (p *Publisher) copyFill(ctx context.Context, tx pgx.Tx, snapshot string, fc FillCopier, src *Source, group Group) error {
+func (p *WALReader) copyFill(ctx context.Context, tx pgx.Tx, snapshot string, fc eventlog.Tx, src *Source, group eventlog.Group) error {
 	parts, err := p.fillParts(ctx, tx, src)
 	if err != nil {
 		return fmt.Errorf("cannot read %s.%s for its first state: %w", src.Schema, src.Table, err)
@@ -197,10 +194,10 @@ func (p *Publisher) copyFill(ctx context.Context, tx pgx.Tx, snapshot string, fc
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pr, pw := io.Pipe()
-	gauge := metricFillRows.WithLabelValues(streamLabels(src.Stream)...)
+	gauge := metricFillRows.WithLabelValues(versionLabels(src.Version)...)
 	gauge.Set(0)
-	progress := newCopyProgress(nil, new(atomic.Int64), gauge, func(rows int64) {
-		p.Logger.Info().Str("system", p.System).Str("publication", src.Stream.Publication).Int("version", src.Stream.Version).
+	progress := eventlog.NewCopyProgress(nil, new(atomic.Int64), gauge, func(rows int64) {
+		p.Logger.Info().Str("system", p.System).Str("publication", src.Version.Publication).Int("version", src.Version.Number).
 			Int64("rows", rows).Msg("first state in progress")
 	})
 	out := &rowsOut{w: io.MultiWriter(pw, progress)}
@@ -251,7 +248,7 @@ func (p *Publisher) copyFill(ctx context.Context, tx pgx.Tx, snapshot string, fc
 		return fmt.Errorf("cannot append the first state: %w", err)
 	}
 	gauge.Set(float64(rows))
-	metricCaptured.WithLabelValues(streamLabels(src.Stream)...).Add(float64(rows + 1))
+	metricCaptured.WithLabelValues(versionLabels(src.Version)...).Add(float64(rows + 1))
 	return nil
 }
 
@@ -261,7 +258,7 @@ const fillSplitPages = 2048
 // fillParts are the conditions that split a source's rows for reading in
 // parallel: two block ranges of a large table on Postgres 14 and later
 // (TID range scans), else the whole table.
-func (p *Publisher) fillParts(ctx context.Context, tx pgx.Tx, src *Source) ([]string, error) {
+func (p *WALReader) fillParts(ctx context.Context, tx pgx.Tx, src *Source) ([]string, error) {
 	var version int
 	var pages int64
 	err := tx.QueryRow(ctx, `SELECT current_setting('server_version_num')::int,
@@ -333,37 +330,9 @@ func (b *rowBuffer) flush() error {
 	return err
 }
 
-// copyProgress counts the rows of COPY text data as they pass (one per
-// newline: the format escapes newlines in values) into rows and a gauge,
-// calls report every 5 s, and passes the data on to w (nowhere when nil).
-type copyProgress struct {
-	w      io.Writer
-	rows   *atomic.Int64
-	gauge  prometheus.Gauge
-	report func(rows int64)
-	last   time.Time
-}
-
-func newCopyProgress(w io.Writer, rows *atomic.Int64, gauge prometheus.Gauge, report func(int64)) *copyProgress {
-	return &copyProgress{w: w, rows: rows, gauge: gauge, report: report, last: time.Now()}
-}
-
-func (c *copyProgress) Write(b []byte) (int, error) {
-	n := c.rows.Add(int64(bytes.Count(b, []byte{'\n'})))
-	c.gauge.Set(float64(n))
-	if time.Since(c.last) > 5*time.Second {
-		c.last = time.Now()
-		c.report(n)
-	}
-	if c.w == nil {
-		return len(b), nil
-	}
-	return c.w.Write(b)
-}
-
 // Layout is how the log lays out the version's rows.
-func (s *Source) Layout() Layout {
-	return Layout{Columns: len(s.Exprs), Key: s.KeyCols}
+func (s *Source) Layout() eventlog.Layout {
+	return eventlog.Layout{Columns: len(s.Exprs), Key: s.KeyCols}
 }
 
 // textExprs are a source's public columns as text, as the log keeps them.
@@ -395,30 +364,30 @@ func (s *Source) rowsWhere(cond string) string {
 // readChunks reads a source's projected rows as upserts, in chunks; the
 // first chunk starts with a truncate (the state is exactly the snapshot),
 // and an empty table still gives that one.
-func readChunks(ctx context.Context, tx pgx.Tx, q string, src *Source, chunks chan<- []Change) error {
+func readChunks(ctx context.Context, tx pgx.Tx, q string, src *Source, chunks chan<- []eventlog.Change) error {
 	rows, err := tx.Query(ctx, q)
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
-	chunk := []Change{{Op: OpTruncate}}
+	chunk := []eventlog.Change{{Op: eventlog.OpTruncate}}
 	for rows.Next() {
-		var row []Value
+		var row []eventlog.Value
 		if err := rows.Scan(&row); err != nil {
 			return err
 		}
-		key := make([]Value, len(src.KeyCols))
+		key := make([]eventlog.Value, len(src.KeyCols))
 		for i, k := range src.KeyCols {
 			key[i] = row[k]
 		}
-		chunk = append(chunk, Change{Op: OpUpsert, Key: key, Row: row})
+		chunk = append(chunk, eventlog.Change{Op: eventlog.OpUpsert, Key: key, Row: row})
 		if len(chunk) >= fillChunk {
 			select {
 			case chunks <- chunk:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
-			chunk = make([]Change, 0, fillChunk)
+			chunk = make([]eventlog.Change, 0, fillChunk)
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -438,7 +407,7 @@ func readChunks(ctx context.Context, tx pgx.Tx, q string, src *Source, chunks ch
 // values the log keeps (see Kept) — only where it keeps none yet: what it
 // has is as of the capture's position, which a replay after the snapshot
 // point must find.
-func (p *Publisher) fillKept(ctx context.Context, tx pgx.Tx, log LogTx, schema, table string) error {
+func (p *WALReader) fillKept(ctx context.Context, tx pgx.Tx, log eventlog.Tx, schema, table string) error {
 	name := pgx.Identifier{schema, table}.Sanitize()
 	var names []string
 	var key, varlena []bool
@@ -495,17 +464,17 @@ func (p *Publisher) fillKept(ctx context.Context, tx pgx.Tx, log LogTx, schema, 
 	}
 	defer rows.Close()
 	table = schema + "." + table
-	var batch []Kept
+	var batch []eventlog.Kept
 	for rows.Next() {
-		var k, vals []Value
+		var k, vals []eventlog.Value
 		if err := rows.Scan(&k, &vals); err != nil {
 			return err
 		}
-		m := make(map[string]Value, len(vals))
+		m := make(map[string]eventlog.Value, len(vals))
 		for i, c := range keptCols {
 			m[c] = vals[i]
 		}
-		batch = append(batch, Kept{Table: table, Key: k, Values: m, Missing: true})
+		batch = append(batch, eventlog.Kept{Table: table, Key: k, Values: m, Missing: true})
 		if len(batch) >= fillChunk {
 			if err := log.Keep(ctx, p.System, batch); err != nil {
 				return err

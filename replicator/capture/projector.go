@@ -1,4 +1,4 @@
-package replicator
+package capture
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
 // Querier runs queries: a connection to the owner's database.
@@ -24,7 +25,7 @@ type SourceColumn struct {
 // table's rows: the published expressions and filter, over the table's
 // columns by name (as sql.Projection deparses them).
 type Projection struct {
-	Stream  Stream
+	Version eventlog.Version
 	Exprs   []string // one per public column, in order
 	Names   []string // the public columns' names
 	Filter  string   // "" when there is none
@@ -36,22 +37,22 @@ type Projection struct {
 
 // Projected is one source tuple after projection.
 type Projected struct {
-	Keep bool    // the row passes the filter
-	Row  []Value // the public columns, in text form
+	Keep bool             // the row passes the filter
+	Row  []eventlog.Value // the public columns, in text form
 }
 
 // Project evaluates a projection on a batch of source tuples (values in
 // text form, in source column order) with Postgres itself, so the result is
 // exactly what the query would give for those rows — whatever the table
 // holds now. One query per batch.
-func Project(ctx context.Context, q Querier, p *Projection, cols []SourceColumn, tuples [][]Value) ([]Projected, error) {
+func Project(ctx context.Context, q Querier, p *Projection, cols []SourceColumn, tuples [][]eventlog.Value) ([]Projected, error) {
 	if len(tuples) == 0 {
 		return nil, nil
 	}
 	if at, ok := p.direct(cols); ok {
 		out := make([]Projected, len(tuples))
 		for i, t := range tuples {
-			row := make([]Value, len(at))
+			row := make([]eventlog.Value, len(at))
 			for j, c := range at {
 				if c < len(t) {
 					row[j] = TextForm(cols[c].Type, t[c])
@@ -69,7 +70,7 @@ func Project(ctx context.Context, q Querier, p *Projection, cols []SourceColumn,
 	}
 	args = append(args, ords)
 	for c := range cols {
-		col := make([]Value, len(tuples))
+		col := make([]eventlog.Value, len(tuples))
 		for i, t := range tuples {
 			if c < len(t) {
 				col[i] = t[c]
@@ -79,7 +80,7 @@ func Project(ctx context.Context, q Querier, p *Projection, cols []SourceColumn,
 	}
 	rows, err := q.Query(ctx, query, args...)
 	if err != nil {
-		return nil, fmt.Errorf("cannot project %s version %d: %w", p.Stream.Publication, p.Stream.Version, err)
+		return nil, fmt.Errorf("cannot project %s version %d: %w", p.Version.Publication, p.Version.Number, err)
 	}
 	defer rows.Close()
 	out := make([]Projected, len(tuples))
@@ -87,7 +88,7 @@ func Project(ctx context.Context, q Querier, p *Projection, cols []SourceColumn,
 		dest := make([]any, len(p.Exprs)+2)
 		var ord int32
 		var keep bool
-		vals := make([]Value, len(p.Exprs))
+		vals := make([]eventlog.Value, len(p.Exprs))
 		dest[0], dest[1] = &ord, &keep
 		for i := range vals {
 			dest[i+2] = &vals[i]
@@ -172,7 +173,7 @@ func plainText(typ string) bool {
 // what (value)::text gives, which is how the log keeps values: casts to
 // text trim character(n)'s padding, spell booleans out and give inet its
 // mask. Other types print the same either way.
-func TextForm(typ string, v Value) Value {
+func TextForm(typ string, v eventlog.Value) eventlog.Value {
 	if v == nil {
 		return nil
 	}

@@ -8,7 +8,7 @@ import (
 	"testing/fstest"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/rejot-dev/rejot/replicator"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
 // TestStateMovesToItsOwnTable: a log written before migration 008 (one
@@ -64,7 +64,7 @@ func TestStateMovesToItsOwnTable(t *testing.T) {
 		{"empty", ``},
 	} {
 		var rows []string
-		if _, err := l.State(ctx, replicator.Stream{Publication: c.pub, Version: 1}, func(row []replicator.Value) error {
+		if _, err := l.State(ctx, eventlog.Version{Publication: c.pub, Number: 1}, func(row []eventlog.Value) error {
 			rows = append(rows, renderRow(row))
 			return nil
 		}); err != nil {
@@ -80,21 +80,21 @@ func TestStateMovesToItsOwnTable(t *testing.T) {
 		t.Errorf("a stream without its key kept its definition %q: it would never be filled again", *def)
 	}
 	// The moved state takes appends keyed as before: (b, a) for pairs.
-	pairs := replicator.Stream{Publication: "pairs", Version: 1}
-	g := replicator.Group{Stream: pairs, System: "shop", CommitLSN: 10, Layout: replicator.Layout{Columns: 3, Key: []int{1, 0}},
-		Changes: []replicator.Change{
-			{Op: replicator.OpUpsert, Key: []replicator.Value{v("y"), v("x")}, Row: []replicator.Value{v("x"), v("y"), v("3")}},
-			{Op: replicator.OpDelete, Key: []replicator.Value{v("z"), v("x")}},
+	pairs := eventlog.Version{Publication: "pairs", Number: 1}
+	g := eventlog.Group{Version: pairs, System: "shop", CommitLSN: 10, Layout: eventlog.Layout{Columns: 3, Key: []int{1, 0}},
+		Changes: []eventlog.Change{
+			{Op: eventlog.OpUpsert, Key: []eventlog.Value{v("y"), v("x")}, Row: []eventlog.Value{v("x"), v("y"), v("3")}},
+			{Op: eventlog.OpDelete, Key: []eventlog.Value{v("z"), v("x")}},
 		}}
-	if _, err := l.Append(ctx, []replicator.Group{g}); err != nil {
+	if _, err := l.Append(ctx, []eventlog.Group{g}); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := state(t, l, pairs); got != `"x","y","3"` {
 		t.Errorf("pairs after an upsert and a delete: %s", got)
 	}
 	// A group laid out otherwise than the state is refused, not mixed in.
-	g.CommitLSN, g.Layout = 11, replicator.Layout{Columns: 3, Key: []int{0}}
-	if _, err := l.Append(ctx, []replicator.Group{g}); err == nil {
+	g.CommitLSN, g.Layout = 11, eventlog.Layout{Columns: 3, Key: []int{0}}
+	if _, err := l.Append(ctx, []eventlog.Group{g}); err == nil {
 		t.Error("a group keyed differently from its stream's state was appended")
 	}
 }

@@ -6,7 +6,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/rejot-dev/rejot/replicator"
+	"github.com/rejot-dev/rejot/replicator/capture"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
 	"github.com/rs/zerolog"
 )
 
@@ -56,12 +57,12 @@ func benchCapture(b *testing.B, load func(context.Context, *pgx.Conn, int) error
 	system := "bench_" + srcDB
 	baseline := "baseline_" + srcDB
 	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN ($1, $2)",
-		replicator.SlotName(system), baseline)
-	stream := replicator.Stream{Publication: "bench", Version: 1}
+		capture.SlotName(system), baseline)
+	stream := eventlog.Version{Publication: "bench", Number: 1}
 	src := source(b, stream, "SELECT id, v, n FROM bench WHERE n >= 0", "id")
 	// Create the capture's slot and publication, then stop it: the load
 	// queues up while nothing reads it.
-	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l, Logger: zerolog.Nop(), Sources: []replicator.Source{src}}
+	pub := &capture.WALReader{URL: pg.URL(srcDB), System: system, Log: l, Logger: zerolog.Nop(), Sources: []capture.Source{src}}
 	stopFirst := startPublisher(b, ctx, pub, owner)
 	stopFirst()
 	if _, err := owner.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", baseline); err != nil {
@@ -82,7 +83,7 @@ func benchCapture(b *testing.B, load func(context.Context, *pgx.Conn, int) error
 	start := time.Now()
 	var changes int
 	err := owner.QueryRow(ctx, `SELECT count(*) FROM pg_logical_slot_get_binary_changes($1, NULL, NULL,
-		'proto_version', '1', 'publication_names', $2)`, baseline, replicator.SlotName(system)).Scan(&changes)
+		'proto_version', '1', 'publication_names', $2)`, baseline, capture.SlotName(system)).Scan(&changes)
 	if err != nil {
 		b.Fatal(err)
 	}

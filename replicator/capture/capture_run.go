@@ -1,4 +1,4 @@
-package replicator
+package capture
 
 import (
 	"context"
@@ -11,20 +11,22 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rejot-dev/rejot/internal/retry"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
 	"github.com/rejot-dev/rejot/sql"
 	"github.com/rs/zerolog"
 )
 
-// Capture keeps a Publisher running for the publication versions the
+// Runner keeps a Publisher running for the publication versions the
 // owner's record (_rejot.publications) holds: it starts one when there is
 // something to capture, restarts it when the versions change or it fails
 // (with backoff), and stops it when ctx ends.
-type Capture struct {
+type Runner struct {
 	URL    string // the owner's database, as a role with REPLICATION
 	System string
-	Log    Log
+	Log    eventlog.Writer
 	// OpenLog opens the event log when Log is nil, retried until it works.
-	OpenLog func(context.Context) (Log, error)
+	OpenLog func(context.Context) (eventlog.Writer, error)
 	Logger  zerolog.Logger
 	Check   time.Duration // how often the record is re-read (default 2s)
 	// PruneEvery is how often the log drops changes every subscriber has
@@ -41,20 +43,20 @@ type Capture struct {
 // Wake makes the capture read the owner's record now rather than at its
 // next check: the sidecar calls it when a publish or unpublish has been
 // applied, so a new version's first fill starts at once.
-func (c *Capture) Wake() {
+func (c *Runner) Wake() {
 	select {
 	case c.woken() <- struct{}{}:
 	default:
 	}
 }
 
-func (c *Capture) woken() chan struct{} {
+func (c *Runner) woken() chan struct{} {
 	c.wakeOnce.Do(func() { c.wake = make(chan struct{}, 1) })
 	return c.wake
 }
 
 // pause waits for d, or less when woken.
-func (c *Capture) pause(ctx context.Context, d time.Duration) {
+func (c *Runner) pause(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -66,7 +68,7 @@ func (c *Capture) pause(ctx context.Context, d time.Duration) {
 
 // Problem says why the database cannot be captured ("" when it can), as
 // last checked: wal_level not logical, or a role without REPLICATION.
-func (c *Capture) Problem() string {
+func (c *Runner) Problem() string {
 	if p := c.problem.Load(); p != nil {
 		return *p
 	}
@@ -74,7 +76,7 @@ func (c *Capture) Problem() string {
 }
 
 // checkSetup records whether the database can be captured at all.
-func (c *Capture) checkSetup(ctx context.Context, conn *pgx.Conn) error {
+func (c *Runner) checkSetup(ctx context.Context, conn *pgx.Conn) error {
 	var level string
 	var replication bool
 	err := conn.QueryRow(ctx, `SELECT current_setting('wal_level'),
@@ -97,10 +99,10 @@ func (c *Capture) checkSetup(ctx context.Context, conn *pgx.Conn) error {
 }
 
 // Running says whether the capture's loop is running.
-func (c *Capture) Running() bool { return c.running.Load() }
+func (c *Runner) Running() bool { return c.running.Load() }
 
 // Run captures until ctx ends.
-func (c *Capture) Run(ctx context.Context) {
+func (c *Runner) Run(ctx context.Context) {
 	c.running.Store(true)
 	defer c.running.Store(false)
 	defer func() {
@@ -110,7 +112,7 @@ func (c *Capture) Run(ctx context.Context) {
 	}()
 	c.load(ctx) // learn at once whether the database can be captured at all
 	if c.Log == nil {
-		c.Log = openLog(ctx, c.Logger, c.OpenLog)
+		c.Log = retry.Open(ctx, c.Logger, "event log unreachable", c.OpenLog)
 	}
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
@@ -134,17 +136,12 @@ func (c *Capture) Run(ctx context.Context) {
 			continue
 		}
 		c.Logger.Warn().Err(err).Str("system", c.System).Dur("retry_in", backoff).Msg("capture stopped; restarting")
-		sleepCtx(ctx, backoff)
+		retry.Sleep(ctx, backoff)
 		backoff = min(2*backoff, 30*time.Second)
 	}
 }
 
-// Pruner is a log that can forget changes every subscriber has read.
-type Pruner interface {
-	Prune(ctx context.Context, s Stream) (int64, error)
-}
-
-func (c *Capture) pruneEvery() time.Duration {
+func (c *Runner) pruneEvery() time.Duration {
 	if c.PruneEvery > 0 {
 		return c.PruneEvery
 	}
@@ -153,26 +150,22 @@ func (c *Capture) pruneEvery() time.Duration {
 
 // prune drops the log's changes of the captured versions that every
 // subscriber has read: the compacted state is what new subscribers copy.
-func (c *Capture) prune(ctx context.Context, sources []Source) {
-	p, ok := c.Log.(Pruner)
-	if !ok {
-		return
-	}
+func (c *Runner) prune(ctx context.Context, sources []Source) {
 	for _, s := range sources {
-		n, err := p.Prune(ctx, s.Stream)
+		n, err := c.Log.Prune(ctx, s.Version)
 		if err != nil {
-			c.Logger.Warn().Err(err).Str("publication", s.Stream.Publication).Int("version", s.Stream.Version).Msg("cannot prune the event log")
+			c.Logger.Warn().Err(err).Str("publication", s.Version.Publication).Int("version", s.Version.Number).Msg("cannot prune the event log")
 			continue
 		}
 		if n > 0 {
-			c.Logger.Debug().Str("publication", s.Stream.Publication).Int("version", s.Stream.Version).Int64("changes", n).Msg("event log pruned")
+			c.Logger.Debug().Str("publication", s.Version.Publication).Int("version", s.Version.Number).Int64("changes", n).Msg("event log pruned")
 		}
 	}
 }
 
 var errSourcesChanged = errors.New("the published versions changed")
 
-func (c *Capture) check() time.Duration {
+func (c *Runner) check() time.Duration {
 	if c.Check > 0 {
 		return c.Check
 	}
@@ -181,10 +174,10 @@ func (c *Capture) check() time.Duration {
 
 // runUntilChanged runs a publisher for sources until it fails or the
 // published versions change.
-func (c *Capture) runUntilChanged(ctx context.Context, sources []Source) error {
+func (c *Runner) runUntilChanged(ctx context.Context, sources []Source) error {
 	run, stop := context.WithCancel(ctx)
 	defer stop()
-	p := &Publisher{URL: c.URL, System: c.System, Log: c.Log, Sources: sources, Logger: c.Logger}
+	p := &WALReader{URL: c.URL, System: c.System, Log: c.Log, Sources: sources, Logger: c.Logger}
 	done := make(chan error, 1)
 	go func() { done <- p.Run(run) }()
 	want := fingerprint(sources)
@@ -213,7 +206,7 @@ func (c *Capture) runUntilChanged(ctx context.Context, sources []Source) error {
 func fingerprint(sources []Source) string {
 	var b strings.Builder
 	for _, s := range sources {
-		fmt.Fprintf(&b, "%s/%d/%s;", s.Stream.Publication, s.Stream.Version, s.Definition())
+		fmt.Fprintf(&b, "%s/%d/%s;", s.Version.Publication, s.Version.Number, s.Definition())
 	}
 	return b.String()
 }
@@ -221,7 +214,7 @@ func fingerprint(sources []Source) string {
 // load reads the versions to capture from the owner's record: every
 // version not retired, its query analysed again for the expressions.
 // It keeps its connection between checks, and drops it on any error.
-func (c *Capture) load(ctx context.Context) ([]Source, error) {
+func (c *Runner) load(ctx context.Context) ([]Source, error) {
 	if c.conn == nil {
 		conn, err := pgx.Connect(ctx, c.URL)
 		if err != nil {
@@ -237,7 +230,7 @@ func (c *Capture) load(ctx context.Context) ([]Source, error) {
 	return sources, err
 }
 
-func (c *Capture) read(ctx context.Context) ([]Source, error) {
+func (c *Runner) read(ctx context.Context) ([]Source, error) {
 	if err := c.checkSetup(ctx, c.conn); err != nil {
 		return nil, err
 	}
@@ -264,7 +257,7 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
 		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 		WHERE p.status <> 'retired' ORDER BY p.publication, p.version`)
 	type rec struct {
-		stream        Stream
+		stream        eventlog.Version
 		query         string
 		key           []string
 		schema, table string
@@ -272,7 +265,7 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
 	}
 	recs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rec, error) {
 		var x rec
-		return x, r.Scan(&x.stream.Publication, &x.stream.Version, &x.query, &x.key, &x.schema, &x.table, &x.columns)
+		return x, r.Scan(&x.stream.Publication, &x.stream.Number, &x.query, &x.key, &x.schema, &x.table, &x.columns)
 	})
 	if noRecord(err) {
 		return nil, nil
@@ -304,13 +297,13 @@ func noRecord(err error) bool {
 
 // NewSource makes the capture source of a publication version from its
 // published query, public key columns and (resolved) table.
-func NewSource(stream Stream, query string, key []string, schema, table string) (Source, error) {
+func NewSource(stream eventlog.Version, query string, key []string, schema, table string) (Source, error) {
 	a, perr := sql.AnalyzeProjection(query)
 	if perr != nil {
-		return Source{}, fmt.Errorf("publication %s version %d: %w", stream.Publication, stream.Version, perr)
+		return Source{}, fmt.Errorf("publication %s version %d: %w", stream.Publication, stream.Number, perr)
 	}
 	src := Source{Schema: schema, Table: table, References: a.References}
-	src.Stream, src.Filter = stream, a.Filter
+	src.Version, src.Filter = stream, a.Filter
 	for i, col := range a.Columns {
 		src.Exprs = append(src.Exprs, col.Expr)
 		src.Names = append(src.Names, col.Name)
@@ -335,13 +328,13 @@ func (s *Source) Order(columns []string) error {
 		at[c] = i
 	}
 	if len(columns) != len(s.Names) {
-		return fmt.Errorf("publication %s version %d: recorded with %d columns, its query has %d", s.Stream.Publication, s.Stream.Version, len(columns), len(s.Names))
+		return fmt.Errorf("publication %s version %d: recorded with %d columns, its query has %d", s.Version.Publication, s.Version.Number, len(columns), len(s.Names))
 	}
 	exprs, sources := make([]string, len(columns)), make([]string, len(columns))
 	for i, c := range columns {
 		j, ok := at[c]
 		if !ok {
-			return fmt.Errorf("publication %s version %d: recorded column %s is not in its query", s.Stream.Publication, s.Stream.Version, c)
+			return fmt.Errorf("publication %s version %d: recorded column %s is not in its query", s.Version.Publication, s.Version.Number, c)
 		}
 		exprs[i], sources[i] = s.Exprs[j], s.Sources[j]
 	}
@@ -366,32 +359,4 @@ func (s *Source) Order(columns []string) error {
 // minor, a new filter), the version's state is filled again.
 func (s *Source) Definition() string {
 	return fmt.Sprintf("%s.%s/%q/%q/%v", s.Schema, s.Table, s.Exprs, s.Filter, s.KeyCols)
-}
-
-// openLog opens the event log, retrying with backoff until it works or
-// ctx ends (then it returns the zero value). The first failures are logged
-// quietly: at start the log's database may still be being created (it
-// defaults to the catalog's).
-func openLog[L any](ctx context.Context, logger zerolog.Logger, open func(context.Context) (L, error)) L {
-	backoff := 100 * time.Millisecond
-	for {
-		l, err := open(ctx)
-		if err == nil || ctx.Err() != nil {
-			return l
-		}
-		event := logger.Warn()
-		if backoff < 2*time.Second {
-			event = logger.Debug()
-		}
-		event.Err(err).Dur("retry_in", backoff).Msg("event log unreachable")
-		sleepCtx(ctx, backoff)
-		backoff = min(2*backoff, 30*time.Second)
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
-	}
 }

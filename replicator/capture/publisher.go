@@ -1,4 +1,4 @@
-package replicator
+package capture
 
 import (
 	"bufio"
@@ -18,21 +18,22 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
 
-// Publisher captures an owner's database: one logical replication slot
+// WALReader captures an owner's database: one logical replication slot
 // (rejot_<system>, pgoutput) and one Postgres publication limited to the
 // tables its publication versions read. For each source transaction it
 // projects the changed rows of every affected version with Postgres itself,
 // appends one group per version to the log, and only then confirms the
 // transaction's end to the slot, so a crash replays what the log may not
 // have (and the log skips what it has).
-type Publisher struct {
+type WALReader struct {
 	URL     string // the owner's database, as a role with REPLICATION
 	System  string
-	Log     Log
+	Log     eventlog.Writer
 	Sources []Source
 	Logger  zerolog.Logger
 	// StatusInterval is how often the slot hears from us (default 1s).
@@ -61,13 +62,11 @@ func SlotName(system string) string {
 
 // Run captures until ctx ends or the connection fails; the caller restarts
 // it with backoff.
-func (p *Publisher) Run(ctx context.Context) error {
+func (p *WALReader) Run(ctx context.Context) error {
 	// What the log remembers of earlier appends holds while this process
 	// alone appends for the system; another process may have had the
 	// slot since (a restart elsewhere, a rolling deploy): ask the log.
-	if f, ok := p.Log.(interface{ Forget() }); ok {
-		f.Forget()
-	}
+	p.Log.Forget()
 	conn, err := pgx.Connect(ctx, p.URL)
 	if err != nil {
 		return err
@@ -103,7 +102,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		return fmt.Errorf("cannot start replication: %w", err)
 	}
 	p.Logger.Info().Str("system", p.System).Str("slot", slot).Str("protocol", proto).Msg("capture started")
-	s := &stream{p: p, conn: conn, repl: repl, paced: paced, rels: map[uint32]*relation{}, since: since}
+	s := &session{p: p, conn: conn, repl: repl, paced: paced, rels: map[uint32]*relation{}, since: since}
 	defer func() {
 		s.wait() // the appender uses the connections closed next
 		if s.open != nil {
@@ -116,7 +115,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 // preparePublication keeps the Postgres publication to exactly the tables
 // the sources read (never FOR ALL TABLES, which would stop UPDATE and
 // DELETE on tables without a replica identity).
-func (p *Publisher) preparePublication(ctx context.Context, conn *pgx.Conn) error {
+func (p *WALReader) preparePublication(ctx context.Context, conn *pgx.Conn) error {
 	name := pgx.Identifier{SlotName(p.System)}.Sanitize()
 	seen := map[string]bool{}
 	var tables []string
@@ -144,7 +143,7 @@ func (p *Publisher) preparePublication(ctx context.Context, conn *pgx.Conn) erro
 	return nil
 }
 
-func (p *Publisher) replicationConn(ctx context.Context) (*pgconn.PgConn, *pacedReader, error) {
+func (p *WALReader) replicationConn(ctx context.Context) (*pgconn.PgConn, *pacedReader, error) {
 	cfg, err := pgconn.ParseConfig(p.URL)
 	if err != nil {
 		return nil, nil, err
@@ -342,7 +341,7 @@ func setLowWater(sock syscall.RawConn, n int) {
 	}
 }
 
-func (p *Publisher) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn) error {
+func (p *WALReader) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn) error {
 	slot := SlotName(p.System)
 	var exists bool
 	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", slot).Scan(&exists); err != nil {
@@ -360,9 +359,9 @@ func (p *Publisher) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn
 	return nil
 }
 
-// stream is one replication session.
-type stream struct {
-	p         *Publisher
+// session is one replication session.
+type session struct {
+	p         *WALReader
 	conn      *pgx.Conn
 	repl      *pgconn.PgConn
 	paced     *pacedReader // repl's reader
@@ -371,7 +370,7 @@ type stream struct {
 	confirmed uint64 // what the slot may forget
 	received  uint64 // the server's WAL end, when nothing is in flight
 	serverEnd uint64 // the server's WAL end, last heard
-	since     map[Stream]uint64
+	since     map[eventlog.Version]uint64
 	// Committed transactions not yet appended: projecting and appending
 	// many together is what makes a backlog fast.
 	pending       []*transaction
@@ -382,7 +381,7 @@ type stream struct {
 	inflightEnd   uint64     // the end of its last transaction
 	// open is the log transaction of a large source transaction being
 	// appended in parts.
-	open LogTx
+	open eventlog.Tx
 }
 
 // Memory bounds: a backlog is appended in batches of at most maxPending
@@ -402,7 +401,7 @@ const (
 // decoding goes on; the slot may forget them once the append has
 // committed (wait). One append is in flight at a time, so appends keep
 // commit order.
-func (s *stream) flush(ctx context.Context) error {
+func (s *session) flush(ctx context.Context) error {
 	if err := s.wait(); err != nil {
 		return err
 	}
@@ -421,7 +420,7 @@ func (s *stream) flush(ctx context.Context) error {
 
 // wait waits for the append in flight, if any, and lets the slot forget
 // what it appended.
-func (s *stream) wait() error {
+func (s *session) wait() error {
 	if s.inflight == nil {
 		return nil
 	}
@@ -435,7 +434,7 @@ func (s *stream) wait() error {
 
 // done says, without waiting, whether no append is in flight (taking the
 // result of one that has finished).
-func (s *stream) done() (bool, error) {
+func (s *session) done() (bool, error) {
 	if s.inflight == nil {
 		return true, nil
 	}
@@ -453,7 +452,7 @@ func (s *stream) done() (bool, error) {
 
 // appendIfDone starts appending what is pending, if anything is and no
 // append is in flight any more; it never waits.
-func (s *stream) appendIfDone(ctx context.Context) error {
+func (s *session) appendIfDone(ctx context.Context) error {
 	done, err := s.done()
 	if err == nil && done && len(s.pending) > 0 {
 		err = s.flush(ctx)
@@ -463,7 +462,7 @@ func (s *stream) appendIfDone(ctx context.Context) error {
 
 // drain appends everything pending and waits for it: before the decoder
 // uses the owner's connection or changes what the appender reads.
-func (s *stream) drain(ctx context.Context) error {
+func (s *session) drain(ctx context.Context) error {
 	if err := s.flush(ctx); err != nil {
 		return err
 	}
@@ -474,7 +473,7 @@ func (s *stream) drain(ctx context.Context) error {
 // transaction. It runs beside the decoder: it alone uses the owner's
 // connection meanwhile, and the relations do not change under it (a
 // relation message drains first).
-func (s *stream) append(ctx context.Context, batch []*transaction, end uint64) error {
+func (s *session) append(ctx context.Context, batch []*transaction, end uint64) error {
 	started := time.Now()
 	tx, err := s.p.Log.Begin(ctx)
 	if err != nil {
@@ -493,7 +492,7 @@ func (s *stream) append(ctx context.Context, batch []*transaction, end uint64) e
 }
 
 // write projects transactions and appends them in tx.
-func (s *stream) write(ctx context.Context, tx LogTx, txns []*transaction) error {
+func (s *session) write(ctx context.Context, tx eventlog.Tx, txns []*transaction) error {
 	if err := s.fillUnchanged(ctx, tx, txns); err != nil {
 		return err
 	}
@@ -506,12 +505,12 @@ func (s *stream) write(ctx context.Context, tx LogTx, txns []*transaction) error
 	}
 	// One metric update per version, not per group: a batch holds
 	// thousands of single-row transactions.
-	counts := map[Stream]int{}
+	counts := map[eventlog.Version]int{}
 	for _, g := range groups {
-		counts[g.Stream] += len(g.Changes)
+		counts[g.Version] += len(g.Changes)
 	}
 	for stream, n := range counts {
-		metricCaptured.WithLabelValues(streamLabels(stream)...).Add(float64(n))
+		metricCaptured.WithLabelValues(versionLabels(stream)...).Add(float64(n))
 	}
 	return nil
 }
@@ -519,7 +518,7 @@ func (s *stream) write(ctx context.Context, tx LogTx, txns []*transaction) error
 // part appends what the transaction being decoded did so far, in the log
 // transaction that commits with it: a large source transaction never sits
 // whole in memory.
-func (s *stream) part(ctx context.Context) error {
+func (s *session) part(ctx context.Context) error {
 	if err := s.drain(ctx); err != nil { // commit order, and the owner's connection is ours
 		return err
 	}
@@ -542,11 +541,11 @@ func (s *stream) part(ctx context.Context) error {
 
 // groups projects transactions for every source: one group per
 // (transaction, version) that changed something.
-func (s *stream) groups(ctx context.Context, txns []*transaction) ([]Group, error) {
-	perTxn := make([][]Group, len(txns))
+func (s *session) groups(ctx context.Context, txns []*transaction) ([]eventlog.Group, error) {
+	perTxn := make([][]eventlog.Group, len(txns))
 	for i := range s.p.Sources {
 		src := &s.p.Sources[i]
-		since := s.since[src.Stream]
+		since := s.since[src.Version]
 		// The version's first state already has what committed before it.
 		skip := func(t *transaction) bool { return t.commitLSN <= since }
 		changes, err := changesFor(ctx, s.conn, src, s.rels, txns, skip)
@@ -556,19 +555,19 @@ func (s *stream) groups(ctx context.Context, txns []*transaction) ([]Group, erro
 		for ti, c := range changes {
 			if len(c) > 0 {
 				t := txns[ti]
-				perTxn[ti] = append(perTxn[ti], Group{Stream: src.Stream, System: s.p.System,
+				perTxn[ti] = append(perTxn[ti], eventlog.Group{Version: src.Version, System: s.p.System,
 					CommitLSN: t.commitLSN, CommitTime: t.commitTime, Layout: src.Layout(), Changes: c})
 			}
 		}
 	}
-	var groups []Group
+	var groups []eventlog.Group
 	for _, g := range perTxn {
 		groups = append(groups, g...) // commit order
 	}
 	return groups, nil
 }
 
-func (s *stream) loop(ctx context.Context) error {
+func (s *session) loop(ctx context.Context) error {
 	interval := s.p.StatusInterval
 	if interval <= 0 {
 		interval = time.Second
@@ -669,7 +668,7 @@ func timedOut(err error) bool {
 // stop ends the session at a clean point: what is pending is appended and
 // confirmed (a large transaction being appended in parts is left to be
 // replayed).
-func (s *stream) stop(ctx context.Context) {
+func (s *session) stop(ctx context.Context) {
 	fin, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := s.drain(fin); err != nil {
@@ -681,7 +680,7 @@ func (s *stream) stop(ctx context.Context) {
 	}
 }
 
-func (s *stream) handle(ctx context.Context, msg pgproto3.BackendMessage) error {
+func (s *session) handle(ctx context.Context, msg pgproto3.BackendMessage) error {
 	switch m := msg.(type) {
 	case *pgproto3.ErrorResponse:
 		return pgconn.ErrorResponseToPgError(m)
@@ -714,7 +713,7 @@ func (s *stream) handle(ctx context.Context, msg pgproto3.BackendMessage) error 
 // status tells the slot how far it may forget: the end of the last
 // transaction appended, or — with nothing in flight — the server's WAL
 // end, so an idle source never makes the server keep WAL.
-func (s *stream) status(ctx context.Context, reply bool) error {
+func (s *session) status(ctx context.Context, reply bool) error {
 	pos := pglogrepl.LSN(max(s.confirmed, s.received))
 	slot := SlotName(s.p.System)
 	metricCaptureLagBytes.WithLabelValues(slot).Set(float64(max(s.serverEnd, uint64(pos)) - uint64(pos)))
@@ -729,7 +728,7 @@ func (s *stream) status(ctx context.Context, reply bool) error {
 		WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos, ReplyRequested: reply})
 }
 
-func (s *stream) decode(ctx context.Context, data []byte) error {
+func (s *session) decode(ctx context.Context, data []byte) error {
 	msg, err := pglogrepl.Parse(data)
 	if err != nil {
 		return err
@@ -776,7 +775,7 @@ func (s *stream) decode(ctx context.Context, data []byte) error {
 	return nil
 }
 
-func (s *stream) add(ctx context.Context, e event) error {
+func (s *session) add(ctx context.Context, e event) error {
 	if s.txn == nil {
 		return nil
 	}
@@ -789,7 +788,7 @@ func (s *stream) add(ctx context.Context, e event) error {
 
 // relation records a table's columns with their exact type names, which
 // form its replica identity, and which may be stored out of line.
-func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
+func (s *session) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
 	r := &relation{schema: m.Namespace, table: m.RelationName}
 	oids, mods := make([]uint32, len(m.Columns)), make([]int32, len(m.Columns))
 	names := make([]string, len(m.Columns))
@@ -823,7 +822,7 @@ func (s *stream) relation(ctx context.Context, m *pglogrepl.RelationMessage) err
 // commit queues a decoded transaction; it is projected and appended with
 // the others pending when the stream pauses or enough are queued. A
 // transaction appended in parts commits its log transaction now.
-func (s *stream) commit(ctx context.Context, m *pglogrepl.CommitMessage) error {
+func (s *session) commit(ctx context.Context, m *pglogrepl.CommitMessage) error {
 	txn := s.txn
 	s.txn = nil
 	if txn == nil {

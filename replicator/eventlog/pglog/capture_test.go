@@ -9,21 +9,22 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/rejot-dev/rejot/replicator"
-	"github.com/rejot-dev/rejot/sql"
 	"github.com/rejot-dev/rejot/internal/pgtest"
+	"github.com/rejot-dev/rejot/replicator/capture"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
+	"github.com/rejot-dev/rejot/sql"
 	"github.com/rs/zerolog"
 )
 
 // source builds a capture source from a published query over a table in
 // public, as the sidecar does from its record of publications.
-func source(t testing.TB, stream replicator.Stream, query string, key ...string) replicator.Source {
+func source(t testing.TB, stream eventlog.Version, query string, key ...string) capture.Source {
 	t.Helper()
 	a, err := sql.AnalyzeProjection(query)
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, serr := replicator.NewSource(stream, query, key, "public", a.Table)
+	src, serr := capture.NewSource(stream, query, key, "public", a.Table)
 	if serr != nil {
 		t.Fatal(serr)
 	}
@@ -43,12 +44,12 @@ func TestCaptureToLog(t *testing.T) {
 		}
 	}
 	exec(`CREATE TABLE orders (id bigint PRIMARY KEY, status text NOT NULL, total numeric(12,2), note text)`)
-	stream := replicator.Stream{Publication: "cap_orders", Version: 1}
+	stream := eventlog.Version{Publication: "cap_orders", Number: 1}
 	query := "SELECT id, total, upper(note) AS loud FROM orders WHERE status <> 'draft'"
 	system := "cap_" + srcDB
-	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l,
-		Sources: []replicator.Source{source(t, stream, query, "id")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
-	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
+	pub := &capture.WALReader{URL: pg.URL(srcDB), System: system, Log: l,
+		Sources: []capture.Source{source(t, stream, query, "id")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
+	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", capture.SlotName(system))
 	// Changes before the slot is active are not captured.
 	runPublisher(t, ctx, pub, owner)
 	for _, q := range []string{
@@ -74,14 +75,14 @@ func TestCaptureToLog(t *testing.T) {
 	waitUntil(t, func() bool {
 		var lag int64
 		owner.QueryRow(ctx, `SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1`,
-			replicator.SlotName(system)).Scan(&lag)
+			capture.SlotName(system)).Scan(&lag)
 		return lag < 1<<20
 	})
 }
 
 // fills counts the first states in a stream's change log (each starts
 // with a truncate).
-func fills(t *testing.T, l *Log, s replicator.Stream) int {
+func fills(t *testing.T, l *Log, s eventlog.Version) int {
 	t.Helper()
 	recs, err := l.Changes(context.Background(), s, 0, 100000)
 	if err != nil {
@@ -89,7 +90,7 @@ func fills(t *testing.T, l *Log, s replicator.Stream) int {
 	}
 	n := 0
 	for _, r := range recs {
-		if r.Op == replicator.OpTruncate {
+		if r.Op == eventlog.OpTruncate {
 			n++
 		}
 	}
@@ -129,7 +130,7 @@ func projection(t *testing.T, owner *pgx.Conn, query string) string {
 	return strings.Join(out, " | ")
 }
 
-func sortedState(t *testing.T, l *Log, s replicator.Stream) string {
+func sortedState(t *testing.T, l *Log, s eventlog.Version) string {
 	got, _ := state(t, l, s)
 	rows := strings.Split(got, " | ")
 	sort.Strings(rows)
@@ -156,7 +157,7 @@ func TestFirstFill(t *testing.T) {
 		INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 12000) g`); err != nil {
 		t.Fatal(err)
 	}
-	stream := replicator.Stream{Publication: "fill_items", Version: 1}
+	stream := eventlog.Version{Publication: "fill_items", Number: 1}
 	query := "SELECT id, v FROM items WHERE id % 2 = 0"
 	system := "fill_" + srcDB
 	// A subscriber reads the stream from the start: the log keeps the
@@ -164,10 +165,10 @@ func TestFirstFill(t *testing.T) {
 	if err := l.SetReader(ctx, stream, "test/reader", 0); err != nil {
 		t.Fatal(err)
 	}
-	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
+	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", capture.SlotName(system))
 	run := func() (stop func()) {
-		pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l,
-			Sources: []replicator.Source{source(t, stream, query, "id")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
+		pub := &capture.WALReader{URL: pg.URL(srcDB), System: system, Log: l,
+			Sources: []capture.Source{source(t, stream, query, "id")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
 		return startPublisher(t, ctx, pub, owner)
 	}
 	stop := run()
@@ -209,10 +210,10 @@ func TestIdleSourceKeepsNoWAL(t *testing.T) {
 		t.Fatal(err)
 	}
 	system := "idle_" + srcDB
-	slot := replicator.SlotName(system)
+	slot := capture.SlotName(system)
 	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", slot)
-	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond,
-		Sources: []replicator.Source{source(t, replicator.Stream{Publication: "idle", Version: 1}, "SELECT id FROM quiet", "id")}}
+	pub := &capture.WALReader{URL: pg.URL(srcDB), System: system, Log: l, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond,
+		Sources: []capture.Source{source(t, eventlog.Version{Publication: "idle", Number: 1}, "SELECT id FROM quiet", "id")}}
 	runPublisher(t, ctx, pub, owner)
 	lag := func() int64 {
 		var n int64
@@ -242,12 +243,12 @@ func TestTypeMatrixRoundTrips(t *testing.T) {
 		t.Fatal(err)
 	}
 	cols := "id, b, i2, i4, i8, n, n2, f4, f8, t, vc, c, by, d, tm, ttz, ts, tstz, iv, u, j, jb, arr, tarr, inet_, cidr_, mac, bits, rng, pt, m, dom, x, money_, oid_"
-	stream := replicator.Stream{Publication: "types", Version: 1}
+	stream := eventlog.Version{Publication: "types", Number: 1}
 	query := "SELECT " + cols + " FROM types"
 	system := "types_" + srcDB
-	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
-	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond,
-		Sources: []replicator.Source{source(t, stream, query, "id")}}
+	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", capture.SlotName(system))
+	pub := &capture.WALReader{URL: pg.URL(srcDB), System: system, Log: l, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond,
+		Sources: []capture.Source{source(t, stream, query, "id")}}
 	runPublisher(t, ctx, pub, owner)
 	rows := []string{
 		`(1, true, -32768, 2147483647, -9223372036854775808, 'NaN', 12.30, 'Infinity', -1.0000000000000002,
@@ -289,12 +290,12 @@ func TestCaptureResumesAfterUpstreamRestart(t *testing.T) {
 	exec("CREATE TABLE events (id int PRIMARY KEY, v text)")
 	exec(`INSERT INTO _rejot.publications VALUES ('restart_events', 1, 'SELECT id, v FROM events', '{id}', '"public"."events"', 'active',
 		'[{"name": "id"}, {"name": "v"}]')`)
-	capture := &replicator.Capture{URL: src.URL("postgres"), System: "restart", Log: l, Logger: zerolog.Nop(), Check: 200 * time.Millisecond}
+	capture := &capture.Runner{URL: src.URL("postgres"), System: "restart", Log: l, Logger: zerolog.Nop(), Check: 200 * time.Millisecond}
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { capture.Run(runCtx); close(done) }()
 	defer func() { stop(); <-done }()
-	stream := replicator.Stream{Publication: "restart_events", Version: 1}
+	stream := eventlog.Version{Publication: "restart_events", Number: 1}
 	exec("INSERT INTO events SELECT g, 'before' FROM generate_series(1, 50) g")
 	conn := func() *pgx.Conn {
 		c, err := pgx.Connect(ctx, src.URL("postgres"))
@@ -317,7 +318,7 @@ func TestCaptureResumesAfterUpstreamRestart(t *testing.T) {
 // startPublisher runs pub until stop is called, once its slot is active:
 // changes from then on are captured. stop reports any error the publisher
 // ended with other than being stopped.
-func startPublisher(t testing.TB, ctx context.Context, pub *replicator.Publisher, owner *pgx.Conn) (stop func()) {
+func startPublisher(t testing.TB, ctx context.Context, pub *capture.WALReader, owner *pgx.Conn) (stop func()) {
 	t.Helper()
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -330,14 +331,14 @@ func startPublisher(t testing.TB, ctx context.Context, pub *replicator.Publisher
 	}
 	waitUntil(t, func() bool {
 		var active bool
-		owner.QueryRow(ctx, "SELECT active FROM pg_replication_slots WHERE slot_name = $1", replicator.SlotName(pub.System)).Scan(&active)
+		owner.QueryRow(ctx, "SELECT active FROM pg_replication_slots WHERE slot_name = $1", capture.SlotName(pub.System)).Scan(&active)
 		return active
 	})
 	return stop
 }
 
 // runPublisher runs pub, once its slot is active, until the test ends.
-func runPublisher(t testing.TB, ctx context.Context, pub *replicator.Publisher, owner *pgx.Conn) {
+func runPublisher(t testing.TB, ctx context.Context, pub *capture.WALReader, owner *pgx.Conn) {
 	t.Helper()
 	t.Cleanup(startPublisher(t, ctx, pub, owner))
 }
@@ -352,15 +353,15 @@ func TestNewDefinitionFillsAgain(t *testing.T) {
 		INSERT INTO t SELECT g, 'v' || g, g * 10 FROM generate_series(1, 20) g`); err != nil {
 		t.Fatal(err)
 	}
-	stream := replicator.Stream{Publication: "redefined", Version: 1}
+	stream := eventlog.Version{Publication: "redefined", Number: 1}
 	system := "redef_" + srcDB
 	if err := l.SetReader(ctx, stream, "test/reader", 0); err != nil {
 		t.Fatal(err)
 	}
-	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
-	run := func(src replicator.Source) (stop func()) {
-		pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l,
-			Sources: []replicator.Source{src}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
+	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", capture.SlotName(system))
+	run := func(src capture.Source) (stop func()) {
+		pub := &capture.WALReader{URL: pg.URL(srcDB), System: system, Log: l,
+			Sources: []capture.Source{src}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
 		return startPublisher(t, ctx, pub, owner)
 	}
 	stop := run(source(t, stream, "SELECT id, v FROM t", "id"))
@@ -395,11 +396,11 @@ func TestUnreadFirstFillKeepsOnlyState(t *testing.T) {
 		INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 7000) g`); err != nil {
 		t.Fatal(err)
 	}
-	stream := replicator.Stream{Publication: "unread", Version: 1}
+	stream := eventlog.Version{Publication: "unread", Number: 1}
 	system := "unread_" + srcDB
-	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
-	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l,
-		Sources: []replicator.Source{source(t, stream, "SELECT id, v FROM t", "id")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
+	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", capture.SlotName(system))
+	pub := &capture.WALReader{URL: pg.URL(srcDB), System: system, Log: l,
+		Sources: []capture.Source{source(t, stream, "SELECT id, v FROM t", "id")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
 	runPublisher(t, ctx, pub, owner)
 	waitUntil(t, func() bool { return sortedState(t, l, stream) == projection(t, owner, "SELECT id, v FROM t") })
 	if head := headOf(t, l, stream); head != 7001 {
@@ -451,12 +452,12 @@ func TestFirstFillInTwoParts(t *testing.T) {
 	}
 	var pages int64
 	owner.QueryRow(ctx, "SELECT pg_relation_size('big') / 8192").Scan(&pages)
-	stream := replicator.Stream{Publication: "big", Version: 1}
+	stream := eventlog.Version{Publication: "big", Number: 1}
 	system := "big_" + srcDB
-	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
+	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", capture.SlotName(system))
 	query := "SELECT id, v FROM big WHERE id % 3 <> 0 OR v = 'x'"
-	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l, FillSplitPages: pages / 4,
-		Sources: []replicator.Source{source(t, stream, query, "id")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
+	pub := &capture.WALReader{URL: pg.URL(srcDB), System: system, Log: l, FillSplitPages: pages / 4,
+		Sources: []capture.Source{source(t, stream, query, "id")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
 	runPublisher(t, ctx, pub, owner)
 	want := projection(t, owner, query)
 	waitUntil(t, func() bool { return headOf(t, l, stream) > 0 })
@@ -474,12 +475,12 @@ func TestPaddedKeyDeletes(t *testing.T) {
 		INSERT INTO ck VALUES ('keep', true, 'k'), ('gone', false, 'g')`); err != nil {
 		t.Fatal(err)
 	}
-	stream := replicator.Stream{Publication: "ck", Version: 1}
+	stream := eventlog.Version{Publication: "ck", Number: 1}
 	system := "ck_" + srcDB
-	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", replicator.SlotName(system))
+	defer owner.Exec(context.Background(), "SELECT pg_drop_replication_slot($1)", capture.SlotName(system))
 	query := "SELECT code, ok, v FROM ck"
-	pub := &replicator.Publisher{URL: pg.URL(srcDB), System: system, Log: l,
-		Sources: []replicator.Source{source(t, stream, query, "code")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
+	pub := &capture.WALReader{URL: pg.URL(srcDB), System: system, Log: l,
+		Sources: []capture.Source{source(t, stream, query, "code")}, Logger: zerolog.Nop(), StatusInterval: 100 * time.Millisecond}
 	runPublisher(t, ctx, pub, owner)
 	waitUntil(t, func() bool { return headOf(t, l, stream) > 0 })
 	for _, q := range []string{"INSERT INTO ck VALUES ('new', NULL, 'n')", "UPDATE ck SET v = 'k2' WHERE code = 'keep'",
@@ -509,7 +510,7 @@ func ownerAndLog(t *testing.T) (*Log, string, *pgx.Conn, context.Context) {
 // capture starts with the sidecar, alongside the install).
 func TestNoRecordYetIsNothingToCapture(t *testing.T) {
 	conn := pg.Connect(t, pg.CreateDB(t))
-	sources, err := replicator.LoadSources(context.Background(), conn)
+	sources, err := capture.LoadSources(context.Background(), conn)
 	if err != nil || len(sources) != 0 {
 		t.Fatalf("got %d sources, %v", len(sources), err)
 	}
