@@ -252,7 +252,7 @@ func (p *WALReader) copyFill(ctx context.Context, tx pgx.Tx, snapshot string, fc
 	return nil
 }
 
-// fillSplitPages is the default Publisher.FillSplitPages.
+// fillSplitPages is the default WALReader.FillSplitPages.
 const fillSplitPages = 2048
 
 // fillParts are the conditions that split a source's rows for reading in
@@ -328,37 +328,6 @@ func (b *rowBuffer) flush() error {
 	_, err := b.out.w.Write(b.buf)
 	b.buf = b.buf[:0]
 	return err
-}
-
-// Layout is how the log lays out the version's rows.
-func (s *Source) Layout() eventlog.Layout {
-	return eventlog.Layout{Columns: len(s.Exprs), Key: s.KeyCols}
-}
-
-// textExprs are a source's public columns as text, as the log keeps them.
-func (s *Source) textExprs() []string {
-	exprs := make([]string, len(s.Exprs))
-	for i, e := range s.Exprs {
-		exprs[i] = "(" + e + ")::text"
-	}
-	return exprs
-}
-
-// rowsFrom is the FROM (and WHERE) that gives a source's rows.
-func (s *Source) rowsFrom() string { return s.rowsWhere("") }
-
-// rowsWhere is rowsFrom with one more condition (none when "").
-func (s *Source) rowsWhere(cond string) string {
-	from := " FROM " + pgx.Identifier{s.Schema, s.Table}.Sanitize()
-	switch {
-	case s.Filter != "" && cond != "":
-		from += " WHERE (" + s.Filter + ") AND " + cond
-	case s.Filter != "":
-		from += " WHERE " + s.Filter
-	case cond != "":
-		from += " WHERE " + cond
-	}
-	return from
 }
 
 // readChunks reads a source's projected rows as upserts, in chunks; the

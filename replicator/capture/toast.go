@@ -3,7 +3,9 @@ package capture
 import (
 	"context"
 	"fmt"
+	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
@@ -45,25 +47,9 @@ func keptValues(rel *relation, tuple []eventlog.Value) map[string]eventlog.Value
 // row captured before its values were kept): right once the log catches
 // up, logged as a warning.
 func (s *session) fillUnchanged(ctx context.Context, tx eventlog.Tx, txns []*transaction) error {
-	// The rows to recall: those updated with a value left out.
-	want := map[uint32][][]eventlog.Value{}
-	for _, txn := range txns {
-		for i := range txn.events {
-			e := &txn.events[i]
-			r := s.rels[e.rel]
-			if r == nil || e.op != 'U' || !leftOut(r, e) {
-				continue
-			}
-			want[e.rel] = append(want[e.rel], before(r, e))
-		}
-	}
-	recalled := map[uint32]map[string]map[string]eventlog.Value{}
-	for id, keys := range want {
-		got, err := tx.Recall(ctx, s.p.System, s.rels[id].name(), keys)
-		if err != nil {
-			return fmt.Errorf("cannot recall kept values: %w", err)
-		}
-		recalled[id] = got
+	recalled, err := s.recall(ctx, tx, txns)
+	if err != nil {
+		return err
 	}
 	// What this batch has seen, per table and row, overrides the log:
 	// nil for a row that is gone.
@@ -127,6 +113,31 @@ func (s *session) fillUnchanged(ctx context.Context, tx eventlog.Tx, txns []*tra
 		}
 	}
 	return tx.Keep(ctx, s.p.System, kept)
+}
+
+// recall reads from the log the values kept for the rows the
+// transactions update with a value left out, per table and row key.
+func (s *session) recall(ctx context.Context, tx eventlog.Tx, txns []*transaction) (map[uint32]map[string]map[string]eventlog.Value, error) {
+	want := map[uint32][][]eventlog.Value{}
+	for _, txn := range txns {
+		for i := range txn.events {
+			e := &txn.events[i]
+			r := s.rels[e.rel]
+			if r == nil || e.op != 'U' || !leftOut(r, e) {
+				continue
+			}
+			want[e.rel] = append(want[e.rel], before(r, e))
+		}
+	}
+	recalled := map[uint32]map[string]map[string]eventlog.Value{}
+	for id, keys := range want {
+		got, err := tx.Recall(ctx, s.p.System, s.rels[id].name(), keys)
+		if err != nil {
+			return nil, fmt.Errorf("cannot recall kept values: %w", err)
+		}
+		recalled[id] = got
+	}
+	return recalled, nil
 }
 
 // toastFloor is a row size under which Postgres stores every value inline:
@@ -196,4 +207,34 @@ func (s *session) supply(ctx context.Context, r *relation, e *event, vals map[st
 		e.new[i] = v
 	}
 	return nil
+}
+
+// readColumn reads a column of a row by its replica identity from the
+// table as it is now: the last resort for an unchanged out-of-line value
+// the log does not keep (a row captured before values were kept).
+func readColumn(ctx context.Context, q Querier, rel *relation, key []eventlog.Value, col string) (eventlog.Value, error) {
+	var conds []string
+	var args []any
+	k := 0
+	for j, c := range rel.cols {
+		if rel.key[j] {
+			args = append(args, key[k])
+			k++
+			conds = append(conds, fmt.Sprintf("%s::text = $%d", pgx.Identifier{c.Name}.Sanitize(), len(args)))
+		}
+	}
+	query := fmt.Sprintf("SELECT %s::text FROM %s WHERE %s", pgx.Identifier{col}.Sanitize(),
+		pgx.Identifier{rel.schema, rel.table}.Sanitize(), strings.Join(conds, " AND "))
+	rows, err := q.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var v eventlog.Value
+	if rows.Next() {
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+	}
+	return v, rows.Err()
 }

@@ -1,4 +1,6 @@
-package capture
+//go:build linux
+
+package paced
 
 import (
 	"io"
@@ -50,7 +52,7 @@ func lowWater(t *testing.T, c net.Conn) int {
 // pacedSmall bytes have gathered.
 func TestPacedReaderWaitsOnlyBriefly(t *testing.T) {
 	client, server := tcpPair(t)
-	p := newPacedReader(client)
+	p := New(client)
 	if p.sock == nil {
 		t.Fatal("no socket to set the low-water mark on")
 	}
@@ -72,7 +74,7 @@ func TestPacedReaderWaitsOnlyBriefly(t *testing.T) {
 
 // readsSoon reads want from p within a second (not when pacedSmall bytes
 // have gathered), and finds the socket's low-water mark lowered again.
-func readsSoon(t *testing.T, p *pacedReader, client net.Conn, want string) {
+func readsSoon(t *testing.T, p *Reader, client net.Conn, want string) {
 	t.Helper()
 	buf := make([]byte, 64<<10)
 	start := time.Now()
@@ -94,7 +96,7 @@ func readsSoon(t *testing.T, p *pacedReader, client net.Conn, want string) {
 // Interrupt ends it at once.
 func TestPacedReaderBehindWaitsForAFullWindow(t *testing.T) {
 	client, server := tcpPair(t)
-	p := newPacedReader(client)
+	p := New(client)
 	if !p.bound {
 		t.Fatal("a loopback connection's receive window is not bounded")
 	}

@@ -10,14 +10,12 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rejot-dev/rejot/internal/retry"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
-	"github.com/rejot-dev/rejot/sql"
 	"github.com/rs/zerolog"
 )
 
-// Runner keeps a Publisher running for the publication versions the
+// Runner keeps a WALReader running for the publication versions the
 // owner's record (_rejot.publications) holds: it starts one when there is
 // something to capture, restarts it when the versions change or it fails
 // (with backoff), and stops it when ctx ends.
@@ -244,119 +242,4 @@ func (c *Runner) read(ctx context.Context) ([]Source, error) {
 		return nil, nil // nothing can be captured until the setup changes
 	}
 	return LoadSources(ctx, c.conn)
-}
-
-// LoadSources reads the capture sources of the publications recorded in
-// the owner's database.
-func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
-	// An error of the query is also the rows': CollectRows returns it.
-	rows, _ := conn.Query(ctx, `SELECT p.publication, p.version, p.query, p.key_columns, n.nspname, c.relname,
-			ARRAY(SELECT x->>'name' FROM jsonb_array_elements(p.columns) AS x)
-		FROM _rejot.publications p
-		JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(p.source)
-		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE p.status <> 'retired' ORDER BY p.publication, p.version`)
-	type rec struct {
-		stream        eventlog.Version
-		query         string
-		key           []string
-		schema, table string
-		columns       []string
-	}
-	recs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rec, error) {
-		var x rec
-		return x, r.Scan(&x.stream.Publication, &x.stream.Number, &x.query, &x.key, &x.schema, &x.table, &x.columns)
-	})
-	if noRecord(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	sources := make([]Source, 0, len(recs))
-	for _, r := range recs {
-		src, err := NewSource(r.stream, r.query, r.key, r.schema, r.table)
-		if err != nil {
-			return nil, err
-		}
-		if err := src.Order(r.columns); err != nil {
-			return nil, err
-		}
-		sources = append(sources, src)
-	}
-	return sources, nil
-}
-
-// noRecord says whether err is the owner's record being missing: no
-// _rejot yet. The sidecar installs it as it starts, and nothing can be
-// published before, so there is nothing to capture.
-func noRecord(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "42P01"
-}
-
-// NewSource makes the capture source of a publication version from its
-// published query, public key columns and (resolved) table.
-func NewSource(stream eventlog.Version, query string, key []string, schema, table string) (Source, error) {
-	a, perr := sql.AnalyzeProjection(query)
-	if perr != nil {
-		return Source{}, fmt.Errorf("publication %s version %d: %w", stream.Publication, stream.Number, perr)
-	}
-	src := Source{Schema: schema, Table: table, References: a.References}
-	src.Version, src.Filter = stream, a.Filter
-	for i, col := range a.Columns {
-		src.Exprs = append(src.Exprs, col.Expr)
-		src.Names = append(src.Names, col.Name)
-		src.Sources = append(src.Sources, col.Source)
-		for _, k := range key {
-			if col.Name == k {
-				src.KeyCols = append(src.KeyCols, i)
-				src.KeySources = append(src.KeySources, col.Source)
-			}
-		}
-	}
-	return src, nil
-}
-
-// Order puts the public columns in the order the version's columns are
-// recorded (the first minor's columns first, then those each minor added),
-// so every row the log holds for a version reads the same way: a row
-// appended before a minor added columns is a prefix of one appended after.
-func (s *Source) Order(columns []string) error {
-	at := map[string]int{}
-	for i, c := range s.Names {
-		at[c] = i
-	}
-	if len(columns) != len(s.Names) {
-		return fmt.Errorf("publication %s version %d: recorded with %d columns, its query has %d", s.Version.Publication, s.Version.Number, len(columns), len(s.Names))
-	}
-	exprs, sources := make([]string, len(columns)), make([]string, len(columns))
-	for i, c := range columns {
-		j, ok := at[c]
-		if !ok {
-			return fmt.Errorf("publication %s version %d: recorded column %s is not in its query", s.Version.Publication, s.Version.Number, c)
-		}
-		exprs[i], sources[i] = s.Exprs[j], s.Sources[j]
-	}
-	// The key in the recorded order too: deletes carry it.
-	keySource := map[string]string{}
-	for k, j := range s.KeyCols {
-		keySource[s.Names[j]] = s.KeySources[k]
-	}
-	var keys []int
-	var keySources []string
-	for i, c := range columns {
-		if src, ok := keySource[c]; ok {
-			keys, keySources = append(keys, i), append(keySources, src)
-		}
-	}
-	s.KeySources = keySources
-	s.Exprs, s.KeyCols, s.Names, s.Sources = exprs, keys, columns, sources
-	return nil
-}
-
-// Definition identifies what a source's rows are: when it changes (a new
-// minor, a new filter), the version's state is filled again.
-func (s *Source) Definition() string {
-	return fmt.Sprintf("%s.%s/%q/%q/%v", s.Schema, s.Table, s.Exprs, s.Filter, s.KeyCols)
 }

@@ -1,0 +1,104 @@
+package capture
+
+import (
+	"context"
+
+	"github.com/rejot-dev/rejot/replicator/eventlog"
+)
+
+// changesFor computes what each of several source transactions did to one
+// publication version, in commit order, with one projection query for all
+// of them. Transactions for which skip is true get no changes.
+func changesFor(ctx context.Context, q Querier, src *Source, rels map[uint32]*relation, txns []*transaction, skip func(*transaction) bool) ([][]eventlog.Change, error) {
+	type ref struct {
+		txn, event int
+		rel        *relation
+	}
+	var mine []ref // the source's events, in order
+	var tuples [][]eventlog.Value
+	var at []int // index in mine of each tuple
+	for ti, txn := range txns {
+		if skip(txn) {
+			continue
+		}
+		for ei := range txn.events {
+			e := &txn.events[ei]
+			r := rels[e.rel]
+			if r == nil || r.schema != src.Schema || r.table != src.Table {
+				continue
+			}
+			if e.op == 'I' || e.op == 'U' {
+				tuples, at = append(tuples, e.new), append(at, len(mine))
+			}
+			mine = append(mine, ref{ti, ei, r})
+		}
+	}
+	out := make([][]eventlog.Change, len(txns))
+	if len(mine) == 0 {
+		return out, nil
+	}
+	projected, err := Project(ctx, q, &src.Projection, mine[0].rel.cols, tuples)
+	if err != nil {
+		return nil, err
+	}
+	byEvent := make([]Projected, len(mine))
+	for j, i := range at {
+		byEvent[i] = projected[j]
+	}
+	for i, m := range mine {
+		e := txns[m.txn].events[m.event]
+		out[m.txn] = append(out[m.txn], eventChanges(src, m.rel, e, byEvent[i])...)
+	}
+	return out, nil
+}
+
+func eventChanges(src *Source, rel *relation, e event, p Projected) []eventlog.Change {
+	switch e.op {
+	case 'T':
+		return []eventlog.Change{{Op: eventlog.OpTruncate}}
+	case 'D':
+		return []eventlog.Change{{Op: eventlog.OpDelete, Key: oldKey(src, rel, e.old)}}
+	}
+	key := make([]eventlog.Value, len(src.KeyCols))
+	for i, c := range src.KeyCols {
+		key[i] = p.Row[c]
+	}
+	var out []eventlog.Change
+	if e.op == 'U' && e.old != nil {
+		if old := oldKey(src, rel, e.old); !sameValues(old, key) {
+			out = append(out, eventlog.Change{Op: eventlog.OpDelete, Key: old}) // the key changed
+		}
+	}
+	if p.Keep {
+		return append(out, eventlog.Change{Op: eventlog.OpUpsert, Key: key, Row: p.Row})
+	}
+	if e.op == 'U' {
+		out = append(out, eventlog.Change{Op: eventlog.OpDelete, Key: key}) // the row left the filter
+	}
+	return out
+}
+
+// oldKey reads the public key from an old (key or full) tuple.
+func oldKey(src *Source, rel *relation, old []eventlog.Value) []eventlog.Value {
+	key := make([]eventlog.Value, len(src.KeySources))
+	for i, name := range src.KeySources {
+		for j, c := range rel.cols {
+			if c.Name == name && j < len(old) {
+				key[i] = TextForm(c.Type, old[j]) // as the projection gives keys
+			}
+		}
+	}
+	return key
+}
+
+func sameValues(a, b []eventlog.Value) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if (a[i] == nil) != (b[i] == nil) || (a[i] != nil && *a[i] != *b[i]) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,169 @@
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
+	"github.com/rejot-dev/rejot/sql"
+)
+
+// Source is a publication version and the table its rows come from.
+type Source struct {
+	Projection
+	Schema, Table string
+	// KeySources are the source columns of the public key, in key order:
+	// a deleted row's public key is read from its old key tuple.
+	KeySources []string
+	// References are the source columns the projection reads.
+	References []string
+}
+
+// LoadSources reads the capture sources of the publications recorded in
+// the owner's database.
+func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
+	// An error of the query is also the rows': CollectRows returns it.
+	rows, _ := conn.Query(ctx, `SELECT p.publication, p.version, p.query, p.key_columns, n.nspname, c.relname,
+			ARRAY(SELECT x->>'name' FROM jsonb_array_elements(p.columns) AS x)
+		FROM _rejot.publications p
+		JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(p.source)
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE p.status <> 'retired' ORDER BY p.publication, p.version`)
+	type rec struct {
+		stream        eventlog.Version
+		query         string
+		key           []string
+		schema, table string
+		columns       []string
+	}
+	recs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rec, error) {
+		var x rec
+		return x, r.Scan(&x.stream.Publication, &x.stream.Number, &x.query, &x.key, &x.schema, &x.table, &x.columns)
+	})
+	if noRecord(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	sources := make([]Source, 0, len(recs))
+	for _, r := range recs {
+		src, err := NewSource(r.stream, r.query, r.key, r.schema, r.table)
+		if err != nil {
+			return nil, err
+		}
+		if err := src.Order(r.columns); err != nil {
+			return nil, err
+		}
+		sources = append(sources, src)
+	}
+	return sources, nil
+}
+
+// noRecord says whether err is the owner's record being missing: no
+// _rejot yet. The sidecar installs it as it starts, and nothing can be
+// published before, so there is nothing to capture.
+func noRecord(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42P01"
+}
+
+// NewSource makes the capture source of a publication version from its
+// published query, public key columns and (resolved) table.
+func NewSource(v eventlog.Version, query string, key []string, schema, table string) (Source, error) {
+	a, perr := sql.AnalyzeProjection(query)
+	if perr != nil {
+		return Source{}, fmt.Errorf("publication %s version %d: %w", v.Publication, v.Number, perr)
+	}
+	src := Source{Schema: schema, Table: table, References: a.References}
+	src.Version, src.Filter = v, a.Filter
+	for i, col := range a.Columns {
+		src.Exprs = append(src.Exprs, col.Expr)
+		src.Names = append(src.Names, col.Name)
+		src.Sources = append(src.Sources, col.Source)
+		for _, k := range key {
+			if col.Name == k {
+				src.KeyCols = append(src.KeyCols, i)
+				src.KeySources = append(src.KeySources, col.Source)
+			}
+		}
+	}
+	return src, nil
+}
+
+// Order puts the public columns in the order the version's columns are
+// recorded (the first minor's columns first, then those each minor added),
+// so every row the log holds for a version reads the same way: a row
+// appended before a minor added columns is a prefix of one appended after.
+func (s *Source) Order(columns []string) error {
+	at := map[string]int{}
+	for i, c := range s.Names {
+		at[c] = i
+	}
+	if len(columns) != len(s.Names) {
+		return fmt.Errorf("publication %s version %d: recorded with %d columns, its query has %d", s.Version.Publication, s.Version.Number, len(columns), len(s.Names))
+	}
+	exprs, sources := make([]string, len(columns)), make([]string, len(columns))
+	for i, c := range columns {
+		j, ok := at[c]
+		if !ok {
+			return fmt.Errorf("publication %s version %d: recorded column %s is not in its query", s.Version.Publication, s.Version.Number, c)
+		}
+		exprs[i], sources[i] = s.Exprs[j], s.Sources[j]
+	}
+	// The key in the recorded order too: deletes carry it.
+	keySource := map[string]string{}
+	for k, j := range s.KeyCols {
+		keySource[s.Names[j]] = s.KeySources[k]
+	}
+	var keys []int
+	var keySources []string
+	for i, c := range columns {
+		if src, ok := keySource[c]; ok {
+			keys, keySources = append(keys, i), append(keySources, src)
+		}
+	}
+	s.KeySources = keySources
+	s.Exprs, s.KeyCols, s.Names, s.Sources = exprs, keys, columns, sources
+	return nil
+}
+
+// Definition identifies what a source's rows are: when it changes (a new
+// minor, a new filter), the version's state is filled again.
+func (s *Source) Definition() string {
+	return fmt.Sprintf("%s.%s/%q/%q/%v", s.Schema, s.Table, s.Exprs, s.Filter, s.KeyCols)
+}
+
+// Layout is how the log lays out the version's rows.
+func (s *Source) Layout() eventlog.Layout {
+	return eventlog.Layout{Columns: len(s.Exprs), Key: s.KeyCols}
+}
+
+// textExprs are a source's public columns as text, as the log keeps them.
+func (s *Source) textExprs() []string {
+	exprs := make([]string, len(s.Exprs))
+	for i, e := range s.Exprs {
+		exprs[i] = "(" + e + ")::text"
+	}
+	return exprs
+}
+
+// rowsFrom is the FROM (and WHERE) that gives a source's rows.
+func (s *Source) rowsFrom() string { return s.rowsWhere("") }
+
+// rowsWhere is rowsFrom with one more condition (none when "").
+func (s *Source) rowsWhere(cond string) string {
+	from := " FROM " + pgx.Identifier{s.Schema, s.Table}.Sanitize()
+	switch {
+	case s.Filter != "" && cond != "":
+		from += " WHERE (" + s.Filter + ") AND " + cond
+	case s.Filter != "":
+		from += " WHERE " + s.Filter
+	case cond != "":
+		from += " WHERE " + cond
+	}
+	return from
+}
