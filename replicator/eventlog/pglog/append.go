@@ -13,7 +13,7 @@ import (
 )
 
 // Append appends groups in one transaction. Groups of several source
-// transactions may come together: each stays whole, and per stream the
+// transactions may come together: each stays whole, and per version the
 // work is a handful of statements whatever the number of groups.
 func (l *Log) Append(ctx context.Context, groups []eventlog.Group) (int, error) {
 	return eventlog.Append(ctx, l, groups)
@@ -25,33 +25,33 @@ func (l *Log) Begin(ctx context.Context) (eventlog.Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Tx{log: l, tx: tx, streams: map[eventlog.Version]*streamTx{}, groups: map[groupID]*groupTx{}}, nil
+	return &Tx{log: l, tx: tx, versions: map[eventlog.Version]*versionTx{}, groups: map[groupID]*groupTx{}}, nil
 }
 
 // Tx is an append in progress: one transaction of the log database.
 type Tx struct {
-	log     *Log
-	tx      pgx.Tx
-	streams map[eventlog.Version]*streamTx
-	order   []eventlog.Version
-	groups  map[groupID]*groupTx
-	added   int
+	log      *Log
+	tx       pgx.Tx
+	versions map[eventlog.Version]*versionTx
+	order    []eventlog.Version
+	groups   map[groupID]*groupTx
+	added    int
 }
 
-type streamTx struct {
+type versionTx struct {
 	id     int
 	head   int64
 	groups []*groupTx      // new groups, in order
 	fill   bool            // a first state (Fill)
 	unread bool            // no subscriber reads it yet: a fill keeps no change log
 	layout eventlog.Layout // of its state table; no columns: no table yet
-	locked bool            // holds the stream's compaction lock
+	locked bool            // holds the version's compaction lock
 }
 
 type groupID struct {
-	stream eventlog.Version
-	system string
-	lsn    uint64
+	version eventlog.Version
+	system  string
+	lsn     uint64
 }
 
 type groupTx struct {
@@ -63,75 +63,75 @@ type groupTx struct {
 
 // Append appends groups in order; see eventlog.Tx.
 func (t *Tx) Append(ctx context.Context, groups []eventlog.Group) error {
-	byStream := map[eventlog.Version][]*eventlog.Group{}
+	byVersion := map[eventlog.Version][]*eventlog.Group{}
 	var order []eventlog.Version
 	for i := range groups {
 		g := &groups[i]
-		if _, ok := byStream[g.Version]; !ok {
+		if _, ok := byVersion[g.Version]; !ok {
 			order = append(order, g.Version)
 		}
-		byStream[g.Version] = append(byStream[g.Version], g)
+		byVersion[g.Version] = append(byVersion[g.Version], g)
 	}
-	for _, s := range order {
-		if err := t.appendStream(ctx, s, byStream[s], false); err != nil {
+	for _, v := range order {
+		if err := t.appendVersion(ctx, v, byVersion[v], false); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// streamTx returns what this append knows of a stream, looking it up (and
+// version returns what this append knows of a version, looking it up (and
 // locking its row) the first time.
-func (t *Tx) stream(ctx context.Context, s eventlog.Version, fill bool) (*streamTx, error) {
-	if st := t.streams[s]; st != nil {
-		return st, nil
+func (t *Tx) version(ctx context.Context, v eventlog.Version, fill bool) (*versionTx, error) {
+	if vt := t.versions[v]; vt != nil {
+		return vt, nil
 	}
 	if !fill {
-		// An append need not look the stream up when an earlier one did:
+		// An append need not look the version up when an earlier one did:
 		// its head update takes the row's lock all the same. (A first
 		// state does: its upsert locks the row for the whole fill.)
 		t.log.mu.Lock()
-		k := t.log.known[s]
-		var st *streamTx
+		k := t.log.known[v]
+		var vt *versionTx
 		if k != nil && k.layout.Columns > 0 {
-			st = &streamTx{id: k.id, layout: eventlog.Layout{Columns: k.layout.Columns, Key: slices.Clone(k.layout.Key)}}
+			vt = &versionTx{id: k.id, layout: eventlog.Layout{Columns: k.layout.Columns, Key: slices.Clone(k.layout.Key)}}
 		}
 		t.log.mu.Unlock()
-		if st != nil {
-			t.streams[s] = st
-			t.order = append(t.order, s)
-			return st, nil
+		if vt != nil {
+			t.versions[v] = vt
+			t.order = append(t.order, v)
+			return vt, nil
 		}
 	}
 	var key []int
-	st := &streamTx{fill: fill}
+	vt := &versionTx{fill: fill}
 	err := t.tx.QueryRow(ctx, `INSERT INTO rejot_log.streams (publication, version) VALUES ($1, $2)
 		ON CONFLICT (publication, version) DO UPDATE SET version = EXCLUDED.version
-		RETURNING id, coalesce(state_columns, 0), coalesce(state_key, '{}')`, s.Publication, s.Number).Scan(&st.id, &st.layout.Columns, &key)
+		RETURNING id, coalesce(state_columns, 0), coalesce(state_key, '{}')`, v.Publication, v.Number).Scan(&vt.id, &vt.layout.Columns, &key)
 	if err != nil {
 		return nil, err
 	}
-	st.layout.Key = key
+	vt.layout.Key = key
 	if fill {
 		var read bool
-		if err := t.tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM rejot_log.readers WHERE stream = $1)", st.id).Scan(&read); err != nil {
+		if err := t.tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM rejot_log.readers WHERE stream = $1)", vt.id).Scan(&read); err != nil {
 			return nil, err
 		}
-		st.unread = !read
+		vt.unread = !read
 	}
-	t.streams[s] = st
-	t.order = append(t.order, s)
-	return st, nil
+	t.versions[v] = vt
+	t.order = append(t.order, v)
+	return vt, nil
 }
 
-// appendStream appends one stream's groups (in order), skipping those
+// appendVersion appends one version's groups (in order), skipping those
 // already appended.
-func (t *Tx) appendStream(ctx context.Context, s eventlog.Version, groups []*eventlog.Group, fill bool) error {
-	st, err := t.stream(ctx, s, fill)
+func (t *Tx) appendVersion(ctx context.Context, v eventlog.Version, groups []*eventlog.Group, fill bool) error {
+	vt, err := t.version(ctx, v, fill)
 	if err != nil {
 		return err
 	}
-	gts, err := t.sortOut(ctx, st, s, groups)
+	gts, err := t.sortOut(ctx, vt, v, groups)
 	if err != nil {
 		return err
 	}
@@ -148,12 +148,12 @@ func (t *Tx) appendStream(ctx context.Context, s eventlog.Version, groups []*eve
 		return nil
 	}
 	if !fill {
-		if err := t.appendable(ctx, st, fresh[0]); err != nil {
+		if err := t.appendable(ctx, vt, fresh[0]); err != nil {
 			return err
 		}
 	}
 	var head int64
-	if err := t.tx.QueryRow(ctx, "UPDATE rejot_log.streams SET head = head + $2 WHERE id = $1 RETURNING head", st.id, count).Scan(&head); err != nil {
+	if err := t.tx.QueryRow(ctx, "UPDATE rejot_log.streams SET head = head + $2 WHERE id = $1 RETURNING head", vt.id, count).Scan(&head); err != nil {
 		return err
 	}
 	first := head - int64(count) + 1
@@ -163,38 +163,38 @@ func (t *Tx) appendStream(ctx context.Context, s eventlog.Version, groups []*eve
 		gt := freshTx[i]
 		if gt.first == 0 {
 			gt.first = pos
-			st.groups = append(st.groups, gt)
+			vt.groups = append(vt.groups, gt)
 		} else if gt.marked {
 			unmark = append(unmark, gt.last)
 		}
 		pos += int64(len(g.Changes))
 		gt.last = pos - 1
 	}
-	st.head = head
-	if !(st.fill && st.unread) {
-		if err := insertChanges(ctx, t.tx, st.id, first, fresh, count); err != nil {
+	vt.head = head
+	if !(vt.fill && vt.unread) {
+		if err := insertChanges(ctx, t.tx, vt.id, first, fresh, count); err != nil {
 			return err
 		}
 		for _, gt := range freshTx {
 			gt.marked = true
 		}
 		if len(unmark) > 0 {
-			if _, err := t.tx.Exec(ctx, "UPDATE rejot_log.changes SET last = false WHERE stream = $1 AND position = ANY ($2)", st.id, unmark); err != nil {
+			if _, err := t.tx.Exec(ctx, "UPDATE rejot_log.changes SET last = false WHERE stream = $1 AND position = ANY ($2)", vt.id, unmark); err != nil {
 				return err
 			}
 		}
 	}
-	if st.fill {
+	if vt.fill {
 		var all []eventlog.Change
 		for _, g := range fresh {
 			all = append(all, g.Changes...)
 		}
-		return t.fillState(ctx, st, fresh[0].Layout, all)
+		return t.fillState(ctx, vt, fresh[0].Layout, all)
 	}
 	// The state catches up in bulk (rejot_log.compact), not here.
 	for _, g := range fresh {
 		for _, c := range g.Changes {
-			if err := fits(st.layout, c.Row); err != nil {
+			if err := fits(vt.layout, c.Row); err != nil {
 				return err
 			}
 		}
@@ -205,11 +205,11 @@ func (t *Tx) appendStream(ctx context.Context, s eventlog.Version, groups []*eve
 // sortOut learns, for groups not seen before in this append, whether the
 // log already has them (same system and commit LSN), and returns what
 // this append knows of each group, in order.
-func (t *Tx) sortOut(ctx context.Context, st *streamTx, s eventlog.Version, groups []*eventlog.Group) ([]*groupTx, error) {
+func (t *Tx) sortOut(ctx context.Context, vt *versionTx, v eventlog.Version, groups []*eventlog.Group) ([]*groupTx, error) {
 	gts := make([]*groupTx, len(groups))
 	var unseen []int
 	for i, g := range groups {
-		id := groupID{s, g.System, g.CommitLSN}
+		id := groupID{v, g.System, g.CommitLSN}
 		if gts[i] = t.groups[id]; gts[i] == nil {
 			gts[i] = &groupTx{id: id}
 			t.groups[id] = gts[i]
@@ -218,7 +218,7 @@ func (t *Tx) sortOut(ctx context.Context, st *streamTx, s eventlog.Version, grou
 	}
 	// A system appends its transactions in commit order (one capture
 	// per system), so a group at or before the last one it appended to
-	// the stream is a replay — already in the log, or skipped on purpose
+	// the version is a replay — already in the log, or skipped on purpose
 	// — and one past it is new. No lookup: the groups themselves may be
 	// pruned.
 	last := map[string]uint64{}
@@ -226,12 +226,12 @@ func (t *Tx) sortOut(ctx context.Context, st *streamTx, s eventlog.Version, grou
 		g := groups[i]
 		l, ok := last[g.System]
 		if !ok {
-			l, ok = t.log.knownAppended(s, g.System)
+			l, ok = t.log.knownAppended(v, g.System)
 		}
 		if !ok {
 			var lsn *string
 			err := t.tx.QueryRow(ctx, "SELECT lsn::text FROM rejot_log.appended WHERE stream = $1 AND system = $2",
-				st.id, g.System).Scan(&lsn)
+				vt.id, g.System).Scan(&lsn)
 			if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 				return nil, err
 			}
@@ -242,7 +242,7 @@ func (t *Tx) sortOut(ctx context.Context, st *streamTx, s eventlog.Version, grou
 				}
 				l = uint64(parsed)
 			}
-			t.log.learn(s, st.id, nil, g.System, l) // committed: true whatever becomes of this append
+			t.log.learn(v, vt.id, nil, g.System, l) // committed: true whatever becomes of this append
 		}
 		last[g.System] = l
 		if g.CommitLSN <= l {
@@ -260,11 +260,11 @@ func (t *Tx) Commit(ctx context.Context) (int, error) {
 		t.log.Forget()
 		return 0, err
 	}
-	for _, s := range t.order {
-		st := t.streams[s]
-		t.log.learn(s, st.id, &st.layout, "", 0)
-		for _, g := range st.groups {
-			t.log.learn(s, st.id, nil, g.id.system, g.id.lsn)
+	for _, v := range t.order {
+		vt := t.versions[v]
+		t.log.learn(v, vt.id, &vt.layout, "", 0)
+		for _, g := range vt.groups {
+			t.log.learn(v, vt.id, nil, g.id.system, g.id.lsn)
 		}
 	}
 	return added, nil
@@ -272,24 +272,24 @@ func (t *Tx) Commit(ctx context.Context) (int, error) {
 
 func (t *Tx) commit(ctx context.Context) (int, error) {
 	added := 0
-	for _, s := range t.order {
-		st := t.streams[s]
-		if len(st.groups) == 0 {
+	for _, v := range t.order {
+		vt := t.versions[v]
+		if len(vt.groups) == 0 {
 			continue
 		}
-		if st.fill {
+		if vt.fill {
 			// A first state is the whole state as of its group: nothing
 			// before it is left to compact.
 			if _, err := t.tx.Exec(ctx, `INSERT INTO rejot_log.compactions (stream, position) VALUES ($1, $2)
-				ON CONFLICT (stream) DO UPDATE SET position = EXCLUDED.position`, st.id, st.head); err != nil {
+				ON CONFLICT (stream) DO UPDATE SET position = EXCLUDED.position`, vt.id, vt.head); err != nil {
 				return 0, err
 			}
 		}
-		if err := recordAppended(ctx, t.tx, st.id, st.groups,
-			s.Publication+"/"+strconv.Itoa(s.Number)+"/"+strconv.FormatInt(st.head, 10)); err != nil {
+		if err := recordAppended(ctx, t.tx, vt.id, vt.groups,
+			v.Publication+"/"+strconv.Itoa(v.Number)+"/"+strconv.FormatInt(vt.head, 10)); err != nil {
 			return 0, err
 		}
-		added += len(st.groups)
+		added += len(vt.groups)
 	}
 	if err := t.tx.Commit(ctx); err != nil {
 		return 0, err
@@ -307,7 +307,7 @@ func (t *Tx) Rollback(ctx context.Context) error {
 }
 
 // recordAppended notes, per system, the last commit LSN appended to a
-// stream (what tells a replay from a new transaction, see sortOut), and
+// version (what tells a replay from a new transaction, see sortOut), and
 // notifies listeners with payload on commit: one statement.
 func recordAppended(ctx context.Context, tx pgx.Tx, stream int, groups []*groupTx, payload string) error {
 	last := map[string]uint64{}
@@ -325,11 +325,11 @@ func recordAppended(ctx context.Context, tx pgx.Tx, stream int, groups []*groupT
 	return err
 }
 
-func streamID(ctx context.Context, tx pgx.Tx, s eventlog.Version) (int, error) {
+func versionID(ctx context.Context, tx pgx.Tx, v eventlog.Version) (int, error) {
 	var id int
 	err := tx.QueryRow(ctx, `INSERT INTO rejot_log.streams (publication, version) VALUES ($1, $2)
 		ON CONFLICT (publication, version) DO UPDATE SET version = EXCLUDED.version RETURNING id`,
-		s.Publication, s.Number).Scan(&id)
+		v.Publication, v.Number).Scan(&id)
 	return id, err
 }
 

@@ -5,6 +5,16 @@
 // streams from there without touching the owner's database. Appends
 // notify listeners on the channel rejot_log. docs/capture.md has the
 // layout and the reasons.
+//
+// The files follow the log's concerns: log.go opens the log and holds what
+// it remembers of earlier appends; append.go appends groups, each source
+// transaction's changes to one version, in one transaction; fill.go
+// records first states; state.go makes, fills and reads the state tables;
+// kept.go keeps out-of-line (TOAST) values; encode.go and decode.go render
+// and parse values for COPY and JSON; read.go serves the changes, prune.go
+// the readers' positions and the changes they let go, notify.go the
+// wake-ups. The stored schema calls a version a stream (rejot_log.streams,
+// the column stream): those names stay, the code says version.
 package pglog
 
 import (
@@ -36,31 +46,31 @@ type Log struct {
 	notifyOnce sync.Once
 	notify     *notifier
 
-	// What appends learned of streams, so the next one need not ask: a
-	// stream's id and state layout, and the last commit LSN each system
+	// What appends learned of versions, so the next one need not ask: a
+	// version's id and state layout, and the last commit LSN each system
 	// appended to it. Only committed facts go in; an append that fails
 	// makes the log forget (its commit may or may not have happened).
 	mu    sync.Mutex
-	known map[eventlog.Version]*knownStream
+	known map[eventlog.Version]*knownVersion
 }
 
-type knownStream struct {
+type knownVersion struct {
 	id       int
 	layout   eventlog.Layout
 	appended map[string]uint64
 }
 
-// learn records committed facts about a stream.
-func (l *Log) learn(s eventlog.Version, id int, layout *eventlog.Layout, system string, lsn uint64) {
+// learn records committed facts about a version.
+func (l *Log) learn(v eventlog.Version, id int, layout *eventlog.Layout, system string, lsn uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.known == nil {
-		l.known = map[eventlog.Version]*knownStream{}
+		l.known = map[eventlog.Version]*knownVersion{}
 	}
-	k := l.known[s]
+	k := l.known[v]
 	if k == nil || k.id != id {
-		k = &knownStream{id: id, appended: map[string]uint64{}}
-		l.known[s] = k
+		k = &knownVersion{id: id, appended: map[string]uint64{}}
+		l.known[v] = k
 	}
 	if layout != nil {
 		k.layout = eventlog.Layout{Columns: layout.Columns, Key: slices.Clone(layout.Key)}
@@ -80,11 +90,11 @@ func (l *Log) Forget() {
 	l.known = nil
 }
 
-// knownAppended is the last commit LSN system appended to s, if known.
-func (l *Log) knownAppended(s eventlog.Version, system string) (uint64, bool) {
+// knownAppended is the last commit LSN system appended to v, if known.
+func (l *Log) knownAppended(v eventlog.Version, system string) (uint64, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if k := l.known[s]; k != nil {
+	if k := l.known[v]; k != nil {
 		lsn, ok := k.appended[system]
 		return lsn, ok
 	}

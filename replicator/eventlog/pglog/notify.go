@@ -11,9 +11,9 @@ import (
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
-// Wait returns when the log notifies an append to s, or after at most d.
-func (l *Log) Wait(ctx context.Context, s eventlog.Version, d time.Duration) {
-	ch := l.waiter().channel(s)
+// Wait returns when the log notifies an append to v, or after at most d.
+func (l *Log) Wait(ctx context.Context, v eventlog.Version, d time.Duration) {
+	ch := l.waiter().channel(v)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -24,7 +24,7 @@ func (l *Log) Wait(ctx context.Context, s eventlog.Version, d time.Duration) {
 }
 
 // notifier listens on the log's channel with one connection and wakes the
-// waiters of each stream.
+// waiters of each version.
 type notifier struct {
 	mu      sync.Mutex
 	waiters map[string]chan struct{}
@@ -38,8 +38,8 @@ func (l *Log) waiter() *notifier {
 	return l.notify
 }
 
-func (n *notifier) channel(s eventlog.Version) chan struct{} {
-	key := streamKey(s)
+func (n *notifier) channel(v eventlog.Version) chan struct{} {
+	key := versionKey(v)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ch := n.waiters[key]
@@ -50,7 +50,7 @@ func (n *notifier) channel(s eventlog.Version) chan struct{} {
 	return ch
 }
 
-// wake wakes the waiters of one stream ("" wakes all).
+// wake wakes the waiters of one version ("" wakes all).
 func (n *notifier) wake(key string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -62,8 +62,8 @@ func (n *notifier) wake(key string) {
 	}
 }
 
-func streamKey(s eventlog.Version) string {
-	return s.Publication + "/" + strconv.Itoa(s.Number)
+func versionKey(v eventlog.Version) string {
+	return v.Publication + "/" + strconv.Itoa(v.Number)
 }
 
 // listen keeps a LISTEN connection until the log closes, reconnecting

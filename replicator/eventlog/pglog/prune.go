@@ -10,16 +10,16 @@ import (
 
 // SetReader records a subscriber's position (the log keeps what it has
 // not read); a negative position removes the reader.
-func (l *Log) SetReader(ctx context.Context, s eventlog.Version, reader string, position int64) error {
+func (l *Log) SetReader(ctx context.Context, v eventlog.Version, reader string, position int64) error {
 	if position < 0 {
 		_, err := l.pool.Exec(ctx, `DELETE FROM rejot_log.readers r USING rejot_log.streams s
-			WHERE s.id = r.stream AND s.publication = $1 AND s.version = $2 AND r.reader = $3`, s.Publication, s.Number, reader)
+			WHERE s.id = r.stream AND s.publication = $1 AND s.version = $2 AND r.reader = $3`, v.Publication, v.Number, reader)
 		return err
 	}
-	// The stream may not exist yet (subscribed before the owner's first
+	// The version may not exist yet (subscribed before the owner's first
 	// fill): the reader holds it from the start all the same.
 	return pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
-		id, err := streamID(ctx, tx, s)
+		id, err := versionID(ctx, tx, v)
 		if err != nil {
 			return err
 		}
@@ -39,17 +39,17 @@ func (l *Log) KeepReaders(ctx context.Context, prefix string, keep []string) err
 	return err
 }
 
-// Prune deletes the changes of a stream that every reader has read (all of
+// Prune deletes the changes of a version that every reader has read (all of
 // them when it has none: new subscribers copy the compacted state). It
 // returns how many it deleted.
-func (l *Log) Prune(ctx context.Context, s eventlog.Version) (int64, error) {
+func (l *Log) Prune(ctx context.Context, v eventlog.Version) (int64, error) {
 	var n int64
 	err := pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
 		var id int
 		var upto int64
 		// Changes go only once the state holds them.
 		err := tx.QueryRow(ctx, `SELECT s.id, least(rejot_log.compact(s.id), coalesce((SELECT min(position) FROM rejot_log.readers r WHERE r.stream = s.id), s.head))
-			FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = $2`, s.Publication, s.Number).Scan(&id, &upto)
+			FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = $2`, v.Publication, v.Number).Scan(&id, &upto)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}

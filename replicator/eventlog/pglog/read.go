@@ -11,30 +11,30 @@ import (
 
 var _ eventlog.Reader = (*Log)(nil)
 
-// Head returns a stream's last position (0 when it has none).
-func (l *Log) Head(ctx context.Context, s eventlog.Version) (int64, error) {
+// Head returns a version's last position (0 when it has none).
+func (l *Log) Head(ctx context.Context, v eventlog.Version) (int64, error) {
 	var head int64
 	err := l.pool.QueryRow(ctx, "SELECT head FROM rejot_log.streams WHERE publication = $1 AND version = $2",
-		s.Publication, s.Number).Scan(&head)
+		v.Publication, v.Number).Scan(&head)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, nil
 	}
 	return head, err
 }
 
-// Changes returns up to limit records of a stream after position.
-func (l *Log) Changes(ctx context.Context, s eventlog.Version, after int64, limit int) ([]eventlog.Entry, error) {
-	recs, _, err := l.changes(ctx, s, after, limit)
+// Changes returns up to limit changes of a version after position.
+func (l *Log) Changes(ctx context.Context, v eventlog.Version, after int64, limit int) ([]eventlog.Entry, error) {
+	recs, _, err := l.changes(ctx, v, after, limit)
 	return recs, err
 }
 
-// changes returns up to limit records of a stream after position, and
+// changes returns up to limit changes of a version after position, and
 // which of them end a group.
-func (l *Log) changes(ctx context.Context, s eventlog.Version, after int64, limit int) ([]eventlog.Entry, []bool, error) {
+func (l *Log) changes(ctx context.Context, v eventlog.Version, after int64, limit int) ([]eventlog.Entry, []bool, error) {
 	rows, err := l.pool.Query(ctx, `SELECT c.position, (c.commit_lsn - '0/0')::int8, c.commit_time, c.op::text, c.key::text, c.row::text, c.last
 		FROM rejot_log.changes c JOIN rejot_log.streams s ON s.id = c.stream
 		WHERE s.publication = $1 AND s.version = $2 AND c.position > $3
-		ORDER BY c.position LIMIT $4`, s.Publication, s.Number, after, limit)
+		ORDER BY c.position LIMIT $4`, v.Publication, v.Number, after, limit)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -75,12 +75,12 @@ func scanRecord(row pgx.Row) (r eventlog.Entry, last bool, err error) {
 // Next returns the span of whole groups after position after, up to about
 // limit changes (at least one group, however large), and the commit time
 // of its last group.
-func (l *Log) Next(ctx context.Context, s eventlog.Version, after int64, limit int) (eventlog.Span, error) {
+func (l *Log) Next(ctx context.Context, v eventlog.Version, after int64, limit int) (eventlog.Span, error) {
 	// Groups end at marked changes; what is visible is committed whole.
 	rows, err := l.pool.Query(ctx, `SELECT c.position, c.commit_time FROM rejot_log.changes c
 		JOIN rejot_log.streams s ON s.id = c.stream
 		WHERE s.publication = $1 AND s.version = $2 AND c.position > $3 AND c.last
-		ORDER BY c.position LIMIT $4`, s.Publication, s.Number, after, max(limit, 1))
+		ORDER BY c.position LIMIT $4`, v.Publication, v.Number, after, max(limit, 1))
 	if err != nil {
 		return eventlog.Span{}, err
 	}
@@ -105,9 +105,9 @@ func (l *Log) Next(ctx context.Context, s eventlog.Version, after int64, limit i
 // groups among them: one query where Next and Read take two, and each
 // change is read once. A first group larger than limit is left to Next
 // and Read.
-func (l *Log) Fetch(ctx context.Context, s eventlog.Version, after int64, limit int) (eventlog.Span, []eventlog.Entry, error) {
+func (l *Log) Fetch(ctx context.Context, v eventlog.Version, after int64, limit int) (eventlog.Span, []eventlog.Entry, error) {
 	limit = max(limit, 1)
-	recs, ends, err := l.changes(ctx, s, after, limit)
+	recs, ends, err := l.changes(ctx, v, after, limit)
 	if err != nil {
 		return eventlog.Span{}, nil, err
 	}
@@ -124,17 +124,17 @@ func (l *Log) Fetch(ctx context.Context, s eventlog.Version, after int64, limit 
 		return span, nil, eventlog.ErrPruned
 	}
 	if span.Groups == 0 && len(recs) == limit {
-		span, err := l.Next(ctx, s, after, limit)
+		span, err := l.Next(ctx, v, after, limit)
 		return span, nil, err
 	}
 	return span, recs[:whole], nil
 }
 
 // Read calls fn for each change of a span, in order, in chunks.
-func (l *Log) Read(ctx context.Context, s eventlog.Version, span eventlog.Span, fn func([]eventlog.Entry) error) error {
+func (l *Log) Read(ctx context.Context, v eventlog.Version, span eventlog.Span, fn func([]eventlog.Entry) error) error {
 	const chunk = 5000
 	for after := span.After; after < span.Upto; {
-		recs, err := l.Changes(ctx, s, after, min(chunk, int(span.Upto-after)))
+		recs, err := l.Changes(ctx, v, after, min(chunk, int(span.Upto-after)))
 		if err != nil {
 			return err
 		}

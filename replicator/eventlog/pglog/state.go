@@ -13,25 +13,25 @@ import (
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
-// compactLock is the first key of the advisory lock a stream's first
+// compactLock is the first key of the advisory lock a version's first
 // state and its compactions (rejot_log.compact) take; the second is the
-// stream's id.
+// version's id.
 const compactLock = 1919251314
 
-// lockState keeps compactions off a stream's state until the append
+// lockState keeps compactions off a version's state until the append
 // commits: a first state replaces what they would fold changes into.
-func (t *Tx) lockState(ctx context.Context, st *streamTx) error {
-	if st.locked {
+func (t *Tx) lockState(ctx context.Context, vt *versionTx) error {
+	if vt.locked {
 		return nil
 	}
-	if _, err := t.tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1, $2)", compactLock, st.id); err != nil {
+	if _, err := t.tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1, $2)", compactLock, vt.id); err != nil {
 		return err
 	}
-	st.locked = true
+	vt.locked = true
 	return nil
 }
 
-// stateTable names a stream's compacted state.
+// stateTable names a version's compacted state.
 func stateTable(stream int) string { return "rejot_log.state_" + strconv.Itoa(stream) }
 
 // column names the state table's column of a row's i-th value.
@@ -71,13 +71,13 @@ func sameLayout(a, b eventlog.Layout) bool {
 	return a.Columns == b.Columns && slices.Equal(a.Key, b.Key)
 }
 
-// newState replaces a stream's state table with an empty one laid out as
+// newState replaces a version's state table with an empty one laid out as
 // l, its key indexed at once or (indexed false) left for later.
-func (t *Tx) newState(ctx context.Context, st *streamTx, l eventlog.Layout, indexed bool) error {
+func (t *Tx) newState(ctx context.Context, vt *versionTx, l eventlog.Layout, indexed bool) error {
 	if err := checkLayout(l); err != nil {
 		return err
 	}
-	if err := t.lockState(ctx, st); err != nil {
+	if err := t.lockState(ctx, vt); err != nil {
 		return err
 	}
 	cols := columns(l.Columns)
@@ -87,7 +87,7 @@ func (t *Tx) newState(ctx context.Context, st *streamTx, l eventlog.Layout, inde
 	if indexed {
 		cols = append(cols, "PRIMARY KEY ("+keyColumns(l)+")")
 	}
-	table := stateTable(st.id)
+	table := stateTable(vt.id)
 	if _, err := t.tx.Exec(ctx, "DROP TABLE IF EXISTS "+table); err != nil {
 		return err
 	}
@@ -97,10 +97,10 @@ func (t *Tx) newState(ctx context.Context, st *streamTx, l eventlog.Layout, inde
 	if err := t.grantAsChanges(ctx, table); err != nil {
 		return err
 	}
-	if _, err := t.tx.Exec(ctx, "UPDATE rejot_log.streams SET state_columns = $2, state_key = $3 WHERE id = $1", st.id, l.Columns, l.Key); err != nil {
+	if _, err := t.tx.Exec(ctx, "UPDATE rejot_log.streams SET state_columns = $2, state_key = $3 WHERE id = $1", vt.id, l.Columns, l.Key); err != nil {
 		return err
 	}
-	st.layout = eventlog.Layout{Columns: l.Columns, Key: slices.Clone(l.Key)}
+	vt.layout = eventlog.Layout{Columns: l.Columns, Key: slices.Clone(l.Key)}
 	return nil
 }
 
@@ -124,45 +124,45 @@ func (t *Tx) grantAsChanges(ctx context.Context, table string) error {
 	return err
 }
 
-// clearState empties a stream's state for a first state laid out as l:
+// clearState empties a version's state for a first state laid out as l:
 // the rows go (MVCC-safe: a subscriber copying meanwhile still sees the
 // old ones), or the table is made anew when the layout changed.
-func (t *Tx) clearState(ctx context.Context, st *streamTx, l eventlog.Layout) error {
-	if st.layout.Columns > 0 && sameLayout(st.layout, l) {
-		if err := t.lockState(ctx, st); err != nil {
+func (t *Tx) clearState(ctx context.Context, vt *versionTx, l eventlog.Layout) error {
+	if vt.layout.Columns > 0 && sameLayout(vt.layout, l) {
+		if err := t.lockState(ctx, vt); err != nil {
 			return err
 		}
-		_, err := t.tx.Exec(ctx, "DELETE FROM "+stateTable(st.id))
+		_, err := t.tx.Exec(ctx, "DELETE FROM "+stateTable(vt.id))
 		return err
 	}
-	return t.newState(ctx, st, l, true)
+	return t.newState(ctx, vt, l, true)
 }
 
-// appendable makes sure a stream has a state table for g's rows.
-func (t *Tx) appendable(ctx context.Context, st *streamTx, g *eventlog.Group) error {
-	if st.layout.Columns == 0 {
-		return t.newState(ctx, st, g.Layout, true)
+// appendable makes sure a version has a state table for g's rows.
+func (t *Tx) appendable(ctx context.Context, vt *versionTx, g *eventlog.Group) error {
+	if vt.layout.Columns == 0 {
+		return t.newState(ctx, vt, g.Layout, true)
 	}
-	if g.Layout.Columns > 0 && !sameLayout(st.layout, g.Layout) {
+	if g.Layout.Columns > 0 && !sameLayout(vt.layout, g.Layout) {
 		return fmt.Errorf("%s version %d: rows laid out as %+v, its state as %+v (a changed definition needs a new first state)",
-			g.Version.Publication, g.Version.Number, g.Layout, st.layout)
+			g.Version.Publication, g.Version.Number, g.Layout, vt.layout)
 	}
 	return nil
 }
 
 // fillState writes a first state's part: a truncate clears the state, and
 // the rows (each key once: a table's rows) are copied in.
-func (t *Tx) fillState(ctx context.Context, st *streamTx, l eventlog.Layout, changes []eventlog.Change) error {
+func (t *Tx) fillState(ctx context.Context, vt *versionTx, l eventlog.Layout, changes []eventlog.Change) error {
 	var rows [][]any
 	for _, c := range changes {
 		switch c.Op {
 		case eventlog.OpTruncate:
-			if err := t.clearState(ctx, st, l); err != nil {
+			if err := t.clearState(ctx, vt, l); err != nil {
 				return err
 			}
 			rows = rows[:0]
 		case eventlog.OpUpsert:
-			row, err := stateRow(st.layout, c.Row)
+			row, err := stateRow(vt.layout, c.Row)
 			if err != nil {
 				return err
 			}
@@ -178,10 +178,10 @@ func (t *Tx) fillState(ctx context.Context, st *streamTx, l eventlog.Layout, cha
 	if len(rows) == 0 {
 		return nil
 	}
-	if st.layout.Columns == 0 {
+	if vt.layout.Columns == 0 {
 		return errors.New("a first state must start with a truncate")
 	}
-	_, err := t.tx.CopyFrom(ctx, pgx.Identifier{"rejot_log", "state_" + strconv.Itoa(st.id)}, columns(st.layout.Columns), pgx.CopyFromRows(rows))
+	_, err := t.tx.CopyFrom(ctx, pgx.Identifier{"rejot_log", "state_" + strconv.Itoa(vt.id)}, columns(vt.layout.Columns), pgx.CopyFromRows(rows))
 	return err
 }
 
@@ -205,12 +205,12 @@ func stateRow(l eventlog.Layout, row []eventlog.Value) ([]eventlog.Value, error)
 	return row, nil
 }
 
-// State calls fn for every row of a stream's compacted state, in key
+// State calls fn for every row of a version's compacted state, in key
 // order, as of one consistent moment, and returns the position that state
 // is at: a subscriber that copies it continues with the changes after it.
-func (l *Log) State(ctx context.Context, s eventlog.Version, fn func(row []eventlog.Value) error) (int64, error) {
+func (l *Log) State(ctx context.Context, v eventlog.Version, fn func(row []eventlog.Value) error) (int64, error) {
 	var at int64
-	err := l.readState(ctx, s, func(tx pgx.Tx, st stateAt) error {
+	err := l.readState(ctx, v, func(tx pgx.Tx, st stateAt) error {
 		at = st.head
 		if st.layout.Columns == 0 {
 			return nil
@@ -242,15 +242,15 @@ func (l *Log) State(ctx context.Context, s eventlog.Version, fn func(row []event
 	return at, err
 }
 
-// CopyState writes a stream's compacted state to w in COPY's text format,
+// CopyState writes a version's compacted state to w in COPY's text format,
 // the given elements of each row as columns (an element past a row's end,
 // a column a later minor added, is NULL), as of one consistent moment,
-// and returns the position that state is at: the stream's head, with the
+// and returns the position that state is at: the version's head, with the
 // changes not compacted yet folded in on the way. Postgres renders the
 // rows: they pass through as bytes.
-func (l *Log) CopyState(ctx context.Context, s eventlog.Version, elements []int, w io.Writer) (int64, error) {
+func (l *Log) CopyState(ctx context.Context, v eventlog.Version, elements []int, w io.Writer) (int64, error) {
 	var at int64
-	err := l.readState(ctx, s, func(tx pgx.Tx, st stateAt) error {
+	err := l.readState(ctx, v, func(tx pgx.Tx, st stateAt) error {
 		at = st.head
 		if st.layout.Columns == 0 {
 			return nil // no state yet
@@ -265,7 +265,7 @@ func (l *Log) CopyState(ctx context.Context, s eventlog.Version, elements []int,
 	return at, err
 }
 
-// stateAt is what a read of a stream's state sees in its snapshot: the
+// stateAt is what a read of a version's state sees in its snapshot: the
 // state table as compacted up to compacted, and the changes after it up
 // to head.
 type stateAt struct {
@@ -274,15 +274,15 @@ type stateAt struct {
 	compacted, head int64
 }
 
-// readState calls fn in a read-only snapshot with what the stream's state
-// is there; fn is not called when the stream does not exist. Reading
+// readState calls fn in a read-only snapshot with what the version's state
+// is there; fn is not called when the version does not exist. Reading
 // writes nothing: a subscriber's role needs no more than to read the log.
-func (l *Log) readState(ctx context.Context, s eventlog.Version, fn func(pgx.Tx, stateAt) error) error {
+func (l *Log) readState(ctx context.Context, v eventlog.Version, fn func(pgx.Tx, stateAt) error) error {
 	return pgx.BeginTxFunc(ctx, l.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		var st stateAt
 		err := tx.QueryRow(ctx, `SELECT s.id, coalesce(s.state_columns, 0), coalesce(s.state_key, '{}'), coalesce(c.position, 0), s.head
 			FROM rejot_log.streams s LEFT JOIN rejot_log.compactions c ON c.stream = s.id
-			WHERE s.publication = $1 AND s.version = $2`, s.Publication, s.Number).
+			WHERE s.publication = $1 AND s.version = $2`, v.Publication, v.Number).
 			Scan(&st.id, &st.layout.Columns, &st.layout.Key, &st.compacted, &st.head)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
