@@ -135,32 +135,72 @@ func (t *Tx) appendVersion(ctx context.Context, v eventlog.Version, groups []*ev
 	if err != nil {
 		return err
 	}
-	var fresh []*eventlog.Group
-	var freshTx []*groupTx
-	count := 0
-	for i, g := range groups {
-		if gt := gts[i]; !gt.skip && len(g.Changes) > 0 {
-			fresh, freshTx = append(fresh, g), append(freshTx, gt)
-			count += len(g.Changes)
-		}
-	}
-	if count == 0 {
+	f := freshOf(groups, gts)
+	if f.count == 0 {
 		return nil
 	}
 	if !fill {
-		if err := t.appendable(ctx, vt, fresh[0]); err != nil {
+		if err := t.appendable(ctx, vt, f.groups[0]); err != nil {
 			return err
 		}
 	}
 	var head int64
-	if err := t.tx.QueryRow(ctx, "UPDATE rejot_log.streams SET head = head + $2 WHERE id = $1 RETURNING head", vt.id, count).Scan(&head); err != nil {
+	if err := t.tx.QueryRow(ctx, "UPDATE rejot_log.streams SET head = head + $2 WHERE id = $1 RETURNING head", vt.id, f.count).Scan(&head); err != nil {
 		return err
 	}
-	first := head - int64(count) + 1
+	first, unmark := vt.place(f, head)
+	if !(vt.fill && vt.unread) {
+		if err := t.logChanges(ctx, vt, f, first, unmark); err != nil {
+			return err
+		}
+	}
+	if vt.fill {
+		var all []eventlog.Change
+		for _, g := range f.groups {
+			all = append(all, g.Changes...)
+		}
+		return t.fillState(ctx, vt, f.groups[0].Layout, all)
+	}
+	// The state catches up in bulk (rejot_log.compact), not here.
+	for _, g := range f.groups {
+		for _, c := range g.Changes {
+			if err := fits(vt.layout, c.Row); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// fresh is what an append adds to a version: the groups with changes
+// that the log does not have yet, what the append knows of each, and how
+// many changes they hold.
+type fresh struct {
+	groups []*eventlog.Group
+	txs    []*groupTx
+	count  int
+}
+
+func freshOf(groups []*eventlog.Group, gts []*groupTx) fresh {
+	var f fresh
+	for i, g := range groups {
+		if gt := gts[i]; !gt.skip && len(g.Changes) > 0 {
+			f.groups, f.txs = append(f.groups, g), append(f.txs, gt)
+			f.count += len(g.Changes)
+		}
+	}
+	return f
+}
+
+// place gives fresh groups their positions, the last of them head, and
+// returns the first; a part of a group whose earlier part this append
+// placed extends it, and the earlier part's end, if marked, is returned
+// in unmark.
+func (vt *versionTx) place(f fresh, head int64) (first int64, unmark []int64) {
+	first = head - int64(f.count) + 1
 	pos := first
-	var unmark []int64 // group ends marked by an earlier part of the same group
-	for i, g := range fresh {
-		gt := freshTx[i]
+	for i, g := range f.groups {
+		gt := f.txs[i]
 		if gt.first == 0 {
 			gt.first = pos
 			vt.groups = append(vt.groups, gt)
@@ -171,32 +211,22 @@ func (t *Tx) appendVersion(ctx context.Context, v eventlog.Version, groups []*ev
 		gt.last = pos - 1
 	}
 	vt.head = head
-	if !(vt.fill && vt.unread) {
-		if err := insertChanges(ctx, t.tx, vt.id, first, fresh, count); err != nil {
+	return first, unmark
+}
+
+// logChanges adds fresh groups' changes to the change log from position
+// first, each group marked at its end, and takes the marks off the ends
+// in unmark: a group's end is where its last part ends.
+func (t *Tx) logChanges(ctx context.Context, vt *versionTx, f fresh, first int64, unmark []int64) error {
+	if err := insertChanges(ctx, t.tx, vt.id, first, f.groups, f.count); err != nil {
+		return err
+	}
+	for _, gt := range f.txs {
+		gt.marked = true
+	}
+	if len(unmark) > 0 {
+		if _, err := t.tx.Exec(ctx, "UPDATE rejot_log.changes SET last = false WHERE stream = $1 AND position = ANY ($2)", vt.id, unmark); err != nil {
 			return err
-		}
-		for _, gt := range freshTx {
-			gt.marked = true
-		}
-		if len(unmark) > 0 {
-			if _, err := t.tx.Exec(ctx, "UPDATE rejot_log.changes SET last = false WHERE stream = $1 AND position = ANY ($2)", vt.id, unmark); err != nil {
-				return err
-			}
-		}
-	}
-	if vt.fill {
-		var all []eventlog.Change
-		for _, g := range fresh {
-			all = append(all, g.Changes...)
-		}
-		return t.fillState(ctx, vt, fresh[0].Layout, all)
-	}
-	// The state catches up in bulk (rejot_log.compact), not here.
-	for _, g := range fresh {
-		for _, c := range g.Changes {
-			if err := fits(vt.layout, c.Row); err != nil {
-				return err
-			}
 		}
 	}
 	return nil

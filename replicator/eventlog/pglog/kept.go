@@ -8,69 +8,14 @@ import (
 )
 
 // Keep records out-of-line values of source rows, in order; see
-// eventlog.Kept.
+// eventlog.Kept. Consecutive records of many rows go in a handful of
+// statements: a batch holds one entry per row, and what must stay in order
+// (a whole table gone, a row again with the other Missing) ends a batch.
 func (t *Tx) Keep(ctx context.Context, system string, kept []eventlog.Kept) error {
-	type pending struct {
-		table   string
-		key     string
-		vals    map[string]eventlog.Value
-		gone    bool // delete what is kept before storing vals
-		missing bool
-	}
-	var order []*pending
-	byKey := map[string]*pending{}
-	flush := func() error {
-		if len(order) == 0 {
-			return nil
-		}
-		var goneT, goneK, putT, putK, putV []string
-		var putMissing []bool
-		for _, p := range order {
-			if p.gone {
-				goneT, goneK = append(goneT, p.table), append(goneK, p.key)
-			}
-			if p.vals != nil {
-				v, err := json.Marshal(p.vals)
-				if err != nil {
-					return err
-				}
-				putT, putK, putV = append(putT, p.table), append(putK, p.key), append(putV, string(v))
-				putMissing = append(putMissing, p.missing)
-			}
-		}
-		order, byKey = nil, map[string]*pending{}
-		if len(goneT) > 0 {
-			if _, err := t.tx.Exec(ctx, `DELETE FROM rejot_log.kept k USING unnest($2::text[], $3::jsonb[]) AS u(source, key)
-				WHERE k.system = $1 AND k.source = u.source AND k.key = u.key`, system, goneT, goneK); err != nil {
-				return err
-			}
-		}
-		for _, missing := range []bool{false, true} {
-			var tables, keys, vals []string
-			for i := range putT {
-				if putMissing[i] == missing {
-					tables, keys, vals = append(tables, putT[i]), append(keys, putK[i]), append(vals, putV[i])
-				}
-			}
-			if len(tables) == 0 {
-				continue
-			}
-			merge := "rejot_log.kept.vals || EXCLUDED.vals" // newer values win
-			if missing {
-				merge = "EXCLUDED.vals || rejot_log.kept.vals" // kept values win
-			}
-			_, err := t.tx.Exec(ctx, `INSERT INTO rejot_log.kept (system, source, key, vals)
-				SELECT $1, s, k, v FROM unnest($2::text[], $3::jsonb[], $4::jsonb[]) AS u(s, k, v)
-				ON CONFLICT (system, source, key) DO UPDATE SET vals = `+merge, system, tables, keys, vals)
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	}
+	var b keptBatch
 	for _, k := range kept {
 		if k.Key == nil { // every row of the table
-			if err := flush(); err != nil {
+			if err := t.writeKept(ctx, system, &b); err != nil {
 				return err
 			}
 			if _, err := t.tx.Exec(ctx, "DELETE FROM rejot_log.kept WHERE system = $1 AND source = $2", system, k.Table); err != nil {
@@ -82,30 +27,132 @@ func (t *Tx) Keep(ctx context.Context, system string, kept []eventlog.Kept) erro
 		if err != nil {
 			return err
 		}
-		id := k.Table + "\x00" + string(enc)
-		p := byKey[id]
-		if p == nil || p.missing != k.Missing {
-			if p != nil {
-				if err := flush(); err != nil {
-					return err
-				}
+		r, ok := b.row(k.Table, string(enc), k.Missing)
+		if !ok {
+			if err := t.writeKept(ctx, system, &b); err != nil {
+				return err
 			}
-			p = &pending{table: k.Table, key: string(enc), missing: k.Missing}
-			byKey[id] = p
-			order = append(order, p)
+			r, _ = b.row(k.Table, string(enc), k.Missing)
 		}
-		if k.Gone {
-			p.gone, p.vals = true, nil
-			continue
+		r.merge(k)
+	}
+	return t.writeKept(ctx, system, &b)
+}
+
+// keptBatch is what Keep has yet to write: one entry per source row, in
+// the order the rows came.
+type keptBatch struct {
+	order []*keptRow
+	byRow map[string]*keptRow // by table and key
+}
+
+// keptRow is what a batch records of one source row.
+type keptRow struct {
+	table   string
+	key     string
+	vals    map[string]eventlog.Value
+	gone    bool // delete what is kept before storing vals
+	missing bool
+}
+
+// row returns the batch's entry for a source row, made if new; ok is false
+// when the row is in the batch with the other Missing: the two are written
+// one after the other, so the batch must be written first.
+func (b *keptBatch) row(table, key string, missing bool) (r *keptRow, ok bool) {
+	id := table + "\x00" + key
+	if r = b.byRow[id]; r != nil {
+		return r, r.missing == missing
+	}
+	if b.byRow == nil {
+		b.byRow = map[string]*keptRow{}
+	}
+	r = &keptRow{table: table, key: key, missing: missing}
+	b.byRow[id] = r
+	b.order = append(b.order, r)
+	return r, true
+}
+
+// merge adds a record of the row: gone drops what the batch had for it.
+func (r *keptRow) merge(k eventlog.Kept) {
+	if k.Gone {
+		r.gone, r.vals = true, nil
+		return
+	}
+	if r.vals == nil {
+		r.vals = map[string]eventlog.Value{}
+	}
+	for c, v := range k.Values {
+		r.vals[c] = v
+	}
+}
+
+// keptArgs are rows as a statement takes them: source tables, keys and,
+// to store, the values as JSON.
+type keptArgs struct {
+	tables, keys, vals []string
+}
+
+// take empties the batch and returns its rows that are gone and, by
+// Missing (false, true), the values to keep.
+func (b *keptBatch) take() (gone keptArgs, put [2]keptArgs, err error) {
+	for _, r := range b.order {
+		if r.gone {
+			gone.tables, gone.keys = append(gone.tables, r.table), append(gone.keys, r.key)
 		}
-		if p.vals == nil {
-			p.vals = map[string]eventlog.Value{}
-		}
-		for c, v := range k.Values {
-			p.vals[c] = v
+		if r.vals != nil {
+			v, err := json.Marshal(r.vals)
+			if err != nil {
+				return gone, put, err
+			}
+			p := &put[0]
+			if r.missing {
+				p = &put[1]
+			}
+			p.tables, p.keys, p.vals = append(p.tables, r.table), append(p.keys, r.key), append(p.vals, string(v))
 		}
 	}
-	return flush()
+	*b = keptBatch{}
+	return gone, put, nil
+}
+
+// writeKept writes a batch: what is gone first, then the values to keep,
+// newer ones winning, then those kept only where nothing is kept yet.
+func (t *Tx) writeKept(ctx context.Context, system string, b *keptBatch) error {
+	if len(b.order) == 0 {
+		return nil
+	}
+	gone, put, err := b.take()
+	if err != nil {
+		return err
+	}
+	if len(gone.tables) > 0 {
+		if _, err := t.tx.Exec(ctx, `DELETE FROM rejot_log.kept k USING unnest($2::text[], $3::jsonb[]) AS u(source, key)
+				WHERE k.system = $1 AND k.source = u.source AND k.key = u.key`, system, gone.tables, gone.keys); err != nil {
+			return err
+		}
+	}
+	for i, missing := range []bool{false, true} {
+		if err := t.putKept(ctx, system, put[i], missing); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// putKept stores values to keep, merged with what is kept: the new values
+// win, or with missing the kept ones.
+func (t *Tx) putKept(ctx context.Context, system string, put keptArgs, missing bool) error {
+	if len(put.tables) == 0 {
+		return nil
+	}
+	merge := "rejot_log.kept.vals || EXCLUDED.vals" // newer values win
+	if missing {
+		merge = "EXCLUDED.vals || rejot_log.kept.vals" // kept values win
+	}
+	_, err := t.tx.Exec(ctx, `INSERT INTO rejot_log.kept (system, source, key, vals)
+				SELECT $1, s, k, v FROM unnest($2::text[], $3::jsonb[], $4::jsonb[]) AS u(s, k, v)
+				ON CONFLICT (system, source, key) DO UPDATE SET vals = `+merge, system, put.tables, put.keys, put.vals)
+	return err
 }
 
 // Recall returns the values kept for rows of a source table.
