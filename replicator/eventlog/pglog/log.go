@@ -45,6 +45,7 @@ type Log struct {
 	cancel     context.CancelFunc
 	notifyOnce sync.Once
 	notify     *notifier
+	listening  sync.WaitGroup // the notifier's listen, which Close ends
 
 	// What appends learned of versions, so the next one need not ask: a
 	// version's id and state layout, and the last commit LSN each system
@@ -126,9 +127,11 @@ func Open(ctx context.Context, url string) (*Log, error) {
 	return &Log{pool: pool, ctx: ctx, cancel: cancel}, nil
 }
 
-// Close closes the log's connections.
+// Close closes the log's connections, once the notifier's listen (if
+// Wait started it) has ended.
 func (l *Log) Close() {
 	l.cancel()
+	l.listening.Wait()
 	l.pool.Close()
 }
 

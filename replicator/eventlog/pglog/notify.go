@@ -33,7 +33,7 @@ type notifier struct {
 func (l *Log) waiter() *notifier {
 	l.notifyOnce.Do(func() {
 		l.notify = &notifier{waiters: map[string]chan struct{}{}}
-		go l.listen(l.notify)
+		l.listening.Go(func() { l.listen(l.notify) })
 	})
 	return l.notify
 }
