@@ -25,7 +25,7 @@ demo: build
 # capture throughput (vs. pgoutput decoding alone).
 bench: build
 	scripts/bench-proxy.sh
-	$(GO) test ./replicator/pglog -run '^$$' -bench Capture -benchtime 1x -v
+	$(GO) test ./replicator/capture -run '^$$' -bench Capture -benchtime 1x -v
 	$(GO) test ./tests/bench -run '^$$' -bench Replication -benchtime 1x -timeout 60m -v
 
 # Run each fuzz target for FUZZTIME (default 30s); new crashers land in testdata.

@@ -1,18 +1,13 @@
-package capture
+package capture_test
 
 import (
 	"context"
-	"os"
 	"testing"
 
-	"github.com/rejot-dev/rejot/internal/pgtest"
+	"github.com/rejot-dev/rejot/replicator/capture"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 	"github.com/rejot-dev/rejot/sql"
 )
-
-var pg *pgtest.Cluster
-
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg, pgtest.Options{})) }
 
 func s(v string) eventlog.Value { return &v }
 
@@ -32,17 +27,17 @@ func TestProjectEvaluatesInPostgres(t *testing.T) {
 	if perr != nil {
 		t.Fatal(perr)
 	}
-	p := &Projection{Version: eventlog.Version{Publication: "orders", Number: 1}, Filter: analysed.Filter, KeyCols: []int{0}}
+	p := &capture.Projection{Version: eventlog.Version{Publication: "orders", Number: 1}, Filter: analysed.Filter, KeyCols: []int{0}}
 	for _, c := range analysed.Columns {
 		p.Exprs = append(p.Exprs, c.Expr)
 	}
-	cols := []SourceColumn{{"id", "bigint"}, {"status", "st"}, {"total", "numeric(12,2)"}, {"note", "text"}, {"tags", "integer[]"}}
+	cols := []capture.SourceColumn{{Name: "id", Type: "bigint"}, {Name: "status", Type: "st"}, {Name: "total", Type: "numeric(12,2)"}, {Name: "note", Type: "text"}, {Name: "tags", Type: "integer[]"}}
 	tuples := [][]eventlog.Value{
 		{s("1"), s("placed"), s("12.50"), s("hello"), s("{7,8}")},
 		{s("2"), s("draft"), s("1.00"), nil, nil},
 		{s("3"), s("placed"), nil, s(""), s("{}")},
 	}
-	got, err := Project(ctx, conn, p, cols, tuples)
+	got, err := capture.Project(ctx, conn, p, cols, tuples)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,14 +92,14 @@ func TestDirectProjectionMatchesPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	names := []string{"i2", "i4", "i8", "o", "t", "vc", "c", "n", "u", "j", "jb", "b", "ip", "net"}
-	var cols []SourceColumn
+	var cols []capture.SourceColumn
 	rows, err := conn.Query(ctx, `SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
 		WHERE attrelid = 'v'::regclass AND attnum > 0 ORDER BY attnum`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for rows.Next() {
-		var c SourceColumn
+		var c capture.SourceColumn
 		rows.Scan(&c.Name, &c.Type)
 		cols = append(cols, c)
 	}
@@ -124,20 +119,20 @@ func TestDirectProjectionMatchesPostgres(t *testing.T) {
 		}
 		tuples = append(tuples, tuple)
 	}
-	direct := &Projection{Version: eventlog.Version{Publication: "v", Number: 1}, KeyCols: []int{1}}
+	direct := &capture.Projection{Version: eventlog.Version{Publication: "v", Number: 1}, KeyCols: []int{1}}
 	for _, n := range names {
 		direct.Exprs, direct.Sources = append(direct.Exprs, n), append(direct.Sources, n)
 	}
-	if _, ok := direct.direct(cols); !ok {
+	if _, ok := capture.Direct(direct, cols); !ok {
 		t.Fatal("plain references of these types should be projected directly")
 	}
 	viaSQL := *direct
 	viaSQL.Filter = "true" // a filter: Postgres evaluates it
-	got, err := Project(ctx, conn, direct, cols, tuples)
+	got, err := capture.Project(ctx, conn, direct, cols, tuples)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, err := Project(ctx, conn, &viaSQL, cols, tuples)
+	want, err := capture.Project(ctx, conn, &viaSQL, cols, tuples)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,13 +145,13 @@ func TestDirectProjectionMatchesPostgres(t *testing.T) {
 		}
 	}
 	// A type whose output follows session settings goes through Postgres.
-	if _, ok := direct.direct(append(cols[:len(cols):len(cols)], SourceColumn{"ts", "timestamp with time zone"})); !ok {
+	if _, ok := capture.Direct(direct, append(cols[:len(cols):len(cols)], capture.SourceColumn{Name: "ts", Type: "timestamp with time zone"})); !ok {
 		t.Fatal("an extra column nobody reads changed the decision")
 	}
 	withTime := *direct
 	withTime.Sources = append(append([]string{}, direct.Sources...), "ts")
 	withTime.Exprs = append(append([]string{}, direct.Exprs...), "ts")
-	if _, ok := withTime.direct(append(cols[:len(cols):len(cols)], SourceColumn{"ts", "timestamp with time zone"})); ok {
+	if _, ok := capture.Direct(&withTime, append(cols[:len(cols):len(cols)], capture.SourceColumn{Name: "ts", Type: "timestamp with time zone"})); ok {
 		t.Fatal("a timestamptz column was projected without Postgres")
 	}
 }

@@ -1,4 +1,4 @@
-package pglog
+package capture_test
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/rejot-dev/rejot/internal/pgtest"
 	"github.com/rejot-dev/rejot/replicator/capture"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
+	"github.com/rejot-dev/rejot/replicator/eventlog/pglog"
 	"github.com/rejot-dev/rejot/sql"
 	"github.com/rs/zerolog"
 )
@@ -36,7 +37,7 @@ func source(t testing.TB, stream eventlog.Version, query string, key ...string) 
 // leaving the filter, key changes, deletes and truncates; and the slot is
 // confirmed past them.
 func TestCaptureToLog(t *testing.T) {
-	l, srcDB, owner, ctx := ownerAndLog(t)
+	l, _, srcDB, owner, ctx := ownerAndLog(t)
 	exec := func(q string) {
 		t.Helper()
 		if _, err := owner.Exec(ctx, q); err != nil {
@@ -82,7 +83,7 @@ func TestCaptureToLog(t *testing.T) {
 
 // fills counts the first states in a stream's change log (each starts
 // with a truncate).
-func fills(t *testing.T, l *Log, s eventlog.Version) int {
+func fills(t *testing.T, l *pglog.Log, s eventlog.Version) int {
 	t.Helper()
 	recs, err := l.Changes(context.Background(), s, 0, 100000)
 	if err != nil {
@@ -130,7 +131,7 @@ func projection(t *testing.T, owner *pgx.Conn, query string) string {
 	return strings.Join(out, " | ")
 }
 
-func sortedState(t *testing.T, l *Log, s eventlog.Version) string {
+func sortedState(t *testing.T, l *pglog.Log, s eventlog.Version) string {
 	got, _ := state(t, l, s)
 	rows := strings.Split(got, " | ")
 	sort.Strings(rows)
@@ -152,7 +153,7 @@ func waitUntil(t testing.TB, cond func() bool) {
 // consistently with the changes that follow, as one group appended in
 // chunks; a restart does not fill again.
 func TestFirstFill(t *testing.T) {
-	l, srcDB, owner, ctx := ownerAndLog(t)
+	l, logDB, srcDB, owner, ctx := ownerAndLog(t)
 	if _, err := owner.Exec(ctx, `CREATE TABLE items (id int PRIMARY KEY, v text);
 		INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 12000) g`); err != nil {
 		t.Fatal(err)
@@ -188,7 +189,7 @@ func TestFirstFill(t *testing.T) {
 		t.Fatalf("the first state was taken %d times", truncates)
 	}
 	var first, last int64
-	l.pool.QueryRow(ctx, `SELECT first_position, last_position FROM rejot_log.change_groups g JOIN rejot_log.streams s ON s.id = g.stream
+	pg.Connect(t, logDB).QueryRow(ctx, `SELECT first_position, last_position FROM rejot_log.change_groups g JOIN rejot_log.streams s ON s.id = g.stream
 		WHERE s.publication = $1 ORDER BY first_position LIMIT 1`, stream.Publication).Scan(&first, &last)
 	if first != 1 || last != 6001 { // a truncate, then 6000 rows over two chunks
 		t.Fatalf("the first state's group spans %d..%d", first, last)
@@ -232,7 +233,7 @@ func TestIdleSourceKeepsNoWAL(t *testing.T) {
 // TestTypeMatrixRoundTrips: every built-in type family, captured from the
 // WAL, is in the log exactly as Postgres prints it from the table.
 func TestTypeMatrixRoundTrips(t *testing.T) {
-	l, srcDB, owner, ctx := ownerAndLog(t)
+	l, _, srcDB, owner, ctx := ownerAndLog(t)
 	if _, err := owner.Exec(ctx, `CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 		CREATE DOMAIN posint AS int CHECK (VALUE > 0);
 		CREATE TABLE types (id int PRIMARY KEY,
@@ -348,7 +349,7 @@ func runPublisher(t testing.TB, ctx context.Context, pub *capture.WALReader, own
 // filled again — old rows get the new column — in the recorded column
 // order, and changes go on from there.
 func TestNewDefinitionFillsAgain(t *testing.T) {
-	l, srcDB, owner, ctx := ownerAndLog(t)
+	l, _, srcDB, owner, ctx := ownerAndLog(t)
 	if _, err := owner.Exec(ctx, `CREATE TABLE t (id int PRIMARY KEY, v text, n int);
 		INSERT INTO t SELECT g, 'v' || g, g * 10 FROM generate_series(1, 20) g`); err != nil {
 		t.Fatal(err)
@@ -391,7 +392,7 @@ func TestNewDefinitionFillsAgain(t *testing.T) {
 // kept as compacted state only — positions advance, the change log stays
 // empty — and changes after it are logged as usual.
 func TestUnreadFirstFillKeepsOnlyState(t *testing.T) {
-	l, srcDB, owner, ctx := ownerAndLog(t)
+	l, logDB, srcDB, owner, ctx := ownerAndLog(t)
 	if _, err := owner.Exec(ctx, `CREATE TABLE t (id int PRIMARY KEY, v text);
 		INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 7000) g`); err != nil {
 		t.Fatal(err)
@@ -419,8 +420,9 @@ func TestUnreadFirstFillKeepsOnlyState(t *testing.T) {
 	// Reading the state folds in what is not compacted yet, and writes
 	// nothing; the copied state is keyed by the first compaction with
 	// changes to fold in (pruning runs one).
+	logConn := pg.Connect(t, logDB)
 	var indexed bool
-	l.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index i JOIN rejot_log.streams s ON i.indrelid = format('rejot_log.state_%s', s.id)::regclass
+	logConn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index i JOIN rejot_log.streams s ON i.indrelid = format('rejot_log.state_%s', s.id)::regclass
 		WHERE s.publication = 'unread' AND i.indisprimary)`).Scan(&indexed)
 	if indexed {
 		t.Fatal("the copied first state was indexed before any compaction needed it")
@@ -434,7 +436,7 @@ func TestUnreadFirstFillKeepsOnlyState(t *testing.T) {
 	if got, want := sortedState(t, l, stream), projection(t, owner, "SELECT id, v FROM t"); got != want {
 		t.Fatalf("state after compaction:\n%s\nwant\n%s", got, want)
 	}
-	l.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index i JOIN rejot_log.streams s ON i.indrelid = format('rejot_log.state_%s', s.id)::regclass
+	logConn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index i JOIN rejot_log.streams s ON i.indrelid = format('rejot_log.state_%s', s.id)::regclass
 		WHERE s.publication = 'unread' AND i.indisprimary)`).Scan(&indexed)
 	if !indexed {
 		t.Fatal("the state has no primary key after a compaction")
@@ -445,7 +447,7 @@ func TestUnreadFirstFillKeepsOnlyState(t *testing.T) {
 // block ranges at once, in one snapshot; with a filter that has an OR, the
 // state is exactly the projection — no row twice, none missing.
 func TestFirstFillInTwoParts(t *testing.T) {
-	l, srcDB, owner, ctx := ownerAndLog(t)
+	l, _, srcDB, owner, ctx := ownerAndLog(t)
 	if _, err := owner.Exec(ctx, `CREATE TABLE big (id int PRIMARY KEY, v text);
 		INSERT INTO big SELECT g, CASE WHEN g % 7 = 0 THEN 'x' ELSE repeat('p', g % 50) END FROM generate_series(1, 20000) g`); err != nil {
 		t.Fatal(err)
@@ -470,7 +472,7 @@ func TestFirstFillInTwoParts(t *testing.T) {
 // trimmed from the projection ((code)::text); deletes and key changes
 // name the row the same way, so the state keeps nothing stale.
 func TestPaddedKeyDeletes(t *testing.T) {
-	l, srcDB, owner, ctx := ownerAndLog(t)
+	l, _, srcDB, owner, ctx := ownerAndLog(t)
 	if _, err := owner.Exec(ctx, `CREATE TABLE ck (code char(6) PRIMARY KEY, ok boolean, v text);
 		INSERT INTO ck VALUES ('keep', true, 'k'), ('gone', false, 'g')`); err != nil {
 		t.Fatal(err)
@@ -493,16 +495,17 @@ func TestPaddedKeyDeletes(t *testing.T) {
 	waitUntil(t, func() bool { return sortedState(t, l, stream) == want })
 }
 
-// ownerAndLog gives a test an event log and an owner's database of its
-// own, and a context that ends with the test (at most 60 s).
-func ownerAndLog(t *testing.T) (*Log, string, *pgx.Conn, context.Context) {
+// ownerAndLog gives a test an event log (and the name of its database,
+// to look at its tables) and an owner's database of its own, and a
+// context that ends with the test (at most 60 s).
+func ownerAndLog(t *testing.T) (*pglog.Log, string, string, *pgx.Conn, context.Context) {
 	t.Helper()
-	l, _ := open(t)
+	l, logDB := open(t)
 	srcDB := pg.CreateDB(t)
 	owner := pg.Connect(t, srcDB)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
-	return l, srcDB, owner, ctx
+	return l, logDB, srcDB, owner, ctx
 }
 
 // TestNoRecordYetIsNothingToCapture: a database the sidecar has not yet

@@ -1,4 +1,4 @@
-package pglog
+package capture_test
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/rejot-dev/rejot/replicator/capture"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
+	"github.com/rejot-dev/rejot/replicator/eventlog/pglog"
 	"github.com/rs/zerolog"
 )
 
@@ -21,7 +22,7 @@ import (
 // captured by the first fill, earlier in the same batch, by a previous
 // append, or under the row's old key.
 func TestUnchangedToastIsExactAsOfItsTransaction(t *testing.T) {
-	l, _ := open(t)
+	l, logDB := open(t)
 	srcDB := pg.CreateDB(t)
 	owner := pg.Connect(t, srcDB)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -93,7 +94,7 @@ func TestUnchangedToastIsExactAsOfItsTransaction(t *testing.T) {
 	}
 	// What is kept is the last value of each row, and only the body.
 	var kept string
-	if err := l.pool.QueryRow(ctx, `SELECT string_agg(key::text || ' ' || (vals->>'body' = $3)::text || ' ' || (SELECT count(*) FROM jsonb_object_keys(vals))::text, ', ' ORDER BY key::text)
+	if err := pg.Connect(t, logDB).QueryRow(ctx, `SELECT string_agg(key::text || ' ' || (vals->>'body' = $3)::text || ' ' || (SELECT count(*) FROM jsonb_object_keys(vals))::text, ', ' ORDER BY key::text)
 		FROM rejot_log.kept WHERE system = $1 AND source = $2`, system, "public.docs", b3).Scan(&kept); err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +107,7 @@ func TestUnchangedToastIsExactAsOfItsTransaction(t *testing.T) {
 // appended in parts, in one log transaction: one group, every change, the
 // state right — and out-of-line values inside it still exact.
 func TestLargeTransactionInParts(t *testing.T) {
-	l, _ := open(t)
+	l, logDB := open(t)
 	srcDB := pg.CreateDB(t)
 	owner := pg.Connect(t, srcDB)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
@@ -141,7 +142,7 @@ func TestLargeTransactionInParts(t *testing.T) {
 	want := projection(t, owner, query)
 	waitUntil(t, func() bool { return sortedState(t, l, stream) == want })
 	var groups, changes int64
-	if err := l.pool.QueryRow(ctx, `SELECT count(*), sum(last_position - first_position + 1) FROM rejot_log.change_groups g
+	if err := pg.Connect(t, logDB).QueryRow(ctx, `SELECT count(*), sum(last_position - first_position + 1) FROM rejot_log.change_groups g
 		JOIN rejot_log.streams s ON s.id = g.stream WHERE s.publication = $1 AND g.first_position > 2`, stream.Publication).Scan(&groups, &changes); err != nil {
 		t.Fatal(err)
 	}
@@ -169,11 +170,9 @@ func TestLargeTransactionInParts(t *testing.T) {
 	}
 }
 
-func headOf(t testing.TB, l *Log, s eventlog.Version) int64 {
+func headOf(t testing.TB, l *pglog.Log, s eventlog.Version) int64 {
 	t.Helper()
-	var head int64
-	l.pool.QueryRow(context.Background(), "SELECT head FROM rejot_log.streams WHERE publication = $1 AND version = $2",
-		s.Publication, s.Number).Scan(&head)
+	head, _ := l.Head(context.Background(), s)
 	return head
 }
 

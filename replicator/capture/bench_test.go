@@ -1,4 +1,4 @@
-package pglog
+package capture_test
 
 import (
 	"context"
@@ -18,7 +18,7 @@ import (
 // (pg_logical_slot_get_binary_changes), which is the floor any capture
 // built on logical decoding pays. Run with -benchtime 1x.
 //
-//	go test ./replicator/pglog -run '^$' -bench Capture -benchtime 1x
+//	go test ./replicator/capture -run '^$' -bench Capture -benchtime 1x
 func BenchmarkCapture(b *testing.B) {
 	for _, mode := range []struct {
 		name string
