@@ -1,0 +1,109 @@
+package capture_test
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/internal/pgtest"
+	"github.com/rejot-dev/rejot/replicator/capture"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
+	"github.com/rejot-dev/rejot/replicator/eventlog/pglog"
+	"github.com/rs/zerolog"
+)
+
+// TestRunnerLeavesNoGoroutines: a Runner stopped while its session
+// decodes and appends a steady stream of writes returns only once every
+// goroutine it started has ended (the session's append in flight, a
+// first fill's readers, the WALReader itself), several times over.
+func TestRunnerLeavesNoGoroutines(t *testing.T) {
+	l, _ := open(t)
+	src, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Destroy()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	exec := func(q string) {
+		t.Helper()
+		if err := src.Exec(ctx, "postgres", q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	exec(`CREATE SCHEMA _rejot; CREATE TABLE _rejot.publications (publication text, version int, query text,
+		key_columns text[], source text, status text, columns jsonb)`)
+	exec("CREATE TABLE events (id int PRIMARY KEY, v text)")
+	exec(`INSERT INTO _rejot.publications VALUES ('leak_events', 1, 'SELECT id, v FROM events', '{id}', '"public"."events"', 'active',
+		'[{"name": "id"}, {"name": "v"}]')`)
+	v := eventlog.Version{Publication: "leak_events", Number: 1}
+	owner, err := pgx.Connect(ctx, src.URL("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close(context.Background())
+	insert := func(id int) {
+		t.Helper()
+		if _, err := owner.Exec(ctx, "INSERT INTO events VALUES ($1, 'x')", id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for round := range 3 {
+		r := &capture.Runner{URL: src.URL("postgres"), System: "leak", Log: l, Logger: zerolog.Nop(), Check: 100 * time.Millisecond}
+		runCtx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { r.Run(runCtx); close(done) }()
+		// Once the round's first write is in the log, the session runs;
+		// the writes that follow keep appends in flight as it stops.
+		first := round * 1000
+		insert(first)
+		waitUntil(t, func() bool { return headHas(t, l, v, first) })
+		for i := 1; i < 200; i++ {
+			insert(first + i)
+		}
+		stop()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: Run did not return within 30 s of its context ending", round)
+		}
+		if left := captureGoroutines(); left != "" {
+			t.Fatalf("round %d: goroutines of the capture outlived Run:\n%s", round, left)
+		}
+	}
+}
+
+// headHas says whether the version's state holds the row with key id.
+func headHas(t testing.TB, l *pglog.Log, v eventlog.Version, id int) bool {
+	t.Helper()
+	want, found := fmt.Sprint(id), false
+	if _, err := l.State(context.Background(), v, func(row []eventlog.Value) error {
+		found = found || (row[0] != nil && *row[0] == want)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
+// inCapture matches a stack frame of package capture or its paced reader
+// (not of this test package, capture_test).
+var inCapture = regexp.MustCompile(`rejot/replicator/capture(/paced)?\.`)
+
+// captureGoroutines returns the stacks of the goroutines running code of
+// the capture, "" when there are none.
+func captureGoroutines() string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out string
+	for _, g := range regexp.MustCompile(`\n\n`).Split(string(buf), -1) {
+		if inCapture.MatchString(g) {
+			out += g + "\n\n"
+		}
+	}
+	return out
+}
