@@ -3,7 +3,6 @@ package apply
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rejot-dev/rejot/catalog"
 	"github.com/rejot-dev/rejot/internal/retry"
+	"github.com/rejot-dev/rejot/managed"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 	"github.com/rs/zerolog"
 )
@@ -48,16 +48,9 @@ type Subscriber struct {
 type subscription struct {
 	target, schema, table string
 	stream                eventlog.Version
-	columns               []subscribedColumn
+	columns               []managed.SubscribedColumn
 	copy                  bool
 	generation            int
-}
-
-type subscribedColumn struct {
-	Name  string `json:"name"`
-	Type  string `json:"type"`
-	Key   bool   `json:"key"`
-	Index int    `json:"index"`
 }
 
 // Running says whether the subscriber's loop is running.
@@ -92,7 +85,7 @@ func (s *Subscriber) Run(ctx context.Context) {
 				retry.Sleep(ctx, s.check())
 				continue
 			}
-			if _, err := c.Exec(ctx, "LISTEN rejot_subscriptions"); err != nil {
+			if err := managed.ListenSubscriptions(ctx, c); err != nil {
 				c.Close(ctx)
 				retry.Sleep(ctx, s.check())
 				continue
@@ -144,23 +137,17 @@ func (s *Subscriber) batch() int {
 }
 
 func loadSubscriptions(ctx context.Context, conn *pgx.Conn) ([]subscription, error) {
-	rows, err := conn.Query(ctx, `SELECT target, target_schema, target_table, publication, version, columns::text, copy, generation
-		FROM _rejot.subscriptions ORDER BY target`)
+	rows, err := managed.LoadSubscriptions(ctx, conn)
 	if err != nil {
-		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "42P01" {
-			return nil, nil // _rejot is not installed yet: nothing is subscribed
-		}
 		return nil, err
 	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (subscription, error) {
-		var sub subscription
-		var cols string
-		if err := r.Scan(&sub.target, &sub.schema, &sub.table, &sub.stream.Publication, &sub.stream.Number, &cols, &sub.copy, &sub.generation); err != nil {
-			return sub, err
-		}
-		return sub, json.Unmarshal([]byte(cols), &sub.columns)
-	})
+	subs := make([]subscription, len(rows))
+	for i, r := range rows {
+		subs[i] = subscription{target: r.Target, schema: r.Schema, table: r.Table,
+			stream:  eventlog.Version{Publication: r.Publication, Number: r.Version},
+			columns: r.Columns, copy: r.Copy, generation: r.Generation}
+	}
+	return subs, nil
 }
 
 // reconcile runs one worker per subscription (a new one after a resync)
@@ -282,7 +269,9 @@ func (w *worker) log() *zerolog.Logger {
 	return &l
 }
 
-var errSubscriptionMoved = errors.New("the subscription changed (resync or unsubscribe)")
+// errSubscriptionMoved: the subscription was resynced or removed; its
+// worker ends and the subscriber reconciles.
+var errSubscriptionMoved = managed.ErrMoved
 
 func (w *worker) run(ctx context.Context) {
 	backoff := 100 * time.Millisecond
@@ -317,14 +306,13 @@ func (w *worker) recordError(ctx context.Context, msg string) {
 		return
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	conn.Exec(ctx, `UPDATE _rejot.subscriptions SET status = 'failed', error = $3, updated_at = now()
-		WHERE target = $1 AND generation = $2`, w.sub.target, w.sub.generation, msg)
+	managed.RecordError(ctx, conn, w.sub.target, w.sub.generation, msg)
 }
 
 // target is a subscription's table as the worker writes it.
 type target struct {
 	name    string
-	cols    []subscribedColumn
+	cols    []managed.SubscribedColumn
 	types   []string // the target's own type of each column
 	keys    []int    // positions in cols of the key, in key order
 	upsert  string
@@ -342,12 +330,7 @@ func (w *worker) work(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var position *int64
-	err = conn.QueryRow(ctx, "SELECT position FROM _rejot.subscriptions WHERE target = $1 AND generation = $2",
-		w.sub.target, w.sub.generation).Scan(&position)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return errSubscriptionMoved
-	}
+	position, err := managed.Position(ctx, conn, w.sub.target, w.sub.generation)
 	if err != nil {
 		return err
 	}
@@ -422,24 +405,10 @@ func (w *worker) prepare(ctx context.Context, conn *pgx.Conn) (*target, error) {
 	return t, nil
 }
 
-// lockSubscription locks a subscription's row ($1 target, $2 generation)
-// and returns its position.
-const lockSubscription = "SELECT position FROM _rejot.subscriptions WHERE target = $1 AND generation = $2 FOR UPDATE"
-
 // lock locks the subscription's row in tx and returns its position; a
 // subscription resynced or removed meanwhile ends the worker.
 func (w *worker) lock(ctx context.Context, tx pgx.Tx) (*int64, error) {
-	return lockedPosition(tx.QueryRow(ctx, lockSubscription, w.sub.target, w.sub.generation))
-}
-
-// lockedPosition reads lockSubscription's answer.
-func lockedPosition(row pgx.Row) (*int64, error) {
-	var position *int64
-	err := row.Scan(&position)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, errSubscriptionMoved
-	}
-	return position, err
+	return managed.ScanPosition(tx.QueryRow(ctx, managed.LockPosition, w.sub.target, w.sub.generation))
 }
 
 // streamsFrom says whether a subscription locked at position p streams
@@ -480,9 +449,7 @@ func (w *worker) copyState(ctx context.Context, conn *pgx.Conn, t *target) (int6
 				return err
 			}
 			position = head
-			_, err = tx.Exec(ctx, `UPDATE _rejot.subscriptions SET position = $3, status = 'streaming', updated_at = now()
-				WHERE target = $1 AND generation = $2`, w.sub.target, w.sub.generation, position)
-			return err
+			return managed.StartStreaming(ctx, tx, w.sub.target, w.sub.generation, position)
 		}
 		// The target becomes exactly the state (MVCC-safe: readers see
 		// the old rows or the new ones).
@@ -516,10 +483,7 @@ func (w *worker) copyState(ctx context.Context, conn *pgx.Conn, t *target) (int6
 		if err != nil {
 			return fmt.Errorf("cannot copy into %s: %w", t.name, err)
 		}
-		_, err = tx.Exec(ctx, `UPDATE _rejot.subscriptions SET position = $3, status = 'streaming', copied_rows = $4,
-			last_applied_at = now(), error = NULL, updated_at = now() WHERE target = $1 AND generation = $2`,
-			w.sub.target, w.sub.generation, position, w.copied.Load())
-		return err
+		return managed.Copied(ctx, tx, w.sub.target, w.sub.generation, position, w.copied.Load())
 	})
 	if err != nil {
 		return 0, err
@@ -641,13 +605,8 @@ func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit 
 // no longer has the changes after its position.
 func (w *worker) recopy(ctx context.Context, conn *pgx.Conn, position int64) error {
 	w.log().Warn().Int64("position", position).Msg("the event log no longer holds the changes this subscription needs; copying the state again")
-	tag, err := conn.Exec(ctx, `UPDATE _rejot.subscriptions SET position = NULL, status = 'copying', updated_at = now()
-		WHERE target = $1 AND generation = $2 AND position = $3`, w.sub.target, w.sub.generation, position)
-	if err != nil {
+	if err := managed.Recopy(ctx, conn, w.sub.target, w.sub.generation, position); err != nil {
 		return err
-	}
-	if tag.RowsAffected() == 0 {
-		return errSubscriptionMoved
 	}
 	return errRecopy
 }
@@ -696,15 +655,15 @@ func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span even
 			if err != nil {
 				return err
 			}
-			_, err = tx.Exec(ctx, advance, w.sub.target, w.sub.generation, span.Upto, span.LastCommit)
+			_, err = tx.Exec(ctx, managed.Advance, w.sub.target, w.sub.generation, span.Upto, span.LastCommit)
 			return err
 		})
 	}
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue(commit)
-	b.Queue(lockSubscription, w.sub.target, w.sub.generation).QueryRow(func(row pgx.Row) error {
-		p, err := lockedPosition(row)
+	b.Queue(managed.LockPosition, w.sub.target, w.sub.generation).QueryRow(func(row pgx.Row) error {
+		p, err := managed.ScanPosition(row)
 		if err != nil {
 			return err
 		}
@@ -713,7 +672,7 @@ func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span even
 	for _, st := range stmts {
 		b.Queue(st.sql, st.args...)
 	}
-	b.Queue(advance, w.sub.target, w.sub.generation, span.Upto, span.LastCommit)
+	b.Queue(managed.Advance, w.sub.target, w.sub.generation, span.Upto, span.LastCommit)
 	err := conn.SendBatch(ctx, b).Close()
 	end := "COMMIT"
 	if err != nil {
@@ -724,11 +683,6 @@ func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span even
 	}
 	return err
 }
-
-// advance is the statement that moves a subscription's position, with
-// an applied span.
-const advance = `UPDATE _rejot.subscriptions SET position = $3, status = 'streaming', last_applied_at = now(),
-	last_commit_at = $4, error = NULL, updated_at = now() WHERE target = $1 AND generation = $2`
 
 // statement is SQL with its arguments.
 type statement struct {

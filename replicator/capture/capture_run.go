@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rejot-dev/rejot/internal/retry"
+	"github.com/rejot-dev/rejot/managed"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 	"github.com/rejot-dev/rejot/sql"
 	"github.com/rs/zerolog"
@@ -250,12 +250,7 @@ func (c *Runner) read(ctx context.Context) ([]Source, error) {
 // the owner's database.
 func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
 	// An error of the query is also the rows': CollectRows returns it.
-	rows, _ := conn.Query(ctx, `SELECT p.publication, p.version, p.query, p.key_columns, n.nspname, c.relname,
-			ARRAY(SELECT x->>'name' FROM jsonb_array_elements(p.columns) AS x)
-		FROM _rejot.publications p
-		JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(p.source)
-		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE p.status <> 'retired' ORDER BY p.publication, p.version`)
+	rows, _ := conn.Query(ctx, managed.CapturedVersions)
 	type rec struct {
 		stream        eventlog.Version
 		query         string
@@ -291,8 +286,7 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
 // _rejot yet. The sidecar installs it as it starts, and nothing can be
 // published before, so there is nothing to capture.
 func noRecord(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "42P01"
+	return managed.NotInstalled(err)
 }
 
 // NewSource makes the capture source of a publication version from its
