@@ -25,8 +25,11 @@ func (w *worker) follow(ctx context.Context, conn *pgx.Conn, t *target, position
 	// The next span is read from the log while this one is applied to the
 	// target: two servers, working at once.
 	fetchCtx, stopFetching := context.WithCancel(ctx)
-	defer stopFetching()
-	spans := w.prefetch(fetchCtx, t, position, w.limit)
+	spans, fetching := w.prefetch(fetchCtx, t, position, w.limit)
+	defer func() {
+		stopFetching()
+		<-fetching
+	}()
 	for ctx.Err() == nil {
 		var f fetched
 		select {
@@ -93,14 +96,20 @@ type fetched struct {
 // prefetch reads spans after position, with their changes made into
 // statements for t, one ahead of the applier: the first of at most limit
 // changes (one group after a failure), then of the batch size. It stops
-// at the first error, which it passes on.
-func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit int) <-chan fetched {
-	out := make(chan fetched, 1)
+// at the first error, which it passes on, or when ctx ends; done is
+// closed when its goroutine has ended.
+func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit int) (spans <-chan fetched, done <-chan struct{}) {
+	out, ended := make(chan fetched, 1), make(chan struct{})
 	go func() {
+		defer close(ended)
 		for ctx.Err() == nil {
 			span, recs, err := w.s.Log.Fetch(ctx, w.sub.version, position, limit)
 			if err != nil {
-				out <- fetched{err: err}
+				// The applier may have stopped reading: never block on it.
+				select {
+				case out <- fetched{err: err}:
+				case <-ctx.Done():
+				}
 				return
 			}
 			if span.Groups == 0 {
@@ -119,7 +128,7 @@ func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit 
 			position, limit = span.Upto, w.s.batch()
 		}
 	}()
-	return out
+	return out, ended
 }
 
 // recopy starts the subscription over from a copy of the state: the log

@@ -52,7 +52,8 @@ type subscription struct {
 // Running says whether the subscriber's loop is running.
 func (s *Subscriber) Running() bool { return s.running.Load() }
 
-// Run keeps the subscriptions in sync until ctx ends.
+// Run keeps the subscriptions in sync until ctx ends. It returns once
+// every goroutine it started has ended.
 func (s *Subscriber) Run(ctx context.Context) {
 	s.running.Store(true)
 	defer s.running.Store(false)
@@ -66,7 +67,12 @@ func (s *Subscriber) Run(ctx context.Context) {
 	if ctx.Err() != nil {
 		return
 	}
-	go s.reportLoop(ctx)
+	reporting := make(chan struct{})
+	go func() {
+		defer close(reporting)
+		s.reportLoop(ctx)
+	}()
+	defer func() { <-reporting }() // a report in flight is finished first
 	s.watch(ctx)
 }
 
