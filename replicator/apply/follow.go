@@ -141,9 +141,10 @@ func (w *worker) recopy(ctx context.Context, conn *pgx.Conn, position int64) err
 	return errRecopy
 }
 
-// streamsFrom says whether a subscription locked at position p streams
-// from after: otherwise it was resynced or moved on meanwhile.
-func streamsFrom(p *int64, after int64) error {
+// stillAt says whether a subscription locked at position p is still at
+// after, where the span to apply starts: otherwise it was resynced or
+// moved on meanwhile.
+func stillAt(p *int64, after int64) error {
 	if p == nil || *p != after {
 		return errSubscriptionMoved
 	}
@@ -175,7 +176,7 @@ func (w *worker) applyReading(ctx context.Context, conn *pgx.Conn, t *target, sp
 		}
 		if p, err := w.lock(ctx, tx); err != nil {
 			return err
-		} else if err := streamsFrom(p, span.After); err != nil {
+		} else if err := stillAt(p, span.After); err != nil {
 			return err
 		}
 		err := w.s.Log.Read(ctx, w.sub.version, span, func(recs []eventlog.Entry) error {
@@ -208,7 +209,7 @@ func (w *worker) applyPipelined(ctx context.Context, conn *pgx.Conn, span eventl
 		if err != nil {
 			return err
 		}
-		return streamsFrom(p, span.After)
+		return stillAt(p, span.After)
 	})
 	for _, st := range stmts {
 		b.Queue(st.sql, st.args...)
