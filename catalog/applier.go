@@ -5,12 +5,13 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/managed"
 	"github.com/rs/zerolog"
 )
 
 // Applier applies a system's committed calls from the outbox in its
 // database (_rejot.commands) to the catalog, in order, once each. It is
-// woken by NOTIFY rejot_commands when a call commits, and polls as well,
+// woken by a NOTIFY on managed.ChannelCommands when a call commits, and polls as well,
 // so calls committed while the catalog or the sidecar was down are applied
 // when both are back.
 type Applier struct {
@@ -57,7 +58,7 @@ func (a *Applier) session(ctx context.Context) error {
 			return err
 		}
 	}
-	if _, err := conn.Exec(ctx, "LISTEN rejot_commands"); err != nil {
+	if err := managed.ListenCommands(ctx, conn); err != nil {
 		return err
 	}
 	poll := a.Poll
@@ -84,13 +85,6 @@ func (a *Applier) session(ctx context.Context) error {
 	}
 }
 
-type command struct {
-	id      int64
-	uid     string
-	kind    string
-	payload []byte
-}
-
 // applyPending applies the outbox's unapplied commands, oldest first; it
 // stops at the first one the catalog cannot take now.
 func (a *Applier) applyPending(ctx context.Context, conn *pgx.Conn) error {
@@ -98,14 +92,7 @@ func (a *Applier) applyPending(ctx context.Context, conn *pgx.Conn) error {
 	if c == nil {
 		return nil // not connected yet: the next poll tries again
 	}
-	rows, err := conn.Query(ctx, "SELECT id, uid::text, kind, payload FROM _rejot.commands WHERE applied_at IS NULL ORDER BY id LIMIT 100")
-	if err != nil {
-		return err
-	}
-	cmds, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (command, error) {
-		var cmd command
-		return cmd, r.Scan(&cmd.id, &cmd.uid, &cmd.kind, &cmd.payload)
-	})
+	cmds, err := managed.PendingCommands(ctx, conn, 100)
 	if err != nil {
 		return err
 	}
@@ -115,23 +102,23 @@ func (a *Applier) applyPending(ctx context.Context, conn *pgx.Conn) error {
 	return a.releaseClaims(ctx, conn, c)
 }
 
-func (a *Applier) applyAll(ctx context.Context, conn *pgx.Conn, c *Catalog, cmds []command) error {
+func (a *Applier) applyAll(ctx context.Context, conn *pgx.Conn, c *Catalog, cmds []managed.Command) error {
 	for _, cmd := range cmds {
 		outcome := ""
-		if err := c.Apply(ctx, a.System, cmd.uid, cmd.id, cmd.kind, cmd.payload); err != nil {
+		if err := c.Apply(ctx, a.System, cmd.UID, cmd.ID, cmd.Kind, cmd.Payload); err != nil {
 			if !IsRefusal(err) {
-				a.Logger.Warn().Err(err).Int64("command", cmd.id).Msg("cannot apply to the catalog yet")
+				a.Logger.Warn().Err(err).Int64("command", cmd.ID).Msg("cannot apply to the catalog yet")
 				return nil
 			}
 			outcome = err.Error()
-			a.Logger.Error().Err(err).Int64("command", cmd.id).Str("kind", cmd.kind).Msg("command refused by the catalog")
+			a.Logger.Error().Err(err).Int64("command", cmd.ID).Str("kind", cmd.Kind).Msg("command refused by the catalog")
 		} else {
-			a.Logger.Info().Int64("command", cmd.id).Str("kind", cmd.kind).Msg("command applied to the catalog")
+			a.Logger.Info().Int64("command", cmd.ID).Str("kind", cmd.Kind).Msg("command applied to the catalog")
 			if a.Applied != nil {
-				a.Applied(cmd.kind)
+				a.Applied(cmd.Kind)
 			}
 		}
-		if _, err := conn.Exec(ctx, "UPDATE _rejot.commands SET applied_at = now(), error = NULLIF($2, '') WHERE id = $1", cmd.id, outcome); err != nil {
+		if err := managed.MarkApplied(ctx, conn, cmd.ID, outcome); err != nil {
 			return err
 		}
 	}
@@ -144,11 +131,7 @@ func (a *Applier) releaseClaims(ctx context.Context, conn *pgx.Conn, c *Catalog)
 	if ttl <= 0 {
 		ttl = time.Hour
 	}
-	rows, err := conn.Query(ctx, "SELECT DISTINCT publication FROM _rejot.publications")
-	if err != nil {
-		return err
-	}
-	keep, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	keep, err := managed.RecordedPublications(ctx, conn)
 	if err != nil {
 		return err
 	}

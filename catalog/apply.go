@@ -10,22 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rejot-dev/rejot/managed"
 )
-
-// Published is the payload of a publish command: a publication version as
-// its owner recorded it.
-type Published struct {
-	Publication string   `json:"publication"`
-	Version     int      `json:"version"`
-	Minor       int      `json:"minor"`
-	Owner       string   `json:"owner"`
-	Database    string   `json:"database"`
-	Query       string   `json:"query"`
-	Source      string   `json:"source"`
-	KeyColumns  []string `json:"key_columns"`
-	Columns     []Column `json:"columns"`
-	Description string   `json:"description"`
-}
 
 // ErrNameTaken: the publication name belongs to another system.
 type ErrNameTaken struct{ Name, Owner string }
@@ -70,20 +56,20 @@ func (c *Catalog) Apply(ctx context.Context, system, uid string, id int64, kind 
 			return err
 		}
 		switch kind {
-		case "publish":
-			var p Published
+		case managed.KindPublish:
+			var p managed.Published
 			if err := json.Unmarshal(payload, &p); err != nil {
 				return &ErrRefused{fmt.Sprintf("command %d: %v", id, err)}
 			}
 			return refusal(applyPublish(ctx, tx, system, &p))
-		case "unpublish", "deprecate":
-			var l lifecycle
+		case managed.KindUnpublish, managed.KindDeprecate:
+			var l managed.Lifecycle
 			if err := json.Unmarshal(payload, &l); err != nil {
 				return &ErrRefused{fmt.Sprintf("command %d: %v", id, err)}
 			}
 			return refusal(applyLifecycle(ctx, tx, system, &l))
-		case "subscribe", "unsubscribe", "resync":
-			var sub subscription
+		case managed.KindSubscribe, managed.KindUnsubscribe, managed.KindResync:
+			var sub managed.SubscriptionCommand
 			if err := json.Unmarshal(payload, &sub); err != nil {
 				return &ErrRefused{fmt.Sprintf("command %d: %v", id, err)}
 			}
@@ -110,7 +96,7 @@ func refusal(err error) error {
 	return err
 }
 
-func applyPublish(ctx context.Context, tx pgx.Tx, system string, p *Published) error {
+func applyPublish(ctx context.Context, tx pgx.Tx, system string, p *managed.Published) error {
 	var owner string
 	err := tx.QueryRow(ctx, `INSERT INTO rejot_catalog.publication_names (publication, owner) VALUES ($1, $2)
 		ON CONFLICT (publication) DO UPDATE SET owner = rejot_catalog.publication_names.owner
@@ -147,15 +133,7 @@ func applyPublish(ctx context.Context, tx pgx.Tx, system string, p *Published) e
 	return nil
 }
 
-type lifecycle struct {
-	Publication string `json:"publication"`
-	Version     int    `json:"version"`
-	Status      string `json:"status"`
-	Sunset      string `json:"sunset"`
-	Note        string `json:"note"`
-}
-
-func applyLifecycle(ctx context.Context, tx pgx.Tx, system string, l *lifecycle) error {
+func applyLifecycle(ctx context.Context, tx pgx.Tx, system string, l *managed.Lifecycle) error {
 	var sunset *string
 	if l.Sunset != "" {
 		sunset = &l.Sunset
@@ -166,24 +144,18 @@ func applyLifecycle(ctx context.Context, tx pgx.Tx, system string, l *lifecycle)
 	return err
 }
 
-type subscription struct {
-	Target      string `json:"target"`
-	Publication string `json:"publication"`
-	Version     int    `json:"version"`
-}
-
-func applySubscription(ctx context.Context, tx pgx.Tx, system, kind string, s *subscription) error {
+func applySubscription(ctx context.Context, tx pgx.Tx, system, kind string, s *managed.SubscriptionCommand) error {
 	var err error
 	switch kind {
-	case "subscribe":
+	case managed.KindSubscribe:
 		_, err = tx.Exec(ctx, `INSERT INTO rejot_catalog.subscriptions (target, system, publication, version)
 			VALUES ($1, $2, $3, $4)
 			ON CONFLICT (system, target) DO UPDATE SET publication = EXCLUDED.publication, version = EXCLUDED.version,
 				status = 'copying', copied_rows = 0, applied_position = NULL, error = NULL, created_at = now()`,
 			s.Target, system, s.Publication, s.Version)
-	case "unsubscribe":
+	case managed.KindUnsubscribe:
 		_, err = tx.Exec(ctx, "DELETE FROM rejot_catalog.subscriptions WHERE system = $1 AND target = $2", system, s.Target)
-	case "resync":
+	case managed.KindResync:
 		_, err = tx.Exec(ctx, `UPDATE rejot_catalog.subscriptions SET status = 'copying', copied_rows = 0, applied_position = NULL
 			WHERE system = $1 AND target = $2`, system, s.Target)
 	}

@@ -3,18 +3,14 @@ package catalog
 import (
 	"fmt"
 	"strings"
+
+	"github.com/rejot-dev/rejot/managed"
 )
 
-// Column is a column of a publication version.
-type Column struct {
-	Name       string `json:"name"`
-	Type       string `json:"type"`
-	TypeOID    uint32 `json:"type_oid"`
-	TypeMod    int32  `json:"type_mod"`
-	IsKey      bool   `json:"is_key"`
-	Nullable   bool   `json:"nullable"`
-	SinceMinor int    `json:"since_minor"`
-}
+// Column is a column of a publication version. It is the column the owner
+// records and sends in its publish command, so the payload's type is the
+// catalog's: the rules below judge exactly what was recorded.
+type Column = managed.Column
 
 // Change is how a new definition of a publication version relates to the
 // one published before.

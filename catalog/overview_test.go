@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rejot-dev/rejot/managed"
 )
 
 // TestOverview: the overview has every version with its columns in order,
@@ -28,14 +30,14 @@ func TestOverview(t *testing.T) {
 		{Name: "id", Type: "bigint", TypeOID: 20, TypeMod: -1, IsKey: true},
 		{Name: "total", Type: "numeric(12,2)", TypeOID: 1700, TypeMod: 786438, Nullable: true},
 	}
-	apply(t, c, "shop", 1, "publish", Published{Publication: "orders", Version: 1, Owner: "shop", Database: "shop_db",
+	apply(t, c, "shop", 1, "publish", managed.Published{Publication: "orders", Version: 1, Owner: "shop", Database: "shop_db",
 		Query: "SELECT id, total FROM orders", Source: "public.orders", KeyColumns: []string{"id"}, Columns: cols,
 		Description: "Orders other teams may rely on"})
-	apply(t, c, "shop", 2, "publish", Published{Publication: "orders", Version: 2, Owner: "shop", Database: "shop_db",
+	apply(t, c, "shop", 2, "publish", managed.Published{Publication: "orders", Version: 2, Owner: "shop", Database: "shop_db",
 		Query: "SELECT id FROM orders", Source: "public.orders", KeyColumns: []string{"id"}, Columns: cols[:1]})
-	apply(t, c, "shop", 3, "deprecate", lifecycle{Publication: "orders", Version: 1, Status: "deprecated",
+	apply(t, c, "shop", 3, "deprecate", managed.Lifecycle{Publication: "orders", Version: 1, Status: "deprecated",
 		Sunset: "2027-06-01", Note: "use version 2"})
-	apply(t, c, "billing", 1, "subscribe", subscription{Target: "billing.orders", Publication: "orders", Version: 1})
+	apply(t, c, "billing", 1, "subscribe", managed.SubscriptionCommand{Target: "billing.orders", Publication: "orders", Version: 1})
 	pos, lag, behind := int64(42), 0.25, int64(3)
 	applied := time.Now().Truncate(time.Millisecond)
 	if err := c.ReportSubscriptions(ctx, "billing", []SubscriptionReport{{Target: "billing.orders", Status: "streaming",

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/rejot-dev/rejot/catalog"
+	"github.com/rejot-dev/rejot/managed"
 )
 
 // NameClaimer decides which system owns a publication name.
@@ -56,7 +57,7 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	if err := env.checkOwner(ctx, name); err != nil {
 		return nil, err
 	}
-	pub := &catalog.Published{Publication: name, Version: version, Owner: env.Executor.System,
+	pub := &managed.Published{Publication: name, Version: version, Owner: env.Executor.System,
 		Database: env.Executor.Database, Query: p.Query, Source: v.Source, KeyColumns: v.Key,
 		Columns: publicColumns(v), Description: args.Text("description")}
 	changed, err := reconcile(ctx, env.Session, pub)
@@ -113,10 +114,10 @@ func (env *Env) checkOwner(ctx context.Context, name string) error {
 		hint("Publication names are unique across systems: choose another name.")
 }
 
-func publicColumns(v *Validated) []catalog.Column {
-	cols := make([]catalog.Column, len(v.Columns))
+func publicColumns(v *Validated) []managed.Column {
+	cols := make([]managed.Column, len(v.Columns))
 	for i, c := range v.Columns {
-		cols[i] = catalog.Column{Name: c.Name, Type: c.Type, TypeOID: c.TypeOID, TypeMod: c.TypeMod, IsKey: c.IsKey, Nullable: c.Nullable}
+		cols[i] = managed.Column{Name: c.Name, Type: c.Type, TypeOID: c.TypeOID, TypeMod: c.TypeMod, IsKey: c.IsKey, Nullable: c.Nullable}
 	}
 	return cols
 }
@@ -125,16 +126,14 @@ func publicColumns(v *Validated) []catalog.Column {
 // same version, in the caller's transaction (locking the record), sets the
 // minor version and the merged columns, and reports whether anything is
 // to be recorded.
-func reconcile(ctx context.Context, sess Session, pub *catalog.Published) (bool, error) {
+func reconcile(ctx context.Context, sess Session, pub *managed.Published) (bool, error) {
 	name, version := pub.Publication, strconv.Itoa(pub.Version)
 	// Serialise publishes of one version: FOR UPDATE below locks nothing
 	// while the version does not exist yet.
 	if _, err := sess.Query(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('rejot publish ' || $1 || '/' || $2, 0))", &name, &version); err != nil {
 		return false, err
 	}
-	rows, err := sess.Query(ctx, `SELECT minor, query, columns::text, description,
-			(SELECT max(version) FROM _rejot.publications WHERE publication = $1), status
-		FROM _rejot.publications WHERE publication = $1 AND version = $2::int FOR UPDATE`, &name, &version)
+	rows, err := sess.Query(ctx, managed.LockPublished, &name, &version)
 	if err != nil {
 		return false, notManaged(err)
 	}
@@ -148,7 +147,7 @@ func reconcile(ctx context.Context, sess Session, pub *catalog.Published) (bool,
 			hint("Publish version %d.", latest+1)
 	}
 	minor, _ := strconv.Atoi(*r[0])
-	var old []catalog.Column
+	var old []managed.Column
 	if err := json.Unmarshal([]byte(*r[2]), &old); err != nil {
 		return false, fmt.Errorf("corrupt record of %s version %d: %w", name, pub.Version, err)
 	}
@@ -169,7 +168,7 @@ func reconcile(ctx context.Context, sess Session, pub *catalog.Published) (bool,
 
 // record writes the owner's record and the command for the catalog, in the
 // caller's transaction: the call takes effect exactly when it commits.
-func record(ctx context.Context, sess Session, pub *catalog.Published) error {
+func record(ctx context.Context, sess Session, pub *managed.Published) error {
 	cols, err := json.Marshal(pub.Columns)
 	if err != nil {
 		return err
@@ -180,19 +179,12 @@ func record(ctx context.Context, sess Session, pub *catalog.Published) error {
 	}
 	version, minor := strconv.Itoa(pub.Version), strconv.Itoa(pub.Minor)
 	key, colsText := "{"+strings.Join(quoteArray(pub.KeyColumns), ",")+"}", string(cols)
-	_, err = sess.Query(ctx, `INSERT INTO _rejot.publications
-			(publication, version, minor, query, source, key_columns, columns, description, updated_at)
-		VALUES ($1, $2::int, $3::int, $4, $5, $6::text[], $7::jsonb, $8, now())
-		ON CONFLICT (publication, version) DO UPDATE SET minor = EXCLUDED.minor, query = EXCLUDED.query,
-			source = EXCLUDED.source, key_columns = EXCLUDED.key_columns, columns = EXCLUDED.columns,
-			description = EXCLUDED.description, updated_at = now()`,
-		&pub.Publication, &version, &minor, &pub.Query, &pub.Source, &key, &colsText, &pub.Description)
+	_, err = sess.Query(ctx, managed.RecordPublished, &pub.Publication, &version, &minor, &pub.Query, &pub.Source, &key, &colsText, &pub.Description)
 	if err != nil {
 		return notManaged(err)
 	}
-	body, kind := string(payload), "publish"
-	_, err = sess.Query(ctx, `WITH c AS (INSERT INTO _rejot.commands (kind, payload) VALUES ($1, $2::jsonb) RETURNING id)
-		SELECT id, pg_notify('rejot_commands', id::text) FROM c`, &kind, &body)
+	body, kind := string(payload), managed.KindPublish
+	_, err = sess.Query(ctx, managed.InsertCommand, &kind, &body)
 	return notManaged(err)
 }
 
@@ -204,17 +196,17 @@ func quoteArray(items []string) []string {
 	return out
 }
 
-// notManaged explains a missing _rejot schema.
+// notManaged explains a missing managed schema.
 func notManaged(err error) error {
 	var qe *QueryError
 	if errors.As(err, &qe) && qe.Code == CodeUndefinedTable {
-		return Errorf(CodeUndefinedTable, "this database is not managed by the sidecar yet (schema _rejot is missing)").
-			hint("The sidecar installs _rejot when it starts: check its log for why it could not.")
+		return Errorf(CodeUndefinedTable, "this database is not managed by the sidecar yet (schema %s is missing)", managed.Schema).
+			hint("The sidecar installs %s when it starts: check its log for why it could not.", managed.Schema)
 	}
 	return err
 }
 
-func describeColumns(cols []catalog.Column) string {
+func describeColumns(cols []managed.Column) string {
 	parts := make([]string, len(cols))
 	for i, c := range cols {
 		parts[i] = c.Name + " " + c.Type

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+
+	"github.com/rejot-dev/rejot/managed"
 )
 
 // Status of a publication version.
@@ -35,15 +37,6 @@ func deprecateFunction() *Function {
 	}
 }
 
-// Lifecycle is the payload of unpublish and deprecate commands.
-type Lifecycle struct {
-	Publication string `json:"publication"`
-	Version     int    `json:"version"`
-	Status      string `json:"status"`
-	Sunset      string `json:"sunset,omitempty"`
-	Note        string `json:"note,omitempty"`
-}
-
 func runUnpublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	name, version, status, err := ownVersionArgs(ctx, env, args)
 	if err != nil {
@@ -58,9 +51,9 @@ func runUnpublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 			return nil, err
 		}
 	}
-	change := &Lifecycle{Publication: name, Version: version, Status: StatusRetired}
+	change := &managed.Lifecycle{Publication: name, Version: version, Status: StatusRetired}
 	if status != StatusRetired {
-		if err := recordLifecycle(ctx, env.Session, "unpublish", change); err != nil {
+		if err := recordLifecycle(ctx, env.Session, managed.KindUnpublish, change); err != nil {
 			return nil, err
 		}
 	}
@@ -75,9 +68,9 @@ func runDeprecate(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	if status == StatusRetired {
 		return nil, Errorf("55000", "publication %s version %d is retired", name, version)
 	}
-	change := &Lifecycle{Publication: name, Version: version, Status: StatusDeprecated,
+	change := &managed.Lifecycle{Publication: name, Version: version, Status: StatusDeprecated,
 		Sunset: args.Text("sunset"), Note: args.Text("note")}
-	if err := recordLifecycle(ctx, env.Session, "deprecate", change); err != nil {
+	if err := recordLifecycle(ctx, env.Session, managed.KindDeprecate, change); err != nil {
 		return nil, err
 	}
 	var sunset any
@@ -114,7 +107,7 @@ func nameAndVersion(args Args) (string, int, error) {
 // transaction, and returns its status.
 func ownVersion(ctx context.Context, sess Session, name string, version int) (string, error) {
 	v := strconv.Itoa(version)
-	rows, err := sess.Query(ctx, `SELECT status FROM _rejot.publications WHERE publication = $1 AND version = $2::int FOR UPDATE`, &name, &v)
+	rows, err := sess.Query(ctx, managed.LockPublishedStatus, &name, &v)
 	if err != nil {
 		return "", notManaged(err)
 	}
@@ -145,14 +138,13 @@ func (env *Env) checkUnsubscribed(ctx context.Context, name string, version int)
 	return nil
 }
 
-func recordLifecycle(ctx context.Context, sess Session, kind string, c *Lifecycle) error {
+func recordLifecycle(ctx context.Context, sess Session, kind string, c *managed.Lifecycle) error {
 	version := strconv.Itoa(c.Version)
 	var sunset *string
 	if c.Sunset != "" {
 		sunset = &c.Sunset
 	}
-	rows, err := sess.Query(ctx, `UPDATE _rejot.publications SET status = $3, sunset = $4::date, note = $5, updated_at = now()
-		WHERE publication = $1 AND version = $2::int RETURNING sunset::text`, &c.Publication, &version, &c.Status, sunset, &c.Note)
+	rows, err := sess.Query(ctx, managed.SetLifecycle, &c.Publication, &version, &c.Status, sunset, &c.Note)
 	if err != nil {
 		var qe *QueryError
 		if errors.As(err, &qe) && strings.HasPrefix(qe.Code, "22") {
@@ -168,7 +160,6 @@ func recordLifecycle(ctx context.Context, sess Session, kind string, c *Lifecycl
 		return err
 	}
 	body := string(payload)
-	_, err = sess.Query(ctx, `WITH c AS (INSERT INTO _rejot.commands (kind, payload) VALUES ($1, $2::jsonb) RETURNING id)
-		SELECT id, pg_notify('rejot_commands', id::text) FROM c`, &kind, &body)
+	_, err = sess.Query(ctx, managed.InsertCommand, &kind, &body)
 	return notManaged(err)
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/managed"
 )
 
 func subscribeFunction() *Function {
@@ -41,23 +42,6 @@ func resyncFunction() *Function {
 
 var subscriptionColumns = []Column{{Name: "target", TypeOID: OIDText}, {Name: "publication", TypeOID: OIDText},
 	{Name: "version", TypeOID: OIDInt4}, {Name: "status", TypeOID: OIDText}}
-
-// SubscribedColumn is a column of a subscription's target, as recorded in
-// _rejot.subscriptions: Index is its place in the version's rows.
-type SubscribedColumn struct {
-	Name  string `json:"name"`
-	Type  string `json:"type"`
-	Key   bool   `json:"key"`
-	Index int    `json:"index"`
-}
-
-// Subscription is the payload of subscribe, unsubscribe and resync
-// commands.
-type Subscription struct {
-	Target      string `json:"target"`
-	Publication string `json:"publication"`
-	Version     int    `json:"version"`
-}
 
 type publicColumn struct {
 	name, typ     string
@@ -119,12 +103,11 @@ func runSubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
 		return nil, err
 	}
 	rec, copyText, v := string(recorded), strconv.FormatBool(copyRows), strconv.Itoa(version)
-	_, err = env.Session.Query(ctx, `INSERT INTO _rejot.subscriptions (target, target_schema, target_table, publication, version, columns, copy)
-		VALUES ($1, $2, $3, $4, $5::int, $6::jsonb, $7::boolean)`, &target.name, &target.schema, &target.table, &pub, &v, &rec, &copyText)
+	_, err = env.Session.Query(ctx, managed.InsertSubscription, &target.name, &target.schema, &target.table, &pub, &v, &rec, &copyText)
 	if err != nil {
 		return nil, notManaged(err)
 	}
-	if err := recordSubscription(ctx, env.Session, "subscribe", &Subscription{Target: target.name, Publication: pub, Version: version}); err != nil {
+	if err := recordSubscription(ctx, env.Session, managed.KindSubscribe, &managed.SubscriptionCommand{Target: target.name, Publication: pub, Version: version}); err != nil {
 		return nil, err
 	}
 	return [][]any{{target.name, pub, int32(version), "copying"}}, nil
@@ -139,7 +122,7 @@ func runUnsubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := env.Session.Query(ctx, "DELETE FROM _rejot.subscriptions WHERE target = $1", &target); err != nil {
+	if _, err := env.Session.Query(ctx, managed.DeleteSubscription, &target); err != nil {
 		return nil, err
 	}
 	if drop {
@@ -147,7 +130,7 @@ func runUnsubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
 			return nil, err
 		}
 	}
-	if err := recordSubscription(ctx, env.Session, "unsubscribe", sub); err != nil {
+	if err := recordSubscription(ctx, env.Session, managed.KindUnsubscribe, sub); err != nil {
 		return nil, err
 	}
 	return [][]any{{target, sub.Publication, int32(sub.Version), "stopped"}}, nil
@@ -158,12 +141,11 @@ func runResync(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, err = env.Session.Query(ctx, `UPDATE _rejot.subscriptions SET status = 'copying', position = NULL, copied_rows = 0,
-		generation = generation + 1, error = NULL, updated_at = now() WHERE target = $1`, &target)
+	_, err = env.Session.Query(ctx, managed.ResyncSubscription, &target)
 	if err != nil {
 		return nil, err
 	}
-	if err := recordSubscription(ctx, env.Session, "resync", sub); err != nil {
+	if err := recordSubscription(ctx, env.Session, managed.KindResync, sub); err != nil {
 		return nil, err
 	}
 	return [][]any{{target, sub.Publication, int32(sub.Version), "copying"}}, nil
@@ -171,7 +153,7 @@ func runResync(ctx context.Context, env *Env, args Args) ([][]any, error) {
 
 // ownSubscription finds and locks the subscription a target argument
 // names.
-func ownSubscription(ctx context.Context, env *Env, args Args) (*Subscription, string, error) {
+func ownSubscription(ctx context.Context, env *Env, args Args) (*managed.SubscriptionCommand, string, error) {
 	target, err := resolveTarget(ctx, env.Session, args["target"])
 	if err != nil {
 		return nil, "", err
@@ -187,16 +169,16 @@ func ownSubscription(ctx context.Context, env *Env, args Args) (*Subscription, s
 		return nil, "", Errorf("42704", "table %s is not subscribed to anything", target.name).
 			hint("SELECT target, publication, version FROM rejot.subscriptions shows the subscriptions.")
 	}
-	return &sub.Subscription, target.name, nil
+	return &sub.SubscriptionCommand, target.name, nil
 }
 
 type existing struct {
-	Subscription
+	managed.SubscriptionCommand
 	status string
 }
 
 func existingSubscription(ctx context.Context, sess Session, target string) (*existing, error) {
-	rows, err := sess.Query(ctx, "SELECT publication, version::text, status FROM _rejot.subscriptions WHERE target = $1 FOR UPDATE", &target)
+	rows, err := sess.Query(ctx, managed.LockSubscriptionRecord, &target)
 	if err != nil {
 		return nil, notManaged(err)
 	}
@@ -205,7 +187,7 @@ func existingSubscription(ctx context.Context, sess Session, target string) (*ex
 	}
 	r := rows.Values[0]
 	v, _ := strconv.Atoi(*r[1])
-	return &existing{Subscription{Target: target, Publication: *r[0], Version: v}, *r[2]}, nil
+	return &existing{managed.SubscriptionCommand{Target: target, Publication: *r[0], Version: v}, *r[2]}, nil
 }
 
 // target is a subscription's table, resolved in the caller's session.
@@ -290,7 +272,7 @@ func (env *Env) versionColumns(ctx context.Context, pub string, version int) ([]
 
 // chooseColumns picks the subscribed columns: all, or those listed (which
 // must include the key).
-func chooseColumns(cols []publicColumn, list *string, pub string, version int) ([]SubscribedColumn, error) {
+func chooseColumns(cols []publicColumn, list *string, pub string, version int) ([]managed.SubscribedColumn, error) {
 	var names []string
 	if list != nil {
 		names = parseNameList(*list)
@@ -309,7 +291,7 @@ func chooseColumns(cols []publicColumn, list *string, pub string, version int) (
 		}
 		want[n] = true
 	}
-	var chosen []SubscribedColumn
+	var chosen []managed.SubscribedColumn
 	for i, c := range cols {
 		if names != nil && !want[c.name] {
 			if c.key {
@@ -317,7 +299,7 @@ func chooseColumns(cols []publicColumn, list *string, pub string, version int) (
 			}
 			continue
 		}
-		chosen = append(chosen, SubscribedColumn{Name: c.name, Type: c.typ, Key: c.key, Index: i})
+		chosen = append(chosen, managed.SubscribedColumn{Name: c.name, Type: c.typ, Key: c.key, Index: i})
 	}
 	return chosen, nil
 }
@@ -371,7 +353,7 @@ func parseNameList(s string) []string {
 // createTarget creates the target table: the public columns with their
 // exact types, NOT NULL where the publication promises it, the public key
 // as primary key.
-func createTarget(ctx context.Context, sess Session, t *target, chosen []SubscribedColumn, cols []publicColumn) error {
+func createTarget(ctx context.Context, sess Session, t *target, chosen []managed.SubscribedColumn, cols []publicColumn) error {
 	var defs, keys []string
 	for _, c := range chosen {
 		// The type comes from the catalog: only a name Postgres reads as
@@ -397,7 +379,7 @@ func createTarget(ctx context.Context, sess Session, t *target, chosen []Subscri
 
 // checkTarget makes sure an existing table can hold the subscription,
 // naming every mismatch.
-func checkTarget(ctx context.Context, sess Session, t *target, chosen []SubscribedColumn, cols []publicColumn, pub string, version int) error {
+func checkTarget(ctx context.Context, sess Session, t *target, chosen []managed.SubscribedColumn, cols []publicColumn, pub string, version int) error {
 	rows, err := sess.Query(ctx, `SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod),
 			a.attnotnull::text, (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '')::text,
 			coalesce(a.attnum = ANY (i.indkey::int2[]), false)::text
@@ -472,13 +454,12 @@ func sameSet(a, b []string) bool {
 	return true
 }
 
-func recordSubscription(ctx context.Context, sess Session, kind string, s *Subscription) error {
+func recordSubscription(ctx context.Context, sess Session, kind string, s *managed.SubscriptionCommand) error {
 	payload, err := json.Marshal(s)
 	if err != nil {
 		return err
 	}
 	body := string(payload)
-	_, err = sess.Query(ctx, `WITH c AS (INSERT INTO _rejot.commands (kind, payload) VALUES ($1, $2::jsonb) RETURNING id)
-		SELECT id, pg_notify('rejot_commands', id::text), pg_notify('rejot_subscriptions', $3) FROM c`, &kind, &body, &s.Target)
+	_, err = sess.Query(ctx, managed.InsertSubscriptionCommand, &kind, &body, &s.Target)
 	return notManaged(err)
 }

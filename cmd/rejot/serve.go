@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rejot-dev/rejot/catalog"
+	"github.com/rejot-dev/rejot/managed"
 	"github.com/rejot-dev/rejot/proxy"
 	"github.com/rejot-dev/rejot/replicator/apply"
 	"github.com/rejot-dev/rejot/replicator/capture"
@@ -187,7 +188,7 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 	executor.System, executor.Database = lazy.System.Name, lazy.System.Database
 	sc := &sidecar{log: log, lazy: lazy, shutdownTimeout: c.shutdownTimeout,
 		applier: &catalog.Applier{Upstream: c.upstream, System: lazy.System.Name, Catalog: lazy,
-			Logger: log, Prepare: sql.InstallManaged},
+			Logger: log, Prepare: managed.Install},
 		srv: &proxy.Server{Upstream: up, Executor: executor, StartupTimeout: c.startupTimeout, Logger: log}}
 	logURL := c.eventLog
 	if logURL == "" {

@@ -27,5 +27,5 @@ var (
 )
 
 func (w *worker) labels() []string {
-	return []string{w.sub.target, w.sub.stream.Publication, strconv.Itoa(w.sub.stream.Number)}
+	return []string{w.sub.target, w.sub.version.Publication, strconv.Itoa(w.sub.version.Number)}
 }

@@ -2,11 +2,10 @@ package capture
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rejot-dev/rejot/managed"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 	"github.com/rejot-dev/rejot/sql"
 )
@@ -26,14 +25,9 @@ type Source struct {
 // the owner's database.
 func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
 	// An error of the query is also the rows': CollectRows returns it.
-	rows, _ := conn.Query(ctx, `SELECT p.publication, p.version, p.query, p.key_columns, n.nspname, c.relname,
-			ARRAY(SELECT x->>'name' FROM jsonb_array_elements(p.columns) AS x)
-		FROM _rejot.publications p
-		JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(p.source)
-		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE p.status <> 'retired' ORDER BY p.publication, p.version`)
+	rows, _ := conn.Query(ctx, managed.CapturedVersions)
 	type rec struct {
-		stream        eventlog.Version
+		version       eventlog.Version
 		query         string
 		key           []string
 		schema, table string
@@ -41,7 +35,7 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
 	}
 	recs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rec, error) {
 		var x rec
-		return x, r.Scan(&x.stream.Publication, &x.stream.Number, &x.query, &x.key, &x.schema, &x.table, &x.columns)
+		return x, r.Scan(&x.version.Publication, &x.version.Number, &x.query, &x.key, &x.schema, &x.table, &x.columns)
 	})
 	if noRecord(err) {
 		return nil, nil
@@ -51,7 +45,7 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
 	}
 	sources := make([]Source, 0, len(recs))
 	for _, r := range recs {
-		src, err := NewSource(r.stream, r.query, r.key, r.schema, r.table)
+		src, err := NewSource(r.version, r.query, r.key, r.schema, r.table)
 		if err != nil {
 			return nil, err
 		}
@@ -67,8 +61,7 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
 // _rejot yet. The sidecar installs it as it starts, and nothing can be
 // published before, so there is nothing to capture.
 func noRecord(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "42P01"
+	return managed.NotInstalled(err)
 }
 
 // NewSource makes the capture source of a publication version from its

@@ -1,0 +1,130 @@
+package managed
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Subscription is a row of _rejot.subscriptions: a target table of this
+// database kept in sync with a publication version. Its position in the
+// event log is read and moved with the functions below, in the
+// transaction that applies the rows it stands for.
+type Subscription struct {
+	Target      string // schema.table, as identifiers quoted
+	Schema      string
+	Table       string
+	Publication string
+	Version     int
+	Columns     []SubscribedColumn
+	Copy        bool // copy the version's state first, rather than stream over what the table holds
+	Generation  int  // bumped by each resync: a worker of an older one stops
+}
+
+// ErrMoved: the subscription was resynced or removed since its worker
+// read it (no row has its target and generation any more).
+var ErrMoved = errors.New("the subscription changed (resync or unsubscribe)")
+
+// ListenSubscriptions makes conn hear of subscriptions made, removed or
+// resynced (ChannelSubscriptions).
+func ListenSubscriptions(ctx context.Context, conn *pgx.Conn) error {
+	_, err := conn.Exec(ctx, "LISTEN "+ChannelSubscriptions)
+	return err
+}
+
+// LoadSubscriptions reads the database's subscriptions, by target. A
+// database without _rejot yet has none.
+func LoadSubscriptions(ctx context.Context, conn *pgx.Conn) ([]Subscription, error) {
+	rows, err := conn.Query(ctx, `SELECT target, target_schema, target_table, publication, version, columns::text, copy, generation
+		FROM _rejot.subscriptions ORDER BY target`)
+	if err != nil {
+		if NotInstalled(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Subscription, error) {
+		var sub Subscription
+		var cols string
+		if err := r.Scan(&sub.Target, &sub.Schema, &sub.Table, &sub.Publication, &sub.Version, &cols, &sub.Copy, &sub.Generation); err != nil {
+			return sub, err
+		}
+		if err := json.Unmarshal([]byte(cols), &sub.Columns); err != nil {
+			return sub, fmt.Errorf("subscription %s: cannot read its columns: %w", sub.Target, err)
+		}
+		return sub, nil
+	})
+}
+
+// RecordError marks a subscription's generation failed, with why.
+func RecordError(ctx context.Context, q Querier, target string, generation int, msg string) error {
+	_, err := q.Exec(ctx, `UPDATE _rejot.subscriptions SET status = 'failed', error = $3, updated_at = now()
+		WHERE target = $1 AND generation = $2`, target, generation, msg)
+	return err
+}
+
+// Position returns a subscription's position: nil before its first copy,
+// ErrMoved when the generation is gone.
+func Position(ctx context.Context, q Querier, target string, generation int) (*int64, error) {
+	return ScanPosition(q.QueryRow(ctx, "SELECT position FROM _rejot.subscriptions WHERE target = $1 AND generation = $2",
+		target, generation))
+}
+
+// LockPosition is the statement that locks a subscription's row ($1
+// target, $2 generation) and returns its position: the first of a
+// transaction that applies changes, so that only one worker applies to a
+// target. Its answer is read with ScanPosition.
+const LockPosition = "SELECT position FROM _rejot.subscriptions WHERE target = $1 AND generation = $2 FOR UPDATE"
+
+// ScanPosition reads the answer of LockPosition (or Position): the
+// position, or ErrMoved when the generation is gone.
+func ScanPosition(row pgx.Row) (*int64, error) {
+	var position *int64
+	err := row.Scan(&position)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrMoved
+	}
+	return position, err
+}
+
+// Advance is the statement that moves a subscription's position with an
+// applied span of the log, in the transaction that applied it: $1 target,
+// $2 generation, $3 the new position, $4 the source commit time of its
+// last change.
+const Advance = `UPDATE _rejot.subscriptions SET position = $3, status = 'streaming', last_applied_at = now(),
+	last_commit_at = $4, error = NULL, updated_at = now() WHERE target = $1 AND generation = $2`
+
+// StartStreaming sets the position of a subscription that does not copy
+// (it streams over what the target holds), in the caller's transaction.
+func StartStreaming(ctx context.Context, q Querier, target string, generation int, position int64) error {
+	_, err := q.Exec(ctx, `UPDATE _rejot.subscriptions SET position = $3, status = 'streaming', updated_at = now()
+		WHERE target = $1 AND generation = $2`, target, generation, position)
+	return err
+}
+
+// Copied sets the position of a subscription whose target now holds the
+// version's state at position (rows of them), in the transaction that
+// copied them.
+func Copied(ctx context.Context, q Querier, target string, generation int, position, rows int64) error {
+	_, err := q.Exec(ctx, `UPDATE _rejot.subscriptions SET position = $3, status = 'streaming', copied_rows = $4,
+			last_applied_at = now(), error = NULL, updated_at = now() WHERE target = $1 AND generation = $2`,
+		target, generation, position, rows)
+	return err
+}
+
+// Recopy makes a subscription at position copy the state again; ErrMoved
+// when it is no longer there (resynced, removed, or moved on).
+func Recopy(ctx context.Context, q Querier, target string, generation int, position int64) error {
+	tag, err := q.Exec(ctx, `UPDATE _rejot.subscriptions SET position = NULL, status = 'copying', updated_at = now()
+		WHERE target = $1 AND generation = $2 AND position = $3`, target, generation, position)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrMoved
+	}
+	return nil
+}

@@ -1,0 +1,227 @@
+package apply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/managed"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
+)
+
+// readerEvery is how often a subscriber records its position in the log
+// (which then may prune what came before).
+const readerEvery = 5 * time.Second
+
+// errRecopy: the worker starts over with a copy, at once.
+var errRecopy = errors.New("copying the state again")
+
+// follow applies the log after position, woken by the log's
+// notifications, until ctx ends or applying fails.
+func (w *worker) follow(ctx context.Context, conn *pgx.Conn, t *target, position int64) error {
+	lastReader := time.Now()
+	// The next span is read from the log while this one is applied to the
+	// target: two servers, working at once.
+	fetchCtx, stopFetching := context.WithCancel(ctx)
+	spans, fetching := w.prefetch(fetchCtx, t, position, w.limit)
+	defer func() {
+		stopFetching()
+		<-fetching
+	}()
+	for ctx.Err() == nil {
+		var f fetched
+		select {
+		case f = <-spans:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if errors.Is(f.err, eventlog.ErrPruned) {
+			return w.recopy(ctx, conn, position)
+		}
+		if f.err != nil {
+			return f.err
+		}
+		span := f.span
+		// Only the span whose position is recorded in the log next (every
+		// readerEvery) is committed durably; that flushes every commit
+		// before it too. Between, a crash of the target loses at most the
+		// spans since, position and rows together, and they are applied
+		// again from the log, which keeps them.
+		durable := time.Since(lastReader) > readerEvery
+		// A span being applied is finished even when the sidecar stops.
+		applyCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		err := w.apply(applyCtx, conn, t, span, f.stmts, durable)
+		cancel()
+		if errors.Is(err, eventlog.ErrPruned) {
+			return w.recopy(ctx, conn, position)
+		}
+		if err != nil {
+			return fmt.Errorf("cannot apply changes %d to %d (source commit at %s): %w",
+				span.After+1, span.Upto, span.LastCommit.Format(time.RFC3339Nano), err)
+		}
+		position = span.Upto
+		w.applied(span)
+		if durable {
+			lastReader = time.Now()
+			if err := w.s.Log.SetReader(ctx, w.sub.version, w.reader(), position); err != nil {
+				w.log().Warn().Err(err).Msg("cannot record the subscription's place in the event log")
+			}
+		}
+	}
+	return ctx.Err()
+}
+
+// applied makes an applied span known: in the metrics and to the catalog.
+// After a success the batch is whole again.
+func (w *worker) applied(span eventlog.Span) {
+	metricApplied.WithLabelValues(w.labels()...).Add(float64(span.Upto - span.After))
+	position := span.Upto
+	w.limit = w.s.batch()
+	now := time.Now()
+	w.log().Debug().Int64("position", position).Int("transactions", span.Groups).Msg("applied")
+	w.status.Store(&workerStatus{Status: "streaming", Position: &position, LastAppliedAt: &now, LastCommit: span.LastCommit})
+}
+
+// fetched is a span of the log to apply: its changes, read ahead and
+// already collapsed into statements (nil for a span too large to hold:
+// apply reads it as it goes), or why reading stopped.
+type fetched struct {
+	span  eventlog.Span
+	stmts []statement // the changes, collapsed into statements; nil: read them while applying
+	err   error
+}
+
+// prefetch reads spans after position, with their changes made into
+// statements for t, one ahead of the applier: the first of at most limit
+// changes (one group after a failure), then of the batch size. It stops
+// at the first error, which it passes on, or when ctx ends; done is
+// closed when its goroutine has ended.
+func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit int) (spans <-chan fetched, done <-chan struct{}) {
+	out, ended := make(chan fetched, 1), make(chan struct{})
+	go func() {
+		defer close(ended)
+		for ctx.Err() == nil {
+			span, recs, err := w.s.Log.Fetch(ctx, w.sub.version, position, limit)
+			if err != nil {
+				// The applier may have stopped reading: never block on it.
+				select {
+				case out <- fetched{err: err}:
+				case <-ctx.Done():
+				}
+				return
+			}
+			if span.Groups == 0 {
+				w.s.Log.Wait(ctx, w.sub.version, time.Second)
+				continue
+			}
+			f := fetched{span: span}
+			if recs != nil {
+				f.stmts = changeStatements(t, recs)
+			}
+			select {
+			case out <- f:
+			case <-ctx.Done():
+				return
+			}
+			position, limit = span.Upto, w.s.batch()
+		}
+	}()
+	return out, ended
+}
+
+// recopy starts the subscription over from a copy of the state: the log
+// no longer has the changes after its position.
+func (w *worker) recopy(ctx context.Context, conn *pgx.Conn, position int64) error {
+	w.log().Warn().Int64("position", position).Msg("the event log no longer holds the changes this subscription needs; copying the state again")
+	if err := managed.Recopy(ctx, conn, w.sub.target, w.sub.generation, position); err != nil {
+		return err
+	}
+	return errRecopy
+}
+
+// stillAt says whether a subscription locked at position p is still at
+// after, where the span to apply starts: otherwise it was resynced or
+// moved on meanwhile.
+func stillAt(p *int64, after int64) error {
+	if p == nil || *p != after {
+		return errSubscriptionMoved
+	}
+	return nil
+}
+
+// apply applies a span of whole source transactions in one destination
+// transaction, collapsed per key, with the new position. A durable apply
+// waits for its commit to be flushed: the log may drop what a subscriber
+// says it has applied. The others do not wait (a flush per span took the
+// apply's time while the server did nothing else for it).
+func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span eventlog.Span, stmts []statement, durable bool) error {
+	commit := "SET LOCAL synchronous_commit = off"
+	if durable {
+		commit = "SET LOCAL synchronous_commit = on"
+	}
+	if stmts == nil {
+		return w.applyReading(ctx, conn, t, span, commit)
+	}
+	return w.applyPipelined(ctx, conn, span, stmts, commit)
+}
+
+// applyReading applies a span too large to have been read ahead, reading
+// its changes from the log as it goes.
+func (w *worker) applyReading(ctx context.Context, conn *pgx.Conn, t *target, span eventlog.Span, commit string) error {
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, commit); err != nil {
+			return err
+		}
+		if p, err := w.lock(ctx, tx); err != nil {
+			return err
+		} else if err := stillAt(p, span.After); err != nil {
+			return err
+		}
+		err := w.s.Log.Read(ctx, w.sub.version, span, func(recs []eventlog.Entry) error {
+			for _, st := range changeStatements(t, recs) {
+				if _, err := tx.Exec(ctx, st.sql, st.args...); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, managed.Advance, w.sub.target, w.sub.generation, span.Upto, span.LastCommit)
+		return err
+	})
+}
+
+// applyPipelined sends a span read ahead to the server as one pipeline:
+// begin, lock the subscription's row, the changes, the new position; then,
+// once the position is checked, commit. Two round trips, where a statement
+// at a time took six or more, each a wait for two busy processes to be
+// scheduled in turn.
+func (w *worker) applyPipelined(ctx context.Context, conn *pgx.Conn, span eventlog.Span, stmts []statement, commit string) error {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(commit)
+	b.Queue(managed.LockPosition, w.sub.target, w.sub.generation).QueryRow(func(row pgx.Row) error {
+		p, err := managed.ScanPosition(row)
+		if err != nil {
+			return err
+		}
+		return stillAt(p, span.After)
+	})
+	for _, st := range stmts {
+		b.Queue(st.sql, st.args...)
+	}
+	b.Queue(managed.Advance, w.sub.target, w.sub.generation, span.Upto, span.LastCommit)
+	err := conn.SendBatch(ctx, b).Close()
+	end := "COMMIT"
+	if err != nil {
+		end = "ROLLBACK"
+	}
+	if _, endErr := conn.Exec(ctx, end); err == nil {
+		err = endErr
+	}
+	return err
+}

@@ -1,0 +1,150 @@
+package apply
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/internal/retry"
+	"github.com/rejot-dev/rejot/managed"
+	"github.com/rs/zerolog"
+)
+
+// worker keeps one subscription in sync: it copies the state when the
+// subscription has no position yet, then follows the log; after a failure
+// it retries with backoff, one group at a time.
+type worker struct {
+	s      *Subscriber
+	sub    subscription
+	cancel context.CancelFunc
+	done   chan struct{}
+	limit  int // changes per destination transaction; 1 group after a failure
+	// what the catalog hears
+	status atomic.Pointer[workerStatus]
+	copied atomic.Int64
+}
+
+type workerStatus struct {
+	Status        string
+	Position      *int64
+	LastAppliedAt *time.Time
+	LastCommit    time.Time
+	Error         *string
+}
+
+// reader is the worker's name as a reader of the log.
+func (w *worker) reader() string { return w.s.System + "/" + w.sub.target }
+
+func (w *worker) start(ctx context.Context) {
+	ctx, w.cancel = context.WithCancel(ctx)
+	w.done = make(chan struct{})
+	go func() {
+		defer close(w.done)
+		w.run(ctx)
+	}()
+}
+
+// stop stops the worker and waits for it to end.
+func (w *worker) stop() {
+	w.cancel()
+	<-w.done
+}
+
+func (w *worker) log() *zerolog.Logger {
+	l := w.s.Logger.With().Str("target", w.sub.target).Str("publication", w.sub.version.Publication).
+		Int("version", w.sub.version.Number).Logger()
+	return &l
+}
+
+// errSubscriptionMoved: the subscription was resynced or removed; its
+// worker ends and the subscriber reconciles.
+var errSubscriptionMoved = managed.ErrMoved
+
+func (w *worker) run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := w.work(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errSubscriptionMoved) {
+			return // the subscriber reconciles
+		}
+		if errors.Is(err, errRecopy) {
+			continue
+		}
+		w.failed(ctx, err, backoff)
+		retry.Sleep(ctx, backoff)
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// failed makes a failure known: in the metrics, to the catalog, in the
+// database and in the log; the next attempt applies one group at a time
+// to narrow the failure down to one source transaction.
+func (w *worker) failed(ctx context.Context, err error, backoff time.Duration) {
+	metricApplyErrors.WithLabelValues(w.labels()...).Inc()
+	msg := err.Error()
+	st := *w.status.Load()
+	st.Status, st.Error = "failed", &msg
+	w.status.Store(&st)
+	w.limit = 1
+	w.recordError(ctx, msg)
+	w.log().Error().Err(err).Dur("retry_in", backoff).Msg("subscription failed; retrying")
+}
+
+// recordError keeps the error with the subscription (best effort).
+func (w *worker) recordError(ctx context.Context, msg string) {
+	conn, err := pgx.Connect(ctx, w.s.URL)
+	if err != nil {
+		return
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	managed.RecordError(ctx, conn, w.sub.target, w.sub.generation, msg)
+}
+
+// work keeps the subscription in sync on one connection until it fails:
+// a copy first when it has no position, then following the log.
+func (w *worker) work(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, w.s.URL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	t, err := w.prepare(ctx, conn)
+	if err != nil {
+		return err
+	}
+	position, err := managed.Position(ctx, conn, w.sub.target, w.sub.generation)
+	if err != nil {
+		return err
+	}
+	if position == nil {
+		p, err := w.copyState(ctx, conn, t)
+		if err != nil {
+			return err
+		}
+		position = &p
+	}
+	st := *w.status.Load()
+	st.Status, st.Position, st.Error = "streaming", position, nil
+	w.status.Store(&st)
+	return w.follow(ctx, conn, t, *position)
+}
+
+// prepare reads the target's column types and builds its statements.
+func (w *worker) prepare(ctx context.Context, conn *pgx.Conn) (*target, error) {
+	types, err := columnTypes(ctx, conn, w.sub.target)
+	if err != nil {
+		return nil, err
+	}
+	return newTarget(w.sub.target, w.sub.columns, types)
+}
+
+// lock locks the subscription's row in tx and returns its position; a
+// subscription resynced or removed meanwhile ends the worker.
+func (w *worker) lock(ctx context.Context, tx pgx.Tx) (*int64, error) {
+	return managed.ScanPosition(tx.QueryRow(ctx, managed.LockPosition, w.sub.target, w.sub.generation))
+}
