@@ -273,24 +273,7 @@ func TestTypeMatrixRoundTrips(t *testing.T) {
 // during writes; capture reconnects with backoff and loses nothing.
 func TestCaptureResumesAfterUpstreamRestart(t *testing.T) {
 	l, _ := open(t)
-	src, err := pgtest.Start(pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Destroy()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	exec := func(q string) {
-		t.Helper()
-		if err := src.Exec(ctx, "postgres", q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	exec(`CREATE SCHEMA _rejot; CREATE TABLE _rejot.publications (publication text, version int, query text,
-		key_columns text[], source text, status text, columns jsonb)`)
-	exec("CREATE TABLE events (id int PRIMARY KEY, v text)")
-	exec(`INSERT INTO _rejot.publications VALUES ('restart_events', 1, 'SELECT id, v FROM events', '{id}', '"public"."events"', 'active',
-		'[{"name": "id"}, {"name": "v"}]')`)
+	src, ctx, exec := recordedEvents(t, "restart_events")
 	capture := &capture.Runner{URL: src.URL("postgres"), System: "restart", Log: l, Logger: zerolog.Nop(), Check: 200 * time.Millisecond}
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -517,4 +500,32 @@ func TestNoRecordYetIsNothingToCapture(t *testing.T) {
 	if err != nil || len(sources) != 0 {
 		t.Fatalf("got %d sources, %v", len(sources), err)
 	}
+}
+
+// recordedEvents starts an owner's server of the test's own, whose
+// database postgres has a table events (id int PRIMARY KEY, v text) and
+// an owner's record, as the sidecar keeps it, that publishes it as
+// version 1 of publication; exec runs SQL there as the superuser. The
+// context ends with the test (at most 90 s).
+func recordedEvents(t *testing.T, publication string) (*pgtest.Cluster, context.Context, func(string)) {
+	t.Helper()
+	src, err := pgtest.Start(pgtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(src.Destroy)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	t.Cleanup(cancel)
+	exec := func(q string) {
+		t.Helper()
+		if err := src.Exec(ctx, "postgres", q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	exec(`CREATE SCHEMA _rejot; CREATE TABLE _rejot.publications (publication text, version int, query text,
+		key_columns text[], source text, status text, columns jsonb)`)
+	exec("CREATE TABLE events (id int PRIMARY KEY, v text)")
+	exec(`INSERT INTO _rejot.publications VALUES ('` + publication + `', 1, 'SELECT id, v FROM events', '{id}', '"public"."events"', 'active',
+		'[{"name": "id"}, {"name": "v"}]')`)
+	return src, ctx, exec
 }

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/rejot-dev/rejot/internal/pgtest"
 	"github.com/rejot-dev/rejot/replicator/capture"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 	"github.com/rejot-dev/rejot/replicator/eventlog/pglog"
@@ -22,24 +21,7 @@ import (
 // first fill's readers, the WALReader itself), several times over.
 func TestRunnerLeavesNoGoroutines(t *testing.T) {
 	l, _ := open(t)
-	src, err := pgtest.Start(pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Destroy()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	exec := func(q string) {
-		t.Helper()
-		if err := src.Exec(ctx, "postgres", q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	exec(`CREATE SCHEMA _rejot; CREATE TABLE _rejot.publications (publication text, version int, query text,
-		key_columns text[], source text, status text, columns jsonb)`)
-	exec("CREATE TABLE events (id int PRIMARY KEY, v text)")
-	exec(`INSERT INTO _rejot.publications VALUES ('leak_events', 1, 'SELECT id, v FROM events', '{id}', '"public"."events"', 'active',
-		'[{"name": "id"}, {"name": "v"}]')`)
+	src, ctx, _ := recordedEvents(t, "leak_events")
 	v := eventlog.Version{Publication: "leak_events", Number: 1}
 	owner, err := pgx.Connect(ctx, src.URL("postgres"))
 	if err != nil {
