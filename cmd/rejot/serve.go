@@ -228,17 +228,22 @@ func (sc *sidecar) run(ctx context.Context, ln net.Listener) error {
 	go func() { defer wg.Done(); sc.subscriber.Run(bg) }()
 	defer func() { stop(); wg.Wait() }()
 	errc := make(chan error, 2)
-	go func() { errc <- sc.srv.Serve(ln) }()
+	var serving sync.WaitGroup
+	defer serving.Wait() // last: once both servers are shut down
+	serving.Go(func() { errc <- sc.srv.Serve(ln) })
 	if sc.http != nil {
-		go func() {
+		serving.Go(func() {
 			if err := sc.http.Serve(sc.httpLn); err != nil {
 				errc <- fmt.Errorf("http: %w", err)
 			}
-		}()
+		})
 		defer sc.http.Shutdown(context.Background())
 	}
 	select {
 	case err := <-errc:
+		// One server failed: the other stops too (Close also ends the
+		// relay's Serve when it is the HTTP side that failed).
+		sc.srv.Close(context.WithoutCancel(ctx))
 		return err
 	case <-ctx.Done():
 	}
