@@ -3,7 +3,9 @@ package proxy
 import (
 	"context"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rejot-dev/rejot/sql"
 )
 
@@ -115,7 +117,7 @@ func (s *session) execute(st sql.Statement, params []*string) (*sql.Result, erro
 	return res, err
 }
 
-var errAborted = &sql.Error{Code: sql.CodeInFailedTransaction,
+var errAborted = &pgerr.Error{Code: pgerr.InFailedSQLTransaction,
 	Message: "current transaction is aborted, commands ignored until end of transaction block"}
 
 func (s *session) inAbortedTransaction() bool {
@@ -162,8 +164,7 @@ func (u upstreamSession) Query(ctx context.Context, query string, params ...*str
 		return nil, err
 	}
 	if pgErr != nil {
-		return nil, &sql.QueryError{Code: pgErr.Code, Message: pgErr.Message, Detail: pgErr.Detail,
-			Hint: pgErr.Hint, Position: int(pgErr.Position)}
+		return nil, pgerr.FromPgError(pgconn.ErrorResponseToPgError(pgErr))
 	}
 	s.leaked = false
 	return rows, nil

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/rejot-dev/rejot/catalog"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rejot-dev/rejot/sql"
 )
 
@@ -34,15 +35,11 @@ func writeErrorTo(w *bufio.Writer, severity, code, msg string) {
 // errorResponse turns an error into the ErrorResponse the client gets. query
 // is the text the error's position refers to.
 func errorResponse(err error, query string) *pgproto3.ErrorResponse {
-	var se *sql.Error
-	var qe *sql.QueryError
-	switch {
-	case errors.As(err, &se):
-	case errors.As(err, &qe):
-		// A query the call ran failed; its position is in that query, not the client's.
-		se = &sql.Error{Code: qe.Code, Message: qe.Message, Detail: qe.Detail, Hint: qe.Hint}
-	default:
-		se = &sql.Error{Code: sql.CodeInternalError, Message: "rejot: " + err.Error()}
+	// A failed query the call ran carries its position as InternalPosition,
+	// which is not sent: it is in that query, not in the client's.
+	var se *pgerr.Error
+	if !errors.As(err, &se) {
+		se = &pgerr.Error{Code: pgerr.InternalError, Message: "rejot: " + err.Error()}
 	}
 	return &pgproto3.ErrorResponse{
 		Severity: "ERROR", SeverityUnlocalized: "ERROR",

@@ -6,6 +6,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rejot-dev/rejot/sql"
 )
 
@@ -53,7 +54,7 @@ func anyIntercepted(stmts []sql.Statement) bool {
 func (s *session) runSimple(query string, stmts []sql.Statement) error {
 	for _, st := range stmts {
 		if st.CopyFromStdin {
-			return s.refuseQuery(query, &sql.Error{Code: sql.CodeFeatureNotSupported,
+			return s.refuseQuery(query, &pgerr.Error{Code: pgerr.FeatureNotSupported,
 				Message:  "COPY FROM STDIN cannot be combined with rejot calls in one query string",
 				Hint:     "Send the COPY as a query of its own.",
 				Position: st.Offset + 1})
@@ -90,7 +91,7 @@ func (s *session) runSimple(query string, stmts []sql.Statement) error {
 
 // refuseQuery answers a whole query string with an error and the upstream's
 // ReadyForQuery.
-func (s *session) refuseQuery(query string, e *sql.Error) error {
+func (s *session) refuseQuery(query string, e *pgerr.Error) error {
 	if err := s.fail(e, query); err != nil {
 		return err
 	}

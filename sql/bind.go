@@ -1,18 +1,22 @@
 package sql
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/rejot-dev/rejot/internal/pgerr"
+)
 
 // bind matches a call's arguments to the function's parameters the way
 // Postgres does: positional first, then named (=>), each parameter at most
 // once, every required one present.
-func bind(c *Call, f *Function) ([]*Arg, *Error) {
+func bind(c *Call, f *Function) ([]*Arg, *pgerr.Error) {
 	bound := make([]*Arg, len(f.Params))
 	seenNamed := false
 	for i := range c.Args {
 		a := &c.Args[i]
 		if a.Name == "" {
 			if seenNamed {
-				return nil, Errorf(CodeSyntaxError, "positional argument cannot follow named argument").at(int32(a.Location))
+				return nil, pgerr.Errorf(pgerr.SyntaxError, "positional argument cannot follow named argument").At(int32(a.Location))
 			}
 			if i >= len(f.Params) {
 				return nil, tooMany(c, f, a)
@@ -23,26 +27,26 @@ func bind(c *Call, f *Function) ([]*Arg, *Error) {
 		seenNamed = true
 		j := paramIndex(f, a.Name)
 		if j < 0 {
-			return nil, Errorf(CodeUndefinedFunction, "rejot.%s has no parameter named %q", f.Name, a.Name).
-				at(int32(a.Location)).hint("Its parameters are: %s.", f.signature())
+			return nil, pgerr.Errorf(pgerr.UndefinedFunction, "rejot.%s has no parameter named %q", f.Name, a.Name).
+				At(int32(a.Location)).WithHint("Its parameters are: %s.", f.signature())
 		}
 		if bound[j] != nil {
-			return nil, Errorf(CodeSyntaxError, "argument %q given more than once", a.Name).at(int32(a.Location))
+			return nil, pgerr.Errorf(pgerr.SyntaxError, "argument %q given more than once", a.Name).At(int32(a.Location))
 		}
 		bound[j] = a
 	}
 	for i, p := range f.Params {
 		if bound[i] == nil && !p.Optional {
-			return nil, Errorf(CodeUndefinedFunction, "rejot.%s needs the argument %q", f.Name, p.Name).
-				at(int32(c.Location)).hint("Call it as %s.", f.signature())
+			return nil, pgerr.Errorf(pgerr.UndefinedFunction, "rejot.%s needs the argument %q", f.Name, p.Name).
+				At(int32(c.Location)).WithHint("Call it as %s.", f.signature())
 		}
 	}
 	return bound, nil
 }
 
-func tooMany(c *Call, f *Function, a *Arg) *Error {
-	return Errorf(CodeUndefinedFunction, "function rejot.%s(%s) does not exist", f.Name, argTypes(c)).
-		at(int32(a.Location)).hint("rejot.%s takes %d argument(s): %s.", f.Name, len(f.Params), f.signature())
+func tooMany(c *Call, f *Function, a *Arg) *pgerr.Error {
+	return pgerr.Errorf(pgerr.UndefinedFunction, "function rejot.%s(%s) does not exist", f.Name, argTypes(c)).
+		At(int32(a.Location)).WithHint("rejot.%s takes %d argument(s): %s.", f.Name, len(f.Params), f.signature())
 }
 
 func paramIndex(f *Function, name string) int {
@@ -56,7 +60,7 @@ func paramIndex(f *Function, name string) int {
 
 // bindValues resolves each bound argument to its text value: the constant, or
 // the value of its $n parameter.
-func bindValues(f *Function, bound []*Arg, params []*string) (Args, *Error) {
+func bindValues(f *Function, bound []*Arg, params []*string) (Args, *pgerr.Error) {
 	args := make(Args, len(f.Params))
 	for i, p := range f.Params {
 		a := bound[i]
@@ -68,7 +72,7 @@ func bindValues(f *Function, bound []*Arg, params []*string) (Args, *Error) {
 			args[p.Name] = nil
 		case ArgParam:
 			if a.Param < 1 || a.Param > len(params) {
-				return nil, Errorf(CodeProtocolViolation, "there is no parameter $%d", a.Param).at(int32(a.Location))
+				return nil, pgerr.Errorf(pgerr.ProtocolViolation, "there is no parameter $%d", a.Param).At(int32(a.Location))
 			}
 			args[p.Name] = params[a.Param-1]
 		default:

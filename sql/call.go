@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -53,14 +54,14 @@ type Arg struct {
 	Location int    // 0-based byte offset in the query
 }
 
-func newCall(t topLevel, query string) (*Call, *Error) {
+func newCall(t topLevel, query string) (*Call, *pgerr.Error) {
 	fn := t.fn
 	if fn.AggStar || fn.FuncVariadic || len(fn.AggOrder) != 0 || fn.AggFilter != nil || fn.Over != nil || fn.AggWithinGroup {
-		return nil, Errorf(CodeSyntaxError, "rejot.%s() takes plain arguments", funcName(fn)).at(fn.Location)
+		return nil, pgerr.Errorf(pgerr.SyntaxError, "rejot.%s() takes plain arguments", funcName(fn)).At(fn.Location)
 	}
 	if len(fn.Funcname) != 2 {
-		return nil, Errorf(CodeUndefinedFunction, "function %s() does not exist", qualifiedName(fn)).
-			at(fn.Location).hint("Call the rejot functions as rejot.name(...).")
+		return nil, pgerr.Errorf(pgerr.UndefinedFunction, "function %s() does not exist", qualifiedName(fn)).
+			At(fn.Location).WithHint("Call the rejot functions as rejot.name(...).")
 	}
 	c := &Call{Function: funcName(fn), Form: t.form, Alias: t.alias, Location: int(fn.Location), Query: query}
 	for _, n := range fn.Args {
@@ -84,7 +85,7 @@ func qualifiedName(fn *pg_query.FuncCall) string {
 	return strings.Join(parts, ".")
 }
 
-func newArg(n *pg_query.Node) (Arg, *Error) {
+func newArg(n *pg_query.Node) (Arg, *pgerr.Error) {
 	var a Arg
 	if na := n.GetNamedArgExpr(); na != nil {
 		a.Name = na.Name
@@ -100,12 +101,12 @@ func newArg(n *pg_query.Node) (Arg, *Error) {
 	return a, nil
 }
 
-func setArgValue(a *Arg, n *pg_query.Node) *Error {
+func setArgValue(a *Arg, n *pg_query.Node) *pgerr.Error {
 	switch {
 	case n.GetParamRef() != nil:
 		p := n.GetParamRef()
 		if p.Number < 1 || p.Number > maxParams {
-			return Errorf(CodeUndefinedParameter, "there is no parameter $%d", p.Number).at(p.Location)
+			return pgerr.Errorf(pgerr.UndefinedParameter, "there is no parameter $%d", p.Number).At(p.Location)
 		}
 		a.Kind, a.Param, a.Location = ArgParam, int(p.Number), int(p.Location)
 		return nil
@@ -124,7 +125,7 @@ func setArgValue(a *Arg, n *pg_query.Node) *Error {
 		case nil:
 			a.Kind = ArgNull
 		default:
-			return Errorf(CodeFeatureNotSupported, "unsupported constant in a rejot call").at(c.Location)
+			return pgerr.Errorf(pgerr.FeatureNotSupported, "unsupported constant in a rejot call").At(c.Location)
 		}
 		if c.Isnull {
 			a.Kind = ArgNull
@@ -137,7 +138,7 @@ func setArgValue(a *Arg, n *pg_query.Node) *Error {
 		for i, e := range arr.Elements {
 			var el Arg
 			if err := setArgValue(&el, e); err != nil || el.Kind != ArgString {
-				return Errorf(CodeFeatureNotSupported, "an ARRAY argument of a rejot function holds string constants").at(arr.Location)
+				return pgerr.Errorf(pgerr.FeatureNotSupported, "an ARRAY argument of a rejot function holds string constants").At(arr.Location)
 			}
 			parts[i] = `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(el.Value) + `"`
 		}
@@ -147,13 +148,13 @@ func setArgValue(a *Arg, n *pg_query.Node) *Error {
 		// -5 arrives as 0 - 5 only for non-integers; keep it a constant.
 		e := n.GetAExpr()
 		if err := setArgValue(a, e.Rexpr); err != nil || a.Kind != ArgNumber {
-			return Errorf(CodeFeatureNotSupported, "arguments of rejot functions must be constants or $n parameters").at(e.Location)
+			return pgerr.Errorf(pgerr.FeatureNotSupported, "arguments of rejot functions must be constants or $n parameters").At(e.Location)
 		}
 		a.Value = "-" + a.Value
 		return nil
 	}
-	return Errorf(CodeFeatureNotSupported, "arguments of rejot functions must be constants or $n parameters").
-		at(location(n)).hint("Write the value itself, for example 'orders' or 42, or pass it as a parameter.")
+	return pgerr.Errorf(pgerr.FeatureNotSupported, "arguments of rejot functions must be constants or $n parameters").
+		At(location(n)).WithHint("Write the value itself, for example 'orders' or 42, or pass it as a parameter.")
 }
 
 func isNegation(e *pg_query.A_Expr) bool {

@@ -5,6 +5,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/rejot-dev/rejot/internal/pgerr"
 )
 
 // Type OIDs of the values the API takes and returns.
@@ -74,7 +76,8 @@ func typeLabel(oid uint32) string {
 
 // Session is what a call may ask of the caller's own database session: the
 // proxy runs the statement inside the client's connection, so the caller's
-// privileges and its open transaction apply.
+// privileges and its open transaction apply. A server's error is a
+// *pgerr.Error (pgerr.FromPgError), its position the InternalPosition.
 type Session interface {
 	Query(ctx context.Context, sql string, params ...*string) (*Rows, error)
 }
@@ -94,15 +97,6 @@ type Field struct {
 	TypeOID  uint32
 	TypeMod  int32
 }
-
-// QueryError is a server's error for a Session query. Position is the
-// 1-based character position in that query's text, 0 when none.
-type QueryError struct {
-	Code, Message, Detail, Hint string
-	Position                    int
-}
-
-func (e *QueryError) Error() string { return e.Message + " (SQLSTATE " + e.Code + ")" }
 
 // Env is what a running function sees.
 type Env struct {
@@ -156,11 +150,11 @@ func (x *Executor) names() []string {
 	return names
 }
 
-func (x *Executor) resolve(c *Call) (*Function, *Error) {
+func (x *Executor) resolve(c *Call) (*Function, *pgerr.Error) {
 	f, ok := x.functions[c.Function]
 	if !ok {
-		return nil, Errorf(CodeUndefinedFunction, "function rejot.%s(%s) does not exist", c.Function, argTypes(c)).
-			at(int32(c.Location)).hint("The rejot functions are: %s.", strings.Join(x.names(), ", "))
+		return nil, pgerr.Errorf(pgerr.UndefinedFunction, "function rejot.%s(%s) does not exist", c.Function, argTypes(c)).
+			At(int32(c.Location)).WithHint("The rejot functions are: %s.", strings.Join(x.names(), ", "))
 	}
 	return f, nil
 }
@@ -208,7 +202,7 @@ func (x *Executor) Describe(c *Call, hint []uint32) ([]uint32, []Column, error) 
 	}
 	for i, t := range params {
 		if t == 0 {
-			return nil, nil, Errorf(CodeIndeterminateDatatype, "could not determine data type of parameter $%d", i+1)
+			return nil, nil, pgerr.Errorf(pgerr.IndeterminateDatatype, "could not determine data type of parameter $%d", i+1)
 		}
 	}
 	return params, x.columns(c, f), nil
@@ -274,7 +268,7 @@ func (a Args) Int(name string) (n int64, ok bool, err error) {
 	}
 	n, perr := strconv.ParseInt(strings.TrimSpace(*v), 10, 64)
 	if perr != nil {
-		return 0, false, Errorf(CodeInvalidText, "invalid input syntax for type integer: %q (argument %s)", *v, name)
+		return 0, false, pgerr.Errorf(pgerr.InvalidTextRepresentation, "invalid input syntax for type integer: %q (argument %s)", *v, name)
 	}
 	return n, true, nil
 }
@@ -291,5 +285,5 @@ func (a Args) Bool(name string) (bool, error) {
 	case "f", "false", "no", "off", "0":
 		return false, nil
 	}
-	return false, Errorf(CodeInvalidText, "invalid input syntax for type boolean: %q (argument %s)", *v, name)
+	return false, pgerr.Errorf(pgerr.InvalidTextRepresentation, "invalid input syntax for type boolean: %q (argument %s)", *v, name)
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/rejot-dev/rejot/internal/pgerr"
 )
 
 // fuzzSplitSeeds are statements the sidecar meets: ordinary SQL, every
@@ -149,14 +151,14 @@ func TestSplitClassifiesTypicalInput(t *testing.T) {
 		{query: "SELECT * FROM rejot.version() AS v(x)", function: "version", form: FormSelectFrom, alias: "v"},
 		{query: "select 'rejot'"},
 		{query: `SELECT "Rejot".version()`},
-		{query: "SELECT 1, rejot.version()", errCode: CodeFeatureNotSupported, errPos: 11},
-		{query: "SELECT rejot.version() FROM t", errCode: CodeFeatureNotSupported, errPos: 8},
-		{query: "SELECT rejot.version() WHERE true", errCode: CodeFeatureNotSupported, errPos: 8},
-		{query: "SELECT upper(rejot.version())", errCode: CodeFeatureNotSupported, errPos: 14},
-		{query: "CALL public.rejot.version()", errCode: CodeUndefinedFunction, errPos: 6},
-		{query: "SELECT rejot.f(VARIADIC $1)", errCode: CodeSyntaxError, errPos: 8},
-		{query: "CALL rejot.f(now())", errCode: CodeFeatureNotSupported, errPos: 14},
-		{query: "CALL rejot.f(x'ff')", errCode: CodeFeatureNotSupported, errPos: 14},
+		{query: "SELECT 1, rejot.version()", errCode: pgerr.FeatureNotSupported, errPos: 11},
+		{query: "SELECT rejot.version() FROM t", errCode: pgerr.FeatureNotSupported, errPos: 8},
+		{query: "SELECT rejot.version() WHERE true", errCode: pgerr.FeatureNotSupported, errPos: 8},
+		{query: "SELECT upper(rejot.version())", errCode: pgerr.FeatureNotSupported, errPos: 14},
+		{query: "CALL public.rejot.version()", errCode: pgerr.UndefinedFunction, errPos: 6},
+		{query: "SELECT rejot.f(VARIADIC $1)", errCode: pgerr.SyntaxError, errPos: 8},
+		{query: "CALL rejot.f(now())", errCode: pgerr.FeatureNotSupported, errPos: 14},
+		{query: "CALL rejot.f(x'ff')", errCode: pgerr.FeatureNotSupported, errPos: 14},
 		{
 			query: "CALL rejot.publish(name => 'x', version => $1)", function: "publish", form: FormCall,
 			args: []Arg{

@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 )
 
 var metricCalls = promauto.NewCounterVec(prometheus.CounterOpts{
@@ -17,13 +18,9 @@ func outcome(err error) string {
 	if err == nil {
 		return "ok"
 	}
-	var e *Error
+	var e *pgerr.Error
 	if errors.As(err, &e) {
 		return e.Code
 	}
-	var qe *QueryError
-	if errors.As(err, &qe) {
-		return qe.Code
-	}
-	return "XX000"
+	return pgerr.InternalError
 }

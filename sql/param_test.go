@@ -1,6 +1,10 @@
 package sql
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/rejot-dev/rejot/internal/pgerr"
+)
 
 func TestParameterNumbersAreBounded(t *testing.T) {
 	for _, q := range []string{"CALL rejot.version($0)", "CALL rejot.version($65536)", "SELECT rejot.version($2147483647)"} {
@@ -8,7 +12,7 @@ func TestParameterNumbersAreBounded(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
-		if st.Err == nil || st.Err.Code != CodeUndefinedParameter {
+		if st.Err == nil || st.Err.Code != pgerr.UndefinedParameter {
 			t.Errorf("%s: got %+v, want 42P02", q, st.Err)
 		}
 	}

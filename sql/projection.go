@@ -6,6 +6,7 @@ import (
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"github.com/pganalyze/pg_query_go/v6/parser"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -51,15 +52,15 @@ type ProjectedColumn struct {
 // live database — the table, the columns, the types, the key, volatility —
 // is checked later through the caller's session. Positions in errors are
 // 1-based byte offsets into query.
-func AnalyzeProjection(query string) (*Projection, *Error) {
+func AnalyzeProjection(query string) (*Projection, *pgerr.Error) {
 	tree, err := pg_query.Parse(query)
 	if err != nil {
 		return nil, parseError(err, query)
 	}
 	if len(tree.Stmts) != 1 {
-		e := Errorf(CodeSyntaxError, "a publication query is one SELECT statement, not %d statements", len(tree.Stmts))
+		e := pgerr.Errorf(pgerr.SyntaxError, "a publication query is one SELECT statement, not %d statements", len(tree.Stmts))
 		if len(tree.Stmts) > 1 {
-			e = e.at(tree.Stmts[1].StmtLocation)
+			e = e.At(tree.Stmts[1].StmtLocation)
 		}
 		return nil, e
 	}
@@ -68,7 +69,7 @@ func AnalyzeProjection(query string) (*Projection, *Error) {
 	}
 	sel := tree.Stmts[0].Stmt.GetSelectStmt()
 	if sel == nil {
-		return nil, Errorf(CodeFeatureNotSupported, "a publication query must be a SELECT").at(tree.Stmts[0].StmtLocation)
+		return nil, pgerr.Errorf(pgerr.FeatureNotSupported, "a publication query must be a SELECT").At(tree.Stmts[0].StmtLocation)
 	}
 	if err := checkShape(sel); err != nil {
 		return nil, err
@@ -92,8 +93,8 @@ func AnalyzeProjection(query string) (*Projection, *Error) {
 	return p, nil
 }
 
-func parseError(err error, query string) *Error {
-	e := Errorf(CodeSyntaxError, "%s", err.Error())
+func parseError(err error, query string) *pgerr.Error {
+	e := pgerr.Errorf(pgerr.SyntaxError, "%s", err.Error())
 	var pe *parser.Error
 	if errors.As(err, &pe) && pe.Cursorpos > 0 {
 		e.Position = byteOffset(query, pe.Cursorpos) + 1
@@ -103,9 +104,9 @@ func parseError(err error, query string) *Error {
 
 // checkShape refuses every construct a publication cannot be: the error
 // names it and says why.
-func checkShape(s *pg_query.SelectStmt) *Error {
-	refuse := func(what, why string, at int32) *Error {
-		return Errorf(CodeFeatureNotSupported, "%s is not supported in a publication query: %s", what, why).at(at)
+func checkShape(s *pg_query.SelectStmt) *pgerr.Error {
+	refuse := func(what, why string, at int32) *pgerr.Error {
+		return pgerr.Errorf(pgerr.FeatureNotSupported, "%s is not supported in a publication query: %s", what, why).At(at)
 	}
 	const perRow = "a publication is the table's rows, one per key, kept in sync"
 	switch {
@@ -147,26 +148,26 @@ func firstOf(list []*pg_query.Node, nodes ...*pg_query.Node) *pg_query.Node {
 
 // checkExpressions refuses subqueries, aggregates, window functions and
 // parameters anywhere in the query.
-func checkExpressions(s *pg_query.SelectStmt) *Error {
-	var err *Error
+func checkExpressions(s *pg_query.SelectStmt) *pgerr.Error {
+	var err *pgerr.Error
 	walk(s.ProtoReflect(), func(m protoreflect.Message) {
 		if err != nil {
 			return
 		}
 		switch v := m.Interface().(type) {
 		case *pg_query.SubLink:
-			err = Errorf(CodeFeatureNotSupported, "subqueries are not supported in a publication query: each published row must come from its own table row").at(v.Location)
+			err = pgerr.Errorf(pgerr.FeatureNotSupported, "subqueries are not supported in a publication query: each published row must come from its own table row").At(v.Location)
 		case *pg_query.RangeSubselect:
-			err = Errorf(CodeFeatureNotSupported, "subqueries are not supported in a publication query: it reads one table directly")
+			err = pgerr.Errorf(pgerr.FeatureNotSupported, "subqueries are not supported in a publication query: it reads one table directly")
 		case *pg_query.FuncCall:
 			switch {
 			case v.Over != nil:
-				err = Errorf(CodeFeatureNotSupported, "window functions are not supported in a publication query: each published row must depend on its own table row only").at(v.Location)
+				err = pgerr.Errorf(pgerr.FeatureNotSupported, "window functions are not supported in a publication query: each published row must depend on its own table row only").At(v.Location)
 			case v.AggStar || v.AggDistinct || len(v.AggOrder) > 0 || v.AggFilter != nil || v.AggWithinGroup:
-				err = Errorf(CodeFeatureNotSupported, "aggregate functions are not supported in a publication query: a publication is the table's rows, one per key").at(v.Location)
+				err = pgerr.Errorf(pgerr.FeatureNotSupported, "aggregate functions are not supported in a publication query: a publication is the table's rows, one per key").At(v.Location)
 			}
 		case *pg_query.ParamRef:
-			err = Errorf(CodeFeatureNotSupported, "parameters ($%d) are not allowed in a publication query: write the values into it", v.Number).at(v.Location)
+			err = pgerr.Errorf(pgerr.FeatureNotSupported, "parameters ($%d) are not allowed in a publication query: write the values into it", v.Number).At(v.Location)
 		}
 	})
 	return err
@@ -186,13 +187,13 @@ func functionRefs(s *pg_query.SelectStmt) []FunctionRef {
 	return refs
 }
 
-func (p *Projection) setTable(s *pg_query.SelectStmt) *Error {
+func (p *Projection) setTable(s *pg_query.SelectStmt) *pgerr.Error {
 	if len(s.FromClause) != 1 {
 		at := int32(-1)
 		if len(s.FromClause) > 1 {
 			at = location(s.FromClause[1])
 		}
-		return Errorf(CodeFeatureNotSupported, "a publication query reads exactly one table (FROM one table; joins are not supported yet)").at(at)
+		return pgerr.Errorf(pgerr.FeatureNotSupported, "a publication query reads exactly one table (FROM one table; joins are not supported yet)").At(at)
 	}
 	from := s.FromClause[0]
 	rv := from.GetRangeVar()
@@ -204,16 +205,16 @@ func (p *Projection) setTable(s *pg_query.SelectStmt) *Error {
 		case from.GetRangeFunction() != nil:
 			what = "a function in FROM"
 		}
-		return Errorf(CodeFeatureNotSupported, "%s is not supported in a publication query: it reads exactly one table", what).at(location(from))
+		return pgerr.Errorf(pgerr.FeatureNotSupported, "%s is not supported in a publication query: it reads exactly one table", what).At(location(from))
 	}
 	if rv.Catalogname != "" {
-		return Errorf(CodeFeatureNotSupported, "cross-database references are not supported").at(rv.Location)
+		return pgerr.Errorf(pgerr.FeatureNotSupported, "cross-database references are not supported").At(rv.Location)
 	}
 	p.Schema, p.Table, p.TableAt = rv.Schemaname, rv.Relname, int(rv.Location)
 	return nil
 }
 
-func (p *Projection) setColumns(s *pg_query.SelectStmt) *Error {
+func (p *Projection) setColumns(s *pg_query.SelectStmt) *pgerr.Error {
 	seen := map[string]bool{}
 	for _, t := range s.TargetList {
 		rt := t.GetResTarget()
@@ -224,7 +225,7 @@ func (p *Projection) setColumns(s *pg_query.SelectStmt) *Error {
 		if ref := rt.Val.GetColumnRef(); ref != nil {
 			last := ref.Fields[len(ref.Fields)-1]
 			if last.GetAStar() != nil {
-				return Errorf(CodeFeatureNotSupported, "* is not supported in a publication query: list the columns to publish, so that the public schema changes only when you publish a new one").at(ref.Location)
+				return pgerr.Errorf(pgerr.FeatureNotSupported, "* is not supported in a publication query: list the columns to publish, so that the public schema changes only when you publish a new one").At(ref.Location)
 			}
 			col.Source = last.GetString_().GetSval()
 			if col.Name == "" {
@@ -232,17 +233,17 @@ func (p *Projection) setColumns(s *pg_query.SelectStmt) *Error {
 			}
 		}
 		if col.Name == "" {
-			return Errorf(CodeSyntaxError, "every published column needs a name: add AS name after this expression").at(rt.Location)
+			return pgerr.Errorf(pgerr.SyntaxError, "every published column needs a name: add AS name after this expression").At(rt.Location)
 		}
 		if seen[col.Name] {
-			return Errorf("42701", "column name %q is published more than once", col.Name).at(rt.Location)
+			return pgerr.Errorf("42701", "column name %q is published more than once", col.Name).At(rt.Location)
 		}
 		seen[col.Name] = true
 		col.Expr = deparseExpr(rt.Val)
 		p.Columns = append(p.Columns, col)
 	}
 	if len(p.Columns) == 0 {
-		return Errorf(CodeSyntaxError, "a publication query selects at least the table's primary key").at(int32(p.TableAt))
+		return pgerr.Errorf(pgerr.SyntaxError, "a publication query selects at least the table's primary key").At(int32(p.TableAt))
 	}
 	return nil
 }

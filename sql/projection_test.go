@@ -3,6 +3,8 @@ package sql
 import (
 	"strings"
 	"testing"
+
+	"github.com/rejot-dev/rejot/internal/pgerr"
 )
 
 func TestAnalyzeProjection(t *testing.T) {
@@ -39,28 +41,28 @@ func TestAnalyzeProjectionRefuses(t *testing.T) {
 		query, code, says string
 		pos               int
 	}{
-		{"SELEC id FROM t", CodeSyntaxError, "syntax error", 1},
-		{"SELECT id FROM t; SELECT 2", CodeSyntaxError, "one SELECT statement", 18},
-		{"INSERT INTO t VALUES (1)", CodeFeatureNotSupported, "must be a SELECT", 1},
-		{"SELECT id FROM a JOIN b USING (id)", CodeFeatureNotSupported, "JOIN", 16},
-		{"SELECT a.id FROM a, b", CodeFeatureNotSupported, "exactly one table", 21},
-		{"SELECT id FROM (SELECT id FROM t) s", CodeFeatureNotSupported, "subqueries", 0},
-		{"SELECT id, (SELECT 1) AS one FROM t", CodeFeatureNotSupported, "subqueries", 12},
-		{"SELECT DISTINCT id FROM t", CodeFeatureNotSupported, "DISTINCT", 0},
-		{"SELECT id FROM t GROUP BY id", CodeFeatureNotSupported, "GROUP BY", 27},
-		{"SELECT id FROM t ORDER BY id", CodeFeatureNotSupported, "ORDER BY", 27},
-		{"SELECT id FROM t LIMIT 5", CodeFeatureNotSupported, "LIMIT", 24},
-		{"SELECT id FROM t UNION SELECT id FROM u", CodeFeatureNotSupported, "UNION", 0},
-		{"WITH x AS (SELECT 1) SELECT id FROM t", CodeFeatureNotSupported, "WITH", 1},
-		{"SELECT count(*) AS n FROM t", CodeFeatureNotSupported, "aggregate", 8},
-		{"SELECT id, row_number() OVER () AS n FROM t", CodeFeatureNotSupported, "window", 12},
-		{"SELECT * FROM t", CodeFeatureNotSupported, "list the columns", 8},
-		{"SELECT id, a + b FROM t", CodeSyntaxError, "needs a name", 12},
+		{"SELEC id FROM t", pgerr.SyntaxError, "syntax error", 1},
+		{"SELECT id FROM t; SELECT 2", pgerr.SyntaxError, "one SELECT statement", 18},
+		{"INSERT INTO t VALUES (1)", pgerr.FeatureNotSupported, "must be a SELECT", 1},
+		{"SELECT id FROM a JOIN b USING (id)", pgerr.FeatureNotSupported, "JOIN", 16},
+		{"SELECT a.id FROM a, b", pgerr.FeatureNotSupported, "exactly one table", 21},
+		{"SELECT id FROM (SELECT id FROM t) s", pgerr.FeatureNotSupported, "subqueries", 0},
+		{"SELECT id, (SELECT 1) AS one FROM t", pgerr.FeatureNotSupported, "subqueries", 12},
+		{"SELECT DISTINCT id FROM t", pgerr.FeatureNotSupported, "DISTINCT", 0},
+		{"SELECT id FROM t GROUP BY id", pgerr.FeatureNotSupported, "GROUP BY", 27},
+		{"SELECT id FROM t ORDER BY id", pgerr.FeatureNotSupported, "ORDER BY", 27},
+		{"SELECT id FROM t LIMIT 5", pgerr.FeatureNotSupported, "LIMIT", 24},
+		{"SELECT id FROM t UNION SELECT id FROM u", pgerr.FeatureNotSupported, "UNION", 0},
+		{"WITH x AS (SELECT 1) SELECT id FROM t", pgerr.FeatureNotSupported, "WITH", 1},
+		{"SELECT count(*) AS n FROM t", pgerr.FeatureNotSupported, "aggregate", 8},
+		{"SELECT id, row_number() OVER () AS n FROM t", pgerr.FeatureNotSupported, "window", 12},
+		{"SELECT * FROM t", pgerr.FeatureNotSupported, "list the columns", 8},
+		{"SELECT id, a + b FROM t", pgerr.SyntaxError, "needs a name", 12},
 		{"SELECT id, id FROM t", "42701", "more than once", 12},
-		{"SELECT id FROM t WHERE id = $1", CodeFeatureNotSupported, "parameters", 29},
-		{"SELECT id FROM t FOR UPDATE", CodeFeatureNotSupported, "FOR UPDATE", 0},
-		{"SELECT id FROM generate_series(1, 3) id", CodeFeatureNotSupported, "function in FROM", 16},
-		{"SELECT id FROM other.db.t", CodeFeatureNotSupported, "cross-database", 16},
+		{"SELECT id FROM t WHERE id = $1", pgerr.FeatureNotSupported, "parameters", 29},
+		{"SELECT id FROM t FOR UPDATE", pgerr.FeatureNotSupported, "FOR UPDATE", 0},
+		{"SELECT id FROM generate_series(1, 3) id", pgerr.FeatureNotSupported, "function in FROM", 16},
+		{"SELECT id FROM other.db.t", pgerr.FeatureNotSupported, "cross-database", 16},
 	}
 	for _, tt := range tests {
 		t.Run(tt.query, func(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/rejot-dev/rejot/catalog"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rejot-dev/rejot/managed"
 )
 
@@ -38,8 +39,8 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	}
 	if f := env.Executor.CaptureProblem; f != nil {
 		if problem := f(); problem != "" {
-			return nil, Errorf("55000", "%s", problem).
-				hint("Set wal_level = logical on the server (and restart it), and give the sidecar's role REPLICATION; the sidecar notices within seconds.")
+			return nil, pgerr.Errorf("55000", "%s", problem).
+				WithHint("Set wal_level = logical on the server (and restart it), and give the sidecar's role REPLICATION; the sidecar notices within seconds.")
 		}
 	}
 	p, perr := AnalyzeProjection(query)
@@ -48,7 +49,7 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	}
 	v, err := Validate(ctx, env.Session, p)
 	if err != nil {
-		var e *Error
+		var e *pgerr.Error
 		if errors.As(err, &e) {
 			return nil, env.inArg("query", e)
 		}
@@ -75,18 +76,18 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 func publishArgs(args Args) (name string, version int, query string, err error) {
 	name = args.Text("name")
 	if !publicationName.MatchString(name) {
-		return "", 0, "", Errorf(CodeInvalidParameter, "invalid publication name %q", name).
-			hint("Use lower-case letters, digits and _, starting with a letter or _ (at most 63).")
+		return "", 0, "", pgerr.Errorf(pgerr.InvalidParameterValue, "invalid publication name %q", name).
+			WithHint("Use lower-case letters, digits and _, starting with a letter or _ (at most 63).")
 	}
 	n, ok, err := args.Int("version")
 	if err != nil {
 		return "", 0, "", err
 	}
 	if !ok || n < 1 || n > 1<<30 {
-		return "", 0, "", Errorf(CodeInvalidParameter, "invalid version %s: versions are whole numbers from 1", nullText(args["version"]))
+		return "", 0, "", pgerr.Errorf(pgerr.InvalidParameterValue, "invalid version %s: versions are whole numbers from 1", nullText(args["version"]))
 	}
 	if args["query"] == nil || strings.TrimSpace(*args["query"]) == "" {
-		return "", 0, "", Errorf(CodeInvalidParameter, "the query must not be empty").hint("Give the SELECT that defines the publication.")
+		return "", 0, "", pgerr.Errorf(pgerr.InvalidParameterValue, "the query must not be empty").WithHint("Give the SELECT that defines the publication.")
 	}
 	return name, int(n), *args["query"], nil
 }
@@ -110,8 +111,8 @@ func (env *Env) checkOwner(ctx context.Context, name string) error {
 	if err != nil || owner == x.System {
 		return nil
 	}
-	return Errorf(CodeDuplicateObject, "publication %q belongs to system %q", name, owner).
-		hint("Publication names are unique across systems: choose another name.")
+	return pgerr.Errorf(pgerr.DuplicateObject, "publication %q belongs to system %q", name, owner).
+		WithHint("Publication names are unique across systems: choose another name.")
 }
 
 func publicColumns(v *Validated) []managed.Column {
@@ -143,8 +144,8 @@ func reconcile(ctx context.Context, sess Session, pub *managed.Published) (bool,
 	r := rows.Values[0]
 	if *r[5] == StatusRetired {
 		latest, _ := strconv.Atoi(*r[4])
-		return false, Errorf("55000", "publication %s version %d is retired", name, pub.Version).
-			hint("Publish version %d.", latest+1)
+		return false, pgerr.Errorf("55000", "publication %s version %d is retired", name, pub.Version).
+			WithHint("Publish version %d.", latest+1)
 	}
 	minor, _ := strconv.Atoi(*r[0])
 	var old []managed.Column
@@ -155,8 +156,8 @@ func reconcile(ctx context.Context, sess Session, pub *managed.Published) (bool,
 	switch {
 	case change == catalog.Breaking:
 		latest, _ := strconv.Atoi(*r[4])
-		return false, Errorf(CodeFeatureNotSupported, "publication %s version %d cannot change this way: %s", name, pub.Version, reason).
-			hint("Subscribers rely on version %d. Publish the new shape as version %d, and deprecate version %d when they have moved.", pub.Version, latest+1, pub.Version)
+		return false, pgerr.Errorf(pgerr.FeatureNotSupported, "publication %s version %d cannot change this way: %s", name, pub.Version, reason).
+			WithHint("Subscribers rely on version %d. Publish the new shape as version %d, and deprecate version %d when they have moved.", pub.Version, latest+1, pub.Version)
 	case change == catalog.Compatible || pub.Query != *r[1]:
 		pub.Minor = minor + 1
 	default:
@@ -198,10 +199,10 @@ func quoteArray(items []string) []string {
 
 // notManaged explains a missing managed schema.
 func notManaged(err error) error {
-	var qe *QueryError
-	if errors.As(err, &qe) && qe.Code == CodeUndefinedTable {
-		return Errorf(CodeUndefinedTable, "this database is not managed by the sidecar yet (schema %s is missing)", managed.Schema).
-			hint("The sidecar installs %s when it starts: check its log for why it could not.", managed.Schema)
+	var qe *pgerr.Error
+	if errors.As(err, &qe) && qe.Code == pgerr.UndefinedTable {
+		return pgerr.Errorf(pgerr.UndefinedTable, "this database is not managed by the sidecar yet (schema %s is missing)", managed.Schema).
+			WithHint("The sidecar installs %s when it starts: check its log for why it could not.", managed.Schema)
 	}
 	return err
 }
@@ -219,7 +220,7 @@ func describeColumns(cols []managed.Column) string {
 
 // inArg moves an error's position from inside a string argument to the
 // statement: exact for '...' and $$...$$ literals written without escapes.
-func (env *Env) inArg(name string, e *Error) *Error {
+func (env *Env) inArg(name string, e *pgerr.Error) *pgerr.Error {
 	a := env.args[name]
 	if a == nil || e.Position == 0 || env.Call == nil {
 		e.Position = 0

@@ -9,13 +9,14 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"github.com/rejot-dev/rejot/catalog"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // classifyRelations recognises a query over the catalog relations
 // (rejot.publications, ...). Such a query runs against the catalog
 // database, so it may read nothing else, and only read.
-func classifyRelations(node *pg_query.Node) (bool, *Error) {
+func classifyRelations(node *pg_query.Node) (bool, *pgerr.Error) {
 	var vars []*pg_query.RangeVar
 	ctes := map[string]bool{}
 	walk(node.ProtoReflect(), func(m protoreflect.Message) {
@@ -37,8 +38,8 @@ func classifyRelations(node *pg_query.Node) (bool, *Error) {
 		return false, nil
 	}
 	if node.GetSelectStmt() == nil || node.GetSelectStmt().IntoClause != nil {
-		return true, Errorf(CodeFeatureNotSupported, "the rejot catalog relations are read-only").
-			at(vars[first].Location).hint("Change publications with CALL rejot.publish(...), rejot.deprecate(...) or rejot.unpublish(...).")
+		return true, pgerr.Errorf(pgerr.FeatureNotSupported, "the rejot catalog relations are read-only").
+			At(vars[first].Location).WithHint("Change publications with CALL rejot.publish(...), rejot.deprecate(...) or rejot.unpublish(...).")
 	}
 	for _, v := range vars {
 		if err := checkRelation(v, ctes); err != nil {
@@ -48,7 +49,7 @@ func classifyRelations(node *pg_query.Node) (bool, *Error) {
 	return true, nil
 }
 
-func checkRelation(v *pg_query.RangeVar, ctes map[string]bool) *Error {
+func checkRelation(v *pg_query.RangeVar, ctes map[string]bool) *pgerr.Error {
 	switch {
 	case v.Schemaname == "rejot" && v.Catalogname == "":
 		for _, r := range catalog.Relations {
@@ -56,8 +57,8 @@ func checkRelation(v *pg_query.RangeVar, ctes map[string]bool) *Error {
 				return nil
 			}
 		}
-		return Errorf(CodeUndefinedTable, "relation \"rejot.%s\" does not exist", v.Relname).at(v.Location).
-			hint("The catalog relations are %s.", relationList())
+		return pgerr.Errorf(pgerr.UndefinedTable, "relation \"rejot.%s\" does not exist", v.Relname).At(v.Location).
+			WithHint("The catalog relations are %s.", relationList())
 	case v.Schemaname == "" && v.Catalogname == "" && ctes[v.Relname]:
 		return nil
 	}
@@ -65,8 +66,8 @@ func checkRelation(v *pg_query.RangeVar, ctes map[string]bool) *Error {
 	if v.Schemaname != "" {
 		name = v.Schemaname + "." + name
 	}
-	return Errorf(CodeFeatureNotSupported, "a query over the rejot catalog relations cannot also read %s", name).
-		at(v.Location).hint("The catalog relations live in the catalog database: query them on their own.")
+	return pgerr.Errorf(pgerr.FeatureNotSupported, "a query over the rejot catalog relations cannot also read %s", name).
+		At(v.Location).WithHint("The catalog relations live in the catalog database: query them on their own.")
 }
 
 func relationList() string {
@@ -83,7 +84,7 @@ type CatalogReader interface {
 	Query(ctx context.Context, sql string, params [][]byte, paramOIDs []uint32, paramFormats, resultFormats []int16) (*catalog.Result, error)
 }
 
-var errNoCatalog = &Error{Code: "08006", Message: "the catalog is not available to this sidecar",
+var errNoCatalog = &pgerr.Error{Code: "08006", Message: "the catalog is not available to this sidecar",
 	Hint: "Start the sidecar with --catalog, or check that the catalog database is up."}
 
 // DescribeRelations returns the parameter types and result fields of a
@@ -114,9 +115,9 @@ func relationError(err error, query string, st Statement) error {
 	}
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) {
-		return &Error{Code: "08006", Message: "cannot query the catalog: " + err.Error()}
+		return &pgerr.Error{Code: "08006", Message: "cannot query the catalog: " + err.Error()}
 	}
-	e := &Error{Code: pe.Code, Message: pe.Message, Detail: pe.Detail, Hint: pe.Hint}
+	e := &pgerr.Error{Code: pe.Code, Message: pe.Message, Detail: pe.Detail, Hint: pe.Hint}
 	if pe.Position > 0 {
 		e.Position = st.Offset + byteOffset(st.Text(query), int(pe.Position)) + 1
 	}

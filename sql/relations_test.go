@@ -1,6 +1,10 @@
 package sql
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/rejot-dev/rejot/internal/pgerr"
+)
 
 func TestClassifyRelations(t *testing.T) {
 	tests := []struct {
@@ -12,12 +16,12 @@ func TestClassifyRelations(t *testing.T) {
 		{query: "SELECT p.publication, count(*) FROM rejot.publications p JOIN rejot.columns c USING (publication, version) GROUP BY 1 ORDER BY 2 DESC"},
 		{query: "WITH s AS (SELECT * FROM rejot.systems) SELECT * FROM s WHERE system = $1"},
 		{query: "SELECT * FROM rejot.subscriptions WHERE target IN (SELECT target FROM rejot.subscriptions)"},
-		{query: "SELECT * FROM rejot.nothing", errCode: CodeUndefinedTable, errPos: 15},
-		{query: "SELECT * FROM rejot.systems, pg_class", errCode: CodeFeatureNotSupported, errPos: 30},
-		{query: "SELECT * FROM rejot.systems WHERE system IN (SELECT relname FROM public.t)", errCode: CodeFeatureNotSupported, errPos: 66},
-		{query: "DELETE FROM rejot.systems", errCode: CodeFeatureNotSupported, errPos: 13},
-		{query: "SELECT * INTO copy FROM rejot.systems", errCode: CodeFeatureNotSupported},
-		{query: "UPDATE rejot.publications SET status = 'retired'", errCode: CodeFeatureNotSupported, errPos: 8},
+		{query: "SELECT * FROM rejot.nothing", errCode: pgerr.UndefinedTable, errPos: 15},
+		{query: "SELECT * FROM rejot.systems, pg_class", errCode: pgerr.FeatureNotSupported, errPos: 30},
+		{query: "SELECT * FROM rejot.systems WHERE system IN (SELECT relname FROM public.t)", errCode: pgerr.FeatureNotSupported, errPos: 66},
+		{query: "DELETE FROM rejot.systems", errCode: pgerr.FeatureNotSupported, errPos: 13},
+		{query: "SELECT * INTO copy FROM rejot.systems", errCode: pgerr.FeatureNotSupported},
+		{query: "UPDATE rejot.publications SET status = 'retired'", errCode: pgerr.FeatureNotSupported, errPos: 8},
 	}
 	for _, tt := range tests {
 		t.Run(tt.query, func(t *testing.T) {

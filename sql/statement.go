@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 )
 
 // Statement is one statement of a query string.
@@ -15,7 +16,7 @@ type Statement struct {
 	// Err is set when the statement uses the rejot API in a way the sidecar
 	// refuses (a rejot function inside a larger expression, say). Such a
 	// statement is answered by the sidecar with this error.
-	Err *Error
+	Err *pgerr.Error
 	// Relations is set for a SELECT over the catalog relations
 	// (rejot.publications, ...), which the sidecar runs on the catalog.
 	Relations bool
@@ -75,7 +76,7 @@ func ParseOne(query string) (Statement, error) {
 
 // classify finds rejot API calls in one parsed statement. A statement that
 // does not reference the rejot schema is ordinary (nil, nil).
-func classify(node *pg_query.Node, query string) (*Call, *Error) {
+func classify(node *pg_query.Node, query string) (*Call, *pgerr.Error) {
 	refs := findRejotFuncs(node)
 	if len(refs) == 0 {
 		return nil, nil
@@ -83,10 +84,10 @@ func classify(node *pg_query.Node, query string) (*Call, *Error) {
 	call, ok := topLevelCall(node)
 	if !ok || len(refs) != 1 || refs[0] != call.fn {
 		first := refs[0]
-		return nil, Errorf(CodeFeatureNotSupported,
+		return nil, pgerr.Errorf(pgerr.FeatureNotSupported,
 			"rejot.%s() must be called on its own", funcName(first)).
-			at(first.Location).
-			hint("Use CALL rejot.%s(...) or SELECT rejot.%s(...) as a statement by itself.",
+			At(first.Location).
+			WithHint("Use CALL rejot.%s(...) or SELECT rejot.%s(...) as a statement by itself.",
 				funcName(first), funcName(first))
 	}
 	c, err := newCall(call, query)

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rejot-dev/rejot/managed"
 )
 
@@ -55,7 +56,7 @@ func runSubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
 		return nil, err
 	}
 	if !ok || n < 1 || n > 1<<30 {
-		return nil, Errorf(CodeInvalidParameter, "invalid version %s: versions are whole numbers from 1", nullText(args["version"]))
+		return nil, pgerr.Errorf(pgerr.InvalidParameterValue, "invalid version %s: versions are whole numbers from 1", nullText(args["version"]))
 	}
 	version := int(n)
 	copyRows := true
@@ -88,8 +89,8 @@ func runSubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
 		if existing.Publication == pub && existing.Version == version {
 			return [][]any{{target.name, pub, int32(version), existing.status}}, nil // already so: a no-op
 		}
-		return nil, Errorf(CodeDuplicateObject, "table %s is already subscribed to %s version %d", target.name, existing.Publication, existing.Version).
-			hint("Unsubscribe it first (CALL rejot.unsubscribe('%s')), or subscribe into another table.", target.name)
+		return nil, pgerr.Errorf(pgerr.DuplicateObject, "table %s is already subscribed to %s version %d", target.name, existing.Publication, existing.Version).
+			WithHint("Unsubscribe it first (CALL rejot.unsubscribe('%s')), or subscribe into another table.", target.name)
 	}
 	if target.exists {
 		if err := checkTarget(ctx, env.Session, target, chosen, cols, pub, version); err != nil {
@@ -166,8 +167,8 @@ func ownSubscription(ctx context.Context, env *Env, args Args) (*managed.Subscri
 		return nil, "", err
 	}
 	if sub == nil {
-		return nil, "", Errorf("42704", "table %s is not subscribed to anything", target.name).
-			hint("SELECT target, publication, version FROM rejot.subscriptions shows the subscriptions.")
+		return nil, "", pgerr.Errorf("42704", "table %s is not subscribed to anything", target.name).
+			WithHint("SELECT target, publication, version FROM rejot.subscriptions shows the subscriptions.")
 	}
 	return &sub.SubscriptionCommand, target.name, nil
 }
@@ -199,7 +200,7 @@ type target struct {
 
 func resolveTarget(ctx context.Context, sess Session, arg *string) (*target, error) {
 	if arg == nil || strings.TrimSpace(*arg) == "" {
-		return nil, Errorf(CodeInvalidParameter, "the target must name a table, as schema.table or table")
+		return nil, pgerr.Errorf(pgerr.InvalidParameterValue, "the target must name a table, as schema.table or table")
 	}
 	rows, err := sess.Query(ctx, `SELECT CASE WHEN cardinality(p) = 1 THEN current_schema() ELSE p[1] END, p[cardinality(p)], cardinality(p)::text
 		FROM parse_ident($1) AS p`, arg)
@@ -208,11 +209,11 @@ func resolveTarget(ctx context.Context, sess Session, arg *string) (*target, err
 	}
 	r := rows.Values[0]
 	if *r[2] != "1" && *r[2] != "2" {
-		return nil, Errorf(CodeInvalidParameter, "invalid target %q: name a table as schema.table or table", *arg)
+		return nil, pgerr.Errorf(pgerr.InvalidParameterValue, "invalid target %q: name a table as schema.table or table", *arg)
 	}
 	if r[0] == nil {
-		return nil, Errorf("3F000", "no schema has been selected to create the target %s in", *arg).
-			hint("Name the target as schema.table.")
+		return nil, pgerr.Errorf("3F000", "no schema has been selected to create the target %s in", *arg).
+			WithHint("Name the target as schema.table.")
 	}
 	t := &target{schema: *r[0], table: *r[1]}
 	rows, err = sess.Query(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)::text,
@@ -222,12 +223,12 @@ func resolveTarget(ctx context.Context, sess Session, arg *string) (*target, err
 		return nil, err
 	}
 	if *rows.Values[0][0] != "true" {
-		return nil, Errorf("3F000", "schema %q does not exist", t.schema).hint("Create it first: CREATE SCHEMA %s;", pgx.Identifier{t.schema}.Sanitize())
+		return nil, pgerr.Errorf("3F000", "schema %q does not exist", t.schema).WithHint("Create it first: CREATE SCHEMA %s;", pgx.Identifier{t.schema}.Sanitize())
 	}
 	t.name = *rows.Values[0][2] // quoted where needed, as Postgres prints names
 	if kind := rows.Values[0][1]; kind != nil {
 		if *kind != "r" && *kind != "p" {
-			return nil, Errorf("42809", "%s is not a table", t.name)
+			return nil, pgerr.Errorf("42809", "%s is not a table", t.name)
 		}
 		t.exists = true
 	}
@@ -235,8 +236,8 @@ func resolveTarget(ctx context.Context, sess Session, arg *string) (*target, err
 }
 
 func targetError(err error, arg string) error {
-	if qe, ok := err.(*QueryError); ok && strings.HasPrefix(qe.Code, "22") {
-		return Errorf(CodeInvalidParameter, "invalid target %q: %s", arg, qe.Message)
+	if qe, ok := err.(*pgerr.Error); ok && strings.HasPrefix(qe.Code, "22") {
+		return pgerr.Errorf(pgerr.InvalidParameterValue, "invalid target %q: %s", arg, qe.Message)
 	}
 	return err
 }
@@ -252,16 +253,16 @@ func (env *Env) versionColumns(ctx context.Context, pub string, version int) ([]
 		WHERE p.publication = $1 AND p.version = $2::int ORDER BY c.position`,
 		[][]byte{[]byte(pub), []byte(strconv.Itoa(version))}, nil, nil, nil)
 	if err != nil {
-		return nil, Errorf("08006", "cannot read publication %s version %d: the catalog is not reachable", pub, version).
-			hint("Subscribing needs the catalog; retry when it is back.")
+		return nil, pgerr.Errorf("08006", "cannot read publication %s version %d: the catalog is not reachable", pub, version).
+			WithHint("Subscribing needs the catalog; retry when it is back.")
 	}
 	if len(res.Rows) == 0 {
-		return nil, Errorf("42704", "publication %s version %d does not exist", pub, version).
-			hint("SELECT publication, version, status FROM rejot.publications lists what can be subscribed to.")
+		return nil, pgerr.Errorf("42704", "publication %s version %d does not exist", pub, version).
+			WithHint("SELECT publication, version, status FROM rejot.publications lists what can be subscribed to.")
 	}
 	if string(res.Rows[0][0]) == StatusRetired {
-		return nil, Errorf("55000", "publication %s version %d is retired", pub, version).
-			hint("Subscribe to a version that is active (see rejot.publications).")
+		return nil, pgerr.Errorf("55000", "publication %s version %d is retired", pub, version).
+			WithHint("Subscribe to a version that is active (see rejot.publications).")
 	}
 	cols := make([]publicColumn, len(res.Rows))
 	for i, r := range res.Rows {
@@ -277,7 +278,7 @@ func chooseColumns(cols []publicColumn, list *string, pub string, version int) (
 	if list != nil {
 		names = parseNameList(*list)
 		if len(names) == 0 {
-			return nil, Errorf(CodeInvalidParameter, "columns lists no column").hint("Leave it out to subscribe to every column.")
+			return nil, pgerr.Errorf(pgerr.InvalidParameterValue, "columns lists no column").WithHint("Leave it out to subscribe to every column.")
 		}
 	}
 	want := map[string]bool{}
@@ -287,7 +288,7 @@ func chooseColumns(cols []publicColumn, list *string, pub string, version int) (
 			found = found || c.name == n
 		}
 		if !found {
-			return nil, Errorf("42703", "publication %s version %d has no column %q", pub, version, n)
+			return nil, pgerr.Errorf("42703", "publication %s version %d has no column %q", pub, version, n)
 		}
 		want[n] = true
 	}
@@ -295,7 +296,7 @@ func chooseColumns(cols []publicColumn, list *string, pub string, version int) (
 	for i, c := range cols {
 		if names != nil && !want[c.name] {
 			if c.key {
-				return nil, Errorf("42P10", "the subscribed columns must include the key column %q", c.name)
+				return nil, pgerr.Errorf("42P10", "the subscribed columns must include the key column %q", c.name)
 			}
 			continue
 		}
@@ -360,8 +361,8 @@ func createTarget(ctx context.Context, sess Session, t *target, chosen []managed
 		// a type of this database goes into the statement.
 		rows, err := sess.Query(ctx, "SELECT to_regtype($1)::text", &c.Type)
 		if err != nil || rows.Values[0][0] == nil {
-			return Errorf("42704", "type %s of column %s does not exist in this database", c.Type, c.Name).
-				hint("Create the type (with the definition the publisher's database has) before subscribing.")
+			return pgerr.Errorf("42704", "type %s of column %s does not exist in this database", c.Type, c.Name).
+				WithHint("Create the type (with the definition the publisher's database has) before subscribing.")
 		}
 		def := pgx.Identifier{c.Name}.Sanitize() + " " + c.Type
 		if !cols[c.Index].nullable {
@@ -432,8 +433,8 @@ func checkTarget(ctx context.Context, sess Session, t *target, chosen []managed.
 		}
 	}
 	if len(problems) > 0 {
-		return Errorf("42P16", "table %s does not fit publication %s version %d: %s", t.name, pub, version, strings.Join(problems, "; ")).
-			hint("Change the table to match, or subscribe into a table that does not exist yet: ReJot creates it.")
+		return pgerr.Errorf("42P16", "table %s does not fit publication %s version %d: %s", t.name, pub, version, strings.Join(problems, "; ")).
+			WithHint("Change the table to match, or subscribe into a table that does not exist yet: ReJot creates it.")
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 )
 
 // PublicColumn is a column of a public schema, as validated against the
@@ -76,15 +77,15 @@ func (v *Validated) resolveTable(ctx context.Context, sess Session) error {
 		return err
 	}
 	if len(rows.Values) == 0 {
-		return Errorf(CodeUndefinedTable, "relation %q does not exist", strings.Trim(name, `"`)).at(int32(v.TableAt))
+		return pgerr.Errorf(pgerr.UndefinedTable, "relation %q does not exist", strings.Trim(name, `"`)).At(int32(v.TableAt))
 	}
 	r := rows.Values[0]
 	oid, _ := strconv.ParseUint(*r[0], 10, 32)
 	v.TableOID = uint32(oid)
 	v.Source = pgx.Identifier{*r[2], *r[3]}.Sanitize()
 	if kind := *r[1]; kind != "r" && kind != "p" {
-		return Errorf(CodeFeatureNotSupported, "%s is not a table (it is a %s): a publication reads a table's rows",
-			v.Source, relkindName(kind)).at(int32(v.TableAt)).hint("Publish from the table the %s reads.", relkindName(kind))
+		return pgerr.Errorf(pgerr.FeatureNotSupported, "%s is not a table (it is a %s): a publication reads a table's rows",
+			v.Source, relkindName(kind)).At(int32(v.TableAt)).WithHint("Publish from the table the %s reads.", relkindName(kind))
 	}
 	return nil
 }
@@ -113,7 +114,7 @@ func (v *Validated) checkAggregates(ctx context.Context, sess Session) error {
 				if *r[1] == "w" {
 					kind = "window"
 				}
-				return Errorf(CodeFeatureNotSupported, "%s function %s() is not supported in a publication query: a publication is the table's rows, one per key", kind, f.Name).at(int32(f.At))
+				return pgerr.Errorf(pgerr.FeatureNotSupported, "%s function %s() is not supported in a publication query: a publication is the table's rows, one per key", kind, f.Name).At(int32(f.At))
 			}
 		}
 	}
@@ -139,10 +140,10 @@ func relkindName(k string) string {
 func (v *Validated) describe(ctx context.Context, sess Session) ([]Field, error) {
 	rows, err := sess.Query(ctx, projectionPrefix+v.Query+"\n) AS rejot_projection LIMIT 0")
 	if err != nil {
-		var qe *QueryError
+		var qe *pgerr.Error
 		if errors.As(err, &qe) {
-			e := &Error{Code: qe.Code, Message: qe.Message, Detail: qe.Detail, Hint: qe.Hint}
-			if pos := qe.Position - len(projectionPrefix); pos > 0 && pos <= len([]rune(v.Query))+1 {
+			e := &pgerr.Error{Code: qe.Code, Message: qe.Message, Detail: qe.Detail, Hint: qe.Hint}
+			if pos := qe.InternalPosition - len(projectionPrefix); pos > 0 && pos <= len([]rune(v.Query))+1 {
 				e.Position = byteOffset(v.Query, pos) + 1
 			}
 			return nil, e
@@ -217,12 +218,12 @@ func (v *Validated) checkKey(attrs map[int16]attribute, covered map[int16]bool) 
 		}
 	}
 	if len(pk) == 0 {
-		return Errorf(CodeFeatureNotSupported, "%s has no primary key: a publication's rows are identified by the table's primary key", v.Source).
-			at(int32(v.TableAt)).hint("Add a primary key to %s.", v.Source)
+		return pgerr.Errorf(pgerr.FeatureNotSupported, "%s has no primary key: a publication's rows are identified by the table's primary key", v.Source).
+			At(int32(v.TableAt)).WithHint("Add a primary key to %s.", v.Source)
 	}
 	if len(missing) > 0 {
-		return Errorf(CodeFeatureNotSupported, "the publication must include the primary key of %s as plain columns; missing: %s",
-			v.Source, strings.Join(missing, ", ")).hint("Add %s to the select list; you may rename it (%s AS new_name).",
+		return pgerr.Errorf(pgerr.FeatureNotSupported, "the publication must include the primary key of %s as plain columns; missing: %s",
+			v.Source, strings.Join(missing, ", ")).WithHint("Add %s to the select list; you may rename it (%s AS new_name).",
 			strings.Join(missing, ", "), missing[0])
 	}
 	return nil
@@ -283,10 +284,10 @@ func (v *Validated) checkImmutable(ctx context.Context, sess Session) error {
 	fmt.Fprintf(&b, "    RAISE EXCEPTION USING ERRCODE = 'RJ000';\n  EXCEPTION WHEN SQLSTATE 'RJ000' OR SQLSTATE 'RJ001' THEN NULL;\n  END;\n")
 	fmt.Fprintf(&b, "  IF bad >= 0 THEN RAISE EXCEPTION 'rejot:%%:%%', bad, msg USING ERRCODE = 'RJ002'; END IF;\nEND %s", tag)
 	_, err = sess.Query(ctx, b.String())
-	var qe *QueryError
+	var qe *pgerr.Error
 	if errors.As(err, &qe) && qe.Code == "42501" {
-		return Errorf("42501", "cannot check that the publication's expressions and filter are immutable: %s", qe.Message).
-			hint("The check builds a temporary copy of the table: the publishing role needs TEMPORARY on the database and SELECT on the whole table (or publish plain columns without a filter).")
+		return pgerr.Errorf("42501", "cannot check that the publication's expressions and filter are immutable: %s", qe.Message).
+			WithHint("The check builds a temporary copy of the table: the publishing role needs TEMPORARY on the database and SELECT on the whole table (or publish plain columns without a filter).")
 	}
 	if !errors.As(err, &qe) || qe.Code != "RJ002" {
 		return err
@@ -299,8 +300,8 @@ func (v *Validated) checkImmutable(ctx context.Context, sess Session) error {
 	if v.Filter != "" && idx == len(checks)-1 {
 		what = "filter"
 	}
-	return Errorf("42P17", "the publication's %s %s is not allowed: %s", what, checks[idx].expr, strings.TrimPrefix(msg, "generation expression ")).
-		at(int32(checks[idx].at)).hint("A publication may use only immutable functions and operators (no now(), random(), nextval(), volatile or stable functions), so that every change projects the same way.")
+	return pgerr.Errorf("42P17", "the publication's %s %s is not allowed: %s", what, checks[idx].expr, strings.TrimPrefix(msg, "generation expression ")).
+		At(int32(checks[idx].at)).WithHint("A publication may use only immutable functions and operators (no now(), random(), nextval(), volatile or stable functions), so that every change projects the same way.")
 }
 
 func parseCheckFailure(msg string) (int, string) {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rejot-dev/rejot/internal/pgtest"
 )
 
@@ -56,7 +57,7 @@ func (s txSession) Query(ctx context.Context, sql string, params ...*string) (*R
 func queryError(err error) error {
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
-		return &QueryError{Code: pe.Code, Message: pe.Message, Detail: pe.Detail, Hint: pe.Hint, Position: int(pe.Position)}
+		return pgerr.FromPgError(pe)
 	}
 	return err
 }
@@ -172,7 +173,7 @@ func TestValidateRefuses(t *testing.T) {
 			tx.Exec(ctx, "SAVEPOINT v")
 			_, err := validateIn(t, tx, tt.query)
 			tx.Exec(ctx, "ROLLBACK TO SAVEPOINT v")
-			var e *Error
+			var e *pgerr.Error
 			if !errors.As(err, &e) || e.Code != tt.code || !strings.Contains(e.Message, tt.says) {
 				t.Fatalf("got %v; want %s containing %q", err, tt.code, tt.says)
 			}
