@@ -9,7 +9,7 @@ import (
 // bind matches a call's arguments to the function's parameters the way
 // Postgres does: positional first, then named (=>), each parameter at most
 // once, every required one present.
-func bind(c *Call, f *Function) ([]*Arg, *pgerr.Error) {
+func bind(c *Call, f *Function) ([]*Arg, error) {
 	bound := make([]*Arg, len(f.Params))
 	seenNamed := false
 	for i := range c.Args {
@@ -44,7 +44,7 @@ func bind(c *Call, f *Function) ([]*Arg, *pgerr.Error) {
 	return bound, nil
 }
 
-func tooMany(c *Call, f *Function, a *Arg) *pgerr.Error {
+func tooMany(c *Call, f *Function, a *Arg) error {
 	return pgerr.Errorf(pgerr.UndefinedFunction, "function rejot.%s(%s) does not exist", f.Name, argTypes(c)).
 		At(int32(a.Location)).WithHint("rejot.%s takes %d argument(s): %s.", f.Name, len(f.Params), f.signature())
 }
@@ -60,7 +60,7 @@ func paramIndex(f *Function, name string) int {
 
 // bindValues resolves each bound argument to its text value: the constant, or
 // the value of its $n parameter.
-func bindValues(f *Function, bound []*Arg, params []*string) (Args, *pgerr.Error) {
+func bindValues(f *Function, bound []*Arg, params []*string) (Args, error) {
 	args := make(Args, len(f.Params))
 	for i, p := range f.Params {
 		a := bound[i]

@@ -54,7 +54,7 @@ type Arg struct {
 	Location int    // 0-based byte offset in the query
 }
 
-func newCall(t topLevel, query string) (*Call, *pgerr.Error) {
+func newCall(t topLevel, query string) (*Call, error) {
 	fn := t.fn
 	if fn.AggStar || fn.FuncVariadic || len(fn.AggOrder) != 0 || fn.AggFilter != nil || fn.Over != nil || fn.AggWithinGroup {
 		return nil, pgerr.Errorf(pgerr.SyntaxError, "rejot.%s() takes plain arguments", funcName(fn)).At(fn.Location)
@@ -85,7 +85,7 @@ func qualifiedName(fn *pg_query.FuncCall) string {
 	return strings.Join(parts, ".")
 }
 
-func newArg(n *pg_query.Node) (Arg, *pgerr.Error) {
+func newArg(n *pg_query.Node) (Arg, error) {
 	var a Arg
 	if na := n.GetNamedArgExpr(); na != nil {
 		a.Name = na.Name
@@ -101,7 +101,7 @@ func newArg(n *pg_query.Node) (Arg, *pgerr.Error) {
 	return a, nil
 }
 
-func setArgValue(a *Arg, n *pg_query.Node) *pgerr.Error {
+func setArgValue(a *Arg, n *pg_query.Node) error {
 	switch {
 	case n.GetParamRef() != nil:
 		p := n.GetParamRef()

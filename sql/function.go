@@ -150,7 +150,7 @@ func (x *Executor) names() []string {
 	return names
 }
 
-func (x *Executor) resolve(c *Call) (*Function, *pgerr.Error) {
+func (x *Executor) resolve(c *Call) (*Function, error) {
 	f, ok := x.functions[c.Function]
 	if !ok {
 		return nil, pgerr.Errorf(pgerr.UndefinedFunction, "function rejot.%s(%s) does not exist", c.Function, argTypes(c)).

@@ -97,7 +97,7 @@ func checkStatement(t *testing.T, query string, st Statement) {
 			}
 		}
 	}
-	if e := st.Err; e != nil {
+	if e := pgErrorOf(st.Err); e != nil {
 		if len(e.Code) != 5 || e.Message == "" {
 			t.Fatalf("Split(%q): malformed error %+v", query, e)
 		}
@@ -194,7 +194,7 @@ func checkClassification(t *testing.T, st Statement, function string, form Form,
 	t.Helper()
 	switch {
 	case errCode != "":
-		if st.Err == nil || st.Err.Code != errCode || st.Err.Position != errPos {
+		if e := pgErrorOf(st.Err); e == nil || e.Code != errCode || e.Position != errPos {
 			t.Fatalf("got error %+v, call %+v; want SQLSTATE %s at %d", st.Err, st.Call, errCode, errPos)
 		}
 	case function == "":

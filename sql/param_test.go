@@ -12,7 +12,7 @@ func TestParameterNumbersAreBounded(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
-		if st.Err == nil || st.Err.Code != pgerr.UndefinedParameter {
+		if st.Err == nil || pgErrorOf(st.Err).Code != pgerr.UndefinedParameter {
 			t.Errorf("%s: got %+v, want 42P02", q, st.Err)
 		}
 	}

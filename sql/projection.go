@@ -52,7 +52,7 @@ type ProjectedColumn struct {
 // live database — the table, the columns, the types, the key, volatility —
 // is checked later through the caller's session. Positions in errors are
 // 1-based byte offsets into query.
-func AnalyzeProjection(query string) (*Projection, *pgerr.Error) {
+func AnalyzeProjection(query string) (*Projection, error) {
 	tree, err := pg_query.Parse(query)
 	if err != nil {
 		return nil, parseError(err, query)
@@ -93,7 +93,7 @@ func AnalyzeProjection(query string) (*Projection, *pgerr.Error) {
 	return p, nil
 }
 
-func parseError(err error, query string) *pgerr.Error {
+func parseError(err error, query string) error {
 	e := pgerr.Errorf(pgerr.SyntaxError, "%s", err.Error())
 	var pe *parser.Error
 	if errors.As(err, &pe) && pe.Cursorpos > 0 {
@@ -104,8 +104,8 @@ func parseError(err error, query string) *pgerr.Error {
 
 // checkShape refuses every construct a publication cannot be: the error
 // names it and says why.
-func checkShape(s *pg_query.SelectStmt) *pgerr.Error {
-	refuse := func(what, why string, at int32) *pgerr.Error {
+func checkShape(s *pg_query.SelectStmt) error {
+	refuse := func(what, why string, at int32) error {
 		return pgerr.Errorf(pgerr.FeatureNotSupported, "%s is not supported in a publication query: %s", what, why).At(at)
 	}
 	const perRow = "a publication is the table's rows, one per key, kept in sync"
@@ -148,8 +148,8 @@ func firstOf(list []*pg_query.Node, nodes ...*pg_query.Node) *pg_query.Node {
 
 // checkExpressions refuses subqueries, aggregates, window functions and
 // parameters anywhere in the query.
-func checkExpressions(s *pg_query.SelectStmt) *pgerr.Error {
-	var err *pgerr.Error
+func checkExpressions(s *pg_query.SelectStmt) error {
+	var err error
 	walk(s.ProtoReflect(), func(m protoreflect.Message) {
 		if err != nil {
 			return
@@ -187,7 +187,7 @@ func functionRefs(s *pg_query.SelectStmt) []FunctionRef {
 	return refs
 }
 
-func (p *Projection) setTable(s *pg_query.SelectStmt) *pgerr.Error {
+func (p *Projection) setTable(s *pg_query.SelectStmt) error {
 	if len(s.FromClause) != 1 {
 		at := int32(-1)
 		if len(s.FromClause) > 1 {
@@ -214,7 +214,7 @@ func (p *Projection) setTable(s *pg_query.SelectStmt) *pgerr.Error {
 	return nil
 }
 
-func (p *Projection) setColumns(s *pg_query.SelectStmt) *pgerr.Error {
+func (p *Projection) setColumns(s *pg_query.SelectStmt) error {
 	seen := map[string]bool{}
 	for _, t := range s.TargetList {
 		rt := t.GetResTarget()

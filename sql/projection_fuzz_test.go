@@ -19,7 +19,8 @@ func FuzzAnalyzeProjection(f *testing.F) {
 	f.Fuzz(func(t *testing.T, query string) {
 		p, err := AnalyzeProjection(query)
 		if err != nil {
-			if len(err.Code) != 5 || err.Message == "" || err.Position < 0 || err.Position > len(query)+1 {
+			e := pgErrorOf(err)
+			if len(e.Code) != 5 || e.Message == "" || e.Position < 0 || e.Position > len(query)+1 {
 				t.Fatalf("bad error %+v for %q", err, query)
 			}
 			return

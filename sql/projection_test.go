@@ -70,8 +70,9 @@ func TestAnalyzeProjectionRefuses(t *testing.T) {
 			if err == nil {
 				t.Fatal("accepted")
 			}
-			if err.Code != tt.code || !strings.Contains(err.Message, tt.says) || (tt.pos != 0 && err.Position != tt.pos) {
-				t.Fatalf("got %s %q at %d; want %s %q at %d", err.Code, err.Message, err.Position, tt.code, tt.says, tt.pos)
+			e := pgErrorOf(err)
+			if e.Code != tt.code || !strings.Contains(e.Message, tt.says) || (tt.pos != 0 && e.Position != tt.pos) {
+				t.Fatalf("got %s %q at %d; want %s %q at %d", e.Code, e.Message, e.Position, tt.code, tt.says, tt.pos)
 			}
 		})
 	}

@@ -220,7 +220,12 @@ func describeColumns(cols []managed.Column) string {
 
 // inArg moves an error's position from inside a string argument to the
 // statement: exact for '...' and $$...$$ literals written without escapes.
-func (env *Env) inArg(name string, e *pgerr.Error) *pgerr.Error {
+// An error that is not a Postgres error is returned as it is.
+func (env *Env) inArg(name string, err error) error {
+	var e *pgerr.Error
+	if !errors.As(err, &e) {
+		return err
+	}
 	a := env.args[name]
 	if a == nil || e.Position == 0 || env.Call == nil {
 		e.Position = 0

@@ -16,7 +16,7 @@ import (
 // classifyRelations recognises a query over the catalog relations
 // (rejot.publications, ...). Such a query runs against the catalog
 // database, so it may read nothing else, and only read.
-func classifyRelations(node *pg_query.Node) (bool, *pgerr.Error) {
+func classifyRelations(node *pg_query.Node) (bool, error) {
 	var vars []*pg_query.RangeVar
 	ctes := map[string]bool{}
 	walk(node.ProtoReflect(), func(m protoreflect.Message) {
@@ -49,7 +49,7 @@ func classifyRelations(node *pg_query.Node) (bool, *pgerr.Error) {
 	return true, nil
 }
 
-func checkRelation(v *pg_query.RangeVar, ctes map[string]bool) *pgerr.Error {
+func checkRelation(v *pg_query.RangeVar, ctes map[string]bool) error {
 	switch {
 	case v.Schemaname == "rejot" && v.Catalogname == "":
 		for _, r := range catalog.Relations {

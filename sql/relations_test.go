@@ -35,10 +35,10 @@ func TestClassifyRelations(t *testing.T) {
 			switch {
 			case tt.errCode == "" && st.Err != nil:
 				t.Fatalf("unexpected error %v", st.Err)
-			case tt.errCode != "" && (st.Err == nil || st.Err.Code != tt.errCode):
+			case tt.errCode != "" && (st.Err == nil || pgErrorOf(st.Err).Code != tt.errCode):
 				t.Fatalf("want %s, got %v", tt.errCode, st.Err)
-			case tt.errPos != 0 && st.Err.Position != tt.errPos:
-				t.Fatalf("position %d, want %d", st.Err.Position, tt.errPos)
+			case tt.errPos != 0 && pgErrorOf(st.Err).Position != tt.errPos:
+				t.Fatalf("position %d, want %d", pgErrorOf(st.Err).Position, tt.errPos)
 			}
 		})
 	}

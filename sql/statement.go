@@ -16,7 +16,7 @@ type Statement struct {
 	// Err is set when the statement uses the rejot API in a way the sidecar
 	// refuses (a rejot function inside a larger expression, say). Such a
 	// statement is answered by the sidecar with this error.
-	Err *pgerr.Error
+	Err error
 	// Relations is set for a SELECT over the catalog relations
 	// (rejot.publications, ...), which the sidecar runs on the catalog.
 	Relations bool
@@ -76,7 +76,7 @@ func ParseOne(query string) (Statement, error) {
 
 // classify finds rejot API calls in one parsed statement. A statement that
 // does not reference the rejot schema is ordinary (nil, nil).
-func classify(node *pg_query.Node, query string) (*Call, *pgerr.Error) {
+func classify(node *pg_query.Node, query string) (*Call, error) {
 	refs := findRejotFuncs(node)
 	if len(refs) == 0 {
 		return nil, nil
