@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rejot-dev/rejot/managed"
 )
 
@@ -90,7 +91,7 @@ func (e *ErrRefused) Error() string { return e.Reason }
 // refusal marks the catalog's data errors (classes 22 and 23) as refusals.
 func refusal(err error) error {
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23")) {
+	if errors.As(err, &pe) && (strings.HasPrefix(pe.Code, pgerr.ClassDataException) || strings.HasPrefix(pe.Code, pgerr.ClassIntegrityConstraintViolation)) {
 		return &ErrRefused{pe.Message}
 	}
 	return err

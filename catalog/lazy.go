@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rs/zerolog"
 )
 
@@ -77,8 +78,7 @@ func (l *Lazy) open(ctx context.Context) (*Catalog, error) {
 		}
 	}
 	c, err := Open(ctx, l.URL)
-	var pe *pgconn.PgError
-	if l.CreateFrom == "" && errors.As(err, &pe) && pe.Code == "3D000" {
+	if l.CreateFrom == "" && pgerr.Is(err, pgerr.InvalidCatalogName) {
 		// A catalog named explicitly but not there yet: create it from
 		// the maintenance database of its server, as the default is.
 		cfg, perr := pgconn.ParseConfig(l.URL)

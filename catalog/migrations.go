@@ -3,12 +3,11 @@ package catalog
 import (
 	"context"
 	"embed"
-	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rejot-dev/rejot/internal/migrate"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 )
 
 //go:embed migrations/*.sql
@@ -40,8 +39,9 @@ func EnsureDatabase(ctx context.Context, adminURL, name string) error {
 		return nil
 	}
 	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) && (pe.Code == "42P04" || pe.Code == "23505") {
+	// Another sidecar created it meanwhile: two CREATE DATABASEs that race
+	// collide on pg_database's unique index rather than on the name check.
+	if pgerr.Is(err, pgerr.DuplicateDatabase) || pgerr.Is(err, pgerr.UniqueViolation) {
 		return nil
 	}
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rejot-dev/rejot/internal/migrate"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 )
 
 // Schema is the sidecar's private schema in a managed database.
@@ -43,7 +44,7 @@ func Install(ctx context.Context, conn *pgx.Conn) error {
 // recorded before, so a reader may take it as "nothing recorded".
 func NotInstalled(err error) bool {
 	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == "42P01"
+	return errors.As(err, &pe) && pe.Code == pgerr.UndefinedTable
 }
 
 // Querier is what runs a statement: a *pgx.Conn, or a pgx.Tx when the

@@ -83,7 +83,7 @@ func (s *session) localParse(body []byte, name, query string, st sql.Statement, 
 		return err
 	}
 	if _, exists := s.stmts[name]; exists && name != "" {
-		return s.fail(pgerr.Errorf("42P05", "prepared statement %q already exists", name), "")
+		return s.fail(pgerr.Errorf(pgerr.DuplicatePreparedStatement, "prepared statement %q already exists", name), "")
 	}
 	if st.Err != nil {
 		return s.fail(st.Err, query)
@@ -197,15 +197,15 @@ func textParams(typeMap *pgtype.Map, oids []uint32, formats []int16, values [][]
 		if formatFor(formats, i) == 1 {
 			t, ok := typeMap.TypeForOID(oids[i])
 			if !ok {
-				return nil, pgerr.Errorf("22P03", "unsupported binary format for parameter $%d", i+1)
+				return nil, pgerr.Errorf(pgerr.InvalidBinaryRepresentation, "unsupported binary format for parameter $%d", i+1)
 			}
 			val, err := t.Codec.DecodeValue(typeMap, oids[i], 1, v)
 			if err != nil {
-				return nil, pgerr.Errorf("22P03", "incorrect binary data format in bind parameter %d", i+1)
+				return nil, pgerr.Errorf(pgerr.InvalidBinaryRepresentation, "incorrect binary data format in bind parameter %d", i+1)
 			}
 			enc, err := typeMap.Encode(oids[i], 0, val, nil)
 			if err != nil {
-				return nil, pgerr.Errorf("22P03", "incorrect binary data format in bind parameter %d", i+1)
+				return nil, pgerr.Errorf(pgerr.InvalidBinaryRepresentation, "incorrect binary data format in bind parameter %d", i+1)
 			}
 			text = string(enc)
 		}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rs/zerolog"
 )
 
@@ -302,7 +303,7 @@ func (s *session) protocolFailure(err error) {
 	s.log.Warn().Str("reason", pe.Msg).Msg("closing connection after a protocol violation")
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	writeErrorTo(s.cw, "FATAL", "08P01", pe.Msg)
+	writeErrorTo(s.cw, "FATAL", pgerr.ProtocolViolation, pe.Msg)
 	s.cw.Flush()
 }
 

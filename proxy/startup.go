@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 )
 
 // startup is what the client asked for in its StartupMessage.
@@ -40,7 +41,7 @@ func (s *Server) handle(conn net.Conn) {
 	if err != nil {
 		var pe *ProtocolError
 		if errors.As(err, &pe) {
-			writeFatal(client, "08P01", pe.Msg)
+			writeFatal(client, pgerr.ProtocolViolation, pe.Msg)
 		}
 		log.Debug().Err(err).Msg("startup failed")
 		return
@@ -64,14 +65,14 @@ func (s *Server) handle(conn net.Conn) {
 	if err != nil {
 		metricUpstreamErrors.Inc()
 		log.Warn().Err(err).Msg("cannot reach upstream")
-		writeFatal(client, "08006", fmt.Sprintf("rejot: cannot connect to the upstream database at %s: %v", s.Upstream.Addr(), err))
+		writeFatal(client, pgerr.ConnectionFailure, fmt.Sprintf("rejot: cannot connect to the upstream database at %s: %v", s.Upstream.Addr(), err))
 		return
 	}
 	defer up.Close()
 	up.SetDeadline(deadline)
 	sess := newSession(s, client, up, st, log)
 	if !s.track(sess) {
-		writeFatal(client, "57P01", "rejot: the sidecar is shutting down")
+		writeFatal(client, pgerr.AdminShutdown, "rejot: the sidecar is shutting down")
 		return
 	}
 	defer s.untrack(sess)
@@ -143,7 +144,7 @@ func errCode(err error) string {
 	if errors.As(err, &ce) {
 		return ce.code
 	}
-	return "08P01"
+	return pgerr.ProtocolViolation
 }
 
 // parseStartup reads the parameters of a StartupMessage; any 3.x protocol is
@@ -151,7 +152,7 @@ func errCode(err error) string {
 func parseStartup(packet []byte) (*startup, error) {
 	version := binary.BigEndian.Uint32(packet[4:8])
 	if version>>16 != 3 {
-		return nil, &codedError{"0A000", fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.2", version>>16, version&0xffff)}
+		return nil, &codedError{pgerr.FeatureNotSupported, fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.2", version>>16, version&0xffff)}
 	}
 	st := &startup{packet: packet}
 	rest := packet[8:]
@@ -179,7 +180,7 @@ func parseStartup(packet []byte) (*startup, error) {
 		return nil, &ProtocolError{"invalid startup packet layout: expected terminator as last byte"}
 	}
 	if st.user == "" {
-		return nil, &codedError{"28000", "no PostgreSQL user name specified in startup packet"}
+		return nil, &codedError{pgerr.InvalidAuthorizationSpecification, "no PostgreSQL user name specified in startup packet"}
 	}
 	return st, nil
 }

@@ -236,7 +236,7 @@ func (p *Projection) setColumns(s *pg_query.SelectStmt) error {
 			return pgerr.Errorf(pgerr.SyntaxError, "every published column needs a name: add AS name after this expression").At(rt.Location)
 		}
 		if seen[col.Name] {
-			return pgerr.Errorf("42701", "column name %q is published more than once", col.Name).At(rt.Location)
+			return pgerr.Errorf(pgerr.DuplicateColumn, "column name %q is published more than once", col.Name).At(rt.Location)
 		}
 		seen[col.Name] = true
 		col.Expr = deparseExpr(rt.Val)

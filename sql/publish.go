@@ -39,7 +39,7 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	}
 	if f := env.Executor.CaptureProblem; f != nil {
 		if problem := f(); problem != "" {
-			return nil, pgerr.Errorf("55000", "%s", problem).
+			return nil, pgerr.Errorf(pgerr.ObjectNotInPrerequisiteState, "%s", problem).
 				WithHint("Set wal_level = logical on the server (and restart it), and give the sidecar's role REPLICATION; the sidecar notices within seconds.")
 		}
 	}
@@ -144,7 +144,7 @@ func reconcile(ctx context.Context, sess Session, pub *managed.Published) (bool,
 	r := rows.Values[0]
 	if *r[5] == StatusRetired {
 		latest, _ := strconv.Atoi(*r[4])
-		return false, pgerr.Errorf("55000", "publication %s version %d is retired", name, pub.Version).
+		return false, pgerr.Errorf(pgerr.ObjectNotInPrerequisiteState, "publication %s version %d is retired", name, pub.Version).
 			WithHint("Publish version %d.", latest+1)
 	}
 	minor, _ := strconv.Atoi(*r[0])

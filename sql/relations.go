@@ -84,7 +84,7 @@ type CatalogReader interface {
 	Query(ctx context.Context, sql string, params [][]byte, paramOIDs []uint32, paramFormats, resultFormats []int16) (*catalog.Result, error)
 }
 
-var errNoCatalog = &pgerr.Error{Code: "08006", Message: "the catalog is not available to this sidecar",
+var errNoCatalog = &pgerr.Error{Code: pgerr.ConnectionFailure, Message: "the catalog is not available to this sidecar",
 	Hint: "Start the sidecar with --catalog, or check that the catalog database is up."}
 
 // DescribeRelations returns the parameter types and result fields of a
@@ -115,7 +115,7 @@ func relationError(err error, query string, st Statement) error {
 	}
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) {
-		return &pgerr.Error{Code: "08006", Message: "cannot query the catalog: " + err.Error()}
+		return &pgerr.Error{Code: pgerr.ConnectionFailure, Message: "cannot query the catalog: " + err.Error()}
 	}
 	e := &pgerr.Error{Code: pe.Code, Message: pe.Message, Detail: pe.Detail, Hint: pe.Hint}
 	if pe.Position > 0 {

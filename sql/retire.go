@@ -67,7 +67,7 @@ func runDeprecate(ctx context.Context, env *Env, args Args) ([][]any, error) {
 		return nil, err
 	}
 	if status == StatusRetired {
-		return nil, pgerr.Errorf("55000", "publication %s version %d is retired", name, version)
+		return nil, pgerr.Errorf(pgerr.ObjectNotInPrerequisiteState, "publication %s version %d is retired", name, version)
 	}
 	change := &managed.Lifecycle{Publication: name, Version: version, Status: StatusDeprecated,
 		Sunset: args.Text("sunset"), Note: args.Text("note")}
@@ -113,7 +113,7 @@ func ownVersion(ctx context.Context, sess Session, name string, version int) (st
 		return "", notManaged(err)
 	}
 	if len(rows.Values) == 0 {
-		return "", pgerr.Errorf("42704", "publication %s version %d does not exist in this system", name, version).
+		return "", pgerr.Errorf(pgerr.UndefinedObject, "publication %s version %d does not exist in this system", name, version).
 			WithHint("See SELECT publication, version, owner FROM rejot.publications; a publication is changed through its owner's sidecar.")
 	}
 	return *rows.Values[0][0], nil
@@ -129,11 +129,11 @@ func (env *Env) checkUnsubscribed(ctx context.Context, name string, version int)
 		WHERE publication = $1 AND version = $2::int AND status <> 'stopped'`,
 		[][]byte{[]byte(name), []byte(strconv.Itoa(version))}, nil, nil, nil)
 	if err != nil {
-		return pgerr.Errorf("08006", "cannot check the subscriptions of %s version %d: the catalog is not reachable", name, version).
+		return pgerr.Errorf(pgerr.ConnectionFailure, "cannot check the subscriptions of %s version %d: the catalog is not reachable", name, version).
 			WithHint("Retry when the catalog is back, or retire it regardless with force => true.")
 	}
 	if n := string(res.Rows[0][0]); n != "0" {
-		return pgerr.Errorf("55006", "publication %s version %d has %s subscription(s)", name, version, n).
+		return pgerr.Errorf(pgerr.ObjectInUse, "publication %s version %d has %s subscription(s)", name, version, n).
 			WithHint("Ask the subscribers to move (rejot.subscriptions shows them), or retire it regardless with force => true.")
 	}
 	return nil
@@ -148,7 +148,7 @@ func recordLifecycle(ctx context.Context, sess Session, kind string, c *managed.
 	rows, err := sess.Query(ctx, managed.SetLifecycle, &c.Publication, &version, &c.Status, sunset, &c.Note)
 	if err != nil {
 		var qe *pgerr.Error
-		if errors.As(err, &qe) && strings.HasPrefix(qe.Code, "22") {
+		if errors.As(err, &qe) && strings.HasPrefix(qe.Code, pgerr.ClassDataException) {
 			return &pgerr.Error{Code: qe.Code, Message: qe.Message + " (argument sunset)"}
 		}
 		return notManaged(err)

@@ -167,7 +167,7 @@ func ownSubscription(ctx context.Context, env *Env, args Args) (*managed.Subscri
 		return nil, "", err
 	}
 	if sub == nil {
-		return nil, "", pgerr.Errorf("42704", "table %s is not subscribed to anything", target.name).
+		return nil, "", pgerr.Errorf(pgerr.UndefinedObject, "table %s is not subscribed to anything", target.name).
 			WithHint("SELECT target, publication, version FROM rejot.subscriptions shows the subscriptions.")
 	}
 	return &sub.SubscriptionCommand, target.name, nil
@@ -212,7 +212,7 @@ func resolveTarget(ctx context.Context, sess Session, arg *string) (*target, err
 		return nil, pgerr.Errorf(pgerr.InvalidParameterValue, "invalid target %q: name a table as schema.table or table", *arg)
 	}
 	if r[0] == nil {
-		return nil, pgerr.Errorf("3F000", "no schema has been selected to create the target %s in", *arg).
+		return nil, pgerr.Errorf(pgerr.InvalidSchemaName, "no schema has been selected to create the target %s in", *arg).
 			WithHint("Name the target as schema.table.")
 	}
 	t := &target{schema: *r[0], table: *r[1]}
@@ -223,12 +223,12 @@ func resolveTarget(ctx context.Context, sess Session, arg *string) (*target, err
 		return nil, err
 	}
 	if *rows.Values[0][0] != "true" {
-		return nil, pgerr.Errorf("3F000", "schema %q does not exist", t.schema).WithHint("Create it first: CREATE SCHEMA %s;", pgx.Identifier{t.schema}.Sanitize())
+		return nil, pgerr.Errorf(pgerr.InvalidSchemaName, "schema %q does not exist", t.schema).WithHint("Create it first: CREATE SCHEMA %s;", pgx.Identifier{t.schema}.Sanitize())
 	}
 	t.name = *rows.Values[0][2] // quoted where needed, as Postgres prints names
 	if kind := rows.Values[0][1]; kind != nil {
 		if *kind != "r" && *kind != "p" {
-			return nil, pgerr.Errorf("42809", "%s is not a table", t.name)
+			return nil, pgerr.Errorf(pgerr.WrongObjectType, "%s is not a table", t.name)
 		}
 		t.exists = true
 	}
@@ -236,7 +236,7 @@ func resolveTarget(ctx context.Context, sess Session, arg *string) (*target, err
 }
 
 func targetError(err error, arg string) error {
-	if qe, ok := err.(*pgerr.Error); ok && strings.HasPrefix(qe.Code, "22") {
+	if qe, ok := err.(*pgerr.Error); ok && strings.HasPrefix(qe.Code, pgerr.ClassDataException) {
 		return pgerr.Errorf(pgerr.InvalidParameterValue, "invalid target %q: %s", arg, qe.Message)
 	}
 	return err
@@ -253,15 +253,15 @@ func (env *Env) versionColumns(ctx context.Context, pub string, version int) ([]
 		WHERE p.publication = $1 AND p.version = $2::int ORDER BY c.position`,
 		[][]byte{[]byte(pub), []byte(strconv.Itoa(version))}, nil, nil, nil)
 	if err != nil {
-		return nil, pgerr.Errorf("08006", "cannot read publication %s version %d: the catalog is not reachable", pub, version).
+		return nil, pgerr.Errorf(pgerr.ConnectionFailure, "cannot read publication %s version %d: the catalog is not reachable", pub, version).
 			WithHint("Subscribing needs the catalog; retry when it is back.")
 	}
 	if len(res.Rows) == 0 {
-		return nil, pgerr.Errorf("42704", "publication %s version %d does not exist", pub, version).
+		return nil, pgerr.Errorf(pgerr.UndefinedObject, "publication %s version %d does not exist", pub, version).
 			WithHint("SELECT publication, version, status FROM rejot.publications lists what can be subscribed to.")
 	}
 	if string(res.Rows[0][0]) == StatusRetired {
-		return nil, pgerr.Errorf("55000", "publication %s version %d is retired", pub, version).
+		return nil, pgerr.Errorf(pgerr.ObjectNotInPrerequisiteState, "publication %s version %d is retired", pub, version).
 			WithHint("Subscribe to a version that is active (see rejot.publications).")
 	}
 	cols := make([]publicColumn, len(res.Rows))
@@ -288,7 +288,7 @@ func chooseColumns(cols []publicColumn, list *string, pub string, version int) (
 			found = found || c.name == n
 		}
 		if !found {
-			return nil, pgerr.Errorf("42703", "publication %s version %d has no column %q", pub, version, n)
+			return nil, pgerr.Errorf(pgerr.UndefinedColumn, "publication %s version %d has no column %q", pub, version, n)
 		}
 		want[n] = true
 	}
@@ -296,7 +296,7 @@ func chooseColumns(cols []publicColumn, list *string, pub string, version int) (
 	for i, c := range cols {
 		if names != nil && !want[c.name] {
 			if c.key {
-				return nil, pgerr.Errorf("42P10", "the subscribed columns must include the key column %q", c.name)
+				return nil, pgerr.Errorf(pgerr.InvalidColumnReference, "the subscribed columns must include the key column %q", c.name)
 			}
 			continue
 		}
@@ -361,7 +361,7 @@ func createTarget(ctx context.Context, sess Session, t *target, chosen []managed
 		// a type of this database goes into the statement.
 		rows, err := sess.Query(ctx, "SELECT to_regtype($1)::text", &c.Type)
 		if err != nil || rows.Values[0][0] == nil {
-			return pgerr.Errorf("42704", "type %s of column %s does not exist in this database", c.Type, c.Name).
+			return pgerr.Errorf(pgerr.UndefinedObject, "type %s of column %s does not exist in this database", c.Type, c.Name).
 				WithHint("Create the type (with the definition the publisher's database has) before subscribing.")
 		}
 		def := pgx.Identifier{c.Name}.Sanitize() + " " + c.Type
@@ -433,7 +433,7 @@ func checkTarget(ctx context.Context, sess Session, t *target, chosen []managed.
 		}
 	}
 	if len(problems) > 0 {
-		return pgerr.Errorf("42P16", "table %s does not fit publication %s version %d: %s", t.name, pub, version, strings.Join(problems, "; ")).
+		return pgerr.Errorf(pgerr.InvalidTableDefinition, "table %s does not fit publication %s version %d: %s", t.name, pub, version, strings.Join(problems, "; ")).
 			WithHint("Change the table to match, or subscribe into a table that does not exist yet: ReJot creates it.")
 	}
 	return nil

@@ -285,8 +285,8 @@ func (v *Validated) checkImmutable(ctx context.Context, sess Session) error {
 	fmt.Fprintf(&b, "  IF bad >= 0 THEN RAISE EXCEPTION 'rejot:%%:%%', bad, msg USING ERRCODE = 'RJ002'; END IF;\nEND %s", tag)
 	_, err = sess.Query(ctx, b.String())
 	var qe *pgerr.Error
-	if errors.As(err, &qe) && qe.Code == "42501" {
-		return pgerr.Errorf("42501", "cannot check that the publication's expressions and filter are immutable: %s", qe.Message).
+	if errors.As(err, &qe) && qe.Code == pgerr.InsufficientPrivilege {
+		return pgerr.Errorf(pgerr.InsufficientPrivilege, "cannot check that the publication's expressions and filter are immutable: %s", qe.Message).
 			WithHint("The check builds a temporary copy of the table: the publishing role needs TEMPORARY on the database and SELECT on the whole table (or publish plain columns without a filter).")
 	}
 	if !errors.As(err, &qe) || qe.Code != "RJ002" {
@@ -300,7 +300,7 @@ func (v *Validated) checkImmutable(ctx context.Context, sess Session) error {
 	if v.Filter != "" && idx == len(checks)-1 {
 		what = "filter"
 	}
-	return pgerr.Errorf("42P17", "the publication's %s %s is not allowed: %s", what, checks[idx].expr, strings.TrimPrefix(msg, "generation expression ")).
+	return pgerr.Errorf(pgerr.InvalidObjectDefinition, "the publication's %s %s is not allowed: %s", what, checks[idx].expr, strings.TrimPrefix(msg, "generation expression ")).
 		At(int32(checks[idx].at)).WithHint("A publication may use only immutable functions and operators (no now(), random(), nextval(), volatile or stable functions), so that every change projects the same way.")
 }
 
