@@ -56,7 +56,8 @@ func (s *Server) handle(conn net.Conn) {
 	}
 	st, err := parseStartup(packet)
 	if err != nil {
-		writeFatal(client, errCode(err), err.Error())
+		code, msg := startupFailure(err)
+		writeFatal(client, code, msg)
 		return
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
@@ -135,16 +136,14 @@ func readStartupPacket(conn net.Conn) ([]byte, error) {
 	return packet, nil
 }
 
-type codedError struct{ code, msg string }
-
-func (e *codedError) Error() string { return e.msg }
-
-func errCode(err error) string {
-	var ce *codedError
-	if errors.As(err, &ce) {
-		return ce.code
+// startupFailure is the SQLSTATE and message a refused startup packet gets:
+// a malformed one is a protocol violation.
+func startupFailure(err error) (code, msg string) {
+	var e *pgerr.Error
+	if errors.As(err, &e) {
+		return e.Code, e.Message
 	}
-	return pgerr.ProtocolViolation
+	return pgerr.ProtocolViolation, err.Error()
 }
 
 // parseStartup reads the parameters of a StartupMessage; any 3.x protocol is
@@ -152,7 +151,7 @@ func errCode(err error) string {
 func parseStartup(packet []byte) (*startup, error) {
 	version := binary.BigEndian.Uint32(packet[4:8])
 	if version>>16 != 3 {
-		return nil, &codedError{pgerr.FeatureNotSupported, fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.2", version>>16, version&0xffff)}
+		return nil, pgerr.Errorf(pgerr.FeatureNotSupported, "unsupported frontend protocol %d.%d: server supports 3.0 to 3.2", version>>16, version&0xffff)
 	}
 	st := &startup{packet: packet}
 	rest := packet[8:]
@@ -180,7 +179,7 @@ func parseStartup(packet []byte) (*startup, error) {
 		return nil, &ProtocolError{"invalid startup packet layout: expected terminator as last byte"}
 	}
 	if st.user == "" {
-		return nil, &codedError{pgerr.InvalidAuthorizationSpecification, "no PostgreSQL user name specified in startup packet"}
+		return nil, pgerr.Errorf(pgerr.InvalidAuthorizationSpecification, "no PostgreSQL user name specified in startup packet")
 	}
 	return st, nil
 }
