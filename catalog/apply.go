@@ -164,17 +164,8 @@ func applySubscription(ctx context.Context, tx pgx.Tx, system, kind string, s *m
 }
 
 // SubscriptionReport is how a subscription is doing, as its sidecar
-// reports it to rejot.subscriptions.
-type SubscriptionReport struct {
-	Target        string
-	Status        string
-	CopiedRows    int64
-	Position      *int64
-	LagSeconds    *float64
-	LagChanges    *int64
-	LastAppliedAt *time.Time
-	Error         *string
-}
+// reports it to rejot.subscriptions (see managed.SubscriptionReport).
+type SubscriptionReport = managed.SubscriptionReport
 
 // ReportSubscriptions records how a system's subscriptions are doing. A
 // subscription the catalog does not know yet (its subscribe command is

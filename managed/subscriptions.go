@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -127,4 +128,18 @@ func Recopy(ctx context.Context, q Querier, target string, generation int, posit
 		return ErrMoved
 	}
 	return nil
+}
+
+// SubscriptionReport is how a subscription of this database is doing, as
+// its sidecar's apply reports it to the catalog (rejot.subscriptions):
+// the row's status and position as the apply sees them, with its lag.
+type SubscriptionReport struct {
+	Target        string
+	Status        string
+	CopiedRows    int64
+	Position      *int64
+	LagSeconds    *float64
+	LagChanges    *int64
+	LastAppliedAt *time.Time
+	Error         *string
 }

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rejot-dev/rejot/catalog"
 	"github.com/rejot-dev/rejot/internal/pgtest"
 	"github.com/rejot-dev/rejot/managed"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
@@ -111,7 +110,7 @@ func runAndStop(t *testing.T, reportTime time.Duration, slowLog bool) {
 	}
 	reporting := make(chan struct{}, 1)
 	s := &Subscriber{URL: pg.URL(db), System: "billing", Log: log, Check: 100 * time.Millisecond,
-		Report: func(context.Context, []catalog.SubscriptionReport) error {
+		Report: func(context.Context, []managed.SubscriptionReport) error {
 			select {
 			case reporting <- struct{}{}:
 			default:

@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	"github.com/rejot-dev/rejot/catalog"
+	"github.com/rejot-dev/rejot/managed"
 )
 
 // reportLoop records the subscriptions' status in the catalog every second.
@@ -27,14 +27,14 @@ func (s *Subscriber) reportLoop(ctx context.Context) {
 }
 
 // Reports says how each subscription is doing.
-func (s *Subscriber) Reports(ctx context.Context) []catalog.SubscriptionReport {
+func (s *Subscriber) Reports(ctx context.Context) []managed.SubscriptionReport {
 	s.mu.Lock()
 	workers := make([]*worker, 0, len(s.workers))
 	for _, w := range s.workers {
 		workers = append(workers, w)
 	}
 	s.mu.Unlock()
-	var out []catalog.SubscriptionReport
+	var out []managed.SubscriptionReport
 	for _, w := range workers {
 		out = append(out, w.report(ctx))
 	}
@@ -43,9 +43,9 @@ func (s *Subscriber) Reports(ctx context.Context) []catalog.SubscriptionReport {
 
 // report says how the subscription is doing, with its lag against the
 // log's head.
-func (w *worker) report(ctx context.Context) catalog.SubscriptionReport {
+func (w *worker) report(ctx context.Context) managed.SubscriptionReport {
 	st := w.status.Load()
-	r := catalog.SubscriptionReport{Target: w.sub.target, Status: st.Status, CopiedRows: w.copied.Load(),
+	r := managed.SubscriptionReport{Target: w.sub.target, Status: st.Status, CopiedRows: w.copied.Load(),
 		Position: st.Position, LastAppliedAt: st.LastAppliedAt, Error: st.Error}
 	if st.Position == nil {
 		return r

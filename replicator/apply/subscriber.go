@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rejot-dev/rejot/catalog"
 	"github.com/rejot-dev/rejot/internal/retry"
 	"github.com/rejot-dev/rejot/managed"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
@@ -30,7 +29,7 @@ type Subscriber struct {
 	// OpenLog opens the event log when Log is nil, retried until it works.
 	OpenLog func(context.Context) (eventlog.Reader, error)
 	// Report, when set, records the subscriptions' status in the catalog.
-	Report func(context.Context, []catalog.SubscriptionReport) error
+	Report func(context.Context, []managed.SubscriptionReport) error
 	Logger zerolog.Logger
 	Check  time.Duration // how often subscriptions are re-read (default 2s)
 	Batch  int           // changes per destination transaction (default 5000)
