@@ -124,7 +124,7 @@ func (c *Cluster) prepareOwner() error {
 
 func (c *Cluster) command(name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(filepath.Join(c.Bin, name), args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred, Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = sysProcAttr(c.cred)
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
 	cmd.Dir = c.Dir
 	return cmd

@@ -372,14 +372,9 @@ func readChunks(ctx context.Context, tx pgx.Tx, q string, src *Source, chunks ch
 	return nil
 }
 
-// fillKept records, for a table's rows as of the snapshot, the out-of-line
-// values the log keeps (see Kept) — only where it keeps none yet: what it
-// has is as of the capture's position, which a replay after the snapshot
-// point must find.
-func (p *WALReader) fillKept(ctx context.Context, tx pgx.Tx, log eventlog.Tx, schema, table string) error {
-	name := pgx.Identifier{schema, table}.Sanitize()
-	var names []string
-	var key, varlena []bool
+// tableColumns reads a table's columns in order: their names, which are
+// in its replica identity and which are of variable length.
+func tableColumns(ctx context.Context, tx pgx.Tx, name string) (names []string, key, varlena []bool, err error) {
 	rows, err := tx.Query(ctx, `SELECT a.attname, a.attlen = -1,
 			c.relreplident = 'f' OR coalesce(a.attnum = ANY (i.indkey::int2[]), false)
 		FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
@@ -387,14 +382,25 @@ func (p *WALReader) fillKept(ctx context.Context, tx pgx.Tx, log eventlog.Tx, sc
 			AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))
 		WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`, name)
 	if err != nil {
-		return err
+		return nil, nil, nil, err
 	}
 	var n string
 	var v, k bool
-	if _, err := pgx.ForEachRow(rows, []any{&n, &v, &k}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&n, &v, &k}, func() error {
 		names, varlena, key = append(names, n), append(varlena, v), append(key, k)
 		return nil
-	}); err != nil {
+	})
+	return names, key, varlena, err
+}
+
+// fillKept records, for a table's rows as of the snapshot, the out-of-line
+// values the log keeps (see Kept) — only where it keeps none yet: what it
+// has is as of the capture's position, which a replay after the snapshot
+// point must find.
+func (p *WALReader) fillKept(ctx context.Context, tx pgx.Tx, log eventlog.Tx, schema, table string) error {
+	name := pgx.Identifier{schema, table}.Sanitize()
+	names, key, varlena, err := tableColumns(ctx, tx, name)
+	if err != nil {
 		return err
 	}
 	kept := keepColumns(p.Sources, schema, table, names, key, varlena)
@@ -426,7 +432,7 @@ func (p *WALReader) fillKept(ctx context.Context, tx pgx.Tx, log eventlog.Tx, sc
 		sel[i] = pgx.Identifier{c}.Sanitize() + "::text"
 	}
 	// Only rows that may hold out-of-line values (see mayBeToasted).
-	rows, err = tx.Query(ctx, "SELECT ARRAY["+strings.Join(keyCols, ", ")+"], ARRAY["+strings.Join(sel, ", ")+"] FROM "+name+" AS t"+
+	rows, err := tx.Query(ctx, "SELECT ARRAY["+strings.Join(keyCols, ", ")+"], ARRAY["+strings.Join(sel, ", ")+"] FROM "+name+" AS t"+
 		" WHERE pg_catalog.pg_column_size(t.*) + "+strconv.Itoa(16*len(names))+" >= "+strconv.Itoa(toastFloor))
 	if err != nil {
 		return err
