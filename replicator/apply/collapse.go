@@ -20,7 +20,7 @@ func changeStatements(t *target, recs []eventlog.Entry) []statement {
 		switch r.Op {
 		case eventlog.OpTruncate:
 			c = newCollapse()
-			out = append(out, statement{sql: "DELETE FROM " + t.name})
+			out = append(out, statement{sql: t.clear})
 		case eventlog.OpUpsert:
 			c.set(t.rowKey(r.Row), r.Row)
 		case eventlog.OpDelete:

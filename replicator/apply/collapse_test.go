@@ -37,7 +37,7 @@ func truncate() eventlog.Entry {
 // render writes a statement as its kind and its argument arrays, NULL
 // for a missing value: "upsert [1 2] [a b]".
 func render(t *target, st statement) string {
-	kind := map[string]string{t.upsert: "upsert", t.delete: "delete", "DELETE FROM " + t.name: "truncate"}[st.sql]
+	kind := map[string]string{t.upsert: "upsert", t.delete: "delete", t.clear: "truncate"}[st.sql]
 	if kind == "" {
 		kind = "unknown statement " + st.sql
 	}
@@ -62,7 +62,7 @@ func mustTarget(t *testing.T, cols ...managed.SubscribedColumn) *target {
 	for _, c := range cols {
 		types[c.Name] = c.Type
 	}
-	tg, err := newTarget("public.t", cols, types)
+	tg, err := newTarget("public", "t", cols, types)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,10 +130,10 @@ func TestTargetStatements(t *testing.T) {
 	tg := mustTarget(t, managed.SubscribedColumn{Name: "a", Type: "int", Key: true, Index: 0},
 		managed.SubscribedColumn{Name: "v", Type: "numeric(12,2)", Index: 2}, managed.SubscribedColumn{Name: "b", Type: "text", Key: true, Index: 1})
 	for _, c := range []struct{ name, got, want string }{
-		{"upsert", tg.upsert, `INSERT INTO public.t ("a", "v", "b") SELECT u.c0::int, u.c1::numeric(12,2), u.c2::text ` +
+		{"upsert", tg.upsert, `INSERT INTO "public"."t" ("a", "v", "b") SELECT u.c0::int, u.c1::numeric(12,2), u.c2::text ` +
 			`FROM unnest($1::text[], $2::text[], $3::text[]) AS u(c0, c1, c2) ORDER BY 1, 3 ON CONFLICT ("a", "b") DO UPDATE SET "v" = EXCLUDED."v"`},
-		{"delete", tg.delete, `DELETE FROM public.t AS t USING unnest($1::text[], $2::text[]) AS d(k0, k1) WHERE t."a" = d.k0::int AND t."b" = d.k1::text`},
-		{"copy", tg.copySQL, `COPY public.t ("a", "v", "b") FROM STDIN`},
+		{"delete", tg.delete, `DELETE FROM "public"."t" AS t USING unnest($1::text[], $2::text[]) AS d(k0, k1) WHERE t."a" = d.k0::int AND t."b" = d.k1::text`},
+		{"copy", tg.copySQL, `COPY "public"."t" ("a", "v", "b") FROM STDIN`},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s:\n got %s\nwant %s", c.name, c.got, c.want)
@@ -143,7 +143,7 @@ func TestTargetStatements(t *testing.T) {
 	if !strings.HasSuffix(keyOnly.upsert, `ON CONFLICT ("id") DO NOTHING`) {
 		t.Errorf("key-only upsert: %s", keyOnly.upsert)
 	}
-	if _, err := newTarget("public.t", []managed.SubscribedColumn{{Name: "gone"}}, map[string]string{}); err == nil {
+	if _, err := newTarget("public", "t", []managed.SubscribedColumn{{Name: "gone"}}, map[string]string{}); err == nil {
 		t.Error("a subscribed column missing from the target: no error")
 	}
 }

@@ -63,7 +63,7 @@ func (w *worker) fill(ctx context.Context, tx pgx.Tx, t *target) (int64, error) 
 	}
 	// The target becomes exactly the state (MVCC-safe: readers see
 	// the old rows or the new ones).
-	if _, err := tx.Exec(ctx, "DELETE FROM "+t.name); err != nil {
+	if err := execOne(ctx, tx.Conn(), t.clear); err != nil {
 		return 0, err
 	}
 	position, err := w.pipeState(ctx, tx, t)

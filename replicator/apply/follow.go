@@ -181,7 +181,7 @@ func (w *worker) applyReading(ctx context.Context, conn *pgx.Conn, t *target, sp
 		}
 		err := w.s.Log.Read(ctx, w.sub.version, span, func(recs []eventlog.Entry) error {
 			for _, st := range changeStatements(t, recs) {
-				if _, err := tx.Exec(ctx, st.sql, st.args...); err != nil {
+				if err := execOne(ctx, tx.Conn(), st.sql, st.args...); err != nil {
 					return err
 				}
 			}

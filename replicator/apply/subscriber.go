@@ -41,7 +41,9 @@ type Subscriber struct {
 
 // subscription is a subscription as its worker keeps it.
 type subscription struct {
-	target     string
+	target     string // the key of its row: schema.table, quoted by rejot.subscribe
+	schema     string // the target table's schema and name, as recorded
+	table      string
 	version    eventlog.Version
 	columns    []managed.SubscribedColumn
 	copy       bool
@@ -116,7 +118,7 @@ func (s *Subscriber) watch(ctx context.Context) {
 // listen connects to the consumer's database to hear of changed
 // subscriptions; nil when it cannot now.
 func (s *Subscriber) listen(ctx context.Context) *pgx.Conn {
-	conn, err := pgx.Connect(ctx, s.URL)
+	conn, err := connect(ctx, s.URL)
 	if err != nil {
 		return nil
 	}
@@ -167,7 +169,7 @@ func loadSubscriptions(ctx context.Context, conn *pgx.Conn) ([]subscription, err
 	}
 	subs := make([]subscription, len(rows))
 	for i, r := range rows {
-		subs[i] = subscription{target: r.Target, version: eventlog.Version{Publication: r.Publication, Number: r.Version},
+		subs[i] = subscription{target: r.Target, schema: r.Schema, table: r.Table, version: eventlog.Version{Publication: r.Publication, Number: r.Version},
 			columns: r.Columns, copy: r.Copy, generation: r.Generation}
 	}
 	return subs, nil

@@ -97,7 +97,7 @@ func (w *worker) failed(ctx context.Context, err error, backoff time.Duration) {
 
 // recordError keeps the error with the subscription (best effort).
 func (w *worker) recordError(ctx context.Context, msg string) {
-	conn, err := pgx.Connect(ctx, w.s.URL)
+	conn, err := connect(ctx, w.s.URL)
 	if err != nil {
 		return
 	}
@@ -108,7 +108,7 @@ func (w *worker) recordError(ctx context.Context, msg string) {
 // work keeps the subscription in sync on one connection until it fails:
 // a copy first when it has no position, then following the log.
 func (w *worker) work(ctx context.Context) error {
-	conn, err := pgx.Connect(ctx, w.s.URL)
+	conn, err := connect(ctx, w.s.URL)
 	if err != nil {
 		return err
 	}
@@ -134,13 +134,40 @@ func (w *worker) work(ctx context.Context) error {
 	return w.follow(ctx, conn, t, *position)
 }
 
-// prepare reads the target's column types and builds its statements.
+// prepare finds the target in the catalog, reads its column types and
+// builds its statements from the catalog's names.
 func (w *worker) prepare(ctx context.Context, conn *pgx.Conn) (*target, error) {
-	types, err := columnTypes(ctx, conn, w.sub.target)
+	tbl, err := resolveTarget(ctx, conn, w.sub)
 	if err != nil {
 		return nil, err
 	}
-	return newTarget(w.sub.target, w.sub.columns, types)
+	return newTarget(tbl.schema, tbl.table, w.sub.columns, tbl.types)
+}
+
+// connect opens a connection to the consumer's database that runs every
+// statement with the extended protocol, one statement per message: a URL
+// asking for the simple protocol gets QueryExecModeExec instead.
+func connect(ctx context.Context, url string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.DefaultQueryExecMode == pgx.QueryExecModeSimpleProtocol {
+		cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
+	}
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+// execOne runs one statement with the extended protocol, which runs
+// exactly one statement: pgx runs an Exec without arguments with the
+// simple protocol, which would run several.
+func execOne(ctx context.Context, conn *pgx.Conn, sql string, args ...any) error {
+	if len(args) == 0 {
+		_, err := conn.PgConn().ExecParams(ctx, sql, nil, nil, nil, nil).Close()
+		return err
+	}
+	_, err := conn.Exec(ctx, sql, args...)
+	return err
 }
 
 // lock locks the subscription's row in tx and returns its position; a
