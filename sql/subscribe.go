@@ -127,7 +127,7 @@ func runUnsubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
 		return nil, err
 	}
 	if drop {
-		if _, err := env.Session.Query(ctx, "DROP TABLE IF EXISTS "+target); err != nil {
+		if err := dropTarget(ctx, env.Session, args["target"]); err != nil {
 			return nil, err
 		}
 	}
@@ -216,6 +216,9 @@ func resolveTarget(ctx context.Context, sess Session, arg *string) (*target, err
 			WithHint("Name the target as schema.table.")
 	}
 	t := &target{schema: *r[0], table: *r[1]}
+	if len(t.schema) > maxName || len(t.table) > maxName {
+		return nil, pgerr.Errorf(pgerr.InvalidParameterValue, "invalid target %q: a name has at most %d bytes", *arg, maxName)
+	}
 	rows, err = sess.Query(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)::text,
 		(SELECT c.relkind::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 		  WHERE n.nspname = $1 AND c.relname = $2), format('%I.%I', $1, $2)`, &t.schema, &t.table)
@@ -233,6 +236,20 @@ func resolveTarget(ctx context.Context, sess Session, arg *string) (*target, err
 		t.exists = true
 	}
 	return t, nil
+}
+
+// maxName is the longest name Postgres keeps (NAMEDATALEN - 1 bytes).
+const maxName = 63
+
+// dropTarget drops the table a target argument names, by the names the
+// catalog has for it, if it is there.
+func dropTarget(ctx context.Context, sess Session, arg *string) error {
+	t, err := resolveTarget(ctx, sess, arg)
+	if err != nil || !t.exists {
+		return err
+	}
+	_, err = sess.Query(ctx, "DROP TABLE "+pgx.Identifier{t.schema, t.table}.Sanitize())
+	return err
 }
 
 func targetError(err error, arg string) error {
@@ -374,7 +391,7 @@ func createTarget(ctx context.Context, sess Session, t *target, chosen []managed
 		}
 	}
 	defs = append(defs, "PRIMARY KEY ("+strings.Join(keys, ", ")+")")
-	_, err := sess.Query(ctx, "CREATE TABLE "+t.name+" ("+strings.Join(defs, ", ")+")")
+	_, err := sess.Query(ctx, "CREATE TABLE "+pgx.Identifier{t.schema, t.table}.Sanitize()+" ("+strings.Join(defs, ", ")+")")
 	return err
 }
 
@@ -386,7 +403,8 @@ func checkTarget(ctx context.Context, sess Session, t *target, chosen []managed.
 			coalesce(a.attnum = ANY (i.indkey::int2[]), false)::text
 		FROM pg_catalog.pg_attribute a
 		LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
-		WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`, &t.name)
+		WHERE a.attrelid = (SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relname = $2) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`, &t.schema, &t.table)
 	if err != nil {
 		return err
 	}
