@@ -36,6 +36,7 @@ fuzz:
 	$(GO) test ./sql -run '^$$' -fuzz FuzzAnalyzeProjection -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzStartup -fuzztime $(FUZZTIME) -fuzzminimizetime 50x
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzFrontendMessages -fuzztime $(FUZZTIME) -fuzzminimizetime 50x
+	$(GO) test ./replicator/apply -run '^$$' -fuzz FuzzTargetStatements -fuzztime $(FUZZTIME) -fuzzminimizetime 50x
 
 # Install what builds and tests need on a Debian machine (CI runs this).
 deps:
