@@ -3,11 +3,13 @@ package proxy
 import (
 	"bufio"
 	"encoding/binary"
+	"io"
 	"net"
 	"runtime"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rejot-dev/rejot/internal/pgerr"
@@ -30,11 +32,20 @@ func message(typ byte, parts ...string) []byte {
 }
 
 // until reads replies up to ReadyForQuery, returning the error codes and
-// the first value of the last data row.
+// the first value of the last data row. Postgres takes its time over a
+// 70 MB statement on a busy machine.
 func until(t *testing.T, conn net.Conn, r *bufio.Reader) (codes []string, value string) {
 	t.Helper()
 	for {
-		typ, body := readMsg(t, conn, r)
+		conn.SetReadDeadline(time.Now().Add(90 * time.Second))
+		var h [5]byte
+		if _, err := io.ReadFull(r, h[:]); err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		typ, body := h[0], make([]byte, binary.BigEndian.Uint32(h[1:])-4)
+		if _, err := io.ReadFull(r, body); err != nil {
+			t.Fatalf("read: %v", err)
+		}
 		switch typ {
 		case 'E':
 			var e pgproto3.ErrorResponse
