@@ -64,7 +64,7 @@ func (s *session) authenticate() error {
 
 func (s *session) authCode(n int) (uint32, error) {
 	if n < 4 {
-		return 0, &ProtocolError{"invalid authentication request from the upstream"}
+		return 0, &ProtocolError{Msg: "invalid authentication request from the upstream"}
 	}
 	b, err := s.ur.r.Peek(9)
 	if err != nil {

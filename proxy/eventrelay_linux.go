@@ -87,7 +87,7 @@ func (l *eventLoop) readUpstream(fc *fastConn) (fastResult, bool) {
 	rest, bad := fc.relayUpstream(in)
 	fc.uin = keep(fc.uin, rest)
 	if bad {
-		return fastResult{err: &ProtocolError{"invalid message length from the upstream"}}, true
+		return fastResult{err: &ProtocolError{Msg: "invalid message length from the upstream"}}, true
 	}
 	return fastResult{}, false
 }

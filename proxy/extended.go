@@ -32,6 +32,9 @@ type localPortal struct {
 // onParse handles Parse: a statement that calls the API is kept locally,
 // anything else goes upstream.
 func (s *session) onParse(n int) error {
+	if n > s.srv.maxIntercepted() {
+		return s.onLarge('P', n)
+	}
 	body, err := s.cr.body(n)
 	if err != nil {
 		return err
@@ -159,7 +162,7 @@ func (s *session) localBind(body []byte, portal string, ls *localStmt) error {
 	}
 	var b pgproto3.Bind
 	if err := b.Decode(body); err != nil {
-		return &ProtocolError{"invalid Bind message: " + err.Error()}
+		return &ProtocolError{Msg: "invalid Bind message: " + err.Error()}
 	}
 	if len(b.Parameters) != len(ls.params) {
 		return s.fail(pgerr.Errorf(pgerr.ProtocolViolation,

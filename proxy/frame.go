@@ -9,7 +9,10 @@ import (
 
 // ProtocolError is a malformed or oversized message: the connection that
 // sent it is closed with a FATAL error; nothing else is affected.
-type ProtocolError struct{ Msg string }
+type ProtocolError struct {
+	Msg  string
+	Code string // the SQLSTATE sent with it; protocol_violation when empty
+}
 
 func (e *ProtocolError) Error() string { return e.Msg }
 
@@ -34,10 +37,10 @@ func (f *frameReader) header() (byte, int, error) {
 	typ := h[0]
 	n := int(int32(binary.BigEndian.Uint32(h[1:5]))) - 4
 	if n < 0 {
-		return 0, 0, &ProtocolError{fmt.Sprintf("invalid message length %d for message type %q", n+4, typ)}
+		return 0, 0, &ProtocolError{Msg: fmt.Sprintf("invalid message length %d for message type %q", n+4, typ)}
 	}
 	if n > f.max {
-		return 0, 0, &ProtocolError{fmt.Sprintf("message of type %q is %d bytes, more than the %d allowed", typ, n, f.max)}
+		return 0, 0, &ProtocolError{Msg: fmt.Sprintf("message of type %q is %d bytes, more than the %d allowed", typ, n, f.max)}
 	}
 	return typ, n, nil
 }

@@ -24,8 +24,11 @@ import (
 const (
 	DefaultStartupTimeout = 60 * time.Second
 	DefaultMaxMessageSize = 1<<30 - 1 // Postgres's own limit for a message
-	maxStartupPacket      = 10000     // as Postgres's MAX_STARTUP_PACKET_LENGTH
-	bufferSize            = 32 << 10
+	// DefaultMaxInterceptedSize bounds a message the sidecar holds, parses
+	// and answers itself: one that mentions rejot, or a Bind of a call.
+	DefaultMaxInterceptedSize = 64 << 20
+	maxStartupPacket          = 10000 // as Postgres's MAX_STARTUP_PACKET_LENGTH
+	bufferSize                = 32 << 10
 )
 
 // Server relays clients to the upstream database. Configure it through its
@@ -37,7 +40,10 @@ type Server struct {
 	Executor       *sql.Executor
 	StartupTimeout time.Duration
 	MaxMessageSize int
-	Logger         zerolog.Logger
+	// MaxInterceptedSize bounds the messages the sidecar answers itself
+	// (see onLarge); larger ordinary messages are still relayed.
+	MaxInterceptedSize int
+	Logger             zerolog.Logger
 	// DisableEventLoop relays every session with goroutines and Go's
 	// netpoller instead of the event loop (see eventLoop).
 	DisableEventLoop bool
@@ -199,6 +205,13 @@ func (s *Server) startupTimeout() time.Duration {
 		return s.StartupTimeout
 	}
 	return DefaultStartupTimeout
+}
+
+func (s *Server) maxIntercepted() int {
+	if s.MaxInterceptedSize > 0 {
+		return s.MaxInterceptedSize
+	}
+	return DefaultMaxInterceptedSize
 }
 
 func (s *Server) maxMessage() int {

@@ -274,9 +274,12 @@ func (s *session) frontendLoop() error {
 		case 'P':
 			err = s.onParse(n)
 		case 'B', 'D', 'E', 'C':
-			if len(s.stmts) == 0 && len(s.portals) == 0 {
+			switch {
+			case len(s.stmts) == 0 && len(s.portals) == 0:
 				err = s.forward(typ, n)
-			} else {
+			case n > s.srv.maxIntercepted():
+				err = s.onLarge(typ, n)
+			default:
 				err = s.onPortalMessage(typ, n)
 			}
 		case 'X':
@@ -303,7 +306,11 @@ func (s *session) protocolFailure(err error) {
 	s.log.Warn().Str("reason", pe.Msg).Msg("closing connection after a protocol violation")
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	writeErrorTo(s.cw, "FATAL", pgerr.ProtocolViolation, pe.Msg)
+	code := pe.Code
+	if code == "" {
+		code = pgerr.ProtocolViolation
+	}
+	writeErrorTo(s.cw, "FATAL", code, pe.Msg)
 	s.cw.Flush()
 }
 

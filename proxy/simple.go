@@ -18,6 +18,9 @@ type translation struct{ offset int }
 
 // onQuery handles a simple Query message.
 func (s *session) onQuery(n int) error {
+	if n > s.srv.maxIntercepted() {
+		return s.onLarge('Q', n)
+	}
 	body, err := s.cr.body(n)
 	if err != nil {
 		return err

@@ -114,7 +114,7 @@ func (s *Server) negotiate(conn net.Conn) (net.Conn, []byte, error) {
 			return conn, packet, nil
 		}
 	}
-	return conn, nil, &ProtocolError{"too many encryption requests during startup"}
+	return conn, nil, &ProtocolError{Msg: "too many encryption requests during startup"}
 }
 
 // readStartupPacket reads one untyped startup packet, exactly, so that no
@@ -126,7 +126,7 @@ func readStartupPacket(conn net.Conn) ([]byte, error) {
 	}
 	n := int(int32(binary.BigEndian.Uint32(head[:])))
 	if n < 8 || n > maxStartupPacket {
-		return nil, &ProtocolError{fmt.Sprintf("invalid length of startup packet: %d", n)}
+		return nil, &ProtocolError{Msg: fmt.Sprintf("invalid length of startup packet: %d", n)}
 	}
 	packet := make([]byte, n)
 	copy(packet, head[:])
@@ -158,11 +158,11 @@ func parseStartup(packet []byte) (*startup, error) {
 	for len(rest) > 1 {
 		key, r, ok := cstring(rest)
 		if !ok {
-			return nil, &ProtocolError{"invalid startup packet layout: expected terminator as last byte"}
+			return nil, &ProtocolError{Msg: "invalid startup packet layout: expected terminator as last byte"}
 		}
 		value, r, ok := cstring(r)
 		if !ok {
-			return nil, &ProtocolError{"invalid startup packet layout: expected terminator as last byte"}
+			return nil, &ProtocolError{Msg: "invalid startup packet layout: expected terminator as last byte"}
 		}
 		rest = r
 		switch key {
@@ -176,7 +176,7 @@ func parseStartup(packet []byte) (*startup, error) {
 		}
 	}
 	if len(rest) != 1 || rest[0] != 0 {
-		return nil, &ProtocolError{"invalid startup packet layout: expected terminator as last byte"}
+		return nil, &ProtocolError{Msg: "invalid startup packet layout: expected terminator as last byte"}
 	}
 	if st.user == "" {
 		return nil, pgerr.Errorf(pgerr.InvalidAuthorizationSpecification, "no PostgreSQL user name specified in startup packet")

@@ -113,6 +113,10 @@ func relationError(err error, query string, st Statement) error {
 	if err == nil {
 		return nil
 	}
+	var own *pgerr.Error // the catalog's own refusal, such as a result over its budget
+	if errors.As(err, &own) {
+		return own
+	}
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) {
 		return &pgerr.Error{Code: pgerr.ConnectionFailure, Message: "cannot query the catalog: " + err.Error()}

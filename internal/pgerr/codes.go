@@ -46,11 +46,15 @@ const (
 	InvalidObjectDefinition    = "42P17"
 	IndeterminateDatatype      = "42P18"
 
+	// Class 54: program limit exceeded
+	ProgramLimitExceeded = "54000"
+
 	// Class 55: object not in prerequisite state
 	ObjectNotInPrerequisiteState = "55000"
 	ObjectInUse                  = "55006"
 
 	// Class 57: operator intervention
+	QueryCanceled = "57014"
 	AdminShutdown = "57P01"
 
 	// Class XX: internal error

@@ -19,11 +19,11 @@ func (s *session) flush(ctx context.Context) error {
 	}
 	if len(s.pending) == 0 {
 		s.confirmed = max(s.confirmed, s.pendingEnd)
-		s.pending, s.pendingEvents, s.pendingSince = nil, 0, time.Time{}
+		s.pending, s.pendingEvents, s.pendingBytes, s.pendingSince = nil, 0, 0, time.Time{}
 		return nil
 	}
 	batch, end := s.pending, s.pendingEnd
-	s.pending, s.pendingEvents, s.pendingSince = nil, 0, time.Time{}
+	s.pending, s.pendingEvents, s.pendingBytes, s.pendingSince = nil, 0, 0, time.Time{}
 	done := make(chan error, 1)
 	s.inflight, s.inflightEnd = done, end
 	go func() { done <- s.append(ctx, batch, end) }()
@@ -147,7 +147,7 @@ func (s *session) part(ctx context.Context) error {
 		return err
 	}
 	s.txn.parts++
-	s.txn.events = nil
+	s.txn.events, s.txn.bytes = nil, 0
 	return nil
 }
 

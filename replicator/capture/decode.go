@@ -67,18 +67,18 @@ type transaction struct {
 	endLSN     uint64
 	commitTime time.Time
 	events     []event
+	bytes      int // of the events' values
 	parts      int // parts already appended (a large transaction)
 }
 
 // tupleValues turns a WAL tuple into text values; unchanged TOAST values
-// are reported, for the caller to fill.
-func tupleValues(t *pglogrepl.TupleData) ([]eventlog.Value, []bool) {
+// are reported, for the caller to fill. size is the values' bytes.
+func tupleValues(t *pglogrepl.TupleData) (vals []eventlog.Value, toasted []bool, size int) {
 	if t == nil {
-		return nil, nil
+		return nil, nil, 0
 	}
 	// One allocation for the values' bytes and one for their headers,
 	// rather than two per value: a busy capture decodes millions.
-	size := 0
 	for _, c := range t.Columns {
 		size += len(c.Data)
 	}
@@ -89,7 +89,6 @@ func tupleValues(t *pglogrepl.TupleData) ([]eventlog.Value, []bool) {
 	}
 	all := b.String()
 	vals, strs := make([]eventlog.Value, len(t.Columns)), make([]string, len(t.Columns))
-	var toasted []bool
 	at := 0
 	for i, c := range t.Columns {
 		switch c.DataType {
@@ -104,7 +103,7 @@ func tupleValues(t *pglogrepl.TupleData) ([]eventlog.Value, []bool) {
 		}
 		at += len(c.Data)
 	}
-	return vals, toasted
+	return vals, toasted, size
 }
 
 func (s *session) decode(ctx context.Context, data []byte) error {
@@ -127,24 +126,24 @@ func (s *session) decode(ctx context.Context, data []byte) error {
 	case *pglogrepl.BeginMessage:
 		s.txn = &transaction{commitLSN: uint64(m.FinalLSN), commitTime: m.CommitTime}
 	case *pglogrepl.InsertMessage:
-		vals, toasted := tupleValues(m.Tuple)
-		return s.add(ctx, event{op: 'I', rel: m.RelationID, new: vals, toasted: toasted})
+		vals, toasted, size := tupleValues(m.Tuple)
+		return s.add(ctx, event{op: 'I', rel: m.RelationID, new: vals, toasted: toasted}, size)
 	case *pglogrepl.UpdateMessage:
-		old, _ := tupleValues(m.OldTuple)
-		vals, toasted := tupleValues(m.NewTuple)
+		old, _, oldSize := tupleValues(m.OldTuple)
+		vals, toasted, size := tupleValues(m.NewTuple)
 		for i, t := range toasted {
 			// With REPLICA IDENTITY FULL the old tuple has the value.
 			if t && i < len(old) && old[i] != nil {
 				vals[i], toasted[i] = old[i], false
 			}
 		}
-		return s.add(ctx, event{op: 'U', rel: m.RelationID, old: old, new: vals, toasted: toasted})
+		return s.add(ctx, event{op: 'U', rel: m.RelationID, old: old, new: vals, toasted: toasted}, oldSize+size)
 	case *pglogrepl.DeleteMessage:
-		old, _ := tupleValues(m.OldTuple)
-		return s.add(ctx, event{op: 'D', rel: m.RelationID, old: old})
+		old, _, size := tupleValues(m.OldTuple)
+		return s.add(ctx, event{op: 'D', rel: m.RelationID, old: old}, size)
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
-			if err := s.add(ctx, event{op: 'T', rel: id}); err != nil {
+			if err := s.add(ctx, event{op: 'T', rel: id}, 0); err != nil {
 				return err
 			}
 		}
@@ -154,12 +153,15 @@ func (s *session) decode(ctx context.Context, data []byte) error {
 	return nil
 }
 
-func (s *session) add(ctx context.Context, e event) error {
+// add records a change of size bytes of values in the transaction being
+// decoded, appending what it holds as a part once that is large.
+func (s *session) add(ctx context.Context, e event, size int) error {
 	if s.txn == nil {
 		return nil
 	}
 	s.txn.events = append(s.txn.events, e)
-	if len(s.txn.events) >= partEvents {
+	s.txn.bytes += size
+	if len(s.txn.events) >= partEvents || s.txn.bytes >= partBytes {
 		return s.part(ctx)
 	}
 	return nil
@@ -231,9 +233,10 @@ func (s *session) commit(ctx context.Context, m *pglogrepl.CommitMessage) error 
 	if len(txn.events) > 0 {
 		s.pending = append(s.pending, txn)
 		s.pendingEvents += len(txn.events)
+		s.pendingBytes += txn.bytes
 	}
 	s.pendingEnd = txn.endLSN
-	if len(s.pending) >= maxPending || s.pendingEvents >= maxPendingEvents {
+	if len(s.pending) >= maxPending || s.pendingEvents >= maxPendingEvents || s.pendingBytes >= maxPendingBytes {
 		return s.flush(ctx)
 	}
 	return nil

@@ -30,6 +30,7 @@ type session struct {
 	// many together is what makes a backlog fast.
 	pending       []*transaction
 	pendingEvents int
+	pendingBytes  int // of the pending transactions' values
 	pendingEnd    uint64
 	pendingSince  time.Time  // when the oldest pending transaction arrived
 	inflight      chan error // the append in flight, nil when none
@@ -40,9 +41,11 @@ type session struct {
 }
 
 // Memory bounds: a backlog is appended in batches of at most maxPending
-// transactions or maxPendingEvents row changes, and a source transaction
-// larger than partEvents is projected and appended in parts as it is
-// decoded, into one log transaction that commits with it.
+// transactions, maxPendingEvents row changes or maxPendingBytes of values,
+// and a source transaction larger than partEvents changes or partBytes of
+// values is projected and appended in parts as it is decoded, into one log
+// transaction that commits with it. The byte bounds are what hold when rows
+// are wide: a few hundred changes of a megabyte each count as few rows.
 const (
 	pauseWait        = 2 * time.Millisecond   // a pause this long appends what is pending
 	maxPendingWait   = 5 * time.Millisecond   // what is pending waits no longer than this
@@ -50,6 +53,8 @@ const (
 	maxPending       = 5000
 	maxPendingEvents = 50_000
 	partEvents       = 10_000
+	maxPendingBytes  = 64 << 20
+	partBytes        = 32 << 20
 )
 
 func (s *session) loop(ctx context.Context) error {
