@@ -261,3 +261,41 @@ func slotSeries(t *testing.T, slot string) bool {
 	}
 	return false
 }
+
+// TestInvalidatedSlotIsMadeAnew: a slot the server invalidated (it kept
+// more than max_slot_wal_keep_size while the capture was down) can never
+// be read again; the capture makes it anew and fills the version again,
+// with what changed while it was down, and changes flow.
+func TestInvalidatedSlotIsMadeAnew(t *testing.T) {
+	l, _ := open(t)
+	src, ctx, exec := recordedEvents(t, "lost_events")
+	owner := connect(t, ctx, src)
+	exec("ALTER SYSTEM SET max_slot_wal_keep_size = '16MB'")
+	exec("SELECT pg_reload_conf()")
+	system := "lost"
+	slot := capture.SlotName(system)
+	v := eventlog.Version{Publication: "lost_events", Number: 1}
+	r := &capture.Runner{URL: src.URL("postgres"), System: system, Log: l, Logger: zerolog.Nop(), Check: 100 * time.Millisecond}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { r.Run(runCtx); close(done) }()
+	exec("INSERT INTO events VALUES (1, 'a')")
+	waitUntil(t, func() bool { return headHas(t, l, v, 1) })
+	stop()
+	<-done
+	exec("INSERT INTO events VALUES (2, 'while down')")
+	writeWAL(t, ctx, owner, exec, 64<<20)
+	waitUntil(t, func() bool {
+		var status string
+		owner.QueryRow(ctx, "SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&status)
+		if status != "lost" {
+			exec("CHECKPOINT")
+		}
+		return status == "lost"
+	})
+	runner(t, ctx, src, system, l)
+	query := "SELECT id, v FROM events"
+	waitUntil(t, func() bool { return sortedState(t, l, v) == projection(t, owner, query) })
+	exec("INSERT INTO events VALUES (3, 'c')")
+	waitUntil(t, func() bool { return sortedState(t, l, v) == projection(t, owner, query) })
+}
