@@ -31,6 +31,13 @@ func TestUnpublishedLastVersionKeepsNoWAL(t *testing.T) {
 	if err := p.exec(t, "CALL rejot.unpublish($1, 1)", name); err != nil {
 		t.Fatal(err)
 	}
+	// The WAL written from when the capture stops reading the slot (or
+	// the slot is gone) is what an abandoned slot would keep.
+	waitFor(t, 30*time.Second, func() bool {
+		var active bool
+		owner.QueryRow(ctx, "SELECT coalesce((SELECT active FROM pg_replication_slots WHERE slot_name = $1), false)", slot).Scan(&active)
+		return !active
+	})
 	var start string
 	if err := owner.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&start); err != nil {
 		t.Fatal(err)

@@ -46,6 +46,13 @@ func abandoned(t *testing.T, publication, leave string) {
 	waitUntil(t, func() bool { return headHas(t, l, eventlog.Version{Publication: publication, Number: 1}, 1) })
 	waitUntil(t, func() bool { return slotSeries(t, slot) })
 	exec(leave)
+	// The WAL written from when the capture stops reading the slot (or
+	// the slot is gone) is what an abandoned slot would keep.
+	waitUntil(t, func() bool {
+		var active bool
+		owner.QueryRow(ctx, "SELECT coalesce((SELECT active FROM pg_replication_slots WHERE slot_name = $1), false)", slot).Scan(&active)
+		return !active
+	})
 	writeWAL(t, ctx, owner, exec, 64<<20)
 	waitRetainedBelow(t, ctx, owner, slot, 16<<20)
 	waitUntil(t, func() bool { return !slotExists(t, ctx, owner, slot) && !publicationExists(t, ctx, owner, slot) })
