@@ -37,11 +37,14 @@ func (p *WALReader) fill(ctx context.Context) (map[eventlog.Version]uint64, erro
 		if err != nil {
 			return nil, err
 		}
-		if ok && definition == src.Definition() {
+		if ok && definition == src.Definition() && !p.fillAll {
 			since[src.Version] = lsn
 			continue
 		}
-		if ok {
+		if ok && p.fillAll {
+			p.Logger.Info().Str("system", p.System).Str("publication", src.Version.Publication).Int("version", src.Version.Number).
+				Msg("the replication slot is new and may have missed changes of the version: filling its state again")
+		} else if ok {
 			p.Logger.Info().Str("system", p.System).Str("publication", src.Version.Publication).Int("version", src.Version.Number).
 				Msg("the version's rows are defined anew (a new minor or query): filling its state again")
 		}

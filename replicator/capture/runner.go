@@ -36,6 +36,10 @@ type Runner struct {
 	running  atomic.Bool
 	wakeOnce sync.Once
 	wake     chan struct{}
+	// The session last found holding the slot when there was nothing to
+	// capture, and whether that was logged (release).
+	busyPID    int32
+	busyLogged bool
 }
 
 // Wake makes the capture read the owner's record now rather than at its
@@ -116,6 +120,7 @@ func (c *Runner) Run(ctx context.Context) {
 	for ctx.Err() == nil {
 		sources, err := c.load(ctx)
 		if err == nil && len(sources) == 0 {
+			c.release(ctx)
 			c.pause(ctx, c.check())
 			continue
 		}
@@ -234,9 +239,15 @@ func (c *Runner) read(ctx context.Context) ([]Source, error) {
 	}
 	slot := SlotName(c.System)
 	var retained *int64
-	if err := c.conn.QueryRow(ctx, `SELECT (pg_current_wal_lsn() - restart_lsn)::int8 FROM pg_catalog.pg_replication_slots
-		WHERE slot_name = $1`, slot).Scan(&retained); err == nil && retained != nil {
+	err := c.conn.QueryRow(ctx, `SELECT (pg_current_wal_lsn() - restart_lsn)::int8 FROM pg_catalog.pg_replication_slots
+		WHERE slot_name = $1`, slot).Scan(&retained)
+	switch {
+	case err == nil && retained != nil:
 		metricSlotRetained.WithLabelValues(slot).Set(float64(*retained))
+	case err == nil: // invalidated: it keeps nothing (and is made anew)
+		metricSlotRetained.WithLabelValues(slot).Set(0)
+	case errors.Is(err, pgx.ErrNoRows):
+		metricSlotRetained.DeleteLabelValues(slot) // no slot keeps anything
 	}
 	if c.Problem() != "" {
 		return nil, nil // nothing can be captured until the setup changes

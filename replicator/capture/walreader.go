@@ -38,6 +38,8 @@ type WALReader struct {
 	// FillSplitPages is the table size, in blocks, from which a first
 	// fill reads the table in two halves at once (default 2048: 16 MB).
 	FillSplitPages int64
+
+	fillAll bool // the slot is new: every version is filled again
 }
 
 // SlotName is the replication slot (and Postgres publication) of a system.
@@ -77,14 +79,24 @@ func (p *WALReader) Run(ctx context.Context) error {
 		return err
 	}
 	defer repl.Close(context.WithoutCancel(ctx))
-	if err := p.ensureSlot(ctx, conn, repl); err != nil {
-		return err
-	}
-	since, err := p.fill(ctx)
+	created, err := p.ensureSlot(ctx, conn, repl)
 	if err != nil {
 		return err
 	}
 	slot := SlotName(p.System)
+	// A new slot has seen nothing before it: a version the log already
+	// holds (its table dropped and made again, every version retired in
+	// between, or the slot dropped by hand) may have missed changes, so
+	// every version is filled again from a snapshot after it. Should that
+	// fail, the slot goes too, so that the next start fills again.
+	p.fillAll = created
+	since, err := p.fill(ctx)
+	if err != nil {
+		if created {
+			p.dropNewSlot(ctx, conn, slot)
+		}
+		return err
+	}
 	// Protocol 2 where the server has it (14+), without streaming of
 	// transactions still in progress: whole committed transactions are
 	// what the log appends, and a large one is appended in parts anyway.
@@ -175,20 +187,48 @@ func (p *WALReader) replicationConn(ctx context.Context) (*pgconn.PgConn, *paced
 	return repl, reader, nil
 }
 
-func (p *WALReader) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn) error {
+// ensureSlot creates the system's slot unless it exists, and says whether
+// it did. A slot the server has invalidated (it kept more WAL than
+// max_slot_wal_keep_size allows: wal_status 'lost') can never be read
+// again, and a capture that kept trying would fail for ever: it is
+// dropped and made anew, and every version is filled again.
+func (p *WALReader) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn) (bool, error) {
 	slot := SlotName(p.System)
-	var exists bool
-	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", slot).Scan(&exists); err != nil {
-		return err
+	// wal_status as json: the column is there from Postgres 13 on.
+	var status *string
+	err := conn.QueryRow(ctx, "SELECT to_jsonb(s)->>'wal_status' FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1", slot).Scan(&status)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return false, err
+	case status == nil || *status != "lost":
+		return false, nil
+	default:
+		p.Logger.Warn().Str("system", p.System).Str("slot", slot).
+			Msg("the server invalidated the replication slot (max_slot_wal_keep_size): it is made anew, and every version filled again")
+		if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_drop_replication_slot($1)", slot); err != nil {
+			return false, fmt.Errorf("cannot drop the invalidated replication slot %s: %w", slot, err)
+		}
 	}
-	if exists {
-		return nil
-	}
-	_, err := pglogrepl.CreateReplicationSlot(ctx, repl, slot, "pgoutput",
+	_, err = pglogrepl.CreateReplicationSlot(ctx, repl, slot, "pgoutput",
 		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
 	if err != nil {
-		return fmt.Errorf("cannot create replication slot %s: %w", slot, err)
+		return false, fmt.Errorf("cannot create replication slot %s: %w", slot, err)
 	}
 	p.Logger.Info().Str("system", p.System).Str("slot", slot).Msg("replication slot created")
-	return nil
+	return true, nil
+}
+
+// dropNewSlot drops the slot Run has just created when the fills it needs
+// failed (best effort: the slot is not active, nothing streams from it
+// yet).
+func (p *WALReader) dropNewSlot(ctx context.Context, conn *pgx.Conn, slot string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_drop_replication_slot($1)", slot); err != nil {
+		p.Logger.Warn().Err(err).Str("system", p.System).Str("slot", slot).
+			Msg("cannot drop the replication slot whose first fills failed; versions the log already held may miss changes")
+		return
+	}
+	p.Logger.Info().Str("system", p.System).Str("slot", slot).Msg("replication slot dropped: its first fills failed, the next start fills again")
 }
