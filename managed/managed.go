@@ -13,6 +13,7 @@ import (
 	"context"
 	"embed"
 	"errors"
+	"fmt"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -30,13 +31,79 @@ var migrationFiles embed.FS
 // the outbox of calls, the owner's record of its publications and the
 // subscriptions with their positions. The table and lock are those of
 // every release so far: a database installed by one sees nothing new.
+// They are applied together: calls need the functions of the last one as
+// soon as the tables of the first are there.
 var migrations = migrate.Set{Files: migrationFiles, Dir: "migrations",
-	Table: Schema + ".schema_migrations", Lock: 7_265_106_112}
+	Table: Schema + ".schema_migrations", Lock: 7_265_106_112, Together: true}
 
 // Install installs or upgrades schema _rejot; safe when several sidecars
-// start at once.
+// start at once. It refuses (a *ForeignError) a _rejot that is not the
+// sidecar's: made by another role before the sidecar first started, or
+// holding another role's objects. The sidecar runs what that schema holds
+// with its own credentials, so it must be the only one who can change it.
 func Install(ctx context.Context, conn *pgx.Conn) error {
-	return migrations.Run(ctx, conn)
+	if err := CheckOwned(ctx, conn); err != nil {
+		return err
+	}
+	if err := migrations.Run(ctx, conn); err != nil {
+		return err
+	}
+	// Again: a _rejot made by another role in the moment between the
+	// check and the migrations' CREATE SCHEMA IF NOT EXISTS.
+	return CheckOwned(ctx, conn)
+}
+
+// ForeignError: schema _rejot, or an object in it, belongs to a role the
+// sidecar's role is not (nor a member of). The sidecar does not manage the
+// database until an administrator has dealt with it.
+type ForeignError struct {
+	Object string // "schema _rejot", "table _rejot.commands", …
+	Owner  string // the role that owns it
+	Role   string // the sidecar's role
+}
+
+func (e *ForeignError) Error() string {
+	return fmt.Sprintf("%s belongs to role %q, not to the sidecar's role %q: the sidecar does not manage this database "+
+		"while %s holds what another role made. If nobody meant to make it, drop it as a superuser "+
+		"(DROP SCHEMA %s CASCADE, after checking what it holds); if it is the sidecar's from another setup, "+
+		"give the schema and every object in it to %q (ALTER ... OWNER TO). The sidecar checks again within 30 s",
+		e.Object, e.Owner, e.Role, Schema, Schema, e.Role)
+}
+
+// ownedCheck finds the first of _rejot and its objects (relations,
+// functions, types) owned by a role that is neither the current role nor
+// one it is a member of. Membership is followed through pg_auth_members,
+// not pg_has_role, which answers yes to a superuser for any role: a
+// superuser sidecar must refuse another role's schema too.
+const ownedCheck = `WITH RECURSIVE mine(oid) AS (
+		SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user
+		UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN mine ON m.member = mine.oid),
+	s AS (SELECT oid, nspowner FROM pg_catalog.pg_namespace WHERE nspname = '` + Schema + `'),
+	owned(what, owner) AS (
+		SELECT 'schema ` + Schema + `', nspowner FROM s
+		UNION ALL SELECT CASE c.relkind WHEN 'r' THEN 'table' WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view'
+				WHEN 'i' THEN 'index' ELSE 'relation' END || ' ` + Schema + `.' || pg_catalog.quote_ident(c.relname), c.relowner
+			FROM pg_catalog.pg_class c JOIN s ON c.relnamespace = s.oid
+		UNION ALL SELECT 'function ` + Schema + `.' || pg_catalog.quote_ident(p.proname), p.proowner
+			FROM pg_catalog.pg_proc p JOIN s ON p.pronamespace = s.oid
+		UNION ALL SELECT 'type ` + Schema + `.' || pg_catalog.quote_ident(t.typname), t.typowner
+			FROM pg_catalog.pg_type t JOIN s ON t.typnamespace = s.oid)
+	SELECT what, pg_catalog.pg_get_userbyid(owner)::text, current_user::text FROM owned
+	WHERE owner NOT IN (SELECT oid FROM mine) ORDER BY what LIMIT 1`
+
+// CheckOwned says whether schema _rejot, when there, is the current
+// role's: nil, or a *ForeignError naming the first object that is not.
+// Whoever acts on what _rejot holds checks it first.
+func CheckOwned(ctx context.Context, q Querier) error {
+	var e ForeignError
+	err := q.QueryRow(ctx, ownedCheck).Scan(&e.Object, &e.Owner, &e.Role)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("cannot check who owns schema %s: %w", Schema, err)
+	}
+	return &e
 }
 
 // NotInstalled says whether err is a statement failing because _rejot is

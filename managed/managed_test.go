@@ -44,10 +44,17 @@ func TestInstall(t *testing.T) {
 	if err := managed.ListenCommands(ctx, conn); err != nil {
 		t.Fatal(err)
 	}
-	for _, kind := range []string{managed.KindPublish, managed.KindDeprecate} {
-		if _, err := conn.Exec(ctx, managed.InsertCommand, kind, `{"publication": "orders"}`); err != nil {
-			t.Fatal(err)
-		}
+	// Commands are written by the calls that record intent: a publish and
+	// a deprecate.
+	if _, err := conn.Exec(ctx, "CREATE TABLE public.orders (id int PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, managed.RecordPublished, "orders", "1", "0", "SELECT id FROM orders", `"public"."orders"`,
+		"{id}", `[{"name": "id"}]`, "", "shop", "shop"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, managed.SetLifecycle, "orders", "1", "deprecated", nil, ""); err != nil {
+		t.Fatal(err)
 	}
 	wait, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -76,6 +83,9 @@ func TestSubscriptionPosition(t *testing.T) {
 	conn := pg.Connect(t, pg.CreateDB(t))
 	if err := managed.Install(ctx, conn); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE public.t (id bigint PRIMARY KEY)"); err != nil {
+		t.Fatal(err) // a subscription is recorded into a table that exists
 	}
 	cols, _ := json.Marshal([]managed.SubscribedColumn{{Name: "id", Type: "bigint", Key: true}})
 	if _, err := conn.Exec(ctx, managed.InsertSubscription, "public.t", "public", "t", "orders", "1", string(cols), "true"); err != nil {

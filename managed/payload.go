@@ -35,6 +35,8 @@ type Published struct {
 	KeyColumns  []string `json:"key_columns"`
 	Columns     []Column `json:"columns"`
 	Description string   `json:"description"`
+	// Caller is the role that recorded it (set by _rejot, not the caller).
+	Caller string `json:"caller,omitempty"`
 }
 
 // Column is a public column of a publication version, as the owner
@@ -57,6 +59,7 @@ type Lifecycle struct {
 	Status      string `json:"status"`
 	Sunset      string `json:"sunset,omitempty"`
 	Note        string `json:"note,omitempty"`
+	Caller      string `json:"caller,omitempty"` // the role that recorded it
 }
 
 // SubscriptionCommand is the payload of subscribe, unsubscribe and resync
@@ -65,6 +68,7 @@ type SubscriptionCommand struct {
 	Target      string `json:"target"`
 	Publication string `json:"publication"`
 	Version     int    `json:"version"`
+	Caller      string `json:"caller,omitempty"` // the role that recorded it
 }
 
 // SubscribedColumn is a column of a subscription's target, as recorded in

@@ -1,68 +1,72 @@
 package managed
 
 // Statements a rejot call runs through the caller's own session, in the
-// caller's transaction, as the caller's role: the call takes effect
-// exactly when that transaction commits. Package sql runs them with its
-// Session, which sends every parameter as text: hence the casts.
+// caller's transaction: the call takes effect exactly when that
+// transaction commits. Each calls a SECURITY DEFINER function of _rejot
+// (migrations/004_private.sql), the only way any role but the sidecar's
+// reaches _rejot: the function acts for current_user (evaluated in the
+// caller's session, and refused with 42501 unless the session may SET
+// ROLE to it), records it as the caller, and refuses with 42501 what that
+// role may not do, so that calling the functions directly, not through
+// the sidecar, is harmless. The functions that record intent also write
+// its outbox command, with a payload made of what they recorded, and
+// notify ChannelCommands (and ChannelSubscriptions for a subscription).
+// Package sql runs them with its Session, which sends every parameter as
+// text: hence the casts.
 const (
 	// LockPublished locks the owner's record of a publication version
 	// ($1 publication, $2 version) and returns minor, query,
 	// columns::text, description, the latest version of the publication
-	// and status; no row when the version was never published.
-	LockPublished = `SELECT minor, query, columns::text, description,
-			(SELECT max(version) FROM _rejot.publications WHERE publication = $1), status
-		FROM _rejot.publications WHERE publication = $1 AND version = $2::int FOR UPDATE`
+	// and status; no row when the version was never published. An
+	// existing version is refused (42501) unless the caller is a member
+	// of the role that owns its table and of the role that recorded it.
+	LockPublished = `SELECT minor, query, columns, description, latest, status
+		FROM _rejot.lock_published(current_user, $1, $2::int)`
 
-	// RecordPublished writes the owner's record of a publication version:
-	// $1 publication, $2 version, $3 minor, $4 query, $5 source table,
-	// $6 key columns (a text[] literal), $7 columns (JSON of []Column),
-	// $8 description.
-	RecordPublished = `INSERT INTO _rejot.publications
-			(publication, version, minor, query, source, key_columns, columns, description, updated_at)
-		VALUES ($1, $2::int, $3::int, $4, $5, $6::text[], $7::jsonb, $8, now())
-		ON CONFLICT (publication, version) DO UPDATE SET minor = EXCLUDED.minor, query = EXCLUDED.query,
-			source = EXCLUDED.source, key_columns = EXCLUDED.key_columns, columns = EXCLUDED.columns,
-			description = EXCLUDED.description, updated_at = now()`
+	// RecordPublished writes the owner's record of a publication version
+	// and its publish command: $1 publication, $2 version, $3 minor,
+	// $4 query, $5 source table (schema-qualified, quoted), $6 key
+	// columns (a text[] literal), $7 columns (JSON of []Column),
+	// $8 description, $9 the owner's system and $10 its database (for the
+	// payload). It returns the command's id. The caller must be a member
+	// of the role that owns the source table (42501); the source is
+	// recorded as resolved now.
+	RecordPublished = `SELECT _rejot.record_published(current_user, $1, $2::int, $3::int, $4, $5, $6::text[], $7::jsonb, $8, $9, $10)`
 
 	// LockPublishedStatus locks the owner's record of a publication
-	// version ($1 publication, $2 version) and returns its status.
-	LockPublishedStatus = `SELECT status FROM _rejot.publications WHERE publication = $1 AND version = $2::int FOR UPDATE`
+	// version ($1 publication, $2 version) and returns its status; no row
+	// when the version was never published. Refused as LockPublished.
+	LockPublishedStatus = `SELECT status FROM _rejot.lock_published_status(current_user, $1, $2::int)`
 
 	// SetLifecycle records an unpublish or deprecate in the owner's
-	// record: $1 publication, $2 version, $3 status, $4 sunset (a date or
-	// NULL), $5 note. It returns the sunset as Postgres normalised it.
-	SetLifecycle = `UPDATE _rejot.publications SET status = $3, sunset = $4::date, note = $5, updated_at = now()
-		WHERE publication = $1 AND version = $2::int RETURNING sunset::text`
-
-	// InsertCommand appends a command to the outbox ($1 kind, $2 payload
-	// as JSON) and notifies ChannelCommands of its id.
-	InsertCommand = `WITH c AS (INSERT INTO _rejot.commands (kind, payload) VALUES ($1, $2::jsonb) RETURNING id)
-		SELECT id, pg_notify('` + ChannelCommands + `', id::text) FROM c`
-
-	// InsertSubscriptionCommand is InsertCommand for the commands of a
-	// subscription, that also notifies ChannelSubscriptions of its target
-	// ($3): this database's subscriber acts on it at once.
-	InsertSubscriptionCommand = `WITH c AS (INSERT INTO _rejot.commands (kind, payload) VALUES ($1, $2::jsonb) RETURNING id)
-		SELECT id, pg_notify('` + ChannelCommands + `', id::text), pg_notify('` + ChannelSubscriptions + `', $3) FROM c`
+	// record, and its command (unpublish for status retired, deprecate for
+	// deprecated): $1 publication, $2 version, $3 status, $4 sunset (a
+	// date or NULL), $5 note. It returns the sunset as Postgres
+	// normalised it. A retired version stays retired (55000).
+	SetLifecycle = `SELECT _rejot.set_lifecycle(current_user, $1, $2::int, $3, $4::date, $5)`
 
 	// LockSubscriptionRecord locks the subscription into target $1 and
 	// returns publication, version::text and status; no row when the
-	// target is not subscribed.
-	LockSubscriptionRecord = "SELECT publication, version::text, status FROM _rejot.subscriptions WHERE target = $1 FOR UPDATE"
+	// target is not subscribed. Refused (42501) unless the caller owns
+	// the target (by membership).
+	LockSubscriptionRecord = "SELECT publication, version::text, status FROM _rejot.lock_subscription(current_user, $1)"
 
-	// InsertSubscription records a new subscription: $1 target (quoted
-	// schema.table), $2 schema, $3 table, $4 publication, $5 version,
-	// $6 columns (JSON of []SubscribedColumn), $7 whether to copy the state
-	// first. It starts copying.
-	InsertSubscription = `INSERT INTO _rejot.subscriptions (target, target_schema, target_table, publication, version, columns, copy)
-		VALUES ($1, $2, $3, $4, $5::int, $6::jsonb, $7::boolean)`
+	// InsertSubscription records a new subscription and its subscribe
+	// command: $1 target (quoted schema.table), $2 schema, $3 table,
+	// $4 publication, $5 version, $6 columns (JSON of
+	// []SubscribedColumn), $7 whether to copy the state first. It starts
+	// copying, and returns the command's id. The table must exist, be
+	// owned by the caller (by membership) and be named by $1 exactly as
+	// Postgres names it (format('%I.%I')); the columns must be its own.
+	InsertSubscription = `SELECT _rejot.insert_subscription(current_user, $1, $2, $3, $4, $5::int, $6::jsonb, $7::boolean)`
 
-	// DeleteSubscription removes the subscription into target $1.
-	DeleteSubscription = "DELETE FROM _rejot.subscriptions WHERE target = $1"
+	// DeleteSubscription removes the subscription into target $1 and
+	// records its unsubscribe command. Refused as LockSubscriptionRecord.
+	DeleteSubscription = "SELECT _rejot.delete_subscription(current_user, $1)"
 
 	// ResyncSubscription starts the subscription into target $1 over: a
-	// new generation, copying again. Its worker sees the generation change
-	// and stops.
-	ResyncSubscription = `UPDATE _rejot.subscriptions SET status = 'copying', position = NULL, copied_rows = 0,
-		generation = generation + 1, error = NULL, updated_at = now() WHERE target = $1`
+	// new generation, copying again; and records its resync command. Its
+	// worker sees the generation change and stops. Refused as
+	// LockSubscriptionRecord.
+	ResyncSubscription = "SELECT _rejot.resync_subscription(current_user, $1)"
 )

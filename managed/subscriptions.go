@@ -37,8 +37,12 @@ func ListenSubscriptions(ctx context.Context, conn *pgx.Conn) error {
 }
 
 // LoadSubscriptions reads the database's subscriptions, by target. A
-// database without _rejot yet has none.
+// database without _rejot yet has none; one whose _rejot is not the
+// sidecar's is refused (a *ForeignError), before anything in it is read.
 func LoadSubscriptions(ctx context.Context, conn *pgx.Conn) ([]Subscription, error) {
+	if err := CheckOwned(ctx, conn); err != nil {
+		return nil, err
+	}
 	rows, err := conn.Query(ctx, `SELECT target, target_schema, target_table, publication, version, columns::text, copy, generation
 		FROM _rejot.subscriptions ORDER BY target`)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/rejot-dev/rejot/internal/pgerr"
+	"github.com/rejot-dev/rejot/managed"
 )
 
 // Type OIDs of the values the API takes and returns.
@@ -46,6 +47,9 @@ type Function struct {
 	Params  []Param
 	Returns []Column
 	Run     func(ctx context.Context, env *Env, args Args) ([][]any, error)
+	// Records: the function records intent in _rejot (refused while
+	// Executor.ManagedProblem says _rejot cannot be trusted).
+	Records bool
 }
 
 func (f *Function) signature() string {
@@ -116,6 +120,10 @@ type Executor struct {
 	// CaptureProblem says why this database cannot be captured ("" when it
 	// can): publishing is refused with that reason.
 	CaptureProblem func() string
+	// ManagedProblem says why this database's _rejot cannot be used (""
+	// when it can: e.g. it belongs to another role): every call that
+	// records intent there is refused with that reason.
+	ManagedProblem func() string
 	functions      map[string]*Function
 }
 
@@ -229,6 +237,9 @@ func (x *Executor) Execute(ctx context.Context, c *Call, params []*string, sess 
 	if err != nil {
 		return nil, err
 	}
+	if err := x.managedProblem(f); err != nil {
+		return nil, err
+	}
 	args, err := bindValues(f, bound, params)
 	if err != nil {
 		return nil, err
@@ -247,6 +258,19 @@ func (x *Executor) Execute(ctx context.Context, c *Call, params []*string, sess 
 		tag = "SELECT " + strconv.Itoa(len(rows))
 	}
 	return &Result{Columns: x.columns(c, f), Rows: rows, Tag: tag}, nil
+}
+
+// managedProblem refuses a call that records intent in a _rejot the
+// sidecar does not trust: its functions would be someone else's.
+func (x *Executor) managedProblem(f *Function) error {
+	if !f.Records || x.ManagedProblem == nil {
+		return nil
+	}
+	if problem := x.ManagedProblem(); problem != "" {
+		return pgerr.Errorf(pgerr.ObjectNotInPrerequisiteState, "this database is not managed by the sidecar: %s", problem).
+			WithHint("An administrator of the database must deal with schema %s (the sidecar's log says the same).", managed.Schema)
+	}
+	return nil
 }
 
 // Args are a call's bound argument values by parameter name, in text form.

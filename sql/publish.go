@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/rejot-dev/rejot/catalog"
 	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rejot-dev/rejot/managed"
@@ -28,7 +29,8 @@ func publishFunction() *Function {
 			{Name: "query", Type: OIDText}, {Name: "description", Type: OIDText, Optional: true}},
 		Returns: []Column{{Name: "publication", TypeOID: OIDText}, {Name: "version", TypeOID: OIDInt4},
 			{Name: "minor", TypeOID: OIDInt4}, {Name: "columns", TypeOID: OIDText}},
-		Run: runPublish,
+		Run:     runPublish,
+		Records: true,
 	}
 }
 
@@ -53,6 +55,9 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 		if errors.As(err, &e) {
 			return nil, env.inArg("query", e)
 		}
+		return nil, err
+	}
+	if err := checkPublisher(ctx, env.Session, v); err != nil {
 		return nil, err
 	}
 	if err := env.checkOwner(ctx, name); err != nil {
@@ -115,6 +120,33 @@ func (env *Env) checkOwner(ctx context.Context, name string) error {
 		WithHint("Publication names are unique across systems: choose another name.")
 }
 
+// checkPublisher refuses a caller that is not a member of the role that
+// owns the table it publishes: Postgres's own rule for CREATE PUBLICATION,
+// checked here for a clear message; _rejot.record_published checks it
+// again.
+func checkPublisher(ctx context.Context, sess Session, v *Validated) error {
+	oid := strconv.FormatUint(uint64(v.TableOID), 10)
+	rows, err := sess.Query(ctx, `SELECT pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER')::text,
+			pg_catalog.pg_get_userbyid(c.relowner)::text, current_user::text
+		FROM pg_catalog.pg_class c WHERE c.oid = $1::oid`, &oid)
+	if err != nil || len(rows.Values) == 0 {
+		return err // a table gone meanwhile: the record refuses it
+	}
+	r := rows.Values[0]
+	if *r[0] == "true" {
+		return nil
+	}
+	return notOwner(*r[1], v.Source, "publish it", *r[2])
+}
+
+// notOwner is the refusal of a caller that does not own (by membership)
+// the table a call acts on.
+func notOwner(owner, table, action, caller string) error {
+	o := pgx.Identifier{owner}.Sanitize()
+	return pgerr.Errorf(pgerr.InsufficientPrivilege, "only members of role %s, which owns %s, may %s", o, table, action).
+		WithHint("Call as %s (SET ROLE %s), or have it granted to you (GRANT %s TO %s).", o, o, o, pgx.Identifier{caller}.Sanitize())
+}
+
 func publicColumns(v *Validated) []managed.Column {
 	cols := make([]managed.Column, len(v.Columns))
 	for i, c := range v.Columns {
@@ -174,18 +206,11 @@ func record(ctx context.Context, sess Session, pub *managed.Published) error {
 	if err != nil {
 		return err
 	}
-	payload, err := json.Marshal(pub)
-	if err != nil {
-		return err
-	}
 	version, minor := strconv.Itoa(pub.Version), strconv.Itoa(pub.Minor)
 	key, colsText := "{"+strings.Join(quoteArray(pub.KeyColumns), ",")+"}", string(cols)
-	_, err = sess.Query(ctx, managed.RecordPublished, &pub.Publication, &version, &minor, &pub.Query, &pub.Source, &key, &colsText, &pub.Description)
-	if err != nil {
-		return notManaged(err)
-	}
-	body, kind := string(payload), managed.KindPublish
-	_, err = sess.Query(ctx, managed.InsertCommand, &kind, &body)
+	// The record and its command, whose payload _rejot makes of the record.
+	_, err = sess.Query(ctx, managed.RecordPublished, &pub.Publication, &version, &minor, &pub.Query, &pub.Source, &key, &colsText,
+		&pub.Description, &pub.Owner, &pub.Database)
 	return notManaged(err)
 }
 
@@ -197,10 +222,12 @@ func quoteArray(items []string) []string {
 	return out
 }
 
-// notManaged explains a missing managed schema.
+// notManaged explains a missing managed schema (its functions are called:
+// 3F000 without the schema, 42883 without this release's functions).
 func notManaged(err error) error {
 	var qe *pgerr.Error
-	if errors.As(err, &qe) && qe.Code == pgerr.UndefinedTable {
+	if errors.As(err, &qe) && (qe.Code == pgerr.UndefinedTable || qe.Code == pgerr.InvalidSchemaName ||
+		qe.Code == pgerr.UndefinedFunction && strings.Contains(qe.Message, managed.Schema+".")) {
 		return pgerr.Errorf(pgerr.UndefinedTable, "this database is not managed by the sidecar yet (schema %s is missing)", managed.Schema).
 			WithHint("The sidecar installs %s when it starts: check its log for why it could not.", managed.Schema)
 	}

@@ -2,7 +2,6 @@ package sql
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"strconv"
 	"strings"
@@ -24,6 +23,7 @@ func unpublishFunction() *Function {
 		Params:  []Param{{Name: "name", Type: OIDText}, {Name: "version", Type: OIDInt4}, {Name: "force", Type: OIDBool, Optional: true}},
 		Returns: []Column{{Name: "publication", TypeOID: OIDText}, {Name: "version", TypeOID: OIDInt4}, {Name: "status", TypeOID: OIDText}},
 		Run:     runUnpublish,
+		Records: true,
 	}
 }
 
@@ -34,7 +34,8 @@ func deprecateFunction() *Function {
 			{Name: "sunset", Type: OIDDate, Optional: true}, {Name: "note", Type: OIDText, Optional: true}},
 		Returns: []Column{{Name: "publication", TypeOID: OIDText}, {Name: "version", TypeOID: OIDInt4},
 			{Name: "status", TypeOID: OIDText}, {Name: "sunset", TypeOID: OIDText}},
-		Run: runDeprecate,
+		Run:     runDeprecate,
+		Records: true,
 	}
 }
 
@@ -54,7 +55,7 @@ func runUnpublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	}
 	change := &managed.Lifecycle{Publication: name, Version: version, Status: StatusRetired}
 	if status != StatusRetired {
-		if err := recordLifecycle(ctx, env.Session, managed.KindUnpublish, change); err != nil {
+		if err := recordLifecycle(ctx, env.Session, change); err != nil {
 			return nil, err
 		}
 	}
@@ -71,7 +72,7 @@ func runDeprecate(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	}
 	change := &managed.Lifecycle{Publication: name, Version: version, Status: StatusDeprecated,
 		Sunset: args.Text("sunset"), Note: args.Text("note")}
-	if err := recordLifecycle(ctx, env.Session, managed.KindDeprecate, change); err != nil {
+	if err := recordLifecycle(ctx, env.Session, change); err != nil {
 		return nil, err
 	}
 	var sunset any
@@ -139,7 +140,9 @@ func (env *Env) checkUnsubscribed(ctx context.Context, name string, version int)
 	return nil
 }
 
-func recordLifecycle(ctx context.Context, sess Session, kind string, c *managed.Lifecycle) error {
+// recordLifecycle records a deprecate or unpublish (by c.Status) and its
+// command, whose payload _rejot makes of what it recorded.
+func recordLifecycle(ctx context.Context, sess Session, c *managed.Lifecycle) error {
 	version := strconv.Itoa(c.Version)
 	var sunset *string
 	if c.Sunset != "" {
@@ -156,11 +159,5 @@ func recordLifecycle(ctx context.Context, sess Session, kind string, c *managed.
 	if len(rows.Values) == 1 && rows.Values[0][0] != nil {
 		c.Sunset = *rows.Values[0][0] // normalised by Postgres
 	}
-	payload, err := json.Marshal(c)
-	if err != nil {
-		return err
-	}
-	body := string(payload)
-	_, err = sess.Query(ctx, managed.InsertCommand, &kind, &body)
-	return notManaged(err)
+	return nil
 }

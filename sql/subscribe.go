@@ -20,6 +20,7 @@ func subscribeFunction() *Function {
 			{Name: "copy", Type: OIDBool, Optional: true}},
 		Returns: subscriptionColumns,
 		Run:     runSubscribe,
+		Records: true,
 	}
 }
 
@@ -29,6 +30,7 @@ func unsubscribeFunction() *Function {
 		Params:  []Param{{Name: "target", Type: OIDText}, {Name: "drop_table", Type: OIDBool, Optional: true}},
 		Returns: subscriptionColumns,
 		Run:     runUnsubscribe,
+		Records: true,
 	}
 }
 
@@ -38,6 +40,7 @@ func resyncFunction() *Function {
 		Params:  []Param{{Name: "target", Type: OIDText}},
 		Returns: subscriptionColumns,
 		Run:     runResync,
+		Records: true,
 	}
 }
 
@@ -67,6 +70,9 @@ func runSubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	}
 	target, err := resolveTarget(ctx, env.Session, args["target"])
 	if err != nil {
+		return nil, err
+	}
+	if err := target.mustOwn("subscribe into it"); err != nil {
 		return nil, err
 	}
 	cols, err := env.versionColumns(ctx, pub, version)
@@ -103,13 +109,11 @@ func runSubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The subscription and its command, in one call of _rejot.
 	rec, copyText, v := string(recorded), strconv.FormatBool(copyRows), strconv.Itoa(version)
 	_, err = env.Session.Query(ctx, managed.InsertSubscription, &target.name, &target.schema, &target.table, &pub, &v, &rec, &copyText)
 	if err != nil {
 		return nil, notManaged(err)
-	}
-	if err := recordSubscription(ctx, env.Session, managed.KindSubscribe, &managed.SubscriptionCommand{Target: target.name, Publication: pub, Version: version}); err != nil {
-		return nil, err
 	}
 	return [][]any{{target.name, pub, int32(version), "copying"}}, nil
 }
@@ -123,16 +127,13 @@ func runUnsubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := env.Session.Query(ctx, managed.DeleteSubscription, &target); err != nil {
-		return nil, err
+	if _, err := env.Session.Query(ctx, managed.DeleteSubscription, &target); err != nil { // and its command
+		return nil, notManaged(err)
 	}
 	if drop {
 		if err := dropTarget(ctx, env.Session, args["target"]); err != nil {
 			return nil, err
 		}
-	}
-	if err := recordSubscription(ctx, env.Session, managed.KindUnsubscribe, sub); err != nil {
-		return nil, err
 	}
 	return [][]any{{target, sub.Publication, int32(sub.Version), "stopped"}}, nil
 }
@@ -142,12 +143,9 @@ func runResync(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, err = env.Session.Query(ctx, managed.ResyncSubscription, &target)
+	_, err = env.Session.Query(ctx, managed.ResyncSubscription, &target) // and its command
 	if err != nil {
-		return nil, err
-	}
-	if err := recordSubscription(ctx, env.Session, managed.KindResync, sub); err != nil {
-		return nil, err
+		return nil, notManaged(err)
 	}
 	return [][]any{{target, sub.Publication, int32(sub.Version), "copying"}}, nil
 }
@@ -157,6 +155,9 @@ func runResync(ctx context.Context, env *Env, args Args) ([][]any, error) {
 func ownSubscription(ctx context.Context, env *Env, args Args) (*managed.SubscriptionCommand, string, error) {
 	target, err := resolveTarget(ctx, env.Session, args["target"])
 	if err != nil {
+		return nil, "", err
+	}
+	if err := target.mustOwn("change its subscription"); err != nil {
 		return nil, "", err
 	}
 	if _, err := env.Session.Query(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('rejot subscription ' || $1, 0))", &target.name); err != nil {
@@ -196,6 +197,20 @@ type target struct {
 	schema, table string
 	name          string // schema.table, quoted where needed
 	exists        bool
+	// owned: the caller is a member of owner, the role that owns the
+	// table (when it exists); caller is the caller's role.
+	owned         bool
+	owner, caller string
+}
+
+// mustOwn refuses a caller that does not own (by membership) an existing
+// target: subscribing into it, unsubscribing or resyncing it. _rejot's
+// functions check it again.
+func (t *target) mustOwn(action string) error {
+	if !t.exists || t.owned {
+		return nil
+	}
+	return notOwner(t.owner, t.name, action, t.caller)
 }
 
 func resolveTarget(ctx context.Context, sess Session, arg *string) (*target, error) {
@@ -221,7 +236,10 @@ func resolveTarget(ctx context.Context, sess Session, arg *string) (*target, err
 	}
 	rows, err = sess.Query(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)::text,
 		(SELECT c.relkind::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		  WHERE n.nspname = $1 AND c.relname = $2), format('%I.%I', $1, $2)`, &t.schema, &t.table)
+		  WHERE n.nspname = $1 AND c.relname = $2), format('%I.%I', $1, $2),
+		(SELECT pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER')::text || ' ' || pg_catalog.pg_get_userbyid(c.relowner)
+		  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		  WHERE n.nspname = $1 AND c.relname = $2), current_user::text`, &t.schema, &t.table)
 	if err != nil {
 		return nil, err
 	}
@@ -234,7 +252,12 @@ func resolveTarget(ctx context.Context, sess Session, arg *string) (*target, err
 			return nil, pgerr.Errorf(pgerr.WrongObjectType, "%s is not a table", t.name)
 		}
 		t.exists = true
+		if owner := rows.Values[0][3]; owner != nil {
+			owned, name, _ := strings.Cut(*owner, " ")
+			t.owned, t.owner = owned == "true", name
+		}
 	}
+	t.caller = *rows.Values[0][4]
 	return t, nil
 }
 
@@ -471,14 +494,4 @@ func sameSet(a, b []string) bool {
 		}
 	}
 	return true
-}
-
-func recordSubscription(ctx context.Context, sess Session, kind string, s *managed.SubscriptionCommand) error {
-	payload, err := json.Marshal(s)
-	if err != nil {
-		return err
-	}
-	body := string(payload)
-	_, err = sess.Query(ctx, managed.InsertSubscriptionCommand, &kind, &body, &s.Target)
-	return notManaged(err)
 }

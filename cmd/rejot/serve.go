@@ -16,7 +16,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rejot-dev/rejot/catalog"
-	"github.com/rejot-dev/rejot/managed"
 	"github.com/rejot-dev/rejot/proxy"
 	"github.com/rejot-dev/rejot/replicator/apply"
 	"github.com/rejot-dev/rejot/replicator/capture"
@@ -186,9 +185,10 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 	executor := sql.NewExecutor(buildVersion())
 	executor.Catalog, executor.Names = lazy, lazy
 	executor.System, executor.Database = lazy.System.Name, lazy.System.Database
+	install := &installer{log: log}
 	sc := &sidecar{log: log, lazy: lazy, shutdownTimeout: c.shutdownTimeout,
 		applier: &catalog.Applier{Upstream: c.upstream, System: lazy.System.Name, Catalog: lazy,
-			Logger: log, Prepare: managed.Install},
+			Logger: log, Prepare: install.install},
 		srv: &proxy.Server{Upstream: up, Executor: executor, StartupTimeout: c.startupTimeout, Logger: log}}
 	logURL := c.eventLog
 	if logURL == "" {
@@ -203,7 +203,13 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 		Report:  lazy.ReportSubscriptions}
 	sc.applier.Applied = func(string) { sc.capture.Wake() }
 	executor.CaptureProblem = sc.capture.Problem
-	lazy.Problem = sc.capture.Problem
+	executor.ManagedProblem = install.Problem
+	lazy.Problem = func() string {
+		if p := install.Problem(); p != "" {
+			return p
+		}
+		return sc.capture.Problem()
+	}
 	if c.tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
 		if err != nil {

@@ -29,6 +29,10 @@ type Set struct {
 	Dir   string
 	Table string // schema-qualified name of the table recording applied files
 	Lock  int64  // advisory lock key
+	// Together applies the pending files in one transaction: nothing of
+	// a later file is missing once anything of an earlier one is seen
+	// (a schema whose readers need its last file too).
+	Together bool
 }
 
 func (ms Set) load() ([]migration, error) {
@@ -81,6 +85,16 @@ func (ms Set) Run(ctx context.Context, conn *pgx.Conn) error {
 			return fmt.Errorf("cannot create the migrations table: %w", err)
 		}
 	}
+	if ms.Together {
+		return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			for _, m := range all {
+				if err := ms.apply(ctx, tx, m); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
 	for _, m := range all {
 		if err := ms.apply(ctx, conn, m); err != nil {
 			return err
@@ -89,7 +103,11 @@ func (ms Set) Run(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-func (ms Set) apply(ctx context.Context, conn *pgx.Conn, m migration) error {
+// apply applies m in a transaction of its own (or a savepoint of the
+// transaction all are applied in).
+func (ms Set) apply(ctx context.Context, conn interface {
+	Begin(context.Context) (pgx.Tx, error)
+}, m migration) error {
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, "INSERT INTO "+ms.Table+" (version, name) VALUES ($1, $2) ON CONFLICT DO NOTHING", m.version, m.name)
 		if err != nil || tag.RowsAffected() == 0 {

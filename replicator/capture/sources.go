@@ -24,6 +24,11 @@ type Source struct {
 // LoadSources reads the capture sources of the publications recorded in
 // the owner's database.
 func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
+	// A _rejot the sidecar's role does not own is anyone's to write: what
+	// it says is not captured.
+	if err := managed.CheckOwned(ctx, conn); err != nil {
+		return nil, err
+	}
 	// An error of the query is also the rows': CollectRows returns it.
 	rows, _ := conn.Query(ctx, managed.CapturedVersions)
 	type rec struct {

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/managed"
+	"github.com/rs/zerolog"
+)
+
+// installer installs _rejot as the outbox applier connects, and keeps
+// why it could not when the schema is not the sidecar's: that problem is
+// logged once, shown with the system in the catalog, and refuses rejot
+// calls until an administrator has dealt with the schema.
+type installer struct {
+	log     zerolog.Logger
+	problem atomic.Pointer[string]
+}
+
+func (in *installer) install(ctx context.Context, conn *pgx.Conn) error {
+	err := managed.Install(ctx, conn)
+	var foreign *managed.ForeignError
+	problem := ""
+	if errors.As(err, &foreign) {
+		problem = foreign.Error()
+	}
+	if old := in.Problem(); problem != old && problem != "" {
+		in.log.Error().Str("problem", problem).Msg("schema _rejot is not the sidecar's: not managing this database")
+	}
+	in.problem.Store(&problem)
+	return err
+}
+
+// Problem says why _rejot cannot be used ("" when it can).
+func (in *installer) Problem() string {
+	if p := in.problem.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
