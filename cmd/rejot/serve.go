@@ -108,6 +108,10 @@ func serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	for _, w := range transportWarnings(c.listen, c.tlsCert != "", map[string]string{
+		"upstream": c.upstream, "catalog": c.catalog, "log": c.eventLog}) {
+		log.Warn().Msg(w)
+	}
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
 		return fmt.Errorf("cannot listen: %w", err)
