@@ -322,21 +322,31 @@ BEGIN
     RETURN _rejot.subscription_command('subscribe', resolved, pub, ver, claimed);
 END $$;
 
+-- subscription_of returns the subscription into target once claimed may
+-- change it (action, for the refusal: "unsubscribe it"); there is none:
+-- undefined_object.
+CREATE FUNCTION _rejot.subscription_of(claimed name, sub_target text, action text) RETURNS _rejot.subscriptions
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s _rejot.subscriptions;
+BEGIN
+    PERFORM _rejot.claim(claimed);
+    SELECT * INTO s FROM _rejot.subscriptions WHERE target = sub_target;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = pg_catalog.format('table %s is not subscribed to anything', sub_target);
+    END IF;
+    PERFORM _rejot.require_target_owner(claimed, sub_target, s.target_schema, s.target_table, s.caller, action);
+    RETURN s;
+END $$;
+
 -- delete_subscription removes the subscription into target and records
 -- the unsubscribe command; managed.DeleteSubscription.
 CREATE FUNCTION _rejot.delete_subscription(claimed name, sub_target text) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    r record;
+    r _rejot.subscriptions := _rejot.subscription_of(claimed, sub_target, 'unsubscribe it');
 BEGIN
-    PERFORM _rejot.claim(claimed);
-    SELECT s.target_schema, s.target_table, s.caller, s.publication, s.version INTO r
-        FROM _rejot.subscriptions s WHERE s.target = sub_target;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
-            MESSAGE = pg_catalog.format('table %s is not subscribed to anything', sub_target);
-    END IF;
-    PERFORM _rejot.require_target_owner(claimed, sub_target, r.target_schema, r.target_table, r.caller, 'unsubscribe it');
     DELETE FROM _rejot.subscriptions WHERE target = sub_target;
     RETURN _rejot.subscription_command('unsubscribe', sub_target, r.publication, r.version, claimed);
 END $$;
@@ -347,16 +357,8 @@ END $$;
 CREATE FUNCTION _rejot.resync_subscription(claimed name, sub_target text) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    r record;
+    r _rejot.subscriptions := _rejot.subscription_of(claimed, sub_target, 'resync it');
 BEGIN
-    PERFORM _rejot.claim(claimed);
-    SELECT s.target_schema, s.target_table, s.caller, s.publication, s.version INTO r
-        FROM _rejot.subscriptions s WHERE s.target = sub_target;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
-            MESSAGE = pg_catalog.format('table %s is not subscribed to anything', sub_target);
-    END IF;
-    PERFORM _rejot.require_target_owner(claimed, sub_target, r.target_schema, r.target_table, r.caller, 'resync it');
     UPDATE _rejot.subscriptions SET status = 'copying', position = NULL, copied_rows = 0,
         generation = generation + 1, error = NULL, updated_at = now() WHERE target = sub_target;
     RETURN _rejot.subscription_command('resync', sub_target, r.publication, r.version, claimed);
