@@ -13,11 +13,8 @@ import (
 //go:embed migrations/*.sql
 var migrations embed.FS
 
-// migrationLock serialises sidecars migrating the same catalog at once.
-const migrationLock = 7_265_106_111 // "rejot" on a phone keypad, give or take
-
 // catalogMigrations are the catalog's own.
-var catalogMigrations = migrate.Set{Files: migrations, Dir: "migrations", Table: "public.rejot_catalog_migrations", Lock: migrationLock}
+var catalogMigrations = migrate.Set{Files: migrations, Dir: "migrations", Table: "public.rejot_catalog_migrations"}
 
 // Migrate brings the catalog's schema to the newest version.
 func Migrate(ctx context.Context, conn *pgx.Conn) error { return catalogMigrations.Run(ctx, conn) }

@@ -29,12 +29,12 @@ var migrationFiles embed.FS
 
 // migrations are what the sidecar installs in the database it manages:
 // the outbox of calls, the owner's record of its publications and the
-// subscriptions with their positions. The table and lock are those of
-// every release so far: a database installed by one sees nothing new.
+// subscriptions with their positions. The table is that of every
+// release so far: a database installed by one sees nothing new.
 // They are applied together: calls need the functions of the last one as
 // soon as the tables of the first are there.
 var migrations = migrate.Set{Files: migrationFiles, Dir: "migrations",
-	Table: Schema + ".schema_migrations", Lock: 7_265_106_112, Together: true}
+	Table: Schema + ".schema_migrations", Together: true}
 
 // Install installs or upgrades schema _rejot; safe when several sidecars
 // start at once. It refuses (a *ForeignError) a _rejot that is not the

@@ -126,6 +126,8 @@ func TestPrivateTables(t *testing.T) {
 		"SELECT * FROM _rejot.schema_migrations FOR UPDATE",
 		"DELETE FROM _rejot.schema_migrations",
 		"SELECT nextval('_rejot.commands_id_seq')",
+		"INSERT INTO _rejot.call_locks VALUES ('version', 'secrets/1')",
+		"SELECT * FROM _rejot.call_locks FOR UPDATE",
 	} {
 		p.refused(t, pgerr.InsufficientPrivilege, sql)
 	}
@@ -149,6 +151,8 @@ func TestFunctionsRefuse(t *testing.T) {
 		{pgerr.InsufficientPrivilege, "SELECT _rejot.delete_subscription(" + v + ", 'public.target')"},
 		{pgerr.InsufficientPrivilege, "SELECT _rejot.insert_subscription('postgres', 'public.target', 'public', 'target', 'p', 1, " + cols + ", true)"},
 		{pgerr.InsufficientPrivilege, "SELECT _rejot.lock_subscription('no_such_role', 'public.target')"},
+		{pgerr.InsufficientPrivilege, "SELECT _rejot.lock_version(" + v + `, 'secrets', 1, '"public"."secrets"')`},
+		{pgerr.InsufficientPrivilege, "SELECT _rejot.lock_target(" + v + ", 'public', 'secrets')"},
 		// as itself, on what it does not own
 		{pgerr.InsufficientPrivilege, "SELECT * FROM _rejot.lock_published(current_user, 'secrets', 1)"},
 		{pgerr.InsufficientPrivilege, "SELECT * FROM _rejot.lock_published_status(current_user, 'secrets', 1)"},
@@ -160,6 +164,11 @@ func TestFunctionsRefuse(t *testing.T) {
 		{pgerr.InsufficientPrivilege, "SELECT _rejot.delete_subscription(current_user, 'public.target')"},
 		{pgerr.InsufficientPrivilege, "SELECT _rejot.resync_subscription(current_user, 'public.target')"},
 		{pgerr.InsufficientPrivilege, "SELECT _rejot.insert_subscription(current_user, 'public.secrets', 'public', 'secrets', 'p', 1, " + cols + ", true)"},
+		// the locks of calls it may not make
+		{pgerr.InsufficientPrivilege, `SELECT _rejot.lock_version(current_user, 'secrets', 1, '"public"."secrets"')`},
+		{pgerr.InsufficientPrivilege, "SELECT _rejot.lock_target(current_user, 'public', 'secrets')"},
+		{pgerr.InsufficientPrivilege, "SELECT _rejot.lock_target(current_user, 'public', 'not_there_yet')"},
+		{pgerr.InsufficientPrivilege, "SELECT _rejot.lock_call('version', 'secrets/1')"},
 		// into a table that is not there, or under another name
 		{pgerr.UndefinedTable, "SELECT _rejot.insert_subscription(current_user, 'x;commit;alter/**/role/**/intruder/**/superuser', 'x;commit', 'alter', 'p', 1, " + cols + ", true)"},
 		// the helpers

@@ -14,6 +14,18 @@ package managed
 // Package sql runs them with its Session, which sends every parameter as
 // text: hence the casts.
 const (
+	// LockVersion serialises publishes of one version until the caller's
+	// transaction ends: $1 publication, $2 version, $3 the source table
+	// (schema-qualified, quoted). Refused (42501) unless the caller may
+	// publish from that table, and change the version when it exists.
+	LockVersion = `SELECT _rejot.lock_version(current_user, $1, $2::int, $3)`
+
+	// LockTarget serialises subscribe, unsubscribe and resync of one
+	// target until the caller's transaction ends: $1 its schema, $2 its
+	// table. Refused (42501) unless the caller owns the table, or may
+	// create it while it does not exist.
+	LockTarget = `SELECT _rejot.lock_target(current_user, $1, $2)`
+
 	// LockPublished locks the owner's record of a publication version
 	// ($1 publication, $2 version) and returns minor, query,
 	// columns::text, description, the latest version of the publication

@@ -163,8 +163,8 @@ func reconcile(ctx context.Context, sess Session, pub *managed.Published) (bool,
 	name, version := pub.Publication, strconv.Itoa(pub.Version)
 	// Serialise publishes of one version: FOR UPDATE below locks nothing
 	// while the version does not exist yet.
-	if _, err := sess.Query(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('rejot publish ' || $1 || '/' || $2, 0))", &name, &version); err != nil {
-		return false, err
+	if _, err := sess.Query(ctx, managed.LockVersion, &name, &version, &pub.Source); err != nil {
+		return false, notManaged(err)
 	}
 	rows, err := sess.Query(ctx, managed.LockPublished, &name, &version)
 	if err != nil {

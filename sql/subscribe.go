@@ -84,8 +84,8 @@ func runSubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
 		return nil, err
 	}
 	// Serialise subscribe, unsubscribe and resync of one target.
-	if _, err := env.Session.Query(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('rejot subscription ' || $1, 0))", &target.name); err != nil {
-		return nil, err
+	if _, err := env.Session.Query(ctx, managed.LockTarget, &target.schema, &target.table); err != nil {
+		return nil, notManaged(err)
 	}
 	existing, err := existingSubscription(ctx, env.Session, target.name)
 	if err != nil {
@@ -160,8 +160,8 @@ func ownSubscription(ctx context.Context, env *Env, args Args) (*managed.Subscri
 	if err := target.mustOwn("change its subscription"); err != nil {
 		return nil, "", err
 	}
-	if _, err := env.Session.Query(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('rejot subscription ' || $1, 0))", &target.name); err != nil {
-		return nil, "", err
+	if _, err := env.Session.Query(ctx, managed.LockTarget, &target.schema, &target.table); err != nil {
+		return nil, "", notManaged(err)
 	}
 	sub, err := existingSubscription(ctx, env.Session, target.name)
 	if err != nil {

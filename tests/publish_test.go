@@ -21,7 +21,12 @@ type publisher struct {
 
 func newPublisher(t *testing.T) *publisher {
 	t.Helper()
-	db := pg.CreateDB(t)
+	return publisherOn(t, pg.CreateDB(t))
+}
+
+// publisherOn starts a sidecar in front of an existing database.
+func publisherOn(t *testing.T, db string) *publisher {
+	t.Helper()
 	sc := startSidecar(t, db)
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, sc.url(db, "postgres"))

@@ -32,7 +32,7 @@ import (
 //go:embed migrations/*.sql
 var files embed.FS
 
-var migrations = migrate.Set{Files: files, Dir: "migrations", Table: "rejot_log.schema_migrations", Lock: 7_265_106_113}
+var migrations = migrate.Set{Files: files, Dir: "migrations", Table: "rejot_log.schema_migrations"}
 
 // Channel is the LISTEN channel appends notify; the payload is
 // "<publication>/<version>/<head position>".

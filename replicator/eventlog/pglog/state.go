@@ -13,18 +13,19 @@ import (
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
-// compactLock is the first key of the advisory lock a version's first
-// state and its compactions (rejot_log.compact) take; the second is the
-// version's id.
-const compactLock = 1919251314
-
 // lockState keeps compactions off a version's state until the append
-// commits: a first state replaces what they would fold changes into.
+// commits: a first state replaces what they would fold changes into. The
+// lock is the version's row of rejot_log.compactions, which compactions
+// (rejot_log.compact) lock too; only the log's roles can lock it, where
+// any role that can connect could take an advisory lock.
 func (t *Tx) lockState(ctx context.Context, vt *versionTx) error {
 	if vt.locked {
 		return nil
 	}
-	if _, err := t.tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1, $2)", compactLock, vt.id); err != nil {
+	if _, err := t.tx.Exec(ctx, `INSERT INTO rejot_log.compactions (stream, position) VALUES ($1, 0) ON CONFLICT DO NOTHING`, vt.id); err != nil {
+		return err
+	}
+	if _, err := t.tx.Exec(ctx, "SELECT 1 FROM rejot_log.compactions WHERE stream = $1 FOR UPDATE", vt.id); err != nil {
 		return err
 	}
 	vt.locked = true
