@@ -232,12 +232,12 @@ func (c *Catalog) ReportSubscriptions(ctx context.Context, system string, report
 		// so does one the system has no grant for, whatever its sidecar
 		// says. Only the system's catalog role reports for it.
 		batch.Queue(`UPDATE rejot_catalog.subscriptions s SET
-				status = CASE WHEN p.status = 'retired' OR a.refusal IS NOT NULL THEN 'stopped' ELSE $3 END,
+				status = CASE WHEN p.status = 'retired' OR rejot_catalog.access_refusal(s.publication, s.version, $1) IS NOT NULL
+					THEN 'stopped' ELSE $3 END,
 				copied_rows = $4, applied_position = $5, lag_seconds = $6, lag_changes = $7, last_applied_at = $8,
 				error = CASE WHEN p.status = 'retired' THEN 'publication ' || s.publication || ' version ' || s.version || ' is retired: subscribe to another version'
-					ELSE coalesce(a.refusal, $9) END
-			FROM rejot_catalog.publications p,
-				LATERAL (SELECT rejot_catalog.access_refusal(p.publication, p.version, s.system) AS refusal) a
+					ELSE coalesce(rejot_catalog.access_refusal(s.publication, s.version, $1), $9) END
+			FROM rejot_catalog.publications p
 			WHERE s.system = $1 AND s.target = $2 AND p.publication = s.publication AND p.version = s.version
 				AND rejot_catalog.may_act_for($1)`,
 			system, r.Target, r.Status, r.CopiedRows, r.Position, r.LagSeconds, r.LagChanges, r.LastAppliedAt, r.Error)

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rejot-dev/rejot/catalog"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rejot-dev/rejot/proxy"
 	"github.com/rejot-dev/rejot/replicator/apply"
 	"github.com/rejot-dev/rejot/replicator/capture"
@@ -264,6 +265,10 @@ func (sc *sidecar) run(ctx context.Context, ln net.Listener) error {
 	select {
 	case err := <-refused:
 		sc.srv.Close(context.WithoutCancel(ctx))
+		var pe *pgerr.Error
+		if errors.As(err, &pe) && pe.Hint != "" {
+			return fmt.Errorf("%s. %s", pe.Message, pe.Hint)
+		}
 		return err
 	case err := <-errc:
 		// One server failed: the other stops too (Close also ends the
