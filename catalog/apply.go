@@ -49,36 +49,75 @@ func (c *Catalog) ReleaseStaleClaims(ctx context.Context, system string, keep []
 // Apply applies one command of a system's outbox, once: a command already
 // applied is skipped, so replays after a crash change nothing.
 // uid is the command's random id; id its place in the outbox, for messages.
+// Only the catalog role the system belongs to (or a member of it) may
+// apply its commands: another sidecar's are not this one's to apply.
+// A subscribe or resync the catalog refuses (the system has no grant)
+// is still recorded, as a stopped subscription with the reason, and then
+// returned as a refusal.
 func (c *Catalog) Apply(ctx context.Context, system, uid string, id int64, kind string, payload []byte) error {
-	return pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+	var judged *ErrRefused
+	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+		if err := mayActFor(ctx, tx, system); err != nil {
+			return err
+		}
 		tag, err := tx.Exec(ctx, `INSERT INTO rejot_catalog.applied_commands (system, command_uid, command_id)
 			VALUES ($1, $2::uuid, $3) ON CONFLICT DO NOTHING`, system, uid, id)
 		if err != nil || tag.RowsAffected() == 0 {
 			return err
 		}
-		switch kind {
-		case managed.KindPublish:
-			var p managed.Published
-			if err := json.Unmarshal(payload, &p); err != nil {
-				return &ErrRefused{fmt.Sprintf("command %d: %v", id, err)}
-			}
-			return refusal(applyPublish(ctx, tx, system, &p))
-		case managed.KindUnpublish, managed.KindDeprecate:
-			var l managed.Lifecycle
-			if err := json.Unmarshal(payload, &l); err != nil {
-				return &ErrRefused{fmt.Sprintf("command %d: %v", id, err)}
-			}
-			return refusal(applyLifecycle(ctx, tx, system, &l))
-		case managed.KindSubscribe, managed.KindUnsubscribe, managed.KindResync:
-			var sub managed.SubscriptionCommand
-			if err := json.Unmarshal(payload, &sub); err != nil {
-				return &ErrRefused{fmt.Sprintf("command %d: %v", id, err)}
-			}
-			return refusal(applySubscription(ctx, tx, system, kind, &sub))
-		default:
-			return &ErrRefused{fmt.Sprintf("command %d: unknown kind %q", id, kind)}
+		var err2 error
+		judged, err2 = applyCommand(ctx, tx, system, id, kind, payload)
+		if err2 == nil && judged != nil {
+			_, err2 = tx.Exec(ctx, "UPDATE rejot_catalog.applied_commands SET outcome = $3 WHERE system = $1 AND command_uid = $2::uuid",
+				system, uid, judged.Reason)
 		}
+		return err2
 	})
+	if err == nil && judged != nil {
+		return judged
+	}
+	return err
+}
+
+// applyCommand applies one command in tx. A subscription the catalog
+// refuses but records is returned as judged, with a nil error.
+func applyCommand(ctx context.Context, tx pgx.Tx, system string, id int64, kind string, payload []byte) (judged *ErrRefused, err error) {
+	switch kind {
+	case managed.KindSubscribe, managed.KindUnsubscribe, managed.KindResync:
+		var sub managed.SubscriptionCommand
+		if err := json.Unmarshal(payload, &sub); err != nil {
+			return nil, &ErrRefused{fmt.Sprintf("command %d: %v", id, err)}
+		}
+		judged, err := applySubscription(ctx, tx, system, kind, &sub)
+		return judged, refusal(err)
+	case managed.KindGrant, managed.KindRevoke:
+		var a managed.Access
+		if err := json.Unmarshal(payload, &a); err != nil {
+			return nil, &ErrRefused{fmt.Sprintf("command %d: %v", id, err)}
+		}
+		return nil, refusal(applyAccess(ctx, tx, system, &a))
+	}
+	return nil, applyVersionCommand(ctx, tx, system, id, kind, payload)
+}
+
+// applyVersionCommand applies a publish, unpublish or deprecate.
+func applyVersionCommand(ctx context.Context, tx pgx.Tx, system string, id int64, kind string, payload []byte) error {
+	switch kind {
+	case managed.KindPublish:
+		var p managed.Published
+		if err := json.Unmarshal(payload, &p); err != nil {
+			return &ErrRefused{fmt.Sprintf("command %d: %v", id, err)}
+		}
+		return refusal(applyPublish(ctx, tx, system, &p))
+	case managed.KindUnpublish, managed.KindDeprecate:
+		var l managed.Lifecycle
+		if err := json.Unmarshal(payload, &l); err != nil {
+			return &ErrRefused{fmt.Sprintf("command %d: %v", id, err)}
+		}
+		return refusal(applyLifecycle(ctx, tx, system, &l))
+	default:
+		return &ErrRefused{fmt.Sprintf("command %d: unknown kind %q", id, kind)}
+	}
 }
 
 // ErrRefused: the command can never apply (malformed, or data the catalog
@@ -145,22 +184,38 @@ func applyLifecycle(ctx context.Context, tx pgx.Tx, system string, l *managed.Li
 	return err
 }
 
-func applySubscription(ctx context.Context, tx pgx.Tx, system, kind string, s *managed.SubscriptionCommand) error {
+// applySubscription applies a subscription's command. The catalog judges
+// a subscribe or resync: a system without a grant for the version gets
+// its subscription recorded as stopped, with the reason (judged).
+func applySubscription(ctx context.Context, tx pgx.Tx, system, kind string, s *managed.SubscriptionCommand) (*ErrRefused, error) {
+	if kind == managed.KindUnsubscribe {
+		_, err := tx.Exec(ctx, "DELETE FROM rejot_catalog.subscriptions WHERE system = $1 AND target = $2", system, s.Target)
+		return nil, err
+	}
+	var reason *string
+	if err := tx.QueryRow(ctx, "SELECT rejot_catalog.access_refusal($1, $2, $3)", s.Publication, s.Version, system).Scan(&reason); err != nil {
+		return nil, err
+	}
+	status := "copying"
+	if reason != nil {
+		status = "stopped"
+	}
 	var err error
 	switch kind {
 	case managed.KindSubscribe:
-		_, err = tx.Exec(ctx, `INSERT INTO rejot_catalog.subscriptions (target, system, publication, version)
-			VALUES ($1, $2, $3, $4)
+		_, err = tx.Exec(ctx, `INSERT INTO rejot_catalog.subscriptions (target, system, publication, version, status, error)
+			VALUES ($1, $2, $3, $4, $5, $6)
 			ON CONFLICT (system, target) DO UPDATE SET publication = EXCLUDED.publication, version = EXCLUDED.version,
-				status = 'copying', copied_rows = 0, applied_position = NULL, error = NULL, created_at = now()`,
-			s.Target, system, s.Publication, s.Version)
-	case managed.KindUnsubscribe:
-		_, err = tx.Exec(ctx, "DELETE FROM rejot_catalog.subscriptions WHERE system = $1 AND target = $2", system, s.Target)
+				status = EXCLUDED.status, copied_rows = 0, applied_position = NULL, error = EXCLUDED.error, created_at = now()`,
+			s.Target, system, s.Publication, s.Version, status, reason)
 	case managed.KindResync:
-		_, err = tx.Exec(ctx, `UPDATE rejot_catalog.subscriptions SET status = 'copying', copied_rows = 0, applied_position = NULL
-			WHERE system = $1 AND target = $2`, system, s.Target)
+		_, err = tx.Exec(ctx, `UPDATE rejot_catalog.subscriptions SET status = $3, copied_rows = 0, applied_position = NULL, error = $4
+			WHERE system = $1 AND target = $2`, system, s.Target, status, reason)
 	}
-	return err
+	if err != nil || reason == nil {
+		return nil, err
+	}
+	return &ErrRefused{*reason}, nil
 }
 
 // SubscriptionReport is how a subscription is doing, as its sidecar
@@ -173,13 +228,18 @@ type SubscriptionReport = managed.SubscriptionReport
 func (c *Catalog) ReportSubscriptions(ctx context.Context, system string, reports []SubscriptionReport) error {
 	batch := &pgx.Batch{}
 	for _, r := range reports {
-		// A subscription to a retired version gets nothing more: stopped.
+		// A subscription to a retired version gets nothing more: stopped;
+		// so does one the system has no grant for, whatever its sidecar
+		// says. Only the system's catalog role reports for it.
 		batch.Queue(`UPDATE rejot_catalog.subscriptions s SET
-				status = CASE WHEN p.status = 'retired' THEN 'stopped' ELSE $3 END,
+				status = CASE WHEN p.status = 'retired' OR rejot_catalog.access_refusal(s.publication, s.version, $1) IS NOT NULL
+					THEN 'stopped' ELSE $3 END,
 				copied_rows = $4, applied_position = $5, lag_seconds = $6, lag_changes = $7, last_applied_at = $8,
-				error = CASE WHEN p.status = 'retired' THEN 'publication ' || s.publication || ' version ' || s.version || ' is retired: subscribe to another version' ELSE $9 END
+				error = CASE WHEN p.status = 'retired' THEN 'publication ' || s.publication || ' version ' || s.version || ' is retired: subscribe to another version'
+					ELSE coalesce(rejot_catalog.access_refusal(s.publication, s.version, $1), $9) END
 			FROM rejot_catalog.publications p
-			WHERE s.system = $1 AND s.target = $2 AND p.publication = s.publication AND p.version = s.version`,
+			WHERE s.system = $1 AND s.target = $2 AND p.publication = s.publication AND p.version = s.version
+				AND rejot_catalog.may_act_for($1)`,
 			system, r.Target, r.Status, r.CopiedRows, r.Position, r.LagSeconds, r.LagChanges, r.LastAppliedAt, r.Error)
 	}
 	return c.pool.SendBatch(ctx, batch).Close()

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -102,6 +103,10 @@ type System struct {
 }
 
 // RegisterSystem records a system, or refreshes it, and marks it seen now.
+// A system name belongs to the catalog role that first registered it: as
+// another role (not a member of that one) the registration is refused
+// with 42501 (rejot_catalog.guard_system), and the system's row is left
+// as it was.
 func (c *Catalog) RegisterSystem(ctx context.Context, s System) error {
 	_, err := c.pool.Exec(ctx, `
 		INSERT INTO rejot_catalog.systems (system, database, address, version, last_seen)
@@ -110,6 +115,10 @@ func (c *Catalog) RegisterSystem(ctx context.Context, s System) error {
 		   SET database = EXCLUDED.database, address = EXCLUDED.address,
 		       version = EXCLUDED.version, last_seen = now()`,
 		s.Name, s.Database, s.Address, s.Version)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == pgerr.InsufficientPrivilege {
+		return &pgerr.Error{Code: pe.Code, Message: "cannot register system " + strconv.Quote(s.Name) + ": " + pe.Message, Hint: pe.Hint}
+	}
 	if err != nil {
 		return fmt.Errorf("cannot register system %q: %w", s.Name, err)
 	}

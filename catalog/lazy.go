@@ -29,6 +29,10 @@ type Lazy struct {
 	// Problem, when set, says what is wrong with the system's setup ("" when
 	// nothing is); each heartbeat records it in rejot.systems.
 	Problem func() string
+	// Refused, when set, is told that the catalog refuses to register the
+	// system (its name belongs to another catalog role); Run then stops
+	// trying. Unset, Run keeps trying, logging why.
+	Refused func(error)
 	Logger  zerolog.Logger
 
 	cur atomic.Pointer[Catalog]
@@ -43,13 +47,22 @@ func (l *Lazy) Run(ctx context.Context) {
 	}
 	for ctx.Err() == nil {
 		c, err := l.open(ctx)
+		refused := false
 		if err == nil {
 			err = c.RegisterSystem(ctx, l.System)
+			refused = pgerr.Is(err, pgerr.InsufficientPrivilege)
 			if err == nil {
 				err = c.Heartbeat(ctx, l.System.Name, l.problem())
 			}
 			if err != nil {
 				c.Close()
+			}
+		}
+		if refused {
+			l.Logger.Error().Err(err).Str("system", l.System.Name).Msg("the catalog refuses this system")
+			if l.Refused != nil {
+				l.Refused(err)
+				return
 			}
 		}
 		if err != nil {

@@ -9,6 +9,8 @@ const (
 	KindSubscribe   = "subscribe"   // payload SubscriptionCommand
 	KindUnsubscribe = "unsubscribe" // payload SubscriptionCommand
 	KindResync      = "resync"      // payload SubscriptionCommand
+	KindGrant       = "grant"       // payload Access
+	KindRevoke      = "revoke"      // payload Access
 )
 
 // NOTIFY channels of a managed database, each notified in the transaction
@@ -78,4 +80,16 @@ type SubscribedColumn struct {
 	Type  string `json:"type"`
 	Key   bool   `json:"key"`
 	Index int    `json:"index"`
+}
+
+// Access is the payload of grant and revoke commands: who may subscribe
+// to a version after the change, whole, so that applying it sets exactly
+// that. Restricted false: every system may (Granted is then empty).
+type Access struct {
+	Publication string   `json:"publication"`
+	Version     int      `json:"version"`
+	System      string   `json:"system"` // the system granted or revoked ('*': every system)
+	Restricted  bool     `json:"restricted"`
+	Granted     []string `json:"granted"`
+	Caller      string   `json:"caller,omitempty"` // the role that recorded it
 }

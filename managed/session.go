@@ -57,6 +57,16 @@ const (
 	// normalised it. A retired version stays retired (55000).
 	SetLifecycle = `SELECT _rejot.set_lifecycle(current_user, $1, $2::int, $3, $4::date, $5)`
 
+	// SetAccess grants ($4 true) or revokes ($4 false) system $3 access to
+	// publication $1 version $2, in the owner's record, and records its
+	// grant or revoke command (payload Access); it returns who may
+	// subscribe afterwards: restricted::text and the granted systems
+	// (text[]). The first grant restricts the version to the granted
+	// systems; granting '*' opens it to every system again; revoking from
+	// an open version is refused (55000). Refused (42501) as
+	// LockPublished; a retired version is refused (55000).
+	SetAccess = `SELECT restricted::text, granted::text FROM _rejot.set_access(current_user, $1, $2::int, $3, $4::boolean)`
+
 	// LockSubscriptionRecord locks the subscription into target $1 and
 	// returns publication, version::text and status; no row when the
 	// target is not subscribed. Refused (42501) unless the caller owns

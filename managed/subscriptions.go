@@ -71,6 +71,14 @@ func RecordError(ctx context.Context, q Querier, target string, generation int, 
 	return err
 }
 
+// RecordStopped marks a subscription's generation stopped, with why (its
+// system may no longer read the version): its rows stay as they are.
+func RecordStopped(ctx context.Context, q Querier, target string, generation int, msg string) error {
+	_, err := q.Exec(ctx, `UPDATE _rejot.subscriptions SET status = 'stopped', error = $3, updated_at = now()
+		WHERE target = $1 AND generation = $2`, target, generation, msg)
+	return err
+}
+
 // Position returns a subscription's position: nil before its first copy,
 // ErrMoved when the generation is gone.
 func Position(ctx context.Context, q Querier, target string, generation int) (*int64, error) {

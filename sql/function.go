@@ -136,6 +136,8 @@ func NewExecutor(version string) *Executor {
 	x.Register(subscribeFunction())
 	x.Register(unsubscribeFunction())
 	x.Register(resyncFunction())
+	x.Register(grantFunction())
+	x.Register(revokeFunction())
 	x.Register(&Function{
 		Name:    "version",
 		Returns: []Column{{Name: "version", TypeOID: OIDText}},

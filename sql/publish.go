@@ -66,7 +66,7 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	pub := &managed.Published{Publication: name, Version: version, Owner: env.Executor.System,
 		Database: env.Executor.Database, Query: p.Query, Source: v.Source, KeyColumns: v.Key,
 		Columns: publicColumns(v), Description: args.Text("description")}
-	changed, err := reconcile(ctx, env.Session, pub)
+	changed, err := reconcile(ctx, env.Session, pub, p.Filter)
 	if err != nil {
 		return nil, err
 	}
@@ -158,8 +158,9 @@ func publicColumns(v *Validated) []managed.Column {
 // reconcile compares the new definition with this system's record of the
 // same version, in the caller's transaction (locking the record), sets the
 // minor version and the merged columns, and reports whether anything is
-// to be recorded.
-func reconcile(ctx context.Context, sess Session, pub *managed.Published) (bool, error) {
+// to be recorded. filter is the new query's WHERE condition, as
+// Projection.Filter normalises it.
+func reconcile(ctx context.Context, sess Session, pub *managed.Published, filter string) (bool, error) {
 	name, version := pub.Publication, strconv.Itoa(pub.Version)
 	// Serialise publishes of one version: FOR UPDATE below locks nothing
 	// while the version does not exist yet.
@@ -179,6 +180,9 @@ func reconcile(ctx context.Context, sess Session, pub *managed.Published) (bool,
 		return false, pgerr.Errorf(pgerr.ObjectNotInPrerequisiteState, "publication %s version %d is retired", name, pub.Version).
 			WithHint("Publish version %d.", latest+1)
 	}
+	if err := sameFilter(name, pub.Version, *r[1], filter, *r[4]); err != nil {
+		return false, err
+	}
 	minor, _ := strconv.Atoi(*r[0])
 	var old []managed.Column
 	if err := json.Unmarshal([]byte(*r[2]), &old); err != nil {
@@ -197,6 +201,29 @@ func reconcile(ctx context.Context, sess Session, pub *managed.Published) (bool,
 	}
 	pub.Columns = merged
 	return pub.Minor != minor || pub.Description != *r[3], nil
+}
+
+// sameFilter refuses a re-publish that changes which rows a version has:
+// subscribers hold the rows of the recorded filter, and a new one would
+// leave rows it drops in their tables, or never bring those it adds.
+// Filters are compared as Postgres's parser reads them, deparsed with
+// column references unqualified, so layout, case and table qualification
+// do not count.
+func sameFilter(name string, version int, recordedQuery, filter, latest string) error {
+	old, err := AnalyzeProjection(recordedQuery)
+	if err != nil || old.Filter == filter {
+		return nil // a record this release cannot read was checked when it was made
+	}
+	show := func(f string) string {
+		if f == "" {
+			return "none"
+		}
+		return f
+	}
+	next, _ := strconv.Atoi(latest)
+	return pgerr.Errorf(pgerr.FeatureNotSupported, "publication %s version %d cannot change which rows it has: its filter is %s, the new query's is %s",
+		name, version, show(old.Filter), show(filter)).
+		WithHint("Subscribers rely on the rows of version %d. Publish the new filter as version %d, and deprecate version %d when they have moved.", version, next+1, version)
 }
 
 // record writes the owner's record and the command for the catalog, in the

@@ -79,6 +79,9 @@ func runSubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := env.checkAccess(ctx, pub, version); err != nil {
+		return nil, err
+	}
 	chosen, err := chooseColumns(cols, args["columns"], pub, version)
 	if err != nil {
 		return nil, err
@@ -141,6 +144,9 @@ func runUnsubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
 func runResync(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	sub, target, err := ownSubscription(ctx, env, args)
 	if err != nil {
+		return nil, err
+	}
+	if err := env.checkAccess(ctx, sub.Publication, sub.Version); err != nil {
 		return nil, err
 	}
 	_, err = env.Session.Query(ctx, managed.ResyncSubscription, &target) // and its command

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rejot-dev/rejot/catalog"
+	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rejot-dev/rejot/proxy"
 	"github.com/rejot-dev/rejot/replicator/apply"
 	"github.com/rejot-dev/rejot/replicator/capture"
@@ -204,7 +205,10 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 		OpenLog: func(ctx context.Context) (eventlog.Writer, error) { return eventLog.open(ctx) }}
 	sc.subscriber = &apply.Subscriber{URL: c.upstream, System: lazy.System.Name, Logger: log,
 		OpenLog: func(ctx context.Context) (eventlog.Reader, error) { return eventLog.open(ctx) },
-		Report:  lazy.ReportSubscriptions}
+		Report:  lazy.ReportSubscriptions,
+		Access: func(ctx context.Context, v eventlog.Version) (string, error) {
+			return lazy.Access(ctx, v.Publication, v.Number)
+		}}
 	sc.applier.Applied = func(string) { sc.capture.Wake() }
 	executor.CaptureProblem = sc.capture.Problem
 	executor.ManagedProblem = install.Problem
@@ -230,6 +234,15 @@ func (sc *sidecar) run(ctx context.Context, ln net.Listener) error {
 	sc.log.Info().Str("listen", ln.Addr().String()).Str("version", buildVersion()).Msg("sidecar started")
 	sc.lazy.System.Address = ln.Addr().String()
 	bg, stop := context.WithCancel(context.Background())
+	// A catalog that refuses the system (its name is another catalog
+	// role's) ends the sidecar: it must not serve under a name not its own.
+	refused := make(chan error, 1)
+	sc.lazy.Refused = func(err error) {
+		select {
+		case refused <- err:
+		default:
+		}
+	}
 	var wg sync.WaitGroup
 	wg.Add(4)
 	go func() { defer wg.Done(); sc.lazy.Run(bg) }()
@@ -250,6 +263,13 @@ func (sc *sidecar) run(ctx context.Context, ln net.Listener) error {
 		defer sc.http.Shutdown(context.Background())
 	}
 	select {
+	case err := <-refused:
+		sc.srv.Close(context.WithoutCancel(ctx))
+		var pe *pgerr.Error
+		if errors.As(err, &pe) && pe.Hint != "" {
+			return fmt.Errorf("%s. %s", pe.Message, pe.Hint)
+		}
+		return err
 	case err := <-errc:
 		// One server failed: the other stops too (Close also ends the
 		// relay's Serve when it is the HTTP side that failed).

@@ -43,6 +43,9 @@ func (w *worker) follow(ctx context.Context, conn *pgx.Conn, t *target, position
 		if f.err != nil {
 			return f.err
 		}
+		if err := w.recheckAccess(ctx); err != nil {
+			return err
+		}
 		span := f.span
 		// Only the span whose position is recorded in the log next (every
 		// readerEvery) is committed durably; that flushes every commit

@@ -28,6 +28,10 @@ type Subscriber struct {
 	Log    eventlog.Reader
 	// OpenLog opens the event log when Log is nil, retried until it works.
 	OpenLog func(context.Context) (eventlog.Reader, error)
+	// Access, when set, says why this system may not read a version (""
+	// when it may), as the catalog judges it; a subscription the catalog
+	// refuses stops (see access.go). Unset, every version may be read.
+	Access func(context.Context, eventlog.Version) (string, error)
 	// Report, when set, records the subscriptions' status in the catalog.
 	Report func(context.Context, []managed.SubscriptionReport) error
 	Logger zerolog.Logger

@@ -24,6 +24,10 @@ type worker struct {
 	// what the catalog hears
 	status atomic.Pointer[workerStatus]
 	copied atomic.Int64
+	// when the catalog was last asked whether the system may read the
+	// version, and whether it has said yes (see access.go)
+	accessAt    time.Time
+	accessKnown bool
 }
 
 type workerStatus struct {
@@ -69,8 +73,8 @@ func (w *worker) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, errSubscriptionMoved) {
-			return // the subscriber reconciles
+		if errors.Is(err, errSubscriptionMoved) || errors.Is(err, errRevoked) {
+			return // the subscriber reconciles; a revoked one waits for a resync
 		}
 		if errors.Is(err, errRecopy) {
 			continue
@@ -108,6 +112,9 @@ func (w *worker) recordError(ctx context.Context, msg string) {
 // work keeps the subscription in sync on one connection until it fails:
 // a copy first when it has no position, then following the log.
 func (w *worker) work(ctx context.Context) error {
+	if err := w.checkAccess(ctx); err != nil {
+		return err
+	}
 	conn, err := connect(ctx, w.s.URL)
 	if err != nil {
 		return err
