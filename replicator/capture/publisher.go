@@ -161,8 +161,9 @@ func dollarTag(body string) (string, error) {
 }
 
 // undefinedEvaluator says whether err is an evaluator not made yet on
-// this connection.
+// this connection (no temporary schema at all yet: 3F000).
 func undefinedEvaluator(err error) bool {
 	var pe *pgconn.PgError
-	return errors.As(err, &pe) && pe.Code == "42883" && strings.Contains(pe.Message, "rejot_eval_")
+	return errors.As(err, &pe) && (pe.Code == "42883" && strings.Contains(pe.Message, "rejot_eval_") ||
+		pe.Code == "3F000" && strings.Contains(pe.Message, "pg_temp"))
 }
