@@ -206,5 +206,4 @@ func TestRowSecurityIsNotPublished(t *testing.T) {
 	if recorded != 0 || streams != 0 {
 		t.Fatalf("recorded %d, in the event log %d", recorded, streams)
 	}
-	a.noSecret(t)
 }

@@ -113,8 +113,13 @@ func (e *evaluator) make(ctx context.Context, conn beginner) error {
 	if err != nil {
 		return err
 	}
-	create := fmt.Sprintf("CREATE FUNCTION %s(%s) RETURNS TABLE (%s) LANGUAGE sql SECURITY DEFINER"+
-		" SET search_path = pg_catalog, pg_temp SET row_security = off SET transaction_read_only = on AS %s%s%s",
+	// PL/pgSQL, not SQL: RETURN QUERY gathers the rows in one call (a SQL
+	// function in FROM is called once per row, and each call of a
+	// SECURITY DEFINER function sets its role and settings anew), and
+	// the plan is kept for the session.
+	create := fmt.Sprintf("CREATE FUNCTION %s(%s) RETURNS TABLE (%s) LANGUAGE plpgsql SECURITY DEFINER"+
+		" SET search_path = pg_catalog, pg_temp SET row_security = off SET transaction_read_only = on AS %s"+
+		"#variable_conflict use_column\nBEGIN RETURN QUERY %s; END%s",
 		e.name(), e.params, e.returns, tag, e.body, tag)
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if err := actAs(ctx, tx, e.role); err != nil {
