@@ -191,7 +191,8 @@ func TestFunctionsRefuse(t *testing.T) {
 }
 
 // TestIntentRecordsCaller: calls record the role that made them, in the
-// rows and in the commands' payloads, which are made of what was recorded.
+// rows and in the commands' payloads, which are made of what was recorded
+// (the database is the one recorded in, whatever the caller passed).
 func TestIntentRecordsCaller(t *testing.T) {
 	p := newPrivate(t)
 	ctx := context.Background()
@@ -204,7 +205,7 @@ func TestIntentRecordsCaller(t *testing.T) {
 		t.Fatal(err)
 	}
 	if caller != p.victim || pub.Caller != p.victim || pub.Publication != "secrets" || pub.Version != 1 || pub.Source != `"public"."secrets"` ||
-		len(pub.KeyColumns) != 1 || len(pub.Columns) != 2 || pub.Owner != "shop" || pub.Database != "shop" {
+		len(pub.KeyColumns) != 1 || len(pub.Columns) != 2 || pub.Owner != "shop" || pub.Database != p.db {
 		t.Fatalf("publish command by %s: %+v", caller, pub)
 	}
 	var recorded string

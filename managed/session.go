@@ -39,10 +39,12 @@ const (
 	// and its publish command: $1 publication, $2 version, $3 minor,
 	// $4 query, $5 source table (schema-qualified, quoted), $6 key
 	// columns (a text[] literal), $7 columns (JSON of []Column),
-	// $8 description, $9 the owner's system and $10 its database (for the
-	// payload). It returns the command's id. The caller must be a member
-	// of the role that owns the source table (42501); the source is
-	// recorded as resolved now.
+	// $8 description, $9 the owner's system and $10 its database (ignored
+	// since migration 006: the payload names current_database()). It
+	// returns the command's id. The caller must be a member of the role
+	// that owns the source table, and the sidecar's role a member of the
+	// caller, whom the capture runs the projection as (42501); the source
+	// is recorded as resolved now.
 	RecordPublished = `SELECT _rejot.record_published(current_user, $1, $2::int, $3::int, $4, $5, $6::text[], $7::jsonb, $8, $9, $10)`
 
 	// LockPublishedStatus locks the owner's record of a publication

@@ -64,7 +64,7 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 		return nil, err
 	}
 	pub := &managed.Published{Publication: name, Version: version, Owner: env.Executor.System,
-		Database: env.Executor.Database, Query: p.Query, Source: v.Source, KeyColumns: v.Key,
+		Database: env.Executor.Database, Query: v.Stored, Source: v.Source, KeyColumns: v.Key,
 		Columns: publicColumns(v), Description: args.Text("description")}
 	changed, err := reconcile(ctx, env.Session, pub, p.Filter)
 	if err != nil {

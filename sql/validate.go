@@ -29,8 +29,14 @@ type Validated struct {
 	*Projection
 	TableOID uint32
 	Source   string // schema-qualified, quoted
-	Columns  []PublicColumn
-	Key      []string
+	// TableSchema and TableName are the table's, as resolved.
+	TableSchema, TableName string
+	Columns                []PublicColumn
+	Key                    []string
+	// Stored is the query as the owner's record keeps it, and the capture
+	// evaluates it: with search_path pg_catalog it means what Query
+	// means to the caller (see stored.go).
+	Stored string
 }
 
 // projectionPrefix wraps a publication query to describe its output.
@@ -43,6 +49,9 @@ const projectionPrefix = "SELECT * FROM ("
 func Validate(ctx context.Context, sess Session, p *Projection) (*Validated, error) {
 	v := &Validated{Projection: p}
 	if err := v.resolveTable(ctx, sess); err != nil {
+		return nil, err
+	}
+	if err := v.checkRowSecurity(ctx, sess); err != nil {
 		return nil, err
 	}
 	if err := v.checkAggregates(ctx, sess); err != nil {
@@ -60,6 +69,9 @@ func Validate(ctx context.Context, sess Session, p *Projection) (*Validated, err
 		return nil, err
 	}
 	if err := v.checkImmutable(ctx, sess); err != nil {
+		return nil, err
+	}
+	if err := v.setStored(ctx, sess, fields); err != nil {
 		return nil, err
 	}
 	return v, nil
@@ -82,7 +94,8 @@ func (v *Validated) resolveTable(ctx context.Context, sess Session) error {
 	r := rows.Values[0]
 	oid, _ := strconv.ParseUint(*r[0], 10, 32)
 	v.TableOID = uint32(oid)
-	v.Source = pgx.Identifier{*r[2], *r[3]}.Sanitize()
+	v.TableSchema, v.TableName = *r[2], *r[3]
+	v.Source = pgx.Identifier{v.TableSchema, v.TableName}.Sanitize()
 	if kind := *r[1]; kind != "r" && kind != "p" {
 		return pgerr.Errorf(pgerr.FeatureNotSupported, "%s is not a table (it is a %s): a publication reads a table's rows",
 			v.Source, relkindName(kind)).At(int32(v.TableAt)).WithHint("Publish from the table the %s reads.", relkindName(kind))

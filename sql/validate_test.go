@@ -188,3 +188,58 @@ func TestValidateRefuses(t *testing.T) {
 		})
 	}
 }
+
+// TestValidateStoresQualifiedQuery: the stored query names every table,
+// function, operator and type outside pg_catalog by its schema, as it
+// resolved for the caller (a shadowing public.lower(varchar) included),
+// so it means the same under the capture's search_path pg_catalog; and
+// validating it leaves the caller's search_path and catalog as they were.
+func TestValidateStoresQualifiedQuery(t *testing.T) {
+	tx := setup(t)
+	ctx := context.Background()
+	if _, err := tx.Exec(ctx, `CREATE FUNCTION public.lower(varchar) RETURNS text IMMUTABLE LANGUAGE sql AS 'SELECT ''shadow''';
+		SET LOCAL search_path = "$user", public`); err != nil {
+		t.Fatal(err)
+	}
+	for query, want := range map[string][]string{
+		"SELECT id, customer_id FROM orders": {"SELECT id, customer_id FROM public.orders"},
+		"SELECT o.id, pure_double(customer_id) AS d, lower(code) AS c, status FROM orders o WHERE status <> 'draft'": {
+			"public.pure_double(", "public.lower(", "FROM public.orders o", "'draft'::public.order_status"},
+	} {
+		v, err := validateIn(t, tx, query)
+		if err != nil {
+			t.Fatalf("%s: %v", query, err)
+		}
+		for _, w := range want {
+			if !strings.Contains(v.Stored, w) {
+				t.Errorf("%s: stored %q, want it to contain %q", query, v.Stored, w)
+			}
+		}
+		var path string
+		var views int
+		tx.QueryRow(ctx, "SELECT current_setting('search_path'), (SELECT count(*) FROM pg_class WHERE relname LIKE 'rejot_stored_%')").Scan(&path, &views)
+		if path != `"$user", public` || views != 0 {
+			t.Errorf("%s: left search_path %q and %d views", query, path, views)
+		}
+	}
+}
+
+// TestValidateRefusesRowSecurity: a table whose row policies apply to the
+// caller is not published (the WAL has every row).
+func TestValidateRefusesRowSecurity(t *testing.T) {
+	tx := setup(t)
+	ctx := context.Background()
+	var db string
+	tx.QueryRow(ctx, "SELECT current_database()").Scan(&db)
+	role := "tenant_" + db
+	if _, err := tx.Exec(ctx, `CREATE ROLE `+role+`; ALTER TABLE pairs OWNER TO `+role+`;
+		ALTER TABLE pairs ENABLE ROW LEVEL SECURITY; ALTER TABLE pairs FORCE ROW LEVEL SECURITY;
+		CREATE POLICY mine ON pairs USING (a = 1); SET LOCAL ROLE `+role); err != nil {
+		t.Fatal(err)
+	}
+	_, err := validateIn(t, tx, "SELECT a, b, v FROM pairs")
+	var e *pgerr.Error
+	if !errors.As(err, &e) || e.Code != pgerr.InsufficientPrivilege || !strings.Contains(e.Message, "row-level security") {
+		t.Fatalf("got %v; want 42501 naming row-level security", err)
+	}
+}

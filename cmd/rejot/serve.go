@@ -216,7 +216,10 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 		if p := install.Problem(); p != "" {
 			return p
 		}
-		return sc.capture.Problem()
+		if p := sc.capture.Problem(); p != "" {
+			return p
+		}
+		return sc.capture.VersionProblems()
 	}
 	if c.tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)

@@ -496,7 +496,7 @@ func ownerAndLog(t *testing.T) (*pglog.Log, string, string, *pgx.Conn, context.C
 // capture starts with the sidecar, alongside the install).
 func TestNoRecordYetIsNothingToCapture(t *testing.T) {
 	conn := pg.Connect(t, pg.CreateDB(t))
-	sources, err := capture.LoadSources(context.Background(), conn)
+	sources, _, err := capture.LoadSources(context.Background(), conn)
 	if err != nil || len(sources) != 0 {
 		t.Fatalf("got %d sources, %v", len(sources), err)
 	}
@@ -523,7 +523,7 @@ func recordedEvents(t *testing.T, publication string) (*pgtest.Cluster, context.
 		}
 	}
 	exec(`CREATE SCHEMA _rejot; CREATE TABLE _rejot.publications (publication text, version int, query text,
-		key_columns text[], source text, status text, columns jsonb)`)
+		key_columns text[], source text, status text, columns jsonb, caller text)`)
 	exec("CREATE TABLE events (id int PRIMARY KEY, v text)")
 	exec(`INSERT INTO _rejot.publications VALUES ('` + publication + `', 1, 'SELECT id, v FROM events', '{id}', '"public"."events"', 'active',
 		'[{"name": "id"}, {"name": "v"}]')`)

@@ -80,11 +80,18 @@ func (p *WALReader) snapshot(ctx context.Context, todo []*Source) (uint64, error
 		return 0, err
 	}
 	point := uint64(c) - 1
-	conn, err := pgx.Connect(ctx, p.URL)
+	conn, err := connectOwner(ctx, p.URL)
 	if err != nil {
 		return 0, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	// Made before the snapshot's transaction, which is read-only.
+	evaluators := map[*Source]*evaluator{}
+	for _, src := range todo {
+		if evaluators[src], err = fillEvaluator(ctx, conn, src); err != nil {
+			return 0, fmt.Errorf("cannot read %s.%s for its first state as role %q: %w", src.Schema, src.Table, src.Role, err)
+		}
+	}
 	log, err := p.Log.Begin(ctx)
 	if err != nil {
 		return 0, err
@@ -96,7 +103,7 @@ func (p *WALReader) snapshot(ctx context.Context, todo []*Source) (uint64, error
 		}
 		tables := map[[2]string]bool{}
 		for _, src := range todo {
-			if err := p.fillSource(ctx, tx, slot.SnapshotName, log, src, point); err != nil {
+			if err := p.fillSource(ctx, tx, slot.SnapshotName, log, src, evaluators[src], point); err != nil {
 				return err
 			}
 			tables[[2]string{src.Schema, src.Table}] = true
@@ -127,17 +134,28 @@ func (p *WALReader) snapshot(ctx context.Context, todo []*Source) (uint64, error
 }
 
 // fillSource appends a source's projected rows in chunks, logging its
-// progress every few seconds.
-func (p *WALReader) fillSource(ctx context.Context, tx pgx.Tx, snapshot string, log eventlog.Tx, src *Source, point uint64) error {
+// progress every few seconds. The rows are read as the source's role:
+// through e when the projection can run code (see publisher.go), else
+// under SET LOCAL ROLE, reset once they are read.
+func (p *WALReader) fillSource(ctx context.Context, tx pgx.Tx, snapshot string, log eventlog.Tx, src *Source, e *evaluator, point uint64) error {
+	if e == nil {
+		if err := actAs(ctx, tx, src.Role); err != nil {
+			return fmt.Errorf("cannot read %s.%s for its first state as role %q: %w", src.Schema, src.Table, src.Role, err)
+		}
+		defer actAs(context.WithoutCancel(ctx), tx, "none")
+	}
 	group := eventlog.Group{Version: src.Version, System: p.System, CommitLSN: point, CommitTime: time.Now(), Layout: src.Layout()}
 	can, err := log.FillStart(ctx, group)
 	if err != nil {
 		return fmt.Errorf("cannot append the first state: %w", err)
 	}
 	if can {
-		return p.copyFill(ctx, tx, snapshot, log, src, group)
+		return p.copyFill(ctx, tx, snapshot, log, src, e, group)
 	}
 	q := "SELECT ARRAY[" + strings.Join(src.textExprs(), ", ") + "]" + src.rowsFrom()
+	if e != nil {
+		q = "SELECT ARRAY[" + strings.Join(e.columns(len(src.Exprs)), ", ") + "] FROM " + e.name() + "()"
+	}
 	// Reading the owner's rows and writing the log's go on at once: a
 	// writer appends each chunk while the next is read.
 	ctx, cancel := context.WithCancel(ctx)
@@ -189,10 +207,13 @@ func (p *WALReader) fillSource(ctx context.Context, tx pgx.Tx, snapshot string, 
 // and Postgres reads them; the sidecar only moves bytes. A large table is
 // read in two halves at once (by block ranges, a second session in the
 // same snapshot): rendering the rows is the slow side.
-func (p *WALReader) copyFill(ctx context.Context, tx pgx.Tx, snapshot string, fc eventlog.Tx, src *Source, group eventlog.Group) error {
-	parts, err := p.fillParts(ctx, tx, src)
-	if err != nil {
-		return fmt.Errorf("cannot read %s.%s for its first state: %w", src.Schema, src.Table, err)
+func (p *WALReader) copyFill(ctx context.Context, tx pgx.Tx, snapshot string, fc eventlog.Tx, src *Source, e *evaluator, group eventlog.Group) error {
+	parts := []string{""} // an evaluator reads the whole table
+	if e == nil {
+		var err error
+		if parts, err = p.fillParts(ctx, tx, src); err != nil {
+			return fmt.Errorf("cannot read %s.%s for its first state: %w", src.Schema, src.Table, err)
+		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -208,10 +229,19 @@ func (p *WALReader) copyFill(ctx context.Context, tx pgx.Tx, snapshot string, fc
 	for i, where := range parts {
 		go func() {
 			q := "COPY (SELECT " + strings.Join(src.textExprs(), ", ") + src.rowsWhere(where) + ") TO STDOUT"
+			if e != nil {
+				q = "COPY (SELECT * FROM " + e.name() + "()) TO STDOUT"
+			}
 			conn := tx.Conn()
 			if i > 0 {
 				c, err := snapshotConn(ctx, p.URL, snapshot)
+				if err == nil {
+					err = actAs(ctx, c, src.Role)
+				}
 				if err != nil {
+					if c != nil {
+						c.Close(context.WithoutCancel(ctx))
+					}
 					partDone <- err
 					return
 				}
@@ -255,6 +285,35 @@ func (p *WALReader) copyFill(ctx context.Context, tx pgx.Tx, snapshot string, fc
 	return nil
 }
 
+// fillEvaluator makes on conn the evaluator that reads a source's
+// projected rows as its role, when the projection can run code (see
+// publisher.go); nil when it cannot, and the rows are read plainly under
+// SET LOCAL ROLE.
+func fillEvaluator(ctx context.Context, conn *pgx.Conn, src *Source) (*evaluator, error) {
+	code := src.Filter != ""
+	for _, name := range src.Sources {
+		code = code || name == ""
+	}
+	if !code {
+		// Columns of a type that is not Postgres's may have casts, and
+		// domains checks, of someone's.
+		err := conn.QueryRow(ctx, `SELECT coalesce(bool_or(t.typnamespace <> 'pg_catalog'::regnamespace), false)
+			FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+			WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND a.attname = ANY ($2)`,
+			pgx.Identifier{src.Schema, src.Table}.Sanitize(), src.References).Scan(&code)
+		if err != nil || !code {
+			return nil, err
+		}
+	}
+	returns := make([]string, len(src.Exprs))
+	for i := range returns {
+		returns[i] = "rejot_" + strconv.Itoa(i) + " text"
+	}
+	e := &evaluator{role: src.Role, returns: strings.Join(returns, ", "),
+		body: "SELECT " + strings.Join(src.textExprs(), ", ") + src.rowsFrom()}
+	return e, e.make(ctx, conn)
+}
+
 // fillSplitPages is the default WALReader.FillSplitPages.
 const fillSplitPages = 2048
 
@@ -286,7 +345,7 @@ func (p *WALReader) fillParts(ctx context.Context, tx pgx.Tx, src *Source) ([]st
 // snapshotConn opens a session of the owner's database in an exported
 // snapshot.
 func snapshotConn(ctx context.Context, url, snapshot string) (*pgx.Conn, error) {
-	conn, err := pgx.Connect(ctx, url)
+	conn, err := connectOwner(ctx, url)
 	if err != nil {
 		return nil, err
 	}

@@ -10,9 +10,13 @@ import (
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
-// Querier runs queries: a connection to the owner's database.
+// Querier runs queries: a connection to the owner's database (made with
+// search_path pg_catalog, see connectOwner), or a transaction of one.
 type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	// Begin starts a transaction (a savepoint in a transaction): where
+	// the evaluator of a projection is made, as its role.
+	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
 // SourceColumn is a column of a published table as the WAL carries it.
@@ -33,6 +37,9 @@ type Projection struct {
 	// Sources are, per public column, the source column it is when it is
 	// a plain column reference ("" otherwise).
 	Sources []string
+	// Role is the role the projection runs as: the publisher's ("" runs
+	// it as the connection's own role, for tests).
+	Role string
 }
 
 // Projected is one source tuple after projection.
@@ -44,7 +51,8 @@ type Projected struct {
 // Project evaluates a projection on a batch of source tuples (values in
 // text form, in source column order) with Postgres itself, so the result is
 // exactly what the query would give for those rows — whatever the table
-// holds now. One query per batch.
+// holds now. One query per batch, run as the projection's role inside its
+// evaluator (see publisher.go), made on the connection the first time.
 func Project(ctx context.Context, q Querier, p *Projection, cols []SourceColumn, tuples [][]eventlog.Value) ([]Projected, error) {
 	if len(tuples) == 0 {
 		return nil, nil
@@ -78,9 +86,9 @@ func Project(ctx context.Context, q Querier, p *Projection, cols []SourceColumn,
 		}
 		args = append(args, col)
 	}
-	rows, err := q.Query(ctx, query, args...)
+	rows, err := p.evaluate(ctx, q, query, cols, args)
 	if err != nil {
-		return nil, fmt.Errorf("cannot project %s version %d: %w", p.Version.Publication, p.Version.Number, err)
+		return nil, fmt.Errorf("cannot project %s version %d as role %q: %w", p.Version.Publication, p.Version.Number, p.Role, err)
 	}
 	defer rows.Close()
 	out := make([]Projected, len(tuples))
@@ -99,6 +107,34 @@ func Project(ctx context.Context, q Querier, p *Projection, cols []SourceColumn,
 		out[ord] = Projected{Keep: keep, Row: vals}
 	}
 	return out, rows.Err()
+}
+
+// evaluate runs a projection query through its evaluator, making it when
+// the connection has none yet.
+func (p *Projection) evaluate(ctx context.Context, q Querier, query string, cols []SourceColumn, args []any) (pgx.Rows, error) {
+	params := make([]string, len(cols)+1)
+	call := make([]string, len(cols)+1)
+	params[0], call[0] = "int4[]", "$1"
+	for i := range cols {
+		params[i+1], call[i+1] = "text[]", "$"+strconv.Itoa(i+2)
+	}
+	returns := []string{"rejot_ord int4", "rejot_keep boolean"}
+	for i := range p.Exprs {
+		returns = append(returns, "rejot_"+strconv.Itoa(i)+" text")
+	}
+	e := &evaluator{role: p.Role, params: strings.Join(params, ", "), returns: strings.Join(returns, ", "), body: query}
+	sql := "SELECT * FROM " + e.name() + "(" + strings.Join(call, ", ") + ")"
+	rows, err := q.Query(ctx, sql, args...)
+	if err == nil {
+		return rows, nil
+	}
+	if !undefinedEvaluator(err) {
+		return nil, err
+	}
+	if err := e.make(ctx, q); err != nil {
+		return nil, err
+	}
+	return q.Query(ctx, sql, args...)
 }
 
 // projectSQL builds

@@ -31,7 +31,8 @@ func TestProjectEvaluatesInPostgres(t *testing.T) {
 	for _, c := range analysed.Columns {
 		p.Exprs = append(p.Exprs, c.Expr)
 	}
-	cols := []capture.SourceColumn{{Name: "id", Type: "bigint"}, {Name: "status", Type: "st"}, {Name: "total", Type: "numeric(12,2)"}, {Name: "note", Type: "text"}, {Name: "tags", Type: "integer[]"}}
+	// Types as the capture names them: format_type with search_path pg_catalog.
+	cols := []capture.SourceColumn{{Name: "id", Type: "bigint"}, {Name: "status", Type: "public.st"}, {Name: "total", Type: "numeric(12,2)"}, {Name: "note", Type: "text"}, {Name: "tags", Type: "integer[]"}}
 	tuples := [][]eventlog.Value{
 		{s("1"), s("placed"), s("12.50"), s("hello"), s("{7,8}")},
 		{s("2"), s("draft"), s("1.00"), nil, nil},

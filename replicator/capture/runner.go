@@ -31,11 +31,13 @@ type Runner struct {
 	// read (default 30s).
 	PruneEvery time.Duration
 
-	problem  atomic.Pointer[string]
-	conn     *pgx.Conn // for reading the owner's record; owned by Run
-	running  atomic.Bool
-	wakeOnce sync.Once
-	wake     chan struct{}
+	problem atomic.Pointer[string]
+	// versionProblems are the versions left out (LoadSources).
+	versionProblems atomic.Pointer[string]
+	conn            *pgx.Conn // for reading the owner's record; owned by Run
+	running         atomic.Bool
+	wakeOnce        sync.Once
+	wake            chan struct{}
 	// The session last found holding the slot when there was nothing to
 	// capture, and whether that was logged (release).
 	busyPID    int32
@@ -219,7 +221,7 @@ func fingerprint(sources []Source) string {
 // It keeps its connection between checks, and drops it on any error.
 func (c *Runner) load(ctx context.Context) ([]Source, error) {
 	if c.conn == nil {
-		conn, err := pgx.Connect(ctx, c.URL)
+		conn, err := connectOwner(ctx, c.URL)
 		if err != nil {
 			return nil, err
 		}
@@ -252,5 +254,33 @@ func (c *Runner) read(ctx context.Context) ([]Source, error) {
 	if c.Problem() != "" {
 		return nil, nil // nothing can be captured until the setup changes
 	}
-	return LoadSources(ctx, c.conn)
+	sources, problems, err := LoadSources(ctx, c.conn)
+	if err != nil {
+		return nil, err
+	}
+	c.setVersionProblems(problems)
+	return sources, nil
+}
+
+// setVersionProblems records the versions that cannot be captured, and
+// logs each once when it appears.
+func (c *Runner) setVersionProblems(problems []string) {
+	old := c.VersionProblems()
+	for _, p := range problems {
+		if !strings.Contains(old, p) {
+			c.Logger.Error().Str("system", c.System).Str("problem", p).Msg("publication version not captured")
+		}
+	}
+	joined := strings.Join(problems, "; ")
+	c.versionProblems.Store(&joined)
+}
+
+// VersionProblems says which publication versions are not captured and
+// why ("" when every one is), as last checked: the system shows it in the
+// catalog (rejot.systems' problem) beside Problem.
+func (c *Runner) VersionProblems() string {
+	if p := c.versionProblems.Load(); p != nil {
+		return *p
+	}
+	return ""
 }

@@ -22,12 +22,16 @@ type Source struct {
 }
 
 // LoadSources reads the capture sources of the publications recorded in
-// the owner's database.
-func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
+// the owner's database, each to run as the role that recorded it. A
+// version that cannot be captured as that role — the role is gone, the
+// capture's role cannot SET ROLE to it, its query does not analyse — is
+// left out, and said in problems: it is never captured with the sidecar's
+// own powers instead.
+func LoadSources(ctx context.Context, conn *pgx.Conn) (sources []Source, problems []string, err error) {
 	// A _rejot the sidecar's role does not own is anyone's to write: what
 	// it says is not captured.
 	if err := managed.CheckOwned(ctx, conn); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// An error of the query is also the rows': CollectRows returns it.
 	rows, _ := conn.Query(ctx, managed.CapturedVersions)
@@ -37,29 +41,50 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) ([]Source, error) {
 		key           []string
 		schema, table string
 		columns       []string
+		role          *string
+		canBecome     bool
 	}
 	recs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rec, error) {
 		var x rec
-		return x, r.Scan(&x.version.Publication, &x.version.Number, &x.query, &x.key, &x.schema, &x.table, &x.columns)
+		return x, r.Scan(&x.version.Publication, &x.version.Number, &x.query, &x.key, &x.schema, &x.table, &x.columns,
+			&x.role, &x.canBecome)
 	})
 	if noRecord(err) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	sources := make([]Source, 0, len(recs))
 	for _, r := range recs {
-		src, err := NewSource(r.version, r.query, r.key, r.schema, r.table)
+		src, err := loadSource(r.version, r.query, r.key, r.schema, r.table, r.columns, r.role, r.canBecome)
 		if err != nil {
-			return nil, err
-		}
-		if err := src.Order(r.columns); err != nil {
-			return nil, err
+			problems = append(problems, err.Error())
+			continue
 		}
 		sources = append(sources, src)
 	}
-	return sources, nil
+	return sources, problems, nil
+}
+
+// loadSource makes the source of a recorded version, or says why it
+// cannot be captured.
+func loadSource(v eventlog.Version, query string, key []string, schema, table string, columns []string, role *string, canBecome bool) (Source, error) {
+	if role == nil {
+		return Source{}, fmt.Errorf("publication %s version %d is not captured: the role that published it is gone; publish it again", v.Publication, v.Number)
+	}
+	if !canBecome {
+		return Source{}, fmt.Errorf("publication %s version %d is not captured: it is captured as role %s, which the sidecar's role cannot become (GRANT %s TO <the sidecar's role>)",
+			v.Publication, v.Number, pgx.Identifier{*role}.Sanitize(), pgx.Identifier{*role}.Sanitize())
+	}
+	src, err := NewSource(v, query, key, schema, table)
+	if err != nil {
+		return Source{}, err
+	}
+	if err := src.Order(columns); err != nil {
+		return Source{}, err
+	}
+	src.Role = *role
+	return src, nil
 }
 
 // noRecord says whether err is the owner's record being missing: no

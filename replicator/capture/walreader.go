@@ -66,7 +66,7 @@ func (p *WALReader) Run(ctx context.Context) error {
 	// alone appends for the system; another process may have had the
 	// slot since (a restart elsewhere, a rolling deploy): ask the log.
 	p.Log.Forget()
-	conn, err := pgx.Connect(ctx, p.URL)
+	conn, err := connectOwner(ctx, p.URL)
 	if err != nil {
 		return err
 	}
