@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -206,4 +208,54 @@ func TestRowSecurityIsNotPublished(t *testing.T) {
 	if recorded != 0 || streams != 0 {
 		t.Fatalf("recorded %d, in the event log %d", recorded, streams)
 	}
+}
+
+// TestCaptureCastsAreNotTheSidecars: the attacker's table is keyed by a
+// type of its own whose cast to text is a function of its own, which
+// tries to make the attacker superuser and copy the secret, and holds
+// values stored out of line, which the first fill reads with the
+// sidecar's role to keep them (the TOAST paths). Those reads take the
+// type's output function, never its cast: the superuser finds the
+// attacker no superuser, nothing copied, and the version filled.
+func TestCaptureCastsAreNotTheSidecars(t *testing.T) {
+	a := newCaptureAttack(t)
+	ctx := context.Background()
+	// A file the server's OS user may write, as only a superuser's COPY
+	// can (read-only transactions allow COPY TO).
+	dropped := filepath.Join(os.TempDir(), "rejot-cast-"+a.db)
+	os.Remove(dropped)
+	t.Cleanup(func() { os.Remove(dropped) })
+	mustExec(t, a.direct, fmt.Sprintf(`CREATE TYPE %[1]s.k AS (n int);
+		CREATE FUNCTION %[1]s.evil(%[1]s.k) RETURNS text LANGUAGE plpgsql AS $$
+		DECLARE r text := '';
+		BEGIN
+			BEGIN EXECUTE 'ALTER ROLE %[1]s SUPERUSER'; EXCEPTION WHEN OTHERS THEN NULL; END;
+			BEGIN INSERT INTO %[1]s.written SELECT length(s) FROM public.secrets; EXCEPTION WHEN OTHERS THEN NULL; END;
+			BEGIN EXECUTE 'COPY (SELECT 1) TO ''%[2]s'''; EXCEPTION WHEN OTHERS THEN NULL; END;
+			BEGIN SELECT s INTO r FROM public.secrets LIMIT 1; EXCEPTION WHEN OTHERS THEN NULL; END;
+			RETURN '(' || ($1).n || ')' || coalesce(r, '');
+		END $$;
+		CREATE CAST (%[1]s.k AS text) WITH FUNCTION %[1]s.evil(%[1]s.k);
+		CREATE TABLE %[1]s.big (id %[1]s.k PRIMARY KEY, big text);
+		INSERT INTO %[1]s.big SELECT ROW(g)::%[1]s.k, (SELECT string_agg(md5(g.g::text || i::text || random()::text), '') FROM generate_series(1, 1000) AS i)
+			FROM generate_series(1, 3) AS g`, a.attacker, dropped))
+	name := a.name("cast")
+	if _, err := a.through.Exec(ctx, fmt.Sprintf("CALL rejot.publish('%s', 1, 'SELECT id, big FROM %s.big')", name, a.attacker)); err != nil {
+		t.Fatal(err)
+	}
+	log := pg.Connect(t, "rejot")
+	waitFor(t, 30*time.Second, func() bool {
+		var filled int
+		log.QueryRow(ctx, "SELECT count(*) FROM rejot_log.state_rows($1, 1) AS r WHERE length(r[2]) = 32000", name).Scan(&filled)
+		return filled == 3
+	})
+	var super bool
+	var written int
+	a.admin.QueryRow(ctx, "SELECT rolsuper FROM pg_roles WHERE rolname = $1", a.attacker).Scan(&super)
+	a.admin.QueryRow(ctx, "SELECT count(*) FROM "+a.attacker+".written").Scan(&written)
+	_, statErr := os.Stat(dropped)
+	if super || written != 0 || statErr == nil {
+		t.Fatalf("the attacker's cast ran as the sidecar: superuser=%v, %d rows copied, file written=%v", super, written, statErr == nil)
+	}
+	a.noSecret(t)
 }

@@ -436,23 +436,25 @@ func readChunks(ctx context.Context, tx pgx.Tx, q string, src *Source, chunks ch
 
 // tableColumns reads a table's columns in order: their names, which are
 // in its replica identity and which are of variable length.
-func tableColumns(ctx context.Context, tx pgx.Tx, name string) (names []string, key, varlena []bool, err error) {
+func tableColumns(ctx context.Context, tx pgx.Tx, name string) (names []string, key, varlena, builtin []bool, err error) {
+	// A type made at initdb has an OID below FirstNormalObjectId (16384),
+	// and only those are built in (see asText).
 	rows, err := tx.Query(ctx, `SELECT a.attname, a.attlen = -1,
-			c.relreplident = 'f' OR coalesce(a.attnum = ANY (i.indkey::int2[]), false)
+			c.relreplident = 'f' OR coalesce(a.attnum = ANY (i.indkey::int2[]), false), a.atttypid < 16384
 		FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
 		LEFT JOIN pg_catalog.pg_index i ON i.indrelid = c.oid
 			AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))
 		WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`, name)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	var n string
-	var v, k bool
-	_, err = pgx.ForEachRow(rows, []any{&n, &v, &k}, func() error {
-		names, varlena, key = append(names, n), append(varlena, v), append(key, k)
+	var v, k, b bool
+	_, err = pgx.ForEachRow(rows, []any{&n, &v, &k, &b}, func() error {
+		names, varlena, key, builtin = append(names, n), append(varlena, v), append(key, k), append(builtin, b)
 		return nil
 	})
-	return names, key, varlena, err
+	return names, key, varlena, builtin, err
 }
 
 // fillKept records, for a table's rows as of the snapshot, the out-of-line
@@ -461,7 +463,7 @@ func tableColumns(ctx context.Context, tx pgx.Tx, name string) (names []string, 
 // point must find.
 func (p *WALReader) fillKept(ctx context.Context, tx pgx.Tx, log eventlog.Tx, schema, table string) error {
 	name := pgx.Identifier{schema, table}.Sanitize()
-	names, key, varlena, err := tableColumns(ctx, tx, name)
+	names, key, varlena, builtin, err := tableColumns(ctx, tx, name)
 	if err != nil {
 		return err
 	}
@@ -480,18 +482,15 @@ func (p *WALReader) fillKept(ctx context.Context, tx pgx.Tx, log eventlog.Tx, sc
 	if toasted == 0 {
 		return nil
 	}
-	var keyCols, keptCols []string
+	var keyCols, keptCols, sel []string
 	for i, c := range names {
 		if key[i] {
-			keyCols = append(keyCols, pgx.Identifier{c}.Sanitize()+"::text")
+			keyCols = append(keyCols, asText(c, builtin[i]))
 		}
 		if kept[i] {
 			keptCols = append(keptCols, c)
+			sel = append(sel, asText(c, builtin[i]))
 		}
-	}
-	sel := make([]string, len(keptCols))
-	for i, c := range keptCols {
-		sel[i] = pgx.Identifier{c}.Sanitize() + "::text"
 	}
 	// Only rows that may hold out-of-line values (see mayBeToasted).
 	rows, err := tx.Query(ctx, "SELECT ARRAY["+strings.Join(keyCols, ", ")+"], ARRAY["+strings.Join(sel, ", ")+"] FROM "+name+" AS t"+

@@ -83,6 +83,21 @@ func (s *Source) runsCode(cols []SourceColumn) bool {
 // types they do not own.
 func builtinType(typ string) bool { return !strings.Contains(typ, ".") }
 
+// asText is a column's value as text, as the log keeps it, in SQL the
+// sidecar runs with its own role (the TOAST paths, which read tables the
+// projections read): (col)::text for a built-in type, whose casts are
+// Postgres's; for any other type its output function by way of format,
+// never a cast, since whoever owns the type may have made its cast to
+// text a function of theirs. Output functions are C, which only a
+// superuser can write. For a type without a cast of its own the two give
+// the same text.
+func asText(col string, builtin bool) string {
+	if builtin {
+		return pgx.Identifier{col}.Sanitize() + "::text"
+	}
+	return "pg_catalog.format('%s', " + pgx.Identifier{col}.Sanitize() + ")"
+}
+
 // evaluator is a temporary SECURITY DEFINER function owned by a role,
 // running body: name is how to call it (pg_temp-qualified).
 type evaluator struct {

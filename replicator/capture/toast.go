@@ -220,10 +220,16 @@ func readColumn(ctx context.Context, q Querier, rel *relation, key []eventlog.Va
 		if rel.key[j] {
 			args = append(args, key[k])
 			k++
-			conds = append(conds, fmt.Sprintf("%s::text = $%d", pgx.Identifier{c.Name}.Sanitize(), len(args)))
+			conds = append(conds, fmt.Sprintf("%s = $%d", asText(c.Name, builtinType(c.Type)), len(args)))
 		}
 	}
-	query := fmt.Sprintf("SELECT %s::text FROM %s WHERE %s", pgx.Identifier{col}.Sanitize(),
+	builtin := true
+	for _, c := range rel.cols {
+		if c.Name == col {
+			builtin = builtinType(c.Type)
+		}
+	}
+	query := fmt.Sprintf("SELECT %s FROM %s WHERE %s", asText(col, builtin),
 		pgx.Identifier{rel.schema, rel.table}.Sanitize(), strings.Join(conds, " AND "))
 	rows, err := q.Query(ctx, query, args...)
 	if err != nil {
