@@ -55,16 +55,17 @@ func (k *internalSink) receive(s *session, typ byte, n int) error {
 		}
 		k.held += n
 	}
-	body, err := s.ur.body(n)
+	body, err := s.ur.ownedBody(n)
 	if err != nil {
 		return err
 	}
 	return k.deliver(s.ctx, typ, body)
 }
 
+// deliver hands a message over; body is the collector's from then on.
 func (k *internalSink) deliver(ctx context.Context, typ byte, body []byte) error {
 	select {
-	case k.ch <- sinkMsg{typ, append([]byte(nil), body...)}:
+	case k.ch <- sinkMsg{typ, body}:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
