@@ -211,6 +211,11 @@ func TestCatalogRelationsWithOwnTables(t *testing.T) {
 			}
 		})
 	}
+	// The example in docs/sql-reference.md.
+	if _, err := p.conn.Exec(ctx, `SELECT s.target, s.publication, s.version, s.status, pg_total_relation_size(s.target::regclass) AS bytes
+		FROM rejot.subscriptions s JOIN rejot.systems y USING (system) WHERE y.database = current_database()`); err != nil {
+		t.Fatal(err)
+	}
 	sd, err := p.conn.PgConn().Prepare(ctx, "", "SELECT publication, version FROM rejot.publications WHERE version > $1 AND owner = $2", nil)
 	if err != nil || len(sd.ParamOIDs) != 2 || sd.ParamOIDs[0] != 23 || sd.ParamOIDs[1] != 25 || len(sd.Fields) != 2 ||
 		sd.Fields[0].Name != "publication" || sd.Fields[1].DataTypeOID != 23 || sd.Fields[0].TableOID != 0 {
