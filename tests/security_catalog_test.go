@@ -211,6 +211,22 @@ func TestCatalogRelationsWithOwnTables(t *testing.T) {
 			}
 		})
 	}
+	// An error's position is in the caller's text, in either protocol.
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheDescribe, pgx.QueryExecModeSimpleProtocol} {
+		conn := connectMode(t, p.sc.url(p.db, "postgres"), mode, nil)
+		q := "SELECT m.note FROM rejot.systems s, public.mine m WHERE s.nocolumn = $1"
+		_, err := conn.Exec(ctx, q, p.db)
+		if pe, want := pgErr(err), strings.Index(q, "s.nocolumn")+1; pe == nil || pe.Code != "42703" || int(pe.Position) != want {
+			t.Errorf("mode %v: %+v, want 42703 at %d", mode, pe, want)
+		}
+		// In a failed transaction block: 25P02, as for any statement.
+		tx, _ := conn.Begin(ctx)
+		tx.Exec(ctx, "SELECT 1/0")
+		if _, err := tx.Exec(ctx, "SELECT * FROM rejot.systems"); pgErr(err) == nil || pgErr(err).Code != "25P02" {
+			t.Errorf("mode %v: in an aborted transaction: %v", mode, err)
+		}
+		tx.Rollback(ctx)
+	}
 	// The example in docs/sql-reference.md.
 	if _, err := p.conn.Exec(ctx, `SELECT s.target, s.publication, s.version, s.status, pg_total_relation_size(s.target::regclass) AS bytes
 		FROM rejot.subscriptions s JOIN rejot.systems y USING (system) WHERE y.database = current_database()`); err != nil {
