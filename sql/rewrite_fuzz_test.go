@@ -2,7 +2,6 @@ package sql
 
 import (
 	"fmt"
-	"strings"
 	"testing"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
@@ -54,7 +53,8 @@ func checkRewritten(q *relationQuery) string {
 	}
 	found := ""
 	walk(tree.Stmts[0].Stmt.ProtoReflect(), func(m protoreflect.Message) {
-		if rv, ok := m.Interface().(*pg_query.RangeVar); ok && strings.EqualFold(rv.Schemaname, "rejot") {
+		// "reJot" quoted is another schema: names are case-sensitive once parsed.
+		if rv, ok := m.Interface().(*pg_query.RangeVar); ok && rv.Schemaname == "rejot" {
 			found = rv.Relname
 		}
 	})
