@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,79 +14,104 @@ import (
 	"github.com/rejot-dev/rejot/managed"
 )
 
-// TestUserQueryResultIsBounded: a user's query whose result is larger than
-// the budget fails with 54000 once the budget is read — the rest is never
-// held — whether it is many rows or one value; the catalog answers after.
-func TestUserQueryResultIsBounded(t *testing.T) {
+// TestRelationRowsAreBounded: relations whose rows are larger than the
+// budget are refused with 54000 once the budget is read, whether they come
+// in one value or several; the catalog answers after.
+func TestRelationRowsAreBounded(t *testing.T) {
 	c := open(t)
 	ctx := context.Background()
-	for _, q := range []string{
-		"SELECT repeat('x', 1048576) FROM generate_series(1, 300)", // 300 MB in rows of 1 MB
-		"SELECT repeat('x', 100 * 1048576)",                        // one value of 100 MB
-	} {
+	c.MaxResultBytes = 4 << 20
+	if err := c.RegisterSystem(ctx, System{Name: "shop", Database: "shop_db"}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		apply(t, c, "shop", int64(i+1), "publish", managed.Published{Publication: "p" + string(rune('a'+i)), Version: 1,
+			Owner: "shop", Database: "shop_db", Query: "SELECT id FROM orders", Source: "public.orders", KeyColumns: []string{"id"},
+			Description: strings.Repeat("x", 3<<20), Columns: []Column{{Name: "id", Type: "bigint", TypeOID: 20, TypeMod: -1, IsKey: true}}})
+	}
+	for _, rels := range [][]string{{"publications"}, {"systems", "publications"}} {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		started := time.Now()
-		_, err := c.Query(ctx, q, nil, nil, nil, nil)
+		_, err := c.RelationRows(ctx, rels)
 		runtime.ReadMemStats(&after)
-		if !pgerr.Is(err, pgerr.ProgramLimitExceeded) {
-			t.Fatalf("%s: got %v, want 54000", q, err)
-		}
 		var e *pgerr.Error
-		if errors.As(err, &e) && e.Message != "the result of a catalog query is larger than 64 MB; select fewer rows or columns" {
-			t.Errorf("message: %q", e.Message)
+		if !errors.As(err, &e) || e.Code != pgerr.ProgramLimitExceeded || e.Message != "the result of a catalog query is larger than 4 MB; select fewer rows or columns" {
+			t.Fatalf("%v: got %v, want 54000", rels, err)
 		}
-		if grown := after.TotalAlloc - before.TotalAlloc; grown > 3*DefaultMaxResultBytes {
-			t.Errorf("%s: %d MB allocated for a result bounded at 64 MB", q, grown>>20)
+		if grown := after.TotalAlloc - before.TotalAlloc; grown > 3*4<<20 {
+			t.Errorf("%v: %d MB allocated for rows bounded at 4 MB", rels, grown>>20)
 		}
-		t.Logf("%s: refused in %v", q, time.Since(started))
 	}
-	res, err := c.Query(ctx, "SELECT count(*) FROM rejot.publications", nil, nil, nil, nil)
-	if err != nil || len(res.Rows) != 1 {
-		t.Fatalf("after the refusals: %+v, %v", res, err)
+	if rows, err := c.RelationRows(ctx, []string{"systems"}); err != nil || !strings.Contains(rows[0], "shop_db") {
+		t.Fatalf("after the refusals: %v, %v", rows, err)
 	}
 }
 
-// TestUserQueryTimesOut: a slow user query is ended by the catalog's
-// statement_timeout, with Postgres's own 57014.
-func TestUserQueryTimesOut(t *testing.T) {
+// TestRelationRowsTimeOut: a read that cannot finish (here: the table is
+// locked) is ended by the catalog's statement_timeout, with 57014.
+func TestRelationRowsTimeOut(t *testing.T) {
 	c := open(t)
 	c.QueryTimeout = 500 * time.Millisecond
-	_, err := c.Query(context.Background(), "SELECT pg_sleep(5)", nil, nil, nil, nil)
+	unlock := lockTable(t, c, "systems")
+	defer unlock()
+	_, err := c.RelationRows(context.Background(), []string{"systems"})
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) || pe.Code != pgerr.QueryCanceled {
 		t.Fatalf("got %v, want 57014", err)
 	}
 }
 
-// TestSlowUserQueriesLeaveTheSidecarAlone: users' queries holding every
+// lockTable holds an exclusive lock on a catalog table until unlock.
+func lockTable(t *testing.T, c *Catalog, table string) (unlock func()) {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := c.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE rejot_catalog."+table+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	return func() { tx.Rollback(ctx) }
+}
+
+// TestSlowReadsLeaveTheSidecarAlone: reads for users' queries holding every
 // connection they may have do not hold up the sidecar's own work on the
 // catalog — registering, heartbeats, applying a publish.
-func TestSlowUserQueriesLeaveTheSidecarAlone(t *testing.T) {
+func TestSlowReadsLeaveTheSidecarAlone(t *testing.T) {
 	c := open(t)
 	ctx := context.Background()
+	if err := c.RegisterSystem(ctx, System{Name: "shop", Database: "shop_db"}); err != nil {
+		t.Fatal(err)
+	}
+	c.QueryTimeout = 4 * time.Second
+	unlock := lockTable(t, c, "publications")
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.Query(ctx, "SELECT pg_sleep(4)", nil, nil, nil, nil)
+			c.RelationRows(ctx, []string{"publications"})
 		}()
 	}
 	defer wg.Wait()
-	time.Sleep(500 * time.Millisecond) // the sleeps have their connections
+	time.Sleep(500 * time.Millisecond) // the reads have their connections, and wait
 	started := time.Now()
-	if err := c.RegisterSystem(ctx, System{Name: "shop", Database: "shop_db"}); err != nil {
-		t.Fatal(err)
-	}
 	if err := c.Heartbeat(ctx, "shop", ""); err != nil {
 		t.Fatal(err)
 	}
+	if err := c.RegisterSystem(ctx, System{Name: "shop2", Database: "shop2_db"}); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(started); took > 2*time.Second {
+		t.Fatalf("the sidecar's own work waited %v behind users' reads", took)
+	}
+	unlock()
 	apply(t, c, "shop", 1, "publish", managed.Published{Publication: "orders", Version: 1, Owner: "shop", Database: "shop_db",
 		Query: "SELECT id FROM orders", Source: "public.orders", KeyColumns: []string{"id"},
 		Columns: []Column{{Name: "id", Type: "bigint", TypeOID: 20, TypeMod: -1, IsKey: true}}})
 	if took := time.Since(started); took > 2*time.Second {
-		t.Fatalf("the sidecar's own work waited %v behind users' queries", took)
+		t.Fatalf("the sidecar's own work waited %v behind users' reads", took)
 	}
 }

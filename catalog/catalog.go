@@ -1,9 +1,9 @@
 // Package catalog is ReJot's shared catalog, kept in a Postgres database:
 // the systems (one per sidecar), the publications with their versions and
-// columns, and the subscriptions. It migrates its own schema, and answers
-// the read-only relations users query through any sidecar
-// (rejot.publications, rejot.columns, rejot.subscriptions, rejot.systems).
-// It never moves row data.
+// columns, and the subscriptions. It migrates its own schema, and reads the
+// rows of the read-only relations users query through any sidecar
+// (rejot.publications, rejot.columns, rejot.subscriptions, rejot.systems)
+// with fixed statements of its own. It never moves row data.
 package catalog
 
 import (
@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -20,14 +21,11 @@ import (
 	"github.com/rejot-dev/rejot/internal/pgerr"
 )
 
-// Relations are the catalog relations users may query, in schema rejot.
-var Relations = []string{"publications", "columns", "subscriptions", "systems"}
-
 // Budgets of the users' queries over the catalog relations: any login role
 // can send one through any sidecar, so none may hold the sidecar's memory or
-// the catalog's connections for long. They run in a pool of their own, so
-// that a few slow ones cannot starve the applier, the heartbeats and the
-// reports, which use the other.
+// the catalog's connections for long. The reads of the relations' rows
+// they cause use a pool of their own, so that many at once cannot starve
+// the applier, the heartbeats and the reports, which use the other.
 const (
 	DefaultQueryTimeout   = 10 * time.Second
 	DefaultMaxResultBytes = 64 << 20
@@ -37,15 +35,18 @@ const (
 
 // Catalog is an open catalog database.
 type Catalog struct {
-	pool   *pgxpool.Pool // the sidecar's own work
-	users  *pgxpool.Pool // users' queries over the catalog relations
-	reader bool          // queries run as rejot_catalog_reader
-	// QueryTimeout bounds a user's query over the catalog relations (the
-	// catalog's statement_timeout, which cancels it with 57014).
+	pool  *pgxpool.Pool // the sidecar's own work
+	users *pgxpool.Pool // reads of the catalog relations for users' queries
+	// QueryTimeout bounds each read of the catalog relations for a user's
+	// query (the catalog's statement_timeout, which cancels it with 57014).
 	QueryTimeout time.Duration
-	// MaxResultBytes bounds the values of a user's query result: past it
-	// the query stops with 54000.
+	// MaxResultBytes bounds what one user's query over the catalog
+	// relations may make the sidecar hold: the rows read from the catalog,
+	// and the query's result. Past it the query stops with 54000.
 	MaxResultBytes int
+
+	colsMu sync.Mutex
+	cols   map[string][]RelationColumn // the relations' columns, once read
 }
 
 // Open connects to the catalog at url and migrates its schema.
@@ -77,10 +78,6 @@ func Open(ctx context.Context, url string) (*Catalog, error) {
 	}
 	c = &Catalog{pool: pool, users: users, QueryTimeout: DefaultQueryTimeout, MaxResultBytes: DefaultMaxResultBytes}
 	err = pool.AcquireFunc(ctx, func(conn *pgxpool.Conn) error { return Migrate(ctx, conn.Conn()) })
-	if err == nil {
-		err = pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rejot_catalog_reader')
-			AND pg_has_role(current_user, 'rejot_catalog_reader', 'MEMBER')`).Scan(&c.reader)
-	}
 	if err != nil {
 		c.Close()
 		return nil, err
@@ -129,111 +126,4 @@ func (c *Catalog) RegisterSystem(ctx context.Context, s System) error {
 func (c *Catalog) Heartbeat(ctx context.Context, system, problem string) error {
 	_, err := c.pool.Exec(ctx, "UPDATE rejot_catalog.systems SET last_seen = now(), problem = nullif($2, '') WHERE system = $1", system, problem)
 	return err
-}
-
-// Result is the raw outcome of a query over the catalog relations, in the
-// formats the caller asked for, ready to relay.
-type Result struct {
-	Fields []pgconn.FieldDescription
-	Rows   [][][]byte
-	Tag    string
-}
-
-// Describe prepares a query over the catalog relations and returns its
-// parameter types and result fields.
-func (c *Catalog) Describe(ctx context.Context, sql string, paramOIDs []uint32) (*pgconn.StatementDescription, error) {
-	var sd *pgconn.StatementDescription
-	err := c.readOnly(ctx, func(conn *pgconn.PgConn) error {
-		var err error
-		sd, err = conn.Prepare(ctx, "", sql, paramOIDs)
-		return err
-	})
-	return sd, err
-}
-
-// Query runs a query over the catalog relations in a read-only
-// transaction with a time limit; parameters and results use the given
-// formats, so values pass through without being decoded. A result whose
-// values exceed MaxResultBytes is not read further: the query fails with
-// 54000 and its connection is dropped, rather than read to its end.
-func (c *Catalog) Query(ctx context.Context, sql string, params [][]byte, paramOIDs []uint32, paramFormats, resultFormats []int16) (*Result, error) {
-	var res *Result
-	err := c.readOnly(ctx, func(conn *pgconn.PgConn) error {
-		qctx, stop := context.WithCancel(ctx)
-		defer stop()
-		rr := conn.ExecParams(qctx, sql, params, paramOIDs, paramFormats, resultFormats)
-		r := &Result{}
-		size := 0
-		for rr.NextRow() {
-			row := make([][]byte, len(rr.Values()))
-			for i, v := range rr.Values() {
-				size += len(v)
-				if v != nil {
-					row[i] = append([]byte{}, v...)
-				}
-			}
-			if size > c.maxResultBytes() {
-				stop() // closes the connection: the rest is never read
-				rr.Close()
-				return errResultTooLarge(c.maxResultBytes())
-			}
-			r.Rows = append(r.Rows, row)
-		}
-		// Copied here: a result without rows still has its fields.
-		r.Fields = append([]pgconn.FieldDescription(nil), rr.FieldDescriptions()...)
-		tag, err := rr.Close()
-		var long *pgproto3.ExceededMaxBodyLenErr
-		if errors.As(err, &long) {
-			return errResultTooLarge(c.maxResultBytes())
-		}
-		if err != nil {
-			return err
-		}
-		r.Tag, res = tag.String(), r
-		return nil
-	})
-	return res, err
-}
-
-func (c *Catalog) maxResultBytes() int {
-	if c.MaxResultBytes > 0 {
-		return c.MaxResultBytes
-	}
-	return DefaultMaxResultBytes
-}
-
-func errResultTooLarge(limit int) error {
-	return &pgerr.Error{Code: pgerr.ProgramLimitExceeded,
-		Message: fmt.Sprintf("the result of a catalog query is larger than %d MB; select fewer rows or columns", limit>>20),
-		Hint:    "Add a WHERE clause or a LIMIT, or leave out long columns such as query and description."}
-}
-
-// readOnly runs f inside a read-only transaction on the users' pool: a
-// user's query over the catalog relations can read them and nothing can
-// change. The catalog's statement_timeout ends a slow query with its own
-// clear error; the context's deadline, a little later, bounds the wait for
-// a connection and a catalog that stopped answering.
-func (c *Catalog) readOnly(ctx context.Context, f func(*pgconn.PgConn) error) error {
-	timeout := c.QueryTimeout
-	if timeout <= 0 {
-		timeout = DefaultQueryTimeout
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout+2*time.Second)
-	defer cancel()
-	return c.users.AcquireFunc(ctx, func(pc *pgxpool.Conn) error {
-		conn := pc.Conn()
-		setup := fmt.Sprintf("BEGIN READ ONLY; SET LOCAL statement_timeout = %d; SET LOCAL search_path = rejot, pg_catalog",
-			timeout.Milliseconds())
-		if c.reader {
-			setup += "; SET LOCAL ROLE rejot_catalog_reader"
-		}
-		if _, err := conn.PgConn().Exec(ctx, setup).ReadAll(); err != nil {
-			return err
-		}
-		err := f(conn.PgConn())
-		if _, rerr := conn.Exec(context.WithoutCancel(ctx), "ROLLBACK"); rerr != nil && err == nil {
-			err = rerr
-		}
-		return err
-	})
 }

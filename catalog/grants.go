@@ -2,9 +2,11 @@ package catalog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rejot-dev/rejot/managed"
 )
@@ -72,4 +74,21 @@ func (l *Lazy) Access(ctx context.Context, publication string, version int) (str
 		return "", ErrUnavailable
 	}
 	return c.Access(ctx, l.System.Name, publication, version)
+}
+
+// VersionAccess returns who may subscribe to a publication version: the
+// owner's system, its access as rejot.publications shows it (open, or the
+// granted systems) and the granted systems; found is false when there is
+// no such version.
+func (c *Catalog) VersionAccess(ctx context.Context, publication string, version int) (owner, access string, granted []string, found bool, err error) {
+	err = c.readOnly(ctx, func(conn *pgxpool.Conn) error {
+		err := conn.QueryRow(ctx, `SELECT owner, access, coalesce(granted_to, '{}') FROM rejot.publications
+			WHERE publication = $1 AND version = $2`, publication, version).Scan(&owner, &access, &granted)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		found = err == nil
+		return err
+	})
+	return owner, access, granted, found, err
 }

@@ -178,22 +178,57 @@ func (l *Lazy) Claim(ctx context.Context, name, system string) (string, error) {
 	return c.Claim(ctx, name, system)
 }
 
-// Describe is Catalog.Describe on the current catalog.
-func (l *Lazy) Describe(ctx context.Context, sql string, paramOIDs []uint32) (*pgconn.StatementDescription, error) {
+// RelationColumns is Catalog.RelationColumns on the current catalog.
+func (l *Lazy) RelationColumns(ctx context.Context, rel string) ([]RelationColumn, error) {
 	c := l.cur.Load()
 	if c == nil {
 		return nil, ErrUnavailable
 	}
-	return c.Describe(ctx, sql, paramOIDs)
+	return c.RelationColumns(ctx, rel)
 }
 
-// Query is Catalog.Query on the current catalog.
-func (l *Lazy) Query(ctx context.Context, sql string, params [][]byte, paramOIDs []uint32, paramFormats, resultFormats []int16) (*Result, error) {
+// RelationRows is Catalog.RelationRows on the current catalog.
+func (l *Lazy) RelationRows(ctx context.Context, rels []string) ([]string, error) {
 	c := l.cur.Load()
 	if c == nil {
 		return nil, ErrUnavailable
 	}
-	return c.Query(ctx, sql, params, paramOIDs, paramFormats, resultFormats)
+	return c.RelationRows(ctx, rels)
+}
+
+// ActiveSubscriptions is Catalog.ActiveSubscriptions on the current catalog.
+func (l *Lazy) ActiveSubscriptions(ctx context.Context, publication string, version int) (int64, error) {
+	c := l.cur.Load()
+	if c == nil {
+		return 0, ErrUnavailable
+	}
+	return c.ActiveSubscriptions(ctx, publication, version)
+}
+
+// VersionColumns is Catalog.VersionColumns on the current catalog.
+func (l *Lazy) VersionColumns(ctx context.Context, publication string, version int) (string, []Column, bool, error) {
+	c := l.cur.Load()
+	if c == nil {
+		return "", nil, false, ErrUnavailable
+	}
+	return c.VersionColumns(ctx, publication, version)
+}
+
+// VersionAccess is Catalog.VersionAccess on the current catalog.
+func (l *Lazy) VersionAccess(ctx context.Context, publication string, version int) (string, string, []string, bool, error) {
+	c := l.cur.Load()
+	if c == nil {
+		return "", "", nil, false, ErrUnavailable
+	}
+	return c.VersionAccess(ctx, publication, version)
+}
+
+// MaxResult is Catalog.MaxResult of the current catalog, or the default.
+func (l *Lazy) MaxResult() int {
+	if c := l.cur.Load(); c != nil {
+		return c.MaxResult()
+	}
+	return DefaultMaxResultBytes
 }
 
 // ReportSubscriptions records how the system's subscriptions are doing,

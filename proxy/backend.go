@@ -89,11 +89,7 @@ func (s *session) dispatch(typ byte, n int) error {
 	case !authed && typ == 'R' && n >= 4 && binary.BigEndian.Uint32(peeked) == 10:
 		return s.relaySASLMechanisms(n)
 	case has && head.sink != nil:
-		body, err := s.ur.body(n)
-		if err != nil {
-			return err
-		}
-		return head.sink.deliver(s.ctx, typ, body)
+		return head.sink.receive(s, typ, n)
 	case has && head.tr != nil:
 		return s.relayTranslated(head.tr, typ, n)
 	default:

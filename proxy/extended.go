@@ -96,7 +96,7 @@ func (s *session) localParse(body []byte, name, query string, st sql.Statement, 
 	}
 	ls := &localStmt{query: query, st: st}
 	if st.Relations {
-		sd, err := s.srv.Executor.DescribeRelations(s.ctx, query, st, oids)
+		sd, err := s.srv.Executor.DescribeRelations(s.ctx, query, st, oids, upstreamSession{s})
 		if err != nil {
 			return s.fail(err, query)
 		}
@@ -235,7 +235,7 @@ func (s *session) localDescribe(body []byte, ls *localStmt, lp *localPortal) err
 	}
 	switch {
 	case stmt.st.Relations:
-		out = appendEncoded(out, catalogRowDescription(stmt.fields, formats))
+		out = appendEncoded(out, relationRowDescription(stmt.fields, formats))
 	case len(cols) == 0:
 		out = appendEncoded(out, &pgproto3.NoData{})
 	default:
@@ -261,20 +261,6 @@ func (s *session) localExecute(body []byte, lp *localPortal) error {
 	}
 	out = appendEncoded(out, &pgproto3.CommandComplete{CommandTag: []byte(res.Tag)})
 	return s.reply(out)
-}
-
-// executeRelations runs a bound query over the catalog relations.
-func (s *session) executeRelations(lp *localPortal) error {
-	if s.inAbortedTransaction() {
-		return s.fail(errAborted, lp.stmt.query)
-	}
-	b := lp.raw
-	res, err := s.srv.Executor.QueryRelations(s.ctx, lp.stmt.query, lp.stmt.st, b.Parameters,
-		lp.stmt.params, b.ParameterFormatCodes, b.ResultFormatCodes)
-	if err != nil {
-		return s.fail(err, lp.stmt.query)
-	}
-	return s.reply(appendCatalogRows(nil, res))
 }
 
 func (s *session) localClose(body []byte, name string) error {

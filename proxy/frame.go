@@ -96,6 +96,18 @@ func (f *frameReader) copyTo(w *bufio.Writer, n int) error {
 }
 
 // skip discards the current message.
+// ownedBody consumes the current message and returns its body in a slice
+// of its own, read straight into (used for the upstream's replies, whose
+// lengths are the server's).
+func (f *frameReader) ownedBody(n int) ([]byte, error) {
+	if _, err := f.r.Discard(5); err != nil {
+		return nil, err
+	}
+	b := make([]byte, n)
+	_, err := io.ReadFull(f.r, b)
+	return b, err
+}
+
 func (f *frameReader) skip(n int) error {
 	_, err := f.r.Discard(n + 5)
 	return err

@@ -20,7 +20,19 @@ const (
 )
 
 // internalSink receives the replies to the sidecar's own messages.
-type internalSink struct{ ch chan sinkMsg }
+type internalSink struct {
+	ch chan sinkMsg
+	// limit bounds the bytes of DataRows the sink holds (0: none). Past it
+	// the rows are dropped as they are read and the collector told once,
+	// by a message of type overBudget.
+	limit int
+	held  int // owned by the backend loop
+	over  bool
+}
+
+// overBudget is the type of the message that says the sink's rows went
+// past its limit; no server message has this type.
+const overBudget byte = 0
 
 type sinkMsg struct {
 	typ  byte
@@ -29,9 +41,31 @@ type sinkMsg struct {
 
 func newSink() *internalSink { return &internalSink{ch: make(chan sinkMsg, 16)} }
 
+// receive takes the upstream's current message, of n bytes: a DataRow past
+// the limit is skipped unread.
+func (k *internalSink) receive(s *session, typ byte, n int) error {
+	if k.limit > 0 && typ == 'D' {
+		if k.over || k.held+n > k.limit {
+			first := !k.over
+			k.over = true
+			if err := s.ur.skip(n); err != nil || !first {
+				return err
+			}
+			return k.deliver(s.ctx, overBudget, nil)
+		}
+		k.held += n
+	}
+	body, err := s.ur.ownedBody(n)
+	if err != nil {
+		return err
+	}
+	return k.deliver(s.ctx, typ, body)
+}
+
+// deliver hands a message over; body is the collector's from then on.
 func (k *internalSink) deliver(ctx context.Context, typ byte, body []byte) error {
 	select {
-	case k.ch <- sinkMsg{typ, append([]byte(nil), body...)}:
+	case k.ch <- sinkMsg{typ, body}:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -134,10 +168,7 @@ type upstreamSession struct{ s *session }
 // caller has drained the connection first.
 func (u upstreamSession) Query(ctx context.Context, query string, params ...*string) (*sql.Rows, error) {
 	s := u.s
-	var msgs [][]byte
-	if s.leaked {
-		msgs = append(msgs, closeMsg('S', internalStmt))
-	}
+	msgs := s.closeLeaked()
 	parse := appendInt16(appendCString(appendCString([]byte{'P'}, internalStmt), query), 0)
 	bind := appendCString(appendCString([]byte{'B'}, internalStmt), internalStmt)
 	bind = appendInt16(appendInt16(bind, 0), int16(len(params)))

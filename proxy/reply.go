@@ -5,10 +5,8 @@ import (
 	"errors"
 	"unicode/utf8"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgtype"
-	"github.com/rejot-dev/rejot/catalog"
 	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rejot-dev/rejot/sql"
 )
@@ -118,24 +116,4 @@ func dataRows(dst []byte, types *pgtype.Map, res *sql.Result, formats []int16) (
 		dst = appendEncoded(dst, dr)
 	}
 	return dst, nil
-}
-
-// catalogRowDescription describes the catalog's result fields in the
-// formats the client asked for.
-func catalogRowDescription(fields []pgconn.FieldDescription, formats []int16) *pgproto3.RowDescription {
-	rd := &pgproto3.RowDescription{Fields: make([]pgproto3.FieldDescription, len(fields))}
-	for i, f := range fields {
-		rd.Fields[i] = pgproto3.FieldDescription{Name: []byte(f.Name), TableOID: 0, TableAttributeNumber: 0,
-			DataTypeOID: f.DataTypeOID, DataTypeSize: f.DataTypeSize, TypeModifier: f.TypeModifier,
-			Format: formatFor(formats, i)}
-	}
-	return rd
-}
-
-// appendCatalogRows relays the catalog's rows and command tag unchanged.
-func appendCatalogRows(dst []byte, res *catalog.Result) []byte {
-	for _, row := range res.Rows {
-		dst = appendEncoded(dst, &pgproto3.DataRow{Values: row})
-	}
-	return appendEncoded(dst, &pgproto3.CommandComplete{CommandTag: []byte(res.Tag)})
 }

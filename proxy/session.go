@@ -404,14 +404,19 @@ func (s *session) cancelAbandoned() {
 	if !busy || len(key) < 8 {
 		return
 	}
-	packet := binary.BigEndian.AppendUint32(nil, uint32(8+len(key)))
-	packet = binary.BigEndian.AppendUint32(packet, codeCancelRequest)
-	packet = append(packet, key...)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := s.srv.Upstream.Cancel(ctx, packet); err != nil {
+	if err := s.srv.Upstream.Cancel(ctx, cancelPacket(key)); err != nil {
 		s.log.Debug().Err(err).Msg("cannot cancel the departed client's statement")
 	}
+}
+
+// cancelPacket is the CancelRequest for the backend whose BackendKeyData
+// body is key.
+func cancelPacket(key []byte) []byte {
+	packet := binary.BigEndian.AppendUint32(nil, uint32(8+len(key)))
+	packet = binary.BigEndian.AppendUint32(packet, codeCancelRequest)
+	return append(packet, key...)
 }
 
 func (s *session) isAuthed() bool {

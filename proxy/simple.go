@@ -128,21 +128,6 @@ func (s *session) callSimple(query string, st sql.Statement) (ok bool, err error
 	return true, s.reply(out)
 }
 
-// relationsSimple answers a query over the catalog relations in the
-// simple protocol: text results, with the catalog's own row description.
-func (s *session) relationsSimple(query string, st sql.Statement) (bool, error) {
-	if s.inAbortedTransaction() {
-		return false, s.fail(errAborted, query)
-	}
-	res, err := s.srv.Executor.QueryRelations(s.ctx, query, st, nil, nil, nil, nil)
-	if err != nil {
-		return false, s.fail(err, query)
-	}
-	out := appendEncoded(nil, catalogRowDescription(res.Fields, nil))
-	out = appendCatalogRows(out, res)
-	return true, s.reply(out)
-}
-
 // sendTranslated sends one ordinary statement of a simple query as
 // Parse/Bind/Describe/Execute on the unnamed statement and portal, which a
 // simple query would have replaced anyway.

@@ -75,18 +75,14 @@ func (env *Env) checkAccess(ctx context.Context, pub string, version int) error 
 	if x.Catalog == nil {
 		return errNoCatalog
 	}
-	res, err := x.Catalog.Query(ctx, `SELECT owner, access, granted_to::text FROM rejot.publications
-		WHERE publication = $1 AND version = $2::int`,
-		[][]byte{[]byte(pub), []byte(strconv.Itoa(version))}, nil, nil, nil)
+	owner, access, granted, found, err := x.Catalog.VersionAccess(ctx, pub, version)
 	if err != nil {
 		return pgerr.Errorf(pgerr.ConnectionFailure, "cannot read who may subscribe to publication %s version %d: the catalog is not reachable", pub, version).
 			WithHint("Subscribing needs the catalog; retry when it is back.")
 	}
-	if len(res.Rows) == 0 {
+	if !found {
 		return nil // versionColumns says it does not exist
 	}
-	owner, access := string(res.Rows[0][0]), string(res.Rows[0][1])
-	granted := parseNameList(string(res.Rows[0][2]))
 	if access == accessOpen || owner == x.System || slices.Contains(granted, x.System) {
 		return nil
 	}

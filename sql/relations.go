@@ -1,73 +1,120 @@
 package sql
 
 import (
-	"context"
-	"errors"
 	"strings"
-	"unicode/utf8"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"github.com/rejot-dev/rejot/catalog"
 	"github.com/rejot-dev/rejot/internal/pgerr"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
-// classifyRelations recognises a query over the catalog relations
-// (rejot.publications, ...). Such a query runs against the catalog
-// database, so it may read nothing else, and only read.
-func classifyRelations(node *pg_query.Node) (bool, error) {
-	var vars []*pg_query.RangeVar
-	ctes := map[string]bool{}
+// relationRefs are the references to the catalog relations in one
+// statement, and what else the rewrite must know of it.
+type relationRefs struct {
+	from     []*pg_query.RangeVar  // rejot.<rel> read as a FROM item
+	refused  []*pg_query.RangeVar  // rejot.<rel> written, locked or sampled
+	columns  []*pg_query.ColumnRef // rejot.<rel>.<column>: the schema is dropped
+	params   []*pg_query.ParamRef
+	maxParam int
+}
+
+// findRelationRefs walks a statement for its references to the catalog
+// relations: every RangeVar qualified with rejot, sorted by what it is used
+// for. The walk meets a node before its children, so a RangeVar that is an
+// INSERT's target (say) is known as such when it is reached.
+func findRelationRefs(node *pg_query.Node) *relationRefs {
+	refs := &relationRefs{}
+	special := map[*pg_query.RangeVar]bool{}
+	mark := func(n *pg_query.Node) {
+		if rv := n.GetRangeVar(); rv != nil {
+			special[rv] = true
+		}
+	}
 	walk(node.ProtoReflect(), func(m protoreflect.Message) {
 		switch v := m.Interface().(type) {
+		case *pg_query.InsertStmt:
+			special[v.Relation] = true
+		case *pg_query.UpdateStmt:
+			special[v.Relation] = true
+		case *pg_query.DeleteStmt:
+			special[v.Relation] = true
+		case *pg_query.MergeStmt:
+			special[v.Relation] = true
+		case *pg_query.LockingClause:
+			for _, n := range v.LockedRels {
+				mark(n)
+			}
+		case *pg_query.RangeTableSample:
+			mark(v.Relation)
 		case *pg_query.RangeVar:
-			vars = append(vars, v)
-		case *pg_query.CommonTableExpr:
-			ctes[v.Ctename] = true
+			switch {
+			case v.Schemaname != "rejot":
+			case special[v]:
+				refs.refused = append(refs.refused, v)
+			default:
+				refs.from = append(refs.from, v)
+			}
+		case *pg_query.ColumnRef:
+			if isRelationColumn(v) {
+				refs.columns = append(refs.columns, v)
+			}
+		case *pg_query.ParamRef:
+			refs.params = append(refs.params, v)
+			refs.maxParam = max(refs.maxParam, int(v.Number))
 		}
 	})
-	first := -1
-	for i, v := range vars {
-		if v.Schemaname == "rejot" {
-			first = i
-			break
-		}
-	}
-	if first < 0 {
+	return refs
+}
+
+// isRelationColumn: rejot.<relation>.<column> (or .*).
+func isRelationColumn(c *pg_query.ColumnRef) bool {
+	f := c.Fields
+	return len(f) == 3 && f[0].GetString_().GetSval() == "rejot" && catalog.IsRelation(f[1].GetString_().GetSval())
+}
+
+// classifyRelations recognises a query over the catalog relations
+// (rejot.publications, ...). It runs in the caller's own session with the
+// relations' rows as parameters (see QueryRelations), so it may read
+// anything the caller may; but the relations can only be read.
+func classifyRelations(node *pg_query.Node) (bool, error) {
+	refs := findRelationRefs(node)
+	if len(refs.from)+len(refs.refused) == 0 {
 		return false, nil
 	}
-	if node.GetSelectStmt() == nil || node.GetSelectStmt().IntoClause != nil {
-		return true, pgerr.Errorf(pgerr.FeatureNotSupported, "the rejot catalog relations are read-only").
-			At(vars[first].Location).WithHint("Change publications with CALL rejot.publish(...), rejot.deprecate(...) or rejot.unpublish(...).")
+	first := refs.from
+	if len(first) == 0 || len(refs.refused) > 0 && refs.refused[0].Location < first[0].Location {
+		first = refs.refused
 	}
-	for _, v := range vars {
-		if err := checkRelation(v, ctes); err != nil {
+	if node.GetSelectStmt() == nil || node.GetSelectStmt().IntoClause != nil {
+		return true, errReadOnly(first[0].Location)
+	}
+	for _, v := range append(refs.from, refs.refused...) {
+		if err := checkRelation(v); err != nil {
 			return true, err
 		}
+	}
+	if len(refs.refused) > 0 {
+		return true, errReadOnly(refs.refused[0].Location)
 	}
 	return true, nil
 }
 
-func checkRelation(v *pg_query.RangeVar, ctes map[string]bool) error {
-	switch {
-	case v.Schemaname == "rejot" && v.Catalogname == "":
-		for _, r := range catalog.Relations {
-			if v.Relname == r {
-				return nil
-			}
-		}
+func errReadOnly(location int32) error {
+	return pgerr.Errorf(pgerr.FeatureNotSupported, "the rejot catalog relations are read-only").
+		At(location).WithHint("Change publications with CALL rejot.publish(...), rejot.deprecate(...) or rejot.unpublish(...).")
+}
+
+func checkRelation(v *pg_query.RangeVar) error {
+	if v.Catalogname != "" {
+		return pgerr.Errorf(pgerr.FeatureNotSupported, "the catalog relation rejot.%s cannot be qualified with a database name", v.Relname).
+			At(v.Location).WithHint("Write rejot.%s: the catalog relations are the same from every database.", v.Relname)
+	}
+	if !catalog.IsRelation(v.Relname) {
 		return pgerr.Errorf(pgerr.UndefinedTable, "relation \"rejot.%s\" does not exist", v.Relname).At(v.Location).
 			WithHint("The catalog relations are %s.", relationList())
-	case v.Schemaname == "" && v.Catalogname == "" && ctes[v.Relname]:
-		return nil
 	}
-	name := v.Relname
-	if v.Schemaname != "" {
-		name = v.Schemaname + "." + name
-	}
-	return pgerr.Errorf(pgerr.FeatureNotSupported, "a query over the rejot catalog relations cannot also read %s", name).
-		At(v.Location).WithHint("The catalog relations live in the catalog database: query them on their own.")
+	return nil
 }
 
 func relationList() string {
@@ -76,64 +123,4 @@ func relationList() string {
 		names[i] = "rejot." + r
 	}
 	return strings.Join(names, ", ")
-}
-
-// CatalogReader answers queries over the catalog relations.
-type CatalogReader interface {
-	Describe(ctx context.Context, sql string, paramOIDs []uint32) (*pgconn.StatementDescription, error)
-	Query(ctx context.Context, sql string, params [][]byte, paramOIDs []uint32, paramFormats, resultFormats []int16) (*catalog.Result, error)
-}
-
-var errNoCatalog = &pgerr.Error{Code: pgerr.ConnectionFailure, Message: "the catalog is not available to this sidecar",
-	Hint: "Start the sidecar with --catalog, or check that the catalog database is up."}
-
-// DescribeRelations returns the parameter types and result fields of a
-// query over the catalog relations (statement st of query).
-func (x *Executor) DescribeRelations(ctx context.Context, query string, st Statement, paramOIDs []uint32) (*pgconn.StatementDescription, error) {
-	if x.Catalog == nil {
-		return nil, errNoCatalog
-	}
-	sd, err := x.Catalog.Describe(ctx, st.Text(query), paramOIDs)
-	return sd, relationError(err, query, st)
-}
-
-// QueryRelations runs a query over the catalog relations; values pass
-// through in the formats given.
-func (x *Executor) QueryRelations(ctx context.Context, query string, st Statement, params [][]byte, paramOIDs []uint32, paramFormats, resultFormats []int16) (*catalog.Result, error) {
-	if x.Catalog == nil {
-		return nil, errNoCatalog
-	}
-	res, err := x.Catalog.Query(ctx, st.Text(query), params, paramOIDs, paramFormats, resultFormats)
-	return res, relationError(err, query, st)
-}
-
-// relationError turns the catalog's error into the caller's, with its
-// position moved from the statement to the whole query string.
-func relationError(err error, query string, st Statement) error {
-	if err == nil {
-		return nil
-	}
-	var own *pgerr.Error // the catalog's own refusal, such as a result over its budget
-	if errors.As(err, &own) {
-		return own
-	}
-	var pe *pgconn.PgError
-	if !errors.As(err, &pe) {
-		return &pgerr.Error{Code: pgerr.ConnectionFailure, Message: "cannot query the catalog: " + err.Error()}
-	}
-	e := &pgerr.Error{Code: pe.Code, Message: pe.Message, Detail: pe.Detail, Hint: pe.Hint}
-	if pe.Position > 0 {
-		e.Position = st.Offset + byteOffset(st.Text(query), int(pe.Position)) + 1
-	}
-	return e
-}
-
-// byteOffset is the byte offset of the 1-based character position pos.
-func byteOffset(text string, pos int) int {
-	off := 0
-	for i := 1; i < pos && off < len(text); i++ {
-		_, size := utf8.DecodeRuneInString(text[off:])
-		off += size
-	}
-	return off
 }

@@ -126,15 +126,13 @@ func (env *Env) checkUnsubscribed(ctx context.Context, name string, version int)
 	if x.Catalog == nil {
 		return errNoCatalog
 	}
-	res, err := x.Catalog.Query(ctx, `SELECT count(*) FROM rejot.subscriptions
-		WHERE publication = $1 AND version = $2::int AND status <> 'stopped'`,
-		[][]byte{[]byte(name), []byte(strconv.Itoa(version))}, nil, nil, nil)
+	n, err := x.Catalog.ActiveSubscriptions(ctx, name, version)
 	if err != nil {
 		return pgerr.Errorf(pgerr.ConnectionFailure, "cannot check the subscriptions of %s version %d: the catalog is not reachable", name, version).
 			WithHint("Retry when the catalog is back, or retire it regardless with force => true.")
 	}
-	if n := string(res.Rows[0][0]); n != "0" {
-		return pgerr.Errorf(pgerr.ObjectInUse, "publication %s version %d has %s subscription(s)", name, version, n).
+	if n != 0 {
+		return pgerr.Errorf(pgerr.ObjectInUse, "publication %s version %d has %d subscription(s)", name, version, n).
 			WithHint("Ask the subscribers to move (rejot.subscriptions shows them), or retire it regardless with force => true.")
 	}
 	return nil

@@ -18,7 +18,8 @@ type Statement struct {
 	// statement is answered by the sidecar with this error.
 	Err error
 	// Relations is set for a SELECT over the catalog relations
-	// (rejot.publications, ...), which the sidecar runs on the catalog.
+	// (rejot.publications, ...), which the sidecar rewrites to read their
+	// rows from parameters and runs in the caller's session.
 	Relations bool
 	// CopyFromStdin marks COPY ... FROM STDIN, which reads data from the
 	// client while it runs.

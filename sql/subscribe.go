@@ -294,25 +294,22 @@ func (env *Env) versionColumns(ctx context.Context, pub string, version int) ([]
 	if x.Catalog == nil {
 		return nil, errNoCatalog
 	}
-	res, err := x.Catalog.Query(ctx, `SELECT p.status, c.name, c.type, c.is_key, c.nullable
-		FROM rejot.publications p JOIN rejot.columns c USING (publication, version)
-		WHERE p.publication = $1 AND p.version = $2::int ORDER BY c.position`,
-		[][]byte{[]byte(pub), []byte(strconv.Itoa(version))}, nil, nil, nil)
+	status, vcols, found, err := x.Catalog.VersionColumns(ctx, pub, version)
 	if err != nil {
 		return nil, pgerr.Errorf(pgerr.ConnectionFailure, "cannot read publication %s version %d: the catalog is not reachable", pub, version).
 			WithHint("Subscribing needs the catalog; retry when it is back.")
 	}
-	if len(res.Rows) == 0 {
+	if !found {
 		return nil, pgerr.Errorf(pgerr.UndefinedObject, "publication %s version %d does not exist", pub, version).
 			WithHint("SELECT publication, version, status FROM rejot.publications lists what can be subscribed to.")
 	}
-	if string(res.Rows[0][0]) == StatusRetired {
+	if status == StatusRetired {
 		return nil, pgerr.Errorf(pgerr.ObjectNotInPrerequisiteState, "publication %s version %d is retired", pub, version).
 			WithHint("Subscribe to a version that is active (see rejot.publications).")
 	}
-	cols := make([]publicColumn, len(res.Rows))
-	for i, r := range res.Rows {
-		cols[i] = publicColumn{name: string(r[1]), typ: string(r[2]), key: string(r[3]) == "t", nullable: string(r[4]) == "t"}
+	cols := make([]publicColumn, len(vcols))
+	for i, c := range vcols {
+		cols[i] = publicColumn{name: c.Name, typ: c.Type, key: c.IsKey, nullable: c.Nullable}
 	}
 	return cols, nil
 }

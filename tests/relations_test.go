@@ -13,8 +13,8 @@ import (
 
 // TestCatalogRelations: the sidecar registers its system in the catalog
 // (by default the database rejot on the upstream's server, created on
-// start), and any SELECT naming only the rejot relations is answered from
-// the catalog in every query mode.
+// start), and any SELECT over the rejot relations is answered with the
+// catalog's rows in every query mode.
 func TestCatalogRelations(t *testing.T) {
 	db := pg.CreateDB(t)
 	sc := startSidecar(t, db)
@@ -46,10 +46,10 @@ func TestCatalogRelations(t *testing.T) {
 				t.Fatalf("join: %d, %v", n, err)
 			}
 			for q, code := range map[string]string{
-				"SELECT * FROM rejot.systems s JOIN pg_class c ON true": "0A000",
-				"SELECT * FROM rejot.nothing":                           "42P01",
-				"DELETE FROM rejot.systems":                             "0A000",
-				"SELECT nocolumn FROM rejot.systems":                    "42703",
+				"SELECT * FROM rejot.systems FOR UPDATE OF rejot.systems": "0A000",
+				"SELECT * FROM rejot.nothing":                             "42P01",
+				"DELETE FROM rejot.systems":                               "0A000",
+				"SELECT nocolumn FROM rejot.systems":                      "42703",
 			} {
 				_, err := conn.Exec(ctx, q)
 				var pe *pgconn.PgError
@@ -62,7 +62,8 @@ func TestCatalogRelations(t *testing.T) {
 }
 
 // TestCatalogRelationsInPsql: errors keep their positions in multi-statement
-// strings, and results print like any query's.
+// strings, and results print like any query's. The query runs in the
+// caller's own session, so current_database() is the caller's.
 func TestCatalogRelationsInPsql(t *testing.T) {
 	db := pg.CreateDB(t)
 	sc := startSidecar(t, db)
@@ -72,9 +73,61 @@ func TestCatalogRelationsInPsql(t *testing.T) {
 	out := psql(t, sc.url(db, "postgres"), `SELECT system = current_database() AS mine FROM rejot.systems WHERE system = '`+db+`';
 SELECT 1 \; SELECT nocolumn FROM rejot.systems;
 `)
-	for _, must := range []string{" mine \n------\n f", "ERROR:  column \"nocolumn\" does not exist\nLINE 1: SELECT 1 ; SELECT nocolumn FROM rejot.systems;\n                          ^"} {
+	for _, must := range []string{" mine \n------\n t", "ERROR:  column \"nocolumn\" does not exist\nLINE 1: SELECT 1 ; SELECT nocolumn FROM rejot.systems;\n                          ^"} {
 		if !strings.Contains(out, must) {
 			t.Errorf("output lacks %q:\n%s", must, out)
 		}
+	}
+}
+
+// TestCatalogRelationValues: the rows come through the rewrite exactly as
+// the catalog has them — every column of every relation, timestamps to the
+// microsecond, arrays, NULLs, text outside Latin-1 in a session whose
+// client_encoding is LATIN1 — and print in the caller's own TimeZone.
+func TestCatalogRelationValues(t *testing.T) {
+	p := newPublisher(t)
+	ctx := context.Background()
+	name := p.name("values")
+	if err := p.exec(t, "CREATE TABLE public.vals (id int, k text, v text, PRIMARY KEY (id, k))"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.exec(t, "CALL rejot.publish($1, 1, 'SELECT id, k, v FROM public.vals', 'naïve 🦆 \"quoted\" \\ back')", name); err != nil {
+		t.Fatal(err)
+	}
+	p.catalogMinor(t, name, 1, 0)
+	catalogDB := pg.Connect(t, "rejot")
+	mustExec(t, catalogDB, "SET TimeZone = 'UTC'")
+	if err := p.exec(t, "SET TimeZone = 'UTC'"); err != nil {
+		t.Fatal(err)
+	}
+	for _, rel := range []string{"publications", "columns", "systems"} {
+		q := "SELECT to_jsonb(r)::text FROM rejot." + rel + " r WHERE " + map[string]string{
+			"publications": "publication = $1", "columns": "publication = $1", "systems": "system = $2"}[rel] + " AND $1 || $2 <> '' ORDER BY 1"
+		var direct, through string
+		if err := catalogDB.QueryRow(ctx, "SELECT string_agg(j, ',') FROM ("+q+") x(j)", name, p.db).Scan(&direct); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.conn.QueryRow(ctx, "SELECT string_agg(j, ',') FROM ("+q+") x(j)", name, p.db).Scan(&through); err != nil {
+			t.Fatal(err)
+		}
+		if direct == "" || through != direct {
+			t.Errorf("rejot.%s:\ncatalog %s\nsidecar %s", rel, direct, through)
+		}
+	}
+
+	var seen time.Time
+	if err := catalogDB.QueryRow(ctx, "SELECT created_at FROM rejot.publications WHERE publication = $1", name).Scan(&seen); err != nil {
+		t.Fatal(err)
+	}
+	var local string
+	var same bool
+	if err := p.exec(t, "SET TimeZone = 'Asia/Tokyo'; SET client_encoding = 'LATIN1'"); err != nil {
+		t.Fatal(err)
+	}
+	err := p.conn.QueryRow(ctx, `SELECT created_at::text, created_at = $2 FROM rejot.publications WHERE publication = $1
+		AND description = U&'na\00EFve \+01F986 "quoted" \005C back' AND sunset IS NULL AND key_columns = '{id,k}'`, name, seen).Scan(&local, &same)
+	p.exec(t, "RESET client_encoding")
+	if err != nil || !strings.HasSuffix(local, "+09") || !same {
+		t.Fatalf("in Tokyo: %q %v, %v", local, same, err)
 	}
 }
