@@ -16,11 +16,11 @@ func TestRelationColumns(t *testing.T) {
 	ctx := context.Background()
 	want := map[string][]RelationColumn{
 		"systems": {{"system", "text"}, {"database", "text"}, {"address", "text"}, {"version", "text"},
-			{"last_seen", "timestamp with time zone"}, {"problem", "text"}},
+			{"last_seen", "timestamp with time zone"}, {"problem", "text"}, {"catalog_role", "text"}},
 		"publications": {{"publication", "text"}, {"version", "integer"}, {"minor", "integer"}, {"owner", "text"},
 			{"database", "text"}, {"query", "text"}, {"key_columns", "text[]"}, {"description", "text"},
 			{"status", "text"}, {"sunset", "date"}, {"created_at", "timestamp with time zone"},
-			{"updated_at", "timestamp with time zone"}},
+			{"updated_at", "timestamp with time zone"}, {"access", "text"}, {"granted_to", "text[]"}},
 	}
 	for rel, cols := range want {
 		got, err := c.RelationColumns(ctx, rel)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -66,7 +67,13 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	pub := &managed.Published{Publication: name, Version: version, Owner: env.Executor.System,
 		Database: env.Executor.Database, Query: v.Stored, Source: v.Source, KeyColumns: v.Key,
 		Columns: publicColumns(v), Description: args.Text("description")}
-	changed, err := reconcile(ctx, env.Session, pub, p.Filter)
+	filters := []string{p.Filter}
+	if stored, err := AnalyzeProjection(v.Stored); err == nil {
+		// as the record keeps it (Postgres's normalised form), and as given
+		// (what a record of an older release keeps)
+		filters = append([]string{stored.Filter}, p.Filter)
+	}
+	changed, err := reconcile(ctx, env.Session, pub, filters)
 	if err != nil {
 		return nil, err
 	}
@@ -158,9 +165,10 @@ func publicColumns(v *Validated) []managed.Column {
 // reconcile compares the new definition with this system's record of the
 // same version, in the caller's transaction (locking the record), sets the
 // minor version and the merged columns, and reports whether anything is
-// to be recorded. filter is the new query's WHERE condition, as
-// Projection.Filter normalises it.
-func reconcile(ctx context.Context, sess Session, pub *managed.Published, filter string) (bool, error) {
+// to be recorded. filters are the new query's WHERE condition, as
+// Projection.Filter normalises it: of the stored form first, then of the
+// query as given.
+func reconcile(ctx context.Context, sess Session, pub *managed.Published, filters []string) (bool, error) {
 	name, version := pub.Publication, strconv.Itoa(pub.Version)
 	// Serialise publishes of one version: FOR UPDATE below locks nothing
 	// while the version does not exist yet.
@@ -180,7 +188,7 @@ func reconcile(ctx context.Context, sess Session, pub *managed.Published, filter
 		return false, pgerr.Errorf(pgerr.ObjectNotInPrerequisiteState, "publication %s version %d is retired", name, pub.Version).
 			WithHint("Publish version %d.", latest+1)
 	}
-	if err := sameFilter(name, pub.Version, *r[1], filter, *r[4]); err != nil {
+	if err := sameFilter(name, pub.Version, *r[1], filters, *r[4]); err != nil {
 		return false, err
 	}
 	minor, _ := strconv.Atoi(*r[0])
@@ -208,12 +216,15 @@ func reconcile(ctx context.Context, sess Session, pub *managed.Published, filter
 // leave rows it drops in their tables, or never bring those it adds.
 // Filters are compared as Postgres's parser reads them, deparsed with
 // column references unqualified, so layout, case and table qualification
-// do not count.
-func sameFilter(name string, version int, recordedQuery, filter, latest string) error {
+// do not count. The new filter is given as the stored form has it, then
+// as the caller wrote it: a record made by an older release keeps the
+// caller's text.
+func sameFilter(name string, version int, recordedQuery string, filters []string, latest string) error {
 	old, err := AnalyzeProjection(recordedQuery)
-	if err != nil || old.Filter == filter {
+	if err != nil || slices.Contains(filters, old.Filter) {
 		return nil // a record this release cannot read was checked when it was made
 	}
+	filter := filters[0]
 	show := func(f string) string {
 		if f == "" {
 			return "none"

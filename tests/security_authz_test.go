@@ -2,7 +2,6 @@ package tests
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -214,7 +213,7 @@ func TestSystemNameBelongsToCatalogRole(t *testing.T) {
 	other := "other_" + p.db
 	catalogDB := pg.Connect(t, "rejot")
 	mustExec(t, catalogDB, "CREATE ROLE "+other+" LOGIN")
-	mustExec(t, catalogDB, fmt.Sprintf(guideGrants, other))
+	mustExec(t, catalogDB, guideSQL(t, map[string]string{"rejot_billing": other})["in the database rejot"])
 	t.Cleanup(func() {
 		if c, err := pgx.Connect(ctx, pg.URL("rejot")); err == nil {
 			c.Exec(ctx, "DROP OWNED BY "+other+" CASCADE; DROP ROLE "+other)
