@@ -147,14 +147,17 @@ func applyPublish(ctx context.Context, tx pgx.Tx, system string, p *managed.Publ
 	if owner != system {
 		return &ErrNameTaken{Name: p.Publication, Owner: owner}
 	}
+	// owner_role: the role the version was first published as, which its
+	// capture runs as (the owner's record keeps the first too).
 	_, err = tx.Exec(ctx, `INSERT INTO rejot_catalog.publications
-			(publication, version, minor, owner, database, query, source, key_columns, description)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+			(publication, version, minor, owner, database, query, source, key_columns, description, owner_role)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, nullif($10, ''))
 		ON CONFLICT (publication, version) DO UPDATE SET
 			minor = EXCLUDED.minor, query = EXCLUDED.query, source = EXCLUDED.source,
-			key_columns = EXCLUDED.key_columns, description = EXCLUDED.description, updated_at = now()
+			key_columns = EXCLUDED.key_columns, description = EXCLUDED.description, updated_at = now(),
+			owner_role = coalesce(rejot_catalog.publications.owner_role, EXCLUDED.owner_role)
 		WHERE rejot_catalog.publications.minor <= EXCLUDED.minor`,
-		p.Publication, p.Version, p.Minor, system, p.Database, p.Query, p.Source, p.KeyColumns, p.Description)
+		p.Publication, p.Version, p.Minor, system, p.Database, p.Query, p.Source, p.KeyColumns, p.Description, p.Caller)
 	if err != nil {
 		return err
 	}

@@ -20,7 +20,8 @@ func TestRelationColumns(t *testing.T) {
 		"publications": {{"publication", "text"}, {"version", "integer"}, {"minor", "integer"}, {"owner", "text"},
 			{"database", "text"}, {"query", "text"}, {"key_columns", "text[]"}, {"description", "text"},
 			{"status", "text"}, {"sunset", "date"}, {"created_at", "timestamp with time zone"},
-			{"updated_at", "timestamp with time zone"}, {"access", "text"}, {"granted_to", "text[]"}},
+			{"updated_at", "timestamp with time zone"}, {"access", "text"}, {"granted_to", "text[]"},
+			{"owner_role", "text"}},
 	}
 	for rel, cols := range want {
 		got, err := c.RelationColumns(ctx, rel)

@@ -69,6 +69,12 @@ func TestSidecarsWithRolesOfTheirOwn(t *testing.T) {
 		_, err := ownerConn.Exec(ctx, "CALL rejot.publish($1, 1, 'SELECT id, v FROM items')", name)
 		return err == nil
 	})
+	// The catalog shows the role it was published as, which its capture runs as.
+	waitFor(t, 20*time.Second, func() bool {
+		var role string
+		ownerConn.QueryRow(ctx, "SELECT owner_role FROM rejot.publications WHERE publication = $1", name).Scan(&role)
+		return role == publisher
+	})
 	var state string
 	waitFor(t, 20*time.Second, func() bool {
 		return catAdmin.QueryRow(ctx, "SELECT tablename FROM pg_tables WHERE schemaname = 'rejot_log' AND tablename LIKE 'state\\_%'").Scan(&state) == nil
