@@ -92,6 +92,15 @@ func Position(ctx context.Context, q Querier, target string, generation int) (*i
 // target. Its answer is read with ScanPosition.
 const LockPosition = "SELECT position FROM _rejot.subscriptions WHERE target = $1 AND generation = $2 FOR UPDATE"
 
+// CheckTarget is the statement that refuses to let a transaction write a
+// subscription's target ($1 its oid, $2 the names of the columns written)
+// when that would run code of an owner other than the sidecar's role or a
+// superuser (triggers, rules, defaults, constraints, index expressions,
+// policies, types of others); it locks the table until the transaction
+// ends, so none can be added meanwhile (migration 008). It comes after
+// LockPosition, before anything writes the target.
+const CheckTarget = "SELECT _rejot.check_target($1, $2)"
+
 // ScanPosition reads the answer of LockPosition (or Position): the
 // position, or ErrMoved when the generation is gone.
 func ScanPosition(row pgx.Row) (*int64, error) {

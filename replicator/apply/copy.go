@@ -61,6 +61,9 @@ func (w *worker) fill(ctx context.Context, tx pgx.Tx, t *target) (int64, error) 
 		}
 		return head, managed.StartStreaming(ctx, tx, w.sub.target, w.sub.generation, head)
 	}
+	if err := t.check(ctx, tx); err != nil {
+		return 0, err
+	}
 	// The target becomes exactly the state (MVCC-safe: readers see
 	// the old rows or the new ones).
 	if err := execOne(ctx, tx.Conn(), t.clear); err != nil {

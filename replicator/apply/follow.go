@@ -167,7 +167,7 @@ func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span even
 	if stmts == nil {
 		return w.applyReading(ctx, conn, t, span, commit)
 	}
-	return w.applyPipelined(ctx, conn, span, stmts, commit)
+	return w.applyPipelined(ctx, conn, t, span, stmts, commit)
 }
 
 // applyReading applies a span too large to have been read ahead, reading
@@ -180,6 +180,9 @@ func (w *worker) applyReading(ctx context.Context, conn *pgx.Conn, t *target, sp
 		if p, err := w.lock(ctx, tx); err != nil {
 			return err
 		} else if err := stillAt(p, span.After); err != nil {
+			return err
+		}
+		if err := t.check(ctx, tx); err != nil {
 			return err
 		}
 		err := w.s.Log.Read(ctx, w.sub.version, span, func(recs []eventlog.Entry) error {
@@ -203,7 +206,7 @@ func (w *worker) applyReading(ctx context.Context, conn *pgx.Conn, t *target, sp
 // once the position is checked, commit. Two round trips, where a statement
 // at a time took six or more, each a wait for two busy processes to be
 // scheduled in turn.
-func (w *worker) applyPipelined(ctx context.Context, conn *pgx.Conn, span eventlog.Span, stmts []statement, commit string) error {
+func (w *worker) applyPipelined(ctx context.Context, conn *pgx.Conn, t *target, span eventlog.Span, stmts []statement, commit string) error {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue(commit)
@@ -214,6 +217,8 @@ func (w *worker) applyPipelined(ctx context.Context, conn *pgx.Conn, span eventl
 		}
 		return stillAt(p, span.After)
 	})
+	// Refused, it fails on the server, and nothing after it runs.
+	b.Queue(managed.CheckTarget, t.oid, t.written())
 	for _, st := range stmts {
 		b.Queue(st.sql, st.args...)
 	}

@@ -18,6 +18,7 @@ import (
 // Every name in them is the catalog's, quoted with pgx.Identifier: no
 // stored text is pasted into SQL.
 type target struct {
+	oid           uint32 // the table's, to check it in each transaction that writes it
 	schema, table string // as the catalog names the table
 	name          string // schema.table, both quoted
 	cols          []managed.SubscribedColumn
@@ -150,6 +151,22 @@ func newTarget(schema, table string, cols []managed.SubscribedColumn, types map[
 	t.clear = "DELETE FROM " + t.name
 	t.copySQL = fmt.Sprintf("COPY %s (%s) FROM STDIN", t.name, strings.Join(names, ", "))
 	return t, nil
+}
+
+// check refuses, in tx, to write a target that would run its owner's code
+// with the sidecar's role (managed.CheckTarget), and locks it.
+func (t *target) check(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, managed.CheckTarget, t.oid, t.written())
+	return err
+}
+
+// written are the names of the columns the target's statements write.
+func (t *target) written() []string {
+	out := make([]string, len(t.cols))
+	for i, c := range t.cols {
+		out[i] = c.Name
+	}
+	return out
 }
 
 // upsertSQL is the upsert of the rows unnested from one text array per

@@ -148,7 +148,12 @@ func (w *worker) prepare(ctx context.Context, conn *pgx.Conn) (*target, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newTarget(tbl.schema, tbl.table, w.sub.columns, tbl.types)
+	t, err := newTarget(tbl.schema, tbl.table, w.sub.columns, tbl.types)
+	if err != nil {
+		return nil, err
+	}
+	t.oid = tbl.oid
+	return t, nil
 }
 
 // connect opens a connection to the consumer's database that runs every
