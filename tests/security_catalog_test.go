@@ -183,8 +183,7 @@ func catalogState(t *testing.T, catalog *pgx.Conn) string {
 		(SELECT string_agg(publication || '/' || version || '/' || minor || '/' || status, ',' ORDER BY 1) FROM rejot_catalog.publications),
 		(SELECT count(*) FROM rejot_catalog.columns),
 		(SELECT string_agg(system || '/' || target || '/' || publication, ',' ORDER BY 1) FROM rejot_catalog.subscriptions),
-		(SELECT count(*) FROM rejot_catalog.applied_commands),
-		(SELECT count(*) FROM rejot_log.streams))`).Scan(&s)
+		(SELECT count(*) FROM rejot_catalog.applied_commands))`).Scan(&s)
 	if err != nil {
 		t.Fatal(err)
 	}
