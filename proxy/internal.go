@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -167,9 +168,6 @@ type upstreamSession struct{ s *session }
 // Query runs one statement with text parameters and returns text rows. The
 // caller has drained the connection first.
 func (u upstreamSession) Query(ctx context.Context, query string, params ...*string) (*sql.Rows, error) {
-	s := u.s
-	msgs := s.closeLeaked()
-	parse := appendInt16(appendCString(appendCString([]byte{'P'}, internalStmt), query), 0)
 	bind := appendCString(appendCString([]byte{'B'}, internalStmt), internalStmt)
 	bind = appendInt16(appendInt16(bind, 0), int16(len(params)))
 	for _, p := range params {
@@ -180,24 +178,15 @@ func (u upstreamSession) Query(ctx context.Context, query string, params ...*str
 		bind = append(appendInt32(bind, int32(len(*p))), *p...)
 	}
 	bind = appendInt16(bind, 0)
-	describe := appendCString([]byte{'D', 'P'}, internalStmt)
-	execute := appendInt32(appendCString([]byte{'E'}, internalStmt), 0)
-	msgs = append(msgs, parse, bind, describe, execute, closeMsg('P', internalStmt), closeMsg('S', internalStmt))
-	sink := newSink()
-	s.leaked = true
-	kinds, err := s.sendInternal(sink, msgs...)
-	if err != nil {
-		return nil, err
-	}
 	rows := &sql.Rows{}
-	pgErr, err := sink.collect(ctx, kinds, func(m sinkMsg) { addRow(rows, m) })
+	err := u.s.runInternal(ctx, newSink(), u.s.executeMsgs(parseMsg(query, nil), bind), func(m sinkMsg) { addRow(rows, m) })
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return nil, pgerr.FromPgError(pe)
+	}
 	if err != nil {
 		return nil, err
 	}
-	if pgErr != nil {
-		return nil, pgerr.FromPgError(pgconn.ErrorResponseToPgError(pgErr))
-	}
-	s.leaked = false
 	return rows, nil
 }
 

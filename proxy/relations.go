@@ -100,8 +100,7 @@ func (u upstreamSession) Run(ctx context.Context, q sql.RawQuery, maxBytes int) 
 		return nil, err
 	}
 	bindMsg := append([]byte{'B'}, encoded[5:]...) // as sendInternal takes it: the type, then the body
-	msgs := append(s.closeLeaked(), parseMsg(q.SQL, q.ParamOIDs), bindMsg, appendCString([]byte{'D', 'P'}, internalStmt),
-		appendInt32(appendCString([]byte{'E'}, internalStmt), 0), closeMsg('P', internalStmt), closeMsg('S', internalStmt))
+	msgs := s.executeMsgs(parseMsg(q.SQL, q.ParamOIDs), bindMsg)
 	sink := newSink()
 	sink.limit = maxBytes
 	res, over := &sql.RelationRows{}, false
@@ -140,6 +139,14 @@ func (s *session) closeLeaked() [][]byte {
 		return [][]byte{closeMsg('S', internalStmt)}
 	}
 	return nil
+}
+
+// executeMsgs are the messages that run a statement once on the internal
+// statement and portal and close both again, after closing what a failed
+// internal query left behind: parse and bind, describe, execute, close.
+func (s *session) executeMsgs(parse, bind []byte) [][]byte {
+	return append(s.closeLeaked(), parse, bind, appendCString([]byte{'D', 'P'}, internalStmt),
+		appendInt32(appendCString([]byte{'E'}, internalStmt), 0), closeMsg('P', internalStmt), closeMsg('S', internalStmt))
 }
 
 func parseMsg(query string, oids []uint32) []byte {

@@ -161,3 +161,18 @@ func catalogMigrations(t *testing.T) int {
 	}
 	return len(files)
 }
+
+// dropRolesAtEnd drops roles a test made, and what they own in database db,
+// when the test ends.
+func dropRolesAtEnd(t *testing.T, db string, roles ...string) {
+	t.Cleanup(func() {
+		ctx := context.Background()
+		c, err := pgx.Connect(ctx, pg.URL(db))
+		if err != nil {
+			return
+		}
+		defer c.Close(ctx)
+		list := strings.Join(roles, ", ")
+		c.Exec(ctx, "DROP OWNED BY "+list+" CASCADE; DROP ROLE IF EXISTS "+list)
+	})
+}

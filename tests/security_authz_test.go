@@ -54,12 +54,7 @@ func TestGrantsDecideWhoSubscribes(t *testing.T) {
 	intruder := "intruder_" + owner.db
 	ownerDB, catalogDB := pg.Connect(t, owner.db), pg.Connect(t, "rejot")
 	mustExec(t, ownerDB, "CREATE ROLE "+intruder+" LOGIN")
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(ctx, pg.URL(owner.db)); err == nil {
-			c.Exec(ctx, "DROP OWNED BY "+intruder+" CASCADE; DROP ROLE "+intruder)
-			c.Close(ctx)
-		}
-	})
+	dropRolesAtEnd(t, owner.db, intruder)
 	owner.execAll(t, "CREATE TABLE orders (id bigint PRIMARY KEY, status text NOT NULL, total int)",
 		"INSERT INTO orders SELECT g, 'placed', g FROM generate_series(1, 5) g")
 	const query = "SELECT id, status, total FROM orders WHERE status <> 'draft'"
@@ -214,12 +209,7 @@ func TestSystemNameBelongsToCatalogRole(t *testing.T) {
 	catalogDB := pg.Connect(t, "rejot")
 	mustExec(t, catalogDB, "CREATE ROLE "+other+" LOGIN")
 	mustExec(t, catalogDB, guideSQL(t, map[string]string{"rejot_billing": other})["in the database rejot"])
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(ctx, pg.URL("rejot")); err == nil {
-			c.Exec(ctx, "DROP OWNED BY "+other+" CASCADE; DROP ROLE "+other)
-			c.Close(ctx)
-		}
-	})
+	dropRolesAtEnd(t, "rejot", other)
 	row := func() string {
 		return catalogText(t, catalogDB, "SELECT concat_ws(' ', database, address, catalog_role) FROM rejot_catalog.systems WHERE system = $1", p.db)
 	}

@@ -30,12 +30,7 @@ func TestCatalogRelationAttacks(t *testing.T) {
 	password := "hunter2-" + p.db
 	mustExec(t, admin, fmt.Sprintf(`CREATE ROLE %[1]s LOGIN; CREATE SCHEMA %[1]s AUTHORIZATION %[1]s;
 		CREATE ROLE %[2]s LOGIN PASSWORD '%[3]s'`, intruder, victim, password))
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(ctx, pg.URL(p.db)); err == nil {
-			c.Exec(ctx, fmt.Sprintf("DROP OWNED BY %[1]s CASCADE; DROP ROLE %[1]s; DROP ROLE %[2]s", intruder, victim))
-			c.Close(ctx)
-		}
-	})
+	dropRolesAtEnd(t, p.db, intruder, victim)
 	secretFile, secret := plantSecret(t, admin, p.db)
 	walsender := captureWalsender(t, p, admin)
 	catalogDB := pg.Connect(t, "rejot")

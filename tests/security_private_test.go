@@ -30,12 +30,7 @@ func TestPrivateSchemaAttacks(t *testing.T) {
 		CREATE TABLE public.secrets (id int PRIMARY KEY, s text); INSERT INTO public.secrets VALUES (1, 'the secret');
 		CREATE TABLE public.orders (id int PRIMARY KEY, v text); INSERT INTO public.orders VALUES (1, 'one'), (2, 'two');
 		ALTER TABLE public.secrets OWNER TO %[1]s; ALTER TABLE public.orders OWNER TO %[1]s`, victim, intruder))
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(ctx, pg.URL(p.db)); err == nil {
-			c.Exec(ctx, fmt.Sprintf("DROP OWNED BY %[1]s, %[2]s CASCADE; DROP ROLE %[1]s; DROP ROLE %[2]s", victim, intruder))
-			c.Close(ctx)
-		}
-	})
+	dropRolesAtEnd(t, p.db, victim, intruder)
 
 	// The victim publishes orders and subscribes to it, through the
 	// sidecar, as itself.

@@ -34,13 +34,7 @@ func newApplyAttack(t *testing.T) *applyAttack {
 	}
 	owner.catalogMinor(t, a.name, 1, 0)
 	mustExec(t, a.admin, fmt.Sprintf("CREATE ROLE %[1]s LOGIN; CREATE SCHEMA %[1]s AUTHORIZATION %[1]s", a.attacker))
-	t.Cleanup(func() {
-		ctx := context.Background()
-		if c, err := pgx.Connect(ctx, pg.URL(consumer.db)); err == nil {
-			c.Exec(ctx, fmt.Sprintf("DROP OWNED BY %[1]s CASCADE; DROP ROLE %[1]s", a.attacker))
-			c.Close(ctx)
-		}
-	})
+	dropRolesAtEnd(t, consumer.db, a.attacker)
 	a.direct = connectAs(t, directURL(consumer.db, a.attacker))
 	a.through = connectAs(t, consumer.sc.url(consumer.db, a.attacker))
 	if _, err := a.through.Exec(context.Background(), "CALL rejot.subscribe($1, 1, $2)", a.name, a.attacker+".mirror"); err != nil {
