@@ -34,13 +34,7 @@ func newCaptureAttack(t *testing.T) *captureAttack {
 		CREATE SCHEMA %[2]s AUTHORIZATION %[2]s;
 		CREATE TABLE public.secrets (id int PRIMARY KEY, s text); INSERT INTO public.secrets VALUES (1, '%[3]s');
 		ALTER TABLE public.secrets OWNER TO %[1]s`, a.victim, a.attacker, a.secret))
-	t.Cleanup(func() {
-		ctx := context.Background()
-		if c, err := pgx.Connect(ctx, pg.URL(p.db)); err == nil {
-			c.Exec(ctx, fmt.Sprintf("DROP OWNED BY %[1]s, %[2]s CASCADE; DROP ROLE %[1]s; DROP ROLE %[2]s", a.victim, a.attacker))
-			c.Close(ctx)
-		}
-	})
+	dropRolesAtEnd(t, p.db, a.victim, a.attacker)
 	a.direct = connectAs(t, directURL(p.db, a.attacker))
 	a.through = connectAs(t, p.sc.url(p.db, a.attacker))
 	mustExec(t, a.direct, fmt.Sprintf(`CREATE TABLE %[1]s.mine (id int PRIMARY KEY, v text);
@@ -188,12 +182,7 @@ func TestRowSecurityIsNotPublished(t *testing.T) {
 		ALTER TABLE public.accounts OWNER TO %[1]s;
 		ALTER TABLE public.accounts ENABLE ROW LEVEL SECURITY; ALTER TABLE public.accounts FORCE ROW LEVEL SECURITY;
 		CREATE POLICY tenant ON public.accounts USING (tenant = current_user)`, owner, member, a.secret))
-	t.Cleanup(func() {
-		if c, err := pgx.Connect(ctx, pg.URL(a.db)); err == nil {
-			c.Exec(ctx, fmt.Sprintf("DROP OWNED BY %[1]s, %[2]s CASCADE; DROP ROLE %[2]s; DROP ROLE %[1]s", owner, member))
-			c.Close(ctx)
-		}
-	})
+	dropRolesAtEnd(t, a.db, owner, member)
 	conn := connectAs(t, a.sc.url(a.db, member))
 	name := a.name("accounts")
 	_, err := conn.Exec(ctx, "CALL rejot.publish('"+name+"', 1, 'SELECT id, tenant, v FROM public.accounts')")
@@ -258,4 +247,68 @@ func TestCaptureCastsAreNotTheSidecars(t *testing.T) {
 		t.Fatalf("the attacker's cast ran as the sidecar: superuser=%v, %d rows copied, file written=%v", super, written, statErr == nil)
 	}
 	a.noSecret(t)
+}
+
+// TestCaptureSessionOutlivesNoProjection: the attacker's projection runs
+// code that, from inside its evaluator, sets session settings (DateStyle,
+// extra_float_digits), takes a session advisory lock, and replaces every
+// statement the capture's connection has prepared (pg_prepared_statements
+// lists them) with one calling a plain function of the attacker's that
+// records who runs it, and otherwise gives what the statement gave. A victim's version of the same system, whose
+// filter makes Postgres render its values in that session, reads as it
+// should throughout; the superuser finds the attacker's function never
+// ran as anyone but the attacker, and no advisory lock held.
+func TestCaptureSessionOutlivesNoProjection(t *testing.T) {
+	a := newCaptureAttack(t)
+	ctx := context.Background()
+	mustExec(t, a.direct, fmt.Sprintf(`CREATE TABLE %[1]s.ran (u text); GRANT USAGE ON SCHEMA %[1]s TO PUBLIC; GRANT INSERT ON %[1]s.ran TO PUBLIC;
+		CREATE FUNCTION %[1]s.mark() RETURNS int LANGUAGE sql AS $$ INSERT INTO %[1]s.ran VALUES (current_user) RETURNING 1 $$;
+		CREATE FUNCTION %[1]s.swap() RETURNS void LANGUAGE plpgsql AS $$
+		DECLARE r record;
+		BEGIN
+			PERFORM pg_catalog.set_config('DateStyle', 'SQL, DMY', false);
+			PERFORM pg_catalog.set_config('extra_float_digits', '-15', false);
+			PERFORM pg_catalog.pg_advisory_lock(4242);
+			FOR r IN SELECT name, statement, coalesce(pg_catalog.array_to_string(parameter_types::text[], ','), '') AS types
+					FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql LOOP
+				BEGIN
+					EXECUTE 'DEALLOCATE ' || pg_catalog.quote_ident(r.name);
+					EXECUTE pg_catalog.format('PREPARE %%I(%%s) AS SELECT q.* FROM (%%s) AS q WHERE %[1]s.mark() = 1', r.name, r.types, r.statement);
+				EXCEPTION WHEN OTHERS THEN NULL;
+				END;
+			END LOOP;
+		END $$;
+		CREATE FUNCTION %[1]s.linger(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$
+		BEGIN
+			PERFORM %[1]s.swap();
+			RETURN $1;
+		END $$`, a.attacker))
+	mustExec(t, a.admin, fmt.Sprintf(`CREATE TABLE public.readings (id int PRIMARY KEY, d date, f float8);
+		ALTER TABLE public.readings OWNER TO %s`, a.victim))
+	attacked, victim := a.name("linger"), a.name("readings")
+	if _, err := a.through.Exec(ctx, fmt.Sprintf("CALL rejot.publish('%s', 1, 'SELECT id, %s.linger(id) AS n FROM %s.mine')", attacked, a.attacker, a.attacker)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.exec(t, "SET ROLE "+a.victim+"; CALL rejot.publish('"+victim+"', 1, 'SELECT id, d, f FROM public.readings WHERE id > 0'); RESET ROLE"); err != nil {
+		t.Fatal(err)
+	}
+	// Rounds of a row of each, in separate transactions: each of the
+	// victim's evaluations comes after one of the attacker's.
+	for i := 10; i < 16; i++ {
+		mustExec(t, a.direct, fmt.Sprintf("INSERT INTO %s.mine VALUES (%d, 'x')", a.attacker, i))
+		mustExec(t, a.admin, fmt.Sprintf("INSERT INTO public.readings VALUES (%d, '2026-12-02', 1.23456789)", i))
+		time.Sleep(200 * time.Millisecond)
+	}
+	waitFor(t, 30*time.Second, func() bool {
+		return strings.Count(versionState(t, victim), `["1`) == 6 && strings.Contains(versionState(t, attacked), `["15"`)
+	})
+	if state := versionState(t, victim); strings.Count(state, `"2026-12-02", "1.23456789"`) != 6 {
+		t.Errorf("the victim's version reads in the attacker's settings: %s", state)
+	}
+	var ran, locks int
+	a.admin.QueryRow(ctx, "SELECT count(*) FROM "+a.attacker+".ran WHERE u <> $1", a.attacker).Scan(&ran)
+	a.admin.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242").Scan(&locks)
+	if ran != 0 || locks != 0 {
+		t.Fatalf("the attacker's code ran %d times as another role; %d advisory locks held", ran, locks)
+	}
 }

@@ -137,12 +137,20 @@ func (p *WALReader) snapshot(ctx context.Context, todo []*Source) (uint64, error
 // progress every few seconds. The rows are read as the source's role:
 // through e when the projection can run code (see publisher.go), else
 // under SET LOCAL ROLE, reset once they are read.
-func (p *WALReader) fillSource(ctx context.Context, tx pgx.Tx, snapshot string, log eventlog.Tx, src *Source, e *evaluator, point uint64) error {
+func (p *WALReader) fillSource(ctx context.Context, tx pgx.Tx, snapshot string, log eventlog.Tx, src *Source, e *evaluator, point uint64) (err error) {
 	if e == nil {
 		if err := actAs(ctx, tx, src.Role); err != nil {
 			return fmt.Errorf("cannot read %s.%s for its first state as role %q: %w", src.Schema, src.Table, src.Role, err)
 		}
 		defer actAs(context.WithoutCancel(ctx), tx, "none")
+	} else {
+		// The publisher's code ran in this session: what it set for the
+		// session would outlast the transaction, which commits.
+		defer func() {
+			if rerr := reset(context.WithoutCancel(ctx), tx); err == nil {
+				err = rerr
+			}
+		}()
 	}
 	group := eventlog.Group{Version: src.Version, System: p.System, CommitLSN: point, CommitTime: time.Now(), Layout: src.Layout()}
 	can, err := log.FillStart(ctx, group)

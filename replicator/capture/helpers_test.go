@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 	"github.com/rejot-dev/rejot/replicator/eventlog/pglog"
 )
@@ -48,4 +49,23 @@ func renderRow(row []eventlog.Value) string {
 		}
 	}
 	return strings.Join(cells, ",")
+}
+
+// projectConn opens a superuser connection to db that sends its
+// statements unnamed, as the capture's connections to the owner's
+// database do (Project resets the session after each evaluation, its
+// prepared statements included), closed when the test ends.
+func projectConn(t testing.TB, db string) *pgx.Conn {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(pg.URL(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
+	conn, err := pgx.ConnectConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
 }

@@ -17,6 +17,9 @@ type Querier interface {
 	// Begin starts a transaction (a savepoint in a transaction): where
 	// the evaluator of a projection is made, as its role.
 	Begin(ctx context.Context) (pgx.Tx, error)
+	// SendBatch runs an evaluation and the session's reset after it in
+	// one round trip.
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
 // SourceColumn is a column of a published table as the WAL carries it.
@@ -52,7 +55,9 @@ type Projected struct {
 // text form, in source column order) with Postgres itself, so the result is
 // exactly what the query would give for those rows — whatever the table
 // holds now. One query per batch, run as the projection's role inside its
-// evaluator (see publisher.go), made on the connection the first time.
+// evaluator (see publisher.go), made on the connection the first time,
+// and the session reset after it (its prepared statements too: q must
+// send its statements unnamed, as connections of connectOwner do).
 func Project(ctx context.Context, q Querier, p *Projection, cols []SourceColumn, tuples [][]eventlog.Value) ([]Projected, error) {
 	if len(tuples) == 0 {
 		return nil, nil
@@ -86,32 +91,34 @@ func Project(ctx context.Context, q Querier, p *Projection, cols []SourceColumn,
 		}
 		args = append(args, col)
 	}
-	rows, err := p.evaluate(ctx, q, query, cols, args)
+	out := make([]Projected, len(tuples))
+	err := p.evaluate(ctx, q, query, cols, args, func(rows pgx.Rows) error {
+		for rows.Next() {
+			dest := make([]any, len(p.Exprs)+2)
+			var ord int32
+			var keep bool
+			vals := make([]eventlog.Value, len(p.Exprs))
+			dest[0], dest[1] = &ord, &keep
+			for i := range vals {
+				dest[i+2] = &vals[i]
+			}
+			if err := rows.Scan(dest...); err != nil {
+				return err
+			}
+			out[ord] = Projected{Keep: keep, Row: vals}
+		}
+		return rows.Err()
+	})
 	if err != nil {
 		return nil, fmt.Errorf("cannot project %s version %d as role %q: %w", p.Version.Publication, p.Version.Number, p.Role, err)
 	}
-	defer rows.Close()
-	out := make([]Projected, len(tuples))
-	for rows.Next() {
-		dest := make([]any, len(p.Exprs)+2)
-		var ord int32
-		var keep bool
-		vals := make([]eventlog.Value, len(p.Exprs))
-		dest[0], dest[1] = &ord, &keep
-		for i := range vals {
-			dest[i+2] = &vals[i]
-		}
-		if err := rows.Scan(dest...); err != nil {
-			return nil, err
-		}
-		out[ord] = Projected{Keep: keep, Row: vals}
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // evaluate runs a projection query through its evaluator, making it when
-// the connection has none yet.
-func (p *Projection) evaluate(ctx context.Context, q Querier, query string, cols []SourceColumn, args []any) (pgx.Rows, error) {
+// the connection has none yet, and hands its rows to read; the session is
+// reset after it in the same round trip (see publisher.go).
+func (p *Projection) evaluate(ctx context.Context, q Querier, query string, cols []SourceColumn, args []any, read func(pgx.Rows) error) error {
 	params := make([]string, len(cols)+1)
 	call := make([]string, len(cols)+1)
 	params[0], call[0] = "int4[]", "$1"
@@ -124,17 +131,32 @@ func (p *Projection) evaluate(ctx context.Context, q Querier, query string, cols
 	}
 	e := &evaluator{role: p.Role, params: strings.Join(params, ", "), returns: strings.Join(returns, ", "), body: query}
 	sql := "SELECT * FROM " + e.name() + "(" + strings.Join(call, ", ") + ")"
-	rows, err := q.Query(ctx, sql, args...)
-	if err == nil {
-		return rows, nil
+	run := func() error {
+		b := &pgx.Batch{}
+		b.Queue(sql, args...)
+		queueReset(b)
+		br := q.SendBatch(ctx, b)
+		rows, err := br.Query()
+		if err == nil {
+			err = read(rows)
+			rows.Close()
+			if err == nil {
+				err = rows.Err()
+			}
+		}
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+		return err
 	}
-	if !undefinedEvaluator(err) {
-		return nil, err
+	err := run()
+	if err == nil || !undefinedEvaluator(err) {
+		return err
 	}
 	if err := e.make(ctx, q); err != nil {
-		return nil, err
+		return err
 	}
-	return q.Query(ctx, sql, args...)
+	return run()
 }
 
 // projectSQL builds

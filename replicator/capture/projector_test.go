@@ -16,7 +16,7 @@ func s(v string) eventlog.Value { return &v }
 // text values.
 func TestProjectEvaluatesInPostgres(t *testing.T) {
 	db := pg.CreateDB(t)
-	conn := pg.Connect(t, db)
+	conn := projectConn(t, db)
 	ctx := context.Background()
 	if _, err := conn.Exec(ctx, `CREATE TYPE st AS ENUM ('draft', 'placed');
 		CREATE TABLE orders (id bigint PRIMARY KEY, status st NOT NULL, total numeric(12,2), note text, tags int[])`); err != nil {
@@ -80,7 +80,7 @@ func join(parts []string) string {
 // which is what the first fill and projections with a filter give.
 func TestDirectProjectionMatchesPostgres(t *testing.T) {
 	db := pg.CreateDB(t)
-	conn := pg.Connect(t, db)
+	conn := projectConn(t, db)
 	ctx := context.Background()
 	if _, err := conn.Exec(ctx, `CREATE TABLE v (i2 smallint, i4 integer, i8 bigint, o oid, t text, vc varchar(10), c char(5),
 			n numeric(10,3), u uuid, j json, jb jsonb, b boolean, ip inet, net cidr);

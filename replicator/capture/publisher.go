@@ -38,21 +38,57 @@ import (
 //     error, not a silently smaller copy;
 //   - a projection of plain columns of built-in types runs no code but
 //     Postgres's own: it is read under SET LOCAL ROLE to the publisher
-//     with row_security = off, which keeps its privileges and streams.
+//     with row_security = off, which keeps its privileges and streams;
+//   - what the publisher's code can leave behind in the session outlives
+//     the function: settings it set for the session (DateStyle,
+//     extra_float_digits, statement_timeout... would change how every
+//     other version's values read, or stop the capture), statements it
+//     PREPAREd, channels it listens on, advisory locks. Each evaluation
+//     is followed, in the same round trip, by resetSession; and owner
+//     connections never use named prepared statements
+//     (QueryExecModeCacheDescribe), so none the publisher's code
+//     replaced with one of its own (pg_prepared_statements lists them)
+//     can ever run as the sidecar.
 
 // ownerSearchPath is the search_path of every connection to the owner's
 // database.
 const ownerSearchPath = "pg_catalog, pg_temp"
 
 // connectOwner connects to the owner's database with names resolved in
-// pg_catalog only.
+// pg_catalog only, and statements sent unnamed (see above).
 func connectOwner(ctx context.Context, url string) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(url)
 	if err != nil {
 		return nil, err
 	}
 	cfg.RuntimeParams["search_path"] = ownerSearchPath
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
 	return pgx.ConnectConfig(ctx, cfg)
+}
+
+// resetSession undoes what code of a publisher's could have left in the
+// session beyond its function: the session's settings go back to the
+// connection's (those of the start-up message, search_path included),
+// and its prepared statements, listens and advisory locks go. Each is
+// allowed in a transaction block, and none touches the evaluators
+// (temporary functions).
+var resetSession = []string{"RESET ALL", "DEALLOCATE ALL", "UNLISTEN *", "SELECT pg_catalog.pg_advisory_unlock_all()"}
+
+// queueReset queues resetSession on b, after an evaluation.
+func queueReset(b *pgx.Batch) {
+	for _, q := range resetSession {
+		b.Queue(q)
+	}
+}
+
+// reset runs resetSession on q in one round trip.
+func reset(ctx context.Context, q Querier) error {
+	b := &pgx.Batch{}
+	queueReset(b)
+	if err := q.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("cannot reset the session after a projection ran: %w", err)
+	}
+	return nil
 }
 
 // runsCode says whether evaluating a source's projection can run code
