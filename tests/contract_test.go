@@ -103,6 +103,16 @@ func TestContractSafeDDL(t *testing.T) {
 		waitFor(t, 30e9, func() bool { return strings.Contains(versionState(t, name), `"bob"`) })
 	})
 
+	t.Run("retyped, re-published unchanged but for a cast, in its transaction", func(t *testing.T) {
+		if err := p.exec(t, `BEGIN; ALTER TABLE orders ALTER COLUMN total TYPE numeric(14,2);
+			CALL rejot.publish('`+name+`', 1, 'SELECT id, customer_name AS customer, total::numeric(12,2) AS total FROM orders'); COMMIT`); err != nil {
+			t.Fatal(err)
+		}
+		if got := columnsOf(t, admin, "orders"); !strings.Contains(got, "total:numeric(14,2)") {
+			t.Fatalf("columns %s: the retype did not commit", got)
+		}
+	})
+
 	t.Run("nothing published touched", func(t *testing.T) {
 		if err := p.exec(t, "ALTER TABLE orders DROP COLUMN note"); err != nil {
 			t.Fatal(err)
