@@ -132,6 +132,21 @@ func TestContractSafeDDL(t *testing.T) {
 		refusedBy(t, p.exec(t, "ALTER TABLE orders DROP COLUMN total"), name)
 	})
 
+	t.Run("as a team role with LOGIN only", func(t *testing.T) {
+		team := "team_" + p.db
+		mustExec(t, admin, "CREATE ROLE "+team+" LOGIN; CREATE TABLE team_orders (id int PRIMARY KEY, v text); ALTER TABLE team_orders OWNER TO "+team)
+		dropRolesAtEnd(t, p.db, team)
+		conn := connectAs(t, p.sc.url(p.db, team))
+		teamName := p.name("team")
+		mustExec(t, conn, "CALL rejot.publish('"+teamName+"', 1, 'SELECT id, v FROM team_orders')")
+		_, err := conn.Exec(ctx, "ALTER TABLE team_orders DROP COLUMN v")
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != contractCode || !strings.Contains(pe.Message, teamName) {
+			t.Fatalf("got %v; want %s naming %s", err, contractCode, teamName)
+		}
+		mustExec(t, conn, "ALTER TABLE team_orders ADD COLUMN w int")
+	})
+
 	t.Run("retired in its transaction", func(t *testing.T) {
 		if err := p.exec(t, `BEGIN; CALL rejot.unpublish('`+name+`', 1, force => true); ALTER TABLE orders DROP COLUMN total; COMMIT`); err != nil {
 			t.Fatal(err)
