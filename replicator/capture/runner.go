@@ -211,7 +211,9 @@ func (c *Runner) runUntilChanged(ctx context.Context, sources []Source) error {
 func fingerprint(sources []Source) string {
 	var b strings.Builder
 	for _, s := range sources {
-		fmt.Fprintf(&b, "%s/%d/%s;", s.Version.Publication, s.Version.Number, s.Definition())
+		// Renames too: they change no version's rows, but how its table
+		// is read (the session starts again, no fill).
+		fmt.Fprintf(&b, "%s/%d/%s/%v;", s.Version.Publication, s.Version.Number, s.Definition(), s.Renamed)
 	}
 	return b.String()
 }
