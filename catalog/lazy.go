@@ -186,13 +186,16 @@ func (l *Lazy) beat(ctx context.Context, c *Catalog, every time.Duration) {
 	defer t.Stop()
 	last, said := time.Now(), l.problem()
 	for {
+		hurried := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-l.hurried():
+			hurried = true // a call found the catalog not answering
 		}
 		problem := l.problem()
-		if time.Since(last) < every && problem == said {
+		if !hurried && time.Since(last) < every && problem == said {
 			continue
 		}
 		if err := c.Heartbeat(ctx, l.System.Name, problem); err != nil && ctx.Err() == nil {
@@ -292,6 +295,17 @@ func (l *Lazy) ReportSubscriptions(ctx context.Context, reports []SubscriptionRe
 		return ErrUnavailable
 	}
 	return c.ReportSubscriptions(ctx, l.System.Name, reports)
+}
+
+// Check checks that the catalog answers; when it does not, the
+// connection is tested at once (and made anew if it broke) rather than at
+// the next heartbeat.
+func (l *Lazy) Check(ctx context.Context) error {
+	if err := l.Ping(ctx); err != nil {
+		l.Hurry()
+		return err
+	}
+	return nil
 }
 
 // Ping checks that the catalog answers.

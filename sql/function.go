@@ -132,7 +132,7 @@ type Executor struct {
 	// that needs need ("" when nothing does), e.g. "the sidecar is
 	// starting: installing schema _rejot": the call waits for it (see
 	// starting.go).
-	Waiting func(need Need) string
+	Waiting func(ctx context.Context, need Need) string
 	// Hurry, when set, is called as a call starts to wait (the catalog's
 	// connection retries at once rather than after its backoff).
 	Hurry func()

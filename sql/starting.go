@@ -33,7 +33,7 @@ func (x *Executor) waitUntilServable(ctx context.Context, need Need) error {
 	if x.Waiting == nil {
 		return nil
 	}
-	what := x.Waiting(need)
+	what := x.Waiting(ctx, need)
 	if what == "" {
 		return nil
 	}
@@ -57,7 +57,7 @@ func (x *Executor) waitUntilServable(ctx context.Context, need Need) error {
 				WithHint("Retry in a moment; the sidecar's /readyz and its log say what it is waiting for.")
 		case <-tick.C:
 		}
-		if what = x.Waiting(need); what == "" {
+		if what = x.Waiting(ctx, need); what == "" {
 			return nil
 		}
 	}

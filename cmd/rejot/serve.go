@@ -252,8 +252,9 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 
 // waiting says what keeps the sidecar from serving a call that needs
 // need ("" when nothing): every call but rejot.version() waits for the
-// first attempt to reach the catalog to end.
-func (sc *sidecar) waiting(need sql.Need) string {
+// first attempt to reach the catalog to end; one that needs the catalog
+// finds it answering.
+func (sc *sidecar) waiting(ctx context.Context, need sql.Need) string {
 	if need.Managed {
 		if what := sc.install.waiting(); what != "" {
 			return what
@@ -270,6 +271,14 @@ func (sc *sidecar) waiting(need sql.Need) string {
 			return "the sidecar cannot reach the catalog: " + why
 		}
 		return "the sidecar is reconnecting to the catalog"
+	}
+	if need.Catalog {
+		// The catalog may have gone since the last heartbeat.
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if err := sc.lazy.Check(ctx); err != nil {
+			return "the sidecar cannot reach the catalog: " + err.Error()
+		}
 	}
 	return ""
 }

@@ -27,7 +27,9 @@ type slotWatch struct {
 func (w *slotWatch) saw(slot, confirmed string, pending int64, now time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if confirmed != w.confirmed || slot != w.slot || pending <= 0 {
+	// The stall is counted from the first check that saw WAL pending after
+	// the same confirmed position.
+	if confirmed != w.confirmed || slot != w.slot || pending <= 0 || w.pending <= 0 {
 		w.since = now
 	}
 	w.slot, w.confirmed, w.pending = slot, confirmed, pending
