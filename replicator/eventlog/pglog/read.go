@@ -123,8 +123,11 @@ func (l *Log) Fetch(ctx context.Context, v eventlog.Version, after int64, limit 
 	if len(recs) > 0 && recs[0].Position != after+1 {
 		return span, nil, eventlog.ErrPruned
 	}
+	resets := len(recs) > 0 && recs[0].Op == eventlog.OpTruncate
+	span.Resets = resets
 	if span.Groups == 0 && len(recs) == limit {
 		span, err := l.Next(ctx, v, after, limit)
+		span.Resets = resets
 		return span, nil, err
 	}
 	return span, recs[:whole], nil
