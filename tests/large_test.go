@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,9 @@ import (
 // far more than one destination transaction's batch and many of the
 // log's read chunks (5,000 changes each).
 func largeSizes() (fillRows, txnRows int) {
+	if n, err := strconv.Atoi(os.Getenv("REJOT_TEST_LARGE_ROWS")); err == nil {
+		return n, n
+	}
 	if os.Getenv("REJOT_TEST_LARGE") != "" {
 		return 1_000_000, 2_000_000
 	}
@@ -119,7 +123,7 @@ func TestLargeTransactionIsAppliedWhole(t *testing.T) {
 			select {
 			case <-stop:
 				return
-			case <-time.After(20 * time.Millisecond): // pace: the machine is shared
+			case <-time.After(100 * time.Millisecond): // pace: a look scans every row written so far
 			}
 			var n, sum int64
 			if err := watcher.QueryRow(ctx, "SELECT count(*), coalesce(sum(v), 0) FROM public.big_copy").Scan(&n, &sum); err != nil {
