@@ -138,6 +138,10 @@ type Executor struct {
 	Hurry func()
 	// StartWait bounds that wait (default DefaultStartWait).
 	StartWait time.Duration
+	// GuardsDDL says whether DDL that can break a published version is
+	// to be checked at its commit (_rejot is installed and the sidecar's):
+	// the proxy then sends managed.GuardContract in its transaction.
+	GuardsDDL func() bool
 	functions map[string]*Function
 }
 

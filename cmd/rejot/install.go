@@ -16,8 +16,9 @@ import (
 // calls until an administrator has dealt with the schema. Until the
 // first install has succeeded, calls that record intent wait.
 type installer struct {
-	log       zerolog.Logger
-	problem   atomic.Pointer[string]
+	log     zerolog.Logger
+	problem atomic.Pointer[string]
+	// installed is set once _rejot is installed and the sidecar's.
 	installed atomic.Bool
 	lastErr   atomic.Pointer[string]
 }
@@ -40,6 +41,10 @@ func (in *installer) install(ctx context.Context, conn *pgx.Conn) error {
 	in.installed.Store(err == nil)
 	return err
 }
+
+// Installed says whether _rejot is installed and the sidecar's, as last
+// checked.
+func (in *installer) Installed() bool { return in.installed.Load() }
 
 // Problem says why _rejot cannot be used ("" when it can).
 func (in *installer) Problem() string {

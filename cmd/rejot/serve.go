@@ -231,6 +231,7 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 	executor.CaptureProblem = sc.capture.Problem
 	executor.ManagedProblem = install.Problem
 	executor.Waiting, executor.Hurry, executor.StartWait = sc.waiting, lazy.Hurry, c.callWait
+	executor.GuardsDDL = install.Installed
 	lazy.Problem = func() string {
 		if p := install.Problem(); p != "" {
 			return p
