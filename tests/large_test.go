@@ -14,19 +14,19 @@ import (
 )
 
 // largeSizes are the row counts of the large-data tests: a first fill of
-// fillRows, and one source transaction of txnRows changes. Full size
-// (1M and 2M, as an owner's migration would have them) with
-// REJOT_TEST_LARGE=1; otherwise smaller, through the same paths: still
-// far more than one destination transaction's batch and many of the
-// log's read chunks (5,000 changes each).
+// fillRows, and one source transaction of txnRows changes. Full size, as
+// an owner's migration would have them (1M and 2M: about 50 s and 80 s on
+// two cores); with -short smaller, through the same paths — still far
+// more than one destination transaction's batch and many of the log's
+// read chunks (5,000 changes each). REJOT_TEST_LARGE_ROWS sets both.
 func largeSizes() (fillRows, txnRows int) {
-	if n, err := strconv.Atoi(os.Getenv("REJOT_TEST_LARGE_ROWS")); err == nil {
+	if n, err := strconv.Atoi(os.Getenv("REJOT_TEST_LARGE_ROWS")); err == nil && n > 0 {
 		return n, n
 	}
-	if os.Getenv("REJOT_TEST_LARGE") != "" {
-		return 1_000_000, 2_000_000
+	if testing.Short() {
+		return 100_000, 200_000
 	}
-	return 100_000, 200_000
+	return 1_000_000, 2_000_000
 }
 
 // checksum is a table's row count and a sum of its rows' hashes: equal
