@@ -221,6 +221,13 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 		}
 		return sc.capture.VersionProblems()
 	}
+	lazy.Failures = func() []catalog.VersionFailure {
+		var out []catalog.VersionFailure
+		for _, f := range sc.capture.FailedVersions() {
+			out = append(out, catalog.VersionFailure{Publication: f.Version.Publication, Version: f.Version.Number, Problem: f.Problem})
+		}
+		return out
+	}
 	if c.tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
 		if err != nil {

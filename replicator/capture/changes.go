@@ -37,9 +37,14 @@ func changesFor(ctx context.Context, q Querier, src *Source, rels map[uint32]*re
 	if len(mine) == 0 {
 		return out, nil
 	}
+	// A relation message drains what came before: every event here has
+	// the same columns.
+	if err := src.fits(mine[0].rel); err != nil {
+		return nil, err
+	}
 	projected, err := Project(ctx, q, &src.Projection, mine[0].rel.cols, tuples)
 	if err != nil {
-		return nil, err
+		return nil, src.fault(err, false)
 	}
 	byEvent := make([]Projected, len(mine))
 	for j, i := range at {
