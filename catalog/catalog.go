@@ -132,8 +132,12 @@ type VersionFailure struct {
 
 // ReportFailures records which of a system's own publication versions are
 // failed (rejot.publications' status and problem) and clears the problem
-// of the others. Only the system's catalog role reports for it.
+// of the others; nil failures (not known yet) changes nothing. Only the
+// system's catalog role reports for it.
 func (c *Catalog) ReportFailures(ctx context.Context, system string, failures []VersionFailure) error {
+	if failures == nil {
+		return nil
+	}
 	pubs, versions, problems := make([]string, len(failures)), make([]int32, len(failures)), make([]string, len(failures))
 	for i, f := range failures {
 		pubs[i], versions[i], problems[i] = f.Publication, int32(f.Version), f.Problem

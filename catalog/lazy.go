@@ -33,7 +33,7 @@ type Lazy struct {
 	// Failures, when set, are the system's publication versions that
 	// cannot be computed; each heartbeat records them in
 	// rejot.publications (status failed, problem), within a second of a
-	// change.
+	// change; nil when they are not known yet.
 	Failures func() []VersionFailure
 	// Refused, when set, is told that the catalog refuses to register the
 	// system (its name belongs to another catalog role); Run then stops

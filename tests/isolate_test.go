@@ -430,9 +430,11 @@ func TestBrokenVersionsFailAlone(t *testing.T) {
 func TestMendSurvivesKill(t *testing.T) {
 	s := newIsolation(t)
 	ctx := context.Background()
-	const rows = 200_000 // a fill that takes a while
+	const rows = 100_000 // a fill that takes a while
+	began := time.Now()
 	b := s.setUp(t, ddlCases[0], rows)
 	targetConverges(t, 120*time.Second, s.admin, b.sql(published), s.consumer.conn, b.target)
+	t.Logf("subscribed at %v", time.Since(began).Round(time.Millisecond))
 	if _, err := s.asDirect.Exec(ctx, b.sql(b.breaks)); err != nil {
 		t.Fatal(err)
 	}
@@ -440,31 +442,44 @@ func TestMendSurvivesKill(t *testing.T) {
 	mustExec(t, s.admin, b.sql("UPDATE %[1]s SET total = total + 1 WHERE id = 1"))
 	s.waitStatus(t, 20*time.Second, b.pub, "failed", b.mentions)
 
-	restart := func() {
+	restart := func() string {
 		s.owner.sc.kill(t)
+		killed := s.owner.sc.logs()
 		s.owner.sc = startSidecar(t, s.owner.db)
 		s.owner.conn = connect(t, s.owner.sc.url(s.owner.db, "postgres"))
 		s.as = connect(t, s.owner.sc.url(s.owner.db, s.role))
+		return killed
 	}
 	restart()
-	// Failed still, and still after a while: nothing mends it but a mend.
-	s.waitStatus(t, 30*time.Second, b.pub, "failed", b.mentions)
+	// Failed still, at every look, while the capture goes on: nothing
+	// mends it but a mend.
 	mustExec(t, s.admin, "INSERT INTO witness VALUES (1, 1)")
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if status, problem := s.version(b.pub); status != "" && (status != "failed" || !strings.Contains(problem, b.mentions)) {
+			t.Fatalf("after a restart: %s %q, want failed", status, problem)
+		}
+	}
 	targetConverges(t, 60*time.Second, s.admin, "SELECT id, v FROM witness", s.consumer.conn, "billing.witness")
 	s.waitStatus(t, 5*time.Second, b.pub, "failed", b.mentions)
 
+	t.Logf("failed across a restart at %v", time.Since(began).Round(time.Millisecond))
 	stopWatch := make(chan struct{})
 	watched := watchLarge(t, pg.URL(s.consumer.db), b.target, rows, stopWatch)
 	if _, err := s.as.Exec(ctx, b.sql(b.mend)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, func() bool { return strings.Contains(s.owner.sc.logs(), "filling its state again from a snapshot") })
-	restart()
-	if status, _ := s.version(b.pub); status != "failed" {
-		t.Logf("the mend was done before the kill: %s", status)
+	const mending = "filling its state again from a snapshot"
+	waitFor(t, 60*time.Second, func() bool { return strings.Contains(s.owner.sc.logs(), mending) })
+	killed := restart()
+	_, after, _ := strings.Cut(killed, mending)
+	if strings.Contains(after, `"first state captured"`) || strings.Contains(after, `"publication version mended`) {
+		t.Errorf("the sidecar was killed after the mend, not in its middle:\n%s", after)
 	}
+	t.Logf("killed in the middle of the mend at %v", time.Since(began).Round(time.Millisecond))
 	s.waitStatus(t, 120*time.Second, b.pub, "active")
+	t.Logf("mended at %v", time.Since(began).Round(time.Millisecond))
 	targetConverges(t, 120*time.Second, s.admin, b.sql(b.projection), s.consumer.conn, b.target)
+	t.Logf("converged at %v", time.Since(began).Round(time.Millisecond))
 	close(stopWatch)
 	if bad := watched(); len(bad) > 0 {
 		t.Errorf("a reader saw the target in part:\n%s", strings.Join(bad, "\n"))

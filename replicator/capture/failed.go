@@ -122,6 +122,7 @@ func (c *Runner) screen(ctx context.Context, sources []Source, problems []Versio
 			metricVersionFailed.DeleteLabelValues(versionLabels(v)...)
 		}
 	}
+	c.screened = c.screened || c.Log != nil // the log was asked (recall)
 	c.mu.Unlock()
 	return out, nil
 }
@@ -218,9 +219,15 @@ func (c *Runner) toMark() []VersionProblem {
 // now, with why and the fix, by publication and version: the catalog
 // shows them (rejot.publications' status and problem), and so may a
 // health check. A version stays in it until its state is filled again.
+// It is nil until the capture has looked at the owner's record and the
+// event log once since it started (a version failed before a restart is
+// not known before), and not nil after.
 func (c *Runner) FailedVersions() []VersionProblem {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !c.screened {
+		return nil
+	}
 	out := make([]VersionProblem, 0, len(c.failures))
 	for _, f := range c.failures {
 		out = append(out, f.VersionProblem)

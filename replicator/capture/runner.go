@@ -50,6 +50,7 @@ type Runner struct {
 	failures   map[eventlog.Version]*failure // see failed.go
 	recalled   map[eventlog.Version]bool     // whether the log was asked if it failed
 	generation int                           // counts versions failing (see fingerprint)
+	screened   bool                          // FailedVersions is known
 }
 
 // Wake makes the capture read the owner's record now rather than at its
