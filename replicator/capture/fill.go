@@ -69,52 +69,6 @@ func (p *WALReader) fill(ctx context.Context) (map[eventlog.Version]uint64, erro
 	return since, nil
 }
 
-// snapshotEach fills the sources from one snapshot; a version whose rows
-// cannot be read fails alone: it is left out of the reader's sources
-// (the others are filled without it). It returns the sources filled.
-func (p *WALReader) snapshotEach(ctx context.Context, todo []*Source) (uint64, []*Source, error) {
-	for len(todo) > 0 {
-		point, err := p.snapshot(ctx, todo)
-		ve, failed := asVersionError(err)
-		if !failed {
-			return point, todo, err
-		}
-		var rest []*Source
-		for _, src := range todo {
-			if src.Version != ve.version {
-				rest = append(rest, src)
-				continue
-			}
-			p.Logger.Error().Str("system", p.System).Str("publication", src.Version.Publication).Int("version", src.Version.Number).
-				Str("problem", problemText(ve)).Msg("publication version failed: its state cannot be filled, the others go on")
-			p.fail(src, ve)
-		}
-		if len(rest) == len(todo) {
-			return 0, nil, err // not one of these: not theirs either
-		}
-		p.drop(ve.version)
-		todo = rest
-	}
-	return 0, nil, nil
-}
-
-// drop leaves a version out of the reader's sources.
-func (p *WALReader) drop(v eventlog.Version) {
-	kept := p.Sources[:0:0]
-	for _, s := range p.Sources {
-		if s.Version != v {
-			kept = append(kept, s)
-		}
-	}
-	p.Sources = kept
-}
-
-// readError is an error reading a source's rows for its first state:
-// the version's own when Postgres said it of its query.
-func (s *Source) readError(err error) error {
-	return s.fault(fmt.Errorf("cannot read %s for its first state as role %q: %w", pgx.Identifier{s.Schema, s.Table}.Sanitize(), s.Role, err), false)
-}
-
 // snapshot appends the sources' rows as of a fresh consistent point.
 func (p *WALReader) snapshot(ctx context.Context, todo []*Source) (uint64, error) {
 	repl, _, err := p.replicationConn(ctx)
