@@ -241,6 +241,17 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 		}
 		return sc.capture.VersionProblems()
 	}
+	lazy.Failures = func() []catalog.VersionFailure {
+		failed := sc.capture.FailedVersions()
+		if failed == nil {
+			return nil // not known yet: the catalog keeps what it has
+		}
+		out := []catalog.VersionFailure{}
+		for _, f := range failed {
+			out = append(out, catalog.VersionFailure{Publication: f.Version.Publication, Version: f.Version.Number, Problem: f.Problem})
+		}
+		return out
+	}
 	if c.tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
 		if err != nil {
