@@ -117,6 +117,13 @@ func TestSubscribeAgainAddsColumns(t *testing.T) {
 	if after := copied(); after != before {
 		t.Fatalf("the state was copied again: copied_rows %d, was %d", after, before)
 	}
+	waitFor(t, 20*time.Second, func() bool { // and the catalog says so
+		var st string
+		var n int64
+		consumer.conn.QueryRow(ctx, "SELECT status, copied_rows FROM rejot.subscriptions WHERE target = 'public.items' AND system = $1",
+			consumer.db).Scan(&st, &n)
+		return st == "streaming" && n == before
+	})
 	var def string
 	admin.QueryRow(ctx, `SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
 		FROM pg_attribute WHERE attrelid = 'public.items'::regclass AND attnum > 0 AND NOT attisdropped`).Scan(&def)
@@ -129,4 +136,34 @@ func TestSubscribeAgainAddsColumns(t *testing.T) {
 	}
 	owner.execAll(t, "UPDATE items SET a = 'v0', b = 0 WHERE id <= 10")
 	targetConverges(t, 60*time.Second, owner.conn, "SELECT id, a, b FROM items", consumer.conn, "public.items")
+}
+
+// TestSubscribeAgainRefuses: subscribing again adds only columns the
+// table does not have, and only for the table's owner; what was refused
+// changed nothing.
+func TestSubscribeAgainRefuses(t *testing.T) {
+	owner, consumer, name := replicated(t, "addrefused", "CREATE TABLE items (id int PRIMARY KEY, a text NOT NULL, b int)",
+		"SELECT id, a FROM items", "public.items")
+	ctx := context.Background()
+	if err := owner.exec(t, "CALL rejot.publish($1, 1, 'SELECT id, a, b FROM items')", name); err != nil {
+		t.Fatal(err)
+	}
+	owner.catalogMinor(t, name, 1, 1)
+	admin := pg.Connect(t, consumer.db)
+	record := func() string {
+		return tableText(t, admin, "SELECT columns::text, generation FROM _rejot.subscriptions")
+	}
+	before := record()
+	stranger := "stranger_" + consumer.db
+	mustExec(t, admin, "CREATE ROLE "+stranger+" LOGIN")
+	dropRolesAtEnd(t, consumer.db, stranger)
+	conn := connectAs(t, consumer.sc.url(consumer.db, stranger))
+	_, err := conn.Exec(ctx, "CALL rejot.subscribe($1, 1, 'public.items')", name)
+	wantRefused(t, "a stranger subscribes again", err, "42501", "owns")
+	mustExec(t, admin, "ALTER TABLE public.items ADD COLUMN b int")
+	err = consumer.exec(t, "CALL rejot.subscribe($1, 1, 'public.items')", name)
+	wantRefused(t, "the table has the column already", err, "22023", "not in the table yet")
+	if after := record(); after != before {
+		t.Fatalf("the subscription changed:\n%s\nwas\n%s", after, before)
+	}
 }
