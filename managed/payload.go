@@ -81,7 +81,7 @@ type SubscribedColumn struct {
 	Key   bool   `json:"key"`
 	Index int    `json:"index"`
 	// Adding: a later subscribe asked for the column; the apply adds it
-	// to the table and fills it, then clears the mark (migration 009).
+	// to the table and fills it, then clears the mark (migration 010).
 	Adding bool `json:"adding,omitempty"`
 }
 

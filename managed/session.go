@@ -100,6 +100,6 @@ const (
 	// generation that keeps the position, and returns their names as a
 	// text array (empty: nothing changed). Refused (42501) unless the
 	// caller owns the target and the sidecar's role may alter it
-	// (migration 009).
+	// (migration 010).
 	AddSubscribedColumns = "SELECT _rejot.add_subscribed_columns(current_user, $1, $2::jsonb)::text"
 )
