@@ -33,6 +33,7 @@ FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./sql -run '^$$' -fuzz FuzzSplit -fuzztime $(FUZZTIME)
 	$(GO) test ./sql -run '^$$' -fuzz FuzzMentionsRejot -fuzztime $(FUZZTIME)
+	$(GO) test ./sql -run '^$$' -fuzz FuzzMentionsDDL -fuzztime $(FUZZTIME)
 	$(GO) test ./sql -run '^$$' -fuzz FuzzAnalyzeProjection -fuzztime $(FUZZTIME)
 	$(GO) test ./sql -run '^$$' -fuzz FuzzRewriteRelations -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzStartup -fuzztime $(FUZZTIME) -fuzzminimizetime 50x

@@ -47,6 +47,18 @@ const (
 	// is recorded as resolved now.
 	RecordPublished = `SELECT _rejot.record_published(current_user, $1, $2::int, $3::int, $4, $5, $6::text[], $7::jsonb, $8, $9, $10)`
 
+	// RecordReads records the columns a recorded version reads ($1
+	// publication, $2 version, $3 their names, a text[] literal) by
+	// identity (attnum and type), as its table has them now: what a DDL
+	// statement is checked against when it commits (GuardContract).
+	RecordReads = `SELECT _rejot.record_reads(current_user, $1, $2::int, $3::text[])`
+
+	// GuardContract, sent in a transaction before a DDL statement that
+	// could break a published version, has the transaction checked when it
+	// commits: it is refused (2BP01) if a version it broke was not
+	// re-published (or retired) in it.
+	GuardContract = `SELECT _rejot.guard_contract()`
+
 	// LockPublishedStatus locks the owner's record of a publication
 	// version ($1 publication, $2 version) and returns its status; no row
 	// when the version was never published. Refused as LockPublished.

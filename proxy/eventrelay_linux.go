@@ -63,7 +63,7 @@ func (fc *fastConn) relayClient(in []byte) (rest []byte, stop bool) {
 			if len(in) < n+5 {
 				return in, false
 			}
-			if s.intercept && sql.MentionsRejot(in[5:n+5]) {
+			if s.intercept && (sql.MentionsRejot(in[5:n+5]) || s.guarding() && sql.MentionsDDL(in[5:n+5])) {
 				return in, true
 			}
 		}

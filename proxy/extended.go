@@ -41,9 +41,20 @@ func (s *session) onParse(n int) error {
 	}
 	name, rest, ok1 := cstring(body)
 	query, rest, ok2 := cstring(rest)
-	if ok1 && ok2 && s.intercept && sql.MentionsRejot([]byte(query)) && s.isAuthed() {
-		if st, err := sql.ParseOne(query); err == nil && st.Intercepted() {
-			return s.localParse(body, name, query, st, paramOIDs(rest))
+	delete(s.guarded, name)
+	if ok1 && ok2 && s.intercept && s.isAuthed() {
+		rejot, ddl := sql.MentionsRejot([]byte(query)), s.guarding() && sql.MentionsDDL([]byte(query))
+		if rejot || ddl {
+			st, err := sql.ParseOne(query)
+			if err == nil && st.Intercepted() {
+				return s.localParse(body, name, query, st, paramOIDs(rest))
+			}
+			if err == nil && ddl && st.Guarded {
+				if s.guarded == nil {
+					s.guarded = map[string]bool{}
+				}
+				s.guarded[name] = true
+			}
 		}
 	}
 	delete(s.stmts, name)
@@ -127,11 +138,20 @@ func (s *session) onPortalMessage(typ byte, n int) error {
 			return s.localBind(body, portal, ls)
 		}
 		delete(s.portals, portal)
+		if s.guarded[stmt] && s.guarding() {
+			// A portal lives in one transaction: the one its Execute runs in.
+			if err := s.sendGuard(); err != nil {
+				return err
+			}
+		}
 	case 'D', 'C':
 		if len(body) < 2 {
 			break
 		}
 		name, _, _ := cstring(body[1:])
+		if typ == 'C' && body[0] == 'S' {
+			delete(s.guarded, name)
+		}
 		if ls, lp, ok := s.lookup(body[0], name); ok {
 			if typ == 'C' {
 				return s.localClose(body, name)

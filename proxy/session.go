@@ -34,6 +34,10 @@ type session struct {
 	cw, uw    *bufio.Writer
 	st        *startup
 	intercept bool
+	// guarded are the client's prepared statements (by name) that are DDL
+	// a published version may depend on: each Bind of one is preceded by
+	// the contract guard (see guard.go).
+	guarded   map[string]bool
 	log       zerolog.Logger
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -275,7 +279,7 @@ func (s *session) frontendLoop() error {
 			err = s.onParse(n)
 		case 'B', 'D', 'E', 'C':
 			switch {
-			case len(s.stmts) == 0 && len(s.portals) == 0:
+			case len(s.stmts) == 0 && len(s.portals) == 0 && len(s.guarded) == 0:
 				err = s.forward(typ, n)
 			case n > s.srv.maxIntercepted():
 				err = s.onLarge(typ, n)

@@ -14,7 +14,12 @@ import (
 // the sidecar runs through the extended protocol: their error positions are
 // shifted back to the whole query string, and the extended-only replies are
 // dropped, so the client sees exactly what a simple query returns.
-type translation struct{ offset int }
+type translation struct {
+	offset int
+	// internal marks the sidecar's own statement (the contract guard):
+	// only an error of it reaches the client.
+	internal bool
+}
 
 // onQuery handles a simple Query message.
 func (s *session) onQuery(n int) error {
@@ -26,12 +31,16 @@ func (s *session) onQuery(n int) error {
 		return err
 	}
 	// A query string ends at its only NUL; anything else is the server's to refuse.
-	if !s.intercept || bytes.IndexByte(body, 0) != len(body)-1 || !sql.MentionsRejot(body) || !s.isAuthed() {
+	if !s.intercept || bytes.IndexByte(body, 0) != len(body)-1 || !s.isAuthed() {
+		return s.forwardBody('Q', body)
+	}
+	rejot, ddl := sql.MentionsRejot(body), s.guarding() && sql.MentionsDDL(body)
+	if !rejot && !ddl {
 		return s.forwardBody('Q', body)
 	}
 	query := string(body[:len(body)-1])
 	stmts, err := sql.Split(query)
-	if err != nil || !anyIntercepted(stmts) {
+	if err != nil || !anyIntercepted(stmts) && !(ddl && anyGuarded(stmts)) {
 		return s.forwardBody('Q', body)
 	}
 	if done, err := s.ready('Q', body); done {
@@ -63,8 +72,14 @@ func (s *session) runSimple(query string, stmts []sql.Statement) error {
 				Position: st.Offset + 1})
 		}
 	}
+	guard := s.guarding()
 	for _, st := range stmts {
 		if !st.Intercepted() {
+			if st.Guarded && guard {
+				if err := s.sendGuard(); err != nil {
+					return err
+				}
+			}
 			if err := s.sendTranslated(st.Text(query), charOffset(query, st.Offset)); err != nil {
 				return err
 			}
@@ -150,6 +165,9 @@ func (s *session) sendTranslated(text string, offset int) error {
 
 // relayTranslated relays a reply to a translated statement.
 func (s *session) relayTranslated(tr *translation, typ byte, n int) error {
+	if tr.internal && typ != 'E' {
+		return s.ur.skip(n)
+	}
 	switch typ {
 	case '1', '2', 'n': // ParseComplete, BindComplete, NoData: not in the simple protocol
 		return s.ur.skip(n)

@@ -124,7 +124,11 @@ type Executor struct {
 	// when it can: e.g. it belongs to another role): every call that
 	// records intent there is refused with that reason.
 	ManagedProblem func() string
-	functions      map[string]*Function
+	// GuardsDDL says whether DDL that can break a published version is
+	// to be checked at its commit (_rejot is installed and the sidecar's):
+	// the proxy then sends managed.GuardContract in its transaction.
+	GuardsDDL func() bool
+	functions map[string]*Function
 }
 
 // NewExecutor returns an executor with the API's functions.

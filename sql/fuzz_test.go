@@ -237,3 +237,43 @@ func TestSplitStatementsOfSeparatedQuery(t *testing.T) {
 		t.Fatalf("wrong classification: %+v", stmts)
 	}
 }
+
+// FuzzMentionsDDL: text the parser finds guarded DDL in (sql.Statement's
+// Guarded) always MentionsDDL, so the cheap scan never lets such DDL past
+// unguarded.
+func FuzzMentionsDDL(f *testing.F) {
+	for _, s := range []string{"ALTER TABLE t DROP COLUMN c", "alter/**/table t rename to u", "DROP TABLE t", "drop\tschema s cascade",
+		"ALTER TABLE \"drop\" ADD b int", "SELECT dropoff FROM t", "DROP OWNED BY r", "ALTER TABLE t RENAME COLUMN a TO b",
+		"ALTER TABLE t SET SCHEMA s", "DROP INDEX CONCURRENTLY i", "CREATE TABLE t (a int);ALTER TABLE t ADD b int", "/*x*/Drop Type y"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, text []byte) {
+		stmts, err := Split(string(text))
+		if err != nil || MentionsDDL(text) {
+			return
+		}
+		for _, st := range stmts {
+			if st.Guarded {
+				t.Fatalf("%q has guarded DDL, but MentionsDDL says no", text)
+			}
+		}
+	})
+}
+
+func TestGuardedStatements(t *testing.T) {
+	for query, want := range map[string]bool{
+		"ALTER TABLE t DROP COLUMN c": true, "ALTER TABLE t RENAME COLUMN a TO b": true, "ALTER TABLE t RENAME TO u": true,
+		"ALTER TABLE t ALTER COLUMN a TYPE text": true, "ALTER TABLE t SET SCHEMA s": true, "DROP TABLE t": true,
+		"DROP SCHEMA s CASCADE": true, "DROP TYPE y": true, "DROP DOMAIN d": true, "DROP OWNED BY r": true, "ALTER SCHEMA s RENAME TO u": true,
+		"ALTER INDEX i RENAME TO j": false, "DROP INDEX CONCURRENTLY i": false, "DROP INDEX i": false, "ALTER SYSTEM SET work_mem = '1MB'": false,
+		"DROP DATABASE d": false, "ALTER ROLE r LOGIN": false, "SELECT 1": false, "CREATE TABLE t (a int)": false,
+	} {
+		st, err := ParseOne(query)
+		if err != nil {
+			t.Fatalf("%s: %v", query, err)
+		}
+		if st.Guarded != want {
+			t.Errorf("%s: guarded %v, want %v", query, st.Guarded, want)
+		}
+	}
+}

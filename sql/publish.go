@@ -82,6 +82,13 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 			return nil, err
 		}
 	}
+	// What the version reads, as of now, even when nothing else changed:
+	// a re-publish in the transaction of a DDL that retyped or renamed
+	// them is what lets that DDL commit (see managed 009).
+	ver, reads := strconv.Itoa(pub.Version), "{"+strings.Join(quoteArray(p.References), ",")+"}"
+	if _, err := env.Session.Query(ctx, managed.RecordReads, &pub.Publication, &ver, &reads); err != nil {
+		return nil, notManaged(err)
+	}
 	return [][]any{{pub.Publication, int32(pub.Version), int32(pub.Minor), describeColumns(pub.Columns)}}, nil
 }
 

@@ -24,6 +24,10 @@ type Statement struct {
 	// CopyFromStdin marks COPY ... FROM STDIN, which reads data from the
 	// client while it runs.
 	CopyFromStdin bool
+	// Guarded marks DDL that can break a published version (ALTER TABLE,
+	// a rename, a drop of a table, schema, type or domain): the sidecar
+	// has its transaction checked when it commits (see managed 009).
+	Guarded bool
 }
 
 // Intercepted reports whether the sidecar answers the statement itself.
@@ -56,9 +60,41 @@ func Split(query string) ([]Statement, error) {
 		if cs := raw.Stmt.GetCopyStmt(); cs != nil && cs.IsFrom && cs.Filename == "" && !cs.IsProgram {
 			st.CopyFromStdin = true
 		}
+		st.Guarded = guarded(raw.Stmt)
 		stmts = append(stmts, st)
 	}
 	return stmts, nil
+}
+
+// guarded says whether a statement is DDL that can break a published
+// version: what it reads is a table's columns, by number, name and type.
+// Statements that cannot run in a transaction block (DROP INDEX
+// CONCURRENTLY) are not: nothing can be checked at their commit.
+func guarded(n *pg_query.Node) bool {
+	switch {
+	case n.GetAlterTableStmt() != nil:
+		t := n.GetAlterTableStmt().Objtype
+		return t == pg_query.ObjectType_OBJECT_TABLE || t == pg_query.ObjectType_OBJECT_FOREIGN_TABLE
+	case n.GetRenameStmt() != nil:
+		switch n.GetRenameStmt().RenameType {
+		case pg_query.ObjectType_OBJECT_TABLE, pg_query.ObjectType_OBJECT_FOREIGN_TABLE, pg_query.ObjectType_OBJECT_COLUMN,
+			pg_query.ObjectType_OBJECT_SCHEMA:
+			return true
+		}
+	case n.GetAlterObjectSchemaStmt() != nil:
+		t := n.GetAlterObjectSchemaStmt().ObjectType
+		return t == pg_query.ObjectType_OBJECT_TABLE || t == pg_query.ObjectType_OBJECT_FOREIGN_TABLE
+	case n.GetDropStmt() != nil:
+		d := n.GetDropStmt()
+		switch d.RemoveType {
+		case pg_query.ObjectType_OBJECT_TABLE, pg_query.ObjectType_OBJECT_FOREIGN_TABLE, pg_query.ObjectType_OBJECT_SCHEMA,
+			pg_query.ObjectType_OBJECT_TYPE, pg_query.ObjectType_OBJECT_DOMAIN:
+			return !d.Concurrent
+		}
+	case n.GetDropOwnedStmt() != nil:
+		return true
+	}
+	return false
 }
 
 // ParseOne classifies a single statement, as sent in an extended-protocol

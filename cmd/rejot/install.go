@@ -17,6 +17,8 @@ import (
 type installer struct {
 	log     zerolog.Logger
 	problem atomic.Pointer[string]
+	// installed is set once _rejot is installed and the sidecar's.
+	installed atomic.Bool
 }
 
 func (in *installer) install(ctx context.Context, conn *pgx.Conn) error {
@@ -30,8 +32,13 @@ func (in *installer) install(ctx context.Context, conn *pgx.Conn) error {
 		in.log.Error().Str("problem", problem).Msg("schema _rejot is not the sidecar's: not managing this database")
 	}
 	in.problem.Store(&problem)
+	in.installed.Store(err == nil)
 	return err
 }
+
+// Installed says whether _rejot is installed and the sidecar's, as last
+// checked.
+func (in *installer) Installed() bool { return in.installed.Load() }
 
 // Problem says why _rejot cannot be used ("" when it can).
 func (in *installer) Problem() string {

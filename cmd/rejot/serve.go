@@ -212,6 +212,7 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 	sc.applier.Applied = func(string) { sc.capture.Wake() }
 	executor.CaptureProblem = sc.capture.Problem
 	executor.ManagedProblem = install.Problem
+	executor.GuardsDDL = install.Installed
 	lazy.Problem = func() string {
 		if p := install.Problem(); p != "" {
 			return p
