@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -76,11 +77,12 @@ func TestRefactorKeepsTheVersion(t *testing.T) {
 			}
 		}
 		var cols string
-		if err := tx.QueryRow(ctx, "SELECT * FROM rejot.publish($1, 1, $2)", name, statements[len(statements)-1]).Scan(new(string), new(int), new(int), &cols); err != nil {
+		var minor int
+		if err := tx.QueryRow(ctx, "SELECT * FROM rejot.publish($1, 1, $2)", name, statements[len(statements)-1]).Scan(new(string), new(int), &minor, &cols); err != nil {
 			t.Fatal(err)
 		}
-		if cols != "id bigint key, customer text, name text, total integer" {
-			t.Fatalf("the re-publish has columns %s", cols)
+		if cols != "id bigint key, customer text, name text, total integer" || minor != 0 {
+			t.Fatalf("the re-publish has columns %s, minor %d", cols, minor)
 		}
 		if err := tx.Commit(ctx); err != nil {
 			t.Fatal(err)
@@ -103,10 +105,15 @@ func TestRefactorKeepsTheVersion(t *testing.T) {
 	if got := columns(); got != want {
 		t.Fatalf("the version's columns changed:\n%s\nwant\n%s", got, want)
 	}
-	var versions int
-	owner.conn.QueryRow(ctx, "SELECT count(*) FROM rejot.publications WHERE publication = $1", name).Scan(&versions)
-	if versions != 1 {
-		t.Fatalf("%d versions", versions)
+	// The catalog has the new query, under the same minor.
+	var versions, minor int
+	var query string
+	waitFor(t, 15*time.Second, func() bool {
+		owner.conn.QueryRow(ctx, "SELECT count(*), max(minor), max(query) FROM rejot.publications WHERE publication = $1", name).Scan(&versions, &minor, &query)
+		return strings.Contains(query, "first || ' '")
+	})
+	if versions != 1 || minor != 0 {
+		t.Fatalf("%d versions, minor %d, query %s", versions, minor, query)
 	}
 	// The target's NOT NULL columns held every row.
 	var def string
