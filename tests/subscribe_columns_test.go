@@ -139,13 +139,18 @@ func TestSubscribeAgainAddsColumns(t *testing.T) {
 }
 
 // TestSubscribeAgainRefuses: subscribing again adds only columns the
-// table does not have, and only for the table's owner; what was refused
-// changed nothing.
+// table does not have, of types the sidecar may run the code of, and only
+// for the table's owner; what was refused changed nothing. Once mended, an
+// enum of the subscriber's own (named by its schema for the apply) is
+// added and filled.
 func TestSubscribeAgainRefuses(t *testing.T) {
-	owner, consumer, name := replicated(t, "addrefused", "CREATE TABLE items (id int PRIMARY KEY, a text NOT NULL, b int)",
+	owner, consumer, name := replicated(t, "addrefused",
+		`CREATE TYPE mood AS ENUM ('ok', 'bad');
+		 CREATE TABLE items (id int PRIMARY KEY, a text NOT NULL, b int, m mood);
+		 INSERT INTO items SELECT g, 'v' || g, g, 'bad' FROM generate_series(1, 50) g`,
 		"SELECT id, a FROM items", "public.items")
 	ctx := context.Background()
-	if err := owner.exec(t, "CALL rejot.publish($1, 1, 'SELECT id, a, b FROM items')", name); err != nil {
+	if err := owner.exec(t, "CALL rejot.publish($1, 1, 'SELECT id, a, b, m FROM items')", name); err != nil {
 		t.Fatal(err)
 	}
 	owner.catalogMinor(t, name, 1, 1)
@@ -155,15 +160,23 @@ func TestSubscribeAgainRefuses(t *testing.T) {
 	}
 	before := record()
 	stranger := "stranger_" + consumer.db
-	mustExec(t, admin, "CREATE ROLE "+stranger+" LOGIN")
+	mustExec(t, admin, "CREATE ROLE "+stranger+" LOGIN; CREATE TYPE public.mood AS ENUM ('ok', 'bad'); ALTER TYPE public.mood OWNER TO "+stranger)
 	dropRolesAtEnd(t, consumer.db, stranger)
 	conn := connectAs(t, consumer.sc.url(consumer.db, stranger))
 	_, err := conn.Exec(ctx, "CALL rejot.subscribe($1, 1, 'public.items')", name)
 	wantRefused(t, "a stranger subscribes again", err, "42501", "owns")
-	mustExec(t, admin, "ALTER TABLE public.items ADD COLUMN b int")
+	err = consumer.exec(t, "CALL rejot.subscribe($1, 1, 'public.items')", name)
+	wantRefused(t, "a type of the stranger's", err, "42501", "belongs to role "+stranger)
+	mustExec(t, admin, "ALTER TYPE public.mood OWNER TO postgres; ALTER TABLE public.items ADD COLUMN b int")
 	err = consumer.exec(t, "CALL rejot.subscribe($1, 1, 'public.items')", name)
 	wantRefused(t, "the table has the column already", err, "22023", "not in the table yet")
 	if after := record(); after != before {
 		t.Fatalf("the subscription changed:\n%s\nwas\n%s", after, before)
 	}
+	mustExec(t, admin, "ALTER TABLE public.items DROP COLUMN b")
+	if err := consumer.exec(t, "CALL rejot.subscribe($1, 1, 'public.items')", name); err != nil {
+		t.Fatal(err)
+	}
+	owner.execAll(t, "UPDATE items SET m = 'ok' WHERE id <= 10")
+	targetConverges(t, 60*time.Second, owner.conn, "SELECT id, a, b, m::text FROM items", consumer.conn, "(SELECT id, a, b, m::text FROM public.items) AS x")
 }

@@ -89,10 +89,13 @@ func (w *worker) addColumns(ctx context.Context, conn *pgx.Conn) (follow context
 	return ctx, func() {}, nil
 }
 
-// untilWidth is ctx until the version's rows have width values.
-func (w *worker) untilWidth(ctx context.Context, width int) (context.Context, func()) {
+// untilWidth is ctx until the version's rows have width values; stop
+// ends it and waits for the goroutine that watches.
+func (w *worker) untilWidth(ctx context.Context, width int) (follow context.Context, stop func()) {
 	ctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		for ctx.Err() == nil {
 			if n, err := w.s.Log.Width(ctx, w.sub.version); err == nil && n >= width {
 				cancel(errColumnsReady)
@@ -101,7 +104,10 @@ func (w *worker) untilWidth(ctx context.Context, width int) (context.Context, fu
 			w.s.Log.Wait(ctx, w.sub.version, time.Second)
 		}
 	}()
-	return ctx, func() { cancel(context.Canceled) }
+	return ctx, func() {
+		cancel(context.Canceled)
+		<-done
+	}
 }
 
 // fillAdded adds and fills the columns in one transaction, and returns
