@@ -65,12 +65,14 @@ func (v *Validated) setNullability(ctx context.Context, sess Session, stored str
 		return nil // stays nullable: checkStored has already compared it
 	}
 	sel := tree.Stmts[0].Stmt.GetSelectStmt()
+	if len(sel.FromClause) != 1 || sel.FromClause[0].GetRangeVar() == nil {
+		return nil // the rules know one table: a joined one's columns stay as they are
+	}
 	n := &nullness{notNull: map[string]bool{}, safeCast: map[string]bool{}}
-	if rv := sel.FromClause[0].GetRangeVar(); rv != nil {
-		n.table = rv.Relname
-		if rv.Alias != nil {
-			n.table = rv.Alias.Aliasname
-		}
+	rv := sel.FromClause[0].GetRangeVar()
+	n.table = rv.Relname
+	if rv.Alias != nil {
+		n.table = rv.Alias.Aliasname
 	}
 	for _, a := range v.attrs {
 		if a.notNull {
