@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,6 +37,12 @@ type Lazy struct {
 	Logger  zerolog.Logger
 
 	cur atomic.Pointer[Catalog]
+	// tried: the first attempt to connect has ended, either way; lastErr
+	// is why the last one failed.
+	tried     atomic.Bool
+	lastErr   atomic.Pointer[string]
+	hurryOnce sync.Once
+	hurry     chan struct{}
 }
 
 // Run keeps the catalog open until ctx ends.
@@ -66,18 +73,64 @@ func (l *Lazy) Run(ctx context.Context) {
 			}
 		}
 		if err != nil {
+			msg := err.Error()
+			l.lastErr.Store(&msg)
+			l.tried.Store(true)
 			l.Logger.Warn().Err(err).Dur("retry_in", backoff).Msg("catalog unreachable")
-			sleep(ctx, backoff)
-			backoff = min(2*backoff, 30*time.Second)
+			if l.pause(ctx, backoff) {
+				backoff = 100 * time.Millisecond // a call waits for the catalog
+			} else {
+				backoff = min(2*backoff, 30*time.Second)
+			}
 			continue
 		}
 		backoff = 100 * time.Millisecond
 		l.Logger.Info().Str("system", l.System.Name).Msg("catalog connected, system registered")
 		l.cur.Store(c)
+		l.tried.Store(true)
 		l.beat(ctx, c, every)
 		l.cur.Store(nil)
 		c.Close()
 	}
+}
+
+func (l *Lazy) hurried() chan struct{} {
+	l.hurryOnce.Do(func() { l.hurry = make(chan struct{}, 1) })
+	return l.hurry
+}
+
+// Hurry makes a connection attempt waiting out its backoff try now: a
+// call is waiting for the catalog.
+func (l *Lazy) Hurry() {
+	select {
+	case l.hurried() <- struct{}{}:
+	default:
+	}
+}
+
+// pause waits for d, or less when hurried (then it says true).
+func (l *Lazy) pause(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	case <-l.hurried():
+		return true
+	}
+	return false
+}
+
+// Tried says whether the first attempt to connect has ended, either way:
+// before, the sidecar is still starting.
+func (l *Lazy) Tried() bool { return l.tried.Load() }
+
+// LastError is why the last attempt to connect failed ("" before any did).
+func (l *Lazy) LastError() string {
+	if p := l.lastErr.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 func (l *Lazy) open(ctx context.Context) (*Catalog, error) {
@@ -133,13 +186,16 @@ func (l *Lazy) beat(ctx context.Context, c *Catalog, every time.Duration) {
 	defer t.Stop()
 	last, said := time.Now(), l.problem()
 	for {
+		hurried := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-l.hurried():
+			hurried = true // a call found the catalog not answering
 		}
 		problem := l.problem()
-		if time.Since(last) < every && problem == said {
+		if !hurried && time.Since(last) < every && problem == said {
 			continue
 		}
 		if err := c.Heartbeat(ctx, l.System.Name, problem); err != nil && ctx.Err() == nil {
@@ -239,6 +295,17 @@ func (l *Lazy) ReportSubscriptions(ctx context.Context, reports []SubscriptionRe
 		return ErrUnavailable
 	}
 	return c.ReportSubscriptions(ctx, l.System.Name, reports)
+}
+
+// Check checks that the catalog answers; when it does not, the
+// connection is tested at once (and made anew if it broke) rather than at
+// the next heartbeat.
+func (l *Lazy) Check(ctx context.Context) error {
+	if err := l.Ping(ctx); err != nil {
+		l.Hurry()
+		return err
+	}
+	return nil
 }
 
 // Ping checks that the catalog answers.

@@ -6,7 +6,10 @@ package managed
 // key_columns, the schema and name of its source table (resolved now: a
 // version whose table is gone is left out), the names of its recorded
 // columns in their recorded order, the role its projection runs as and
-// whether the capture's role may become it (SET ROLE). It fails with
+// whether the capture's role may become it (SET ROLE), the columns it
+// reads by identity as recorded (JSON: [{attnum, name, type, typmod}],
+// empty for a version recorded before migration 009) and those of them
+// renamed since (JSON: {recorded name: name now}). It fails with
 // NotInstalled before _rejot is there.
 //
 // The role is the caller that recorded the version; a version recorded
@@ -14,7 +17,12 @@ package managed
 // which its publisher had to be a member.
 const CapturedVersions = `SELECT p.publication, p.version, p.query, p.key_columns, n.nspname, c.relname,
 			ARRAY(SELECT x->>'name' FROM jsonb_array_elements(p.columns) AS x),
-			r.rolname::text, coalesce(pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER'), false)
+			r.rolname::text, coalesce(pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER'), false),
+			coalesce(p.reads, '[]')::text,
+			coalesce((SELECT pg_catalog.jsonb_object_agg(x->>'name', a.attname)
+				FROM pg_catalog.jsonb_array_elements(p.reads) AS x
+				JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = (x->>'attnum')::int2 AND NOT a.attisdropped
+				WHERE a.attname::text <> x->>'name'), '{}')::text
 		FROM _rejot.publications p
 		JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(p.source)
 		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace

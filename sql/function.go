@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rejot-dev/rejot/managed"
@@ -50,6 +51,9 @@ type Function struct {
 	// Records: the function records intent in _rejot (refused while
 	// Executor.ManagedProblem says _rejot cannot be trusted).
 	Records bool
+	// ReadsCatalog: the function cannot run without the catalog (a call
+	// waits for it, bounded, while it is unreachable).
+	ReadsCatalog bool
 }
 
 func (f *Function) signature() string {
@@ -124,6 +128,16 @@ type Executor struct {
 	// when it can: e.g. it belongs to another role): every call that
 	// records intent there is refused with that reason.
 	ManagedProblem func() string
+	// Waiting, when set, says what keeps the sidecar from serving a call
+	// that needs need ("" when nothing does), e.g. "the sidecar is
+	// starting: installing schema _rejot": the call waits for it (see
+	// starting.go).
+	Waiting func(ctx context.Context, need Need) string
+	// Hurry, when set, is called as a call starts to wait (the catalog's
+	// connection retries at once rather than after its backoff).
+	Hurry func()
+	// StartWait bounds that wait (default DefaultStartWait).
+	StartWait time.Duration
 	// GuardsDDL says whether DDL that can break a published version is
 	// to be checked at its commit (_rejot is installed and the sidecar's):
 	// the proxy then sends managed.GuardContract in its transaction.
@@ -241,6 +255,9 @@ func (x *Executor) Execute(ctx context.Context, c *Call, params []*string, sess 
 	}
 	bound, err := bind(c, f)
 	if err != nil {
+		return nil, err
+	}
+	if err := x.waitUntilServable(ctx, needOf(f)); err != nil {
 		return nil, err
 	}
 	if err := x.managedProblem(f); err != nil {

@@ -79,6 +79,9 @@ var errNoCatalog = &pgerr.Error{Code: pgerr.ConnectionFailure, Message: "the cat
 // query over the catalog relations (statement st of query): only the
 // caller's parameters, not those that carry the relations' rows.
 func (x *Executor) DescribeRelations(ctx context.Context, query string, st Statement, paramOIDs []uint32, sess RelationSession) (*pgconn.StatementDescription, error) {
+	if err := x.waitUntilServable(ctx, Need{Catalog: true}); err != nil {
+		return nil, err
+	}
 	rq, err := x.rewrite(ctx, query, st, len(paramOIDs))
 	if err != nil {
 		return nil, err
@@ -104,6 +107,9 @@ func (x *Executor) QueryRelations(ctx context.Context, query string, st Statemen
 		if err := noParams(st.Text(query), st.Offset); err != nil {
 			return nil, err
 		}
+	}
+	if err := x.waitUntilServable(ctx, Need{Catalog: true}); err != nil {
+		return nil, err
 	}
 	rq, err := x.rewrite(ctx, query, st, len(q.ParamOIDs))
 	if err != nil {

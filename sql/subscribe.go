@@ -21,6 +21,8 @@ func subscribeFunction() *Function {
 		Returns: subscriptionColumns,
 		Run:     runSubscribe,
 		Records: true,
+		// the version's columns and who may subscribe
+		ReadsCatalog: true,
 	}
 }
 

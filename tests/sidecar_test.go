@@ -43,8 +43,26 @@ func startSidecar(t *testing.T, db string, extra ...string) *sidecar {
 	return startSidecarUpstream(t, pg.URL(db), extra...)
 }
 
-// startSidecarUpstream runs the built binary in front of any upstream URL.
+// startSidecarUpstream runs the built binary in front of any upstream URL
+// and waits until it listens.
 func startSidecarUpstream(t *testing.T, upstream string, extra ...string) *sidecar {
+	t.Helper()
+	s := launchSidecar(t, upstream, extra...)
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("tcp", s.addr); err == nil {
+			c.Close()
+			return s
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("sidecar did not start listening; log:\n%s", s.logs())
+	return nil
+}
+
+// launchSidecar starts the built binary in front of upstream, without
+// waiting for it to listen.
+func launchSidecar(t *testing.T, upstream string, extra ...string) *sidecar {
 	t.Helper()
 	port, err := pgtest.FreePort()
 	if err != nil {
@@ -78,16 +96,7 @@ func startSidecarUpstream(t *testing.T, upstream string, extra ...string) *sidec
 			t.Logf("sidecar log:\n%s", s.logs())
 		}
 	})
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.Dial("tcp", s.addr); err == nil {
-			c.Close()
-			return s
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("sidecar did not start listening; log:\n%s", s.logs())
-	return nil
+	return s
 }
 
 // url is a connection URL through the sidecar.

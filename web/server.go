@@ -26,8 +26,12 @@ type Check struct {
 // catalog page at /.
 type Server struct {
 	Checks []Check
-	Page   http.Handler
-	Logger zerolog.Logger
+	// Degraded, when set, says what works less than it should without
+	// making the sidecar unready (by name, what is wrong): /readyz shows
+	// it and stays 200.
+	Degraded func() map[string]string
+	Page     http.Handler
+	Logger   zerolog.Logger
 
 	srv *http.Server
 }
@@ -50,6 +54,8 @@ func (s *Server) Handler() http.Handler {
 type readiness struct {
 	Ready  bool              `json:"ready"`
 	Checks map[string]string `json:"checks"` // "ok" or what is wrong
+	// Degraded is what works less than it should, ready or not.
+	Degraded map[string]string `json:"degraded,omitempty"`
 }
 
 // ready runs every check at once, each within 2 seconds.
@@ -75,6 +81,11 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 		}()
 	}
 	wg.Wait()
+	if s.Degraded != nil {
+		if d := s.Degraded(); len(d) > 0 {
+			res.Degraded = d
+		}
+	}
 	status := http.StatusOK
 	if !res.Ready {
 		status = http.StatusServiceUnavailable

@@ -13,12 +13,14 @@ import (
 // installer installs _rejot as the outbox applier connects, and keeps
 // why it could not when the schema is not the sidecar's: that problem is
 // logged once, shown with the system in the catalog, and refuses rejot
-// calls until an administrator has dealt with the schema.
+// calls until an administrator has dealt with the schema. Until the
+// first install has succeeded, calls that record intent wait.
 type installer struct {
 	log     zerolog.Logger
 	problem atomic.Pointer[string]
 	// installed is set once _rejot is installed and the sidecar's.
 	installed atomic.Bool
+	lastErr   atomic.Pointer[string]
 }
 
 func (in *installer) install(ctx context.Context, conn *pgx.Conn) error {
@@ -32,6 +34,10 @@ func (in *installer) install(ctx context.Context, conn *pgx.Conn) error {
 		in.log.Error().Str("problem", problem).Msg("schema _rejot is not the sidecar's: not managing this database")
 	}
 	in.problem.Store(&problem)
+	if err != nil {
+		msg := err.Error()
+		in.lastErr.Store(&msg)
+	}
 	in.installed.Store(err == nil)
 	return err
 }
@@ -46,4 +52,18 @@ func (in *installer) Problem() string {
 		return *p
 	}
 	return ""
+}
+
+// waiting says what a call that records intent waits for ("" when
+// nothing: _rejot is installed, or it is not the sidecar's and the call
+// is refused at once).
+func (in *installer) waiting() string {
+	if in.installed.Load() || in.Problem() != "" {
+		return ""
+	}
+	what := "the sidecar is starting: it is installing its schema " + managed.Schema + " in the database"
+	if p := in.lastErr.Load(); p != nil {
+		what += " (last attempt: " + *p + ")"
+	}
+	return what
 }

@@ -30,7 +30,7 @@ import (
 type serveConfig struct {
 	upstream, listen, name, catalog, eventLog, httpAddr string
 	tlsCert, tlsKey, logLevel                           string
-	startupTimeout, shutdownTimeout                     time.Duration
+	startupTimeout, shutdownTimeout, callWait           time.Duration
 }
 
 // parseServeFlags reads flags, each defaulting to its REJOT_* variable.
@@ -55,6 +55,9 @@ func parseServeFlags(args []string) (*serveConfig, error) {
 	shutdown := envOr("shutdown-timeout", "30s")
 	fs.Func("shutdown-timeout", "on SIGTERM, how long open transactions may take to finish, default "+shutdown+" (env REJOT_SHUTDOWN_TIMEOUT)",
 		func(v string) error { shutdown = v; return nil })
+	callWait := envOr("call-wait", sql.DefaultStartWait.String())
+	fs.Func("call-wait", "how long a rejot call waits for what it needs (schema _rejot installed, the catalog connected) before it fails with 57P03, default "+callWait+" (env REJOT_CALL_WAIT)",
+		func(v string) error { callWait = v; return nil })
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -74,6 +77,9 @@ func parseServeFlags(args []string) (*serveConfig, error) {
 	c.startupTimeout = d
 	if c.shutdownTimeout, err = time.ParseDuration(shutdown); err != nil || c.shutdownTimeout < 0 {
 		return nil, fmt.Errorf("invalid --shutdown-timeout %q", shutdown)
+	}
+	if c.callWait, err = time.ParseDuration(callWait); err != nil || c.callWait <= 0 {
+		return nil, fmt.Errorf("invalid --call-wait %q", callWait)
 	}
 	return c, nil
 }
@@ -136,6 +142,7 @@ type sidecar struct {
 	applier    *catalog.Applier
 	capture    *capture.Runner
 	subscriber *apply.Subscriber
+	install    *installer
 	log        zerolog.Logger
 	// shutdownTimeout bounds how long open transactions may take to
 	// finish on shutdown.
@@ -146,8 +153,10 @@ type sidecar struct {
 }
 
 // httpServer makes the HTTP side: metrics, health, readiness (upstream,
-// catalog and event log answer; capture and apply loops run), the
-// catalog page.
+// catalog and event log answer, _rejot is installed: calls can be served;
+// capture and apply loops run) with what is degraded without taking the
+// sidecar out of service (a capture that leaves versions out, a slot that
+// does not confirm), the catalog page.
 func (sc *sidecar) httpServer(c *serveConfig) *web.Server {
 	running := func(name string, f func() bool) func(context.Context) error {
 		return func(context.Context) error {
@@ -157,7 +166,7 @@ func (sc *sidecar) httpServer(c *serveConfig) *web.Server {
 			return nil
 		}
 	}
-	return &web.Server{Logger: sc.log, Page: web.CatalogPage(sc.lazy), Checks: []web.Check{
+	return &web.Server{Logger: sc.log, Page: web.CatalogPage(sc.lazy), Degraded: sc.capture.Degraded, Checks: []web.Check{
 		{Name: "upstream", Probe: func(ctx context.Context) error {
 			conn, err := pgx.Connect(ctx, c.upstream)
 			if err != nil {
@@ -166,6 +175,15 @@ func (sc *sidecar) httpServer(c *serveConfig) *web.Server {
 			return conn.Close(ctx)
 		}},
 		{Name: "catalog", Probe: sc.lazy.Ping},
+		{Name: "schema", Probe: func(context.Context) error {
+			if p := sc.install.Problem(); p != "" {
+				return errors.New(p)
+			}
+			if what := sc.install.waiting(); what != "" {
+				return errors.New(what)
+			}
+			return nil
+		}},
 		{Name: "event_log", Probe: func(ctx context.Context) error {
 			l, err := sc.eventLog.open(ctx)
 			if err != nil {
@@ -191,7 +209,7 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 	executor.Catalog, executor.Names = lazy, lazy
 	executor.System, executor.Database = lazy.System.Name, lazy.System.Database
 	install := &installer{log: log}
-	sc := &sidecar{log: log, lazy: lazy, shutdownTimeout: c.shutdownTimeout,
+	sc := &sidecar{log: log, lazy: lazy, shutdownTimeout: c.shutdownTimeout, install: install,
 		applier: &catalog.Applier{Upstream: c.upstream, System: lazy.System.Name, Catalog: lazy,
 			Logger: log, Prepare: install.install},
 		srv: &proxy.Server{Upstream: up, Executor: executor, StartupTimeout: c.startupTimeout, Logger: log}}
@@ -212,6 +230,7 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 	sc.applier.Applied = func(string) { sc.capture.Wake() }
 	executor.CaptureProblem = sc.capture.Problem
 	executor.ManagedProblem = install.Problem
+	executor.Waiting, executor.Hurry, executor.StartWait = sc.waiting, lazy.Hurry, c.callWait
 	executor.GuardsDDL = install.Installed
 	lazy.Problem = func() string {
 		if p := install.Problem(); p != "" {
@@ -230,6 +249,39 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 		sc.srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	return sc, nil
+}
+
+// waiting says what keeps the sidecar from serving a call that needs
+// need ("" when nothing): every call but rejot.version() waits for the
+// first attempt to reach the catalog to end; one that needs the catalog
+// finds it answering.
+func (sc *sidecar) waiting(ctx context.Context, need sql.Need) string {
+	if need.Managed {
+		if what := sc.install.waiting(); what != "" {
+			return what
+		}
+	}
+	if need == (sql.Need{}) {
+		return ""
+	}
+	if !sc.lazy.Tried() {
+		return "the sidecar is starting: it is connecting to the catalog"
+	}
+	if need.Catalog && !sc.lazy.Ready() {
+		if why := sc.lazy.LastError(); why != "" {
+			return "the sidecar cannot reach the catalog: " + why
+		}
+		return "the sidecar is reconnecting to the catalog"
+	}
+	if need.Catalog {
+		// The catalog may have gone since the last heartbeat.
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if err := sc.lazy.Check(ctx); err != nil {
+			return "the sidecar cannot reach the catalog: " + err.Error()
+		}
+	}
+	return ""
 }
 
 // run serves clients on ln, keeps the catalog and the outbox applier

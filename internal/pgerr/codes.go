@@ -54,8 +54,9 @@ const (
 	ObjectInUse                  = "55006"
 
 	// Class 57: operator intervention
-	QueryCanceled = "57014"
-	AdminShutdown = "57P01"
+	QueryCanceled    = "57014"
+	AdminShutdown    = "57P01"
+	CannotConnectNow = "57P03"
 
 	// Class XX: internal error
 	InternalError = "XX000"

@@ -1,6 +1,7 @@
 -- Contract-safe DDL. A published version reads columns of its table; a DDL
--- statement that drops, renames or retypes one of them, or drops or renames
--- the table, breaks the version for every subscriber. Such a transaction
+-- statement that drops or retypes one of them, or drops or renames the
+-- table, breaks the version for every subscriber (a rename of a column
+-- does not: the capture binds columns by attribute number). Such a transaction
 -- is refused when it commits (2BP01, as Postgres refuses to drop a column a
 -- view depends on), unless the same transaction re-published the version
 -- over the new schema (which records its columns anew) or retired it.
@@ -54,13 +55,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 THEN pg_catalog.format('its table %s is renamed to %I.%I', p.source, n.nspname, c.relname)
             ELSE (SELECT pg_catalog.string_agg(CASE
                         WHEN a.attrelid IS NULL THEN pg_catalog.format('column %I is dropped', r.name)
-                        WHEN a.attname <> r.name THEN pg_catalog.format('column %I is renamed to %I', r.name, a.attname)
                         ELSE pg_catalog.format('column %I changes type from %s to %s', r.name,
                             pg_catalog.format_type(r.type, r.typmod), pg_catalog.format_type(a.atttypid, a.atttypmod))
                     END, ', ' ORDER BY r.attnum)
                 FROM pg_catalog.jsonb_to_recordset(p.reads) AS r(attnum int2, name text, type oid, typmod int4)
                 LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = p.source_oid AND a.attnum = r.attnum AND NOT a.attisdropped
-                WHERE a.attrelid IS NULL OR a.attname <> r.name OR a.atttypid <> r.type OR a.atttypmod <> r.typmod)
+                WHERE a.attrelid IS NULL OR a.atttypid <> r.type OR a.atttypmod <> r.typmod)
         END AS problem
         FROM (SELECT 1) AS one
         LEFT JOIN pg_catalog.pg_class c ON c.oid = p.source_oid

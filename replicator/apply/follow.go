@@ -47,16 +47,20 @@ func (w *worker) follow(ctx context.Context, conn *pgx.Conn, t *target, position
 			return err
 		}
 		span := f.span
+		if f.stmts == nil && span.Resets && w.sub.copy {
+			return w.copyInstead(ctx, conn, span)
+		}
 		// Only the span whose position is recorded in the log next (every
 		// readerEvery) is committed durably; that flushes every commit
 		// before it too. Between, a crash of the target loses at most the
 		// spans since, position and rows together, and they are applied
 		// again from the log, which keeps them.
 		durable := time.Since(lastReader) > readerEvery
-		// A span being applied is finished even when the sidecar stops.
-		applyCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		err := w.apply(applyCtx, conn, t, span, f.stmts, durable)
-		cancel()
+		// A span being applied is finished even when the sidecar stops;
+		// what bounds it is its progress, not its size (see progress.go).
+		applyCtx, progress, stop := watchProgress(context.WithoutCancel(ctx), w.s.stall())
+		err := stalled(applyCtx, w.apply(applyCtx, conn, t, span, f.stmts, durable, progress))
+		stop()
 		if errors.Is(err, eventlog.ErrPruned) {
 			return w.recopy(ctx, conn, position)
 		}
@@ -144,6 +148,20 @@ func (w *worker) recopy(ctx context.Context, conn *pgx.Conn, position int64) err
 	return errRecopy
 }
 
+// copyInstead copies the state again rather than apply a span too large
+// to hold that starts with a truncate (a first fill the subscriber
+// arrived during, or a TRUNCATE and a reload): the state the log holds
+// now is what applying it would give, copied in one COPY instead of a
+// statement per chunk of changes.
+func (w *worker) copyInstead(ctx context.Context, conn *pgx.Conn, span eventlog.Span) error {
+	w.log().Info().Int64("position", span.After).Int64("changes", span.Upto-span.After).
+		Msg("the next source transaction replaces every row; copying the state instead of applying it")
+	if err := managed.Recopy(ctx, conn, w.sub.target, w.sub.generation, span.After); err != nil {
+		return err
+	}
+	return errRecopy
+}
+
 // stillAt says whether a subscription locked at position p is still at
 // after, where the span to apply starts: otherwise it was resynced or
 // moved on meanwhile.
@@ -159,20 +177,22 @@ func stillAt(p *int64, after int64) error {
 // waits for its commit to be flushed: the log may drop what a subscriber
 // says it has applied. The others do not wait (a flush per span took the
 // apply's time while the server did nothing else for it).
-func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span eventlog.Span, stmts []statement, durable bool) error {
+func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span eventlog.Span, stmts []statement, durable bool, p *progress) error {
 	commit := "SET LOCAL synchronous_commit = off"
 	if durable {
 		commit = "SET LOCAL synchronous_commit = on"
 	}
 	if stmts == nil {
-		return w.applyReading(ctx, conn, t, span, commit)
+		return w.applyReading(ctx, conn, t, span, commit, p)
 	}
 	return w.applyPipelined(ctx, conn, t, span, stmts, commit)
 }
 
 // applyReading applies a span too large to have been read ahead, reading
-// its changes from the log as it goes.
-func (w *worker) applyReading(ctx context.Context, conn *pgx.Conn, t *target, span eventlog.Span, commit string) error {
+// its changes from the log as it goes, a chunk at a time: one destination
+// transaction however many changes the span has, holding one chunk in
+// memory; each chunk read and statement run is progress.
+func (w *worker) applyReading(ctx context.Context, conn *pgx.Conn, t *target, span eventlog.Span, commit string, p *progress) error {
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, commit); err != nil {
 			return err
@@ -186,10 +206,12 @@ func (w *worker) applyReading(ctx context.Context, conn *pgx.Conn, t *target, sp
 			return err
 		}
 		err := w.s.Log.Read(ctx, w.sub.version, span, func(recs []eventlog.Entry) error {
+			p.moved()
 			for _, st := range changeStatements(t, recs) {
 				if err := execOne(ctx, tx.Conn(), st.sql, st.args...); err != nil {
 					return err
 				}
+				p.moved()
 			}
 			return nil
 		})

@@ -37,6 +37,10 @@ type Subscriber struct {
 	Logger zerolog.Logger
 	Check  time.Duration // how often subscriptions are re-read (default 2s)
 	Batch  int           // changes per destination transaction (default 5000)
+	// Stall is how long applying may go without progress (a chunk of
+	// changes read, a statement run) before it is abandoned and retried
+	// (default 1 minute). Nothing bounds its size.
+	Stall time.Duration
 
 	mu      sync.Mutex
 	workers map[string]*worker
@@ -157,6 +161,13 @@ func (s *Subscriber) check() time.Duration {
 		return s.Check
 	}
 	return 2 * time.Second
+}
+
+func (s *Subscriber) stall() time.Duration {
+	if s.Stall > 0 {
+		return s.Stall
+	}
+	return defaultStall
 }
 
 func (s *Subscriber) batch() int {

@@ -523,7 +523,7 @@ func recordedEvents(t *testing.T, publication string) (*pgtest.Cluster, context.
 		}
 	}
 	exec(`CREATE SCHEMA _rejot; CREATE TABLE _rejot.publications (publication text, version int, query text,
-		key_columns text[], source text, status text, columns jsonb, caller text)`)
+		key_columns text[], source text, status text, columns jsonb, caller text, reads jsonb)`)
 	exec("CREATE TABLE events (id int PRIMARY KEY, v text)")
 	exec(`INSERT INTO _rejot.publications VALUES ('` + publication + `', 1, 'SELECT id, v FROM events', '{id}', '"public"."events"', 'active',
 		'[{"name": "id"}, {"name": "v"}]')`)

@@ -37,7 +37,11 @@ func changesFor(ctx context.Context, q Querier, src *Source, rels map[uint32]*re
 	if len(mine) == 0 {
 		return out, nil
 	}
-	projected, err := Project(ctx, q, &src.Projection, mine[0].rel.cols, tuples)
+	cols, err := mine[0].rel.columnsFor(src)
+	if err != nil {
+		return nil, err
+	}
+	projected, err := Project(ctx, q, &src.Projection, cols, tuples)
 	if err != nil {
 		return nil, err
 	}
@@ -47,17 +51,19 @@ func changesFor(ctx context.Context, q Querier, src *Source, rels map[uint32]*re
 	}
 	for i, m := range mine {
 		e := txns[m.txn].events[m.event]
-		out[m.txn] = append(out[m.txn], eventChanges(src, m.rel, e, byEvent[i])...)
+		out[m.txn] = append(out[m.txn], eventChanges(src, cols, e, byEvent[i])...)
 	}
 	return out, nil
 }
 
-func eventChanges(src *Source, rel *relation, e event, p Projected) []eventlog.Change {
+// eventChanges are what one event did to a version, its table's columns
+// named as the version's query names them (relation.columnsFor).
+func eventChanges(src *Source, cols []SourceColumn, e event, p Projected) []eventlog.Change {
 	switch e.op {
 	case 'T':
 		return []eventlog.Change{{Op: eventlog.OpTruncate}}
 	case 'D':
-		return []eventlog.Change{{Op: eventlog.OpDelete, Key: oldKey(src, rel, e.old)}}
+		return []eventlog.Change{{Op: eventlog.OpDelete, Key: oldKey(src, cols, e.old)}}
 	}
 	key := make([]eventlog.Value, len(src.KeyCols))
 	for i, c := range src.KeyCols {
@@ -65,7 +71,7 @@ func eventChanges(src *Source, rel *relation, e event, p Projected) []eventlog.C
 	}
 	var out []eventlog.Change
 	if e.op == 'U' && e.old != nil {
-		if old := oldKey(src, rel, e.old); !sameValues(old, key) {
+		if old := oldKey(src, cols, e.old); !sameValues(old, key) {
 			out = append(out, eventlog.Change{Op: eventlog.OpDelete, Key: old}) // the key changed
 		}
 	}
@@ -79,10 +85,10 @@ func eventChanges(src *Source, rel *relation, e event, p Projected) []eventlog.C
 }
 
 // oldKey reads the public key from an old (key or full) tuple.
-func oldKey(src *Source, rel *relation, old []eventlog.Value) []eventlog.Value {
+func oldKey(src *Source, cols []SourceColumn, old []eventlog.Value) []eventlog.Value {
 	key := make([]eventlog.Value, len(src.KeySources))
 	for i, name := range src.KeySources {
-		for j, c := range rel.cols {
+		for j, c := range cols {
 			if c.Name == name && j < len(old) {
 				key[i] = TextForm(c.Type, old[j]) // as the projection gives keys
 			}

@@ -20,6 +20,16 @@ type relation struct {
 	// kept marks the columns whose out-of-line values the log keeps:
 	// variable-length, outside the replica identity, read by a projection.
 	kept []bool
+	// oids and mods are the columns' types and modifiers.
+	oids []uint32
+	mods []int32
+	// now is the table's columns as the catalog had them when the WAL
+	// described them; attnums are the WAL's columns' attribute numbers,
+	// nil when they are not what the catalog had (see identity.go).
+	now     []attribute
+	attnums []int16
+	// named are the columns as each source names them (columnsFor).
+	named map[*Source][]SourceColumn
 }
 
 // name is how the log's kept values name the table.
@@ -32,7 +42,7 @@ func keepColumns(sources []Source, schema, table string, names []string, key, va
 	for _, s := range sources {
 		if s.Schema == schema && s.Table == table {
 			for _, c := range s.References {
-				read[c] = true
+				read[s.nowNamed(c)] = true
 			}
 		}
 	}
@@ -172,6 +182,7 @@ func (s *session) add(ctx context.Context, e event, size int) error {
 func (s *session) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
 	r := &relation{schema: m.Namespace, table: m.RelationName}
 	oids, mods := make([]uint32, len(m.Columns)), make([]int32, len(m.Columns))
+	r.oids, r.mods = oids, mods
 	names := make([]string, len(m.Columns))
 	for i, c := range m.Columns {
 		oids[i], mods[i], names[i] = c.DataType, c.TypeModifier, c.Name
@@ -195,6 +206,11 @@ func (s *session) relation(ctx context.Context, m *pglogrepl.RelationMessage) er
 	if err != nil {
 		return err
 	}
+	now, err := layout(ctx, s.conn, m.RelationID)
+	if err != nil {
+		return err
+	}
+	r.bind(now)
 	r.kept = keepColumns(s.p.Sources, r.schema, r.table, names, r.key, r.varlena)
 	s.rels[m.RelationID] = r
 	return nil

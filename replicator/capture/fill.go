@@ -308,7 +308,7 @@ func fillEvaluator(ctx context.Context, conn *pgx.Conn, src *Source) (*evaluator
 		err := conn.QueryRow(ctx, `SELECT coalesce(bool_or(t.typnamespace <> 'pg_catalog'::regnamespace), false)
 			FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 			WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND a.attname = ANY ($2)`,
-			pgx.Identifier{src.Schema, src.Table}.Sanitize(), src.References).Scan(&code)
+			pgx.Identifier{src.Schema, src.Table}.Sanitize(), src.nowNames()).Scan(&code)
 		if err != nil || !code {
 			return nil, err
 		}

@@ -25,6 +25,9 @@ var (
 	metricSlotRetained = promauto.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "rejot", Subsystem: "capture", Name: "slot_retained_wal_bytes",
 		Help: "WAL the server keeps for the capture's slot (current WAL position minus the slot's restart position)."}, []string{"slot"})
+	metricDegraded = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "rejot", Subsystem: "capture", Name: "degraded",
+		Help: "1 when the capture works less than it should, by kind: capture_setup (the database cannot be captured), capture_versions (versions left out or failed), capture_slot (the slot has not confirmed for a while with WAL pending); /readyz says why."}, []string{"kind"})
 )
 
 func versionLabels(v eventlog.Version) []string {

@@ -30,6 +30,9 @@ type Runner struct {
 	// PruneEvery is how often the log drops changes every subscriber has
 	// read (default 30s).
 	PruneEvery time.Duration
+	// SlotStall is how long the slot may go without confirming while WAL
+	// is pending before Degraded says so (default DefaultSlotStall).
+	SlotStall time.Duration
 
 	problem atomic.Pointer[string]
 	// versionProblems are the versions left out (LoadSources).
@@ -42,6 +45,7 @@ type Runner struct {
 	// capture, and whether that was logged (release).
 	busyPID    int32
 	busyLogged bool
+	slot       slotWatch
 }
 
 // Wake makes the capture read the owner's record now rather than at its
@@ -211,7 +215,9 @@ func (c *Runner) runUntilChanged(ctx context.Context, sources []Source) error {
 func fingerprint(sources []Source) string {
 	var b strings.Builder
 	for _, s := range sources {
-		fmt.Fprintf(&b, "%s/%d/%s;", s.Version.Publication, s.Version.Number, s.Definition())
+		// Renames too: they change no version's rows, but how its table
+		// is read (the session starts again, no fill).
+		fmt.Fprintf(&b, "%s/%d/%s/%v;", s.Version.Publication, s.Version.Number, s.Definition(), s.Renamed)
 	}
 	return b.String()
 }
@@ -240,9 +246,13 @@ func (c *Runner) read(ctx context.Context) ([]Source, error) {
 		return nil, err
 	}
 	slot := SlotName(c.System)
-	var retained *int64
-	err := c.conn.QueryRow(ctx, `SELECT (pg_current_wal_lsn() - restart_lsn)::int8 FROM pg_catalog.pg_replication_slots
-		WHERE slot_name = $1`, slot).Scan(&retained)
+	defer c.setDegradedMetric()
+	var retained, pending *int64
+	var confirmed *string
+	err := c.conn.QueryRow(ctx, `SELECT (pg_current_wal_lsn() - restart_lsn)::int8,
+			(pg_current_wal_lsn() - confirmed_flush_lsn)::int8, confirmed_flush_lsn::text
+		FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, slot).Scan(&retained, &pending, &confirmed)
+	c.watchSlot(slot, confirmed, pending, err)
 	switch {
 	case err == nil && retained != nil:
 		metricSlotRetained.WithLabelValues(slot).Set(float64(*retained))
@@ -260,6 +270,16 @@ func (c *Runner) read(ctx context.Context) ([]Source, error) {
 	}
 	c.setVersionProblems(problems)
 	return sources, nil
+}
+
+// watchSlot follows the slot's confirmations (Degraded).
+func (c *Runner) watchSlot(slot string, confirmed *string, pending *int64, err error) {
+	switch {
+	case err == nil && confirmed != nil && pending != nil:
+		c.slot.saw(slot, *confirmed, *pending, time.Now())
+	case err == nil || errors.Is(err, pgx.ErrNoRows):
+		c.slot.saw(slot, "", 0, time.Now()) // no slot, or invalidated: it keeps nothing
+	}
 }
 
 // setVersionProblems records the versions that cannot be captured, and

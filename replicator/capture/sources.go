@@ -19,6 +19,14 @@ type Source struct {
 	KeySources []string
 	// References are the source columns the projection reads.
 	References []string
+	// Reads are the columns it reads by identity, as recorded when it was
+	// published (none for a version recorded before that was kept): the
+	// WAL's columns are matched to them by attribute number, so a rename
+	// changes nothing (see identity.go).
+	Reads []Read
+	// Renamed are the columns read that have another name now: recorded
+	// name to name now.
+	Renamed map[string]string
 }
 
 // LoadSources reads the capture sources of the publications recorded in
@@ -43,11 +51,13 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) (sources []Source, problem
 		columns       []string
 		role          *string
 		canBecome     bool
+		reads         string
+		renamed       string
 	}
 	recs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rec, error) {
 		var x rec
 		return x, r.Scan(&x.version.Publication, &x.version.Number, &x.query, &x.key, &x.schema, &x.table, &x.columns,
-			&x.role, &x.canBecome)
+			&x.role, &x.canBecome, &x.reads, &x.renamed)
 	})
 	if noRecord(err) {
 		return nil, nil, nil
@@ -57,6 +67,9 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) (sources []Source, problem
 	}
 	for _, r := range recs {
 		src, err := loadSource(r.version, r.query, r.key, r.schema, r.table, r.columns, r.role, r.canBecome)
+		if err == nil {
+			err = src.setReads(r.reads, r.renamed)
+		}
 		if err != nil {
 			problems = append(problems, err.Error())
 			continue
@@ -179,7 +192,7 @@ func (s *Source) rowsFrom() string { return s.rowsWhere("") }
 
 // rowsWhere is rowsFrom with one more condition (none when "").
 func (s *Source) rowsWhere(cond string) string {
-	from := " FROM " + pgx.Identifier{s.Schema, s.Table}.Sanitize()
+	from := " FROM " + s.table()
 	switch {
 	case s.Filter != "" && cond != "":
 		from += " WHERE (" + s.Filter + ") AND " + cond

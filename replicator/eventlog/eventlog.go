@@ -96,6 +96,10 @@ type Span struct {
 	After, Upto int64
 	Groups      int
 	LastCommit  time.Time // commit time of the span's last group
+	// Resets: the span's first change is a truncate (a first fill, a
+	// TRUNCATE), so the rows after it do not depend on any before: a
+	// subscriber may copy the state instead of applying it.
+	Resets bool
 }
 
 // KeyString encodes a key's values as one comparable string.

@@ -34,6 +34,13 @@ func (l *Log) Width(ctx context.Context, v eventlog.Version) (int, error) {
 	return n, err
 }
 
+// streamOf is the stream of version $2 of publication $1, as a value:
+// the change log is then read as a range of its key, (stream, position),
+// which the planner chooses whatever its statistics say of a change log
+// that has just grown by millions (a join to rejot_log.streams let it
+// scan the whole log for each chunk of a large span: quadratic).
+const streamOf = "(SELECT s.id FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = $2)"
+
 // Changes returns up to limit changes of a version after position.
 func (l *Log) Changes(ctx context.Context, v eventlog.Version, after int64, limit int) ([]eventlog.Entry, error) {
 	recs, _, err := l.changes(ctx, v, after, limit)
@@ -44,8 +51,7 @@ func (l *Log) Changes(ctx context.Context, v eventlog.Version, after int64, limi
 // which of them end a group.
 func (l *Log) changes(ctx context.Context, v eventlog.Version, after int64, limit int) ([]eventlog.Entry, []bool, error) {
 	rows, err := l.pool.Query(ctx, `SELECT c.position, (c.commit_lsn - '0/0')::int8, c.commit_time, c.op::text, c.key::text, c.row::text, c.last
-		FROM rejot_log.changes c JOIN rejot_log.streams s ON s.id = c.stream
-		WHERE s.publication = $1 AND s.version = $2 AND c.position > $3
+		FROM rejot_log.changes c WHERE c.stream = `+streamOf+` AND c.position > $3
 		ORDER BY c.position LIMIT $4`, v.Publication, v.Number, after, limit)
 	if err != nil {
 		return nil, nil, err
@@ -61,6 +67,20 @@ func (l *Log) changes(ctx context.Context, v eventlog.Version, after int64, limi
 		recs, ends = append(recs, r), append(ends, last)
 	}
 	return recs, ends, rows.Err()
+}
+
+// chunk returns a version's changes at positions (after, upto].
+func (l *Log) chunk(ctx context.Context, v eventlog.Version, after, upto int64) ([]eventlog.Entry, error) {
+	rows, err := l.pool.Query(ctx, `SELECT c.position, (c.commit_lsn - '0/0')::int8, c.commit_time, c.op::text, c.key::text, c.row::text, c.last
+		FROM rejot_log.changes c WHERE c.stream = `+streamOf+` AND c.position > $3 AND c.position <= $4
+		ORDER BY c.position`, v.Publication, v.Number, after, upto)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (eventlog.Entry, error) {
+		r, _, err := scanRecord(row)
+		return r, err
+	})
 }
 
 // scanRecord scans a change and its group-end mark.
@@ -90,8 +110,7 @@ func scanRecord(row pgx.Row) (r eventlog.Entry, last bool, err error) {
 func (l *Log) Next(ctx context.Context, v eventlog.Version, after int64, limit int) (eventlog.Span, error) {
 	// Groups end at marked changes; what is visible is committed whole.
 	rows, err := l.pool.Query(ctx, `SELECT c.position, c.commit_time FROM rejot_log.changes c
-		JOIN rejot_log.streams s ON s.id = c.stream
-		WHERE s.publication = $1 AND s.version = $2 AND c.position > $3 AND c.last
+		WHERE c.stream = `+streamOf+` AND c.position > $3 AND c.last
 		ORDER BY c.position LIMIT $4`, v.Publication, v.Number, after, max(limit, 1))
 	if err != nil {
 		return eventlog.Span{}, err
@@ -135,18 +154,26 @@ func (l *Log) Fetch(ctx context.Context, v eventlog.Version, after int64, limit 
 	if len(recs) > 0 && recs[0].Position != after+1 {
 		return span, nil, eventlog.ErrPruned
 	}
+	resets := len(recs) > 0 && recs[0].Op == eventlog.OpTruncate
+	span.Resets = resets
 	if span.Groups == 0 && len(recs) == limit {
 		span, err := l.Next(ctx, v, after, limit)
+		span.Resets = resets
 		return span, nil, err
 	}
 	return span, recs[:whole], nil
 }
 
-// Read calls fn for each change of a span, in order, in chunks.
+// readChunk is how many changes Read passes at a time.
+const readChunk = 5000
+
+// Read calls fn for each change of a span, in order, in chunks: each a
+// range of the change log's key, so that reading a span of millions
+// costs the same per change as a small one, whatever the planner's
+// statistics of a change log that has just grown say.
 func (l *Log) Read(ctx context.Context, v eventlog.Version, span eventlog.Span, fn func([]eventlog.Entry) error) error {
-	const chunk = 5000
 	for after := span.After; after < span.Upto; {
-		recs, err := l.Changes(ctx, v, after, min(chunk, int(span.Upto-after)))
+		recs, err := l.chunk(ctx, v, after, min(after+readChunk, span.Upto))
 		if err != nil {
 			return err
 		}
