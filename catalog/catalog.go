@@ -122,6 +122,39 @@ func (c *Catalog) RegisterSystem(ctx context.Context, s System) error {
 	return nil
 }
 
+// VersionFailure is a publication version its owner's sidecar cannot
+// compute, and why (with the fix).
+type VersionFailure struct {
+	Publication string
+	Version     int
+	Problem     string
+}
+
+// ReportFailures records which of a system's own publication versions are
+// failed (rejot.publications' status and problem) and clears the problem
+// of the others; nil failures (not known yet) changes nothing. Only the
+// system's catalog role reports for it.
+func (c *Catalog) ReportFailures(ctx context.Context, system string, failures []VersionFailure) error {
+	if failures == nil {
+		return nil
+	}
+	pubs, versions, problems := make([]string, len(failures)), make([]int32, len(failures)), make([]string, len(failures))
+	for i, f := range failures {
+		pubs[i], versions[i], problems[i] = f.Publication, int32(f.Version), f.Problem
+	}
+	_, err := c.pool.Exec(ctx, `UPDATE rejot_catalog.publications p SET problem = x.problem
+		FROM (SELECT q.publication, q.version, u.problem FROM rejot_catalog.publications q
+			LEFT JOIN unnest($2::text[], $3::int4[], $4::text[]) AS u(publication, version, problem)
+				ON u.publication = q.publication AND u.version = q.version
+			WHERE q.owner = $1) x
+		WHERE p.publication = x.publication AND p.version = x.version AND p.problem IS DISTINCT FROM x.problem
+			AND rejot_catalog.may_act_for($1)`, system, pubs, versions, problems)
+	if err != nil {
+		return fmt.Errorf("cannot record the failed versions of system %q: %w", system, err)
+	}
+	return nil
+}
+
 // Heartbeat marks a system seen now.
 func (c *Catalog) Heartbeat(ctx context.Context, system, problem string) error {
 	_, err := c.pool.Exec(ctx, "UPDATE rejot_catalog.systems SET last_seen = now(), problem = nullif($2, '') WHERE system = $1", system, problem)

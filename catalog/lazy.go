@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,6 +31,11 @@ type Lazy struct {
 	// Problem, when set, says what is wrong with the system's setup ("" when
 	// nothing is); each heartbeat records it in rejot.systems.
 	Problem func() string
+	// Failures, when set, are the system's publication versions that
+	// cannot be computed; each heartbeat records them in
+	// rejot.publications (status failed, problem), within a second of a
+	// change; nil when they are not known yet.
+	Failures func() []VersionFailure
 	// Refused, when set, is told that the catalog refuses to register the
 	// system (its name belongs to another catalog role); Run then stops
 	// trying. Unset, Run keeps trying, logging why.
@@ -59,7 +65,7 @@ func (l *Lazy) Run(ctx context.Context) {
 			err = c.RegisterSystem(ctx, l.System)
 			refused = pgerr.Is(err, pgerr.InsufficientPrivilege)
 			if err == nil {
-				err = c.Heartbeat(ctx, l.System.Name, l.problem())
+				err = l.heartbeat(ctx, c)
 			}
 			if err != nil {
 				c.Close()
@@ -184,7 +190,7 @@ func DefaultURL(upstream string) (string, error) {
 func (l *Lazy) beat(ctx context.Context, c *Catalog, every time.Duration) {
 	t := time.NewTicker(min(every, time.Second))
 	defer t.Stop()
-	last, said := time.Now(), l.problem()
+	last, said := time.Now(), l.said()
 	for {
 		hurried := false
 		select {
@@ -194,16 +200,38 @@ func (l *Lazy) beat(ctx context.Context, c *Catalog, every time.Duration) {
 		case <-l.hurried():
 			hurried = true // a call found the catalog not answering
 		}
-		problem := l.problem()
-		if !hurried && time.Since(last) < every && problem == said {
+		now := l.said()
+		if !hurried && time.Since(last) < every && now == said {
 			continue
 		}
-		if err := c.Heartbeat(ctx, l.System.Name, problem); err != nil && ctx.Err() == nil {
+		if err := l.heartbeat(ctx, c); err != nil && ctx.Err() == nil {
 			l.Logger.Warn().Err(err).Msg("catalog heartbeat failed; reconnecting")
 			return
 		}
-		last, said = time.Now(), problem
+		last, said = time.Now(), now
 	}
+}
+
+// heartbeat marks the system seen, with its problems.
+func (l *Lazy) heartbeat(ctx context.Context, c *Catalog) error {
+	if err := c.Heartbeat(ctx, l.System.Name, l.problem()); err != nil {
+		return err
+	}
+	if l.Failures == nil {
+		return nil
+	}
+	return c.ReportFailures(ctx, l.System.Name, l.Failures())
+}
+
+// said is what a heartbeat records, to notice a change.
+func (l *Lazy) said() string {
+	said := l.problem()
+	if l.Failures != nil {
+		for _, f := range l.Failures() {
+			said += "\x00" + f.Publication + "\x00" + strconv.Itoa(f.Version) + "\x00" + f.Problem
+		}
+	}
+	return said
 }
 
 func (l *Lazy) problem() string {

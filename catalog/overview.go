@@ -29,7 +29,9 @@ type PublicationVersion struct {
 	Query       string   `json:"query"`
 	KeyColumns  []string `json:"key_columns"`
 	Description string   `json:"description"`
-	Status      string   `json:"status"` // active, deprecated or retired
+	Status      string   `json:"status"` // active, deprecated, failed or retired
+	// Problem says why a failed version cannot be computed, and the fix.
+	Problem string `json:"problem,omitempty"`
 	// Sunset is the date a deprecated version goes away (YYYY-MM-DD), or "".
 	Sunset        string               `json:"sunset,omitempty"`
 	Note          string               `json:"note,omitempty"`
@@ -132,7 +134,8 @@ type versionKey struct {
 
 func readVersions(ctx context.Context, tx pgx.Tx) ([]PublicationVersion, error) {
 	rows, err := tx.Query(ctx, `SELECT publication, version, minor, owner, database, query, key_columns,
-			description, status, sunset, note, created_at, updated_at
+			description, CASE WHEN problem IS NOT NULL AND status <> 'retired' THEN 'failed' ELSE status END,
+			sunset, note, created_at, updated_at, CASE WHEN status <> 'retired' THEN coalesce(problem, '') ELSE '' END
 		FROM rejot_catalog.publications ORDER BY publication, version`)
 	if err != nil {
 		return nil, err
@@ -141,7 +144,7 @@ func readVersions(ctx context.Context, tx pgx.Tx) ([]PublicationVersion, error) 
 		p := PublicationVersion{Columns: []Column{}, Subscriptions: []SubscriptionStatus{}}
 		var sunset pgtype.Date
 		err := row.Scan(&p.Publication, &p.Version, &p.Minor, &p.Owner, &p.Database, &p.Query, &p.KeyColumns,
-			&p.Description, &p.Status, &sunset, &p.Note, &p.CreatedAt, &p.UpdatedAt)
+			&p.Description, &p.Status, &sunset, &p.Note, &p.CreatedAt, &p.UpdatedAt, &p.Problem)
 		if sunset.Valid && sunset.InfinityModifier == pgtype.Finite {
 			p.Sunset = sunset.Time.Format(time.DateOnly)
 		}
@@ -168,9 +171,10 @@ func readColumns(ctx context.Context, tx pgx.Tx, index map[versionKey]*Publicati
 }
 
 func readSubscriptions(ctx context.Context, tx pgx.Tx, index map[versionKey]*PublicationVersion) error {
+	// As rejot.subscriptions shows them: failed with their version.
 	rows, err := tx.Query(ctx, `SELECT target, system, publication, version, status, copied_rows, applied_position,
 			lag_seconds, lag_changes, last_applied_at, coalesce(error, ''), created_at
-		FROM rejot_catalog.subscriptions ORDER BY publication, version, system, target`)
+		FROM rejot.subscriptions ORDER BY publication, version, system, target`)
 	if err != nil {
 		return err
 	}

@@ -232,7 +232,8 @@ func TestSystemNameBelongsToCatalogRole(t *testing.T) {
 
 	// A sidecar in front of another database, under p's name.
 	db := pg.CreateDB(t)
-	sc := startSidecarUpstream(t, pg.URL(db), "--name", p.db, "--catalog", directURL("rejot", other))
+	// It may stop before it listens: launched, not waited for.
+	sc := launchSidecar(t, pg.URL(db), "--name", p.db, "--catalog", directURL("rejot", other))
 	waitFor(t, 20*time.Second, func() bool {
 		return strings.Contains(sc.logs(), "rejot: cannot register system")
 	})

@@ -40,7 +40,8 @@ func demo() *catalog.Overview {
 					{Target: "ops.orders", System: "ops", Publication: "orders", Version: 1, Status: "failed",
 						Error: "target table is gone"},
 				}},
-			{Publication: "orders", Version: 2, Minor: 1, Owner: "shop", Database: "shop", Status: "active",
+			{Publication: "orders", Version: 2, Minor: 1, Owner: "shop", Database: "shop", Status: "failed",
+				Problem:       "column note of public.orders is gone; publish the version again",
 				Columns:       []catalog.Column{{Name: "id", Type: "bigint", IsKey: true}, {Name: "note", Type: "text", Nullable: true, SinceMinor: 1}},
 				Subscriptions: []catalog.SubscriptionStatus{}},
 			{Publication: "<script>alert(1)</script>", Version: 1, Owner: `evil"sys`, Database: "x", Status: "active",
@@ -76,6 +77,8 @@ func TestPageShowsTheCatalog(t *testing.T) {
 		`data-node="owner:shop"`, `data-node="version:orders/1"`, `data-node="target:billing/billing.orders"`,
 		`data-from="owner:shop" data-to="version:orders/1"`, `data-from="version:orders/1" data-to="target:billing/billing.orders"`,
 		`streaming · lag 12 ms`, `<script src="catalog.js"></script>`, `href="catalog.json"`,
+		`<span class="badge failed" data-status>failed</span>`, `<g class="node version failed" data-node="version:orders/2"`,
+		`<p class="problem" data-problem>Cannot be computed: column note of public.orders is gone; publish the version again</p>`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the page lacks %s", want)

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rejot-dev/rejot/catalog"
 	"github.com/rejot-dev/rejot/internal/pgerr"
+	"github.com/rejot-dev/rejot/internal/retry"
 	"github.com/rejot-dev/rejot/proxy"
 	"github.com/rejot-dev/rejot/replicator/apply"
 	"github.com/rejot-dev/rejot/replicator/capture"
@@ -241,6 +242,17 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 		}
 		return sc.capture.VersionProblems()
 	}
+	lazy.Failures = func() []catalog.VersionFailure {
+		failed := sc.capture.FailedVersions()
+		if failed == nil {
+			return nil // not known yet: the catalog keeps what it has
+		}
+		out := []catalog.VersionFailure{}
+		for _, f := range failed {
+			out = append(out, catalog.VersionFailure{Publication: f.Version.Publication, Version: f.Version.Number, Problem: f.Problem})
+		}
+		return out
+	}
 	if c.tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(c.tlsCert, c.tlsKey)
 		if err != nil {
@@ -300,7 +312,11 @@ func (sc *sidecar) run(ctx context.Context, ln net.Listener) error {
 		}
 	}
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(5)
+	// The event log is made at start, not at the first publish or
+	// subscribe: the guide has other sidecars' roles granted on it once
+	// the first sidecar has started.
+	go func() { defer wg.Done(); retry.Open(bg, sc.log, "event log unreachable", sc.eventLog.open) }()
 	go func() { defer wg.Done(); sc.lazy.Run(bg) }()
 	go func() { defer wg.Done(); sc.applier.Run(bg) }()
 	go func() { defer wg.Done(); sc.capture.Run(bg) }()

@@ -108,7 +108,7 @@ func (s *session) write(ctx context.Context, tx eventlog.Tx, txns []*transaction
 	if err := s.fillUnchanged(ctx, tx, txns); err != nil {
 		return err
 	}
-	groups, err := s.groups(ctx, txns)
+	groups, err := s.groups(ctx, tx, txns)
 	if err != nil {
 		return err
 	}
@@ -152,15 +152,25 @@ func (s *session) part(ctx context.Context) error {
 }
 
 // groups projects transactions for every source: one group per
-// (transaction, version) that changed something.
-func (s *session) groups(ctx context.Context, txns []*transaction) ([]eventlog.Group, error) {
+// (transaction, version) that changed something. A version that cannot
+// be computed is quarantined in tx, and the others go on.
+func (s *session) groups(ctx context.Context, tx eventlog.Tx, txns []*transaction) ([]eventlog.Group, error) {
 	perTxn := make([][]eventlog.Group, len(txns))
 	for i := range s.p.Sources {
 		src := &s.p.Sources[i]
+		if s.failed[src.Version] {
+			continue
+		}
 		since := s.since[src.Version]
 		// The version's first state already has what committed before it.
 		skip := func(t *transaction) bool { return t.commitLSN <= since }
 		changes, err := changesFor(ctx, s.conn, src, s.rels, txns, skip)
+		if ve, ok := asVersionError(err); ok {
+			if err := s.quarantine(ctx, tx, src, ve); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -177,4 +187,27 @@ func (s *session) groups(ctx context.Context, txns []*transaction) ([]eventlog.G
 		groups = append(groups, g...) // commit order
 	}
 	return groups, nil
+}
+
+// quarantine stops appending a version that cannot be computed: the log
+// records, in tx, that its state failed (so that it is filled again once
+// it can be computed, after a restart too), and the runner hears why.
+func (s *session) quarantine(ctx context.Context, tx eventlog.Tx, src *Source, cause *versionError) error {
+	// An error skips the reset queued after the evaluation: what the
+	// publisher's code left in the session goes now.
+	if err := reset(ctx, s.conn); err != nil {
+		return err
+	}
+	problem := problemText(cause)
+	if err := tx.SetFilled(ctx, src.Version, s.p.System, failedMark+problem, s.since[src.Version]); err != nil {
+		return fmt.Errorf("cannot record in the event log that a version failed: %w", err)
+	}
+	if s.failed == nil {
+		s.failed = map[eventlog.Version]bool{}
+	}
+	s.failed[src.Version] = true
+	s.p.Logger.Error().Str("system", s.p.System).Str("publication", src.Version.Publication).Int("version", src.Version.Number).
+		Str("problem", problem).Msg("publication version failed: its changes are no longer captured, the others go on")
+	s.p.fail(src, cause)
+	return nil
 }

@@ -37,13 +37,21 @@ func changesFor(ctx context.Context, q Querier, src *Source, rels map[uint32]*re
 	if len(mine) == 0 {
 		return out, nil
 	}
+	// A relation message drains what came before: every event here has
+	// the same columns. A version that records what it reads is matched
+	// to them by identity (columnsFor); an older one by name (fits).
 	cols, err := mine[0].rel.columnsFor(src)
 	if err != nil {
-		return nil, err
+		return nil, src.cannot(err, true)
+	}
+	if len(src.Reads) == 0 {
+		if err := src.fits(mine[0].rel); err != nil {
+			return nil, err
+		}
 	}
 	projected, err := Project(ctx, q, &src.Projection, cols, tuples)
 	if err != nil {
-		return nil, err
+		return nil, src.fault(err, false)
 	}
 	byEvent := make([]Projected, len(mine))
 	for j, i := range at {

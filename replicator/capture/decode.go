@@ -15,8 +15,9 @@ import (
 type relation struct {
 	schema, table string
 	cols          []SourceColumn
-	key           []bool // in the replica identity
-	varlena       []bool // variable length: may be stored out of line
+	types         []ColumnType // of cols, as the WAL gives them
+	key           []bool       // in the replica identity
+	varlena       []bool       // variable length: may be stored out of line
 	// kept marks the columns whose out-of-line values the log keeps:
 	// variable-length, outside the replica identity, read by a projection.
 	kept []bool
@@ -187,6 +188,7 @@ func (s *session) relation(ctx context.Context, m *pglogrepl.RelationMessage) er
 	for i, c := range m.Columns {
 		oids[i], mods[i], names[i] = c.DataType, c.TypeModifier, c.Name
 		r.key = append(r.key, c.Flags&1 != 0)
+		r.types = append(r.types, ColumnType{OID: c.DataType, Mod: c.TypeModifier})
 	}
 	rows, err := s.conn.Query(ctx, `SELECT pg_catalog.format_type(u.oid, u.mod), coalesce(t.typlen = -1, true)
 		FROM unnest($1::oid[], $2::int4[]) WITH ORDINALITY AS u(oid, mod, o)

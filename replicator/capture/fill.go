@@ -2,6 +2,7 @@ package capture
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -31,6 +32,7 @@ const fillChunk = 5000
 func (p *WALReader) fill(ctx context.Context) (map[eventlog.Version]uint64, error) {
 	since := map[eventlog.Version]uint64{}
 	var todo []*Source
+	mending := map[eventlog.Version]bool{}
 	for i := range p.Sources {
 		src := &p.Sources[i]
 		lsn, definition, ok, err := p.Log.Filled(ctx, src.Version, p.System)
@@ -41,7 +43,11 @@ func (p *WALReader) fill(ctx context.Context) (map[eventlog.Version]uint64, erro
 			since[src.Version] = lsn
 			continue
 		}
-		if ok && p.fillAll {
+		if ok && strings.HasPrefix(definition, failedMark) {
+			mending[src.Version] = true
+			p.Logger.Info().Str("system", p.System).Str("publication", src.Version.Publication).Int("version", src.Version.Number).
+				Msg("the version had failed and can be computed again: filling its state again from a snapshot")
+		} else if ok && p.fillAll {
 			p.Logger.Info().Str("system", p.System).Str("publication", src.Version.Publication).Int("version", src.Version.Number).
 				Msg("the replication slot is new and may have missed changes of the version: filling its state again")
 		} else if ok {
@@ -50,15 +56,15 @@ func (p *WALReader) fill(ctx context.Context) (map[eventlog.Version]uint64, erro
 		}
 		todo = append(todo, src)
 	}
-	if len(todo) == 0 {
-		return since, nil
-	}
-	point, err := p.snapshot(ctx, todo)
+	point, todo, err := p.snapshotEach(ctx, todo)
 	if err != nil {
 		return nil, err
 	}
 	for _, src := range todo {
 		since[src.Version] = point
+		if mending[src.Version] && p.Mended != nil {
+			p.Mended(src.Version)
+		}
 	}
 	return since, nil
 }
@@ -89,7 +95,7 @@ func (p *WALReader) snapshot(ctx context.Context, todo []*Source) (uint64, error
 	evaluators := map[*Source]*evaluator{}
 	for _, src := range todo {
 		if evaluators[src], err = fillEvaluator(ctx, conn, src); err != nil {
-			return 0, fmt.Errorf("cannot read %s.%s for its first state as role %q: %w", src.Schema, src.Table, src.Role, err)
+			return 0, src.readError(err)
 		}
 	}
 	log, err := p.Log.Begin(ctx)
@@ -140,7 +146,7 @@ func (p *WALReader) snapshot(ctx context.Context, todo []*Source) (uint64, error
 func (p *WALReader) fillSource(ctx context.Context, tx pgx.Tx, snapshot string, log eventlog.Tx, src *Source, e *evaluator, point uint64) (err error) {
 	if e == nil {
 		if err := actAs(ctx, tx, src.Role); err != nil {
-			return fmt.Errorf("cannot read %s.%s for its first state as role %q: %w", src.Schema, src.Table, src.Role, err)
+			return src.readError(err)
 		}
 		defer actAs(context.WithoutCancel(ctx), tx, "none")
 	} else {
@@ -205,7 +211,7 @@ func (p *WALReader) fillSource(ctx context.Context, tx pgx.Tx, snapshot string, 
 		return werr
 	}
 	if err != nil {
-		return fmt.Errorf("cannot read %s.%s for its first state: %w", src.Schema, src.Table, err)
+		return src.readError(err)
 	}
 	return nil
 }
@@ -220,7 +226,7 @@ func (p *WALReader) copyFill(ctx context.Context, tx pgx.Tx, snapshot string, fc
 	if e == nil {
 		var err error
 		if parts, err = p.fillParts(ctx, tx, src); err != nil {
-			return fmt.Errorf("cannot read %s.%s for its first state: %w", src.Schema, src.Table, err)
+			return src.readError(err)
 		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -279,11 +285,11 @@ func (p *WALReader) copyFill(ctx context.Context, tx pgx.Tx, snapshot string, fc
 	rows, err := fc.FillCopy(ctx, group, pr)
 	pr.CloseWithError(err)
 	rerr := <-read
+	if rerr != nil && !errors.Is(rerr, io.ErrClosedPipe) { // the log's COPY fails when the rows stop coming
+		return src.readError(rerr)
+	}
 	if err != nil {
 		return fmt.Errorf("cannot append the first state: %w", err)
-	}
-	if rerr != nil {
-		return fmt.Errorf("cannot read %s.%s for its first state: %w", src.Schema, src.Table, rerr)
 	}
 	if err := fc.FillEnd(ctx, group, rows); err != nil {
 		return fmt.Errorf("cannot append the first state: %w", err)

@@ -136,7 +136,8 @@ func (r *relation) bind(now []attribute) {
 
 // columnsFor are the relation's columns as src's query names them: the
 // ones it reads under their recorded names, the others under names no
-// query uses.
+// query uses. An error says why the version cannot be read from them
+// (Source.cannot makes it the version's failure).
 func (r *relation) columnsFor(src *Source) ([]SourceColumn, error) {
 	if len(src.Reads) == 0 {
 		return r.cols, nil // recorded before reads were: by name
@@ -146,7 +147,7 @@ func (r *relation) columnsFor(src *Source) ([]SourceColumn, error) {
 	}
 	cols, err := r.nameFor(src)
 	if err != nil {
-		return nil, fmt.Errorf("cannot capture publication %s version %d from %s: %w", src.Version.Publication, src.Version.Number, r.name(), err)
+		return nil, err
 	}
 	if r.named == nil {
 		r.named = map[*Source][]SourceColumn{}
@@ -174,7 +175,7 @@ func (r *relation) nameFor(src *Source) ([]SourceColumn, error) {
 			continue
 		}
 		if rd.Type != r.oids[i] || rd.Typmod != r.mods[i] {
-			return nil, fmt.Errorf("column %s (published as %s) changed type to %s; re-publish the version with a query that keeps its public columns",
+			return nil, fmt.Errorf("column %s (published as %s) changed its type to %s",
 				pgx.Identifier{c.Name}.Sanitize(), pgx.Identifier{rd.Name}.Sanitize(), c.Type)
 		}
 		out[i] = SourceColumn{Name: rd.Name, Type: c.Type}
@@ -183,7 +184,7 @@ func (r *relation) nameFor(src *Source) ([]SourceColumn, error) {
 	if seen != len(src.Reads) {
 		for _, rd := range src.Reads {
 			if !r.hasAttnum(rd.Attnum) {
-				return nil, fmt.Errorf("column %s, which it reads, is dropped; re-publish the version with a query over the columns there are", pgx.Identifier{rd.Name}.Sanitize())
+				return nil, fmt.Errorf("column %s, which it reads, is dropped", pgx.Identifier{rd.Name}.Sanitize())
 			}
 		}
 	}
@@ -198,7 +199,7 @@ func (r *relation) byName(src *Source) ([]SourceColumn, error) {
 	for _, rd := range src.Reads {
 		if !r.namedNow(rd) {
 			return nil, fmt.Errorf("its column %s was renamed, and the table changed again before the capture read the changes in between: "+
-				"which column is which there cannot be told; re-publish the version to fill it again", pgx.Identifier{rd.Name}.Sanitize())
+				"which column is which there cannot be told", pgx.Identifier{rd.Name}.Sanitize())
 		}
 		found := 0
 		for i, c := range r.cols {
@@ -207,7 +208,7 @@ func (r *relation) byName(src *Source) ([]SourceColumn, error) {
 			}
 		}
 		if found != 1 {
-			return nil, fmt.Errorf("column %s, which it reads, is not in the table's changes as published; re-publish the version", pgx.Identifier{rd.Name}.Sanitize())
+			return nil, fmt.Errorf("column %s, which it reads, is not in the table's changes as published", pgx.Identifier{rd.Name}.Sanitize())
 		}
 	}
 	return r.cols, nil

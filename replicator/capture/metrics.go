@@ -22,6 +22,9 @@ var (
 	metricFillRows = promauto.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "rejot", Subsystem: "capture", Name: "first_fill_rows",
 		Help: "Rows the current or last first fill of a publication version has read."}, []string{"publication", "version"})
+	metricVersionFailed = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "rejot", Name: "version_failed",
+		Help: "1 for each publication version of this system that cannot be computed (failed; its problem is in rejot.publications)."}, []string{"publication", "version"})
 	metricSlotRetained = promauto.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "rejot", Subsystem: "capture", Name: "slot_retained_wal_bytes",
 		Help: "WAL the server keeps for the capture's slot (current WAL position minus the slot's restart position)."}, []string{"slot"})

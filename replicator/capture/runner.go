@@ -33,19 +33,28 @@ type Runner struct {
 	// SlotStall is how long the slot may go without confirming while WAL
 	// is pending before Degraded says so (default DefaultSlotStall).
 	SlotStall time.Duration
+	// RetryFailed is how long a version whose projection errored waits
+	// before it is tried again (default 30s, doubling up to 10 min); a
+	// re-publish of it, or a version failed by the owner's schema that
+	// verifies again, is tried at once.
+	RetryFailed time.Duration
 
-	problem atomic.Pointer[string]
-	// versionProblems are the versions left out (LoadSources).
-	versionProblems atomic.Pointer[string]
-	conn            *pgx.Conn // for reading the owner's record; owned by Run
-	running         atomic.Bool
-	wakeOnce        sync.Once
-	wake            chan struct{}
+	problem  atomic.Pointer[string]
+	conn     *pgx.Conn // for reading the owner's record; owned by Run
+	running  atomic.Bool
+	wakeOnce sync.Once
+	wake     chan struct{}
 	// The session last found holding the slot when there was nothing to
 	// capture, and whether that was logged (release).
 	busyPID    int32
 	busyLogged bool
 	slot       slotWatch
+
+	mu         sync.Mutex                    // guards what follows (readers report failures)
+	failures   map[eventlog.Version]*failure // see failed.go
+	recalled   map[eventlog.Version]bool     // whether the log was asked if it failed
+	generation int                           // counts versions failing (see fingerprint)
+	screened   bool                          // FailedVersions is known
 }
 
 // Wake makes the capture read the owner's record now rather than at its
@@ -126,11 +135,17 @@ func (c *Runner) Run(ctx context.Context) {
 	for ctx.Err() == nil {
 		sources, err := c.load(ctx)
 		if err == nil && len(sources) == 0 {
+			if err := c.markFailed(ctx); err != nil {
+				c.Logger.Warn().Err(err).Str("system", c.System).Msg("cannot record the failed versions in the event log")
+			}
 			c.release(ctx)
 			c.pause(ctx, c.check())
 			continue
 		}
 		started := time.Now()
+		if err == nil {
+			err = c.markFailed(ctx)
+		}
 		if err == nil {
 			err = c.runUntilChanged(ctx, sources)
 		}
@@ -186,10 +201,11 @@ func (c *Runner) check() time.Duration {
 func (c *Runner) runUntilChanged(ctx context.Context, sources []Source) error {
 	run, stop := context.WithCancel(ctx)
 	defer stop()
-	p := &WALReader{URL: c.URL, System: c.System, Log: c.Log, Sources: sources, Logger: c.Logger}
+	p := &WALReader{URL: c.URL, System: c.System, Log: c.Log, Sources: sources, Logger: c.Logger,
+		Failed: func(p VersionProblem, definition string) { c.failed(p, definition); c.Wake() }, Mended: c.mended}
 	done := make(chan error, 1)
 	go func() { done <- p.Run(run) }()
-	want := fingerprint(sources)
+	want := c.fingerprint(sources)
 	t := time.NewTicker(c.check())
 	defer t.Stop()
 	lastPrune := time.Now()
@@ -204,7 +220,7 @@ func (c *Runner) runUntilChanged(ctx context.Context, sources []Source) error {
 				c.prune(ctx, sources)
 			}
 		}
-		if now, err := c.load(ctx); err == nil && fingerprint(now) != want {
+		if now, err := c.load(ctx); err == nil && c.fingerprint(now) != want {
 			stop()
 			<-done
 			return errSourcesChanged
@@ -212,8 +228,14 @@ func (c *Runner) runUntilChanged(ctx context.Context, sources []Source) error {
 	}
 }
 
-func fingerprint(sources []Source) string {
+// fingerprint identifies what a reader captures: the sources, and how
+// many times a version failed (a reader that quarantined one goes on
+// without it until it is restarted).
+func (c *Runner) fingerprint(sources []Source) string {
 	var b strings.Builder
+	c.mu.Lock()
+	fmt.Fprintf(&b, "%d;", c.generation)
+	c.mu.Unlock()
 	for _, s := range sources {
 		// Renames too: they change no version's rows, but how its table
 		// is read (the session starts again, no fill).
@@ -268,8 +290,7 @@ func (c *Runner) read(ctx context.Context) ([]Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.setVersionProblems(problems)
-	return sources, nil
+	return c.screen(ctx, sources, problems)
 }
 
 // watchSlot follows the slot's confirmations (Degraded).
@@ -282,25 +303,14 @@ func (c *Runner) watchSlot(slot string, confirmed *string, pending *int64, err e
 	}
 }
 
-// setVersionProblems records the versions that cannot be captured, and
-// logs each once when it appears.
-func (c *Runner) setVersionProblems(problems []string) {
-	old := c.VersionProblems()
-	for _, p := range problems {
-		if !strings.Contains(old, p) {
-			c.Logger.Error().Str("system", c.System).Str("problem", p).Msg("publication version not captured")
-		}
-	}
-	joined := strings.Join(problems, "; ")
-	c.versionProblems.Store(&joined)
-}
-
 // VersionProblems says which publication versions are not captured and
 // why ("" when every one is), as last checked: the system shows it in the
-// catalog (rejot.systems' problem) beside Problem.
+// catalog (rejot.systems' problem) beside Problem; FailedVersions has
+// them one by one.
 func (c *Runner) VersionProblems() string {
-	if p := c.versionProblems.Load(); p != nil {
-		return *p
+	var out []string
+	for _, f := range c.FailedVersions() {
+		out = append(out, f.Problem)
 	}
-	return ""
+	return strings.Join(out, "; ")
 }

@@ -38,6 +38,9 @@ type session struct {
 	// open is the log transaction of a large source transaction being
 	// appended in parts.
 	open eventlog.Tx
+	// failed are the versions quarantined in this session (see
+	// failure.go): their changes are not appended. Used by the appender.
+	failed map[eventlog.Version]bool
 }
 
 // Memory bounds: a backlog is appended in batches of at most maxPending

@@ -27,15 +27,35 @@ type Source struct {
 	// Renamed are the columns read that have another name now: recorded
 	// name to name now.
 	Renamed map[string]string
+	// Types are the public columns' recorded types, in order (none for a
+	// record that predates them): what the table must still give.
+	Types []ColumnType
+}
+
+// VersionProblem is a publication version that cannot be computed now,
+// and why (with what fixes it).
+type VersionProblem struct {
+	Version eventlog.Version
+	Problem string
+	// Schema: the owner's schema or privileges cause it, which the
+	// capture checks again at every look at the record; otherwise (its
+	// projection errors) it is retried after a backoff.
+	Schema bool
+}
+
+// ColumnType is a public column's type as the version records it.
+type ColumnType struct {
+	OID uint32 // 0 where the record predates recorded types
+	Mod int32
 }
 
 // LoadSources reads the capture sources of the publications recorded in
 // the owner's database, each to run as the role that recorded it. A
 // version that cannot be captured as that role — the role is gone, the
-// capture's role cannot SET ROLE to it, its query does not analyse — is
-// left out, and said in problems: it is never captured with the sidecar's
-// own powers instead.
-func LoadSources(ctx context.Context, conn *pgx.Conn) (sources []Source, problems []string, err error) {
+// capture's role cannot SET ROLE to it, its query does not analyse, its
+// table is gone — is left out, and said in problems: it is never captured
+// with the sidecar's own powers instead.
+func LoadSources(ctx context.Context, conn *pgx.Conn) (sources []Source, problems []VersionProblem, err error) {
 	// A _rejot the sidecar's role does not own is anyone's to write: what
 	// it says is not captured.
 	if err := managed.CheckOwned(ctx, conn); err != nil {
@@ -43,21 +63,10 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) (sources []Source, problem
 	}
 	// An error of the query is also the rows': CollectRows returns it.
 	rows, _ := conn.Query(ctx, managed.CapturedVersions)
-	type rec struct {
-		version       eventlog.Version
-		query         string
-		key           []string
-		schema, table string
-		columns       []string
-		role          *string
-		canBecome     bool
-		reads         string
-		renamed       string
-	}
-	recs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rec, error) {
-		var x rec
+	recs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (record, error) {
+		var x record
 		return x, r.Scan(&x.version.Publication, &x.version.Number, &x.query, &x.key, &x.schema, &x.table, &x.columns,
-			&x.role, &x.canBecome, &x.reads, &x.renamed)
+			&x.role, &x.canBecome, &x.typeOIDs, &x.typeMods, &x.source, &x.reads, &x.renamed)
 	})
 	if noRecord(err) {
 		return nil, nil, nil
@@ -66,12 +75,12 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) (sources []Source, problem
 		return nil, nil, err
 	}
 	for _, r := range recs {
-		src, err := loadSource(r.version, r.query, r.key, r.schema, r.table, r.columns, r.role, r.canBecome)
+		src, err := r.load()
 		if err == nil {
 			err = src.setReads(r.reads, r.renamed)
 		}
 		if err != nil {
-			problems = append(problems, err.Error())
+			problems = append(problems, VersionProblem{Version: r.version, Problem: err.Error(), Schema: true})
 			continue
 		}
 		sources = append(sources, src)
@@ -79,24 +88,50 @@ func LoadSources(ctx context.Context, conn *pgx.Conn) (sources []Source, problem
 	return sources, problems, nil
 }
 
-// loadSource makes the source of a recorded version, or says why it
-// cannot be captured.
-func loadSource(v eventlog.Version, query string, key []string, schema, table string, columns []string, role *string, canBecome bool) (Source, error) {
-	if role == nil {
+// record is a version as the owner's record holds it (CapturedVersions).
+type record struct {
+	version       eventlog.Version
+	query         string
+	key           []string
+	schema, table *string // nil: the table is gone
+	columns       []string
+	role          *string
+	canBecome     bool
+	typeOIDs      []uint32
+	typeMods      []int32
+	source        string
+	reads         string
+	renamed       string
+}
+
+// load makes the source of a recorded version, or says why it cannot be
+// captured.
+func (r *record) load() (Source, error) {
+	v := r.version
+	if r.schema == nil || r.table == nil {
+		return Source{}, fmt.Errorf("publication %s version %d cannot be computed: its table %s does not exist (dropped, or renamed); "+
+			"publish the version again over the table as it is now, or bring the table back", v.Publication, v.Number, r.source)
+	}
+	if r.role == nil {
 		return Source{}, fmt.Errorf("publication %s version %d is not captured: the role that published it is gone; publish it again", v.Publication, v.Number)
 	}
-	if !canBecome {
+	if !r.canBecome {
 		return Source{}, fmt.Errorf("publication %s version %d is not captured: it is captured as role %s, which the sidecar's role cannot become (GRANT %s TO <the sidecar's role>)",
-			v.Publication, v.Number, pgx.Identifier{*role}.Sanitize(), pgx.Identifier{*role}.Sanitize())
+			v.Publication, v.Number, pgx.Identifier{*r.role}.Sanitize(), pgx.Identifier{*r.role}.Sanitize())
 	}
-	src, err := NewSource(v, query, key, schema, table)
+	src, err := NewSource(v, r.query, r.key, *r.schema, *r.table)
 	if err != nil {
 		return Source{}, err
 	}
-	if err := src.Order(columns); err != nil {
+	if err := src.Order(r.columns); err != nil {
 		return Source{}, err
 	}
-	src.Role = *role
+	if len(r.typeOIDs) == len(r.columns) && len(r.typeMods) == len(r.columns) {
+		for i := range r.columns {
+			src.Types = append(src.Types, ColumnType{OID: r.typeOIDs[i], Mod: r.typeMods[i]})
+		}
+	}
+	src.Role = *r.role
 	return src, nil
 }
 

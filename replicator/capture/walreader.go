@@ -39,7 +39,20 @@ type WALReader struct {
 	// fill reads the table in two halves at once (default 2048: 16 MB).
 	FillSplitPages int64
 
+	// Failed, when set, hears of a version that cannot be computed: it is
+	// no longer captured by this reader (see failure.go). Mended hears of
+	// a version filled again after it had failed.
+	Failed func(p VersionProblem, definition string)
+	Mended func(v eventlog.Version)
+
 	fillAll bool // the slot is new: every version is filled again
+}
+
+// fail tells Failed of a version's failure.
+func (p *WALReader) fail(src *Source, cause *versionError) {
+	if p.Failed != nil {
+		p.Failed(VersionProblem{Version: src.Version, Problem: problemText(cause), Schema: cause.schema}, src.Definition())
+	}
 }
 
 // SlotName is the replication slot (and Postgres publication) of a system.
