@@ -80,6 +80,9 @@ type SubscribedColumn struct {
 	Type  string `json:"type"`
 	Key   bool   `json:"key"`
 	Index int    `json:"index"`
+	// Adding: a later subscribe asked for the column; the apply adds it
+	// to the table and fills it, then clears the mark (migration 010).
+	Adding bool `json:"adding,omitempty"`
 }
 
 // Access is the payload of grant and revoke commands: who may subscribe

@@ -163,6 +163,8 @@ func TestFunctionsRefuse(t *testing.T) {
 		{pgerr.InsufficientPrivilege, "SELECT * FROM _rejot.lock_subscription(current_user, 'public.target')"},
 		{pgerr.InsufficientPrivilege, "SELECT _rejot.delete_subscription(current_user, 'public.target')"},
 		{pgerr.InsufficientPrivilege, "SELECT _rejot.resync_subscription(current_user, 'public.target')"},
+		{pgerr.InsufficientPrivilege, `SELECT _rejot.add_subscribed_columns(current_user, 'public.target', '[{"name": "x", "type": "text", "key": false, "index": 2}]')`},
+		{pgerr.InsufficientPrivilege, "SELECT _rejot.add_subscribed_columns(" + v + `, 'public.target', '[{"name": "x", "type": "text", "key": false, "index": 2}]')`},
 		{pgerr.InsufficientPrivilege, "SELECT _rejot.insert_subscription(current_user, 'public.secrets', 'public', 'secrets', 'p', 1, " + cols + ", true)"},
 		// the locks of calls it may not make
 		{pgerr.InsufficientPrivilege, `SELECT _rejot.lock_version(current_user, 'secrets', 1, '"public"."secrets"')`},

@@ -105,4 +105,13 @@ const (
 	// worker sees the generation change and stops. Refused as
 	// LockSubscriptionRecord.
 	ResyncSubscription = "SELECT _rejot.resync_subscription(current_user, $1)"
+
+	// AddSubscribedColumns adds to the subscription into target $1 the
+	// columns of $2 (JSON of []SubscribedColumn, the version's columns
+	// the caller wants) it does not have, marked Adding, in a new
+	// generation that keeps the position, and returns their names as a
+	// text array (empty: nothing changed). Refused (42501) unless the
+	// caller owns the target and the sidecar's role may alter it
+	// (migration 010).
+	AddSubscribedColumns = "SELECT _rejot.add_subscribed_columns(current_user, $1, $2::jsonb)::text"
 )

@@ -137,6 +137,29 @@ func Copied(ctx context.Context, q Querier, target string, generation int, posit
 	return err
 }
 
+// ColumnsAdded records, in the transaction that added and filled them,
+// that the target now has the subscription's columns (their Adding marks
+// cleared) and holds the version's rows as of position (nil: it has not
+// copied yet, and stays so).
+func ColumnsAdded(ctx context.Context, q Querier, target string, generation int, position *int64, columns []SubscribedColumn) error {
+	cols, err := json.Marshal(columns)
+	if err != nil {
+		return err
+	}
+	tag, err := q.Exec(ctx, `UPDATE _rejot.subscriptions SET columns = $3::jsonb, position = coalesce($4, position),
+			status = CASE WHEN $4 IS NULL THEN status ELSE 'streaming' END,
+			last_applied_at = CASE WHEN $4 IS NULL THEN last_applied_at ELSE now() END, error = NULL, updated_at = now()
+		WHERE target = $1 AND generation = $2`,
+		target, generation, string(cols), position)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return ErrMoved
+	}
+	return nil
+}
+
 // Recopy makes a subscription at position copy the state again; ErrMoved
 // when it is no longer there (resynced, removed, or moved on).
 func Recopy(ctx context.Context, q Querier, target string, generation int, position int64) error {

@@ -209,13 +209,16 @@ func reconcile(ctx context.Context, sess Session, pub *managed.Published, filter
 		latest, _ := strconv.Atoi(*r[4])
 		return false, pgerr.Errorf(pgerr.FeatureNotSupported, "publication %s version %d cannot change this way: %s", name, pub.Version, reason).
 			WithHint("Subscribers rely on version %d. Publish the new shape as version %d, and deprecate version %d when they have moved.", pub.Version, latest+1, pub.Version)
-	case change == catalog.Compatible || pub.Query != *r[1]:
+	case change == catalog.Compatible:
 		pub.Minor = minor + 1
 	default:
+		// The same columns from another query (a refactor of the table):
+		// the same minor, as the public schema is the same; the new
+		// query is recorded, and the capture fills the state with it.
 		pub.Minor = minor
 	}
 	pub.Columns = merged
-	return pub.Minor != minor || pub.Description != *r[3], nil
+	return pub.Minor != minor || pub.Query != *r[1] || pub.Description != *r[3], nil
 }
 
 // sameFilter refuses a re-publish that changes which rows a version has:

@@ -29,7 +29,8 @@ const storedSearchPath = "pg_catalog, pg_temp"
 
 // setStored works out the stored form of the query and checks, in the
 // caller's session with search_path pg_catalog, that it describes as the
-// query did (fields). The session's search_path is put back as it was;
+// query did (fields); the stored form then decides which columns are not
+// null (nullable.go). The session's search_path is put back as it was;
 // on an error the call fails, and the caller's transaction is aborted,
 // which undoes everything here.
 func (v *Validated) setStored(ctx context.Context, sess Session, fields []Field) error {
@@ -48,6 +49,9 @@ func (v *Validated) setStored(ctx context.Context, sess Session, fields []Field)
 		return err
 	}
 	if err := v.checkStored(ctx, sess, stored, fields); err != nil {
+		return err
+	}
+	if err := v.setNullability(ctx, sess, stored); err != nil {
 		return err
 	}
 	if _, err := sess.Query(ctx, "SELECT pg_catalog.set_config('search_path', $1, true)", &old); err != nil {

@@ -98,7 +98,8 @@ func runSubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	}
 	if existing != nil {
 		if existing.Publication == pub && existing.Version == version {
-			return [][]any{{target.name, pub, int32(version), existing.status}}, nil // already so: a no-op
+			// already so: a no-op, or the columns of a newer minor added
+			return addColumns(ctx, env.Session, target, existing, chosen)
 		}
 		return nil, pgerr.Errorf(pgerr.DuplicateObject, "table %s is already subscribed to %s version %d", target.name, existing.Publication, existing.Version).
 			WithHint("Unsubscribe it first (CALL rejot.unsubscribe('%s')), or subscribe into another table.", target.name)
@@ -401,14 +402,10 @@ func parseNameList(s string) []string {
 // as primary key.
 func createTarget(ctx context.Context, sess Session, t *target, chosen []managed.SubscribedColumn, cols []publicColumn) error {
 	var defs, keys []string
+	if err := checkTypes(ctx, sess, chosen); err != nil {
+		return err
+	}
 	for _, c := range chosen {
-		// The type comes from the catalog: only a name Postgres reads as
-		// a type of this database goes into the statement.
-		rows, err := sess.Query(ctx, "SELECT to_regtype($1)::text", &c.Type)
-		if err != nil || rows.Values[0][0] == nil {
-			return pgerr.Errorf(pgerr.UndefinedObject, "type %s of column %s does not exist in this database", c.Type, c.Name).
-				WithHint("Create the type (with the definition the publisher's database has) before subscribing.")
-		}
 		def := pgx.Identifier{c.Name}.Sanitize() + " " + c.Type
 		if !cols[c.Index].nullable {
 			def += " NOT NULL"

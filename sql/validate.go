@@ -37,6 +37,7 @@ type Validated struct {
 	// evaluates it: with search_path pg_catalog it means what Query
 	// means to the caller (see stored.go).
 	Stored string
+	attrs  map[int16]attribute // the table's columns
 }
 
 // projectionPrefix wraps a publication query to describe its output.
@@ -65,6 +66,7 @@ func Validate(ctx context.Context, sess Session, p *Projection) (*Validated, err
 	if err != nil {
 		return nil, err
 	}
+	v.attrs = attrs
 	if err := v.setColumns(ctx, sess, fields, attrs); err != nil {
 		return nil, err
 	}

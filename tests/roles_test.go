@@ -87,17 +87,33 @@ func TestSidecarsWithRolesOfTheirOwn(t *testing.T) {
 
 	consumer := startSidecarUpstream(t, directURL(billing, sub), "--catalog", directURL(cat, sub))
 	consumerConn := connectAs(t, consumer.url(billing, sub))
+	target := "public." + name
 	waitFor(t, 20*time.Second, func() bool {
-		_, err := consumerConn.Exec(ctx, "CALL rejot.subscribe($1, 1, 'public.items')", name)
+		_, err := consumerConn.Exec(ctx, "CALL rejot.subscribe($1, 1, $2)", name, target)
 		return err == nil
 	})
 	mustExec(t, shopAdmin, "UPDATE items SET v = 'changed' WHERE id <= 5; DELETE FROM items WHERE id > 45")
-	targetConverges(t, 30*time.Second, shopAdmin, "SELECT id, v FROM items ORDER BY id", billingAdmin, "public.items ORDER BY id")
+	targetConverges(t, 30*time.Second, shopAdmin, "SELECT id, v FROM items ORDER BY id", billingAdmin, target+" ORDER BY id")
 	waitFor(t, 20*time.Second, func() bool {
 		var status string
-		consumerConn.QueryRow(ctx, "SELECT status FROM rejot.subscriptions WHERE target = 'public.items'").Scan(&status)
+		consumerConn.QueryRow(ctx, "SELECT status FROM rejot.subscriptions WHERE target = $1", target).Scan(&status)
 		return status == "streaming"
 	})
+
+	// A column added (minor 1), and the guide's subscribe again: the
+	// sidecar's role, no superuser, adds it to its table and fills it.
+	mustExec(t, shopAdmin, "ALTER TABLE items ADD COLUMN w int; UPDATE items SET w = id * 10")
+	if _, err := ownerConn.Exec(ctx, "CALL rejot.publish($1, 1, 'SELECT id, v, w FROM items')", name); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, func() bool {
+		var minor int
+		ownerConn.QueryRow(ctx, "SELECT minor FROM rejot.publications WHERE publication = $1 AND version = 1", name).Scan(&minor)
+		return minor == 1
+	})
+	later := guideSQL(t, map[string]string{"orders": name, "billing": "public"})
+	mustExec(t, consumerConn, later["a newer minor's columns"])
+	targetConverges(t, 30*time.Second, shopAdmin, "SELECT id, v, w FROM items ORDER BY id", billingAdmin, target+" ORDER BY id")
 }
 
 // guideSQL returns the SQL blocks of docs/guide.md's first section, by

@@ -206,6 +206,9 @@ func (s *Subscriber) reconcile(ctx context.Context, subs []subscription) {
 		}
 		w := &worker{s: s, sub: sub, limit: s.batch()}
 		w.status.Store(&workerStatus{Status: "copying"})
+		if old := s.workers[sub.target]; old != nil {
+			w.copied.Store(old.copied.Load()) // a new generation that keeps its rows (extend.go); a copy starts at 0
+		}
 		s.workers[sub.target] = w
 		w.start(ctx)
 	}

@@ -76,7 +76,7 @@ func (w *worker) run(ctx context.Context) {
 		if errors.Is(err, errSubscriptionMoved) || errors.Is(err, errRevoked) {
 			return // the subscriber reconciles; a revoked one waits for a resync
 		}
-		if errors.Is(err, errRecopy) {
+		if errors.Is(err, errRecopy) || errors.Is(err, errColumnsReady) {
 			continue
 		}
 		w.failed(ctx, err, backoff)
@@ -111,7 +111,7 @@ func (w *worker) recordError(ctx context.Context, msg string) {
 
 // work keeps the subscription in sync on one connection until it fails:
 // a copy first when it has no position, then following the log.
-func (w *worker) work(ctx context.Context) error {
+func (w *worker) work(ctx context.Context) (err error) {
 	if err := w.checkAccess(ctx); err != nil {
 		return err
 	}
@@ -120,6 +120,17 @@ func (w *worker) work(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	// Columns a later subscribe added (extend.go).
+	ctx, stop, err := w.addColumns(ctx, conn)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	defer func() {
+		if err != nil && errors.Is(context.Cause(ctx), errColumnsReady) {
+			err = errColumnsReady // the log has them now: start over to add them
+		}
+	}()
 	t, err := w.prepare(ctx, conn)
 	if err != nil {
 		return err
@@ -148,7 +159,8 @@ func (w *worker) prepare(ctx context.Context, conn *pgx.Conn) (*target, error) {
 	if err != nil {
 		return nil, err
 	}
-	t, err := newTarget(tbl.schema, tbl.table, w.sub.columns, tbl.types)
+	present, _ := w.sub.split()
+	t, err := newTarget(tbl.schema, tbl.table, present, tbl.types)
 	if err != nil {
 		return nil, err
 	}

@@ -83,6 +83,10 @@ type Reader interface {
 	CopyState(ctx context.Context, v Version, elements []int, w io.Writer) (int64, error)
 	// Head is a version's last position.
 	Head(ctx context.Context, v Version) (int64, error)
+	// Width is how many values the rows of a version's state have now (0
+	// before its first state): a column a newer minor added is there once
+	// the owner has filled the state again with it.
+	Width(ctx context.Context, v Version) (int, error)
 	// Read calls fn with a span's changes, in order, in chunks.
 	Read(ctx context.Context, v Version, span Span, fn func([]Entry) error) error
 	// Fetch is the span of whole groups after a position, up to about

@@ -22,6 +22,18 @@ func (l *Log) Head(ctx context.Context, v eventlog.Version) (int64, error) {
 	return head, err
 }
 
+// Width returns how many values the rows of a version's state have (0
+// when it has no state).
+func (l *Log) Width(ctx context.Context, v eventlog.Version) (int, error) {
+	var n int
+	err := l.pool.QueryRow(ctx, "SELECT coalesce(state_columns, 0) FROM rejot_log.streams WHERE publication = $1 AND version = $2",
+		v.Publication, v.Number).Scan(&n)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	return n, err
+}
+
 // streamOf is the stream of version $2 of publication $1, as a value:
 // the change log is then read as a range of its key, (stream, position),
 // which the planner chooses whatever its statistics say of a change log
