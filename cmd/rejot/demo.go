@@ -66,15 +66,22 @@ func demo(ctx context.Context, args []string) error {
 		return err
 	}
 	defer pg.Destroy()
-	var urls []string
+	var urls, pages []string
 	for i, db := range []string{"shop", "billing"} {
 		if err := pg.Exec(ctx, "postgres", "CREATE DATABASE "+db); err != nil {
 			return err
 		}
-		sc, err := newSidecar(&serveConfig{upstream: pg.URL(db), startupTimeout: time.Minute, shutdownTimeout: 5 * time.Second}, log)
+		cfg := &serveConfig{upstream: pg.URL(db), startupTimeout: time.Minute, shutdownTimeout: 5 * time.Second}
+		sc, err := newSidecar(cfg, log)
 		if err != nil {
 			return err
 		}
+		// Metrics, health and the catalog page, as --http serves them.
+		hl, err := listenDemo(9187 + i)
+		if err != nil {
+			return err
+		}
+		sc.http, sc.httpLn = sc.httpServer(cfg), hl
 		// Two sidecars share this process: each relay's epoll thread would
 		// hold a scheduler slot, and two would starve everything else.
 		sc.srv.DisableEventLoop = true
@@ -90,7 +97,8 @@ func demo(ctx context.Context, args []string) error {
 			time.Sleep(50 * time.Millisecond)
 		}
 		urls = append(urls, fmt.Sprintf("postgres://postgres@%s/%s?sslmode=disable", ln.Addr(), db))
-		fmt.Printf("Sidecar for database %s listening on %s\n", db, ln.Addr())
+		pages = append(pages, fmt.Sprintf("http://%s/", hl.Addr()))
+		fmt.Printf("Sidecar for database %s listening on %s (catalog page, metrics and health on http://%s/)\n", db, ln.Addr(), hl.Addr())
 	}
 	shop, billing := urls[0], urls[1]
 	fmt.Printf("(Postgres itself on %s)\n\n", pg.Addr())
@@ -116,7 +124,9 @@ func demo(ctx context.Context, args []string) error {
 	if *once {
 		return nil
 	}
-	fmt.Printf("\nTry your own SQL:\n\n  psql %q   # the owner\n  psql %q   # the subscriber\n\nPress Ctrl-C to stop and remove everything.\n", shop, billing)
+	fmt.Printf("\nTry your own SQL:\n\n  psql %q   # the owner\n  psql %q   # the subscriber\n\n"+
+		"The catalog page: %s (the owner's sidecar; the subscriber's is %s), with /metrics and /readyz beside it.\n\n"+
+		"Press Ctrl-C to stop and remove everything.\n", shop, billing, pages[0], pages[1])
 	<-ctx.Done()
 	fmt.Println("\nStopping…")
 	return nil
