@@ -371,8 +371,15 @@ func TestBrokenVersionsFailAlone(t *testing.T) {
 		if v := metric(t, httpURL, "rejot_version_failed", `publication="`+b.pub+`"`); v != 1 {
 			t.Errorf("%s: rejot_version_failed = %v, want 1", b.name, v)
 		}
+		// The subscriber's sidecar learns it from the catalog: a moment later.
 		var status, errText string
-		err := s.consumer.conn.QueryRow(ctx, "SELECT status, coalesce(error, '') FROM rejot.subscriptions WHERE target = $1", b.target).Scan(&status, &errText)
+		var err error
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			err = s.consumer.conn.QueryRow(ctx, "SELECT status, coalesce(error, '') FROM rejot.subscriptions WHERE target = $1", b.target).Scan(&status, &errText)
+			if err == nil && status == "failed" && strings.Contains(errText, b.pub) {
+				break
+			}
+		}
 		if err != nil || status != "failed" || !strings.Contains(errText, b.pub) {
 			t.Errorf("%s: subscription %s: %q, %q, %v; want failed naming the publication", b.name, b.target, status, errText, err)
 		}
