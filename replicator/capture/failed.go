@@ -72,14 +72,19 @@ func (c *Runner) failedLocked(p VersionProblem, definition string) {
 	metricVersionFailed.WithLabelValues(versionLabels(p.Version)...).Set(1)
 }
 
-// mended records that a failed version's state was filled again.
+// mended hears that a reader which captures v has begun with v's state
+// whole in the log (filled again if it had failed). A failure the runner
+// recorded before that reader was started (retrying) is over; one heard
+// of since (not retrying) is newer than the reader's start and stands.
 func (c *Runner) mended(v eventlog.Version) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.failures[v]; ok {
-		c.Logger.Info().Str("system", c.System).Str("publication", v.Publication).Int("version", v.Number).
-			Msg("publication version mended: its state is filled again")
+	f, ok := c.failures[v]
+	if !ok || !f.retrying {
+		return
 	}
+	c.Logger.Info().Str("system", c.System).Str("publication", v.Publication).Int("version", v.Number).
+		Msg("publication version mended: its state is whole again")
 	delete(c.failures, v)
 	metricVersionFailed.DeleteLabelValues(versionLabels(v)...)
 }

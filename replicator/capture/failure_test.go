@@ -63,3 +63,35 @@ func TestFailingProjectionFailsAlone(t *testing.T) {
 	waitUntil(t, func() bool { return sortedState(t, l, loud) == projection(t, owner, query) })
 	waitUntil(t, func() bool { return sortedState(t, l, fine) == projection(t, owner, "SELECT id, v FROM events") })
 }
+
+// TestFailureSeenInPassingClears: a version the runner heard failed (a
+// check that read the owner's record a moment before a migration changed
+// its table and re-published it) but whose changes were never skipped
+// verifies again at the next check, is captured again, and shows as
+// active once its reader has begun: it must not stay failed while it
+// flows.
+func TestFailureSeenInPassingClears(t *testing.T) {
+	l, _ := open(t)
+	src, ctx, exec := recordedEvents(t, "passing_events")
+	system := "passing"
+	r := &capture.Runner{URL: src.URL("postgres"), System: system, Log: l, Logger: zerolog.Nop(), Check: 100 * time.Millisecond,
+		RetryFailed: 500 * time.Millisecond}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { r.Run(runCtx); close(done) }()
+	t.Cleanup(func() { stop(); <-done })
+	v := eventlog.Version{Publication: "passing_events", Number: 1}
+
+	exec("INSERT INTO events VALUES (1, 'a')")
+	waitUntil(t, func() bool { return headHas(t, l, v, 1) && r.FailedVersions() != nil })
+	capture.RecordFailure(r, capture.VersionProblem{Version: v, Problem: "column v does not exist", Schema: true})
+	if f := r.FailedVersions(); len(f) != 1 || f[0].Version != v {
+		t.Fatalf("the failure was not recorded: %v", f)
+	}
+	waitUntil(t, func() bool { return len(r.FailedVersions()) == 0 })
+	exec("INSERT INTO events VALUES (2, 'b')")
+	waitUntil(t, func() bool { return headHas(t, l, v, 2) })
+	if f := r.FailedVersions(); len(f) != 0 {
+		t.Fatalf("a version that flows shows as failed: %v", f)
+	}
+}

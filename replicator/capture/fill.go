@@ -62,8 +62,19 @@ func (p *WALReader) fill(ctx context.Context) (map[eventlog.Version]uint64, erro
 	}
 	for _, src := range todo {
 		since[src.Version] = point
-		if mending[src.Version] && p.Mended != nil {
-			p.Mended(src.Version)
+		if mending[src.Version] {
+			p.Logger.Info().Str("system", p.System).Str("publication", src.Version.Publication).Int("version", src.Version.Number).
+				Msg("the failed version is filled again")
+		}
+	}
+	// Every source this reader captures has a whole state in the log now:
+	// the log records every version whose changes were ever skipped (it
+	// is filled again above), so one that failed for a moment — say a
+	// verify that read an old record against a new table — and was heard
+	// of by the runner but never skipped is whole as well.
+	if p.Mended != nil {
+		for i := range p.Sources {
+			p.Mended(p.Sources[i].Version)
 		}
 	}
 	return since, nil

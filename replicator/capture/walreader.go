@@ -40,8 +40,9 @@ type WALReader struct {
 	FillSplitPages int64
 
 	// Failed, when set, hears of a version that cannot be computed: it is
-	// no longer captured by this reader (see failure.go). Mended hears of
-	// a version filled again after it had failed.
+	// no longer captured by this reader (see failure.go). Mended hears,
+	// for each version the reader captures, that its state in the log is
+	// whole as the reader begins (filled again if it had failed).
 	Failed func(p VersionProblem, definition string)
 	Mended func(v eventlog.Version)
 
