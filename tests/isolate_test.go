@@ -371,11 +371,14 @@ func TestBrokenVersionsFailAlone(t *testing.T) {
 		if v := metric(t, httpURL, "rejot_version_failed", `publication="`+b.pub+`"`); v != 1 {
 			t.Errorf("%s: rejot_version_failed = %v, want 1", b.name, v)
 		}
-		// The subscriber's sidecar learns it from the catalog: a moment later.
+		// The subscriber's sidecar learns it from the catalog: a moment
+		// later. (The catalog is shared: other tests' subscribers have
+		// targets of the same name.)
 		var status, errText string
 		var err error
 		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-			err = s.consumer.conn.QueryRow(ctx, "SELECT status, coalesce(error, '') FROM rejot.subscriptions WHERE target = $1", b.target).Scan(&status, &errText)
+			err = s.consumer.conn.QueryRow(ctx, "SELECT status, coalesce(error, '') FROM rejot.subscriptions WHERE target = $1 AND publication = $2",
+				b.target, b.pub).Scan(&status, &errText)
 			if err == nil && status == "failed" && strings.Contains(errText, b.pub) {
 				break
 			}
@@ -424,7 +427,7 @@ func TestBrokenVersionsFailAlone(t *testing.T) {
 			t.Errorf("%s: rejot_version_failed = %v after the mend, want none", b.name, v)
 		}
 		var status string
-		s.consumer.conn.QueryRow(ctx, "SELECT status FROM rejot.subscriptions WHERE target = $1", b.target).Scan(&status)
+		s.consumer.conn.QueryRow(ctx, "SELECT status FROM rejot.subscriptions WHERE target = $1 AND publication = $2", b.target, b.pub).Scan(&status)
 		if status != "streaming" {
 			t.Errorf("%s: subscription %s after the mend, want streaming", b.name, status)
 		}
