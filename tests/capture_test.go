@@ -49,8 +49,9 @@ func TestPublishedTableIsCaptured(t *testing.T) {
 }
 
 // TestPublishRefusedWithoutLogicalWAL: on a server whose wal_level is not
-// logical, publishing says why and how to fix it; the sidecar keeps
-// relaying everything else.
+// logical, publishing says why and how to fix it, and so do
+// rejot.systems and /readyz's capture check; the sidecar stays ready and
+// keeps relaying everything else.
 func TestPublishRefusedWithoutLogicalWAL(t *testing.T) {
 	replica, err := pgtest.Start(pgtest.Options{Settings: map[string]string{"wal_level": "replica"}})
 	if err != nil {
@@ -81,6 +82,12 @@ func TestPublishRefusedWithoutLogicalWAL(t *testing.T) {
 		var problem *string
 		conn.QueryRow(ctx, "SELECT problem FROM rejot.systems WHERE database = 'shop'").Scan(&problem)
 		return problem != nil && strings.Contains(*problem, "wal_level = replica")
+	})
+	// /readyz: capture is not ok, and says why; the sidecar stays ready.
+	base := sc.httpURL(t)
+	waitFor(t, 10*time.Second, func() bool {
+		code, r := readyz(t, base)
+		return code == 200 && r.Ready && strings.Contains(r.Checks["capture"], "wal_level = replica")
 	})
 	var one int
 	if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {

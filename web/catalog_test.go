@@ -76,7 +76,7 @@ func TestPageShowsTheCatalog(t *testing.T) {
 		`target table is gone`, `not seen for 10 min`, `wal_level is replica, not logical`, `<span class="badge up">up</span>`,
 		`data-node="owner:shop"`, `data-node="version:orders/1"`, `data-node="target:billing/billing.orders"`,
 		`data-from="owner:shop" data-to="version:orders/1"`, `data-from="version:orders/1" data-to="target:billing/billing.orders"`,
-		`streaming · lag 12 ms`, `<script src="catalog.js"></script>`, `href="catalog.json"`,
+		`streaming · caught up`, `<script src="catalog.js"></script>`, `href="catalog.json"`,
 		`<span class="badge failed" data-status>failed</span>`, `<g class="node version failed" data-node="version:orders/2"`,
 		`<p class="problem" data-problem>Cannot be computed: column note of public.orders is gone; publish the version again</p>`,
 	} {

@@ -19,8 +19,15 @@ import (
 // Check is one condition of readiness: Probe returns nil when it holds.
 type Check struct {
 	Name  string
-	Probe func(context.Context) error
+	Probe func(context.Context) error // nil, an error, or an Advisory
 }
+
+// Advisory is what a probe says that is not "ok" but leaves the sidecar
+// ready: what it cannot do (or leaves to another instance) does not stop
+// it relaying and answering calls.
+type Advisory string
+
+func (a Advisory) Error() string { return string(a) }
 
 // Server serves /metrics, /healthz, /readyz and, when Page is set, the
 // catalog page at /.
@@ -73,7 +80,8 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
-				res.Ready = false
+				var advisory Advisory
+				res.Ready = res.Ready && errors.As(err, &advisory)
 				res.Checks[c.Name] = err.Error()
 				return
 			}

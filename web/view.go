@@ -70,7 +70,7 @@ var funcs = template.FuncMap{
 		}
 		return strconv.FormatInt(*n, 10)
 	},
-	"edgeStatuses": func() []string { return []string{"own", "streaming", "copying", "stopped", "failed", "unknown"} },
+	"edgeStatuses": func() []string { return []string{"own", "streaming", "copying", "stalled", "stopped", "failed", "unknown"} },
 	"dotX":         func(w int) int { return w - 14 },
 	"stale":        func(at, seen time.Time) bool { return at.Sub(seen) > staleAfter },
 	"since":        func(at, t time.Time) string { return formatSeconds(ptr(at.Sub(t).Seconds())) },
@@ -95,7 +95,7 @@ func anchor(publication string, version int) string {
 // statusClass is a status as a CSS class: only the catalog's known ones.
 func statusClass(s string) string {
 	switch s {
-	case "active", "deprecated", "retired", "copying", "streaming", "stopped", "failed":
+	case "active", "deprecated", "retired", "copying", "streaming", "stalled", "stopped", "failed":
 		return s
 	}
 	return "unknown"
@@ -147,10 +147,20 @@ func formatTime(t time.Time) string {
 func subscriptionSummary(s catalog.SubscriptionStatus) string {
 	switch s.Status {
 	case "streaming":
-		if s.LagSeconds == nil {
-			return "streaming"
+		switch {
+		case s.LagChanges != nil && *s.LagChanges == 0:
+			return "streaming · caught up"
+		case s.LagChanges != nil:
+			return "streaming · " + formatCount(*s.LagChanges) + " behind · lag " + formatSeconds(s.LagSeconds)
+		case s.LagSeconds != nil:
+			return "streaming · lag " + formatSeconds(s.LagSeconds)
 		}
-		return "streaming · lag " + formatSeconds(s.LagSeconds)
+		return "streaming"
+	case "stalled":
+		if s.LagChanges != nil {
+			return "stalled · " + formatCount(*s.LagChanges) + " behind"
+		}
+		return "stalled"
 	case "copying":
 		return "copying · " + formatCount(s.CopiedRows) + " rows"
 	}

@@ -192,7 +192,17 @@ func (sc *sidecar) httpServer(c *serveConfig) *web.Server {
 			}
 			return l.Ping(ctx)
 		}},
-		{Name: "capture", Probe: running("capture", sc.capture.Running)},
+		// A server that cannot run the capture (wal_level, the role's
+		// REPLICATION) is said, without taking the proxy out of service.
+		{Name: "capture", Probe: func(ctx context.Context) error {
+			if err := running("capture", sc.capture.Running)(ctx); err != nil {
+				return err
+			}
+			if p := sc.capture.Problem(); p != "" {
+				return web.Advisory(p)
+			}
+			return nil
+		}},
 		{Name: "apply", Probe: running("apply", sc.subscriber.Running)},
 	}}
 }

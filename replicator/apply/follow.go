@@ -22,6 +22,7 @@ var errRecopy = errors.New("copying the state again")
 // notifications, until ctx ends or applying fails.
 func (w *worker) follow(ctx context.Context, conn *pgx.Conn, t *target, position int64) error {
 	lastReader := time.Now()
+	w.movedAt.Store(lastReader.UnixNano())
 	// The next span is read from the log while this one is applied to the
 	// target: two servers, working at once.
 	fetchCtx, stopFetching := context.WithCancel(ctx)
@@ -59,7 +60,9 @@ func (w *worker) follow(ctx context.Context, conn *pgx.Conn, t *target, position
 		// A span being applied is finished even when the sidecar stops;
 		// what bounds it is its progress, not its size (see progress.go).
 		applyCtx, progress, stop := watchProgress(context.WithoutCancel(ctx), w.s.stall())
+		w.applying.Store(&applyingSpan{span: span, progress: progress, pid: conn.PgConn().PID()})
 		err := stalled(applyCtx, w.apply(applyCtx, conn, t, span, f.stmts, durable, progress))
+		w.applying.Store(nil)
 		stop()
 		if errors.Is(err, eventlog.ErrPruned) {
 			return w.recopy(ctx, conn, position)
@@ -87,6 +90,7 @@ func (w *worker) applied(span eventlog.Span) {
 	position := span.Upto
 	w.limit = w.s.batch()
 	now := time.Now()
+	w.movedAt.Store(now.UnixNano())
 	w.log().Debug().Int64("position", position).Int("transactions", span.Groups).Msg("applied")
 	w.status.Store(&workerStatus{Status: "streaming", Position: &position, LastAppliedAt: &now, LastCommit: span.LastCommit})
 }

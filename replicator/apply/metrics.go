@@ -18,6 +18,10 @@ var (
 	metricLagChanges = promauto.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "rejot", Subsystem: "subscription", Name: "lag_changes",
 		Help: "Changes in the event log a subscription has yet to apply."}, []string{"target", "publication", "version"})
+	metricStalled = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "rejot", Subsystem: "subscription", Name: "stalled",
+		Help: "1 while a subscription is behind its log and has not advanced for a while (rejot.subscriptions says why), else 0."},
+		[]string{"target", "publication", "version"})
 	metricCopiedRows = promauto.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "rejot", Subsystem: "subscription", Name: "copied_rows",
 		Help: "Rows the current or last copy of a subscription has written."}, []string{"target", "publication", "version"})

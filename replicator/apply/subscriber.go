@@ -41,6 +41,9 @@ type Subscriber struct {
 	// changes read, a statement run) before it is abandoned and retried
 	// (default 1 minute). Nothing bounds its size.
 	Stall time.Duration
+	// StalledAfter is how long a subscription that is behind may go
+	// without advancing before it shows as stalled (default 5s).
+	StalledAfter time.Duration
 
 	mu      sync.Mutex
 	workers map[string]*worker

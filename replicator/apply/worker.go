@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/rejot-dev/rejot/internal/retry"
 	"github.com/rejot-dev/rejot/managed"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
 	"github.com/rs/zerolog"
 )
 
@@ -28,6 +29,19 @@ type worker struct {
 	// version, and whether it has said yes (see access.go)
 	accessAt    time.Time
 	accessKnown bool
+	// what tells a stalled subscription (behind and not advancing) from
+	// a busy one: the span being applied, and when the position last
+	// moved (Unix nanoseconds; or when following began)
+	applying atomic.Pointer[applyingSpan]
+	movedAt  atomic.Int64
+}
+
+// applyingSpan is a span being applied: its progress, and the target
+// connection's backend, which the report asks what it waits for.
+type applyingSpan struct {
+	span     eventlog.Span
+	progress *progress
+	pid      uint32
 }
 
 type workerStatus struct {

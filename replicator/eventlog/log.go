@@ -83,6 +83,10 @@ type Reader interface {
 	CopyState(ctx context.Context, v Version, elements []int, w io.Writer) (int64, error)
 	// Head is a version's last position.
 	Head(ctx context.Context, v Version) (int64, error)
+	// Pending is a version's last position and the commit time of the
+	// first change after position after (zero when there is none, or it
+	// is pruned): how far a reader there is behind the log's head.
+	Pending(ctx context.Context, v Version, after int64) (head int64, oldest time.Time, err error)
 	// Width is how many values the rows of a version's state have now (0
 	// before its first state): a column a newer minor added is there once
 	// the owner has filled the state again with it.

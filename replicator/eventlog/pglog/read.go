@@ -22,6 +22,23 @@ func (l *Log) Head(ctx context.Context, v eventlog.Version) (int64, error) {
 	return head, err
 }
 
+// Pending returns a version's last position and the commit time of its
+// first change after position after (zero when none).
+func (l *Log) Pending(ctx context.Context, v eventlog.Version, after int64) (int64, time.Time, error) {
+	var head int64
+	var oldest *time.Time
+	err := l.pool.QueryRow(ctx, `SELECT s.head, (SELECT c.commit_time FROM rejot_log.changes c
+			WHERE c.stream = s.id AND c.position > $3 ORDER BY c.position LIMIT 1)
+		FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = $2`, v.Publication, v.Number, after).Scan(&head, &oldest)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, time.Time{}, nil
+	}
+	if err != nil || oldest == nil {
+		return head, time.Time{}, err
+	}
+	return head, *oldest, nil
+}
+
 // Width returns how many values the rows of a version's state have (0
 // when it has no state).
 func (l *Log) Width(ctx context.Context, v eventlog.Version) (int, error) {
