@@ -70,10 +70,12 @@ var funcs = template.FuncMap{
 		}
 		return strconv.FormatInt(*n, 10)
 	},
-	"edgeStatuses": func() []string { return []string{"own", "streaming", "copying", "stalled", "stopped", "failed", "unknown"} },
-	"dotX":         func(w int) int { return w - 14 },
-	"stale":        func(at, seen time.Time) bool { return at.Sub(seen) > staleAfter },
-	"since":        func(at, t time.Time) string { return formatSeconds(ptr(at.Sub(t).Seconds())) },
+	"edgeStatuses": func() []string {
+		return []string{"own", "streaming", "copying", "stalled", "stopped", "failed", "unknown"}
+	},
+	"dotX":  func(w int) int { return w - 14 },
+	"stale": func(at, seen time.Time) bool { return at.Sub(seen) > staleAfter },
+	"since": func(at, t time.Time) string { return formatSeconds(ptr(at.Sub(t).Seconds())) },
 }
 
 func ptr[T any](v T) *T { return &v }
