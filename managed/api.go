@@ -55,7 +55,8 @@ const (
 	// makes sidecars that start together take turns; only the sidecar's
 	// role may take it.
 	apiLock  = `LOCK TABLE _rejot.api IN EXCLUSIVE MODE`
-	apiState = `SELECT n.oid, pg_catalog.pg_get_userbyid(n.nspowner)::text, a.schema_oid, a.digest
+	apiState = `SELECT n.oid, pg_catalog.pg_get_userbyid(n.nspowner)::text, a.schema_oid, a.digest,
+			EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'rejot_catalog')
 		FROM (SELECT 1) AS one
 		LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = '` + APISchema + `'
 		LEFT JOIN _rejot.api a ON true`
@@ -71,7 +72,8 @@ const (
 // InstallAPI makes or updates schema rejot's signposts in the managed
 // database, after Install. It changes nothing when a schema rejot is
 // there that the sidecar did not make, or that holds another role's
-// objects: a *ForeignAPIError says so.
+// objects: a *ForeignAPIError says so. Nor in a database that holds the
+// catalog (schema rejot_catalog): there schema rejot is the catalog's.
 func InstallAPI(ctx context.Context, conn *pgx.Conn) error {
 	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, apiLock); err != nil {
@@ -79,8 +81,15 @@ func InstallAPI(ctx context.Context, conn *pgx.Conn) error {
 		}
 		var nsp, recorded *uint32
 		var owner, digest *string
-		if err := tx.QueryRow(ctx, apiState).Scan(&nsp, &owner, &recorded, &digest); err != nil {
+		var catalogHere bool
+		if err := tx.QueryRow(ctx, apiState).Scan(&nsp, &owner, &recorded, &digest, &catalogHere); err != nil {
 			return err
+		}
+		if catalogHere {
+			// The database holds the catalog itself: its schema rejot
+			// has the catalog's own views, made by the catalog's
+			// migrations, which a schema made here would stop.
+			return nil
 		}
 		if nsp != nil {
 			if recorded == nil || *recorded != *nsp {

@@ -77,7 +77,9 @@ func TestInstallAPIForeign(t *testing.T) {
 		"; CREATE TABLE rejot.publications (mine text)"); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { pg.Exec(context.Background(), db, "DROP SCHEMA IF EXISTS rejot CASCADE; DROP ROLE IF EXISTS "+role) })
+	t.Cleanup(func() {
+		pg.Exec(context.Background(), db, "DROP SCHEMA IF EXISTS rejot CASCADE; DROP ROLE IF EXISTS "+role)
+	})
 	if err := managed.Install(ctx, conn); err != nil {
 		t.Fatal(err)
 	}
@@ -111,5 +113,24 @@ func TestInstallAPIForeign(t *testing.T) {
 	conn.QueryRow(ctx, "SELECT to_regclass('rejot.kept') IS NOT NULL").Scan(&kept)
 	if !kept {
 		t.Fatal("another role's table in schema rejot was dropped")
+	}
+}
+
+// TestInstallAPICatalogHere: in a database that holds the catalog, schema
+// rejot is the catalog's to make.
+func TestInstallAPICatalogHere(t *testing.T) {
+	ctx := context.Background()
+	conn := pg.Connect(t, pg.CreateDB(t))
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA rejot_catalog"); err != nil {
+		t.Fatal(err)
+	}
+	if err := managed.Install(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	if err := managed.InstallAPI(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	if oid, _ := apiOID(t, conn); oid != 0 {
+		t.Error("schema rejot made in the catalog's database")
 	}
 }
