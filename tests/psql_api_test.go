@@ -246,10 +246,10 @@ SELECT count(*) AS publications FROM rejot.publications WHERE publication = 'non
 	}
 	// psql completes on a terminal only; the completed call reaches the
 	// sidecar, which answers it.
-	typed := "CALL rejot.unpub\t('none', 1);\nSELECT count(*) FROM rejot.publica\t;\n\\q\n"
+	typed := "CALL rejot.unpub\t('none', 1);\nSELECT count(*) FROM rejot.publica\tWHERE publication = 'none';\n\\q\n"
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "script", "-qec", psqlBin+" -X '"+p.sc.url(p.db, "postgres")+"'", "/dev/null")
+	cmd := exec.CommandContext(ctx, "script", "-qec", "stty cols 1000; "+psqlBin+" -X '"+p.sc.url(p.db, "postgres")+"'", "/dev/null")
 	cmd.Stdin = strings.NewReader(typed)
 	cmd.Env = append(cmd.Environ(), "TERM=dumb", "PAGER=", "PGCLIENTENCODING=UTF8")
 	got, err := cmd.CombinedOutput()
@@ -257,7 +257,7 @@ SELECT count(*) AS publications FROM rejot.publications WHERE publication = 'non
 		t.Fatalf("psql on a terminal: %v\n%s", err, got)
 	}
 	for _, must := range []string{"# CALL rejot.unpublish ('none', 1);", "ERROR:  publication none version 1 does not exist in this system",
-		"# SELECT count(*) FROM rejot.publications ;", " count \r\n-------\r\n     0"} {
+		"# SELECT count(*) FROM rejot.publications WHERE publication = 'none';", " count \r\n-------\r\n     0"} {
 		if !strings.Contains(string(got), must) {
 			t.Errorf("tab completion through the sidecar: output lacks %q:\n%s", must, got)
 		}
