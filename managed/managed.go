@@ -3,6 +3,8 @@
 // writes it, the payloads of the outbox's commands, their kinds and the
 // NOTIFY channels that announce them. No other package names _rejot, so
 // what the schema holds, and who may touch it, is decided here alone.
+// Beside it the sidecar keeps schema rejot, the API's signposts for psql
+// (api.go).
 //
 // Callers with a pgx connection call the functions; statements that run
 // through a client's own session (package sql) or are queued in a caller's
@@ -70,26 +72,31 @@ func (e *ForeignError) Error() string {
 		e.Object, e.Owner, e.Role, Schema, Schema, e.Role)
 }
 
-// ownedCheck finds the first of _rejot and its objects (relations,
+// ownedQuery finds the first of schema and its objects (relations,
 // functions, types) owned by a role that is neither the current role nor
 // one it is a member of. Membership is followed through pg_auth_members,
 // not pg_has_role, which answers yes to a superuser for any role: a
-// superuser sidecar must refuse another role's schema too.
-const ownedCheck = `WITH RECURSIVE mine(oid) AS (
+// superuser sidecar must refuse another role's schema too. schema is one
+// of the constants Schema and APISchema.
+func ownedQuery(schema string) string {
+	return `WITH RECURSIVE mine(oid) AS (
 		SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user
 		UNION SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN mine ON m.member = mine.oid),
-	s AS (SELECT oid, nspowner FROM pg_catalog.pg_namespace WHERE nspname = '` + Schema + `'),
+	s AS (SELECT oid, nspowner FROM pg_catalog.pg_namespace WHERE nspname = '` + schema + `'),
 	owned(what, owner) AS (
-		SELECT 'schema ` + Schema + `', nspowner FROM s
+		SELECT 'schema ` + schema + `', nspowner FROM s
 		UNION ALL SELECT CASE c.relkind WHEN 'r' THEN 'table' WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view'
-				WHEN 'i' THEN 'index' ELSE 'relation' END || ' ` + Schema + `.' || pg_catalog.quote_ident(c.relname), c.relowner
+				WHEN 'i' THEN 'index' ELSE 'relation' END || ' ` + schema + `.' || pg_catalog.quote_ident(c.relname), c.relowner
 			FROM pg_catalog.pg_class c JOIN s ON c.relnamespace = s.oid
-		UNION ALL SELECT 'function ` + Schema + `.' || pg_catalog.quote_ident(p.proname), p.proowner
+		UNION ALL SELECT 'function ` + schema + `.' || pg_catalog.quote_ident(p.proname), p.proowner
 			FROM pg_catalog.pg_proc p JOIN s ON p.pronamespace = s.oid
-		UNION ALL SELECT 'type ` + Schema + `.' || pg_catalog.quote_ident(t.typname), t.typowner
+		UNION ALL SELECT 'type ` + schema + `.' || pg_catalog.quote_ident(t.typname), t.typowner
 			FROM pg_catalog.pg_type t JOIN s ON t.typnamespace = s.oid)
 	SELECT what, pg_catalog.pg_get_userbyid(owner)::text, current_user::text FROM owned
 	WHERE owner NOT IN (SELECT oid FROM mine) ORDER BY what LIMIT 1`
+}
+
+var ownedCheck = ownedQuery(Schema)
 
 // CheckOwned says whether schema _rejot, when there, is the current
 // role's: nil, or a *ForeignError naming the first object that is not.

@@ -40,6 +40,10 @@ type Param struct {
 	Name     string
 	Type     uint32
 	Optional bool
+	// Default is, for an optional parameter, the SQL constant that
+	// leaving it out (or passing NULL) amounts to; "" for NULL. The
+	// database's signposts declare it (managed/api.sql).
+	Default string
 }
 
 // Function is one function of the rejot API.
@@ -164,6 +168,16 @@ func NewExecutor(version string) *Executor {
 		},
 	})
 	return x
+}
+
+// Functions are the API's functions, by name.
+func (x *Executor) Functions() []*Function {
+	out := make([]*Function, 0, len(x.functions))
+	for _, f := range x.functions {
+		out = append(out, f)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }
 
 // Register adds a function to the API.

@@ -20,7 +20,7 @@ const (
 func unpublishFunction() *Function {
 	return &Function{
 		Name:    "unpublish",
-		Params:  []Param{{Name: "name", Type: OIDText}, {Name: "version", Type: OIDInt4}, {Name: "force", Type: OIDBool, Optional: true}},
+		Params:  []Param{{Name: "name", Type: OIDText}, {Name: "version", Type: OIDInt4}, {Name: "force", Type: OIDBool, Optional: true, Default: "false"}},
 		Returns: []Column{{Name: "publication", TypeOID: OIDText}, {Name: "version", TypeOID: OIDInt4}, {Name: "status", TypeOID: OIDText}},
 		Run:     runUnpublish,
 		Records: true,

@@ -17,7 +17,7 @@ func subscribeFunction() *Function {
 		Name: "subscribe",
 		Params: []Param{{Name: "publication", Type: OIDText}, {Name: "version", Type: OIDInt4},
 			{Name: "target", Type: OIDText}, {Name: "columns", Type: OIDText, Optional: true},
-			{Name: "copy", Type: OIDBool, Optional: true}},
+			{Name: "copy", Type: OIDBool, Optional: true, Default: "true"}},
 		Returns: subscriptionColumns,
 		Run:     runSubscribe,
 		Records: true,
@@ -29,7 +29,7 @@ func subscribeFunction() *Function {
 func unsubscribeFunction() *Function {
 	return &Function{
 		Name:    "unsubscribe",
-		Params:  []Param{{Name: "target", Type: OIDText}, {Name: "drop_table", Type: OIDBool, Optional: true}},
+		Params:  []Param{{Name: "target", Type: OIDText}, {Name: "drop_table", Type: OIDBool, Optional: true, Default: "false"}},
 		Returns: subscriptionColumns,
 		Run:     runUnsubscribe,
 		Records: true,

@@ -21,6 +21,9 @@ type installer struct {
 	// installed is set once _rejot is installed and the sidecar's.
 	installed atomic.Bool
 	lastErr   atomic.Pointer[string]
+	// apiProblem is why schema rejot was last left as it is ("" when
+	// it is the sidecar's).
+	apiProblem atomic.Pointer[string]
 }
 
 func (in *installer) install(ctx context.Context, conn *pgx.Conn) error {
@@ -39,7 +42,25 @@ func (in *installer) install(ctx context.Context, conn *pgx.Conn) error {
 		in.lastErr.Store(&msg)
 	}
 	in.installed.Store(err == nil)
+	if err == nil {
+		in.installAPI(ctx, conn)
+	}
 	return err
+}
+
+// installAPI makes schema rejot's signposts (psql's view of the API). It
+// never keeps the sidecar from managing the database: calls are answered
+// by the sidecar whatever that schema holds. What keeps it from making
+// them is logged once.
+func (in *installer) installAPI(ctx context.Context, conn *pgx.Conn) {
+	err := managed.InstallAPI(ctx, conn)
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	if old := in.apiProblem.Swap(&msg); (old == nil || *old != msg) && msg != "" {
+		in.log.Warn().Str("problem", msg).Msg("schema " + managed.APISchema + " is not installed: psql does not show the API in this database")
+	}
 }
 
 // Installed says whether _rejot is installed and the sidecar's, as last
