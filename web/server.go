@@ -16,7 +16,13 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Check is one condition of readiness: Probe returns nil when it holds.
+// ErrStandby is what a Probe returns for a part that does not run in this
+// instance because another one runs it (a standby's capture and apply):
+// /readyz shows "standby" and stays ready.
+var ErrStandby = errors.New("standby")
+
+// Check is one condition of readiness: Probe returns nil when it holds,
+// ErrStandby when another instance runs it.
 type Check struct {
 	Name  string
 	Probe func(context.Context) error
@@ -53,7 +59,7 @@ func (s *Server) Handler() http.Handler {
 // readiness is /readyz's body: what holds and what does not.
 type readiness struct {
 	Ready  bool              `json:"ready"`
-	Checks map[string]string `json:"checks"` // "ok" or what is wrong
+	Checks map[string]string `json:"checks"` // "ok", "standby" or what is wrong
 	// Degraded is what works less than it should, ready or not.
 	Degraded map[string]string `json:"degraded,omitempty"`
 }
@@ -72,6 +78,10 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 			err := c.Probe(ctx)
 			mu.Lock()
 			defer mu.Unlock()
+			if errors.Is(err, ErrStandby) {
+				res.Checks[c.Name] = "standby"
+				return
+			}
 			if err != nil {
 				res.Ready = false
 				res.Checks[c.Name] = err.Error()

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rejot-dev/rejot/catalog"
+	"github.com/rejot-dev/rejot/internal/lease"
 	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rejot-dev/rejot/internal/retry"
 	"github.com/rejot-dev/rejot/proxy"
@@ -143,6 +144,9 @@ type sidecar struct {
 	applier    *catalog.Applier
 	capture    *capture.Runner
 	subscriber *apply.Subscriber
+	// lease makes one instance of the system active: it alone runs the
+	// capture and the applies; the others relay and answer calls.
+	lease   *lease.Lease
 	install    *installer
 	log        zerolog.Logger
 	// shutdownTimeout bounds how long open transactions may take to
@@ -161,6 +165,9 @@ type sidecar struct {
 func (sc *sidecar) httpServer(c *serveConfig) *web.Server {
 	running := func(name string, f func() bool) func(context.Context) error {
 		return func(context.Context) error {
+			if !sc.lease.Active() {
+				return web.ErrStandby
+			}
 			if !f() {
 				return errors.New(name + " is not running")
 			}
@@ -229,6 +236,15 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 			return lazy.Access(ctx, v.Publication, v.Number)
 		}}
 	sc.applier.Applied = func(string) { sc.capture.Wake() }
+	sc.lease = &lease.Lease{URL: c.upstream, System: lazy.System.Name, Logger: log}
+	sc.capture.Exclusive = true
+	lazy.Instance = catalog.NewInstance()
+	lazy.Role = func() string {
+		if sc.lease.Active() {
+			return catalog.RoleActive
+		}
+		return catalog.RoleStandby
+	}
 	executor.CaptureProblem = sc.capture.Problem
 	executor.ManagedProblem = install.Problem
 	executor.Waiting, executor.Hurry, executor.StartWait = sc.waiting, lazy.Hurry, c.callWait
@@ -312,15 +328,14 @@ func (sc *sidecar) run(ctx context.Context, ln net.Listener) error {
 		}
 	}
 	var wg sync.WaitGroup
-	wg.Add(5)
+	wg.Add(4)
 	// The event log is made at start, not at the first publish or
 	// subscribe: the guide has other sidecars' roles granted on it once
 	// the first sidecar has started.
 	go func() { defer wg.Done(); retry.Open(bg, sc.log, "event log unreachable", sc.eventLog.open) }()
 	go func() { defer wg.Done(); sc.lazy.Run(bg) }()
 	go func() { defer wg.Done(); sc.applier.Run(bg) }()
-	go func() { defer wg.Done(); sc.capture.Run(bg) }()
-	go func() { defer wg.Done(); sc.subscriber.Run(bg) }()
+	go func() { defer wg.Done(); sc.lease.Run(bg, sc.runActive) }()
 	defer func() { stop(); wg.Wait() }()
 	errc := make(chan error, 2)
 	var serving sync.WaitGroup
@@ -362,6 +377,15 @@ func (sc *sidecar) run(ctx context.Context, ln net.Listener) error {
 	wg.Wait()
 	sc.log.Info().Msg("shutdown complete")
 	return err
+}
+
+// runActive runs the capture and the applies while this instance holds
+// the lease: until ctx ends, which it does as soon as the lease is lost.
+func (sc *sidecar) runActive(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { sc.capture.Run(ctx) })
+	wg.Go(func() { sc.subscriber.Run(ctx) })
+	wg.Wait()
 }
 
 // catalogFor wires the catalog: --catalog, or the database rejot on the

@@ -38,6 +38,11 @@ type Runner struct {
 	// re-publish of it, or a version failed by the owner's schema that
 	// verifies again, is tried at once.
 	RetryFailed time.Duration
+	// Exclusive says that the caller holds the system's lease: no other
+	// process of the system may capture now, so a session found holding
+	// the slot when Run starts is a former holder's (one that lost the
+	// lease but whose walsender has not noticed yet), and is ended.
+	Exclusive bool
 
 	problem  atomic.Pointer[string]
 	conn     *pgx.Conn // for reading the owner's record; owned by Run
@@ -125,9 +130,13 @@ func (c *Runner) Run(ctx context.Context) {
 	defer func() {
 		if c.conn != nil {
 			c.conn.Close(context.WithoutCancel(ctx))
+			c.conn = nil // Run may be called again (the lease taken again)
 		}
 	}()
 	c.load(ctx) // learn at once whether the database can be captured at all
+	if c.Exclusive {
+		c.endFormerHolder(ctx)
+	}
 	if c.Log == nil {
 		c.Log = retry.Open(ctx, c.Logger, "event log unreachable", c.OpenLog)
 	}
