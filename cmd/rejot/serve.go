@@ -147,8 +147,8 @@ type sidecar struct {
 	// lease makes one instance of the system active: it alone runs the
 	// capture and the applies; the others relay and answer calls.
 	lease   *lease.Lease
-	install    *installer
-	log        zerolog.Logger
+	install *installer
+	log     zerolog.Logger
 	// shutdownTimeout bounds how long open transactions may take to
 	// finish on shutdown.
 	shutdownTimeout time.Duration

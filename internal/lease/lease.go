@@ -215,4 +215,3 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return true
 	}
 }
-
