@@ -328,7 +328,7 @@ func (sc *sidecar) run(ctx context.Context, ln net.Listener) error {
 		}
 	}
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(5)
 	// The event log is made at start, not at the first publish or
 	// subscribe: the guide has other sidecars' roles granted on it once
 	// the first sidecar has started.
@@ -336,6 +336,15 @@ func (sc *sidecar) run(ctx context.Context, ln net.Listener) error {
 	go func() { defer wg.Done(); sc.lazy.Run(bg) }()
 	go func() { defer wg.Done(); sc.applier.Run(bg) }()
 	go func() { defer wg.Done(); sc.lease.Run(bg, sc.runActive) }()
+	go func() {
+		defer wg.Done()
+		// A standby answers rejot.publish as the active instance would.
+		ctx, cancel := context.WithTimeout(bg, 30*time.Second)
+		defer cancel()
+		if err := sc.capture.CheckSetup(ctx); err != nil && bg.Err() == nil {
+			sc.log.Warn().Err(err).Msg("cannot check whether the database can be captured; the active instance checks")
+		}
+	}()
 	defer func() { stop(); wg.Wait() }()
 	errc := make(chan error, 2)
 	var serving sync.WaitGroup

@@ -120,6 +120,18 @@ func (c *Runner) checkSetup(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
+// CheckSetup records whether the database can be captured (Problem) on a
+// connection of its own, without capturing: a standby instance answers
+// rejot.publish as the active one would.
+func (c *Runner) CheckSetup(ctx context.Context) error {
+	conn, err := connectOwner(ctx, c.URL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return c.checkSetup(ctx, conn)
+}
+
 // Running says whether the capture's loop is running.
 func (c *Runner) Running() bool { return c.running.Load() }
 
