@@ -331,6 +331,11 @@ func TestStandbyHoldsNothing(t *testing.T) {
 	}
 	pr := &pair{db: p.db, sc: [2]*sidecar{p.sc, standby}}
 	pr.roles(t, standby, map[string]string{p.sc.addr: "active", standby.addr: "standby"})
+	// The catalog page lists both.
+	waitFor(t, 10*time.Second, func() bool {
+		_, page, err := get(base + "/")
+		return err == nil && strings.Contains(page, p.sc.addr+" active") && strings.Contains(page, standby.addr+" standby")
+	})
 	// It relays and answers calls.
 	conn := connect(t, standby.url(p.db, "postgres"))
 	if _, err := conn.Exec(context.Background(), "INSERT INTO items VALUES (2, 'two')"); err != nil {
