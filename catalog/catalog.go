@@ -105,13 +105,21 @@ type System struct {
 // with 42501 (rejot_catalog.guard_system), and the system's row is left
 // as it was.
 func (c *Catalog) RegisterSystem(ctx context.Context, s System) error {
+	return c.registerSystem(ctx, s, true)
+}
+
+// registerSystem is RegisterSystem; a standby instance (address false)
+// leaves the address of a system already registered as it is: it is the
+// active instance's.
+func (c *Catalog) registerSystem(ctx context.Context, s System, address bool) error {
 	_, err := c.pool.Exec(ctx, `
 		INSERT INTO rejot_catalog.systems (system, database, address, version, last_seen)
 		VALUES ($1, $2, $3, $4, now())
 		ON CONFLICT (system) DO UPDATE
-		   SET database = EXCLUDED.database, address = EXCLUDED.address,
+		   SET database = EXCLUDED.database,
+		       address = CASE WHEN $5 THEN EXCLUDED.address ELSE rejot_catalog.systems.address END,
 		       version = EXCLUDED.version, last_seen = now()`,
-		s.Name, s.Database, s.Address, s.Version)
+		s.Name, s.Database, s.Address, s.Version, address)
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && pe.Code == pgerr.InsufficientPrivilege {
 		return &pgerr.Error{Code: pe.Code, Message: "cannot register system " + strconv.Quote(s.Name) + ": " + pe.Message, Hint: pe.Hint}
@@ -158,5 +166,12 @@ func (c *Catalog) ReportFailures(ctx context.Context, system string, failures []
 // Heartbeat marks a system seen now.
 func (c *Catalog) Heartbeat(ctx context.Context, system, problem string) error {
 	_, err := c.pool.Exec(ctx, "UPDATE rejot_catalog.systems SET last_seen = now(), problem = nullif($2, '') WHERE system = $1", system, problem)
+	return err
+}
+
+// Seen marks a system seen now, and nothing else: a standby instance's
+// heartbeat (the active one records the system's problem).
+func (c *Catalog) Seen(ctx context.Context, system string) error {
+	_, err := c.pool.Exec(ctx, "UPDATE rejot_catalog.systems SET last_seen = now() WHERE system = $1", system)
 	return err
 }

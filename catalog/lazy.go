@@ -40,15 +40,31 @@ type Lazy struct {
 	// system (its name belongs to another catalog role); Run then stops
 	// trying. Unset, Run keeps trying, logging why.
 	Refused func(error)
-	Logger  zerolog.Logger
+	// Instance, when its ID is set, is this sidecar process: each
+	// heartbeat records it in rejot.instances, and it is removed there
+	// when Run ends.
+	Instance Instance
+	// Role, when set, is the instance's role now (RoleActive or
+	// RoleStandby; unset: active). A standby's heartbeat marks the system
+	// seen but leaves its address, problem and failed versions to the
+	// active instance, the one that captures; a change of role is
+	// recorded within a second.
+	Role func() string
+	// StaleAfter is how long an instance of the system may go without a
+	// heartbeat before its row is removed (default DefaultStaleAfter).
+	StaleAfter time.Duration
+	Logger     zerolog.Logger
 
 	cur atomic.Pointer[Catalog]
 	// tried: the first attempt to connect has ended, either way; lastErr
 	// is why the last one failed.
-	tried     atomic.Bool
-	lastErr   atomic.Pointer[string]
-	hurryOnce sync.Once
-	hurry     chan struct{}
+	tried   atomic.Bool
+	lastErr atomic.Pointer[string]
+	// instanceErr is why the instance's row could not be recorded last
+	// ("" when it was), logged when it changes.
+	instanceErr string
+	hurryOnce   sync.Once
+	hurry       chan struct{}
 }
 
 // Run keeps the catalog open until ctx ends.
@@ -62,7 +78,7 @@ func (l *Lazy) Run(ctx context.Context) {
 		c, err := l.open(ctx)
 		refused := false
 		if err == nil {
-			err = c.RegisterSystem(ctx, l.System)
+			err = c.registerSystem(ctx, l.System, l.role() == RoleActive)
 			refused = pgerr.Is(err, pgerr.InsufficientPrivilege)
 			if err == nil {
 				err = l.heartbeat(ctx, c)
@@ -96,7 +112,23 @@ func (l *Lazy) Run(ctx context.Context) {
 		l.tried.Store(true)
 		l.beat(ctx, c, every)
 		l.cur.Store(nil)
+		if ctx.Err() != nil {
+			l.removeInstance(c)
+		}
 		c.Close()
+	}
+}
+
+// removeInstance removes the instance's row as the sidecar stops, so that
+// rejot.instances does not show it until it is stale.
+func (l *Lazy) removeInstance(c *Catalog) {
+	if l.Instance.ID == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := c.RemoveInstance(ctx, l.System.Name, l.Instance.ID); err != nil {
+		l.Logger.Warn().Err(err).Str("system", l.System.Name).Msg("cannot remove this instance from rejot.instances; it goes when stale")
 	}
 }
 
@@ -212,20 +244,61 @@ func (l *Lazy) beat(ctx context.Context, c *Catalog, every time.Duration) {
 	}
 }
 
-// heartbeat marks the system seen, with its problems.
+// heartbeat marks the system seen, with its problems, and the instance.
 func (l *Lazy) heartbeat(ctx context.Context, c *Catalog) error {
+	role := l.role()
+	if role != RoleActive {
+		if err := c.Seen(ctx, l.System.Name); err != nil {
+			return err
+		}
+		l.heartbeatInstance(ctx, c, role)
+		return nil
+	}
 	if err := c.Heartbeat(ctx, l.System.Name, l.problem()); err != nil {
 		return err
 	}
+	l.heartbeatInstance(ctx, c, role)
 	if l.Failures == nil {
 		return nil
 	}
 	return c.ReportFailures(ctx, l.System.Name, l.Failures())
 }
 
+// heartbeatInstance records the instance's row. A failure is logged, not
+// returned: a catalog role without the privilege (granted before this
+// release's migration made the table) must not keep the sidecar from the
+// catalog.
+func (l *Lazy) heartbeatInstance(ctx context.Context, c *Catalog, role string) {
+	if l.Instance.ID == "" {
+		return
+	}
+	in := l.Instance
+	in.Role = role
+	stale := l.StaleAfter
+	if stale <= 0 {
+		stale = DefaultStaleAfter
+	}
+	why := ""
+	if err := c.HeartbeatInstance(ctx, l.System, in, stale); err != nil {
+		why = err.Error()
+	}
+	if why != l.instanceErr && why != "" && ctx.Err() == nil {
+		l.Logger.Warn().Str("system", l.System.Name).Str("error", why).
+			Msg("cannot record this instance in rejot.instances (grant the sidecar's catalog role the privileges of guide.md again)")
+	}
+	l.instanceErr = why
+}
+
+func (l *Lazy) role() string {
+	if l.Role == nil {
+		return RoleActive
+	}
+	return l.Role()
+}
+
 // said is what a heartbeat records, to notice a change.
 func (l *Lazy) said() string {
-	said := l.problem()
+	said := l.role() + "\x00" + l.problem()
 	if l.Failures != nil {
 		for _, f := range l.Failures() {
 			said += "\x00" + f.Publication + "\x00" + strconv.Itoa(f.Version) + "\x00" + f.Problem

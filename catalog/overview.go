@@ -68,6 +68,17 @@ type SystemStatus struct {
 	LastSeen time.Time `json:"last_seen"`
 	// Problem says what is wrong with the system's setup, or "".
 	Problem string `json:"problem,omitempty"`
+	// Instances are the system's sidecar processes (rejot.instances),
+	// the active one first.
+	Instances []InstanceStatus `json:"instances,omitempty"`
+}
+
+// InstanceStatus is one sidecar process of a system.
+type InstanceStatus struct {
+	Address  string    `json:"address"`
+	Role     string    `json:"role"` // active or standby
+	Version  string    `json:"version"`
+	LastSeen time.Time `json:"last_seen"`
 }
 
 // Overview reads the whole catalog in one read-only, repeatable-read
@@ -198,9 +209,35 @@ func readSystems(ctx context.Context, tx pgx.Tx) ([]SystemStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (SystemStatus, error) {
+	systems, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (SystemStatus, error) {
 		var s SystemStatus
 		err := row.Scan(&s.Name, &s.Database, &s.Address, &s.Version, &s.LastSeen, &s.Problem)
 		return s, err
 	})
+	if err != nil {
+		return nil, err
+	}
+	return systems, readInstances(ctx, tx, systems)
+}
+
+// readInstances adds each system's instances, the active one first.
+func readInstances(ctx context.Context, tx pgx.Tx, systems []SystemStatus) error {
+	index := map[string]*SystemStatus{}
+	for i := range systems {
+		index[systems[i].Name] = &systems[i]
+	}
+	rows, err := tx.Query(ctx, `SELECT system, address, role, version, last_seen FROM rejot_catalog.instances
+		ORDER BY system, role <> 'active', started_at`)
+	if err != nil {
+		return err
+	}
+	var system string
+	var in InstanceStatus
+	_, err = pgx.ForEachRow(rows, []any{&system, &in.Address, &in.Role, &in.Version, &in.LastSeen}, func() error {
+		if s := index[system]; s != nil {
+			s.Instances = append(s.Instances, in)
+		}
+		return nil
+	})
+	return err
 }

@@ -14,7 +14,7 @@ import (
 )
 
 // Relations are the catalog relations users may query, in schema rejot.
-var Relations = []string{"publications", "columns", "subscriptions", "systems"}
+var Relations = []string{"publications", "columns", "subscriptions", "systems", "instances"}
 
 // RelationColumn is a column of a catalog relation.
 type RelationColumn struct {

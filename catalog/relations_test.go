@@ -22,6 +22,8 @@ func TestRelationColumns(t *testing.T) {
 			{"status", "text"}, {"sunset", "date"}, {"created_at", "timestamp with time zone"},
 			{"updated_at", "timestamp with time zone"}, {"access", "text"}, {"granted_to", "text[]"},
 			{"owner_role", "text"}, {"problem", "text"}},
+		"instances": {{"system", "text"}, {"address", "text"}, {"role", "text"}, {"version", "text"},
+			{"started_at", "timestamp with time zone"}, {"last_seen", "timestamp with time zone"}, {"instance", "uuid"}},
 	}
 	for rel, cols := range want {
 		got, err := c.RelationColumns(ctx, rel)

@@ -144,7 +144,7 @@ COMMENT ON COLUMN rejot.systems.version IS 'the version of its sidecar';
 
 CREATE VIEW rejot.instances AS
 SELECT NULL::text AS system, NULL::text AS address, NULL::text AS role, NULL::text AS version,
-       NULL::timestamptz AS started_at, NULL::timestamptz AS last_seen
+       NULL::timestamptz AS started_at, NULL::timestamptz AS last_seen, NULL::uuid AS instance
 WHERE _rejot.api_unavailable('rejot.instances');
 COMMENT ON VIEW rejot.instances IS 'The running sidecars of each system. Answered by the ReJot sidecar: query it through the sidecar.';
 COMMENT ON COLUMN rejot.instances.role IS 'active (runs capture and apply) or standby (relays and waits)';

@@ -16,7 +16,14 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Check is one condition of readiness: Probe returns nil when it holds.
+// ErrStandby is what a Probe returns for a part that does not run in this
+// instance because another one runs it (a standby's capture and apply):
+// /readyz shows "standby" and stays ready.
+const ErrStandby = Advisory("standby")
+
+// Check is one condition of readiness: Probe returns nil when it holds,
+// an Advisory (ErrStandby when another instance runs it) when it does not
+// but the sidecar stays ready, another error when it is not ready.
 type Check struct {
 	Name  string
 	Probe func(context.Context) error // nil, an error, or an Advisory
@@ -60,7 +67,7 @@ func (s *Server) Handler() http.Handler {
 // readiness is /readyz's body: what holds and what does not.
 type readiness struct {
 	Ready  bool              `json:"ready"`
-	Checks map[string]string `json:"checks"` // "ok" or what is wrong
+	Checks map[string]string `json:"checks"` // "ok", "standby" or what is wrong
 	// Degraded is what works less than it should, ready or not.
 	Degraded map[string]string `json:"degraded,omitempty"`
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/rejot-dev/rejot/catalog"
+	"github.com/rejot-dev/rejot/internal/lease"
 	"github.com/rejot-dev/rejot/internal/pgerr"
 	"github.com/rejot-dev/rejot/internal/retry"
 	"github.com/rejot-dev/rejot/proxy"
@@ -143,8 +144,11 @@ type sidecar struct {
 	applier    *catalog.Applier
 	capture    *capture.Runner
 	subscriber *apply.Subscriber
-	install    *installer
-	log        zerolog.Logger
+	// lease makes one instance of the system active: it alone runs the
+	// capture and the applies; the others relay and answer calls.
+	lease   *lease.Lease
+	install *installer
+	log     zerolog.Logger
 	// shutdownTimeout bounds how long open transactions may take to
 	// finish on shutdown.
 	shutdownTimeout time.Duration
@@ -161,6 +165,9 @@ type sidecar struct {
 func (sc *sidecar) httpServer(c *serveConfig) *web.Server {
 	running := func(name string, f func() bool) func(context.Context) error {
 		return func(context.Context) error {
+			if !sc.lease.Active() {
+				return web.ErrStandby
+			}
 			if !f() {
 				return errors.New(name + " is not running")
 			}
@@ -239,6 +246,15 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 			return lazy.Access(ctx, v.Publication, v.Number)
 		}}
 	sc.applier.Applied = func(string) { sc.capture.Wake() }
+	sc.lease = &lease.Lease{URL: c.upstream, System: lazy.System.Name, Logger: log}
+	sc.capture.Exclusive = true
+	lazy.Instance = catalog.NewInstance()
+	lazy.Role = func() string {
+		if sc.lease.Active() {
+			return catalog.RoleActive
+		}
+		return catalog.RoleStandby
+	}
 	executor.CaptureProblem = sc.capture.Problem
 	executor.ManagedProblem = install.Problem
 	executor.Waiting, executor.Hurry, executor.StartWait = sc.waiting, lazy.Hurry, c.callWait
@@ -329,8 +345,16 @@ func (sc *sidecar) run(ctx context.Context, ln net.Listener) error {
 	go func() { defer wg.Done(); retry.Open(bg, sc.log, "event log unreachable", sc.eventLog.open) }()
 	go func() { defer wg.Done(); sc.lazy.Run(bg) }()
 	go func() { defer wg.Done(); sc.applier.Run(bg) }()
-	go func() { defer wg.Done(); sc.capture.Run(bg) }()
-	go func() { defer wg.Done(); sc.subscriber.Run(bg) }()
+	go func() { defer wg.Done(); sc.lease.Run(bg, sc.runActive) }()
+	go func() {
+		defer wg.Done()
+		// A standby answers rejot.publish as the active instance would.
+		ctx, cancel := context.WithTimeout(bg, 30*time.Second)
+		defer cancel()
+		if err := sc.capture.CheckSetup(ctx); err != nil && bg.Err() == nil {
+			sc.log.Warn().Err(err).Msg("cannot check whether the database can be captured; the active instance checks")
+		}
+	}()
 	defer func() { stop(); wg.Wait() }()
 	errc := make(chan error, 2)
 	var serving sync.WaitGroup
@@ -372,6 +396,15 @@ func (sc *sidecar) run(ctx context.Context, ln net.Listener) error {
 	wg.Wait()
 	sc.log.Info().Msg("shutdown complete")
 	return err
+}
+
+// runActive runs the capture and the applies while this instance holds
+// the lease: until ctx ends, which it does as soon as the lease is lost.
+func (sc *sidecar) runActive(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { sc.capture.Run(ctx) })
+	wg.Go(func() { sc.subscriber.Run(ctx) })
+	wg.Wait()
 }
 
 // catalogFor wires the catalog: --catalog, or the database rejot on the

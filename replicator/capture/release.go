@@ -80,3 +80,28 @@ func forgetSlot(slot string) {
 	metricCaptureLagBytes.DeleteLabelValues(slot)
 	metricCaptureLagSeconds.DeleteLabelValues(slot)
 }
+
+// endFormerHolder ends the session holding the system's slot, if any,
+// when this process has just taken the lease (Exclusive): it belongs to
+// an instance that lost the lease and may not have noticed (hung, or cut
+// off from this database), which would keep the slot for
+// wal_sender_timeout. What that instance was appending is de-duplicated
+// by the log, and the slot restarts from its confirmed position.
+func (c *Runner) endFormerHolder(ctx context.Context) {
+	if c.conn == nil {
+		return
+	}
+	slot := SlotName(c.System)
+	var pid int32
+	var ended bool
+	err := c.conn.QueryRow(ctx, `SELECT active_pid, pg_catalog.pg_terminate_backend(active_pid)
+		FROM pg_catalog.pg_replication_slots
+		WHERE slot_name = $1 AND database = current_database() AND active AND active_pid <> pg_catalog.pg_backend_pid()`, slot).Scan(&pid, &ended)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		c.Logger.Warn().Err(err).Str("system", c.System).Str("slot", slot).Msg("cannot end the former holder of the replication slot; waiting for it to let go")
+	case ended:
+		c.Logger.Info().Str("system", c.System).Str("slot", slot).Int32("pid", pid).Msg("ended the former lease holder's session on the replication slot")
+	}
+}

@@ -38,6 +38,11 @@ type Runner struct {
 	// re-publish of it, or a version failed by the owner's schema that
 	// verifies again, is tried at once.
 	RetryFailed time.Duration
+	// Exclusive says that the caller holds the system's lease: no other
+	// process of the system may capture now, so a session found holding
+	// the slot when Run starts is a former holder's (one that lost the
+	// lease but whose walsender has not noticed yet), and is ended.
+	Exclusive bool
 
 	problem  atomic.Pointer[string]
 	conn     *pgx.Conn // for reading the owner's record; owned by Run
@@ -115,6 +120,18 @@ func (c *Runner) checkSetup(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
+// CheckSetup records whether the database can be captured (Problem) on a
+// connection of its own, without capturing: a standby instance answers
+// rejot.publish as the active one would.
+func (c *Runner) CheckSetup(ctx context.Context) error {
+	conn, err := connectOwner(ctx, c.URL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return c.checkSetup(ctx, conn)
+}
+
 // Running says whether the capture's loop is running.
 func (c *Runner) Running() bool { return c.running.Load() }
 
@@ -125,9 +142,13 @@ func (c *Runner) Run(ctx context.Context) {
 	defer func() {
 		if c.conn != nil {
 			c.conn.Close(context.WithoutCancel(ctx))
+			c.conn = nil // Run may be called again (the lease taken again)
 		}
 	}()
 	c.load(ctx) // learn at once whether the database can be captured at all
+	if c.Exclusive {
+		c.endFormerHolder(ctx)
+	}
 	if c.Log == nil {
 		c.Log = retry.Open(ctx, c.Logger, "event log unreachable", c.OpenLog)
 	}

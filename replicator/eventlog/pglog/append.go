@@ -339,21 +339,48 @@ func (t *Tx) Rollback(ctx context.Context) error {
 // recordAppended notes, per system, the last commit LSN appended to a
 // version (what tells a replay from a new transaction, see sortOut), and
 // notifies listeners with payload on commit: one statement.
+//
+// It is also the fence between two processes appending for one system at
+// once (an instance that lost the lease still finishing a batch while
+// the new active one streams the same transactions again): the row it
+// updates is locked until commit, and it refuses to move past another
+// append that committed meanwhile, which its own replay check did not
+// see. Such an append fails whole (ErrConcurrentAppend) and is tried
+// again from the slot, where the check skips what the other appended.
 func recordAppended(ctx context.Context, tx pgx.Tx, stream int, groups []*groupTx, payload string) error {
-	last := map[string]uint64{}
+	first, last := map[string]uint64{}, map[string]uint64{}
 	for _, g := range groups {
 		last[g.id.system] = max(last[g.id.system], g.id.lsn)
+		if f, ok := first[g.id.system]; !ok || g.id.lsn < f {
+			first[g.id.system] = g.id.lsn
+		}
 	}
-	systems, lsns := make([]string, 0, len(last)), make([]string, 0, len(last))
+	systems, lsns, firsts := make([]string, 0, len(last)), make([]string, 0, len(last)), make([]string, 0, len(last))
 	for system, lsn := range last {
 		systems, lsns = append(systems, system), append(lsns, string(appendLSN(nil, lsn)))
+		firsts = append(firsts, string(appendLSN(nil, first[system])))
 	}
-	_, err := tx.Exec(ctx, `WITH a AS (
-			INSERT INTO rejot_log.appended (stream, system, lsn) SELECT $1, s, l FROM unnest($2::text[], $3::pg_lsn[]) AS u(s, l)
-			ON CONFLICT (stream, system) DO UPDATE SET lsn = greatest(rejot_log.appended.lsn, EXCLUDED.lsn))
-		SELECT pg_notify($4, $5)`, stream, systems, lsns, Channel, payload)
-	return err
+	var recorded int
+	err := tx.QueryRow(ctx, `WITH u AS (SELECT * FROM unnest($2::text[], $3::pg_lsn[], $6::pg_lsn[]) AS u(s, l, f)),
+		a AS (
+			INSERT INTO rejot_log.appended (stream, system, lsn) SELECT $1, s, l FROM u
+			ON CONFLICT (stream, system) DO UPDATE SET lsn = EXCLUDED.lsn
+			WHERE rejot_log.appended.lsn < (SELECT u.f FROM u WHERE u.s = EXCLUDED.system)
+			RETURNING 1)
+		SELECT count(*)::int FROM a, pg_notify($4, $5)`, stream, systems, lsns, Channel, payload, firsts).Scan(&recorded)
+	if err != nil {
+		return err
+	}
+	if recorded != len(systems) {
+		return ErrConcurrentAppend
+	}
+	return nil
 }
+
+// ErrConcurrentAppend: another process appended for the same system and
+// version while this append ran; it is abandoned (rolled back), and
+// appending again from the slot skips what the other one appended.
+var ErrConcurrentAppend = errors.New("another process appended the same system's transactions meanwhile (two captures of one system overlapped): this append is rolled back and tried again")
 
 func versionID(ctx context.Context, tx pgx.Tx, v eventlog.Version) (int, error) {
 	var id int
