@@ -1,20 +1,14 @@
-# syntax=docker/dockerfile:1
-# The ReJot sidecar. Postgres's parser (pg_query) is C, so the build needs cgo.
-FROM golang:1.26-bookworm AS build
-WORKDIR /src
-COPY go.mod go.sum ./
-RUN go mod download
-COPY . .
-ARG VERSION=dev
-RUN CGO_ENABLED=1 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/rejot ./cmd/rejot
-
-FROM debian:bookworm-slim
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home rejot
-COPY --from=build /out/rejot /usr/local/bin/rejot
-USER rejot
+# The ReJot sidecar's image: one static binary on an empty base, built
+# without a daemon and without pulling anything (`make image`, which runs
+# `buildah bud`). The build context is the folder `make image-context`
+# fills (bin/image): the binary, linked statically on the host with cgo
+# (Postgres's parser, pg_query, is C), the host's CA certificates, and
+# /etc/passwd and /etc/group naming the unprivileged user 10001.
+# With Docker: make image-context && docker build -f Dockerfile -t rejot bin/image
+FROM scratch
+COPY etc/ /etc/
+COPY rejot /rejot
+USER 10001:10001
 EXPOSE 6432 9187
-ENTRYPOINT ["/usr/local/bin/rejot"]
+ENTRYPOINT ["/rejot"]
 CMD ["serve"]

@@ -4,7 +4,7 @@ BIN     := bin/rejot
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build test demo bench fuzz vet fmt deps clean
+.PHONY: build test demo bench fuzz vet fmt deps clean image image-context
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/rejot
@@ -39,6 +39,26 @@ fuzz:
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzStartup -fuzztime $(FUZZTIME) -fuzzminimizetime 50x
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzFrontendMessages -fuzztime $(FUZZTIME) -fuzzminimizetime 50x
 	$(GO) test ./replicator/apply -run '^$$' -fuzz FuzzTargetStatements -fuzztime $(FUZZTIME) -fuzzminimizetime 50x
+
+# The sidecar's OCI image, built from the Dockerfile by buildah: no daemon,
+# nothing pulled. The binary is linked statically (cgo for pg_query; Go's
+# own DNS resolver and user lookup, so nothing of glibc is loaded at run
+# time), the base is scratch. IMAGE names the result.
+IMAGE         ?= rejot:$(VERSION)
+IMAGE_CONTEXT ?= bin/image
+
+image-context:
+	rm -rf $(IMAGE_CONTEXT)
+	mkdir -p $(IMAGE_CONTEXT)/etc/ssl/certs
+	CGO_ENABLED=1 $(GO) build -tags netgo,osusergo \
+		-ldflags "$(LDFLAGS) -s -w -linkmode external -extldflags -static" \
+		-o $(IMAGE_CONTEXT)/rejot ./cmd/rejot
+	cp /etc/ssl/certs/ca-certificates.crt $(IMAGE_CONTEXT)/etc/ssl/certs/
+	printf 'rejot:x:10001:10001:ReJot sidecar:/:/sbin/nologin\n' > $(IMAGE_CONTEXT)/etc/passwd
+	printf 'rejot:x:10001:\n' > $(IMAGE_CONTEXT)/etc/group
+
+image: image-context
+	buildah bud --layers --pull=never -f Dockerfile -t $(IMAGE) $(IMAGE_CONTEXT)
 
 # Install what builds and tests need on a Debian machine (CI runs this).
 deps:

@@ -125,6 +125,11 @@ type Executor struct {
 	Database string        // that database's name
 	Catalog  CatalogReader // answers queries over the catalog relations; nil: none
 	Names    NameClaimer   // decides publication names' owners; nil: the catalog judges later
+	// DefaultCatalog, when the sidecar was not given --catalog, is the
+	// server of the catalog it defaults to (the upstream's): a publication
+	// not found may be in another server's default catalog, and the error
+	// says so.
+	DefaultCatalog string
 	// CaptureProblem says why this database cannot be captured ("" when it
 	// can): publishing is refused with that reason.
 	CaptureProblem func() string

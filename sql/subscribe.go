@@ -284,6 +284,19 @@ func dropTarget(ctx context.Context, sess Session, arg *string) error {
 	return err
 }
 
+// notFoundHint is the hint of a subscribe to a version the catalog does
+// not have; a sidecar on its default catalog may be looking in the wrong
+// one.
+func notFoundHint(defaultCatalog string) string {
+	hint := "SELECT publication, version, status FROM rejot.publications lists what can be subscribed to."
+	if defaultCatalog == "" {
+		return hint
+	}
+	return hint + " This sidecar was given no --catalog, so its catalog is the database rejot on its upstream's server (" +
+		defaultCatalog + "): a publication of a sidecar on another server may be in another catalog. " +
+		"Point --catalog of every sidecar at one shared catalog."
+}
+
 func targetError(err error, arg string) error {
 	if qe, ok := err.(*pgerr.Error); ok && strings.HasPrefix(qe.Code, pgerr.ClassDataException) {
 		return pgerr.Errorf(pgerr.InvalidParameterValue, "invalid target %q: %s", arg, qe.Message)
@@ -304,7 +317,7 @@ func (env *Env) versionColumns(ctx context.Context, pub string, version int) ([]
 	}
 	if !found {
 		return nil, pgerr.Errorf(pgerr.UndefinedObject, "publication %s version %d does not exist", pub, version).
-			WithHint("SELECT publication, version, status FROM rejot.publications lists what can be subscribed to.")
+			WithHint("%s", notFoundHint(x.DefaultCatalog))
 	}
 	if status == StatusRetired {
 		return nil, pgerr.Errorf(pgerr.ObjectNotInPrerequisiteState, "publication %s version %d is retired", pub, version).

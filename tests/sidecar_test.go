@@ -47,7 +47,12 @@ func startSidecar(t *testing.T, db string, extra ...string) *sidecar {
 // and waits until it listens.
 func startSidecarUpstream(t *testing.T, upstream string, extra ...string) *sidecar {
 	t.Helper()
-	s := launchSidecar(t, upstream, extra...)
+	return waitListening(t, launchSidecar(t, upstream, extra...))
+}
+
+// waitListening waits until a launched sidecar listens.
+func waitListening(t *testing.T, s *sidecar) *sidecar {
+	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		if c, err := net.Dial("tcp", s.addr); err == nil {
@@ -64,6 +69,14 @@ func startSidecarUpstream(t *testing.T, upstream string, extra ...string) *sidec
 // waiting for it to listen.
 func launchSidecar(t *testing.T, upstream string, extra ...string) *sidecar {
 	t.Helper()
+	return launchCommand(t, []string{rejotBin}, upstream, extra...)
+}
+
+// launchCommand starts `command serve` in front of upstream, where
+// command is the binary and what runs it (the image test runs it in the
+// image's filesystem), stopped when the test ends.
+func launchCommand(t *testing.T, command []string, upstream string, extra ...string) *sidecar {
+	t.Helper()
 	port, err := pgtest.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +87,7 @@ func launchSidecar(t *testing.T, upstream string, extra ...string) *sidecar {
 		args = append(args, "--http", "127.0.0.1:0") // many sidecars share this machine
 	}
 	args = append(args, extra...)
-	s.cmd = exec.Command(rejotBin, args...)
+	s.cmd = exec.Command(command[0], append(command[1:], args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = s, s
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)

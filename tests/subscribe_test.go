@@ -229,6 +229,38 @@ func TestSubscribeRefusesMisfits(t *testing.T) {
 	}
 }
 
+// TestSubscribeNotFoundOnTheDefaultCatalog: a sidecar given no --catalog
+// warns at start that its catalog is on its upstream's server, and a
+// subscribe to a publication that catalog lacks says the publication may
+// be in another catalog and to point --catalog at the shared one; with
+// --catalog given, neither says a word about it.
+func TestSubscribeNotFoundOnTheDefaultCatalog(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		extra []string
+	}{{"default", nil}, {"given", []string{"--catalog", pg.URL("rejot")}}} {
+		t.Run(c.name, func(t *testing.T) {
+			db := pg.CreateDB(t)
+			sc := startSidecar(t, db, c.extra...)
+			conn := connect(t, sc.url(db, "postgres"))
+			_, err := conn.Exec(context.Background(), "CALL rejot.subscribe('nope_elsewhere', 1, 'public.x')")
+			pe := pgErr(err)
+			if pe.Code != "42704" {
+				t.Fatalf("subscribe to an unknown publication: %v", err)
+			}
+			hinted := strings.Contains(pe.Hint, "no --catalog") && strings.Contains(pe.Hint, pg.Addr()) &&
+				strings.Contains(pe.Hint, "Point --catalog of every sidecar at one shared catalog")
+			warned := strings.Contains(sc.logs(), "no --catalog given")
+			if c.extra == nil && (!hinted || !warned) {
+				t.Errorf("default catalog: hint %q, start warning %v", pe.Hint, warned)
+			}
+			if c.extra != nil && (strings.Contains(pe.Hint, "--catalog") || warned) {
+				t.Errorf("--catalog given: hint %q, start warning %v", pe.Hint, warned)
+			}
+		})
+	}
+}
+
 // TestSubscribeAppliesTransactionsLargerThanASpan: a source transaction of
 // more changes than an apply takes at once (5,000) is applied whole, read
 // from the log as it is applied, and so is one that truncates and refills

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -121,6 +122,11 @@ func serve(ctx context.Context, args []string) error {
 		"upstream": c.upstream, "catalog": c.catalog, "log": c.eventLog}) {
 		log.Warn().Msg(w)
 	}
+	if c.catalog == "" {
+		log.Warn().Str("catalog", defaultCatalogServer(c.upstream)).
+			Msg("no --catalog given: the catalog is the database rejot on the upstream's server; " +
+				"sidecars of databases on other servers see only publications in a catalog they share: give every sidecar the same --catalog")
+	}
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {
 		return fmt.Errorf("cannot listen: %w", err)
@@ -225,6 +231,9 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 	}
 	executor := sql.NewExecutor(buildVersion())
 	executor.Catalog, executor.Names = lazy, lazy
+	if c.catalog == "" {
+		executor.DefaultCatalog = defaultCatalogServer(c.upstream)
+	}
 	executor.System, executor.Database = lazy.System.Name, lazy.System.Database
 	install := &installer{log: log}
 	sc := &sidecar{log: log, lazy: lazy, shutdownTimeout: c.shutdownTimeout, install: install,
@@ -427,6 +436,16 @@ func catalogFor(c *serveConfig, log zerolog.Logger) (*catalog.Lazy, error) {
 		lazy.CreateFrom = c.upstream
 	}
 	return lazy, nil
+}
+
+// defaultCatalogServer names the server of the default catalog: the
+// upstream's host and port.
+func defaultCatalogServer(upstream string) string {
+	cfg, err := pgconn.ParseConfig(upstream)
+	if err != nil {
+		return "the upstream's server"
+	}
+	return net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
 }
 
 // startCPUProfile writes a CPU profile until stop is called: a debugging
