@@ -254,6 +254,13 @@ func (t *Tx) sortOut(ctx context.Context, vt *versionTx, v eventlog.Version, gro
 	last := map[string]uint64{}
 	for _, i := range unseen {
 		g := groups[i]
+		if vt.fill {
+			// A first state is never a replay: it is the state as of
+			// its point, and whatever the system appended before (say,
+			// from a primary that failed over, whose WAL went further
+			// than its successor's) is behind it (recordAppended).
+			continue
+		}
 		l, ok := last[g.System]
 		if !ok {
 			l, ok = t.log.knownAppended(v, g.System)
@@ -292,6 +299,9 @@ func (t *Tx) Commit(ctx context.Context) (int, error) {
 	}
 	for _, v := range t.order {
 		vt := t.versions[v]
+		if vt.fill && len(vt.groups) > 0 {
+			t.log.forgetVersion(v) // its last LSNs are the fill's now, lower or not
+		}
 		t.log.learn(v, vt.id, &vt.layout, "", 0)
 		for _, g := range vt.groups {
 			t.log.learn(v, vt.id, nil, g.id.system, g.id.lsn)
@@ -315,7 +325,7 @@ func (t *Tx) commit(ctx context.Context) (int, error) {
 				return 0, err
 			}
 		}
-		if err := recordAppended(ctx, t.tx, vt.id, vt.groups,
+		if err := recordAppended(ctx, t.tx, vt.id, vt.groups, vt.fill,
 			v.Publication+"/"+strconv.Itoa(v.Number)+"/"+strconv.FormatInt(vt.head, 10)); err != nil {
 			return 0, err
 		}
@@ -347,7 +357,15 @@ func (t *Tx) Rollback(ctx context.Context) error {
 // append that committed meanwhile, which its own replay check did not
 // see. Such an append fails whole (ErrConcurrentAppend) and is tried
 // again from the slot, where the check skips what the other appended.
-func recordAppended(ctx context.Context, tx pgx.Tx, stream int, groups []*groupTx, payload string) error {
+//
+// A first state (fill) sets the system's last LSN to its own point,
+// lower or not: the version's state is as of that point, and only what
+// commits after it is new. That matters when the owner's server failed
+// over to a standby that had not received the last transactions the old
+// primary sent: the new primary's LSNs restart below what was appended,
+// its slot is new, the capture fills every version again, and from then
+// on the new primary's transactions must count as new.
+func recordAppended(ctx context.Context, tx pgx.Tx, stream int, groups []*groupTx, fill bool, payload string) error {
 	first, last := map[string]uint64{}, map[string]uint64{}
 	for _, g := range groups {
 		last[g.id.system] = max(last[g.id.system], g.id.lsn)
@@ -365,9 +383,9 @@ func recordAppended(ctx context.Context, tx pgx.Tx, stream int, groups []*groupT
 		a AS (
 			INSERT INTO rejot_log.appended (stream, system, lsn) SELECT $1, s, l FROM u
 			ON CONFLICT (stream, system) DO UPDATE SET lsn = EXCLUDED.lsn
-			WHERE rejot_log.appended.lsn < (SELECT u.f FROM u WHERE u.s = EXCLUDED.system)
+			WHERE $7 OR rejot_log.appended.lsn < (SELECT u.f FROM u WHERE u.s = EXCLUDED.system)
 			RETURNING 1)
-		SELECT count(*)::int FROM a, pg_notify($4, $5)`, stream, systems, lsns, Channel, payload, firsts).Scan(&recorded)
+		SELECT count(*)::int FROM a, pg_notify($4, $5)`, stream, systems, lsns, Channel, payload, firsts, fill).Scan(&recorded)
 	if err != nil {
 		return err
 	}

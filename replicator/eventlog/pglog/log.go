@@ -91,6 +91,13 @@ func (l *Log) Forget() {
 	l.known = nil
 }
 
+// forgetVersion drops what appends remembered of one version.
+func (l *Log) forgetVersion(v eventlog.Version) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.known, v)
+}
+
 // knownAppended is the last commit LSN system appended to v, if known.
 func (l *Log) knownAppended(v eventlog.Version, system string) (uint64, bool) {
 	l.mu.Lock()

@@ -503,3 +503,51 @@ func renderRecords(recs []eventlog.Entry) string {
 	}
 	return b.String()
 }
+
+// TestFillAfterFailover: the owner's server failed over to a standby
+// whose WAL is behind what was appended (its LSNs restart lower). The
+// capture fills the version again at the new server's point: that state
+// is taken, and the new server's transactions after it count as new, not
+// as replays of the old primary's — with a fresh Log (another process)
+// and with the one that filled.
+func TestFillAfterFailover(t *testing.T) {
+	l, db := open(t)
+	ctx := context.Background()
+	if _, err := l.Append(ctx, []eventlog.Group{group(1000, upsert("1", v("old primary")))}); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := l.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fill := group(499, eventlog.Change{Op: eventlog.OpTruncate}, upsert("1", v("promoted")))
+	if err := tx.Fill(ctx, fill); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.SetFilled(ctx, orders, "shop", "definition", 499); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := state(t, l, orders); got != `"1","promoted"` {
+		t.Fatalf("state after the fill: %s", got)
+	}
+	if n, err := l.Append(ctx, []eventlog.Group{group(600, upsert("2", v("after")))}); err != nil || n != 1 {
+		t.Fatalf("a transaction of the new primary after the fill: %d appended, %v", n, err)
+	}
+	other, err := Open(ctx, pg.URL(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if n, err := other.Append(ctx, []eventlog.Group{group(700, upsert("3", v("later")))}); err != nil || n != 1 {
+		t.Fatalf("from another process: %d appended, %v", n, err)
+	}
+	if n, _ := other.Append(ctx, []eventlog.Group{group(600, upsert("2", v("after")))}); n != 0 {
+		t.Fatal("a replay after the fill was appended again")
+	}
+	if got, _ := state(t, l, orders); got != `"1","promoted" | "2","after" | "3","later"` {
+		t.Fatalf("state: %s", got)
+	}
+}
