@@ -35,6 +35,7 @@ fuzz:
 	$(GO) test ./sql -run '^$$' -fuzz FuzzMentionsRejot -fuzztime $(FUZZTIME)
 	$(GO) test ./sql -run '^$$' -fuzz FuzzMentionsDDL -fuzztime $(FUZZTIME)
 	$(GO) test ./sql -run '^$$' -fuzz FuzzAnalyzeProjection -fuzztime $(FUZZTIME)
+	$(GO) test ./sql -run '^$$' -fuzz FuzzAnalyzeJoin -fuzztime $(FUZZTIME)
 	$(GO) test ./sql -run '^$$' -fuzz FuzzRewriteRelations -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzStartup -fuzztime $(FUZZTIME) -fuzzminimizetime 50x
 	$(GO) test ./proxy -run '^$$' -fuzz FuzzFrontendMessages -fuzztime $(FUZZTIME) -fuzzminimizetime 50x

@@ -35,6 +35,7 @@ const (
 	UndefinedColumn            = "42703"
 	UndefinedObject            = "42704"
 	DuplicateObject            = "42710"
+	DuplicateAlias             = "42712"
 	WrongObjectType            = "42809"
 	UndefinedFunction          = "42883"
 	UndefinedTable             = "42P01"
