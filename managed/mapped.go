@@ -2,6 +2,7 @@ package managed
 
 import (
 	"context"
+	"errors"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -62,6 +63,17 @@ const (
 // allowed in a transaction block; they run before anything else of the
 // sidecar's in the transaction.
 var ResetSession = []string{"RESET ALL", "DEALLOCATE ALL", "CLOSE ALL", "UNLISTEN *", "SELECT pg_catalog.pg_advisory_unlock_all()"}
+
+// CopiedBefore says whether a subscription has copied (or started
+// streaming) before, in the caller's transaction.
+func CopiedBefore(ctx context.Context, q Querier, target string, generation int) (bool, error) {
+	var copied bool
+	err := q.QueryRow(ctx, "SELECT copied_before FROM _rejot.subscriptions WHERE target = $1 AND generation = $2", target, generation).Scan(&copied)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, ErrMoved
+	}
+	return copied, err
+}
 
 // MarkSession runs MarkApplySession on conn.
 func MarkSession(ctx context.Context, conn *pgx.Conn) error {
