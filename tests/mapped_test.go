@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -274,4 +277,86 @@ func TestMappedSubscriptionSecurity(t *testing.T) {
 	if s := subscriptionOf(t, consumer, pub, "public.victim_copy"); s.status != "streaming" {
 		t.Errorf("the sidecar's own subscription is %s: %s", s.status, s.err)
 	}
+}
+
+// TestMappedSubscriptionExactlyOnce: under a random workload on the owner
+// (inserts, updates, deletes, multi-row transactions, rollbacks) while
+// the consumer's sidecar is killed with -9 twice, the consumer's table
+// ends equal to its mapping of the projection, and a counter the upsert
+// statement increments equals, for every key, the number of changes the
+// source made to it (v counts them at the source): each change ran once.
+func TestMappedSubscriptionExactlyOnce(t *testing.T) {
+	s := startServers(t)
+	ctx := context.Background()
+	ownerURL, targetURL := s.ownerSC.url("shop", "postgres"), s.targetSC.url("billing", "postgres")
+	execRetry(t, ownerURL, `CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, note text)`)
+	execRetry(t, ownerURL, `CALL rejot.publish('mapped_items', 1, 'SELECT id, v, note FROM items')`)
+	execRetry(t, targetURL, `CREATE TABLE public.seen (item int PRIMARY KEY, loud text, v int, n int NOT NULL)`)
+	execRetry(t, targetURL, `CALL rejot.subscribe('mapped_items', 1, 'public.seen',
+		upsert => $$INSERT INTO public.seen VALUES (:id, upper(:note), :v, 1)
+			ON CONFLICT (item) DO UPDATE SET loud = EXCLUDED.loud, v = EXCLUDED.v, n = public.seen.n + 1$$,
+		delete => $$DELETE FROM public.seen WHERE item = :id$$)`)
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(seed, uint64(w)))
+			untilStopped(s.owner.URL("shop"), stop, func(conn *pgx.Conn) bool {
+				if _, err := conn.Exec(ctx, countedChange(rng)); err != nil { // a deadlock: it rolls back
+					conn.Exec(ctx, "ROLLBACK")
+				}
+				return !conn.IsClosed()
+			})
+		}()
+	}
+	for range 2 {
+		time.Sleep(time.Duration(700+rand.IntN(600)) * time.Millisecond)
+		t.Log("kill -9 the subscriber's sidecar")
+		s.targetSC.kill(t)
+		s.targetSC = s.startTarget(t)
+	}
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	owner := connect(t, s.owner.URL("shop"))
+	target := connect(t, s.target.URL("billing"))
+	targetConverges(t, 60*time.Second, owner, "SELECT id, upper(note), v, v FROM items", target, "public.seen")
+	var n int
+	owner.QueryRow(ctx, "SELECT count(*) FROM items").Scan(&n)
+	t.Logf("%d rows at the end", n)
+	if n < 10 {
+		t.Fatalf("only %d rows: the workload did not run", n)
+	}
+}
+
+// countedChange is a random transaction on items that counts, in v, the
+// changes it makes to each row (an insert makes it 1).
+func countedChange(rng *rand.Rand) string {
+	id := func() int { return 1 + rng.IntN(60) }
+	one := func() string {
+		switch rng.IntN(6) {
+		case 0, 1:
+			return fmt.Sprintf("INSERT INTO items VALUES (%d, 1, 'n%d') ON CONFLICT (id) DO NOTHING", id(), rng.IntN(9))
+		case 2, 3:
+			return fmt.Sprintf("UPDATE items SET v = v + 1, note = 'u%d' WHERE id = %d", rng.IntN(9), id())
+		case 4:
+			a := id()
+			return fmt.Sprintf("UPDATE items SET v = v + 1 WHERE id BETWEEN %d AND %d", a, a+5)
+		default:
+			return fmt.Sprintf("DELETE FROM items WHERE id = %d", id())
+		}
+	}
+	var parts []string
+	for range 1 + rng.IntN(4) {
+		parts = append(parts, one())
+	}
+	end := "COMMIT"
+	if rng.IntN(6) == 0 {
+		end = "ROLLBACK"
+	}
+	return "BEGIN; " + strings.Join(parts, "; ") + "; " + end
 }
