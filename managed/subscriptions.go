@@ -27,9 +27,6 @@ type Subscription struct {
 	// version), run as the role MappedRole (an oid).
 	Mapping    *Mapping
 	MappedRole uint32
-	// CopiedBefore: the subscription has copied (or started streaming)
-	// once; a mapped one copies again only after its truncate statement.
-	CopiedBefore bool
 }
 
 // ErrMoved: the subscription was resynced or removed since its worker
@@ -51,7 +48,7 @@ func LoadSubscriptions(ctx context.Context, conn *pgx.Conn) ([]Subscription, err
 		return nil, err
 	}
 	rows, err := conn.Query(ctx, `SELECT target, target_schema, target_table, publication, version, columns::text, copy, generation,
-			mapping::text, coalesce(mapped_role, 0), copied_before
+			mapping::text, coalesce(mapped_role, 0)
 		FROM _rejot.subscriptions ORDER BY target`)
 	if err != nil {
 		if NotInstalled(err) {
@@ -64,7 +61,7 @@ func LoadSubscriptions(ctx context.Context, conn *pgx.Conn) ([]Subscription, err
 		var cols string
 		var mapping *string
 		if err := r.Scan(&sub.Target, &sub.Schema, &sub.Table, &sub.Publication, &sub.Version, &cols, &sub.Copy, &sub.Generation,
-			&mapping, &sub.MappedRole, &sub.CopiedBefore); err != nil {
+			&mapping, &sub.MappedRole); err != nil {
 			return sub, err
 		}
 		if err := json.Unmarshal([]byte(cols), &sub.Columns); err != nil {

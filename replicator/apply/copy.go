@@ -24,6 +24,11 @@ func (w *worker) copyState(ctx context.Context, conn *pgx.Conn, t *target) (int6
 	}
 	w.status.Store(&workerStatus{Status: "copying"})
 	w.copied.Store(0)
+	if t.mapped != nil && w.sub.copy {
+		if err := w.awaitFirstState(ctx); err != nil {
+			return 0, err
+		}
+	}
 	start := time.Now()
 	var position int64
 	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) (err error) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/rejot-dev/rejot/managed"
@@ -245,6 +246,23 @@ func (m *mapped) changeSQL() string {
 func (m *mapped) noTruncate(t *target, why string) error {
 	return fmt.Errorf("%w: the mapped subscription into %s cannot go on: %s, and it has no truncate statement to say what that does to your table; "+
 		"subscribe again with one (CALL rejot.unsubscribe('%s'), then rejot.subscribe(..., truncate => $$DELETE FROM …$$))", errNoTruncate, t.name, why, t.name)
+}
+
+// awaitFirstState waits until the owner has filled the version's state
+// once: a mapped subscription that copied before would meet the first
+// fill's truncate in the log, and fail without a truncate statement
+// where there is nothing to remove.
+func (w *worker) awaitFirstState(ctx context.Context) error {
+	for {
+		width, err := w.s.Log.Width(ctx, w.sub.version)
+		if err != nil || width > 0 {
+			return err
+		}
+		w.s.Log.Wait(ctx, w.sub.version, time.Second)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
 }
 
 // mappedState is the temporary table a mapped subscription's copy
