@@ -206,11 +206,12 @@ func applySubscription(ctx context.Context, tx pgx.Tx, system, kind string, s *m
 	var err error
 	switch kind {
 	case managed.KindSubscribe:
-		_, err = tx.Exec(ctx, `INSERT INTO rejot_catalog.subscriptions (target, system, publication, version, status, error)
-			VALUES ($1, $2, $3, $4, $5, $6)
+		_, err = tx.Exec(ctx, `INSERT INTO rejot_catalog.subscriptions (target, system, publication, version, status, error, mapped)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)
 			ON CONFLICT (system, target) DO UPDATE SET publication = EXCLUDED.publication, version = EXCLUDED.version,
-				status = EXCLUDED.status, copied_rows = 0, applied_position = NULL, error = EXCLUDED.error, created_at = now()`,
-			s.Target, system, s.Publication, s.Version, status, reason)
+				status = EXCLUDED.status, copied_rows = 0, applied_position = NULL, error = EXCLUDED.error, created_at = now(),
+				mapped = EXCLUDED.mapped`,
+			s.Target, system, s.Publication, s.Version, status, reason, s.Mapped)
 	case managed.KindResync:
 		_, err = tx.Exec(ctx, `UPDATE rejot_catalog.subscriptions SET status = $3, copied_rows = 0, applied_position = NULL, error = $4
 			WHERE system = $1 AND target = $2`, system, s.Target, status, reason)

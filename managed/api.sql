@@ -60,14 +60,15 @@ BEGIN
 END $$;
 COMMENT ON PROCEDURE rejot.revoke(text, integer, text) IS 'Takes back a grant of a publication version; the system''s subscriptions to it stop, with the reason. Returns publication, version, access. Answered by the ReJot sidecar: call it through the sidecar.';
 
-CREATE PROCEDURE rejot.subscribe(publication text, version integer, target text, columns text DEFAULT NULL, copy boolean DEFAULT true)
+CREATE PROCEDURE rejot.subscribe(publication text, version integer, target text, columns text DEFAULT NULL, copy boolean DEFAULT true,
+    upsert text DEFAULT NULL, delete text DEFAULT NULL, truncate text DEFAULT NULL)
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RAISE EXCEPTION USING ERRCODE = 'feature_not_supported',
         MESSAGE = 'rejot.subscribe() is answered by the ReJot sidecar, not by the database',
         HINT = 'Connect to the sidecar (its host and port, by default 6432) instead of to the database, and call it again.';
 END $$;
-COMMENT ON PROCEDURE rejot.subscribe(text, integer, text, text, boolean) IS 'Subscribes table "target" of this database to a publication version: creates it if missing, copies the rows (unless not "copy"), then streams changes; "columns" chooses some of the version''s columns. Returns target, publication, version, status. Answered by the ReJot sidecar: call it through the sidecar.';
+COMMENT ON PROCEDURE rejot.subscribe(text, integer, text, text, boolean, text, text, text) IS 'Subscribes table "target" of this database to a publication version: creates it if missing, copies the rows (unless not "copy"), then streams changes; "columns" chooses some of the version''s columns. With "upsert" (and "delete", "truncate"), a mapped subscription: your own statements, with :column parameters, run as you for every change instead. Returns target, publication, version, status. Answered by the ReJot sidecar: call it through the sidecar.';
 
 CREATE PROCEDURE rejot.unsubscribe(target text, drop_table boolean DEFAULT false)
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
@@ -127,11 +128,12 @@ CREATE VIEW rejot.subscriptions AS
 SELECT NULL::text AS target, NULL::text AS system, NULL::text AS publication, NULL::integer AS version,
        NULL::text AS status, NULL::bigint AS copied_rows, NULL::bigint AS applied_position,
        NULL::double precision AS lag_seconds, NULL::timestamptz AS last_applied_at, NULL::text AS error,
-       NULL::timestamptz AS created_at, NULL::bigint AS lag_changes
+       NULL::timestamptz AS created_at, NULL::bigint AS lag_changes, NULL::boolean AS mapped
 WHERE _rejot.api_unavailable('rejot.subscriptions');
 COMMENT ON VIEW rejot.subscriptions IS 'The subscriptions of every system, with their progress. Answered by the ReJot sidecar: query it through the sidecar.';
 COMMENT ON COLUMN rejot.subscriptions.system IS 'the subscribing system';
 COMMENT ON COLUMN rejot.subscriptions.status IS 'copying, streaming, stalled, stopped or failed';
+COMMENT ON COLUMN rejot.subscriptions.mapped IS 'true when the subscription runs its subscriber''s own statements (a mapped subscription)';
 COMMENT ON COLUMN rejot.subscriptions.lag_seconds IS 'how far behind the event log''s head';
 
 CREATE VIEW rejot.systems AS

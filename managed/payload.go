@@ -71,6 +71,9 @@ type SubscriptionCommand struct {
 	Publication string `json:"publication"`
 	Version     int    `json:"version"`
 	Caller      string `json:"caller,omitempty"` // the role that recorded it
+	// Mapped: the subscription runs the consumer's own statements
+	// (migration 012), set on subscribe commands.
+	Mapped bool `json:"mapped,omitempty"`
 }
 
 // SubscribedColumn is a column of a subscription's target, as recorded in

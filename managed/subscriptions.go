@@ -23,6 +23,10 @@ type Subscription struct {
 	Columns     []SubscribedColumn
 	Copy        bool // copy the version's state first, rather than stream over what the table holds
 	Generation  int  // bumped by each resync: a worker of an older one stops
+	// Mapping: the consumer's own statements (nil: a mirror of the
+	// version), run as the role MappedRole (an oid).
+	Mapping    *Mapping
+	MappedRole uint32
 }
 
 // ErrMoved: the subscription was resynced or removed since its worker
@@ -43,7 +47,8 @@ func LoadSubscriptions(ctx context.Context, conn *pgx.Conn) ([]Subscription, err
 	if err := CheckOwned(ctx, conn); err != nil {
 		return nil, err
 	}
-	rows, err := conn.Query(ctx, `SELECT target, target_schema, target_table, publication, version, columns::text, copy, generation
+	rows, err := conn.Query(ctx, `SELECT target, target_schema, target_table, publication, version, columns::text, copy, generation,
+			mapping::text, coalesce(mapped_role, 0)
 		FROM _rejot.subscriptions ORDER BY target`)
 	if err != nil {
 		if NotInstalled(err) {
@@ -54,11 +59,19 @@ func LoadSubscriptions(ctx context.Context, conn *pgx.Conn) ([]Subscription, err
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Subscription, error) {
 		var sub Subscription
 		var cols string
-		if err := r.Scan(&sub.Target, &sub.Schema, &sub.Table, &sub.Publication, &sub.Version, &cols, &sub.Copy, &sub.Generation); err != nil {
+		var mapping *string
+		if err := r.Scan(&sub.Target, &sub.Schema, &sub.Table, &sub.Publication, &sub.Version, &cols, &sub.Copy, &sub.Generation,
+			&mapping, &sub.MappedRole); err != nil {
 			return sub, err
 		}
 		if err := json.Unmarshal([]byte(cols), &sub.Columns); err != nil {
 			return sub, fmt.Errorf("subscription %s: cannot read its columns: %w", sub.Target, err)
+		}
+		if mapping != nil {
+			sub.Mapping = &Mapping{}
+			if err := json.Unmarshal([]byte(*mapping), sub.Mapping); err != nil {
+				return sub, fmt.Errorf("subscription %s: cannot read its statements: %w", sub.Target, err)
+			}
 		}
 		return sub, nil
 	})
@@ -122,7 +135,7 @@ const Advance = `UPDATE _rejot.subscriptions SET position = $3, status = 'stream
 // StartStreaming sets the position of a subscription that does not copy
 // (it streams over what the target holds), in the caller's transaction.
 func StartStreaming(ctx context.Context, q Querier, target string, generation int, position int64) error {
-	_, err := q.Exec(ctx, `UPDATE _rejot.subscriptions SET position = $3, status = 'streaming', updated_at = now()
+	_, err := q.Exec(ctx, `UPDATE _rejot.subscriptions SET position = $3, status = 'streaming', copied_before = true, updated_at = now()
 		WHERE target = $1 AND generation = $2`, target, generation, position)
 	return err
 }
@@ -131,7 +144,7 @@ func StartStreaming(ctx context.Context, q Querier, target string, generation in
 // version's state at position (rows of them), in the transaction that
 // copied them.
 func Copied(ctx context.Context, q Querier, target string, generation int, position, rows int64) error {
-	_, err := q.Exec(ctx, `UPDATE _rejot.subscriptions SET position = $3, status = 'streaming', copied_rows = $4,
+	_, err := q.Exec(ctx, `UPDATE _rejot.subscriptions SET position = $3, status = 'streaming', copied_rows = $4, copied_before = true,
 			last_applied_at = now(), error = NULL, updated_at = now() WHERE target = $1 AND generation = $2`,
 		target, generation, position, rows)
 	return err

@@ -17,7 +17,10 @@ func subscribeFunction() *Function {
 		Name: "subscribe",
 		Params: []Param{{Name: "publication", Type: OIDText}, {Name: "version", Type: OIDInt4},
 			{Name: "target", Type: OIDText}, {Name: "columns", Type: OIDText, Optional: true},
-			{Name: "copy", Type: OIDBool, Optional: true, Default: "true"}},
+			{Name: "copy", Type: OIDBool, Optional: true, Default: "true"},
+			// a mapped subscription (mapped.go)
+			{Name: "upsert", Type: OIDText, Optional: true}, {Name: "delete", Type: OIDText, Optional: true},
+			{Name: "truncate", Type: OIDText, Optional: true}},
 		Returns: subscriptionColumns,
 		Run:     runSubscribe,
 		Records: true,
@@ -70,6 +73,9 @@ func runSubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
 			return nil, err
 		}
 	}
+	if isMapped(args) {
+		return runMappedSubscribe(ctx, env, args, pub, version, copyRows)
+	}
 	target, err := resolveTarget(ctx, env.Session, args["target"])
 	if err != nil {
 		return nil, err
@@ -97,6 +103,13 @@ func runSubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
 		return nil, err
 	}
 	if existing != nil {
+		if mapped, err := isMappedSubscription(ctx, env.Session, target.name); err != nil || mapped {
+			if err != nil {
+				return nil, err
+			}
+			return nil, pgerr.Errorf(pgerr.DuplicateObject, "table %s has a mapped subscription to %s version %d", target.name, existing.Publication, existing.Version).
+				WithHint("Unsubscribe it first (CALL rejot.unsubscribe('%s')), or subscribe into another table.", target.name)
+		}
 		if existing.Publication == pub && existing.Version == version {
 			// already so: a no-op, or the columns of a newer minor added
 			return addColumns(ctx, env.Session, target, existing, chosen)
@@ -132,6 +145,16 @@ func runUnsubscribe(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	sub, target, err := ownSubscription(ctx, env, args)
 	if err != nil {
 		return nil, err
+	}
+	if drop {
+		// a mapped subscription's table is the consumer's own
+		if mapped, err := isMappedSubscription(ctx, env.Session, target); err != nil || mapped {
+			if err != nil {
+				return nil, err
+			}
+			return nil, pgerr.Errorf(pgerr.FeatureNotSupported, "table %s belongs to you, not to its mapped subscription: unsubscribe keeps it", target).
+				WithHint("Unsubscribe without drop_table, then drop the table yourself if you mean to.")
+		}
 	}
 	if _, err := env.Session.Query(ctx, managed.DeleteSubscription, &target); err != nil { // and its command
 		return nil, notManaged(err)

@@ -58,38 +58,64 @@ func checkTypes(ctx context.Context, sess Session, cols []managed.SubscribedColu
 // owned by a role other than a superuser or the sidecar's (which owns
 // _rejot). The session's search_path is put back.
 func qualifiedTypes(ctx context.Context, sess Session, cols []managed.SubscribedColumn) ([]managed.SubscribedColumn, error) {
-	rows, err := sess.Query(ctx, "SELECT pg_catalog.current_setting('search_path')")
+	old, err := searchPath(ctx, sess)
 	if err != nil {
 		return nil, err
 	}
-	old := *rows.Values[0][0]
 	out := make([]managed.SubscribedColumn, len(cols))
 	for i, c := range cols {
-		// checkTypes has made sure the text is a type name.
-		described, err := sess.Query(ctx, "SELECT NULL::"+c.Type+" AS t LIMIT 0")
+		q, err := qualifyType(ctx, sess, c.Type, old)
 		if err != nil {
 			return nil, err
 		}
-		f := described.Fields[0]
-		oid, mod := strconv.FormatUint(uint64(f.TypeOID), 10), strconv.Itoa(int(f.TypeMod))
-		if err := setPath(ctx, sess, storedSearchPath); err != nil {
-			return nil, err
-		}
-		typed, err := sess.Query(ctx, qualifiedTypeQuery, &oid, &mod)
-		if err != nil {
-			return nil, err
-		}
-		if err := setPath(ctx, sess, old); err != nil {
-			return nil, err
-		}
-		if *typed.Values[0][1] != "true" {
+		if !q.trusted {
 			return nil, pgerr.Errorf(pgerr.InsufficientPrivilege, "type %s of column %s belongs to role %s: the sidecar adds columns only of types of a superuser or its own role, whose code it may run",
-				c.Type, c.Name, *typed.Values[0][2]).WithHint("Subscribe into a new table, which is created as you.")
+				c.Type, c.Name, q.owner).WithHint("Subscribe into a new table, which is created as you.")
 		}
-		c.Type = *typed.Values[0][0]
+		c.Type = q.name
 		out[i] = c
 	}
 	return out, nil
+}
+
+// searchPath is the session's search_path.
+func searchPath(ctx context.Context, sess Session) (string, error) {
+	rows, err := sess.Query(ctx, "SELECT pg_catalog.current_setting('search_path')")
+	if err != nil {
+		return "", err
+	}
+	return *rows.Values[0][0], nil
+}
+
+// qualifiedType is a type as qualifyType names it.
+type qualifiedType struct {
+	name    string // format_type's, with search_path pg_catalog
+	trusted bool   // it and what it is made of belong to a superuser or the sidecar's role
+	owner   string
+}
+
+// qualifyType names typ (which checkTypes has made sure is a type name)
+// as it resolves for the caller, qualified by its schema; the session's
+// search_path is put back to old.
+func qualifyType(ctx context.Context, sess Session, typ, old string) (*qualifiedType, error) {
+	described, err := sess.Query(ctx, "SELECT NULL::"+typ+" AS t LIMIT 0")
+	if err != nil {
+		return nil, err
+	}
+	f := described.Fields[0]
+	oid, mod := strconv.FormatUint(uint64(f.TypeOID), 10), strconv.Itoa(int(f.TypeMod))
+	if err := setPath(ctx, sess, storedSearchPath); err != nil {
+		return nil, err
+	}
+	typed, err := sess.Query(ctx, qualifiedTypeQuery, &oid, &mod)
+	if err != nil {
+		return nil, err
+	}
+	if err := setPath(ctx, sess, old); err != nil {
+		return nil, err
+	}
+	r := typed.Values[0]
+	return &qualifiedType{name: *r[0], trusted: *r[1] == "true", owner: *r[2]}, nil
 }
 
 // qualifiedTypeQuery: $1 a type's oid, $2 its modifier: its name with

@@ -331,7 +331,7 @@ func TestAPISignpostsHarmless(t *testing.T) {
 		"CREATE OR REPLACE FUNCTION _rejot.api_unavailable(relation text) RETURNS boolean LANGUAGE sql AS 'SELECT true'",
 		"CREATE OR REPLACE VIEW rejot.publications AS SELECT 1 AS publication",
 		"ALTER PROCEDURE rejot.publish(text, integer, text, text) SECURITY DEFINER",
-		"ALTER PROCEDURE rejot.subscribe(text, integer, text, text, boolean) SET search_path = public",
+		"ALTER PROCEDURE rejot.subscribe(text, integer, text, text, boolean, text, text, text) SET search_path = public",
 		"ALTER FUNCTION rejot.version() OWNER TO " + intruder,
 		"ALTER VIEW rejot.publications OWNER TO " + intruder,
 		"ALTER VIEW rejot.systems RENAME TO mine",

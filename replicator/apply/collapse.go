@@ -30,6 +30,16 @@ func changeStatements(t *target, recs []eventlog.Entry) []statement {
 	return c.statements(t, out)
 }
 
+// spanStatements are the statements that apply changes to t: collapsed
+// for a mirror, one call per change for a mapped subscription (which
+// refuses a truncate it has no statement for).
+func spanStatements(t *target, recs []eventlog.Entry) ([]statement, error) {
+	if t.mapped != nil {
+		return t.mapped.statements(t, recs)
+	}
+	return changeStatements(t, recs), nil
+}
+
 // collapse is the last change per key of a run of changes.
 type collapse struct {
 	final map[string][]eventlog.Value // the row last written; nil: deleted

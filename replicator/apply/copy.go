@@ -24,6 +24,11 @@ func (w *worker) copyState(ctx context.Context, conn *pgx.Conn, t *target) (int6
 	}
 	w.status.Store(&workerStatus{Status: "copying"})
 	w.copied.Store(0)
+	if t.mapped != nil && w.sub.copy {
+		if err := w.awaitFirstState(ctx); err != nil {
+			return 0, err
+		}
+	}
 	start := time.Now()
 	var position int64
 	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) (err error) {
@@ -61,6 +66,9 @@ func (w *worker) fill(ctx context.Context, tx pgx.Tx, t *target) (int64, error) 
 		}
 		return head, managed.StartStreaming(ctx, tx, w.sub.target, w.sub.generation, head)
 	}
+	if t.mapped != nil {
+		return w.fillMapped(ctx, tx, t)
+	}
 	if err := t.check(ctx, tx); err != nil {
 		return 0, err
 	}
@@ -69,41 +77,42 @@ func (w *worker) fill(ctx context.Context, tx pgx.Tx, t *target) (int64, error) 
 	if err := execOne(ctx, tx.Conn(), t.clear); err != nil {
 		return 0, err
 	}
-	position, err := w.pipeState(ctx, tx, t)
+	position, err := w.pipeInto(ctx, tx, t.copySQL, t.elements())
 	if err != nil {
 		return 0, err
 	}
 	return position, managed.Copied(ctx, tx, w.sub.target, w.sub.generation, position, w.copied.Load())
 }
 
-// pipeState copies the version's state from the log into the target and
-// returns its position. The log's server renders the rows in COPY format
+// pipeInto copies the given elements of the version's state from the log
+// into the table of copySQL (a COPY … FROM STDIN) and returns its
+// position. The log's server renders the rows in COPY format
 // and the target's reads them: the sidecar only passes bytes along, from
 // a goroutine that reads the log to the COPY FROM, which it waits for.
-func (w *worker) pipeState(ctx context.Context, tx pgx.Tx, t *target) (int64, error) {
+func (w *worker) pipeInto(ctx context.Context, tx pgx.Tx, copySQL string, elements []int) (int64, error) {
 	pr, pw := io.Pipe()
 	var position int64
 	read := make(chan error, 1)
 	go func() {
 		var err error
-		position, err = w.readState(ctx, t, pw)
+		position, err = w.readState(ctx, elements, pw)
 		pw.CloseWithError(err)
 		read <- err
 	}()
-	_, err := tx.Conn().PgConn().CopyFrom(ctx, pr, t.copySQL)
+	_, err := tx.Conn().PgConn().CopyFrom(ctx, pr, copySQL)
 	pr.CloseWithError(err)
 	if rerr := <-read; rerr != nil && !errors.Is(rerr, io.ErrClosedPipe) {
 		return 0, fmt.Errorf("cannot read the event log's state: %w", rerr)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("cannot copy into %s: %w", t.name, err)
+		return 0, fmt.Errorf("cannot copy the state: %w", err)
 	}
 	return position, nil
 }
 
 // readState writes the version's state to w in COPY format, counting its
 // rows, and returns its position.
-func (w *worker) readState(ctx context.Context, t *target, out io.Writer) (int64, error) {
+func (w *worker) readState(ctx context.Context, elements []int, out io.Writer) (int64, error) {
 	log := w.log()
 	counted := eventlog.NewCopyProgress(out, &w.copied, metricCopiedRows.WithLabelValues(w.labels()...), func(rows int64) {
 		log.Info().Int64("rows", rows).Msg("copying")
@@ -111,7 +120,7 @@ func (w *worker) readState(ctx context.Context, t *target, out io.Writer) (int64
 	// COPY TO hands over a row at a time: gather them, so the pipe and the
 	// COPY FROM move large pieces.
 	buf := bufio.NewWriterSize(counted, 256<<10)
-	position, err := w.s.Log.CopyState(ctx, w.sub.version, t.elements(), buf)
+	position, err := w.s.Log.CopyState(ctx, w.sub.version, elements, buf)
 	if err == nil {
 		err = buf.Flush()
 	}

@@ -129,7 +129,9 @@ func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit 
 			}
 			f := fetched{span: span}
 			if recs != nil {
-				f.stmts = changeStatements(t, recs)
+				if f.stmts, err = spanStatements(t, recs); err != nil {
+					f = fetched{err: err}
+				}
 			}
 			select {
 			case out <- f:
@@ -211,7 +213,11 @@ func (w *worker) applyReading(ctx context.Context, conn *pgx.Conn, t *target, sp
 		}
 		err := w.s.Log.Read(ctx, w.sub.version, span, func(recs []eventlog.Entry) error {
 			p.moved()
-			for _, st := range changeStatements(t, recs) {
+			stmts, err := spanStatements(t, recs)
+			if err != nil {
+				return err
+			}
+			for _, st := range stmts {
 				if err := execOne(ctx, tx.Conn(), st.sql, st.args...); err != nil {
 					return err
 				}
@@ -220,6 +226,9 @@ func (w *worker) applyReading(ctx context.Context, conn *pgx.Conn, t *target, sp
 			return nil
 		})
 		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, commit); err != nil { // a mapped subscription's reset undid it
 			return err
 		}
 		_, err = tx.Exec(ctx, managed.Advance, w.sub.target, w.sub.generation, span.Upto, span.LastCommit)
@@ -243,11 +252,16 @@ func (w *worker) applyPipelined(ctx context.Context, conn *pgx.Conn, t *target, 
 		}
 		return stillAt(p, span.After)
 	})
-	// Refused, it fails on the server, and nothing after it runs.
-	b.Queue(managed.CheckTarget, t.oid, t.written())
+	// Refused, it fails on the server, and nothing after it runs. A
+	// mapped subscription's statements run as its role: they are checked
+	// as they run (mapped.go).
+	if t.mapped == nil {
+		b.Queue(managed.CheckTarget, t.oid, t.written())
+	}
 	for _, st := range stmts {
 		b.Queue(st.sql, st.args...)
 	}
+	b.Queue(commit) // a mapped subscription's reset undid it
 	b.Queue(managed.Advance, w.sub.target, w.sub.generation, span.Upto, span.LastCommit)
 	err := conn.SendBatch(ctx, b).Close()
 	end := "COMMIT"

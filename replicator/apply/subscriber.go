@@ -3,6 +3,7 @@ package apply
 import (
 	"context"
 	"errors"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,6 +60,9 @@ type subscription struct {
 	columns    []managed.SubscribedColumn
 	copy       bool
 	generation int
+	// a mapped subscription's (mapped.go); mapping nil for a mirror
+	mapping    *managed.Mapping
+	mappedRole uint32
 }
 
 // Running says whether the subscriber's loop is running.
@@ -188,7 +192,7 @@ func loadSubscriptions(ctx context.Context, conn *pgx.Conn) ([]subscription, err
 	subs := make([]subscription, len(rows))
 	for i, r := range rows {
 		subs[i] = subscription{target: r.Target, schema: r.Schema, table: r.Table, version: eventlog.Version{Publication: r.Publication, Number: r.Version},
-			columns: r.Columns, copy: r.Copy, generation: r.Generation}
+			columns: r.Columns, copy: r.Copy, generation: r.Generation, mapping: r.Mapping, mappedRole: r.MappedRole}
 	}
 	return subs, nil
 }
@@ -202,7 +206,7 @@ func (s *Subscriber) reconcile(ctx context.Context, subs []subscription) {
 	for _, sub := range subs {
 		seen[sub.target] = true
 		if w := s.workers[sub.target]; w != nil {
-			if w.sub.generation == sub.generation && w.sub.version == sub.version {
+			if w.sub.generation == sub.generation && w.sub.version == sub.version && reflect.DeepEqual(w.sub.mapping, sub.mapping) {
 				continue
 			}
 			w.stop()

@@ -129,7 +129,11 @@ func (w *worker) work(ctx context.Context) (err error) {
 	if err := w.checkAccess(ctx); err != nil {
 		return err
 	}
-	conn, err := connect(ctx, w.s.URL)
+	open := connect
+	if w.sub.mapping != nil {
+		open = connectMapped // a session of its own (mapped.go)
+	}
+	conn, err := open(ctx, w.s.URL)
 	if err != nil {
 		return err
 	}
@@ -169,6 +173,18 @@ func (w *worker) work(ctx context.Context) (err error) {
 // prepare finds the target in the catalog, reads its column types and
 // builds its statements from the catalog's names.
 func (w *worker) prepare(ctx context.Context, conn *pgx.Conn) (*target, error) {
+	if w.sub.mapping != nil {
+		t, err := w.prepareMapped(ctx, conn)
+		if err != nil {
+			return nil, err
+		}
+		for i, c := range t.cols {
+			if c.Key {
+				t.keys = append(t.keys, i)
+			}
+		}
+		return t, nil
+	}
 	tbl, err := resolveTarget(ctx, conn, w.sub)
 	if err != nil {
 		return nil, err
