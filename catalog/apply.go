@@ -150,14 +150,14 @@ func applyPublish(ctx context.Context, tx pgx.Tx, system string, p *managed.Publ
 	// owner_role: the role the version was first published as, which its
 	// capture runs as (the owner's record keeps the first too).
 	_, err = tx.Exec(ctx, `INSERT INTO rejot_catalog.publications
-			(publication, version, minor, owner, database, query, source, key_columns, description, owner_role)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, nullif($10, ''))
+			(publication, version, minor, owner, database, query, source, key_columns, description, owner_role, tables)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, nullif($10, ''), $11)
 		ON CONFLICT (publication, version) DO UPDATE SET
-			minor = EXCLUDED.minor, query = EXCLUDED.query, source = EXCLUDED.source,
+			minor = EXCLUDED.minor, query = EXCLUDED.query, source = EXCLUDED.source, tables = EXCLUDED.tables,
 			key_columns = EXCLUDED.key_columns, description = EXCLUDED.description, updated_at = now(),
 			owner_role = coalesce(rejot_catalog.publications.owner_role, EXCLUDED.owner_role)
 		WHERE rejot_catalog.publications.minor <= EXCLUDED.minor`,
-		p.Publication, p.Version, p.Minor, system, p.Database, p.Query, p.Source, p.KeyColumns, p.Description, p.Caller)
+		p.Publication, p.Version, p.Minor, system, p.Database, p.Query, p.Source, p.KeyColumns, p.Description, p.Caller, tablesOf(p))
 	if err != nil {
 		return err
 	}
@@ -255,4 +255,13 @@ func IsRefusal(err error) bool {
 	var taken *ErrNameTaken
 	var refused *ErrRefused
 	return errors.As(err, &taken) || errors.As(err, &refused)
+}
+
+// tablesOf are the tables a published version reads: its source alone in
+// a command of a release before join projections.
+func tablesOf(p *managed.Published) []string {
+	if len(p.Tables) == 0 {
+		return []string{p.Source}
+	}
+	return p.Tables
 }

@@ -21,7 +21,7 @@ func TestRelationColumns(t *testing.T) {
 			{"database", "text"}, {"query", "text"}, {"key_columns", "text[]"}, {"description", "text"},
 			{"status", "text"}, {"sunset", "date"}, {"created_at", "timestamp with time zone"},
 			{"updated_at", "timestamp with time zone"}, {"access", "text"}, {"granted_to", "text[]"},
-			{"owner_role", "text"}, {"problem", "text"}},
+			{"owner_role", "text"}, {"problem", "text"}, {"tables", "text[]"}},
 		"instances": {{"system", "text"}, {"address", "text"}, {"role", "text"}, {"version", "text"},
 			{"started_at", "timestamp with time zone"}, {"last_seen", "timestamp with time zone"}, {"instance", "uuid"}},
 	}

@@ -27,13 +27,17 @@ const (
 // Published is the payload of a publish command: a publication version as
 // its owner recorded it.
 type Published struct {
-	Publication string   `json:"publication"`
-	Version     int      `json:"version"`
-	Minor       int      `json:"minor"`
-	Owner       string   `json:"owner"`
-	Database    string   `json:"database"`
-	Query       string   `json:"query"`
-	Source      string   `json:"source"`
+	Publication string `json:"publication"`
+	Version     int    `json:"version"`
+	Minor       int    `json:"minor"`
+	Owner       string `json:"owner"`
+	Database    string `json:"database"`
+	Query       string `json:"query"`
+	Source      string `json:"source"`
+	// Tables are every table the version reads, the root (Source) first;
+	// empty in a command of a release before join projections: Source
+	// alone.
+	Tables      []string `json:"tables,omitempty"`
 	KeyColumns  []string `json:"key_columns"`
 	Columns     []Column `json:"columns"`
 	Description string   `json:"description"`

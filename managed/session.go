@@ -47,6 +47,12 @@ const (
 	// is recorded as resolved now.
 	RecordPublished = `SELECT _rejot.record_published(current_user, $1, $2::int, $3::int, $4, $5, $6::text[], $7::jsonb, $8, $9, $10)`
 
+	// RecordPublishedTables is RecordPublished with $11 every table the
+	// version reads (a text[] literal of schema-qualified names, the
+	// source first): the owner must own each, and the record and the
+	// command keep them as resolved (migration 013).
+	RecordPublishedTables = `SELECT _rejot.record_published(current_user, $1, $2::int, $3::int, $4, $5, $6::text[], $7::jsonb, $8, $9, $10, $11::text[])`
+
 	// RecordReads records the columns a recorded version reads ($1
 	// publication, $2 version, $3 their names, a text[] literal) by
 	// identity (attnum and type), as its table has them now: what a DDL

@@ -46,6 +46,9 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 				WithHint("Set wal_level = logical on the server (and restart it), and give the sidecar's role REPLICATION; the sidecar notices within seconds.")
 		}
 	}
+	if IsJoin(query) {
+		return runPublishJoin(ctx, env, args, name, version, query)
+	}
 	p, perr := AnalyzeProjection(query)
 	if perr != nil {
 		return nil, env.inArg("query", perr)
@@ -58,7 +61,7 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 		}
 		return nil, err
 	}
-	if err := checkPublisher(ctx, env.Session, v); err != nil {
+	if err := checkPublisher(ctx, env.Session, v.TableOID, v.Source); err != nil {
 		return nil, err
 	}
 	if err := env.checkOwner(ctx, name); err != nil {
@@ -73,6 +76,12 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 		// (what a record of an older release keeps)
 		filters = append([]string{stored.Filter}, p.Filter)
 	}
+	return publishRecord(ctx, env, pub, filters, p.References)
+}
+
+// publishRecord reconciles a validated version with its record, records
+// it when something changed, and records what its root table reads.
+func publishRecord(ctx context.Context, env *Env, pub *managed.Published, filters, references []string) ([][]any, error) {
 	changed, err := reconcile(ctx, env.Session, pub, filters)
 	if err != nil {
 		return nil, err
@@ -85,7 +94,7 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 	// What the version reads, as of now, even when nothing else changed:
 	// a re-publish in the transaction of a DDL that retyped or renamed
 	// them is what lets that DDL commit (see managed 009).
-	ver, reads := strconv.Itoa(pub.Version), "{"+strings.Join(quoteArray(p.References), ",")+"}"
+	ver, reads := strconv.Itoa(pub.Version), "{"+strings.Join(quoteArray(references), ",")+"}"
 	if _, err := env.Session.Query(ctx, managed.RecordReads, &pub.Publication, &ver, &reads); err != nil {
 		return nil, notManaged(err)
 	}
@@ -138,8 +147,8 @@ func (env *Env) checkOwner(ctx context.Context, name string) error {
 // owns the table it publishes: Postgres's own rule for CREATE PUBLICATION,
 // checked here for a clear message; _rejot.record_published checks it
 // again.
-func checkPublisher(ctx context.Context, sess Session, v *Validated) error {
-	oid := strconv.FormatUint(uint64(v.TableOID), 10)
+func checkPublisher(ctx context.Context, sess Session, table uint32, source string) error {
+	oid := strconv.FormatUint(uint64(table), 10)
 	rows, err := sess.Query(ctx, `SELECT pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER')::text,
 			pg_catalog.pg_get_userbyid(c.relowner)::text, current_user::text
 		FROM pg_catalog.pg_class c WHERE c.oid = $1::oid`, &oid)
@@ -150,7 +159,7 @@ func checkPublisher(ctx context.Context, sess Session, v *Validated) error {
 	if *r[0] == "true" {
 		return nil
 	}
-	return notOwner(*r[1], v.Source, "publish it", *r[2])
+	return notOwner(*r[1], source, "publish it", *r[2])
 }
 
 // notOwner is the refusal of a caller that does not own (by membership)
@@ -230,8 +239,8 @@ func reconcile(ctx context.Context, sess Session, pub *managed.Published, filter
 // as the caller wrote it: a record made by an older release keeps the
 // caller's text.
 func sameFilter(name string, version int, recordedQuery string, filters []string, latest string) error {
-	old, err := AnalyzeProjection(recordedQuery)
-	if err != nil || slices.Contains(filters, old.Filter) {
+	oldFilter, ok := recordedFilter(recordedQuery)
+	if !ok || slices.Contains(filters, oldFilter) {
 		return nil // a record this release cannot read was checked when it was made
 	}
 	filter := filters[0]
@@ -243,8 +252,25 @@ func sameFilter(name string, version int, recordedQuery string, filters []string
 	}
 	next, _ := strconv.Atoi(latest)
 	return pgerr.Errorf(pgerr.FeatureNotSupported, "publication %s version %d cannot change which rows it has: its filter is %s, the new query's is %s",
-		name, version, show(old.Filter), show(filter)).
+		name, version, show(oldFilter), show(filter)).
 		WithHint("Subscribers rely on the rows of version %d. Publish the new filter as version %d, and deprecate version %d when they have moved.", version, next+1, version)
+}
+
+// recordedFilter is the filter of a recorded query, of one table or a
+// join; ok is false when the query does not analyse.
+func recordedFilter(query string) (string, bool) {
+	if IsJoin(query) {
+		p, err := AnalyzeJoin(query)
+		if err != nil {
+			return "", false
+		}
+		return p.Filter, true
+	}
+	p, err := AnalyzeProjection(query)
+	if err != nil {
+		return "", false
+	}
+	return p.Filter, true
 }
 
 // record writes the owner's record and the command for the catalog, in the
@@ -256,9 +282,14 @@ func record(ctx context.Context, sess Session, pub *managed.Published) error {
 	}
 	version, minor := strconv.Itoa(pub.Version), strconv.Itoa(pub.Minor)
 	key, colsText := "{"+strings.Join(quoteArray(pub.KeyColumns), ",")+"}", string(cols)
+	tables := pub.Tables
+	if len(tables) == 0 {
+		tables = []string{pub.Source}
+	}
+	tablesText := "{" + strings.Join(quoteArray(tables), ",") + "}"
 	// The record and its command, whose payload _rejot makes of the record.
-	_, err = sess.Query(ctx, managed.RecordPublished, &pub.Publication, &version, &minor, &pub.Query, &pub.Source, &key, &colsText,
-		&pub.Description, &pub.Owner, &pub.Database)
+	_, err = sess.Query(ctx, managed.RecordPublishedTables, &pub.Publication, &version, &minor, &pub.Query, &pub.Source, &key, &colsText,
+		&pub.Description, &pub.Owner, &pub.Database, &tablesText)
 	return notManaged(err)
 }
 

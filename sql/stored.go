@@ -103,12 +103,16 @@ func (v *Validated) qualifiedTable(ctx context.Context, sess Session) (string, e
 // definition of a temporary view of it, printed with search_path
 // pg_catalog, then dropped. It leaves the search_path set so.
 func (v *Validated) viewDefinition(ctx context.Context, sess Session) (string, error) {
+	return viewDefinition(ctx, sess, v.Query)
+}
+
+func viewDefinition(ctx context.Context, sess Session, query string) (string, error) {
 	var raw [8]byte
 	if _, err := rand.Read(raw[:]); err != nil {
 		return "", err
 	}
 	view := "pg_temp.rejot_stored_" + hex.EncodeToString(raw[:])
-	if _, err := sess.Query(ctx, "CREATE TEMP VIEW "+view+" AS "+v.Query); err != nil {
+	if _, err := sess.Query(ctx, "CREATE TEMP VIEW "+view+" AS "+query); err != nil {
 		var qe *pgerr.Error
 		if errors.As(err, &qe) && qe.Code == pgerr.InsufficientPrivilege {
 			return "", pgerr.Errorf(pgerr.InsufficientPrivilege, "cannot resolve the names in the publication's query: %s", qe.Message).
@@ -184,7 +188,11 @@ func noPosition(err error) error {
 // caller: the capture reads its changes from the WAL, where no row policy
 // can be applied, so a publication of it would publish every row.
 func (v *Validated) checkRowSecurity(ctx context.Context, sess Session) error {
-	oid := strconv.FormatUint(uint64(v.TableOID), 10)
+	return checkRowSecurity(ctx, sess, v.TableOID, v.Source, v.TableAt)
+}
+
+func checkRowSecurity(ctx context.Context, sess Session, table uint32, source string, at int) error {
+	oid := strconv.FormatUint(uint64(table), 10)
 	rows, err := sess.Query(ctx, "SELECT pg_catalog.row_security_active($1::oid)::text", &oid)
 	if err != nil {
 		return err
@@ -192,6 +200,6 @@ func (v *Validated) checkRowSecurity(ctx context.Context, sess Session) error {
 	if len(rows.Values) == 0 || rows.Values[0][0] == nil || *rows.Values[0][0] != "true" {
 		return nil
 	}
-	return pgerr.Errorf(pgerr.InsufficientPrivilege, "row-level security applies to %s for this role: ReJot reads changes from the WAL, where row policies cannot be applied, so it would publish every row", v.Source).
-		At(int32(v.TableAt)).WithHint("Publish as a role the table's policies do not limit (its owner, without FORCE ROW LEVEL SECURITY), or publish a filtered projection (WHERE ...) as such a role.")
+	return pgerr.Errorf(pgerr.InsufficientPrivilege, "row-level security applies to %s for this role: ReJot reads changes from the WAL, where row policies cannot be applied, so it would publish every row", source).
+		At(int32(at)).WithHint("Publish as a role the table's policies do not limit (its owner, without FORCE ROW LEVEL SECURITY), or publish a filtered projection (WHERE ...) as such a role.")
 }

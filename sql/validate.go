@@ -80,39 +80,63 @@ func Validate(ctx context.Context, sess Session, p *Projection) (*Validated, err
 }
 
 func (v *Validated) resolveTable(ctx context.Context, sess Session) error {
-	name := pgx.Identifier{v.Table}.Sanitize()
-	if v.Schema != "" {
-		name = pgx.Identifier{v.Schema, v.Table}.Sanitize()
+	t, err := resolveRelation(ctx, sess, v.Schema, v.Table, v.TableAt)
+	if err != nil {
+		return err
+	}
+	v.TableOID, v.TableSchema, v.TableName, v.Source = t.OID, t.Schema, t.Name, t.Source
+	return nil
+}
+
+// ResolvedTable is a table a projection reads, as the caller's session
+// resolves it.
+type ResolvedTable struct {
+	OID          uint32
+	Schema, Name string
+	Source       string // schema-qualified, quoted
+	attrs        map[int16]attribute
+}
+
+// resolveRelation finds the table a query names (as written, at the
+// 0-based position at) in the caller's session: a table or a partitioned
+// table.
+func resolveRelation(ctx context.Context, sess Session, schema, table string, at int) (ResolvedTable, error) {
+	name := pgx.Identifier{table}.Sanitize()
+	if schema != "" {
+		name = pgx.Identifier{schema, table}.Sanitize()
 	}
 	rows, err := sess.Query(ctx, `SELECT c.oid, c.relkind, n.nspname, c.relname
 		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 		WHERE c.oid = pg_catalog.to_regclass($1)`, &name)
 	if err != nil {
-		return err
+		return ResolvedTable{}, err
 	}
 	if len(rows.Values) == 0 {
-		return pgerr.Errorf(pgerr.UndefinedTable, "relation %q does not exist", strings.Trim(name, `"`)).At(int32(v.TableAt))
+		return ResolvedTable{}, pgerr.Errorf(pgerr.UndefinedTable, "relation %q does not exist", strings.Trim(name, `"`)).At(int32(at))
 	}
 	r := rows.Values[0]
 	oid, _ := strconv.ParseUint(*r[0], 10, 32)
-	v.TableOID = uint32(oid)
-	v.TableSchema, v.TableName = *r[2], *r[3]
-	v.Source = pgx.Identifier{v.TableSchema, v.TableName}.Sanitize()
+	t := ResolvedTable{OID: uint32(oid), Schema: *r[2], Name: *r[3]}
+	t.Source = pgx.Identifier{t.Schema, t.Name}.Sanitize()
 	if kind := *r[1]; kind != "r" && kind != "p" {
-		return pgerr.Errorf(pgerr.FeatureNotSupported, "%s is not a table (it is a %s): a publication reads a table's rows",
-			v.Source, relkindName(kind)).At(int32(v.TableAt)).WithHint("Publish from the table the %s reads.", relkindName(kind))
+		return ResolvedTable{}, pgerr.Errorf(pgerr.FeatureNotSupported, "%s is not a table (it is a %s): a publication reads a table's rows",
+			t.Source, relkindName(kind)).At(int32(at)).WithHint("Publish from the table the %s reads.", relkindName(kind))
 	}
-	return nil
+	return t, nil
 }
 
 // checkAggregates refuses aggregate and window functions by name, before
 // Postgres would complain about GROUP BY in words that do not say why.
 func (v *Validated) checkAggregates(ctx context.Context, sess Session) error {
-	if len(v.Functions) == 0 {
+	return checkAggregates(ctx, sess, v.Functions)
+}
+
+func checkAggregates(ctx context.Context, sess Session, functions []FunctionRef) error {
+	if len(functions) == 0 {
 		return nil
 	}
-	names := make([]string, len(v.Functions))
-	for i, f := range v.Functions {
+	names := make([]string, len(functions))
+	for i, f := range functions {
 		names[i] = `"` + strings.ReplaceAll(strings.ReplaceAll(f.Name, `\`, `\\`), `"`, `\"`) + `"`
 	}
 	list := "{" + strings.Join(names, ",") + "}"
@@ -123,7 +147,7 @@ func (v *Validated) checkAggregates(ctx context.Context, sess Session) error {
 		return err
 	}
 	for _, r := range rows.Values {
-		for _, f := range v.Functions {
+		for _, f := range functions {
 			if f.Name == *r[0] && f.Schema == "" {
 				kind := "aggregate"
 				if *r[1] == "w" {
@@ -153,13 +177,17 @@ func relkindName(k string) string {
 // describe runs the query with LIMIT 0: Postgres checks the columns, the
 // functions and the caller's privileges, and describes the output.
 func (v *Validated) describe(ctx context.Context, sess Session) ([]Field, error) {
-	rows, err := sess.Query(ctx, projectionPrefix+v.Query+"\n) AS rejot_projection LIMIT 0")
+	return describeQuery(ctx, sess, v.Query)
+}
+
+func describeQuery(ctx context.Context, sess Session, query string) ([]Field, error) {
+	rows, err := sess.Query(ctx, projectionPrefix+query+"\n) AS rejot_projection LIMIT 0")
 	if err != nil {
 		var qe *pgerr.Error
 		if errors.As(err, &qe) {
 			e := &pgerr.Error{Code: qe.Code, Message: qe.Message, Detail: qe.Detail, Hint: qe.Hint}
-			if pos := qe.InternalPosition - len(projectionPrefix); pos > 0 && pos <= len([]rune(v.Query))+1 {
-				e.Position = byteOffset(v.Query, pos) + 1
+			if pos := qe.InternalPosition - len(projectionPrefix); pos > 0 && pos <= len([]rune(query))+1 {
+				e.Position = byteOffset(query, pos) + 1
 			}
 			return nil, e
 		}
@@ -178,7 +206,11 @@ type attribute struct {
 }
 
 func (v *Validated) attributes(ctx context.Context, sess Session) (map[int16]attribute, error) {
-	oid := strconv.FormatUint(uint64(v.TableOID), 10)
+	return tableAttributes(ctx, sess, v.TableOID)
+}
+
+func tableAttributes(ctx context.Context, sess Session, table uint32) (map[int16]attribute, error) {
+	oid := strconv.FormatUint(uint64(table), 10)
 	rows, err := sess.Query(ctx, `SELECT a.attnum, a.attname, a.attnotnull,
 			coalesce(a.attnum = ANY (i.indkey::int2[]), false),
 			pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid, a.atttypmod

@@ -28,6 +28,10 @@ type Writer interface {
 	// state and the definition it filled it with; ok is false when it
 	// never did.
 	Filled(ctx context.Context, v Version, system string) (lsn uint64, definition string, ok bool, err error)
+	// BaseAt is the commit LSN of the last source transaction a system
+	// applied to a join version's base state (PutBase); ok is false when
+	// it never did.
+	BaseAt(ctx context.Context, v Version, system string) (lsn uint64, ok bool, err error)
 	// Forget drops what the engine remembers of earlier appends (which
 	// groups it holds, where each version ends): the next appends ask the
 	// log. A capture calls it as it starts, since another process may have
@@ -70,6 +74,22 @@ type Tx interface {
 	// SetFilled records that the append fills a version's state, with
 	// definition, as of lsn.
 	SetFilled(ctx context.Context, v Version, system, definition string, lsn uint64) error
+	// PutBase writes rows of a join version's base state, in order (a
+	// later row of the same table and key replaces an earlier one), and
+	// records that the system applied the source transaction that
+	// commits at lsn (BaseAt). See base.go.
+	PutBase(ctx context.Context, v Version, system string, lsn uint64, rows []BaseRow) error
+	// ClearBase empties one table of a join version's base state (a
+	// TRUNCATE of it), or every table when table is negative (a first
+	// fill).
+	ClearBase(ctx context.Context, v Version, table int) error
+	// Base returns the rows of one table of a join version's base state
+	// that have the given keys, by key; a key without a row is absent.
+	Base(ctx context.Context, v Version, table int, keys []string) (map[string][]Value, error)
+	// Referrers returns, in key order, up to limit keys greater than
+	// after of the rows of table whose Refs for child are among refs:
+	// the rows that meet those rows of the joined table.
+	Referrers(ctx context.Context, v Version, table, child int, refs []string, after string, limit int) ([]string, error)
 	// Commit makes the append visible and returns how many groups were new.
 	Commit(ctx context.Context) (int, error)
 	// Rollback abandons the append; harmless after Commit.

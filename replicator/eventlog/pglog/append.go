@@ -36,6 +36,7 @@ type Tx struct {
 	order    []eventlog.Version
 	groups   map[groupID]*groupTx
 	added    int
+	baseIDs  map[eventlog.Version]int // versions whose base state it wrote
 }
 
 type versionTx struct {
