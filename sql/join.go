@@ -49,6 +49,9 @@ type JoinTable struct {
 	// Left: reached by a LEFT JOIN (directly or through a table that
 	// is): its columns may be NULL in a published row.
 	Left bool
+	// LeftJoin: joined by a LEFT JOIN itself (Left may come from a table
+	// before it).
+	LeftJoin bool
 	// Parent is the index in Tables of the table it joins to (-1 for the
 	// root), On the columns that meet, its own first.
 	Parent int
@@ -173,6 +176,7 @@ func (p *JoinProjection) setTables(from *pg_query.Node) error {
 			}
 		}
 		t.Left = j.Jointype == pg_query.JoinType_JOIN_LEFT
+		t.LeftJoin = t.Left
 		p.Tables = append(p.Tables, t)
 		if err := p.setOn(len(p.Tables)-1, j.Quals); err != nil {
 			return err

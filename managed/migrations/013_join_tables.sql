@@ -17,7 +17,6 @@ DECLARE
     rel oid;
     t record;
     resolved text[] := '{}';
-    payload jsonb;
 BEGIN
     IF new_tables IS NULL OR pg_catalog.cardinality(new_tables) = 0 OR pg_catalog.cardinality(new_tables) > 64 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = 'invalid record of a publication version: its tables';

@@ -164,6 +164,19 @@ func (s *session) groups(ctx context.Context, tx eventlog.Tx, txns []*transactio
 		since := s.since[src.Version]
 		// The version's first state already has what committed before it.
 		skip := func(t *transaction) bool { return t.commitLSN <= since }
+		if src.Join != nil {
+			err := s.joinAppend(ctx, tx, src, txns, skip)
+			if ve, ok := asVersionError(err); ok {
+				if err := s.quarantine(ctx, tx, src, ve); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
 		changes, err := changesFor(ctx, s.conn, src, s.rels, txns, skip)
 		if ve, ok := asVersionError(err); ok {
 			if err := s.quarantine(ctx, tx, src, ve); err != nil {

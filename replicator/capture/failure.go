@@ -142,6 +142,9 @@ func (s *Source) verify(ctx context.Context, conn *pgx.Conn) error {
 			return s.fault(err, true)
 		}
 		query := "SELECT " + strings.Join(s.Exprs, ", ") + s.rowsFrom()
+		if s.Join != nil {
+			query = s.Join.query
+		}
 		desc, err := tx.Conn().PgConn().Prepare(ctx, "", query, nil)
 		if err != nil {
 			return s.fault(err, true)
@@ -197,7 +200,7 @@ func (s *Source) checkAttributes(fields []pgconn.FieldDescription, attr func(str
 	}
 	for i, want := range s.Types {
 		got, where := ColumnType{OID: fields[i].DataTypeOID, Mod: fields[i].TypeModifier}, "public column "+pgx.Identifier{s.Names[i]}.Sanitize()
-		if src := s.Sources[i]; src != "" {
+		if src := s.Sources[i]; src != "" && s.Join == nil {
 			// A plain column: its declared type (a domain stays one).
 			typ, _, name, _ := attr(src)
 			got, where = typ, "column "+pgx.Identifier{src}.Sanitize()+" of "+table+" is now "+name+", and public column "+pgx.Identifier{s.Names[i]}.Sanitize()

@@ -41,6 +41,17 @@ func (p *WALReader) fill(ctx context.Context) (map[eventlog.Version]uint64, erro
 		}
 		if ok && definition == src.Definition() && !p.fillAll {
 			since[src.Version] = lsn
+			if src.Join != nil {
+				// Its base state may be ahead: transactions appended
+				// since are in it (a replay must not apply them again).
+				at, ok, err := p.Log.BaseAt(ctx, src.Version, p.System)
+				if err != nil {
+					return nil, err
+				}
+				if ok {
+					since[src.Version] = max(lsn, at)
+				}
+			}
 			continue
 		}
 		if ok && strings.HasPrefix(definition, failedMark) {
@@ -122,6 +133,11 @@ func (p *WALReader) snapshot(ctx context.Context, todo []*Source) (uint64, error
 		for _, src := range todo {
 			if err := p.fillSource(ctx, tx, slot.SnapshotName, log, src, evaluators[src], point); err != nil {
 				return err
+			}
+			if src.Join != nil {
+				if err := p.fillBase(ctx, tx, log, src, point); err != nil {
+					return err
+				}
 			}
 			tables[[2]string{src.Schema, src.Table}] = true
 		}
@@ -315,7 +331,7 @@ func (p *WALReader) copyFill(ctx context.Context, tx pgx.Tx, snapshot string, fc
 // publisher.go); nil when it cannot, and the rows are read plainly under
 // SET LOCAL ROLE.
 func fillEvaluator(ctx context.Context, conn *pgx.Conn, src *Source) (*evaluator, error) {
-	code := src.Filter != ""
+	code := src.Filter != "" || src.Join != nil
 	for _, name := range src.Sources {
 		code = code || name == ""
 	}

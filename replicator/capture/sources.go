@@ -30,6 +30,9 @@ type Source struct {
 	// Types are the public columns' recorded types, in order (none for a
 	// record that predates them): what the table must still give.
 	Types []ColumnType
+	// Join is how the rows of a version whose query joins tables are
+	// made (join.go); nil for a version of one table.
+	Join *joinPlan
 }
 
 // VersionProblem is a publication version that cannot be computed now,
@@ -145,6 +148,9 @@ func noRecord(err error) bool {
 // NewSource makes the capture source of a publication version from its
 // published query, public key columns and (resolved) table.
 func NewSource(v eventlog.Version, query string, key []string, schema, table string) (Source, error) {
+	if sql.IsJoin(query) {
+		return newJoinSource(v, query, key, schema, table)
+	}
 	a, perr := sql.AnalyzeProjection(query)
 	if perr != nil {
 		return Source{}, fmt.Errorf("publication %s version %d: %w", v.Publication, v.Number, perr)
@@ -199,12 +205,18 @@ func (s *Source) Order(columns []string) error {
 	}
 	s.KeySources = keySources
 	s.Exprs, s.KeyCols, s.Names, s.Sources = exprs, keys, columns, sources
+	if s.Join != nil {
+		s.Join.setRootKey(keySources)
+	}
 	return nil
 }
 
 // Definition identifies what a source's rows are: when it changes (a new
 // minor, a new filter), the version's state is filled again.
 func (s *Source) Definition() string {
+	if s.Join != nil {
+		return fmt.Sprintf("%s.%s/%q/%q/%v%s", s.Schema, s.Table, s.Exprs, s.Filter, s.KeyCols, s.Join.definition())
+	}
 	return fmt.Sprintf("%s.%s/%q/%q/%v", s.Schema, s.Table, s.Exprs, s.Filter, s.KeyCols)
 }
 
@@ -215,6 +227,13 @@ func (s *Source) Layout() eventlog.Layout {
 
 // textExprs are a source's public columns as text, as the log keeps them.
 func (s *Source) textExprs() []string {
+	if s.Join != nil { // over the stored query's output (rowsFrom)
+		exprs := make([]string, len(s.Names))
+		for i, n := range s.Names {
+			exprs[i] = "(rejot_q." + pgx.Identifier{n}.Sanitize() + ")::text"
+		}
+		return exprs
+	}
 	exprs := make([]string, len(s.Exprs))
 	for i, e := range s.Exprs {
 		exprs[i] = "(" + e + ")::text"
@@ -227,6 +246,13 @@ func (s *Source) rowsFrom() string { return s.rowsWhere("") }
 
 // rowsWhere is rowsFrom with one more condition (none when "").
 func (s *Source) rowsWhere(cond string) string {
+	if s.Join != nil { // the stored query itself: only the first fill reads it
+		from := " FROM (" + s.Join.query + ") AS rejot_q"
+		if cond != "" {
+			from += " WHERE " + cond
+		}
+		return from
+	}
 	from := " FROM " + s.table()
 	switch {
 	case s.Filter != "" && cond != "":

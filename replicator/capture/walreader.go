@@ -143,10 +143,17 @@ func (p *WALReader) preparePublication(ctx context.Context, conn *pgx.Conn) erro
 	seen := map[string]bool{}
 	var tables []string
 	for _, s := range p.Sources {
-		t := pgx.Identifier{s.Schema, s.Table}.Sanitize()
-		if !seen[t] {
-			seen[t] = true
-			tables = append(tables, t)
+		names := []string{pgx.Identifier{s.Schema, s.Table}.Sanitize()}
+		if s.Join != nil {
+			for _, t := range s.Join.tables[1:] {
+				names = append(names, t.name())
+			}
+		}
+		for _, t := range names {
+			if !seen[t] {
+				seen[t] = true
+				tables = append(tables, t)
+			}
 		}
 	}
 	if len(tables) == 0 {

@@ -88,7 +88,8 @@ type Tx interface {
 	Base(ctx context.Context, v Version, table int, keys []string) (map[string][]Value, error)
 	// Referrers returns, in key order, up to limit keys greater than
 	// after of the rows of table whose Refs for child are among refs:
-	// the rows that meet those rows of the joined table.
+	// the rows that meet those rows of the joined table. With child
+	// negative, refs is ignored and the keys are of every row of table.
 	Referrers(ctx context.Context, v Version, table, child int, refs []string, after string, limit int) ([]string, error)
 	// Commit makes the append visible and returns how many groups were new.
 	Commit(ctx context.Context) (int, error)

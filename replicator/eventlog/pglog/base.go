@@ -120,14 +120,23 @@ func (t *Tx) Base(ctx context.Context, v eventlog.Version, table int, keys []str
 	return out, err
 }
 
-// Referrers pages through the rows of table that meet rows of child.
+// Referrers pages through the rows of table that meet rows of child (of
+// every row of table when child is negative).
 func (t *Tx) Referrers(ctx context.Context, v eventlog.Version, table, child int, refs []string, after string, limit int) ([]string, error) {
-	if len(refs) == 0 {
-		return nil, nil
-	}
 	id, err := t.baseID(ctx, v)
 	if err != nil {
 		return nil, err
+	}
+	if child < 0 {
+		rows, err := t.tx.Query(ctx, `SELECT b.key FROM rejot_log.base b WHERE b.stream = $1 AND b.tab = $2 AND b.key > $3
+			ORDER BY b.key LIMIT $4`, id, table, after, limit)
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if len(refs) == 0 {
+		return nil, nil
 	}
 	rows, err := t.tx.Query(ctx, `SELECT DISTINCT r.key FROM rejot_log.base_refs r
 		WHERE r.stream = $1 AND r.tab = $2 AND r.child = $3 AND r.ref = ANY ($4::text[]) AND r.key > $5

@@ -1,0 +1,100 @@
+package tests
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// joinSetup is three tables along the data's keys: order → customer →
+// region.
+const joinSetup = `CREATE TABLE regions (id int PRIMARY KEY, name text NOT NULL);
+	CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, region_id int);
+	CREATE TABLE orders (id bigint PRIMARY KEY, customer_id int, total numeric(12,2) NOT NULL, note text);
+	INSERT INTO regions VALUES (1, 'north'), (2, 'south');
+	INSERT INTO customers SELECT g, 'c' || g, 1 + g % 2 FROM generate_series(1, 20) g;
+	INSERT INTO orders SELECT g, 1 + g % 20, g * 1.25, 'n' FROM generate_series(1, 200) g`
+
+// joinQuery is a LEFT JOIN chain with an expression and a filter over
+// two of the tables.
+const joinQuery = `SELECT o.id, o.total, c.name AS customer, upper(r.name) AS region
+	FROM orders o LEFT JOIN customers c ON c.id = o.customer_id LEFT JOIN regions r ON r.id = c.region_id
+	WHERE o.total > 1 AND coalesce(r.name, '') <> 'east'`
+
+// TestJoinProjection: a join version's rows follow every change of any of
+// its tables exactly — a customer renamed updates all its orders, an
+// order moved to another customer, a customer deleted under a LEFT JOIN,
+// a region changed, key changes of each table, a filter over a joined
+// table, truncates of a joined table and of the root — and rejot.publications
+// lists the tables it reads. An inner join drops the rows it no longer
+// meets.
+func TestJoinProjection(t *testing.T) {
+	owner, consumer, name := replicated(t, "joined", joinSetup, joinQuery, "order_view")
+	ctx := context.Background()
+	converge := func(step string) {
+		t.Helper()
+		t.Log(step)
+		targetConverges(t, 30*time.Second, owner.conn, joinQuery, consumer.conn, "order_view")
+	}
+	converge("first state")
+	var tables []string
+	if err := owner.conn.QueryRow(ctx, "SELECT tables FROM rejot.publications WHERE publication = $1", name).Scan(&tables); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(tables, " ") != `"public"."orders" "public"."customers" "public"."regions"` {
+		t.Fatalf("tables %v", tables)
+	}
+	for _, step := range []struct{ name, sql string }{
+		{"rename a customer", "UPDATE customers SET name = 'renamed' WHERE id = 3"},
+		{"rename a customer and change its orders together", "BEGIN; UPDATE customers SET name = 'both' WHERE id = 4; UPDATE orders SET total = total + 1 WHERE customer_id = 4; COMMIT"},
+		{"move orders to another customer", "UPDATE orders SET customer_id = 5 WHERE id IN (1, 2, 3)"},
+		{"change a customer's region", "UPDATE customers SET region_id = 2 WHERE id = 5"},
+		{"rename a region", "UPDATE regions SET name = 'northern' WHERE id = 1"},
+		{"a region leaves the filter", "UPDATE regions SET name = 'east' WHERE id = 2"},
+		{"and comes back", "UPDATE regions SET name = 'west' WHERE id = 2"},
+		{"delete a customer under the LEFT JOIN", "DELETE FROM customers WHERE id = 6"},
+		{"change a customer's key", "UPDATE customers SET id = 106 WHERE id = 7"},
+		{"give its orders the new key", "UPDATE orders SET customer_id = 106 WHERE customer_id = 7"},
+		{"insert the missing customer", "INSERT INTO customers VALUES (6, 'back', 2)"},
+		{"change an order's key", "UPDATE orders SET id = 1000 WHERE id = 10"},
+		{"an order leaves the filter", "UPDATE orders SET total = 0 WHERE id = 11"},
+		{"delete orders", "DELETE FROM orders WHERE id IN (12, 13)"},
+		{"null a join column", "UPDATE orders SET customer_id = NULL WHERE id = 14"},
+		{"a change the version does not read", "UPDATE orders SET note = 'x' WHERE id = 15"},
+		{"a rolled back change", "BEGIN; UPDATE customers SET name = 'never' WHERE id = 8; ROLLBACK"},
+		{"truncate a joined table", "TRUNCATE regions"},
+		{"refill it", "INSERT INTO regions VALUES (1, 'one'), (2, 'two')"},
+		{"truncate the root", "TRUNCATE orders"},
+		{"new orders", "INSERT INTO orders SELECT g, 1 + g % 25, g, 'n' FROM generate_series(1, 50) g"},
+	} {
+		if err := owner.exec(t, step.sql); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		converge(step.name)
+	}
+}
+
+// TestJoinProjectionInner: under an inner JOIN, a root row appears only
+// while it meets a row of the joined table.
+func TestJoinProjectionInner(t *testing.T) {
+	const query = "SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id"
+	owner, consumer, _ := replicated(t, "inner", joinSetup, query, "inner_view")
+	converge := func(step string) {
+		t.Helper()
+		targetConverges(t, 30*time.Second, owner.conn, query, consumer.conn, "inner_view")
+	}
+	converge("first state")
+	for _, q := range []string{
+		"DELETE FROM customers WHERE id = 2",
+		"UPDATE orders SET customer_id = 999 WHERE id = 5",
+		"INSERT INTO customers VALUES (999, 'late', 1), (2, 'again', 1)",
+		"UPDATE customers SET id = 1999 WHERE id = 999",
+		"TRUNCATE customers CASCADE",
+	} {
+		if err := owner.exec(t, q); err != nil {
+			t.Fatal(err)
+		}
+		converge(q)
+	}
+}
