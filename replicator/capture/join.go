@@ -32,7 +32,7 @@ type joinPlan struct {
 // joinTable is one table of a join version, as the stored query names it.
 type joinTable struct {
 	schema, table, alias string
-	parent               int // index of the table it joins to; -1 for the root
+	parent               int  // index of the table it joins to; -1 for the root
 	left                 bool // joined by a LEFT JOIN
 	on                   []sql.JoinPair
 	// reads are the columns the version reads of it: a base row's
