@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // joinSetup is three tables along the data's keys: order → customer →
@@ -96,5 +98,81 @@ func TestJoinProjectionInner(t *testing.T) {
 			t.Fatal(err)
 		}
 		converge(q)
+	}
+}
+
+// TestJoinPublishValidation: a join projection is validated as one
+// table's is — types, nullability (a LEFT JOINed table's columns are
+// nullable, an inner one's NOT NULL columns are not), the public key,
+// immutability, privileges and the compatibility rules — and each joined
+// table must be met on exactly its primary key, by columns of its types.
+func TestJoinPublishValidation(t *testing.T) {
+	p := newPublisher(t)
+	ctx := context.Background()
+	stranger := p.name("stranger")
+	if err := p.exec(t, joinSetup+`; CREATE TABLE notes (id bigint PRIMARY KEY, body text);
+		CREATE ROLE `+stranger+`; GRANT SELECT ON orders TO `+stranger); err != nil {
+		t.Fatal(err)
+	}
+	name := p.name("lines")
+	const q = `SELECT o.id, o.total, c.name AS customer, r.name AS region FROM orders o
+		JOIN customers c ON c.id = o.customer_id LEFT JOIN regions r ON r.id = c.region_id`
+	var pub, cols string
+	var version, minor int
+	publish := func(query string) error {
+		return p.conn.QueryRow(ctx, "SELECT * FROM rejot.publish($1, 1, $2)", name, query).Scan(&pub, &version, &minor, &cols)
+	}
+	if err := publish(q); err != nil {
+		t.Fatal(err)
+	}
+	if cols != "id bigint key, total numeric(12,2), customer text, region text" {
+		t.Fatalf("columns %q", cols)
+	}
+	p.catalogMinor(t, name, 1, 0)
+	rows, err := p.conn.Query(ctx, "SELECT name || ' ' || nullable FROM rejot.columns WHERE publication = $1 ORDER BY position", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || strings.Join(got, ", ") != "id false, total false, customer false, region true" {
+		t.Fatalf("nullability %v, %v", got, err)
+	}
+	// The same again is a no-op; a column more is a minor; another filter
+	// is refused.
+	if err := publish(q); err != nil || minor != 0 {
+		t.Fatalf("republish: minor %d, %v", minor, err)
+	}
+	more := strings.Replace(q, "r.name AS region", "r.name AS region, c.id AS customer_id", 1)
+	if err := publish(more); err != nil || minor != 1 {
+		t.Fatalf("a column added: minor %d, %v", minor, err)
+	}
+	if pe := pgErr(p.exec(t, "CALL rejot.publish($1, 1, $2)", name, more+" WHERE r.id > 1")); pe.Code != "0A000" || !strings.Contains(pe.Message, "which rows") {
+		t.Fatalf("a new filter: %v", pe)
+	}
+	for _, c := range []struct{ query, code, says string }{
+		{"SELECT o.id FROM orders o JOIN customers c ON c.region_id = o.customer_id", "0A000", "not on its primary key"},
+		{"SELECT o.id FROM orders o JOIN notes n ON n.id = o.customer_id", "0A000", "types differ"},
+		{"SELECT o.total FROM orders o JOIN customers c ON c.id = o.customer_id", "0A000", "primary key of its root table"},
+		{"SELECT o.id, c.name || random() AS x FROM orders o JOIN customers c ON c.id = o.customer_id", "42P17", "not allowed"},
+		{"SELECT o.id FROM orders o JOIN customers c ON c.id = o.nosuch", "42703", "nosuch"},
+		{"SELECT o.id FROM orders o JOIN nosuch c ON c.id = o.customer_id", "42P01", "nosuch"},
+		{"SELECT o.id FROM orders o RIGHT JOIN customers c ON c.id = o.customer_id", "0A000", "RIGHT JOIN"},
+	} {
+		pe := pgErr(p.exec(t, "CALL rejot.publish($1, 2, $2)", name, c.query))
+		if pe.Code != c.code || !strings.Contains(pe.Message, c.says) {
+			t.Errorf("%s: %s %q; want %s mentioning %q", c.query, pe.Code, pe.Message, c.code, c.says)
+		}
+	}
+	// A role that may read the root but not a joined table is refused by
+	// Postgres itself, through its own session.
+	if err := p.exec(t, "SET ROLE "+stranger); err != nil {
+		t.Fatal(err)
+	}
+	pe := pgErr(p.exec(t, "CALL rejot.publish($1, 3, $2)", stranger, q))
+	if err := p.exec(t, "RESET ROLE"); err != nil {
+		t.Fatal(err)
+	}
+	if pe.Code != "42501" {
+		t.Fatalf("a role without SELECT on a joined table: %s %q", pe.Code, pe.Message)
 	}
 }
