@@ -176,3 +176,38 @@ func TestJoinPublishValidation(t *testing.T) {
 		t.Fatalf("a role without SELECT on a joined table: %s %q", pe.Code, pe.Message)
 	}
 }
+
+// TestJoinVersionFailsAlone: a joined table losing a column the version
+// reads, behind the sidecar's back, fails that version alone (with its
+// problem in rejot.publications) while a version of the same system goes
+// on; bringing the column back and publishing again mends it exactly.
+func TestJoinVersionFailsAlone(t *testing.T) {
+	const query = "SELECT o.id, c.name FROM orders o LEFT JOIN customers c ON c.id = o.customer_id"
+	owner, consumer, name := replicated(t, "breaks", joinSetup, query, "broken_view")
+	ctx := context.Background()
+	targetConverges(t, 30*time.Second, owner.conn, query, consumer.conn, "broken_view")
+	witness := owner.name("witness")
+	if err := owner.exec(t, "CALL rejot.publish($1, 1, 'SELECT id, total FROM orders')", witness); err != nil {
+		t.Fatal(err)
+	}
+	owner.catalogMinor(t, witness, 1, 0)
+	if err := consumer.exec(t, "CALL rejot.subscribe($1, 1, 'witness')", witness); err != nil {
+		t.Fatal(err)
+	}
+	admin := pg.Connect(t, owner.db)
+	mustExec(t, admin, "DROP EVENT TRIGGER IF EXISTS rejot_guard_contract")
+	mustExec(t, admin, "ALTER TABLE customers DROP COLUMN name; UPDATE customers SET region_id = 2 WHERE id = 1; UPDATE orders SET total = total + 1")
+	waitFor(t, 30*time.Second, func() bool {
+		var status string
+		var problem *string
+		owner.conn.QueryRow(ctx, "SELECT status, problem FROM rejot.publications WHERE publication = $1", name).Scan(&status, &problem)
+		return status == "failed" && problem != nil && strings.Contains(*problem, "name")
+	})
+	targetConverges(t, 30*time.Second, owner.conn, "SELECT id, total FROM orders", consumer.conn, "witness")
+	mustExec(t, admin, "ALTER TABLE customers ADD COLUMN name text; UPDATE customers SET name = 'back ' || id")
+	if err := owner.exec(t, "CALL rejot.publish($1, 1, $2)", name, query); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, admin, "UPDATE customers SET name = 'after' WHERE id = 2")
+	targetConverges(t, 60*time.Second, owner.conn, query, consumer.conn, "broken_view")
+}
