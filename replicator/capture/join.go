@@ -91,6 +91,7 @@ func newJoinSource(v eventlog.Version, query string, key []string, schema, table
 			}
 		}
 	}
+	plan.setRootKey(src.KeySources)
 	return src, nil
 }
 
