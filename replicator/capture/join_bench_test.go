@@ -22,10 +22,11 @@ const benchJoinQuery = "SELECT o.id, o.v, c.name AS customer FROM public.bench o
 //     root row, captured for a version of the root table alone and for a
 //     join version of it with a joined table; µs per source change and
 //     the ratio, join over single;
+//
 //   - fanout_N: one joined row (a customer) changed, N root rows (its
 //     orders) recomputed and appended in one group, for N = 1, 100, 10k.
 //
-//	go test ./replicator/capture -run '^$' -bench JoinCapture -benchtime 1x
+//     go test ./replicator/capture -run '^$' -bench JoinCapture -benchtime 1x
 func BenchmarkJoinCapture(b *testing.B) {
 	b.Run("per_change", func(b *testing.B) {
 		for range b.N {

@@ -26,15 +26,168 @@ func (s *session) joinAppend(ctx context.Context, tx eventlog.Tx, src *Source, t
 			return err
 		}
 	}
+	var run []*transaction // consecutive transactions that change only root rows
 	for _, t := range txns {
 		if skip(t) {
 			continue
 		}
+		if s.rootOnly(src, t) {
+			run = append(run, t)
+			continue
+		}
+		if err := s.rootRun(ctx, tx, src, run); err != nil {
+			return err
+		}
+		run = nil
 		if err := s.joinTransaction(ctx, tx, src, t); err != nil {
 			return err
 		}
 	}
+	return s.rootRun(ctx, tx, src, run)
+}
+
+// rootOnly says whether a transaction changes, of a join version's
+// tables, only rows of the root (no truncate, no value left out): the
+// rows of the joined tables are then as the base state has them, and
+// the public rows it changes are those of its own root rows.
+func (s *session) rootOnly(src *Source, t *transaction) bool {
+	for ei := range t.events {
+		e := &t.events[ei]
+		r := s.rels[e.rel]
+		if r == nil {
+			continue
+		}
+		pos := src.Join.positions(r.schema, r.table)
+		if len(pos) == 0 {
+			continue
+		}
+		if len(pos) > 1 || pos[0] != 0 || e.op == 'T' || slices.Contains(e.toasted, true) {
+			return false
+		}
+	}
+	return true
+}
+
+// rootRun appends what a run of root-only transactions did, with one
+// write of base rows, one read of the joined rows and one evaluation per
+// chunk of root rows for the whole run, each transaction's group holding
+// its own root rows as it left them.
+func (s *session) rootRun(ctx context.Context, tx eventlog.Tx, src *Source, run []*transaction) error {
+	if len(run) == 0 {
+		return nil
+	}
+	type entry struct {
+		txn int
+		key string
+		row []eventlog.Value // nil: gone
+	}
+	var rows []eventlog.BaseRow
+	var entries []entry
+	for ti, t := range run {
+		last := map[string]int{} // the transaction's rows, by key: the last change of each counts
+		for ei := range t.events {
+			e := &t.events[ei]
+			r := s.rels[e.rel]
+			if r == nil || len(src.Join.positions(r.schema, r.table)) == 0 {
+				continue
+			}
+			changed, err := s.baseChange(ctx, tx, src, 0, r, e, nil)
+			if err != nil {
+				return err
+			}
+			for _, b := range changed {
+				if at, ok := last[b.Key]; ok {
+					entries[at].row = b.Row
+				} else {
+					last[b.Key] = len(entries)
+					entries = append(entries, entry{txn: ti, key: b.Key, row: b.Row})
+				}
+			}
+			rows = append(rows, changed...)
+		}
+	}
+	if err := tx.PutBase(ctx, src.Version, s.p.System, run[len(run)-1].commitLSN, rows); err != nil {
+		return fmt.Errorf("cannot append to the event log: %w", err)
+	}
+	for start := 0; start < len(entries); start += joinChunk {
+		chunk := entries[start:min(start+joinChunk, len(entries))]
+		var present [][]eventlog.Value
+		for _, e := range chunk {
+			if e.row != nil {
+				present = append(present, e.row)
+			}
+		}
+		tables, err := s.joinedRows(ctx, tx, src, present)
+		if err != nil {
+			return err
+		}
+		projected, err := src.projectJoin(ctx, s.conn, tables)
+		if err != nil {
+			return src.fault(err, false)
+		}
+		var groups []eventlog.Group
+		at := 0
+		for _, e := range chunk {
+			if len(groups) == 0 || groups[len(groups)-1].CommitLSN != run[e.txn].commitLSN {
+				t := run[e.txn]
+				groups = append(groups, eventlog.Group{Version: src.Version, System: s.p.System, CommitLSN: t.commitLSN,
+					CommitTime: t.commitTime, Layout: src.Layout()})
+			}
+			g := &groups[len(groups)-1]
+			change := eventlog.Change{Op: eventlog.OpDelete, Key: src.rootKey(e.key)}
+			if e.row != nil {
+				if p, ok := projected[at]; ok && p.Keep {
+					change = eventlog.Change{Op: eventlog.OpUpsert, Key: keyFrom(src, p.Row), Row: p.Row}
+				}
+				at++
+			}
+			g.Changes = append(g.Changes, change)
+		}
+		if err := tx.Append(ctx, groups); err != nil {
+			return fmt.Errorf("cannot append to the event log: %w", err)
+		}
+		metricCaptured.WithLabelValues(versionLabels(src.Version)...).Add(float64(len(chunk)))
+	}
 	return nil
+}
+
+func keyFrom(src *Source, row []eventlog.Value) []eventlog.Value {
+	key := make([]eventlog.Value, len(src.KeyCols))
+	for j, c := range src.KeyCols {
+		key[j] = row[c]
+	}
+	return key
+}
+
+// joinedRows are, for some root rows, the rows of each joined table they
+// meet, read from the base state top-down (the root rows first).
+func (s *session) joinedRows(ctx context.Context, tx eventlog.Tx, src *Source, roots [][]eventlog.Value) ([][][]eventlog.Value, error) {
+	plan := src.Join
+	tables := make([][][]eventlog.Value, len(plan.tables))
+	tables[0] = roots
+	for ti := 1; ti < len(plan.tables); ti++ {
+		parent := plan.tables[ti].parent
+		want := map[string]bool{}
+		for _, r := range tables[parent] {
+			if ref, ok := refOf(r, plan.tables[parent].refs[ti]); ok {
+				want[ref] = true
+			}
+		}
+		keys := make([]string, 0, len(want))
+		for k := range want {
+			keys = append(keys, k)
+		}
+		got, err := tx.Base(ctx, src.Version, ti, keys)
+		if err != nil {
+			return nil, fmt.Errorf("cannot read the event log: %w", err)
+		}
+		for _, k := range keys {
+			if r, ok := got[k]; ok {
+				tables[ti] = append(tables[ti], r)
+			}
+		}
+	}
+	return tables, nil
 }
 
 // touched are the rows of each table of a join a transaction changed
@@ -279,43 +432,24 @@ func (s *session) recomputeAll(ctx context.Context, tx eventlog.Tx, src *Source,
 // state: an upsert for each that is there, meets the rows its inner joins
 // need and passes the filter, else a delete (none when onlyPresent).
 func (s *session) evaluateRoots(ctx context.Context, tx eventlog.Tx, src *Source, roots []string, onlyPresent bool) ([]eventlog.Change, error) {
-	plan := src.Join
 	if len(roots) == 0 {
 		return nil, nil
 	}
-	tables := make([][][]eventlog.Value, len(plan.tables)) // per table, its rows
 	rootRows, err := tx.Base(ctx, src.Version, 0, roots)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the event log: %w", err)
 	}
 	present := make([]string, 0, len(rootRows))
+	var presentRows [][]eventlog.Value
 	for _, k := range roots {
 		if r, ok := rootRows[k]; ok {
 			present = append(present, k)
-			tables[0] = append(tables[0], r)
+			presentRows = append(presentRows, r)
 		}
 	}
-	for ti := 1; ti < len(plan.tables); ti++ {
-		parent := plan.tables[ti].parent
-		want := map[string]bool{}
-		for _, r := range tables[parent] {
-			if ref, ok := refOf(r, plan.tables[parent].refs[ti]); ok {
-				want[ref] = true
-			}
-		}
-		keys := make([]string, 0, len(want))
-		for k := range want {
-			keys = append(keys, k)
-		}
-		got, err := tx.Base(ctx, src.Version, ti, keys)
-		if err != nil {
-			return nil, fmt.Errorf("cannot read the event log: %w", err)
-		}
-		for _, k := range keys {
-			if r, ok := got[k]; ok {
-				tables[ti] = append(tables[ti], r)
-			}
-		}
+	tables, err := s.joinedRows(ctx, tx, src, presentRows)
+	if err != nil {
+		return nil, err
 	}
 	projected, err := src.projectJoin(ctx, s.conn, tables)
 	if err != nil {
@@ -324,11 +458,7 @@ func (s *session) evaluateRoots(ctx context.Context, tx eventlog.Tx, src *Source
 	var out []eventlog.Change
 	for i, k := range present {
 		if p, ok := projected[i]; ok && p.Keep {
-			key := make([]eventlog.Value, len(src.KeyCols))
-			for j, c := range src.KeyCols {
-				key[j] = p.Row[c]
-			}
-			out = append(out, eventlog.Change{Op: eventlog.OpUpsert, Key: key, Row: p.Row})
+			out = append(out, eventlog.Change{Op: eventlog.OpUpsert, Key: keyFrom(src, p.Row), Row: p.Row})
 			continue
 		}
 		if !onlyPresent {
@@ -366,6 +496,10 @@ func (s *Source) rootKey(k string) []eventlog.Value {
 // gives one, by its index in rows[0].
 func (s *Source) projectJoin(ctx context.Context, q Querier, rows [][][]eventlog.Value) (map[int]Projected, error) {
 	plan := s.Join
+	out := map[int]Projected{}
+	if len(rows[0]) == 0 {
+		return out, nil
+	}
 	var args []any
 	ords := make([]int32, len(rows[0]))
 	for i := range ords {
@@ -383,7 +517,6 @@ func (s *Source) projectJoin(ctx context.Context, q Querier, rows [][][]eventlog
 			args = append(args, col)
 		}
 	}
-	out := map[int]Projected{}
 	cols := make([]SourceColumn, len(args)-1) // the evaluator's text[] parameters
 	err := s.Projection.evaluate(ctx, q, joinSQL(s), cols, args, func(r pgx.Rows) error {
 		for r.Next() {
