@@ -21,12 +21,14 @@ type Overview struct {
 
 // PublicationVersion is one version of a publication, as the catalog has it.
 type PublicationVersion struct {
-	Publication string   `json:"publication"`
-	Version     int      `json:"version"`
-	Minor       int      `json:"minor"`
-	Owner       string   `json:"owner"`
-	Database    string   `json:"database"`
-	Query       string   `json:"query"`
+	Publication string `json:"publication"`
+	Version     int    `json:"version"`
+	Minor       int    `json:"minor"`
+	Owner       string `json:"owner"`
+	Database    string `json:"database"`
+	Query       string `json:"query"`
+	// Tables are every table the version reads, its root first.
+	Tables      []string `json:"tables"`
 	KeyColumns  []string `json:"key_columns"`
 	Description string   `json:"description"`
 	Status      string   `json:"status"` // active, deprecated, failed or retired
@@ -146,7 +148,8 @@ type versionKey struct {
 func readVersions(ctx context.Context, tx pgx.Tx) ([]PublicationVersion, error) {
 	rows, err := tx.Query(ctx, `SELECT publication, version, minor, owner, database, query, key_columns,
 			description, CASE WHEN problem IS NOT NULL AND status <> 'retired' THEN 'failed' ELSE status END,
-			sunset, note, created_at, updated_at, CASE WHEN status <> 'retired' THEN coalesce(problem, '') ELSE '' END
+			sunset, note, created_at, updated_at, CASE WHEN status <> 'retired' THEN coalesce(problem, '') ELSE '' END,
+			coalesce(tables, ARRAY[source])
 		FROM rejot_catalog.publications ORDER BY publication, version`)
 	if err != nil {
 		return nil, err
@@ -155,7 +158,7 @@ func readVersions(ctx context.Context, tx pgx.Tx) ([]PublicationVersion, error) 
 		p := PublicationVersion{Columns: []Column{}, Subscriptions: []SubscriptionStatus{}}
 		var sunset pgtype.Date
 		err := row.Scan(&p.Publication, &p.Version, &p.Minor, &p.Owner, &p.Database, &p.Query, &p.KeyColumns,
-			&p.Description, &p.Status, &sunset, &p.Note, &p.CreatedAt, &p.UpdatedAt, &p.Problem)
+			&p.Description, &p.Status, &sunset, &p.Note, &p.CreatedAt, &p.UpdatedAt, &p.Problem, &p.Tables)
 		if sunset.Valid && sunset.InfinityModifier == pgtype.Finite {
 			p.Sunset = sunset.Time.Format(time.DateOnly)
 		}

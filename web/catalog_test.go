@@ -221,3 +221,21 @@ func TestFormats(t *testing.T) {
 		t.Errorf("anchors %s %s", a, b)
 	}
 }
+
+// TestLineageShowsJoinedTables: a version that reads several tables says
+// how many in its box and names them, root first, in its tooltip.
+func TestLineageShowsJoinedTables(t *testing.T) {
+	o := demo()
+	o.Publications[0].Tables = []string{`"public"."orders"`, `"public"."customers"`}
+	o.Publications[0].Status, o.Publications[0].Sunset = "active", ""
+	l := layoutLineage(o)
+	for _, n := range l.Nodes {
+		if n.ID == fmt.Sprintf("version:%s/%d", o.Publications[0].Publication, o.Publications[0].Version) {
+			if !strings.Contains(n.Detail, "joins 2 tables") || !strings.Contains(n.Tooltip, `reads "public"."orders", "public"."customers"`) {
+				t.Fatalf("version box %q, tooltip %q", n.Detail, n.Tooltip)
+			}
+			return
+		}
+	}
+	t.Fatal("no box of the version")
+}

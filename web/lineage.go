@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/rejot-dev/rejot/catalog"
@@ -156,9 +157,13 @@ func ownerNode(v catalog.PublicationVersion, x, y, w int) node {
 }
 
 func versionNode(v catalog.PublicationVersion, x, y, w int) node {
-	return fit(node{ID: fmt.Sprintf("version:%s/%d", v.Publication, v.Version), Kind: "version",
+	n := fit(node{ID: fmt.Sprintf("version:%s/%d", v.Publication, v.Version), Kind: "version",
 		Status: statusClass(v.Status), Href: "#" + anchor(v.Publication, v.Version),
 		X: x, Y: y, W: w, H: boxH, Title: versionTitle(v), Detail: versionDetail(v)})
+	if len(v.Tables) > 0 {
+		n.Tooltip += "\nreads " + strings.Join(v.Tables, ", ")
+	}
+	return n
 }
 
 func targetNode(s catalog.SubscriptionStatus, x, y, w int) node {
@@ -171,10 +176,14 @@ func versionTitle(v catalog.PublicationVersion) string {
 }
 
 func versionDetail(v catalog.PublicationVersion) string {
+	detail := v.Status
 	if v.Status == "deprecated" && v.Sunset != "" {
-		return "deprecated · sunset " + v.Sunset
+		detail = "deprecated · sunset " + v.Sunset
 	}
-	return v.Status
+	if len(v.Tables) > 1 { // a join: how many tables it reads (all of them in the tooltip)
+		detail += fmt.Sprintf(" · joins %d tables", len(v.Tables))
+	}
+	return detail
 }
 
 // fit shortens the lines to the box, keeping them whole in the tooltip.
