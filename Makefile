@@ -22,7 +22,8 @@ demo: build
 	$(BIN) demo
 
 # Proxy throughput (pgbench -S direct vs. the sidecar vs. PgBouncer), then
-# capture throughput (vs. pgoutput decoding alone).
+# capture throughput (vs. pgoutput decoding alone; -bench Capture also runs
+# BenchmarkJoinCapture: join versions against one table, and fan-out).
 bench: build
 	scripts/bench-proxy.sh
 	$(GO) test ./replicator/capture -run '^$$' -bench Capture -benchtime 1x -v

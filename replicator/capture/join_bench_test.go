@@ -23,6 +23,8 @@ const benchJoinQuery = "SELECT o.id, o.v, c.name AS customer FROM public.bench o
 //     join version of it with a joined table; µs per source change and
 //     the ratio, join over single;
 //
+//   - per_joined_change: a queue of single-row transactions, each
+//     renaming a customer that has one order; µs per source change;
 //   - fanout_N: one joined row (a customer) changed, N root rows (its
 //     orders) recomputed and appended in one group, for N = 1, 100, 10k.
 //
@@ -39,6 +41,15 @@ func BenchmarkJoinCapture(b *testing.B) {
 			b.Logf("%d single-row transactions: one table %v (%.0f µs/change), join %v (%.0f µs/change), ratio %.2f",
 				n, single.Round(time.Millisecond), float64(single.Microseconds())/n, join.Round(time.Millisecond),
 				float64(join.Microseconds())/n, join.Seconds()/single.Seconds())
+		}
+	})
+	b.Run("per_joined_change", func(b *testing.B) {
+		for range b.N {
+			const n = 2000
+			took := benchJoinedRun(b, n)
+			b.ReportMetric(float64(took.Microseconds())/n, "µs/change")
+			b.Logf("%d single-row transactions renaming a customer (one order each): %v (%.0f µs/change)",
+				n, took.Round(time.Millisecond), float64(took.Microseconds())/n)
 		}
 	})
 	for _, n := range []int{1, 100, 10000} {
@@ -112,6 +123,32 @@ func benchJoinRun(b *testing.B, query string, n int) time.Duration {
 	stop := startPublisher(b, ctx, pub, owner)
 	defer stop()
 	waitHead(b, ctx, head, int64(n+1)) // the first state's truncate, then a row each
+	return time.Since(start)
+}
+
+// benchJoinedRun times a queue of n transactions that each change a row
+// of the joined table (a customer with one order).
+func benchJoinedRun(b *testing.B, n int) time.Duration {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const customers = 1000
+	pub, owner, head := benchJoinSetup(b, ctx, benchJoinQuery, customers)
+	if _, err := owner.Exec(ctx, "INSERT INTO bench SELECT g, 'row', g FROM generate_series(1, $1) g", customers); err != nil {
+		b.Fatal(err)
+	}
+	startPublisher(b, ctx, pub, owner)()
+	if _, err := owner.Exec(ctx, "SET synchronous_commit = on"); err != nil {
+		b.Fatal(err)
+	}
+	for i := range n {
+		if _, err := owner.Exec(ctx, "UPDATE bench_customers SET name = $1 WHERE id = $2", fmt.Sprint("n", i), 1+i%customers); err != nil {
+			b.Fatal(err)
+		}
+	}
+	start := time.Now()
+	stop := startPublisher(b, ctx, pub, owner)
+	defer stop()
+	waitHead(b, ctx, head, int64(customers+1+n))
 	return time.Since(start)
 }
 
