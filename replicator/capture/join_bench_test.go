@@ -25,6 +25,7 @@ const benchJoinQuery = "SELECT o.id, o.v, c.name AS customer FROM public.bench o
 //
 //   - per_joined_change: a queue of single-row transactions, each
 //     renaming a customer that has one order; µs per source change;
+//
 //   - fanout_N: one joined row (a customer) changed, N root rows (its
 //     orders) recomputed and appended in one group, for N = 1, 100, 10k.
 //
