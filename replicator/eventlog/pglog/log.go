@@ -10,7 +10,8 @@
 // it remembers of earlier appends; append.go appends groups, each source
 // transaction's changes to one version, in one transaction; fill.go
 // records first states; state.go makes, fills and reads the state tables;
-// kept.go keeps out-of-line (TOAST) values; encode.go and decode.go render
+// kept.go keeps out-of-line (TOAST) values; base.go the base states of
+// join versions; encode.go and decode.go render
 // and parse values for COPY and JSON; read.go serves the changes, prune.go
 // the readers' positions and the changes they let go, notify.go the
 // wake-ups. The stored schema calls a version a stream (rejot_log.streams,
