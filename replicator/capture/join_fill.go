@@ -38,6 +38,16 @@ func (p *WALReader) fillBase(ctx context.Context, tx pgx.Tx, log eventlog.Tx, sr
 func (p *WALReader) fillBaseTable(ctx context.Context, tx pgx.Tx, log eventlog.Tx, src *Source, ti int, point uint64) error {
 	plan := src.Join
 	t := &plan.tables[ti]
+	// A table, still: a view put in its place would run its owner's
+	// code in this session.
+	var table bool
+	if err := tx.QueryRow(ctx, `SELECT coalesce((SELECT c.relkind IN ('r', 'p') FROM pg_catalog.pg_class c
+		WHERE c.oid = pg_catalog.to_regclass($1)), false)`, t.name()).Scan(&table); err != nil {
+		return src.readError(err)
+	}
+	if !table {
+		return src.cannot(fmt.Errorf("%s, which it reads, is not a table (dropped, renamed or replaced)", t.name()), true)
+	}
 	from := t.name() + " AS t"
 	if ti == 0 {
 		from = src.table() + " AS t" // names as recorded (identity.go)
