@@ -36,7 +36,7 @@ func TestBaseStates(t *testing.T) {
 		row(0, "o1", "c1", "o1", "c1"), row(0, "o2", "c1", "o2", "c1"), row(0, "o3", "c2", "o3", "c2"),
 		row(1, "c1", "", "c1", "Ann"), row(1, "c2", "", "c2", "Bo"),
 		row(0, "o2", "c2", "o2", "c2"), // moved: the last wins
-		{Table: 0, Key: key("o3")},      // gone
+		{Table: 0, Key: key("o3")},     // gone
 	})
 	if err != nil {
 		t.Fatal(err)
