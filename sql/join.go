@@ -181,7 +181,7 @@ func (p *JoinProjection) setTables(from *pg_query.Node) error {
 		if err := p.setOn(len(p.Tables)-1, j.Quals); err != nil {
 			return err
 		}
-		if parent := p.Tables[t.Parent]; parent.Left {
+		if parent := p.Tables[p.Tables[len(p.Tables)-1].Parent]; parent.Left {
 			p.Tables[len(p.Tables)-1].Left = true // no parent row, no row of its own
 		}
 	}

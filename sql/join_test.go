@@ -106,3 +106,28 @@ func TestAnalyzeJoinRefusals(t *testing.T) {
 		}
 	}
 }
+
+// TestFlattenRefs: the immutability check's rewrite names alias.column
+// references as one column "alias.column", leaving everything else.
+func TestFlattenRefs(t *testing.T) {
+	got, err := flattenRefs(`upper(c.name) || o.note || 'a.b'`)
+	if err != nil || got != `upper("c.name") || "o.note" || 'a.b'` {
+		t.Fatalf("%q, %v", got, err)
+	}
+}
+
+// TestAnalyzeJoinLeftJoin: LeftJoin is a table's own join; Left also
+// says a table before it was LEFT JOINed.
+func TestAnalyzeJoinLeftJoin(t *testing.T) {
+	p, err := AnalyzeJoin("SELECT o.id FROM orders o LEFT JOIN customers c ON c.id = o.cid JOIN regions r ON r.id = c.rid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, tb := range p.Tables {
+		got = append(got, fmt.Sprintf("%s %v %v", tb.Alias, tb.Left, tb.LeftJoin))
+	}
+	if strings.Join(got, ", ") != "o false false, c true true, r true false" {
+		t.Fatalf("%v", got)
+	}
+}
