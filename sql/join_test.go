@@ -111,7 +111,7 @@ func TestAnalyzeJoinRefusals(t *testing.T) {
 // references as one column "alias.column", leaving everything else.
 func TestFlattenRefs(t *testing.T) {
 	got, err := flattenRefs(`upper(c.name) || o.note || 'a.b'`)
-	if err != nil || got != `upper("c.name") || "o.note" || 'a.b'` {
+	if err != nil || got != `(upper("c.name") || "o.note") || 'a.b'` {
 		t.Fatalf("%q, %v", got, err)
 	}
 }
