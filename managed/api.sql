@@ -104,7 +104,8 @@ CREATE VIEW rejot.publications AS
 SELECT NULL::text AS publication, NULL::integer AS version, NULL::integer AS minor, NULL::text AS owner,
        NULL::text AS database, NULL::text AS query, NULL::text[] AS key_columns, NULL::text AS description,
        NULL::text AS status, NULL::date AS sunset, NULL::timestamptz AS created_at, NULL::timestamptz AS updated_at,
-       NULL::text AS access, NULL::text[] AS granted_to, NULL::text AS owner_role, NULL::text AS problem
+       NULL::text AS access, NULL::text[] AS granted_to, NULL::text AS owner_role, NULL::text AS problem,
+       NULL::text[] AS tables
 WHERE _rejot.api_unavailable('rejot.publications');
 COMMENT ON VIEW rejot.publications IS 'The publication versions of the catalog, one row each. Answered by the ReJot sidecar: query it through the sidecar.';
 COMMENT ON COLUMN rejot.publications.owner IS 'the system that owns the publication';
@@ -115,6 +116,7 @@ COMMENT ON COLUMN rejot.publications.key_columns IS 'the public key';
 COMMENT ON COLUMN rejot.publications.status IS 'active, deprecated, failed or retired';
 COMMENT ON COLUMN rejot.publications.access IS 'open, or the systems granted';
 COMMENT ON COLUMN rejot.publications.problem IS 'why the version cannot be computed, and the fix';
+COMMENT ON COLUMN rejot.publications.tables IS 'every table the version reads, its root first';
 
 CREATE VIEW rejot.columns AS
 SELECT NULL::text AS publication, NULL::integer AS version, NULL::integer AS position, NULL::text AS name,
