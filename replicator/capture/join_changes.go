@@ -359,47 +359,54 @@ func (s *session) recompute(ctx context.Context, tx eventlog.Tx, src *Source, t 
 		}
 		return s.recomputeAll(ctx, tx, src, emit)
 	}
-	// Walk up: the rows of each table that meet touched rows of the
-	// tables joined to it are touched too (a table joins to one before it).
-	for ti := len(plan.tables) - 1; ti > 0; ti-- {
-		if len(tc.keys[ti]) == 0 {
-			continue
-		}
-		parent := plan.tables[ti].parent
-		refs := make([]string, 0, len(tc.keys[ti]))
-		for k := range tc.keys[ti] {
-			refs = append(refs, k)
-		}
-		for start := 0; start < len(refs); start += joinChunk {
-			part := refs[start:min(start+joinChunk, len(refs))]
-			after := ""
-			for {
-				keys, err := tx.Referrers(ctx, src.Version, parent, ti, part, after, joinChunk)
-				if err != nil {
-					return fmt.Errorf("cannot read the event log: %w", err)
-				}
-				for _, k := range keys {
-					tc.keys[parent][k] = true
-				}
-				if len(keys) < joinChunk {
-					break
-				}
-				after = keys[len(keys)-1]
-			}
-		}
-	}
-	roots := make([]string, 0, len(tc.keys[0]))
-	for k := range tc.keys[0] {
-		roots = append(roots, k)
-	}
-	slices.Sort(roots)
-	for start := 0; start < len(roots); start += joinChunk {
-		changes, err := s.evaluateRoots(ctx, tx, src, roots[start:min(start+joinChunk, len(roots))], false)
+	// Walk up from the touched rows of each table to the root rows that
+	// meet them, a page at a time: only the transaction's own rows are
+	// held, whatever they fan out to. A root row reached twice (changed
+	// itself and meeting a changed row) is recomputed twice, the same.
+	evaluate := func(roots []string) error {
+		changes, err := s.evaluateRoots(ctx, tx, src, roots, false)
 		if err != nil {
 			return err
 		}
-		if err := emit(changes); err != nil {
+		return emit(changes)
+	}
+	for ti := range plan.tables {
+		keys := make([]string, 0, len(tc.keys[ti]))
+		for k := range tc.keys[ti] {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		if err := s.reach(ctx, tx, src, ti, keys, evaluate); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// reach calls fn with pages (at most joinChunk) of the keys of the root
+// rows that meet rows of table ti (keys), walking up the joins.
+func (s *session) reach(ctx context.Context, tx eventlog.Tx, src *Source, ti int, keys []string, fn func([]string) error) error {
+	for start := 0; start < len(keys); start += joinChunk {
+		part := keys[start:min(start+joinChunk, len(keys))]
+		if ti == 0 {
+			if err := fn(part); err != nil {
+				return err
+			}
+			continue
+		}
+		parent, after := src.Join.tables[ti].parent, ""
+		for {
+			page, err := tx.Referrers(ctx, src.Version, parent, ti, part, after, joinChunk)
+			if err != nil {
+				return fmt.Errorf("cannot read the event log: %w", err)
+			}
+			if err := s.reach(ctx, tx, src, parent, page, fn); err != nil {
+				return err
+			}
+			if len(page) < joinChunk {
+				break
+			}
+			after = page[len(page)-1]
 		}
 	}
 	return nil
