@@ -321,16 +321,11 @@ func (v *Validated) checkImmutable(ctx context.Context, sess Session) error {
 	if err != nil {
 		return err
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "DO %s\nDECLARE bad int := -1; msg text;\nBEGIN\n  BEGIN\n", tag)
-	fmt.Fprintf(&b, "    CREATE TEMP TABLE rejot_immutability_check (LIKE %s);\n", v.Source)
+	exprs, types := make([]string, len(checks)), make([]string, len(checks))
 	for i, c := range checks {
-		fmt.Fprintf(&b, "    BEGIN ALTER TABLE pg_temp.rejot_immutability_check ADD COLUMN rejot_c%d %s GENERATED ALWAYS AS (%s) STORED;\n", i, c.typ, c.expr)
-		fmt.Fprintf(&b, "    EXCEPTION WHEN OTHERS THEN bad := %d; GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT; RAISE EXCEPTION USING ERRCODE = 'RJ001'; END;\n", i)
+		exprs[i], types[i] = c.expr, c.typ
 	}
-	fmt.Fprintf(&b, "    RAISE EXCEPTION USING ERRCODE = 'RJ000';\n  EXCEPTION WHEN SQLSTATE 'RJ000' OR SQLSTATE 'RJ001' THEN NULL;\n  END;\n")
-	fmt.Fprintf(&b, "  IF bad >= 0 THEN RAISE EXCEPTION 'rejot:%%:%%', bad, msg USING ERRCODE = 'RJ002'; END IF;\nEND %s", tag)
-	_, err = sess.Query(ctx, b.String())
+	_, err = sess.Query(ctx, immutabilityScript(tag, "LIKE "+v.Source, exprs, types))
 	var qe *pgerr.Error
 	if errors.As(err, &qe) && qe.Code == pgerr.InsufficientPrivilege {
 		return pgerr.Errorf(pgerr.InsufficientPrivilege, "cannot check that the publication's expressions and filter are immutable: %s", qe.Message).

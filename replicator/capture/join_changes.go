@@ -76,13 +76,34 @@ func (s *session) rootRun(ctx context.Context, tx eventlog.Tx, src *Source, run 
 	if len(run) == 0 {
 		return nil
 	}
-	type entry struct {
-		txn int
-		key string
-		row []eventlog.Value // nil: gone
+	rows, entries, err := s.runRows(ctx, tx, src, run)
+	if err != nil {
+		return err
 	}
+	if err := tx.PutBase(ctx, src.Version, s.p.System, run[len(run)-1].commitLSN, rows); err != nil {
+		return fmt.Errorf("cannot append to the event log: %w", err)
+	}
+	for start := 0; start < len(entries); start += joinChunk {
+		if err := s.appendRun(ctx, tx, src, run, entries[start:min(start+joinChunk, len(entries))]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// runEntry is a root row a transaction of a run left as it is: row nil
+// when it is gone.
+type runEntry struct {
+	txn int
+	key string
+	row []eventlog.Value
+}
+
+// runRows are a run's base rows, in order, and its entries: per
+// transaction, each root row it changed, as it left it.
+func (s *session) runRows(ctx context.Context, tx eventlog.Tx, src *Source, run []*transaction) ([]eventlog.BaseRow, []runEntry, error) {
 	var rows []eventlog.BaseRow
-	var entries []entry
+	var entries []runEntry
 	for ti, t := range run {
 		last := map[string]int{} // the transaction's rows, by key: the last change of each counts
 		for ei := range t.events {
@@ -93,61 +114,60 @@ func (s *session) rootRun(ctx context.Context, tx eventlog.Tx, src *Source, run 
 			}
 			changed, err := s.baseChange(ctx, tx, src, 0, r, e, nil)
 			if err != nil {
-				return err
+				return nil, nil, err
 			}
 			for _, b := range changed {
 				if at, ok := last[b.Key]; ok {
 					entries[at].row = b.Row
 				} else {
 					last[b.Key] = len(entries)
-					entries = append(entries, entry{txn: ti, key: b.Key, row: b.Row})
+					entries = append(entries, runEntry{txn: ti, key: b.Key, row: b.Row})
 				}
 			}
 			rows = append(rows, changed...)
 		}
 	}
-	if err := tx.PutBase(ctx, src.Version, s.p.System, run[len(run)-1].commitLSN, rows); err != nil {
+	return rows, entries, nil
+}
+
+// appendRun evaluates a chunk of a run's entries over the joined rows
+// they meet and appends them, in their transactions' groups.
+func (s *session) appendRun(ctx context.Context, tx eventlog.Tx, src *Source, run []*transaction, chunk []runEntry) error {
+	var present [][]eventlog.Value
+	for _, e := range chunk {
+		if e.row != nil {
+			present = append(present, e.row)
+		}
+	}
+	tables, err := s.joinedRows(ctx, tx, src, present)
+	if err != nil {
+		return err
+	}
+	projected, err := src.projectJoin(ctx, s.conn, tables)
+	if err != nil {
+		return src.fault(err, false)
+	}
+	var groups []eventlog.Group
+	at := 0
+	for _, e := range chunk {
+		if t := run[e.txn]; len(groups) == 0 || groups[len(groups)-1].CommitLSN != t.commitLSN {
+			groups = append(groups, eventlog.Group{Version: src.Version, System: s.p.System, CommitLSN: t.commitLSN,
+				CommitTime: t.commitTime, Layout: src.Layout()})
+		}
+		g := &groups[len(groups)-1]
+		change := eventlog.Change{Op: eventlog.OpDelete, Key: src.rootKey(e.key)}
+		if e.row != nil {
+			if p, ok := projected[at]; ok && p.Keep {
+				change = eventlog.Change{Op: eventlog.OpUpsert, Key: keyFrom(src, p.Row), Row: p.Row}
+			}
+			at++
+		}
+		g.Changes = append(g.Changes, change)
+	}
+	if err := tx.Append(ctx, groups); err != nil {
 		return fmt.Errorf("cannot append to the event log: %w", err)
 	}
-	for start := 0; start < len(entries); start += joinChunk {
-		chunk := entries[start:min(start+joinChunk, len(entries))]
-		var present [][]eventlog.Value
-		for _, e := range chunk {
-			if e.row != nil {
-				present = append(present, e.row)
-			}
-		}
-		tables, err := s.joinedRows(ctx, tx, src, present)
-		if err != nil {
-			return err
-		}
-		projected, err := src.projectJoin(ctx, s.conn, tables)
-		if err != nil {
-			return src.fault(err, false)
-		}
-		var groups []eventlog.Group
-		at := 0
-		for _, e := range chunk {
-			if len(groups) == 0 || groups[len(groups)-1].CommitLSN != run[e.txn].commitLSN {
-				t := run[e.txn]
-				groups = append(groups, eventlog.Group{Version: src.Version, System: s.p.System, CommitLSN: t.commitLSN,
-					CommitTime: t.commitTime, Layout: src.Layout()})
-			}
-			g := &groups[len(groups)-1]
-			change := eventlog.Change{Op: eventlog.OpDelete, Key: src.rootKey(e.key)}
-			if e.row != nil {
-				if p, ok := projected[at]; ok && p.Keep {
-					change = eventlog.Change{Op: eventlog.OpUpsert, Key: keyFrom(src, p.Row), Row: p.Row}
-				}
-				at++
-			}
-			g.Changes = append(g.Changes, change)
-		}
-		if err := tx.Append(ctx, groups); err != nil {
-			return fmt.Errorf("cannot append to the event log: %w", err)
-		}
-		metricCaptured.WithLabelValues(versionLabels(src.Version)...).Add(float64(len(chunk)))
-	}
+	metricCaptured.WithLabelValues(versionLabels(src.Version)...).Add(float64(len(chunk)))
 	return nil
 }
 
