@@ -43,6 +43,14 @@ const (
 	// sent right before each statement that calls it.
 	CheckMapped = "SELECT _rejot.check_mapped($1, $2)"
 
+	// CheckMappedCommit refuses (42501) while the database has deferrable
+	// code (a constraint trigger, an exclusion constraint) on a table not
+	// the sidecar's role's or a superuser's: its events, queued by the
+	// statements as their role, would fire at COMMIT as the sidecar's
+	// (migration 014). It is sent right after each statement that ran a
+	// mapped subscription's code, before anything else of the sidecar's.
+	CheckMappedCommit = "SELECT _rejot.check_mapped_commit()"
+
 	// InsertMappedSubscription records a new mapped subscription and its
 	// subscribe command: $1 … $7 as InsertSubscription, $8 the Mapping
 	// (JSON). It returns the command's id, NULL when the same
