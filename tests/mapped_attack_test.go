@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -242,4 +243,46 @@ func TestMappedAttackSizes(t *testing.T) {
 		t.Errorf("the loud subscription applied: %s", got)
 	}
 	a.noHarm(t)
+}
+
+// TestMappedAttackNeverReturns: a statement that never returns, and
+// catches the cancel (query_canceled) to go on, holds only its own
+// subscription: the superuser's goes on. When the sidecar stops, it
+// cancels it, and, since that does not end it, ends its backend: no
+// session of the sidecar's is left running the subscriber's code, with
+// its locks and its snapshot, with nobody to read it.
+func TestMappedAttackNeverReturns(t *testing.T) {
+	a := newMappedAttack(t)
+	a.as(t, `CREATE FUNCTION att.forever() RETURNS int LANGUAGE plpgsql AS $f$
+		BEGIN
+			LOOP
+				BEGIN PERFORM pg_catalog.pg_sleep(0.2); EXCEPTION WHEN query_canceled THEN NULL; END;
+			END LOOP;
+		END $f$`)
+	a.subscribe(t, "t", "INSERT INTO att.t VALUES (:id, att.forever()) ON CONFLICT (id) DO NOTHING")
+	admin := pg.Connect(t, a.consumer.db)
+	running := "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%rejot_map_%' AND pid <> pg_backend_pid()"
+	t.Cleanup(func() { // left running, it would hold off dropping the attacker's tables
+		admin.Exec(context.Background(), strings.Replace(running, "count(*)", "pg_terminate_backend(pid)", 1))
+	})
+	waitText(t, a.consumer, running, "(1)")
+	a.noHarm(t)
+	sc := a.consumer.sc
+	sc.cmd.Process.Signal(syscall.SIGTERM)
+	stopped := make(chan struct{})
+	go func() { sc.cmd.Wait(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(45 * time.Second):
+		sc.cmd.Process.Kill()
+		<-stopped
+		t.Errorf("the sidecar did not stop")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for tableText(t, admin, running) != "(0)" {
+		if time.Now().After(deadline) {
+			t.Fatalf("the apply's backend still runs the subscriber's statement after the sidecar stopped")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

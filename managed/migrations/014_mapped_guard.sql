@@ -36,7 +36,7 @@ REVOKE ALL ON FUNCTION _rejot.check_mapped(text, oid) FROM PUBLIC;
 -- (its checks run as the tables' owners, with Postgres's own code) and a
 -- deferrable unique or primary key (plain columns, built-in comparisons)
 -- cannot. check_mapped_commit, sent after each statement that ran a
--- mapped subscription's code and before anything else of the sidecar's,
+-- mapped subscription's code (and the session's reset), before the commit,
 -- refuses (42501) while any of the others exists on a table that is not
 -- owned by a superuser or the sidecar's role: the transaction then rolls
 -- back, and nothing queued is ever fired. Whether one was queued cannot

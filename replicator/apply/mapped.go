@@ -107,6 +107,29 @@ func connectMapped(ctx context.Context, url string) (*pgx.Conn, error) {
 	return conn, nil
 }
 
+// endAbandoned ends the backend of a mapped subscription's connection
+// that pgx had to close: a statement cancelled (the worker stopping)
+// that did not end, since the subscriber's code may catch the cancel and
+// go on, leaves its backend running it, holding its locks and its
+// snapshot, with nobody to read it. The sidecar's role may end its own
+// backends, and nothing the code does can catch that.
+func (w *worker) endAbandoned(ctx context.Context, conn *pgx.Conn) {
+	if !conn.IsClosed() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	c, err := connect(ctx, w.s.URL)
+	if err != nil {
+		w.log().Warn().Err(err).Uint32("pid", conn.PgConn().PID()).Msg("cannot end the backend of a mapped subscription's abandoned statement")
+		return
+	}
+	defer c.Close(ctx)
+	if err := managed.EndApplySession(ctx, c, conn.PgConn().PID()); err != nil {
+		w.log().Warn().Err(err).Uint32("pid", conn.PgConn().PID()).Msg("cannot end the backend of a mapped subscription's abandoned statement")
+	}
+}
+
 // prepareMapped makes the subscription's functions on conn.
 func (w *worker) prepareMapped(ctx context.Context, conn *pgx.Conn) (*target, error) {
 	m := w.sub.mapping
@@ -187,18 +210,20 @@ func (f *mappedFunc) call(from string) string {
 }
 
 // guarded wraps the statement that calls the functions: each checked
-// right before it; right after it, no deferrable code its commit would
-// run as the sidecar, and the session reset.
+// right before it; right after it, the session reset, and no deferrable
+// code its commit would run as the sidecar.
 func (m *mapped) guarded(call statement) []statement {
 	var out []statement
 	for _, f := range m.functions() {
 		out = append(out, statement{sql: managed.CheckMapped, args: []any{f.name, m.roleOID}})
 	}
-	out = append(out, call, statement{sql: managed.CheckMappedCommit})
+	out = append(out, call)
 	for _, q := range managed.ResetSession {
 		out = append(out, statement{sql: q})
 	}
-	return out
+	// After the reset, which runs none of the subscriber's code, so that
+	// the check runs with the connection's settings.
+	return append(out, statement{sql: managed.CheckMappedCommit})
 }
 
 func (m *mapped) functions() []*mappedFunc {

@@ -157,6 +157,9 @@ func (w *worker) work(ctx context.Context) (err error) {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	if w.sub.mapping != nil {
+		defer w.endAbandoned(ctx, conn)
+	}
 	// Columns a later subscribe added (extend.go).
 	ctx, stop, err := w.addColumns(ctx, conn)
 	if err != nil {
