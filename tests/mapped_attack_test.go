@@ -116,7 +116,8 @@ func (a *mappedAttack) noHarm(t *testing.T) {
 // while such a trigger exists (the subscription fails, naming it), so it
 // never fires; made NOT DEFERRABLE, it fires at the end of the statement,
 // as the attacker, and the rows arrive. Without check_mapped_commit the
-// attacker is superuser after the first span.
+// attacker is superuser after the first span. A deferrable exclusion
+// constraint is refused the same way.
 func TestMappedAttackAtCommit(t *testing.T) {
 	a := newMappedAttack(t)
 	trigger := func(deferrable string) string {
@@ -149,6 +150,14 @@ func TestMappedAttackAtCommit(t *testing.T) {
 	waitText(t, a.consumer, "SELECT count(*) FROM att.t", "("+strconv.Itoa(a.orders)+")")
 	waitText(t, a.consumer, "SELECT DISTINCT who FROM att.log", "("+a.attacker+")")
 	a.noHarm(t)
+	// A deferrable exclusion constraint's recheck at commit evaluates its
+	// expressions, as the sidecar: refused alike, wherever it is.
+	a.as(t, `CREATE FUNCTION att.k(i int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $f$ BEGIN RETURN i; END $f$`,
+		"CREATE TABLE att.x (id int, CONSTRAINT apart EXCLUDE USING btree ((att.k(id)) WITH =) DEFERRABLE INITIALLY DEFERRED)")
+	a.order(t)
+	waitFor(t, 30*time.Second, func() bool { return strings.Contains(a.errorOf(t, "att.t"), "exclusion constraint apart on att.x") })
+	a.as(t, "DROP TABLE att.x")
+	waitText(t, a.consumer, "SELECT count(*) FROM att.t", "("+strconv.Itoa(a.orders)+")")
 }
 
 // TestMappedAttackTheCall: the sidecar's own statement, which calls the
