@@ -65,3 +65,32 @@ BEGIN
     END IF;
 END $$;
 REVOKE ALL ON FUNCTION _rejot.check_mapped_commit() FROM PUBLIC;
+
+-- Acting for a role. claim accepted any role session_user is a MEMBER of;
+-- from Postgres 16 a member may be granted a role WITH SET FALSE (and
+-- INHERIT FALSE), which lets it neither become the role nor use its
+-- privileges, yet pg_has_role(…, 'MEMBER') is true. A mapped subscription
+-- recorded for such a role (by calling _rejot.insert_mapped_subscription
+-- directly) would have the sidecar run the member's statements as the
+-- role. There claim takes what SET ROLE takes: the SET option (a
+-- superuser, or the role itself, has it). Before 16 membership is it.
+CREATE OR REPLACE FUNCTION _rejot.claim(claimed name) RETURNS name
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF claimed IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = claimed)
+            OR NOT (CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 160000
+                THEN pg_catalog.pg_has_role(session_user, claimed, 'SET')
+                ELSE pg_catalog.pg_has_role(session_user, claimed, 'MEMBER') END) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = pg_catalog.format('role %I may not act as role %I', session_user, claimed),
+            HINT = 'Make rejot calls through the sidecar (CALL rejot.publish(...) and the others): they act as the role that calls them.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM _rejot.apply_sessions a JOIN pg_catalog.pg_stat_activity s ON s.pid = a.pid
+               WHERE a.pid = pg_catalog.pg_backend_pid() AND s.backend_start = a.started) THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = 'a mapped subscription''s statements may not make rejot calls',
+            HINT = 'Make rejot calls through the sidecar, in a session of your own.';
+    END IF;
+    RETURN claimed;
+END $$;
+REVOKE ALL ON FUNCTION _rejot.claim(name) FROM PUBLIC;
