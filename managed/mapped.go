@@ -43,6 +43,14 @@ const (
 	// sent right before each statement that calls it.
 	CheckMapped = "SELECT _rejot.check_mapped($1, $2)"
 
+	// CheckMappedCommit refuses (42501) while the database has deferrable
+	// code (a constraint trigger, an exclusion constraint) on a table not
+	// the sidecar's role's or a superuser's: its events, queued by the
+	// statements as their role, would fire at COMMIT as the sidecar's
+	// (migration 014). It is sent after each statement that ran a mapped
+	// subscription's code, once ResetSession has run.
+	CheckMappedCommit = "SELECT _rejot.check_mapped_commit()"
+
 	// InsertMappedSubscription records a new mapped subscription and its
 	// subscribe command: $1 … $7 as InsertSubscription, $8 the Mapping
 	// (JSON). It returns the command's id, NULL when the same
@@ -73,6 +81,14 @@ func CopiedBefore(ctx context.Context, q Querier, target string, generation int)
 		return false, ErrMoved
 	}
 	return copied, err
+}
+
+// EndApplySession ends the backend pid if it is a marked apply session
+// (MarkApplySession) still running: its statement was abandoned.
+func EndApplySession(ctx context.Context, q Querier, pid uint32) error {
+	_, err := q.Exec(ctx, `SELECT pg_catalog.pg_terminate_backend(a.pid) FROM _rejot.apply_sessions a
+		JOIN pg_catalog.pg_stat_activity s ON s.pid = a.pid AND s.backend_start = a.started WHERE a.pid = $1`, int64(pid))
+	return err
 }
 
 // MarkSession runs MarkApplySession on conn.

@@ -6,11 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rejot-dev/rejot/managed"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
@@ -71,6 +73,11 @@ type mappedFunc struct {
 // statement.
 var errNoTruncate = errors.New("no truncate statement")
 
+// maxMappedMessage bounds each message the server sends on a mapped
+// subscription's connection: a larger one ends the connection (the
+// worker fails, and tries again later).
+const maxMappedMessage = 1 << 20
+
 // connectMapped opens the connection a mapped subscription is applied
 // on: names resolve in pg_catalog first and pg_temp last, statements are
 // sent unnamed, and the session is marked before anything of the
@@ -82,6 +89,13 @@ func connectMapped(ctx context.Context, url string) (*pgx.Conn, error) {
 	}
 	cfg.RuntimeParams["search_path"] = "pg_catalog, pg_temp"
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
+	// The subscriber's code may RAISE a notice or an error of up to a
+	// gigabyte; what the sidecar reads here is small (counts, positions).
+	cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
+		f := pgproto3.NewFrontend(r, w)
+		f.SetMaxBodyLen(maxMappedMessage)
+		return f
+	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -91,6 +105,29 @@ func connectMapped(ctx context.Context, url string) (*pgx.Conn, error) {
 		return nil, fmt.Errorf("cannot mark the apply session: %w", err)
 	}
 	return conn, nil
+}
+
+// endAbandoned ends the backend of a mapped subscription's connection
+// that pgx had to close: a statement cancelled (the worker stopping)
+// that did not end, since the subscriber's code may catch the cancel and
+// go on, leaves its backend running it, holding its locks and its
+// snapshot, with nobody to read it. The sidecar's role may end its own
+// backends, and nothing the code does can catch that.
+func (w *worker) endAbandoned(ctx context.Context, conn *pgx.Conn) {
+	if !conn.IsClosed() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	c, err := connect(ctx, w.s.URL)
+	if err != nil {
+		w.log().Warn().Err(err).Uint32("pid", conn.PgConn().PID()).Msg("cannot end the backend of a mapped subscription's abandoned statement")
+		return
+	}
+	defer c.Close(ctx)
+	if err := managed.EndApplySession(ctx, c, conn.PgConn().PID()); err != nil {
+		w.log().Warn().Err(err).Uint32("pid", conn.PgConn().PID()).Msg("cannot end the backend of a mapped subscription's abandoned statement")
+	}
 }
 
 // prepareMapped makes the subscription's functions on conn.
@@ -134,11 +171,17 @@ func (m *mapped) make(ctx context.Context, conn *pgx.Conn, f *mappedFunc, path s
 	if err != nil {
 		return err
 	}
-	args := strings.TrimSuffix(strings.Repeat("text, ", len(f.params)), ", ")
-	create := fmt.Sprintf("CREATE FUNCTION pg_temp.%s(%s) RETURNS void LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS %s%s%s",
+	// The types are qualified: the subscriber's search_path, in effect
+	// here, may name a type "text" of its own (a domain whose CHECK would
+	// run in the sidecar's call, as the sidecar). The body is not checked
+	// here (it was planned when subscribing), so that none of it is
+	// analysed while only SET LOCAL ROLE holds.
+	args := strings.TrimSuffix(strings.Repeat("pg_catalog.text, ", len(f.params)), ", ")
+	create := fmt.Sprintf("CREATE FUNCTION pg_temp.%s(%s) RETURNS pg_catalog.void LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS %s%s%s",
 		f.name, args, tag, f.body, tag)
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_catalog.set_config('role', $1, true), pg_catalog.set_config('search_path', $2, true)", m.role, path); err != nil {
+		if _, err := tx.Exec(ctx, `SELECT pg_catalog.set_config('role', $1, true), pg_catalog.set_config('search_path', $2, true),
+			pg_catalog.set_config('check_function_bodies', 'off', true)`, m.role, path); err != nil {
 			return err
 		}
 		return execOne(ctx, tx.Conn(), create)
@@ -167,7 +210,8 @@ func (f *mappedFunc) call(from string) string {
 }
 
 // guarded wraps the statement that calls the functions: each checked
-// right before it, the session reset right after.
+// right before it; right after it, the session reset, and no deferrable
+// code its commit would run as the sidecar.
 func (m *mapped) guarded(call statement) []statement {
 	var out []statement
 	for _, f := range m.functions() {
@@ -177,7 +221,9 @@ func (m *mapped) guarded(call statement) []statement {
 	for _, q := range managed.ResetSession {
 		out = append(out, statement{sql: q})
 	}
-	return out
+	// After the reset, which runs none of the subscriber's code, so that
+	// the check runs with the connection's settings.
+	return append(out, statement{sql: managed.CheckMappedCommit})
 }
 
 func (m *mapped) functions() []*mappedFunc {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/rejot-dev/rejot/internal/retry"
@@ -104,13 +105,31 @@ func (w *worker) run(ctx context.Context) {
 // to narrow the failure down to one source transaction.
 func (w *worker) failed(ctx context.Context, err error, backoff time.Duration) {
 	metricApplyErrors.WithLabelValues(w.labels()...).Inc()
-	msg := err.Error()
+	msg := boundError(err.Error())
 	st := *w.status.Load()
 	st.Status, st.Error = "failed", &msg
 	w.status.Store(&st)
 	w.limit = 1
 	w.recordError(ctx, msg)
-	w.log().Error().Err(err).Dur("retry_in", backoff).Msg("subscription failed; retrying")
+	w.log().Error().Str("error", msg).Dur("retry_in", backoff).Msg("subscription failed; retrying")
+}
+
+// maxError bounds the error a subscription keeps and reports: a mapped
+// subscription's statements choose theirs (RAISE), up to a connection's
+// message limit.
+const maxError = 4 << 10
+
+// boundError is msg cut to at most maxError bytes, on a character's
+// boundary.
+func boundError(msg string) string {
+	if len(msg) <= maxError {
+		return msg
+	}
+	cut := maxError - len(" …")
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + " …"
 }
 
 // recordError keeps the error with the subscription (best effort).
@@ -138,6 +157,9 @@ func (w *worker) work(ctx context.Context) (err error) {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	if w.sub.mapping != nil {
+		defer w.endAbandoned(ctx, conn)
+	}
 	// Columns a later subscribe added (extend.go).
 	ctx, stop, err := w.addColumns(ctx, conn)
 	if err != nil {
