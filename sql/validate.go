@@ -2,10 +2,7 @@ package sql
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 
@@ -317,15 +314,15 @@ func (v *Validated) checkImmutable(ctx context.Context, sess Session) error {
 	if len(checks) == 0 {
 		return nil
 	}
-	tag, err := dollarTag(checks)
-	if err != nil {
-		return err
-	}
 	exprs, types := make([]string, len(checks)), make([]string, len(checks))
 	for i, c := range checks {
 		exprs[i], types[i] = c.expr, c.typ
 	}
-	_, err = sess.Query(ctx, immutabilityScript(tag, "LIKE "+v.Source, exprs, types))
+	script, err := immutabilityScript("LIKE "+v.Source, exprs, types)
+	if err != nil {
+		return err
+	}
+	_, err = sess.Query(ctx, script)
 	var qe *pgerr.Error
 	if errors.As(err, &qe) && qe.Code == pgerr.InsufficientPrivilege {
 		return pgerr.Errorf(pgerr.InsufficientPrivilege, "cannot check that the publication's expressions and filter are immutable: %s", qe.Message).
@@ -357,19 +354,4 @@ func parseCheckFailure(msg string) (int, string) {
 		return -1, ""
 	}
 	return i, text
-}
-
-// dollarTag picks a dollar-quote tag that no expression contains.
-func dollarTag[T any](items []T) (string, error) {
-	var raw [8]byte
-	if _, err := rand.Read(raw[:]); err != nil {
-		return "", err
-	}
-	tag := "$rejot_" + hex.EncodeToString(raw[:]) + "$"
-	for _, it := range items {
-		if strings.Contains(fmt.Sprint(it), tag) {
-			return "", errors.New("cannot quote the expression")
-		}
-	}
-	return tag, nil
 }

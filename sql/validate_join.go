@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"github.com/rejot-dev/rejot/internal/pgerr"
+	"github.com/rejot-dev/rejot/internal/sqlquote"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -239,15 +240,15 @@ func (v *ValidatedJoin) checkImmutable(ctx context.Context, sess Session) error 
 			}
 		}
 	}
-	tag, err := dollarTag(checks)
-	if err != nil {
-		return err
-	}
 	exprs, types := make([]string, len(checks)), make([]string, len(checks))
 	for i, c := range checks {
 		exprs[i], types[i] = c.expr, c.typ
 	}
-	_, err = sess.Query(ctx, immutabilityScript(tag, strings.Join(cols, ", "), exprs, types))
+	script, err := immutabilityScript(strings.Join(cols, ", "), exprs, types)
+	if err != nil {
+		return err
+	}
+	_, err = sess.Query(ctx, script)
 	var qe *pgerr.Error
 	if errors.As(err, &qe) && qe.Code == pgerr.InsufficientPrivilege {
 		return pgerr.Errorf(pgerr.InsufficientPrivilege, "cannot check that the publication's expressions and filter are immutable: %s", qe.Message).
@@ -323,7 +324,11 @@ func (v *ValidatedJoin) checkStored(ctx context.Context, sess Session, stored st
 // immutabilityScript is the DO block of checkImmutable: a temporary table
 // of columns cols, each expression added as a generated column of type
 // types[i]; RJ002 names the first Postgres refuses; nothing remains.
-func immutabilityScript(tag, cols string, exprs, types []string) string {
+func immutabilityScript(cols string, exprs, types []string) (string, error) {
+	tag, err := sqlquote.DollarTag(append(append([]string{cols}, exprs...), types...)...)
+	if err != nil {
+		return "", err
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "DO %s\nDECLARE bad int := -1; msg text;\nBEGIN\n  BEGIN\n", tag)
 	fmt.Fprintf(&b, "    CREATE TEMP TABLE rejot_immutability_check (%s);\n", cols)
@@ -333,5 +338,5 @@ func immutabilityScript(tag, cols string, exprs, types []string) string {
 	}
 	fmt.Fprintf(&b, "    RAISE EXCEPTION USING ERRCODE = 'RJ000';\n  EXCEPTION WHEN SQLSTATE 'RJ000' OR SQLSTATE 'RJ001' THEN NULL;\n  END;\n")
 	fmt.Fprintf(&b, "  IF bad >= 0 THEN RAISE EXCEPTION 'rejot:%%:%%', bad, msg USING ERRCODE = 'RJ002'; END IF;\nEND %s", tag)
-	return b.String()
+	return b.String(), nil
 }

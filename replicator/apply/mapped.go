@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rejot-dev/rejot/internal/sqlquote"
 	"github.com/rejot-dev/rejot/managed"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
@@ -167,7 +168,7 @@ func (m *mapped) function(kind, body string, params []int) mappedFunc {
 // make creates f in its own transaction on conn, as the role, with the
 // subscriber's search_path kept for its body.
 func (m *mapped) make(ctx context.Context, conn *pgx.Conn, f *mappedFunc, path string) error {
-	tag, err := bodyTag(f.body)
+	tag, err := sqlquote.DollarTag(f.body)
 	if err != nil {
 		return err
 	}
@@ -186,18 +187,6 @@ func (m *mapped) make(ctx context.Context, conn *pgx.Conn, f *mappedFunc, path s
 		}
 		return execOne(ctx, tx.Conn(), create)
 	})
-}
-
-// bodyTag is a dollar quote that body does not contain.
-func bodyTag(body string) (string, error) {
-	h := sha256.Sum256([]byte(body))
-	for i := 0; i < 4; i++ {
-		tag := "$rejot_" + hex.EncodeToString(h[i*8:i*8+8]) + "$"
-		if !strings.Contains(body, tag) {
-			return tag, nil
-		}
-	}
-	return "", errors.New("cannot quote the statement")
 }
 
 // call is f called with the columns of u (c0 …).

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/rejot-dev/rejot/internal/sqlquote"
 )
 
 // Evaluating a version as its publisher.
@@ -160,7 +161,7 @@ func (e *evaluator) columns(n int) []string {
 // (SET LOCAL ROLE: its owner is the role). A role of "" is the
 // connection's own.
 func (e *evaluator) make(ctx context.Context, conn beginner) error {
-	tag, err := dollarTag(e.body)
+	tag, err := sqlquote.DollarTag(e.body)
 	if err != nil {
 		return err
 	}
@@ -202,18 +203,6 @@ func actAs(ctx context.Context, q Querier, role string) error {
 	}
 	rows.Close()
 	return rows.Err()
-}
-
-// dollarTag is a dollar quote that body does not contain.
-func dollarTag(body string) (string, error) {
-	h := sha256.Sum256([]byte(body))
-	for i := 0; i < 4; i++ {
-		tag := "$rejot_" + hex.EncodeToString(h[i*8:i*8+8]) + "$"
-		if !strings.Contains(body, tag) {
-			return tag, nil
-		}
-	}
-	return "", errors.New("cannot quote the projection")
 }
 
 // undefinedEvaluator says whether err is an evaluator not made yet on
