@@ -59,6 +59,13 @@ const (
 	// statement is checked against when it commits (GuardContract).
 	RecordReads = `SELECT _rejot.record_reads(current_user, $1, $2::int, $3::text[])`
 
+	// RecordJoinedReads records the columns a recorded join version reads
+	// of its joined tables ($1 publication, $2 version, $3 a JSON array
+	// of {"table": name as recorded, "columns": [names]}; [] for a
+	// one-table version) by identity and name: the capture matches a
+	// joined table's columns by name, so a rename breaks the version too.
+	RecordJoinedReads = `SELECT _rejot.record_joined_reads(current_user, $1, $2::int, $3::jsonb)`
+
 	// GuardContract, sent in a transaction before a DDL statement that
 	// could break a published version, has the transaction checked when it
 	// commits: it is refused (2BP01) if a version it broke was not

@@ -76,12 +76,19 @@ func runPublish(ctx context.Context, env *Env, args Args) ([][]any, error) {
 		// (what a record of an older release keeps)
 		filters = append([]string{stored.Filter}, p.Filter)
 	}
-	return publishRecord(ctx, env, pub, filters, p.References)
+	return publishRecord(ctx, env, pub, filters, p.References, nil)
+}
+
+// joinedReads is what a join version reads of one joined table.
+type joinedReads struct {
+	Table   string   `json:"table"`
+	Columns []string `json:"columns"`
 }
 
 // publishRecord reconciles a validated version with its record, records
-// it when something changed, and records what its root table reads.
-func publishRecord(ctx context.Context, env *Env, pub *managed.Published, filters, references []string) ([][]any, error) {
+// it when something changed, and records what it reads of its root table
+// (references) and of its joined tables (joined; none for one table).
+func publishRecord(ctx context.Context, env *Env, pub *managed.Published, filters, references []string, joined []joinedReads) ([][]any, error) {
 	changed, err := reconcile(ctx, env.Session, pub, filters)
 	if err != nil {
 		return nil, err
@@ -96,6 +103,17 @@ func publishRecord(ctx context.Context, env *Env, pub *managed.Published, filter
 	// them is what lets that DDL commit (see managed 009).
 	ver, reads := strconv.Itoa(pub.Version), "{"+strings.Join(quoteArray(references), ",")+"}"
 	if _, err := env.Session.Query(ctx, managed.RecordReads, &pub.Publication, &ver, &reads); err != nil {
+		return nil, notManaged(err)
+	}
+	if joined == nil {
+		joined = []joinedReads{}
+	}
+	js, err := json.Marshal(joined)
+	if err != nil {
+		return nil, err
+	}
+	jsText := string(js)
+	if _, err := env.Session.Query(ctx, managed.RecordJoinedReads, &pub.Publication, &ver, &jsText); err != nil {
 		return nil, notManaged(err)
 	}
 	return [][]any{{pub.Publication, int32(pub.Version), int32(pub.Minor), describeColumns(pub.Columns)}}, nil

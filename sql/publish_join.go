@@ -43,5 +43,9 @@ func runPublishJoin(ctx context.Context, env *Env, args Args, name string, versi
 	if stored, err := AnalyzeJoin(v.Stored); err == nil {
 		filters = append([]string{stored.Filter}, p.Filter)
 	}
-	return publishRecord(ctx, env, pub, filters, p.Tables[0].References)
+	joined := make([]joinedReads, 0, len(p.Tables)-1)
+	for i := 1; i < len(p.Tables); i++ {
+		joined = append(joined, joinedReads{Table: v.Resolved[i].Source, Columns: p.Tables[i].References})
+	}
+	return publishRecord(ctx, env, pub, filters, p.Tables[0].References, joined)
 }

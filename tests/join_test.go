@@ -214,3 +214,63 @@ func TestJoinVersionFailsAlone(t *testing.T) {
 	mustExec(t, admin, "UPDATE customers SET name = 'after' WHERE id = 2")
 	targetConverges(t, 60*time.Second, owner.conn, query, consumer.conn, "broken_view")
 }
+
+// TestJoinContractSafeDDL: DDL on a joined table that would break a join
+// version — a drop, a rename (joined tables' columns are matched by name)
+// or a retype of a column it reads, a rename or drop of the table — is
+// refused at commit with 2BP01 naming the version, with the event trigger
+// and through the sidecar; the superuser finds the table unchanged. A
+// re-publish in the same transaction lets it commit, and the version
+// keeps flowing; DDL on columns the version does not read is never
+// refused.
+func TestJoinContractSafeDDL(t *testing.T) {
+	p := newPublisher(t)
+	admin := pg.Connect(t, p.db)
+	name := p.name("joined")
+	const query = "SELECT o.id, o.total, c.name AS customer FROM orders o LEFT JOIN customers c ON c.id = o.customer_id"
+	p.execAll(t, joinSetup, "CALL rejot.publish('"+name+"', 1, '"+query+"')")
+	want := columnsOf(t, admin, "customers")
+	breaking := []string{"ALTER TABLE customers DROP COLUMN name", "ALTER TABLE customers RENAME COLUMN name TO full_name",
+		"ALTER TABLE customers ALTER COLUMN name TYPE varchar(10)", "ALTER TABLE customers RENAME TO clients", "DROP TABLE customers CASCADE"}
+
+	t.Run("bypassing the sidecar, with the event trigger", func(t *testing.T) {
+		for _, ddl := range breaking {
+			_, err := admin.Exec(context.Background(), ddl)
+			refusedBy(t, err, name)
+		}
+		if got := columnsOf(t, admin, "customers"); got != want {
+			t.Fatalf("columns %s; want %s", got, want)
+		}
+	})
+
+	mustExec(t, admin, "DROP EVENT TRIGGER rejot_guard_contract")
+
+	t.Run("through the sidecar", func(t *testing.T) {
+		for _, ddl := range breaking {
+			refusedBy(t, p.exec(t, ddl), name)
+		}
+		if got := columnsOf(t, admin, "customers"); got != want {
+			t.Fatalf("columns %s; want %s", got, want)
+		}
+	})
+
+	t.Run("columns it does not read", func(t *testing.T) {
+		if err := p.exec(t, "ALTER TABLE customers ADD COLUMN tier text; ALTER TABLE customers DROP COLUMN tier; ALTER TABLE regions DROP COLUMN name"); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("renamed and re-published in one transaction", func(t *testing.T) {
+		const renamed = "SELECT o.id, o.total, c.full_name AS customer FROM orders o LEFT JOIN customers c ON c.id = o.customer_id"
+		if err := p.exec(t, "BEGIN; ALTER TABLE customers RENAME COLUMN name TO full_name; CALL rejot.publish('"+name+"', 1, '"+renamed+"'); COMMIT"); err != nil {
+			t.Fatal(err)
+		}
+		if got := columnsOf(t, admin, "customers"); !strings.Contains(got, "full_name:text") {
+			t.Fatalf("columns %s: the rename did not commit", got)
+		}
+		mustExec(t, admin, "UPDATE customers SET full_name = 'renamed after' WHERE id = 3")
+		waitFor(t, 30*time.Second, func() bool { return strings.Contains(versionState(t, name), `"renamed after"`) })
+		// and from now on the new name is what is guarded
+		refusedBy(t, p.exec(t, "ALTER TABLE customers DROP COLUMN full_name"), name)
+	})
+}
