@@ -52,21 +52,20 @@ var filterOperators = []string{"=", "<>", "<", ">", "<=", ">="}
 
 // nullness knows which values of a stored projection are never NULL.
 type nullness struct {
-	table    string          // how the stored query names its table (its alias)
-	notNull  map[string]bool // table columns never NULL in a published row
+	table    string          // how the stored query names its table (its alias); "" for a join
+	notNull  map[string]bool // table columns never NULL in a published row (alias.column for a join)
 	safeCast map[string]bool // cast target types with only built-in cast functions
 }
 
 // setNullability decides which public columns are not null, from the
 // stored query, with the session's search_path the capture's (setStored).
 func (v *Validated) setNullability(ctx context.Context, sess Session, stored string) error {
-	tree, err := pg_query.Parse(stored)
-	if err != nil || len(tree.Stmts) != 1 || tree.Stmts[0].Stmt.GetSelectStmt() == nil {
+	sel := storedSelect(stored)
+	if sel == nil {
 		return nil // stays nullable: checkStored has already compared it
 	}
-	sel := tree.Stmts[0].Stmt.GetSelectStmt()
 	if len(sel.FromClause) != 1 || sel.FromClause[0].GetRangeVar() == nil {
-		return nil // the rules know one table: a joined one's columns stay as they are
+		return nil // one table here; a join's are ValidatedJoin's
 	}
 	n := &nullness{notNull: map[string]bool{}, safeCast: map[string]bool{}}
 	rv := sel.FromClause[0].GetRangeVar()
@@ -79,6 +78,46 @@ func (v *Validated) setNullability(ctx context.Context, sess Session, stored str
 			n.notNull[a.name] = true
 		}
 	}
+	return n.decide(ctx, sess, sel, v.Columns)
+}
+
+// setNullability decides which public columns of a join are not null,
+// by the rules above, from its stored query (every column there is
+// alias.column): a NOT NULL column of a table that may be missing from a
+// row (LEFT JOINed, or joined to one that is) is nullable unless the
+// filter requires it.
+func (v *ValidatedJoin) setNullability(ctx context.Context, sess Session, stored string) error {
+	sel := storedSelect(stored)
+	sp, err := AnalyzeJoin(stored)
+	if sel == nil || err != nil || len(sp.Tables) != len(v.Resolved) {
+		return nil // stays as setColumns decided: checkStored has compared it
+	}
+	n := &nullness{notNull: map[string]bool{}, safeCast: map[string]bool{}}
+	for i, t := range sp.Tables {
+		if t.Left {
+			continue
+		}
+		for _, a := range v.Resolved[i].attrs {
+			if a.notNull {
+				n.notNull[t.Alias+"."+a.name] = true
+			}
+		}
+	}
+	return n.decide(ctx, sess, sel, v.Columns)
+}
+
+// storedSelect is the SELECT of a stored query, or nil.
+func storedSelect(stored string) *pg_query.SelectStmt {
+	tree, err := pg_query.Parse(stored)
+	if err != nil || len(tree.Stmts) != 1 {
+		return nil
+	}
+	return tree.Stmts[0].Stmt.GetSelectStmt()
+}
+
+// decide marks the public columns (cols, as sel's targets) that are not
+// null: what the filter requires, then each target's expression.
+func (n *nullness) decide(ctx context.Context, sess Session, sel *pg_query.SelectStmt, cols []PublicColumn) error {
 	if sel.WhereClause != nil {
 		strict, err := strictComparisons(ctx, sess)
 		if err != nil {
@@ -90,11 +129,11 @@ func (v *Validated) setNullability(ctx context.Context, sess Session, stored str
 		return err
 	}
 	for i, t := range sel.TargetList {
-		if i >= len(v.Columns) || v.Columns[i].IsKey {
+		if i >= len(cols) || cols[i].IsKey {
 			continue
 		}
 		if rt := t.GetResTarget(); rt != nil && n.expr(rt.Val) {
-			v.Columns[i].Nullable = false
+			cols[i].Nullable = false
 		}
 	}
 	return nil
@@ -152,7 +191,8 @@ func (n *nullness) noteColumn(node *pg_query.Node) {
 }
 
 // column is the table column a node references: a plain name, or one
-// qualified by the table's alias. Anything else (a field of a composite
+// qualified by the table's alias (for a join: alias.column, as notNull
+// has it). Anything else (a field of a composite
 // column, a whole row) is not a column here.
 func (n *nullness) column(node *pg_query.Node) (string, bool) {
 	ref := node.GetColumnRef()
@@ -168,6 +208,10 @@ func (n *nullness) column(node *pg_query.Node) (string, bool) {
 		names[i] = s.Sval
 	}
 	switch {
+	case n.table == "" && len(names) == 2:
+		return names[0] + "." + names[1], true
+	case n.table == "":
+		return "", false
 	case len(names) == 1:
 		return names[0], true
 	case len(names) == 2 && names[0] == n.table:

@@ -285,6 +285,9 @@ func (v *ValidatedJoin) setStored(ctx context.Context, sess Session, fields []Fi
 	if err := v.checkStored(ctx, sess, stored, fields); err != nil {
 		return err
 	}
+	if err := v.setNullability(ctx, sess, stored); err != nil {
+		return err
+	}
 	if _, err := sess.Query(ctx, "SELECT pg_catalog.set_config('search_path', $1, true)", &old); err != nil {
 		return err
 	}

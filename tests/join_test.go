@@ -140,6 +140,26 @@ func TestJoinPublishValidation(t *testing.T) {
 	if err != nil || strings.Join(got, ", ") != "id false, total false, customer false, region true" {
 		t.Fatalf("nullability %v, %v", got, err)
 	}
+	// Expressions follow the one-table rules: a cast of a NOT NULL column,
+	// coalesce with a constant, arithmetic of not-null values, and a LEFT
+	// JOINed column the filter requires, are not null; a LEFT JOINed NOT
+	// NULL column is nullable (the rules do not infer from the filter that
+	// its row is there).
+	exprs := p.name("exprs")
+	if err := p.exec(t, "CALL rejot.publish($1, 1, $2)", exprs, `SELECT o.id, c.name::varchar(40) AS customer, coalesce(r.name, 'none') AS region,
+		o.total + 1 AS next_total, r.id AS region_id, r.name AS region_name, c.region_id AS raw_region
+		FROM orders o JOIN customers c ON c.id = o.customer_id LEFT JOIN regions r ON r.id = c.region_id WHERE r.id IS NOT NULL`); err != nil {
+		t.Fatal(err)
+	}
+	p.catalogMinor(t, exprs, 1, 0)
+	rows, err = p.conn.Query(ctx, "SELECT name || ' ' || nullable FROM rejot.columns WHERE publication = $1 ORDER BY position", exprs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	if want := "id false, customer false, region false, next_total false, region_id false, region_name true, raw_region true"; err != nil || strings.Join(got, ", ") != want {
+		t.Fatalf("nullability of expressions %v, %v; want %s", got, err, want)
+	}
 	// The same again is a no-op; a column more is a minor; another filter
 	// is refused.
 	if err := publish(q); err != nil || minor != 0 {
