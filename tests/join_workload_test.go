@@ -75,7 +75,9 @@ func joinTxn(conn *pgx.Conn, rng *rand.Rand) error {
 // owner's sidecar, the subscriber's, and both are killed (kill -9). A
 // watcher transaction renames customer 0 and tags its orders with the new
 // name together: a reader polling the target never sees one without the
-// other. Afterwards the target equals the join evaluated on the source.
+// other. Afterwards the target equals the join evaluated on the source,
+// and a mapped subscription of the same version (the consumer's own
+// statements) equals its mapping of the join.
 func TestJoinWorkloadSurvivesKills(t *testing.T) {
 	s := startServers(t)
 	ownerURL, targetURL := s.ownerSC.url("shop", "postgres"), s.targetSC.url("billing", "postgres")
@@ -84,6 +86,13 @@ func TestJoinWorkloadSurvivesKills(t *testing.T) {
 	execRetry(t, ownerURL, "CALL rejot.publish('order_lines', 1, $1)", joinWorkloadQuery)
 	execRetry(t, targetURL, "CREATE SCHEMA billing")
 	execRetry(t, targetURL, "CALL rejot.subscribe('order_lines', 1, 'billing.order_lines')")
+	// The same version mapped into the consumer's own model.
+	execRetry(t, targetURL, "CREATE TABLE billing.labels (order_id bigint PRIMARY KEY, label text NOT NULL, total int)")
+	execRetry(t, targetURL, `CALL rejot.subscribe('order_lines', 1, 'billing.labels',
+		upsert => $$INSERT INTO billing.labels VALUES (:id, coalesce(:customer, '-') || '@' || coalesce(:region, '-'), :total)
+			ON CONFLICT (order_id) DO UPDATE SET label = EXCLUDED.label, total = EXCLUDED.total$$,
+		delete => $$DELETE FROM billing.labels WHERE order_id = :id$$,
+		truncate => $$DELETE FROM billing.labels$$)`)
 
 	stop := make(chan struct{})
 	var committed atomic.Int64
@@ -171,6 +180,8 @@ func TestJoinWorkloadSurvivesKills(t *testing.T) {
 	owner := connect(t, s.owner.URL("shop"))
 	target := connect(t, s.target.URL("billing"))
 	targetConverges(t, 90*time.Second, owner, joinWorkloadQuery, target, "billing.order_lines")
+	targetConverges(t, 90*time.Second, owner, "SELECT id, coalesce(customer, '-') || '@' || coalesce(region, '-'), total FROM ("+joinWorkloadQuery+") AS q",
+		target, "billing.labels")
 	if len(torn) > 0 {
 		t.Errorf("the target was seen in the middle of a source transaction: %v", torn)
 	}
