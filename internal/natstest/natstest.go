@@ -74,6 +74,7 @@ func Start(n int, dir string) (*Cluster, error) {
 			return nil, err
 		}
 		c.Servers = append(c.Servers, s)
+		o.Port = s.Addr().(*net.TCPAddr).Port // a restart keeps it
 	}
 	if err := c.waitReady(30 * time.Second); err != nil {
 		c.Shutdown()
@@ -118,9 +119,7 @@ func (c *Cluster) Kill(i int) { c.Servers[i].Shutdown(); c.Servers[i].WaitForShu
 
 // Restart starts node i again, on the same ports and store.
 func (c *Cluster) Restart(i int) error {
-	o := c.opts[i].Clone()
-	o.Port = c.Servers[i].Addr().(*net.TCPAddr).Port
-	s, err := run(o)
+	s, err := run(c.opts[i].Clone())
 	if err != nil {
 		return err
 	}

@@ -145,3 +145,37 @@ func firstPosition(ctx context.Context, s jetstream.Stream, v eventlog.Version, 
 	}
 	return r.head + 1, nil // a marker kept alone: its run is gone
 }
+
+// Readers returns the names of a version's readers and their positions:
+// what holds its changes from pruning.
+func (l *Log) Readers(ctx context.Context, v eventlog.Version) (map[string]int64, error) {
+	lister, err := l.readers.ListKeysFiltered(ctx, versionToken(v)+".*")
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for key := range lister.Keys() {
+		keys = append(keys, key)
+	}
+	out := map[string]int64{}
+	for _, key := range keys {
+		_, enc, _ := strings.Cut(key, ".")
+		name, err := hex.DecodeString(enc)
+		if err != nil {
+			continue
+		}
+		e, err := l.readers.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		p, err := strconv.ParseInt(string(e.Value()), 10, 64)
+		if err != nil {
+			return nil, err
+		}
+		out[string(name)] = p
+	}
+	return out, nil
+}

@@ -160,7 +160,16 @@ func (l *Log) scan(ctx context.Context, v eventlog.Version, after int64, fn func
 		return err
 	}
 	r, firstSeq, err := runHolding(ctx, s, v, after+1)
-	if err != nil || r == nil {
+	if err != nil {
+		return err
+	}
+	if r == nil {
+		// A position past the head was not taken in this log (one that
+		// replaced another): the reader copies the state.
+		last, err := lastRun(ctx, s, v)
+		if err == nil && last != nil && after > last.head {
+			return eventlog.ErrPruned
+		}
 		return err
 	}
 	for r != nil {
