@@ -53,6 +53,7 @@ type Log struct {
 	streams  map[string]jetstream.Stream // change streams made or seen
 	waiters  map[eventlog.Version]*waiter
 	compacts map[eventlog.Version]*compactor
+	cursors  map[eventlog.Version]cursor // where reads of a version ended
 }
 
 var _ eventlog.Log = (*Log)(nil)
@@ -93,7 +94,8 @@ func open(ctx context.Context, nc *nats.Conn, o Options) (*Log, error) {
 		}
 	}
 	l := &Log{nc: nc, js: js, replicas: replicas, known: map[eventlog.Version]*known{},
-		streams: map[string]jetstream.Stream{}, waiters: map[eventlog.Version]*waiter{}, compacts: map[eventlog.Version]*compactor{}}
+		streams: map[string]jetstream.Stream{}, waiters: map[eventlog.Version]*waiter{}, compacts: map[eventlog.Version]*compactor{},
+		cursors: map[eventlog.Version]cursor{}}
 	l.chunk = int(min(nc.MaxPayload()/2, 512<<10))
 	for _, b := range []struct {
 		kv   *jetstream.KeyValue

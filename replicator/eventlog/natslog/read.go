@@ -159,21 +159,12 @@ func (l *Log) scan(ctx context.Context, v eventlog.Version, after int64, fn func
 	if !ok {
 		return err
 	}
-	r, firstSeq, err := runHolding(ctx, s, v, after+1)
-	if err != nil {
-		return err
-	}
-	if r == nil {
-		// A position past the head was not taken in this log (one that
-		// replaced another): the reader copies the state.
-		last, err := lastRun(ctx, s, v)
-		if err == nil && last != nil && after > last.head {
-			return eventlog.ErrPruned
-		}
+	r, err := l.runFor(ctx, s, v, after)
+	if err != nil || r == nil {
 		return err
 	}
 	for r != nil {
-		if r.from < firstSeq || r.start > after+1 || after < r.elidedUpto {
+		if r.start > after+1 || after < r.elidedUpto {
 			return eventlog.ErrPruned
 		}
 		more, err := scanRun(ctx, s, r, after, fn)
@@ -181,11 +172,53 @@ func (l *Log) scan(ctx context.Context, v eventlog.Version, after int64, fn func
 			return err
 		}
 		after = r.head
+		l.remember(v, r)
 		if r, err = runAfter(ctx, s, v, r.seq+1); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// runFor finds the run holding position after+1: the one after the
+// last run read when after is its head (a reader following the log),
+// else by bisecting the stream.
+func (l *Log) runFor(ctx context.Context, s jetstream.Stream, v eventlog.Version, after int64) (*run, error) {
+	l.mu.Lock()
+	c, ok := l.cursors[v]
+	l.mu.Unlock()
+	if ok && c.head == after {
+		return runAfter(ctx, s, v, c.seq+1)
+	}
+	r, firstSeq, err := runHolding(ctx, s, v, after+1)
+	if err != nil {
+		return nil, err
+	}
+	if r == nil {
+		// A position past the head was not taken in this log (one that
+		// replaced another): the reader copies the state.
+		last, err := lastRun(ctx, s, v)
+		if err == nil && last != nil && after > last.head {
+			return nil, eventlog.ErrPruned
+		}
+		return nil, err
+	}
+	if r.from < firstSeq {
+		return nil, eventlog.ErrPruned
+	}
+	return r, nil
+}
+
+// cursor is where the last run read of a version ends.
+type cursor struct {
+	head int64
+	seq  uint64
+}
+
+func (l *Log) remember(v eventlog.Version, r *run) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cursors[v] = cursor{head: r.head, seq: r.seq}
 }
 
 // scanRun passes a run's parts after position after to fn; a part ends
@@ -206,6 +239,9 @@ func scanRun(ctx context.Context, s jetstream.Stream, r *run, after int64, fn fu
 		body, first := r.body, r.first
 		if seq < r.seq {
 			m, err := s.GetMsg(ctx, seq)
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				return false, eventlog.ErrPruned
+			}
 			if err != nil {
 				return false, fmt.Errorf("cannot read the change stream: %w", err)
 			}

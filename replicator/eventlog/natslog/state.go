@@ -287,7 +287,8 @@ func readState(ctx context.Context, js jetstream.JetStream, ks jetstream.Stream,
 		return nil
 	}
 	cons, err := js.OrderedConsumer(ctx, info.Config.Name, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{prefix + ".k.>"}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy})
+		FilterSubjects: []string{prefix + ".k.>"}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
+		InactiveThreshold: time.Minute}) // gone soon after the copy
 	if err != nil {
 		return err
 	}
