@@ -35,8 +35,12 @@ import (
 
 // Log is an open event log in JetStream.
 type Log struct {
-	nc       *nats.Conn
-	js       jetstream.JetStream
+	nc *nats.Conn
+	js jetstream.JetStream
+	// The compaction writes the state on a connection of its own, so
+	// that appends never queue behind its messages.
+	bgnc     *nats.Conn
+	bgjs     jetstream.JetStream
 	replicas int
 	chunk    int // body bytes per message
 
@@ -73,9 +77,19 @@ func Open(ctx context.Context, rawURL string) (*Log, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot connect to the NATS event log: %w", err)
 	}
-	l, err := open(ctx, nc, o)
+	bg, err := nats.Connect(servers, opts...)
 	if err != nil {
 		nc.Close()
+		return nil, fmt.Errorf("cannot connect to the NATS event log: %w", err)
+	}
+	l, err := open(ctx, nc, o)
+	if err == nil {
+		l.bgnc = bg
+		l.bgjs, err = jetstream.New(bg, jetstream.WithPublishAsyncMaxPending(4096))
+	}
+	if err != nil {
+		nc.Close()
+		bg.Close()
 		return nil, err
 	}
 	return l, nil
@@ -225,6 +239,7 @@ func (l *Log) Close() {
 	}
 	l.mu.Unlock()
 	l.nc.Close()
+	l.bgnc.Close()
 }
 
 // Ping checks that JetStream answers.

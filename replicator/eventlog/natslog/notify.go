@@ -13,23 +13,33 @@ import (
 // the version's markers (headers only, new ones only) that JetStream
 // delivers as each append commits.
 type waiter struct {
-	mu sync.Mutex
-	ch chan struct{}
-	cc jetstream.ConsumeContext
+	mu    sync.Mutex
+	ch    chan struct{}
+	fired bool // a marker came since the last Wait returned
+	cc    jetstream.ConsumeContext
 }
 
 // Wait returns when an append to v commits, or after at most d.
 func (l *Log) Wait(ctx context.Context, v eventlog.Version, d time.Duration) {
 	w := l.waiterOf(ctx, v)
 	w.mu.Lock()
-	ch := w.ch
+	ch, fired := w.ch, w.fired
+	w.fired = false
 	w.mu.Unlock()
+	if fired {
+		// An append committed after the reader's last wait: it may not
+		// have seen it (a wake-up is never lost between two waits).
+		return
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 	case <-t.C:
 	case <-ch:
+		w.mu.Lock()
+		w.fired = false
+		w.mu.Unlock()
 	}
 }
 
@@ -68,4 +78,5 @@ func (w *waiter) wake() {
 	defer w.mu.Unlock()
 	close(w.ch)
 	w.ch = make(chan struct{})
+	w.fired = true
 }

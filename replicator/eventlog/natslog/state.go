@@ -73,6 +73,11 @@ func (l *Log) compactorOf(v eventlog.Version) *compactor {
 				case <-l.ctx.Done():
 					return
 				case <-c.wake:
+					// Several appends at a time: the state trails the
+					// change stream by a moment, which copies fold in.
+					if sleep(l.ctx, 100*time.Millisecond) != nil {
+						return
+					}
 					// A failure is tried again by the next append's wake-up,
 					// and by Prune, which returns it.
 					_, _ = l.compact(l.ctx, v)
@@ -136,7 +141,7 @@ func (l *Log) compact(ctx context.Context, v eventlog.Version) (int64, error) {
 	}
 	m := newMsg(prefix+".w", nil)
 	m.Header.Set(hdrPos, strconv.FormatInt(reached, 10))
-	if _, err := l.js.PublishMsg(ctx, m); err != nil {
+	if _, err := l.bgjs.PublishMsg(ctx, m); err != nil {
 		return w, err
 	}
 	return reached, nil
@@ -157,7 +162,7 @@ func (l *Log) compactChange(ctx context.Context, ks jetstream.Stream, prefix str
 		m.Header.Set(hdrOp, "d")
 		m.Header.Set("Nats-TTL", tombstoneTTL)
 	}
-	ack, err := l.js.PublishMsgAsync(m)
+	ack, err := l.bgjs.PublishMsgAsync(m)
 	if err != nil {
 		return acks, err
 	}
