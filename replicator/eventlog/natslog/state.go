@@ -279,7 +279,7 @@ func (l *Log) stateAt(ctx context.Context, v eventlog.Version) (map[string][]eve
 	return rows, now.head, err
 }
 
-// readState reads every key's last message of a state stream.
+// readState reads every key's message of a state stream.
 func readState(ctx context.Context, js jetstream.JetStream, ks jetstream.Stream, prefix string, rows map[string][]eventlog.Value) error {
 	info, err := ks.Info(ctx)
 	if err != nil {
@@ -292,13 +292,16 @@ func readState(ctx context.Context, js jetstream.JetStream, ks jetstream.Stream,
 		return nil
 	}
 	cons, err := js.OrderedConsumer(ctx, info.Config.Name, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{prefix + ".k.>"}, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
+		// The stream keeps one message per key: all of them are the last
+		// ones (a key written again meanwhile comes again, newer), read in
+		// sequence order without the server looking up every subject.
+		FilterSubjects: []string{prefix + ".k.>"}, DeliverPolicy: jetstream.DeliverAllPolicy,
 		InactiveThreshold: time.Minute}) // gone soon after the copy
 	if err != nil {
 		return err
 	}
 	for {
-		batch, err := cons.Fetch(2000, jetstream.FetchMaxWait(time.Second))
+		batch, err := cons.Fetch(10000, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
 			return err
 		}
