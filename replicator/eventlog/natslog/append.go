@@ -57,7 +57,7 @@ func (l *Log) current(ctx context.Context, v eventlog.Version, s jetstream.Strea
 		c.appended = maps.Clone(k.appended)
 		return &c, nil
 	}
-	info, err := s.Info(ctx)
+	info, err := streamInfo(ctx, s)
 	if err != nil {
 		return nil, err
 	}
@@ -230,7 +230,9 @@ func (vt *versionTx) send(ctx context.Context, t *Tx) error {
 	m := newMsg(chunkSubject(vt.v), vt.buf)
 	m.Header.Set(hdrTx, t.id)
 	m.Header.Set(hdrFirst, strconv.FormatInt(vt.first, 10))
-	ack, err := t.log.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequence(vt.now.lastSeq),
+	rctx, cancel := request(ctx)
+	defer cancel()
+	ack, err := t.log.js.PublishMsg(rctx, m, jetstream.WithExpectLastSequence(vt.now.lastSeq),
 		jetstream.WithMsgID(t.id+"/"+strconv.Itoa(vt.sent)))
 	if err != nil {
 		t.log.forgetVersion(vt.v)
@@ -299,7 +301,9 @@ func (vt *versionTx) commit(ctx context.Context, t *Tx) (int, error) {
 	if vt.fill != nil {
 		h.Set(hdrElided, strconv.FormatInt(vt.fill.from, 10)+"-"+strconv.FormatInt(vt.fill.upto, 10))
 	}
-	ack, err := t.log.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequence(vt.now.lastSeq), jetstream.WithMsgID(vt.msgID(t.id)))
+	rctx, cancel := request(ctx)
+	defer cancel()
+	ack, err := t.log.js.PublishMsg(rctx, m, jetstream.WithExpectLastSequence(vt.now.lastSeq), jetstream.WithMsgID(vt.msgID(t.id)))
 	if err != nil {
 		if isWrongLastSequence(err) {
 			return 0, eventlog.ErrConcurrentAppend

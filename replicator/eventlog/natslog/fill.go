@@ -54,7 +54,7 @@ func (t *Tx) Fill(ctx context.Context, g eventlog.Group) error {
 				if err := f.wait(); err != nil {
 					return err
 				}
-				if err := f.stream.Purge(ctx); err != nil {
+				if err := purge(ctx, f.stream); err != nil {
 					return err
 				}
 				f.rows = 0
@@ -145,6 +145,8 @@ func waitAcks(acks []jetstream.PubAckFuture) error {
 // finish waits for the rows and records the generation's watermark:
 // it holds every change up to the first state's end.
 func (f *fillTx) finish(ctx context.Context, l *Log, vt *versionTx) error {
+	ctx, cancel := request(ctx)
+	defer cancel()
 	if err := f.wait(); err != nil {
 		return err
 	}
@@ -202,6 +204,8 @@ func (t *Tx) SetFilled(ctx context.Context, v eventlog.Version, system, definiti
 }
 
 func (l *Log) putFilled(ctx context.Context, f filledRecord) error {
+	ctx, cancel := request(ctx)
+	defer cancel()
 	b, err := json.Marshal(f)
 	if err != nil {
 		return err
@@ -212,6 +216,8 @@ func (l *Log) putFilled(ctx context.Context, f filledRecord) error {
 
 // Filled returns where and with what definition system last filled v.
 func (l *Log) Filled(ctx context.Context, v eventlog.Version, system string) (uint64, string, bool, error) {
+	ctx, cancel := request(ctx)
+	defer cancel()
 	e, err := l.filled.Get(ctx, filledKey(v, system))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return 0, "", false, nil
@@ -224,4 +230,10 @@ func (l *Log) Filled(ctx context.Context, v eventlog.Version, system string) (ui
 		return 0, "", false, err
 	}
 	return f.LSN, f.Definition, true, nil
+}
+
+func purge(ctx context.Context, s jetstream.Stream, opts ...jetstream.StreamPurgeOpt) error {
+	ctx, cancel := request(ctx)
+	defer cancel()
+	return s.Purge(ctx, opts...)
 }

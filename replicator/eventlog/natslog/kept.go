@@ -41,6 +41,8 @@ func (t *Tx) Keep(ctx context.Context, system string, kept []eventlog.Kept) erro
 }
 
 func (l *Log) keep(ctx context.Context, system string, k eventlog.Kept) error {
+	ctx, cancel := request(ctx)
+	defer cancel()
 	if k.Key == nil { // every row of the table
 		return l.purgeKept(ctx, "$KV.REJOT_KEPT."+keptTable(system, k.Table)+".>")
 	}
@@ -84,6 +86,8 @@ func (l *Log) purgeKept(ctx context.Context, subject string) error {
 }
 
 func (l *Log) keptRow(ctx context.Context, key string) (*keptRow, error) {
+	ctx, cancel := request(ctx)
+	defer cancel()
 	e, err := l.kept.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, nil

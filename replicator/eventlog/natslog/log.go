@@ -244,6 +244,8 @@ func (l *Log) Close() {
 
 // Ping checks that JetStream answers.
 func (l *Log) Ping(ctx context.Context) error {
+	ctx, cancel := request(ctx)
+	defer cancel()
 	_, err := l.js.AccountInfo(ctx)
 	return err
 }
@@ -274,7 +276,9 @@ func (l *Log) ensureChangeStream(ctx context.Context, v eventlog.Version) (jetst
 	if s != nil {
 		return s, nil
 	}
-	s, err := l.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	rctx, cancel := request(ctx)
+	defer cancel()
+	s, err := l.js.CreateOrUpdateStream(rctx, jetstream.StreamConfig{
 		Name: name, Subjects: []string{chunkSubject(v), runSubject(v)},
 		Storage: jetstream.FileStorage, Replicas: l.replicas, Retention: jetstream.LimitsPolicy,
 		Discard: jetstream.DiscardOld, Duplicates: 2 * time.Minute,
@@ -304,7 +308,9 @@ func (l *Log) ensureStateStream(ctx context.Context, v eventlog.Version, gen int
 	if s != nil {
 		return s, nil
 	}
-	s, err := l.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	rctx, cancel := request(ctx)
+	defer cancel()
+	s, err := l.js.CreateOrUpdateStream(rctx, jetstream.StreamConfig{
 		Name: name, Subjects: []string{stateSubjects(v, gen) + ".>"},
 		Storage: jetstream.FileStorage, Replicas: l.replicas, Retention: jetstream.LimitsPolicy,
 		MaxMsgsPerSubject: 1, AllowMsgTTL: true, Discard: jetstream.DiscardOld,
@@ -332,7 +338,9 @@ func (l *Log) changeStreamOf(ctx context.Context, v eventlog.Version) (jetstream
 	if s != nil {
 		return s, true, nil
 	}
-	s, err := l.js.Stream(ctx, name)
+	rctx, cancel := request(ctx)
+	defer cancel()
+	s, err := l.js.Stream(rctx, name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil, false, nil
 	}
@@ -353,7 +361,7 @@ func (l *Log) changeStreamOf(ctx context.Context, v eventlog.Version) (jetstream
 func waitLeader(ctx context.Context, s jetstream.Stream) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		info, err := s.Info(ctx)
+		info, err := streamInfo(ctx, s)
 		if err == nil && (info.Cluster == nil || info.Cluster.Leader != "") {
 			return nil
 		}
@@ -373,6 +381,8 @@ func waitLeader(ctx context.Context, s jetstream.Stream) error {
 
 // deleteStream removes a stream (missing is fine) and forgets its handle.
 func (l *Log) deleteStream(ctx context.Context, name string) error {
+	ctx, cancel := request(ctx)
+	defer cancel()
 	l.mu.Lock()
 	delete(l.streams, name)
 	l.mu.Unlock()

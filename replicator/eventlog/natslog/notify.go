@@ -65,7 +65,9 @@ func (l *Log) consumeRuns(ctx context.Context, v eventlog.Version, w *waiter) (j
 	if _, err := l.ensureChangeStream(ctx, v); err != nil {
 		return nil, err
 	}
-	cons, err := l.js.OrderedConsumer(ctx, changeStream(v), jetstream.OrderedConsumerConfig{
+	rctx, cancel := request(ctx)
+	defer cancel()
+	cons, err := l.js.OrderedConsumer(rctx, changeStream(v), jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{runSubject(v)}, DeliverPolicy: jetstream.DeliverNewPolicy, HeadersOnly: true})
 	if err != nil {
 		return nil, err

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
@@ -20,6 +21,8 @@ func readerKey(v eventlog.Version, reader string) string {
 
 // SetReader records a subscriber's position; a negative one forgets it.
 func (l *Log) SetReader(ctx context.Context, v eventlog.Version, reader string, position int64) error {
+	ctx, cancel := request(ctx)
+	defer cancel()
 	if position < 0 {
 		err := l.readers.Delete(ctx, readerKey(v, reader))
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -33,6 +36,8 @@ func (l *Log) SetReader(ctx context.Context, v eventlog.Version, reader string, 
 
 // KeepReaders forgets the readers named prefix… other than keep.
 func (l *Log) KeepReaders(ctx context.Context, prefix string, keep []string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	lister, err := l.readers.ListKeys(ctx)
 	if err != nil {
 		return err
@@ -59,6 +64,8 @@ func (l *Log) KeepReaders(ctx context.Context, prefix string, keep []string) err
 // minReader is the lowest position of a version's readers; ok is false
 // when it has none.
 func (l *Log) minReader(ctx context.Context, v eventlog.Version) (int64, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	lister, err := l.readers.ListKeysFiltered(ctx, versionToken(v)+".*")
 	if err != nil {
 		return 0, false, err
@@ -128,7 +135,7 @@ func (l *Log) Prune(ctx context.Context, v eventlog.Version) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := s.Purge(ctx, jetstream.WithPurgeSequence(keepFrom)); err != nil {
+	if err := purge(ctx, s, jetstream.WithPurgeSequence(keepFrom)); err != nil {
 		return 0, fmt.Errorf("cannot prune the change stream of %s version %d: %w", v.Publication, v.Number, err)
 	}
 	return max(dropped-first+1, 0), nil
@@ -149,6 +156,8 @@ func firstPosition(ctx context.Context, s jetstream.Stream, v eventlog.Version, 
 // Readers returns the names of a version's readers and their positions:
 // what holds its changes from pruning.
 func (l *Log) Readers(ctx context.Context, v eventlog.Version) (map[string]int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	lister, err := l.readers.ListKeysFiltered(ctx, versionToken(v)+".*")
 	if err != nil {
 		return nil, err

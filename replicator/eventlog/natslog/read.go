@@ -238,7 +238,7 @@ func scanRun(ctx context.Context, s jetstream.Stream, r *run, after int64, fn fu
 	for seq := r.from; seq <= r.seq; seq++ {
 		body, first := r.body, r.first
 		if seq < r.seq {
-			m, err := s.GetMsg(ctx, seq)
+			m, err := getMsg(ctx, s, seq)
 			if errors.Is(err, jetstream.ErrMsgNotFound) {
 				return false, eventlog.ErrPruned
 			}
@@ -273,4 +273,10 @@ func scanRun(ctx context.Context, s jetstream.Stream, r *run, after int64, fn fu
 		}
 	}
 	return emit(nil)
+}
+
+func getMsg(ctx context.Context, s jetstream.Stream, seq uint64) (*jetstream.RawStreamMsg, error) {
+	ctx, cancel := request(ctx)
+	defer cancel()
+	return s.GetMsg(ctx, seq)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -116,6 +117,8 @@ func parseLayout(s string) (eventlog.Layout, error) {
 // lastRun is the version's last marker: what it is now (nil before its
 // first append).
 func lastRun(ctx context.Context, s jetstream.Stream, v eventlog.Version) (*run, error) {
+	ctx, cancel := request(ctx)
+	defer cancel()
 	m, err := s.GetLastMsgForSubject(ctx, runSubject(v))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, nil
@@ -128,6 +131,8 @@ func lastRun(ctx context.Context, s jetstream.Stream, v eventlog.Version) (*run,
 
 // runAfter is the first marker at or after sequence seq (nil: none).
 func runAfter(ctx context.Context, s jetstream.Stream, v eventlog.Version, seq uint64) (*run, error) {
+	ctx, cancel := request(ctx)
+	defer cancel()
 	m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(runSubject(v)))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, nil
@@ -143,7 +148,7 @@ func runAfter(ctx context.Context, s jetstream.Stream, v eventlog.Version, seq u
 // heads grow with their sequence). nil: no run holds it yet.
 // It returns the stream's first sequence too: what is before was pruned.
 func runHolding(ctx context.Context, s jetstream.Stream, v eventlog.Version, pos int64) (*run, uint64, error) {
-	info, err := s.Info(ctx)
+	info, err := streamInfo(ctx, s)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -181,4 +186,20 @@ func isWrongLastSequence(err error) bool {
 
 func newMsg(subject string, body []byte) *nats.Msg {
 	return &nats.Msg{Subject: subject, Data: body, Header: nats.Header{}}
+}
+
+// requestTimeout bounds each request to JetStream. The client applies
+// its own default only to contexts without a deadline; a request sent
+// while a stream elects its leader may get no answer, and a caller with a
+// long deadline would wait for all of it.
+const requestTimeout = 10 * time.Second
+
+func request(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, requestTimeout)
+}
+
+func streamInfo(ctx context.Context, s jetstream.Stream) (*jetstream.StreamInfo, error) {
+	ctx, cancel := request(ctx)
+	defer cancel()
+	return s.Info(ctx)
 }

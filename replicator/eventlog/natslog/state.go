@@ -141,7 +141,9 @@ func (l *Log) compact(ctx context.Context, v eventlog.Version) (int64, error) {
 	}
 	m := newMsg(prefix+".w", nil)
 	m.Header.Set(hdrPos, strconv.FormatInt(reached, 10))
-	if _, err := l.bgjs.PublishMsg(ctx, m); err != nil {
+	rctx, cancel := request(ctx)
+	defer cancel()
+	if _, err := l.bgjs.PublishMsg(rctx, m); err != nil {
 		return w, err
 	}
 	return reached, nil
@@ -152,7 +154,9 @@ func (l *Log) compactChange(ctx context.Context, ks jetstream.Stream, prefix str
 		if err := waitAcks(acks); err != nil {
 			return nil, err
 		}
-		return nil, ks.Purge(ctx, jetstream.WithPurgeSubject(prefix+".k.>"))
+		rctx, cancel := request(ctx)
+		defer cancel()
+		return nil, ks.Purge(rctx, jetstream.WithPurgeSubject(prefix+".k.>"))
 	}
 	m := newMsg(keyHash(prefix, keyOf(layout, c)), nil)
 	m.Header.Set(hdrPos, strconv.FormatInt(pos, 10))
@@ -176,6 +180,8 @@ func (l *Log) compactChange(ctx context.Context, ks jetstream.Stream, prefix str
 // watermark is the position up to which a state generation holds every
 // change (0: none yet).
 func watermark(ctx context.Context, ks jetstream.Stream, prefix string) (int64, error) {
+	ctx, cancel := request(ctx)
+	defer cancel()
 	m, err := ks.GetLastMsgForSubject(ctx, prefix+".w")
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, nil
@@ -230,7 +236,9 @@ func (l *Log) stateAt(ctx context.Context, v eventlog.Version) (map[string][]eve
 		return rows, 0, err
 	}
 	prefix := stateSubjects(v, first.gen)
-	ks, err := l.js.Stream(ctx, stateStream(v, first.gen))
+	rctx, cancel := request(ctx)
+	defer cancel()
+	ks, err := l.js.Stream(rctx, stateStream(v, first.gen))
 	if err == nil {
 		err = waitLeader(ctx, ks)
 	}
@@ -281,7 +289,7 @@ func (l *Log) stateAt(ctx context.Context, v eventlog.Version) (map[string][]eve
 
 // readState reads every key's message of a state stream.
 func readState(ctx context.Context, js jetstream.JetStream, ks jetstream.Stream, prefix string, rows map[string][]eventlog.Value) error {
-	info, err := ks.Info(ctx)
+	info, err := streamInfo(ctx, ks)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			return errMoved
@@ -291,7 +299,9 @@ func readState(ctx context.Context, js jetstream.JetStream, ks jetstream.Stream,
 	if info.State.Msgs == 0 {
 		return nil
 	}
-	cons, err := js.OrderedConsumer(ctx, info.Config.Name, jetstream.OrderedConsumerConfig{
+	rctx, cancel := request(ctx)
+	defer cancel()
+	cons, err := js.OrderedConsumer(rctx, info.Config.Name, jetstream.OrderedConsumerConfig{
 		// The stream keeps one message per key: all of them are the last
 		// ones (a key written again meanwhile comes again, newer), read in
 		// sequence order without the server looking up every subject.
