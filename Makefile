@@ -10,9 +10,13 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/rejot
 
 # The whole suite: unit tests, end-to-end tests against throwaway Postgres
-# clusters, and every fuzz target's committed seed corpus.
+# clusters, and every fuzz target's committed seed corpus; then the
+# data-path suites again with the event log on a three-node JetStream
+# cluster (in-process, one per test).
+NATS_SUITES := TestSubscriptionTypeMatrix|TestRandomWorkloadConverges|TestSubscriptionSurvivesCrashes|TestSubscribersMoveAtTheirOwnSpeed|TestSubscribeAppliesTransactionsLargerThanASpan|TestNATSLogSurvivesANodeAndSidecarKills
 test: vet
 	$(GO) test -race -count=1 -timeout 20m ./...
+	REJOT_TEST_LOG=nats $(GO) test -count=1 -timeout 10m ./tests -run '^($(NATS_SUITES))$$'
 
 vet:
 	@test -z "$$(gofmt -l .)" || (echo "gofmt needed:"; gofmt -l .; exit 1)
@@ -28,6 +32,7 @@ bench: build
 	scripts/bench-proxy.sh
 	$(GO) test ./replicator/capture -run '^$$' -bench Capture -benchtime 1x -v
 	$(GO) test ./tests/bench -run '^$$' -bench Replication -benchtime 1x -timeout 60m -v
+	$(GO) test ./tests/bench -run '^$$' -bench LogFanOut -benchtime 1x -timeout 30m -v
 
 # Run each fuzz target for FUZZTIME (default 30s); new crashers land in testdata.
 FUZZTIME ?= 30s

@@ -86,7 +86,7 @@ func launchCommand(t *testing.T, command []string, upstream string, extra ...str
 	if !slices.Contains(extra, "--http") {
 		args = append(args, "--http", "127.0.0.1:0") // many sidecars share this machine
 	}
-	args = append(args, extra...)
+	args = append(args, logArgs(t, extra)...)
 	s.cmd = exec.Command(command[0], append(command[1:], args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = s, s
 	if err := s.cmd.Start(); err != nil {

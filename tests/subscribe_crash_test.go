@@ -21,12 +21,13 @@ import (
 type servers struct {
 	owner, target, catalog *pgtest.Cluster
 	ownerSC, targetSC      *sidecar
+	extra                  []string // more flags for both sidecars
 }
 
-func startServers(t *testing.T) *servers {
+func startServers(t *testing.T, extra ...string) *servers {
 	t.Helper()
 	ctx := context.Background()
-	s := &servers{}
+	s := &servers{extra: extra}
 	for _, c := range []**pgtest.Cluster{&s.owner, &s.target, &s.catalog} {
 		cl, err := pgtest.Start(pgtest.Options{})
 		if err != nil {
@@ -49,11 +50,11 @@ func startServers(t *testing.T) *servers {
 }
 
 func (s *servers) startOwner(t *testing.T) *sidecar {
-	return startSidecarUpstream(t, s.owner.URL("shop"), "--catalog", s.catalog.URL("rejot"))
+	return startSidecarUpstream(t, s.owner.URL("shop"), append([]string{"--catalog", s.catalog.URL("rejot")}, s.extra...)...)
 }
 
 func (s *servers) startTarget(t *testing.T) *sidecar {
-	return startSidecarUpstream(t, s.target.URL("billing"), "--catalog", s.catalog.URL("rejot"))
+	return startSidecarUpstream(t, s.target.URL("billing"), append([]string{"--catalog", s.catalog.URL("rejot")}, s.extra...)...)
 }
 
 // connect connects with retries (a server or sidecar may be restarting).
@@ -301,8 +302,8 @@ func TestSubscriptionSurvivesCrashes(t *testing.T) {
 	// along whole spans, checked by the apply itself).
 	logDB := connect(t, s.catalog.URL("rejot"))
 	waitFor(t, 30*time.Second, func() bool {
-		var head, position int64
-		logDB.QueryRow(context.Background(), "SELECT head FROM rejot_log.streams WHERE publication = 'accounts'").Scan(&head)
+		var position int64
+		head := logHead(t, logDB, "accounts")
 		target.QueryRow(context.Background(), "SELECT position FROM _rejot.subscriptions WHERE target = 'billing.acct'").Scan(&position)
 		return head > 0 && head == position
 	})

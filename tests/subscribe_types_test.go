@@ -42,9 +42,7 @@ func TestSubscriptionTypeMatrix(t *testing.T) {
 	// Let the first fill reach the log, so row 1 comes through the copy.
 	logDB := pg.Connect(t, "rejot")
 	waitFor(t, 30*time.Second, func() bool {
-		var head int64
-		logDB.QueryRow(t.Context(), "SELECT head FROM rejot_log.streams WHERE publication = $1", name).Scan(&head)
-		return head >= 2
+		return logHead(t, logDB, name) >= 2
 	})
 	if err := consumer.exec(t, "CALL rejot.subscribe($1, 1, 'types')", name); err != nil {
 		t.Fatal(err)

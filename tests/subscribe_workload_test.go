@@ -176,8 +176,7 @@ func TestSubscribersMoveAtTheirOwnSpeed(t *testing.T) {
 		}
 	}()
 	waitFor(t, 20*time.Second, func() bool {
-		logDB.QueryRow(ctx, `SELECT coalesce(string_agg(r.reader, ','), '') FROM rejot_log.readers r
-			JOIN rejot_log.streams s ON s.id = r.stream WHERE s.publication = $1`, name).Scan(&readers)
+		readers = logReaders(t, logDB, name)
 		return readers == fast.db+"/public.copy"
 	})
 }

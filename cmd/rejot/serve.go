@@ -24,6 +24,7 @@ import (
 	"github.com/rejot-dev/rejot/replicator/apply"
 	"github.com/rejot-dev/rejot/replicator/capture"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
+	"github.com/rejot-dev/rejot/replicator/eventlog/natslog"
 	"github.com/rejot-dev/rejot/replicator/eventlog/pglog"
 	"github.com/rejot-dev/rejot/sql"
 	"github.com/rejot-dev/rejot/web"
@@ -462,23 +463,31 @@ func startCPUProfile(path string) (stop func(), err error) {
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
-// sharedLog opens the event log once for the capture and the subscriber.
+// sharedLog opens the event log once for the capture and the subscriber:
+// in JetStream for a nats:// or tls:// URL, else in Postgres.
 type sharedLog struct {
 	url string
 	mu  sync.Mutex
-	log *pglog.Log
+	log eventlog.Log
 }
 
-func (s *sharedLog) open(ctx context.Context) (*pglog.Log, error) {
+func (s *sharedLog) open(ctx context.Context) (eventlog.Log, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.log != nil {
 		return s.log, nil
 	}
-	l, err := pglog.Open(ctx, s.url)
+	l, err := openLog(ctx, s.url)
 	if err != nil {
 		return nil, err
 	}
 	s.log = l
 	return l, nil
+}
+
+func openLog(ctx context.Context, url string) (eventlog.Log, error) {
+	if strings.HasPrefix(url, "nats://") || strings.HasPrefix(url, "tls://") {
+		return natslog.Open(ctx, url)
+	}
+	return pglog.Open(ctx, url)
 }

@@ -34,6 +34,9 @@ func connWarning(flag, url string) string {
 	if url == "" {
 		return ""
 	}
+	if strings.HasPrefix(url, "nats://") {
+		return natsWarning(flag, url)
+	}
 	cfg, err := pgconn.ParseConfig(url)
 	if err != nil || localHost(cfg.Host) {
 		return ""
@@ -71,4 +74,24 @@ func localHost(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// natsWarning is connWarning for a NATS log URL: nats:// to a server that
+// is not local may be plaintext (the server decides); tls:// is not.
+func natsWarning(flag, url string) string {
+	servers, _, _ := strings.Cut(strings.TrimPrefix(url, "nats://"), "?")
+	for _, s := range strings.Split(servers, ",") {
+		if at := strings.LastIndexByte(s, '@'); at >= 0 {
+			s = s[at+1:]
+		}
+		s = strings.TrimPrefix(s, "nats://")
+		host, _, err := net.SplitHostPort(s)
+		if err != nil {
+			host = s
+		}
+		if !localHost(host) {
+			return fmt.Sprintf("--%s may connect to %s in plaintext (nats://): use tls:// with the servers' CA (tls_ca)", flag, host)
+		}
+	}
+	return ""
 }

@@ -31,6 +31,10 @@ func TestTransportWarnings(t *testing.T) {
 			map[string]string{"upstream": "postgres://u@db.internal/shop?sslmode=verify-full"}, nil},
 		{"a Unix socket", "127.0.0.1:6432", false,
 			map[string]string{"upstream": "postgres:///shop?host=/var/run/postgresql"}, nil},
+		{"remote NATS log, nats://", "127.0.0.1:6432", false,
+			map[string]string{"log": "nats://u:p@nats-1.internal:4222,nats-2.internal:4222?replicas=3"}, []string{"--log may connect to nats-1.internal in plaintext"}},
+		{"local NATS log", "127.0.0.1:6432", false, map[string]string{"log": "nats://127.0.0.1:4222"}, nil},
+		{"remote NATS log, tls://", "127.0.0.1:6432", false, map[string]string{"log": "tls://nats-1.internal:4222"}, nil},
 		{"both kinds", ":6432", false,
 			map[string]string{"upstream": "postgres://u@db.internal/shop?sslmode=disable"}, []string{"without TLS", "--upstream"}},
 	}

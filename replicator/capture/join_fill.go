@@ -2,6 +2,7 @@ package capture
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -16,7 +17,9 @@ import (
 // Postgres's, so none of anyone's code runs), in the WAL's text form.
 func (p *WALReader) fillBase(ctx context.Context, tx pgx.Tx, log eventlog.Tx, src *Source, point uint64) error {
 	plan := src.Join
-	if err := log.ClearBase(ctx, src.Version, -1); err != nil {
+	if err := log.ClearBase(ctx, src.Version, -1); errors.Is(err, eventlog.ErrNoBaseStates) {
+		return src.cannot(err, false)
+	} else if err != nil {
 		return fmt.Errorf("cannot append the first state: %w", err)
 	}
 	if err := actAs(ctx, tx, src.Role); err != nil {

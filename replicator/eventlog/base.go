@@ -17,6 +17,11 @@ import (
 // named by their index in the version's query (0 is the root); a row by
 // the KeyString of its primary key.
 
+// ErrNoBaseStates: the engine keeps no base states, so it cannot carry
+// join versions (the capture fails such a version alone, with this as its
+// problem). The NATS engine returns it from every base state method.
+var ErrNoBaseStates = errors.New("join projections need the Postgres event log: this system's event log keeps no base states (see docs/scale.md)")
+
 // BaseRow is one row of a join version's base state.
 type BaseRow struct {
 	Table int    // the table's index in the version's query

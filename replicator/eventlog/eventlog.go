@@ -91,6 +91,12 @@ type Kept struct {
 // subscriber copies the compacted state again.
 var ErrPruned = errors.New("the event log no longer holds these changes")
 
+// ErrConcurrentAppend: another process appended for the same system and
+// version while an append ran (two captures of one system overlapped);
+// the append is abandoned, and appending again from the slot skips what
+// the other one appended.
+var ErrConcurrentAppend = errors.New("another process appended the same system's transactions meanwhile (two captures of one system overlapped): this append is rolled back and tried again")
+
 // Span is a run of whole groups of a version: positions (After, Upto].
 type Span struct {
 	After, Upto int64

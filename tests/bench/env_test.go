@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/internal/natstest"
 	"github.com/rejot-dev/rejot/internal/pgtest"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
+	"github.com/rejot-dev/rejot/replicator/eventlog/natslog"
 )
 
 // env is one run's world: the owner's cluster (source table, ReJot's
@@ -24,7 +28,8 @@ type env struct {
 	owner, consumer     *pgtest.Cluster
 	ownerSC, consumerSC *sidecar
 	src                 *pgx.Conn // the owner's database, direct
-	log                 *pgx.Conn // the event log, direct
+	log                 *pgx.Conn // the event log (or, with BENCH_EVENT_LOG=nats, the catalog), direct
+	natsLog             *natslog.Log
 	rejot               *pgx.Conn // ReJot's target database, direct
 	native              *pgx.Conn // the native subscription's database, direct
 	nativeTouched       time.Time // when the native subscription was last created, enabled or disabled
@@ -68,11 +73,22 @@ func newEnv(b *testing.B, ctx context.Context, cfg config) *env {
 	e.rejot = connect(b, e.consumer.URL(consumerDB))
 	e.native = connect(b, e.consumer.URL(nativeDB))
 	e.loadSource()
-	catalogURL := logCluster.URL(logDB)
+	catalogURL, logURL := logCluster.URL(logDB), ""
+	if cfg.natsLog {
+		js, err := natstest.Start(3, filepath.Join(dir, "nats"))
+		e.must(err)
+		b.Cleanup(js.Shutdown)
+		logURL = js.URL()
+		e.natsLog, err = natslog.Open(ctx, logURL)
+		e.must(err)
+		b.Cleanup(e.natsLog.Close)
+		progress("event log: a three-node JetStream cluster, in-process")
+	}
 	e.ownerSC, err = newSidecar(bin, dir, cfg.profileDir, "owner", e.owner.URL(sourceDB), catalogURL)
 	e.must(err)
 	e.consumerSC, err = newSidecar(bin, dir, cfg.profileDir, "consumer", e.consumer.URL(consumerDB), catalogURL)
 	e.must(err)
+	e.ownerSC.log, e.consumerSC.log = logURL, logURL
 	b.Cleanup(e.ownerSC.stop)
 	b.Cleanup(e.consumerSC.stop)
 	// One after the other: the first one migrates the catalog and the log.
@@ -147,6 +163,9 @@ func (e *env) waitFor(what string, d, interval time.Duration, cond func() (bool,
 // head is the event log's last position for the publication (0 before
 // its first fill).
 func (e *env) head() (int64, error) {
+	if e.natsLog != nil {
+		return e.natsLog.Head(e.ctx, eventlog.Version{Publication: publication, Number: 1})
+	}
 	var head int64
 	err := e.log.QueryRow(e.ctx, "SELECT head FROM rejot_log.streams WHERE publication = $1 AND version = 1", publication).Scan(&head)
 	if errors.Is(err, pgx.ErrNoRows) {

@@ -16,6 +16,8 @@
 //	BENCH_LOG_LEVEL        the sidecars' --log-level                (default info)
 //	BENCH_STATEMENTS       when N > 0, print each cluster's top N statements (pg_stat_statements)
 //	                       after every measured interval: a diagnostic, leave it off for figures
+//	BENCH_EVENT_LOG        "nats" keeps ReJot's event log in a three-node JetStream cluster
+//	                       started in-process (the catalog stays in Postgres)
 //	BENCH_LOG_CLUSTER      "consumer" puts ReJot's catalog and event log on the consumer's
 //	                       cluster (default: the owner's, as --catalog defaults to)
 //	REJOT_BIN              the sidecar binary (default: built from ./cmd/rejot)
@@ -65,6 +67,7 @@ type config struct {
 	latencyRate   int
 	profileDir    string
 	logOnConsumer bool
+	natsLog       bool
 	keep          bool
 	statements    int // top statements to print per interval; 0: none
 }
@@ -77,6 +80,7 @@ func readConfig(b *testing.B) config {
 		latencyRate:   envInt(b, "BENCH_LATENCY_RATE", 1000, 1),
 		profileDir:    os.Getenv("BENCH_PROFILE_DIR"),
 		logOnConsumer: os.Getenv("BENCH_LOG_CLUSTER") == "consumer",
+		natsLog:       os.Getenv("BENCH_EVENT_LOG") == "nats",
 		keep:          os.Getenv("BENCH_KEEP") != "",
 		statements:    envInt(b, "BENCH_STATEMENTS", 0, 0),
 	}

@@ -23,6 +23,7 @@ type sidecar struct {
 	bin      string
 	upstream string
 	catalog  string
+	log      string // --log, when not the catalog
 	addr     string
 	logPath  string
 	profiles string // directory for CPU profiles, or ""
@@ -54,6 +55,9 @@ func (s *sidecar) start() error {
 	s.starts++
 	cmd := exec.Command(s.bin, "serve", "--upstream", s.upstream, "--listen", s.addr,
 		"--catalog", s.catalog, "--name", s.name, "--http", "off", "--log-level", logLevel())
+	if s.log != "" {
+		cmd.Args = append(cmd.Args, "--log", s.log)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = os.Environ()
 	if s.profiles != "" {

@@ -399,7 +399,7 @@ func recordAppended(ctx context.Context, tx pgx.Tx, stream int, groups []*groupT
 // ErrConcurrentAppend: another process appended for the same system and
 // version while this append ran; it is abandoned (rolled back), and
 // appending again from the slot skips what the other one appended.
-var ErrConcurrentAppend = errors.New("another process appended the same system's transactions meanwhile (two captures of one system overlapped): this append is rolled back and tried again")
+var ErrConcurrentAppend = eventlog.ErrConcurrentAppend
 
 func versionID(ctx context.Context, tx pgx.Tx, v eventlog.Version) (int, error) {
 	var id int

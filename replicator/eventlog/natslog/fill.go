@@ -1,0 +1,239 @@
+package natslog
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
+)
+
+// A first state goes into a new state generation: a stream of its own,
+// written while the append runs, which the run's marker makes current.
+// Until then copies read the old generation; an append that fails
+// leaves the new one behind, and the next first state makes it anew. The
+// run records the first state's positions as elided: the change stream
+// does not hold them, and a reader that needs them copies the state
+// (eventlog.ErrPruned), as it does after pruning.
+type fillTx struct {
+	id         groupID
+	gen        int
+	stream     jetstream.Stream
+	subjects   string
+	from, upto int64
+	rows       int
+	acks       []jetstream.PubAckFuture
+}
+
+// Fill appends part of a version's first state; see eventlog.Tx.
+func (t *Tx) Fill(ctx context.Context, g eventlog.Group) error {
+	vt, err := t.version(ctx, g.Version)
+	if err != nil {
+		return err
+	}
+	id := groupID{g.System, g.CommitLSN}
+	if vt.fill == nil {
+		if err := vt.startFill(ctx, t, &g); err != nil {
+			return err
+		}
+	} else if vt.fill.id != id {
+		return fmt.Errorf("%s version %d: two first states in one append", g.Version.Publication, g.Version.Number)
+	}
+	f := vt.fill
+	for _, c := range g.Changes {
+		vt.now.head++
+		switch c.Op {
+		case eventlog.OpTruncate:
+			if f.rows > 0 {
+				if err := f.wait(); err != nil {
+					return err
+				}
+				if err := purge(ctx, f.stream); err != nil {
+					return err
+				}
+				f.rows = 0
+			}
+		case eventlog.OpUpsert:
+			if err := f.put(t.log, vt.now.head, vt.now.layout, c); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("a first state holds upserts only, not %q", c.Op)
+		}
+	}
+	f.upto = vt.now.head
+	vt.first = vt.now.head + 1
+	return nil
+}
+
+// startFill sends what the run holds so far and makes the new state
+// generation.
+func (vt *versionTx) startFill(ctx context.Context, t *Tx, g *eventlog.Group) error {
+	if err := checkLayout(g.Layout); err != nil {
+		return err
+	}
+	if err := vt.send(ctx, t); err != nil {
+		return err
+	}
+	gen := vt.now.gen + 1
+	name := stateStream(g.Version, gen)
+	if err := t.log.deleteStream(ctx, name); err != nil {
+		return err
+	}
+	s, err := t.log.ensureStateStream(ctx, g.Version, gen)
+	if err != nil {
+		return err
+	}
+	id := groupID{g.System, g.CommitLSN}
+	vt.fill = &fillTx{id: id, gen: gen, stream: s, subjects: stateSubjects(g.Version, gen), from: vt.now.head, upto: vt.now.head}
+	vt.now.gen = gen
+	vt.now.layout = eventlog.Layout{Columns: g.Layout.Columns, Key: slices.Clone(g.Layout.Key)}
+	// The version's state is as of this point: only what commits after
+	// it is new, lower or not than what the system appended before (an
+	// owner that failed over to a standby that was behind).
+	vt.now.appended[g.System] = g.CommitLSN
+	if !vt.groups[id] {
+		vt.groups[id] = true
+		vt.fresh++
+	}
+	return nil
+}
+
+// put sends a first state's row, not waiting for its ack.
+func (f *fillTx) put(l *Log, pos int64, layout eventlog.Layout, c eventlog.Change) error {
+	if len(c.Row) > layout.Columns {
+		return fmt.Errorf("a row of %d values does not fit a state of %d", len(c.Row), layout.Columns)
+	}
+	m := newMsg(keyHash(f.subjects, keyOf(layout, c)), appendValues(nil, c.Row))
+	m.Header.Set(hdrPos, strconv.FormatInt(pos, 10))
+	ack, err := l.js.PublishMsgAsync(m)
+	if err != nil {
+		return err
+	}
+	f.rows++
+	f.acks = append(f.acks, ack)
+	if len(f.acks) >= 2048 {
+		return f.wait()
+	}
+	return nil
+}
+
+// wait waits for the acks of the rows sent.
+func (f *fillTx) wait() error {
+	err := waitAcks(f.acks)
+	f.acks = f.acks[:0]
+	return err
+}
+
+func waitAcks(acks []jetstream.PubAckFuture) error {
+	for _, a := range acks {
+		select {
+		case <-a.Ok():
+		case err := <-a.Err():
+			return fmt.Errorf("cannot write the state: %w", err)
+		}
+	}
+	return nil
+}
+
+// finish waits for the rows and records the generation's watermark:
+// it holds every change up to the first state's end.
+func (f *fillTx) finish(ctx context.Context, l *Log, vt *versionTx) error {
+	ctx, cancel := request(ctx)
+	defer cancel()
+	if err := f.wait(); err != nil {
+		return err
+	}
+	m := newMsg(f.subjects+".w", nil)
+	m.Header.Set(hdrPos, strconv.FormatInt(f.upto, 10))
+	_, err := l.js.PublishMsg(ctx, m)
+	return err
+}
+
+// drop removes a first state that was abandoned.
+func (f *fillTx) drop(ctx context.Context, l *Log) {
+	waitAcks(f.acks)
+	// Left behind if this fails: the next first state removes it.
+	_ = l.deleteStream(ctx, f.stream.CachedInfo().Config.Name)
+}
+
+// dropStates removes the state generation a first state replaced. A copy
+// still reading it fails and starts again on the new one.
+func (l *Log) dropStates(ctx context.Context, v eventlog.Version, old, now int) {
+	for gen := old; gen < now; gen++ {
+		// Only space is lost if this fails; nothing reads an old generation.
+		_ = l.deleteStream(ctx, stateStream(v, gen))
+	}
+}
+
+// FillStart: the log takes first states through Fill only.
+func (t *Tx) FillStart(ctx context.Context, g eventlog.Group) (bool, error) { return false, nil }
+
+// FillCopy is never called: FillStart says no.
+func (t *Tx) FillCopy(ctx context.Context, g eventlog.Group, r io.Reader) (int64, error) {
+	return 0, errors.New("the NATS event log takes first states through Fill")
+}
+
+// FillEnd is never called: FillStart says no.
+func (t *Tx) FillEnd(ctx context.Context, g eventlog.Group, rows int64) error {
+	return errors.New("the NATS event log takes first states through Fill")
+}
+
+type filledRecord struct {
+	v          eventlog.Version
+	System     string `json:"system"`
+	Definition string `json:"definition"`
+	LSN        uint64 `json:"lsn"`
+}
+
+func filledKey(v eventlog.Version, system string) string {
+	return versionToken(v) + "." + hex.EncodeToString([]byte(system))
+}
+
+// SetFilled records, once the append commits, what a version's state is
+// filled from.
+func (t *Tx) SetFilled(ctx context.Context, v eventlog.Version, system, definition string, lsn uint64) error {
+	t.filled = append(t.filled, filledRecord{v: v, System: system, Definition: definition, LSN: lsn})
+	return nil
+}
+
+func (l *Log) putFilled(ctx context.Context, f filledRecord) error {
+	ctx, cancel := request(ctx)
+	defer cancel()
+	b, err := json.Marshal(f)
+	if err != nil {
+		return err
+	}
+	_, err = l.filled.Put(ctx, filledKey(f.v, f.System), b)
+	return err
+}
+
+// Filled returns where and with what definition system last filled v.
+func (l *Log) Filled(ctx context.Context, v eventlog.Version, system string) (uint64, string, bool, error) {
+	ctx, cancel := request(ctx)
+	defer cancel()
+	e, err := l.filled.Get(ctx, filledKey(v, system))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, "", false, nil
+	}
+	if err != nil {
+		return 0, "", false, err
+	}
+	var f filledRecord
+	if err := json.Unmarshal(e.Value(), &f); err != nil {
+		return 0, "", false, err
+	}
+	return f.LSN, f.Definition, true, nil
+}
+
+func purge(ctx context.Context, s jetstream.Stream, opts ...jetstream.StreamPurgeOpt) error {
+	ctx, cancel := request(ctx)
+	defer cancel()
+	return s.Purge(ctx, opts...)
+}
