@@ -298,60 +298,15 @@ func formatTypes(ctx context.Context, sess Session, fields []Field) ([]string, e
 // Postgres accepts only for immutable expressions. The copy is made inside
 // a PL/pgSQL block that always undoes its work, so nothing remains.
 func (v *Validated) checkImmutable(ctx context.Context, sess Session) error {
-	type check struct {
-		expr, typ string
-		at        int
-	}
-	var checks []check
+	var checks []immutabilityCheck
 	for i, c := range v.Projection.Columns {
 		if c.Source == "" {
-			checks = append(checks, check{c.Expr, v.Columns[i].Type, c.At})
+			checks = append(checks, immutabilityCheck{c.Expr, v.Columns[i].Type, c.Expr, c.At})
 		}
 	}
 	if v.Filter != "" {
-		checks = append(checks, check{v.Filter, "boolean", v.FilterAt})
+		checks = append(checks, immutabilityCheck{v.Filter, "boolean", v.Filter, v.FilterAt})
 	}
-	if len(checks) == 0 {
-		return nil
-	}
-	exprs, types := make([]string, len(checks)), make([]string, len(checks))
-	for i, c := range checks {
-		exprs[i], types[i] = c.expr, c.typ
-	}
-	script, err := immutabilityScript("LIKE "+v.Source, exprs, types)
-	if err != nil {
-		return err
-	}
-	_, err = sess.Query(ctx, script)
-	var qe *pgerr.Error
-	if errors.As(err, &qe) && qe.Code == pgerr.InsufficientPrivilege {
-		return pgerr.Errorf(pgerr.InsufficientPrivilege, "cannot check that the publication's expressions and filter are immutable: %s", qe.Message).
-			WithHint("The check builds a temporary copy of the table: the publishing role needs TEMPORARY on the database and SELECT on the whole table (or publish plain columns without a filter).")
-	}
-	if !errors.As(err, &qe) || qe.Code != "RJ002" {
-		return err
-	}
-	idx, msg := parseCheckFailure(qe.Message)
-	if idx < 0 || idx >= len(checks) {
-		return err
-	}
-	what := "expression"
-	if v.Filter != "" && idx == len(checks)-1 {
-		what = "filter"
-	}
-	return pgerr.Errorf(pgerr.InvalidObjectDefinition, "the publication's %s %s is not allowed: %s", what, checks[idx].expr, strings.TrimPrefix(msg, "generation expression ")).
-		At(int32(checks[idx].at)).WithHint("A publication may use only immutable functions and operators (no now(), random(), nextval(), volatile or stable functions), so that every change projects the same way.")
-}
-
-func parseCheckFailure(msg string) (int, string) {
-	rest, ok := strings.CutPrefix(msg, "rejot:")
-	if !ok {
-		return -1, ""
-	}
-	num, text, _ := strings.Cut(rest, ":")
-	i, err := strconv.Atoi(num)
-	if err != nil {
-		return -1, ""
-	}
-	return i, text
+	return checkImmutable(ctx, sess, "LIKE "+v.Source, checks, v.Filter != "",
+		"The check builds a temporary copy of the table: the publishing role needs TEMPORARY on the database and SELECT on the whole table (or publish plain columns without a filter).")
 }

@@ -2,8 +2,6 @@ package sql
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -11,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"github.com/rejot-dev/rejot/internal/pgerr"
-	"github.com/rejot-dev/rejot/internal/sqlquote"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -204,17 +201,13 @@ func flattenRefs(expr string) (string, error) {
 // column of a temporary table whose columns are those the query reads,
 // named alias.column; nothing of it remains.
 func (v *ValidatedJoin) checkImmutable(ctx context.Context, sess Session) error {
-	type check struct {
-		expr, typ, shown string
-		at               int
-	}
-	var checks []check
+	var checks []immutabilityCheck
 	add := func(expr, typ string, at int) error {
 		flat, err := flattenRefs(expr)
 		if err != nil {
 			return err
 		}
-		checks = append(checks, check{flat, typ, expr, at})
+		checks = append(checks, immutabilityCheck{flat, typ, expr, at})
 		return nil
 	}
 	for i, c := range v.JoinProjection.Columns {
@@ -229,9 +222,6 @@ func (v *ValidatedJoin) checkImmutable(ctx context.Context, sess Session) error 
 			return err
 		}
 	}
-	if len(checks) == 0 {
-		return nil
-	}
 	var cols []string
 	for i, t := range v.Tables {
 		for _, ref := range t.References {
@@ -240,33 +230,8 @@ func (v *ValidatedJoin) checkImmutable(ctx context.Context, sess Session) error 
 			}
 		}
 	}
-	exprs, types := make([]string, len(checks)), make([]string, len(checks))
-	for i, c := range checks {
-		exprs[i], types[i] = c.expr, c.typ
-	}
-	script, err := immutabilityScript(strings.Join(cols, ", "), exprs, types)
-	if err != nil {
-		return err
-	}
-	_, err = sess.Query(ctx, script)
-	var qe *pgerr.Error
-	if errors.As(err, &qe) && qe.Code == pgerr.InsufficientPrivilege {
-		return pgerr.Errorf(pgerr.InsufficientPrivilege, "cannot check that the publication's expressions and filter are immutable: %s", qe.Message).
-			WithHint("The check builds a temporary table: the publishing role needs TEMPORARY on the database.")
-	}
-	if !errors.As(err, &qe) || qe.Code != "RJ002" {
-		return err
-	}
-	idx, msg := parseCheckFailure(qe.Message)
-	if idx < 0 || idx >= len(checks) {
-		return err
-	}
-	what := "expression"
-	if v.Filter != "" && idx == len(checks)-1 {
-		what = "filter"
-	}
-	return pgerr.Errorf(pgerr.InvalidObjectDefinition, "the publication's %s %s is not allowed: %s", what, checks[idx].shown, strings.TrimPrefix(msg, "generation expression ")).
-		At(int32(checks[idx].at)).WithHint("A publication may use only immutable functions and operators (no now(), random(), nextval(), volatile or stable functions), so that every change projects the same way.")
+	return checkImmutable(ctx, sess, strings.Join(cols, ", "), checks, v.Filter != "",
+		"The check builds a temporary table: the publishing role needs TEMPORARY on the database.")
 }
 
 // setStored works out the stored form (a temporary view's definition
@@ -322,24 +287,4 @@ func (v *ValidatedJoin) checkStored(ctx context.Context, sess Session, stored st
 		}
 	}
 	return nil
-}
-
-// immutabilityScript is the DO block of checkImmutable: a temporary table
-// of columns cols, each expression added as a generated column of type
-// types[i]; RJ002 names the first Postgres refuses; nothing remains.
-func immutabilityScript(cols string, exprs, types []string) (string, error) {
-	tag, err := sqlquote.DollarTag(append(append([]string{cols}, exprs...), types...)...)
-	if err != nil {
-		return "", err
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "DO %s\nDECLARE bad int := -1; msg text;\nBEGIN\n  BEGIN\n", tag)
-	fmt.Fprintf(&b, "    CREATE TEMP TABLE rejot_immutability_check (%s);\n", cols)
-	for i, e := range exprs {
-		fmt.Fprintf(&b, "    BEGIN ALTER TABLE pg_temp.rejot_immutability_check ADD COLUMN rejot_c%d %s GENERATED ALWAYS AS (%s) STORED;\n", i, types[i], e)
-		fmt.Fprintf(&b, "    EXCEPTION WHEN OTHERS THEN bad := %d; GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT; RAISE EXCEPTION USING ERRCODE = 'RJ001'; END;\n", i)
-	}
-	fmt.Fprintf(&b, "    RAISE EXCEPTION USING ERRCODE = 'RJ000';\n  EXCEPTION WHEN SQLSTATE 'RJ000' OR SQLSTATE 'RJ001' THEN NULL;\n  END;\n")
-	fmt.Fprintf(&b, "  IF bad >= 0 THEN RAISE EXCEPTION 'rejot:%%:%%', bad, msg USING ERRCODE = 'RJ002'; END IF;\nEND %s", tag)
-	return b.String(), nil
 }
