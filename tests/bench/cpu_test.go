@@ -35,8 +35,11 @@ type cpuRecord struct {
 
 // cpu samples both clusters and both sidecars now.
 func (e *env) cpu() cpuSample {
-	return cpuSample{owner: clusterCPU(e.owner), consumer: clusterCPU(e.consumer),
-		sidecars: e.ownerSC.cpu() + e.consumerSC.cpu()}
+	sidecars := e.ownerSC.cpu() + e.consumerSC.cpu()
+	for _, s := range e.subscriberSCs {
+		sidecars += s.cpu()
+	}
+	return cpuSample{owner: clusterCPU(e.owner), consumer: clusterCPU(e.consumer), sidecars: sidecars}
 }
 
 // startInterval begins a measured interval: it returns the CPU used so

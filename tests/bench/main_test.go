@@ -58,6 +58,13 @@ var clusterSettings = map[string]string{
 	"max_wal_size":       "8GB",
 	"checkpoint_timeout": "30min",
 	"synchronous_commit": "on",
+	// Room for BenchmarkFanOut's 16 native subscriptions (a slot, a
+	// walsender and an apply worker each) and 17 sidecars.
+	"max_connections":                 "400",
+	"max_replication_slots":           "40",
+	"max_wal_senders":                 "40",
+	"max_logical_replication_workers": "40",
+	"max_worker_processes":            "64",
 }
 
 // config is what the environment asks for.
