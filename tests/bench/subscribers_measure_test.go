@@ -18,9 +18,10 @@ func (f *fanEnv) catchUpAll(label string) (native, rejot time.Duration) {
 	want := f.checksum(f.src, "pgbench_accounts")
 	f.checkpoint()
 	if f.measureNative {
-		// The launcher starts a subscription's worker at most once per
-		// wal_retrieve_retry_interval (5 s): the recent DISABLE must not count.
-		time.Sleep(time.Until(f.nativeTouched.Add(6 * time.Second)))
+		// The launcher starts workers at most once per
+		// wal_retrieve_retry_interval (50 ms here, see quickLauncher):
+		// the recent DISABLE must not count.
+		time.Sleep(time.Until(f.nativeTouched.Add(time.Second)))
 		m, start := f.startInterval(), time.Now()
 		f.setNatives(true)
 		f.waitFor("native catch-up", 30*time.Minute, 5*time.Millisecond, func() (bool, error) { return f.nativesPast(lsn) }, f.nativeDiag)

@@ -44,6 +44,7 @@ func BenchmarkFanOut(b *testing.B) {
 			c := cfg
 			c.natsLog = engine == "NATS"
 			f := &fanEnv{env: newEnv(b, ctx, c), measureNative: i == 0, nextRow: 1}
+			f.quickLauncher()
 			f.must(f.src.QueryRow(ctx, "SHOW server_version").Scan(&r.server))
 			r.engines = append(r.engines, f.run(engine, counts))
 			if f.measureNative {
@@ -189,6 +190,16 @@ func (f *fanEnv) addNative() {
 	}, f.nativeDiag)
 	f.natives = append(f.natives, conn)
 	f.nativeTouched = time.Now()
+}
+
+// quickLauncher lets the consumer's launcher start apply workers every
+// 50 ms rather than every 5 s (wal_retrieve_retry_interval): subscriptions
+// in different databases are enabled in different transactions, and with
+// the default each one after the first would wait 5 s for its worker.
+func (f *fanEnv) quickLauncher() {
+	conn := connect(f.b, f.consumer.URL("postgres"))
+	f.exec(conn, "ALTER SYSTEM SET wal_retrieve_retry_interval = '50ms'")
+	f.exec(conn, "SELECT pg_reload_conf()")
 }
 
 // subscriptionIn is ReJot's record of the subscription in one database.
