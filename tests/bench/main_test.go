@@ -1,7 +1,10 @@
 // Package bench measures ReJot's replication end to end against Postgres's
 // own logical replication, on the same two throwaway clusters, the same
 // data and the same load, in the same run (issue 5). It has no tests, only
-// BenchmarkReplication, so `make test` merely compiles it:
+// benchmarks (BenchmarkReplication; BenchmarkLogFanOut, the log engines
+// alone; BenchmarkFanOut, 1 to 16 subscribers end to end, its own
+// BENCH_FANOUT_* variables in subscribers_test.go), so `make test` merely
+// compiles it:
 //
 //	go test ./tests/bench -run '^$' -bench Replication -benchtime 1x -timeout 60m -v
 //
