@@ -33,6 +33,7 @@ bench: build
 	$(GO) test ./replicator/capture -run '^$$' -bench Capture -benchtime 1x -v
 	$(GO) test ./tests/bench -run '^$$' -bench Replication -benchtime 1x -timeout 60m -v
 	$(GO) test ./tests/bench -run '^$$' -bench LogFanOut -benchtime 1x -timeout 30m -v
+	$(GO) test ./tests/bench -run '^$$' -bench '^BenchmarkFanOut$$' -benchtime 1x -timeout 60m -v
 
 # Run each fuzz target for FUZZTIME (default 30s); new crashers land in testdata.
 FUZZTIME ?= 30s

@@ -20,10 +20,11 @@ const clockTick = 10 * time.Millisecond // USER_HZ is 100 on Linux
 // cpuSample is CPU time (user + system) used so far.
 type cpuSample struct {
 	owner, consumer, sidecars time.Duration
+	bench                     time.Duration // this process: the load, the pollers and in-process JetStream servers
 }
 
 func (a cpuSample) sub(b cpuSample) cpuSample {
-	return cpuSample{a.owner - b.owner, a.consumer - b.consumer, a.sidecars - b.sidecars}
+	return cpuSample{a.owner - b.owner, a.consumer - b.consumer, a.sidecars - b.sidecars, a.bench - b.bench}
 }
 
 // cpuRecord is what one measured interval used.
@@ -35,8 +36,12 @@ type cpuRecord struct {
 
 // cpu samples both clusters and both sidecars now.
 func (e *env) cpu() cpuSample {
-	return cpuSample{owner: clusterCPU(e.owner), consumer: clusterCPU(e.consumer),
-		sidecars: e.ownerSC.cpu() + e.consumerSC.cpu()}
+	sidecars := e.ownerSC.cpu() + e.consumerSC.cpu()
+	for _, s := range e.subscriberSCs {
+		sidecars += s.cpu()
+	}
+	_, self, _ := procStat(os.Getpid(), false)
+	return cpuSample{owner: clusterCPU(e.owner), consumer: clusterCPU(e.consumer), sidecars: sidecars, bench: self}
 }
 
 // startInterval begins a measured interval: it returns the CPU used so
@@ -130,10 +135,11 @@ func ticks(field string) time.Duration {
 func printCPU(b *strings.Builder, log []cpuRecord) {
 	fmt.Fprintln(b, "\nCPU time used during each measured interval (user + system, from /proc; 2 cores = 2 s of CPU per second):")
 	fmt.Fprintln(b)
-	fmt.Fprintln(b, "| interval | wall | owner's Postgres | consumer's Postgres | ReJot sidecars |")
-	fmt.Fprintln(b, "|---|--:|--:|--:|--:|")
+	fmt.Fprintln(b, "| interval | wall | owner's Postgres | consumer's Postgres | ReJot sidecars | benchmark process |")
+	fmt.Fprintln(b, "|---|--:|--:|--:|--:|--:|")
 	for _, r := range log {
-		fmt.Fprintf(b, "| %s | %s | %s | %s | %s |\n", r.what, secs(r.wall), secs(r.used.owner), secs(r.used.consumer), secs(r.used.sidecars))
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s |\n", r.what, secs(r.wall), secs(r.used.owner), secs(r.used.consumer),
+			secs(r.used.sidecars), secs(r.used.bench))
 	}
 }
 

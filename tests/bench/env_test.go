@@ -27,8 +27,9 @@ type env struct {
 	dir                 string
 	owner, consumer     *pgtest.Cluster
 	ownerSC, consumerSC *sidecar
-	src                 *pgx.Conn // the owner's database, direct
-	log                 *pgx.Conn // the event log (or, with BENCH_EVENT_LOG=nats, the catalog), direct
+	subscriberSCs       []*sidecar // more subscribers' sidecars (BenchmarkFanOut)
+	src                 *pgx.Conn  // the owner's database, direct
+	log                 *pgx.Conn  // the event log (or, with BENCH_EVENT_LOG=nats, the catalog), direct
 	natsLog             *natslog.Log
 	rejot               *pgx.Conn // ReJot's target database, direct
 	native              *pgx.Conn // the native subscription's database, direct

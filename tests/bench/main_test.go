@@ -1,7 +1,10 @@
 // Package bench measures ReJot's replication end to end against Postgres's
 // own logical replication, on the same two throwaway clusters, the same
 // data and the same load, in the same run (issue 5). It has no tests, only
-// BenchmarkReplication, so `make test` merely compiles it:
+// benchmarks (BenchmarkReplication; BenchmarkLogFanOut, the log engines
+// alone; BenchmarkFanOut, 1 to 16 subscribers end to end, its own
+// BENCH_FANOUT_* variables in subscribers_test.go), so `make test` merely
+// compiles it:
 //
 //	go test ./tests/bench -run '^$' -bench Replication -benchtime 1x -timeout 60m -v
 //
@@ -58,6 +61,13 @@ var clusterSettings = map[string]string{
 	"max_wal_size":       "8GB",
 	"checkpoint_timeout": "30min",
 	"synchronous_commit": "on",
+	// Room for BenchmarkFanOut's 16 native subscriptions (a slot, a
+	// walsender and an apply worker each) and 17 sidecars.
+	"max_connections":                 "400",
+	"max_replication_slots":           "40",
+	"max_wal_senders":                 "40",
+	"max_logical_replication_workers": "40",
+	"max_worker_processes":            "64",
 }
 
 // config is what the environment asks for.

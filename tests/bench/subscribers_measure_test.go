@@ -1,0 +1,160 @@
+package bench
+
+import (
+	"fmt"
+	"time"
+)
+
+// catchUpAll queues the updates while every sidecar is stopped and every
+// native subscription disabled, then measures native (when it is measured
+// here) from ENABLE, and ReJot from starting the sidecars, each until every
+// subscriber has applied the last update.
+func (f *fanEnv) catchUpAll(label string) (native, rejot time.Duration) {
+	f.stopReJot()
+	f.setNatives(false)
+	head0, err := f.head()
+	f.must(err)
+	lsn := f.queueUpdates(f.cfg.txns)
+	want := f.checksum(f.src, "pgbench_accounts")
+	f.checkpoint()
+	if f.measureNative {
+		// The launcher starts workers at most once per
+		// wal_retrieve_retry_interval (50 ms here, see quickLauncher):
+		// the recent DISABLE must not count.
+		time.Sleep(time.Until(f.nativeTouched.Add(time.Second)))
+		m, start := f.startInterval(), time.Now()
+		f.setNatives(true)
+		f.waitFor("native catch-up", 30*time.Minute, 5*time.Millisecond, func() (bool, error) { return f.nativesPast(lsn) }, f.nativeDiag)
+		native = time.Since(start)
+		f.endInterval("catch-up, native, "+label, m, native)
+		progress("catch-up, native, %s: %v", label, native.Round(time.Millisecond))
+		for _, c := range f.natives {
+			f.sameAs(want, c, "pgbench_accounts", "native target")
+		}
+		f.setNatives(false)
+		f.checkpoint()
+	}
+	m, start := f.startInterval(), time.Now()
+	f.startReJot()
+	f.waitFor("ReJot catch-up", 30*time.Minute, 5*time.Millisecond, func() (bool, error) {
+		return f.allCaughtUp(head0 + int64(f.cfg.txns))
+	}, f.rejotDiag)
+	rejot = time.Since(start)
+	f.endInterval("catch-up, ReJot, "+label, m, rejot)
+	progress("catch-up, ReJot, %s: %v", label, rejot.Round(time.Millisecond))
+	for _, s := range f.subs {
+		f.sameAs(want, s.conn, target, "ReJot target in "+s.db)
+	}
+	return native, rejot
+}
+
+// latencyAll measures native (ReJot stopped) then ReJot (native disabled),
+// each at the configured rate while all its subscribers follow, seen on
+// the newest subscriber.
+func (f *fanEnv) latencyAll(label string) (native, rejot latencyRun) {
+	n := f.cfg.latencySecs * f.cfg.latencyRate
+	head, err := f.head()
+	f.must(err)
+	for _, s := range f.subs {
+		f.must(s.sc.ready(f.ctx))
+	}
+	if f.measureNative {
+		f.stopReJot()
+		f.setNatives(true)
+		var lsn string
+		f.must(f.src.QueryRow(f.ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&lsn))
+		f.exec(f.src, "UPDATE pgbench_accounts SET abalance = abalance WHERE aid = 1")
+		f.waitFor("native sync", 10*time.Minute, 10*time.Millisecond, func() (bool, error) { return f.nativesPast(lsn) }, f.nativeDiag)
+		time.Sleep(time.Second)
+		last := len(f.natives)
+		m, start := f.startInterval(), time.Now()
+		native = f.measureLatency(f.consumer.URL(fmt.Sprintf("native%d", last)), "pgbench_accounts", f.nextRow, n)
+		f.endInterval("latency, native, "+label, m, time.Since(start))
+		progress("latency, native, %s: %s", label, native)
+		f.nextRow += n
+		f.setNatives(false)
+		f.startReJot()
+		head += 1 + int64(n)
+		f.waitFor("ReJot catch-up before latency", 10*time.Minute, 10*time.Millisecond, func() (bool, error) {
+			return f.allCaughtUp(head)
+		}, f.rejotDiag)
+	}
+	time.Sleep(time.Second)
+	newest := f.subs[len(f.subs)-1]
+	m, start := f.startInterval(), time.Now()
+	rejot = f.measureLatency(f.consumer.URL(newest.db), target, f.nextRow, n)
+	f.endInterval("latency, ReJot, "+label, m, time.Since(start))
+	progress("latency, ReJot, %s: %s", label, rejot)
+	f.nextRow += n
+	return native, rejot
+}
+
+func (f *fanEnv) stopReJot() {
+	f.ownerSC.stop()
+	for _, s := range f.subs {
+		s.sc.stop()
+	}
+}
+
+// startReJot starts the owner's sidecar and every subscriber's, at once.
+func (f *fanEnv) startReJot() {
+	f.must(f.ownerSC.start())
+	for _, s := range f.subs {
+		f.must(s.sc.start())
+	}
+}
+
+// setNatives enables or disables every native subscription and waits
+// until their apply workers run or are gone.
+func (f *fanEnv) setNatives(on bool) {
+	if !f.measureNative {
+		return
+	}
+	verb := map[bool]string{true: "ENABLE", false: "DISABLE"}[on]
+	for i, c := range f.natives {
+		f.exec(c, fmt.Sprintf("ALTER SUBSCRIPTION %s_%d %s", nativeName, i+1, verb))
+	}
+	f.waitFor("native subscriptions "+verb, time.Minute, 10*time.Millisecond, func() (bool, error) {
+		for i, c := range f.natives {
+			var running bool
+			err := c.QueryRow(f.ctx, "SELECT count(pid) > 0 FROM pg_stat_subscription WHERE subname = $1",
+				fmt.Sprintf("%s_%d", nativeName, i+1)).Scan(&running)
+			if err != nil || running != on {
+				return false, err
+			}
+		}
+		return true, nil
+	}, f.nativeDiag)
+	f.nativeTouched = time.Now()
+}
+
+// nativesPast says whether every native subscription has applied a
+// source transaction that committed after lsn.
+func (f *fanEnv) nativesPast(lsn string) (bool, error) {
+	for i, c := range f.natives {
+		var past bool
+		err := c.QueryRow(f.ctx, `SELECT coalesce(bool_or(o.remote_lsn > $2::pg_lsn), false)
+			FROM pg_replication_origin_status o JOIN pg_subscription s ON o.external_id = 'pg_' || s.oid
+			WHERE s.subname = $1`, fmt.Sprintf("%s_%d", nativeName, i+1), lsn).Scan(&past)
+		if err != nil || !past {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// allCaughtUp says whether every ReJot subscriber has applied the log up
+// to its head, and the head is at least want.
+func (f *fanEnv) allCaughtUp(want int64) (bool, error) {
+	head, err := f.head()
+	if err != nil || head < want {
+		return false, err
+	}
+	for _, s := range f.subs {
+		status, position, err := subscriptionIn(f.ctx, s.conn)
+		if err != nil || status != "streaming" || position == nil || *position != head {
+			return false, err
+		}
+	}
+	return true, nil
+}

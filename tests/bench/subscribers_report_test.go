@@ -1,0 +1,73 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+)
+
+// Issue 18's targets.
+const (
+	targetFanOutRatio = 2.0 // with the most subscribers, ReJot's catch-up throughput over native's, at least
+)
+
+type fanOutResults struct {
+	server  string
+	counts  []int
+	cfg     config
+	native  []fanOutRun
+	engines []engineResult // the Postgres log, then the NATS log
+}
+
+// print writes the figures as Markdown tables, ready for BENCHMARKS.md.
+func (r fanOutResults) print() {
+	var b strings.Builder
+	c := r.cfg
+	fmt.Fprintf(&b, "\nFan-out, ReJot vs Postgres logical replication: %d rows, %d queued txns per catch-up, latency %d s at %d/s; Postgres %s, %d CPUs\n\n",
+		c.rows, c.txns, c.latencySecs, c.latencyRate, r.server, runtime.NumCPU())
+	fmt.Fprintln(&b, "| subscribers | native catch-up | Postgres log | × native | NATS log | × native |")
+	fmt.Fprintln(&b, "|--:|--:|--:|--:|--:|--:|")
+	for i, n := range r.counts {
+		nat := r.native[i].catchUp
+		fmt.Fprintf(&b, "| %d | %s | ", n, rate(c.txns, nat))
+		for _, e := range r.engines {
+			d := e.runs[i].catchUp
+			fmt.Fprintf(&b, "%s | %.2f× | ", rate(c.txns, d), nat.Seconds()/d.Seconds())
+		}
+		fmt.Fprintln(&b)
+	}
+	fmt.Fprintln(&b)
+	fmt.Fprintln(&b, "| subscribers | native p50 / p99 | Postgres log p50 / p99 | NATS log p50 / p99 |")
+	fmt.Fprintln(&b, "|--:|--:|--:|--:|")
+	for i, n := range r.counts {
+		fmt.Fprintf(&b, "| %d | %s |", n, p50p99(r.native[i].latency))
+		for _, e := range r.engines {
+			fmt.Fprintf(&b, " %s |", p50p99(e.runs[i].latency))
+		}
+		fmt.Fprintln(&b)
+	}
+	last := len(r.counts) - 1
+	for _, e := range r.engines {
+		ratio := r.native[last].catchUp.Seconds() / e.runs[last].catchUp.Seconds()
+		p99 := percentile(e.runs[last].latency.latencies, 0.99)
+		fmt.Fprintf(&b, "\n%s log with %d subscribers: catch-up %.2f× native's (target ≥ %.1f×: %s); p99 %s (target ≤ %s: %s)\n",
+			e.name, r.counts[last], ratio, targetFanOutRatio, met(ratio >= targetFanOutRatio),
+			ms(p99), ms(targetP99), met(p99 <= targetP99 && e.runs[last].latency.lost == 0))
+	}
+	for i, n := range r.counts {
+		fmt.Fprintf(&b, "\n%d subscribers, native: %s\n", n, r.native[i].latency)
+		for _, e := range r.engines {
+			fmt.Fprintf(&b, "%d subscribers, %s log: %s\n", n, e.name, e.runs[i].latency)
+		}
+	}
+	for _, e := range r.engines {
+		fmt.Fprintf(&b, "\n%s log run:\n", e.name)
+		printCPU(&b, e.cpu)
+	}
+	fmt.Fprint(os.Stdout, b.String())
+}
+
+func p50p99(l latencyRun) string {
+	return ms(percentile(l.latencies, 0.5)) + " / " + ms(percentile(l.latencies, 0.99))
+}
