@@ -301,25 +301,24 @@ func (vt *versionTx) committedList(ctx context.Context, filters []string, each f
 		return err
 	}
 	info, err := cons.Info(rctx)
-	if err != nil {
+	if err != nil || info.NumPending == 0 {
 		return err
 	}
-	if info.NumPending == 0 {
-		return nil
-	}
+	left := info.NumPending // as many as the subjects: asked for exactly, a fetch does not wait
 	for {
-		batch, err := cons.Fetch(10000, jetstream.FetchMaxWait(time.Second))
+		batch, err := cons.Fetch(int(min(left, 10000)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return err
 		}
 		n, done := 0, false
 		for m := range batch.Messages() {
 			n++
+			left = max(left, 1) - 1
 			meta, err := m.Metadata()
 			if err != nil {
 				return err
 			}
-			done = meta.NumPending == 0
+			done = meta.NumPending == 0 || left == 0
 			if meta.Sequence.Stream > vt.was.baseSeq {
 				return eventlog.ErrConcurrentAppend
 			}
@@ -545,20 +544,22 @@ func (vt *versionTx) dropTables(ctx context.Context, filters []string, drop func
 	if err != nil || info.NumPending == 0 {
 		return err
 	}
+	left := info.NumPending
 	prefix := basePrefix(vt.v) + ".r."
 	for {
-		batch, err := cons.Fetch(10000, jetstream.FetchMaxWait(time.Second))
+		batch, err := cons.Fetch(int(min(left, 10000)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return err
 		}
 		n, done := 0, false
 		for m := range batch.Messages() {
 			n++
+			left = max(left, 1) - 1
 			meta, err := m.Metadata()
 			if err != nil {
 				return err
 			}
-			done = meta.NumPending == 0
+			done = meta.NumPending == 0 || left == 0
 			if meta.Sequence.Stream > vt.was.baseSeq {
 				return eventlog.ErrConcurrentAppend
 			}
