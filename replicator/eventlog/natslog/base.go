@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
@@ -291,26 +293,48 @@ func (vt *versionTx) committedRow(ctx context.Context, table int, key string) (*
 
 // committedList reads the last committed message of every subject under
 // the filters, skipping tombstones.
-func (vt *versionTx) committedList(ctx context.Context, filters []string, each func(*baseMsg) error) error {
+func (vt *versionTx) committedList(ctx context.Context, filters []string, each func(subject string, b *baseMsg) error) error {
+	// A consumer just made may not answer yet (on a cluster, before it has
+	// a leader): list again. each only adds what it is given.
+	for try := 1; ; try++ {
+		err := vt.listOnce(ctx, filters, each)
+		if !errors.Is(err, nats.ErrNoResponders) || try == 20 {
+			return err
+		}
+		select {
+		case <-time.After(time.Duration(try) * 50 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (vt *versionTx) listOnce(ctx context.Context, filters []string, each func(subject string, b *baseMsg) error) error {
 	rctx, cancel := request(ctx)
 	defer cancel()
-	cons, err := vt.base.stream.OrderedConsumer(rctx, jetstream.OrderedConsumerConfig{
+	cons, err := vt.base.stream.CreateConsumer(rctx, jetstream.ConsumerConfig{
 		FilterSubjects: filters, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
-		InactiveThreshold: time.Minute})
+		AckPolicy: jetstream.AckNonePolicy, MemoryStorage: true, Replicas: 1,
+		InactiveThreshold: time.Minute}) // gone soon if the delete below is lost
 	if err != nil {
 		return err
 	}
+	defer func() {
+		dctx, dcancel := request(context.WithoutCancel(ctx))
+		defer dcancel()
+		_ = vt.base.stream.DeleteConsumer(dctx, cons.CachedInfo().Name)
+	}()
 	info, err := cons.Info(rctx)
-	if err != nil || info.NumPending == 0 {
+	if err != nil {
 		return err
 	}
 	left := info.NumPending // as many as the subjects: asked for exactly, a fetch does not wait
-	for {
+	for left > 0 {
 		batch, err := cons.Fetch(int(min(left, 10000)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return err
 		}
-		n, done := 0, false
+		n := 0
 		for m := range batch.Messages() {
 			n++
 			left = max(left, 1) - 1
@@ -318,9 +342,11 @@ func (vt *versionTx) committedList(ctx context.Context, filters []string, each f
 			if err != nil {
 				return err
 			}
-			done = meta.NumPending == 0 || left == 0
+			if meta.NumPending == 0 {
+				left = 0
+			}
 			if meta.Sequence.Stream > vt.was.baseSeq {
-				return eventlog.ErrConcurrentAppend
+				return eventlog.ErrConcurrentAppend // an append that has not committed (yet)
 			}
 			if m.Headers().Get(hdrOp) == "d" {
 				continue
@@ -329,17 +355,18 @@ func (vt *versionTx) committedList(ctx context.Context, filters []string, each f
 			if err := json.Unmarshal(m.Data(), &b); err != nil {
 				return errors.New("a base row of the event log does not read: " + err.Error())
 			}
-			if err := each(&b); err != nil {
+			if err := each(m.Subject(), &b); err != nil {
 				return err
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
 			return err
 		}
-		if done || n == 0 {
+		if n == 0 {
 			return nil
 		}
 	}
+	return nil
 }
 
 // refsPerConsumer bounds the filters of one listing.
@@ -363,7 +390,7 @@ func (t *Tx) Referrers(ctx context.Context, v eventlog.Version, table, child int
 	}
 	keys := map[string]bool{}
 	if !bt.isCleared(table) {
-		add := func(b *baseMsg) error {
+		add := func(_ string, b *baseMsg) error {
 			if _, mine := bt.rows[table][b.Key]; mine || b.Key <= after {
 				return nil
 			}
@@ -532,62 +559,16 @@ func (vt *versionTx) writeBase(ctx context.Context, t *Tx) error {
 // dropTables drops every committed row under the filters (row subjects
 // …r.<table>.<hash>) and its refs.
 func (vt *versionTx) dropTables(ctx context.Context, filters []string, drop func(int, *baseMsg)) error {
-	rctx, cancel := request(ctx)
-	defer cancel()
-	cons, err := vt.base.stream.OrderedConsumer(rctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: filters, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
-		InactiveThreshold: time.Minute})
-	if err != nil {
-		return err
-	}
-	info, err := cons.Info(rctx)
-	if err != nil || info.NumPending == 0 {
-		return err
-	}
-	left := info.NumPending
 	prefix := basePrefix(vt.v) + ".r."
-	for {
-		batch, err := cons.Fetch(int(min(left, 10000)), jetstream.FetchMaxWait(5*time.Second))
+	return vt.committedList(ctx, filters, func(subject string, b *baseMsg) error {
+		rest, _, _ := strings.Cut(subject[len(prefix):], ".")
+		table, err := strconv.Atoi(rest)
 		if err != nil {
-			return err
+			return fmt.Errorf("a base subject of the event log does not read: %s", subject)
 		}
-		n, done := 0, false
-		for m := range batch.Messages() {
-			n++
-			left = max(left, 1) - 1
-			meta, err := m.Metadata()
-			if err != nil {
-				return err
-			}
-			done = meta.NumPending == 0 || left == 0
-			if meta.Sequence.Stream > vt.was.baseSeq {
-				return eventlog.ErrConcurrentAppend
-			}
-			if m.Headers().Get(hdrOp) == "d" {
-				continue
-			}
-			var b baseMsg
-			if err := json.Unmarshal(m.Data(), &b); err != nil {
-				return errors.New("a base row of the event log does not read: " + err.Error())
-			}
-			rest := m.Subject()[len(prefix):]
-			dot := 0
-			for dot < len(rest) && rest[dot] != '.' {
-				dot++
-			}
-			table, err := strconv.Atoi(rest[:dot])
-			if err != nil {
-				return fmt.Errorf("a base subject of the event log does not read: %s", m.Subject())
-			}
-			drop(table, &b)
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			return err
-		}
-		if done || n == 0 {
-			return nil
-		}
-	}
+		drop(table, b)
+		return nil
+	})
 }
 
 // BaseAt reads a system's base position from the version's last marker.
