@@ -13,7 +13,7 @@ build:
 # clusters, and every fuzz target's committed seed corpus; then the
 # data-path suites again with the event log on a three-node JetStream
 # cluster (in-process, one per test).
-NATS_SUITES := TestSubscriptionTypeMatrix|TestRandomWorkloadConverges|TestSubscriptionSurvivesCrashes|TestSubscribersMoveAtTheirOwnSpeed|TestSubscribeAppliesTransactionsLargerThanASpan|TestNATSLogSurvivesANodeAndSidecarKills
+NATS_SUITES := TestSubscriptionTypeMatrix|TestRandomWorkloadConverges|TestSubscriptionSurvivesCrashes|TestSubscribersMoveAtTheirOwnSpeed|TestSubscribeAppliesTransactionsLargerThanASpan|TestNATSLogSurvivesANodeAndSidecarKills|TestJoinProjection
 test: vet
 	$(GO) test -race -count=1 -timeout 20m ./...
 	REJOT_TEST_LOG=nats $(GO) test -count=1 -timeout 10m ./tests -run '^($(NATS_SUITES))$$'

@@ -19,7 +19,8 @@ import (
 
 // ErrNoBaseStates: the engine keeps no base states, so it cannot carry
 // join versions (the capture fails such a version alone, with this as its
-// problem). The NATS engine returns it from every base state method.
+// problem). Both engines keep base states; an engine that does not
+// would return it from every base state method.
 var ErrNoBaseStates = errors.New("join projections need the Postgres event log: this system's event log keeps no base states (see docs/scale.md)")
 
 // BaseRow is one row of a join version's base state.

@@ -42,6 +42,7 @@ func Run(t *testing.T, store Store) {
 		{"KeepAndRecall", testKeepAndRecall},
 		{"PendingAndWidth", testPendingAndWidth},
 		{"ChangedLayoutRefused", testChangedLayoutRefused},
+		{"BaseStates", testBaseStates},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, store(t)) })

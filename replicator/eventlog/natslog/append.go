@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
@@ -25,6 +26,16 @@ type known struct {
 	appended map[string]uint64
 	layout   eventlog.Layout
 	gen      int
+	baseSeq  uint64            // the base stream's committed sequence (base.go)
+	baseNext uint64            // the base stream's last sequence: where writes go on
+	baseAt   map[string]uint64 // each system's base position
+}
+
+func (k *known) clone() *known {
+	c := *k
+	c.appended = maps.Clone(k.appended)
+	c.baseAt = maps.Clone(k.baseAt)
+	return &c
 }
 
 // Forget drops what appends remembered: the next ones ask the log.
@@ -53,9 +64,7 @@ func (l *Log) current(ctx context.Context, v eventlog.Version, s jetstream.Strea
 	k := l.known[v]
 	l.mu.Unlock()
 	if k != nil {
-		c := *k
-		c.appended = maps.Clone(k.appended)
-		return &c, nil
+		return k.clone(), nil
 	}
 	info, err := streamInfo(ctx, s)
 	if err != nil {
@@ -65,9 +74,13 @@ func (l *Log) current(ctx context.Context, v eventlog.Version, s jetstream.Strea
 	if err != nil {
 		return nil, err
 	}
-	k = &known{lastSeq: info.State.LastSeq, appended: map[string]uint64{}, gen: 1}
+	k = &known{lastSeq: info.State.LastSeq, appended: map[string]uint64{}, gen: 1, baseAt: map[string]uint64{}}
 	if r != nil {
 		k.head, k.appended, k.layout, k.gen = r.head, r.appended, r.layout, r.gen
+		k.baseSeq, k.baseAt = r.baseSeq, r.baseAt
+	}
+	if err := l.recoverBase(ctx, v, s, k); err != nil {
+		return nil, err
 	}
 	return k, nil
 }
@@ -114,6 +127,7 @@ type versionTx struct {
 	groups map[groupID]bool
 	fresh  int // new groups
 	fill   *fillTx
+	base   *baseTx // base state changes (join versions)
 }
 
 func (t *Tx) version(ctx context.Context, v eventlog.Version) (*versionTx, error) {
@@ -128,8 +142,7 @@ func (t *Tx) version(ctx context.Context, v eventlog.Version) (*versionTx, error
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the change stream of %s version %d: %w", v.Publication, v.Number, err)
 	}
-	vt := &versionTx{v: v, stream: s, was: k, now: *k, groups: map[groupID]bool{}}
-	vt.now.appended = maps.Clone(k.appended)
+	vt := &versionTx{v: v, stream: s, was: k, now: *k.clone(), groups: map[groupID]bool{}}
 	vt.first = k.head + 1
 	t.versions[v] = vt
 	t.order = append(t.order, v)
@@ -259,7 +272,7 @@ func (t *Tx) Commit(ctx context.Context) (int, error) {
 	added := 0
 	for _, v := range t.order {
 		vt := t.versions[v]
-		if vt.fresh == 0 {
+		if vt.fresh == 0 && (vt.base == nil || !vt.base.dirty) {
 			continue
 		}
 		n, err := vt.commit(ctx, t)
@@ -284,23 +297,15 @@ func (vt *versionTx) commit(ctx context.Context, t *Tx) (int, error) {
 			return 0, err
 		}
 	}
+	if vt.base != nil && vt.base.dirty {
+		if err := vt.writeBase(ctx, t); err != nil {
+			return 0, err
+		}
+	}
 	m := newMsg(runSubject(vt.v), vt.buf)
-	appended, err := json.Marshal(vt.now.appended)
-	if err != nil {
-		return 0, err
-	}
+	setMarker(m, t.id, &vt.now, vt.first, vt.from, vt.fill)
 	h := m.Header
-	h.Set(hdrTx, t.id)
-	h.Set(hdrFirst, strconv.FormatInt(vt.first, 10))
 	h.Set(hdrStart, strconv.FormatInt(vt.was.head+1, 10))
-	h.Set(hdrHead, strconv.FormatInt(vt.now.head, 10))
-	h.Set(hdrFrom, strconv.FormatUint(vt.from, 10))
-	h.Set(hdrLayout, formatLayout(vt.now.layout))
-	h.Set(hdrAppended, string(appended))
-	h.Set(hdrState, strconv.Itoa(vt.now.gen))
-	if vt.fill != nil {
-		h.Set(hdrElided, strconv.FormatInt(vt.fill.from, 10)+"-"+strconv.FormatInt(vt.fill.upto, 10))
-	}
 	rctx, cancel := request(ctx)
 	defer cancel()
 	ack, err := t.log.js.PublishMsg(rctx, m, jetstream.WithExpectLastSequence(vt.now.lastSeq), jetstream.WithMsgID(vt.msgID(t.id)))
@@ -322,6 +327,29 @@ func (vt *versionTx) commit(ctx context.Context, t *Tx) (int, error) {
 	}
 	t.log.compactLater(vt.v)
 	return vt.fresh, nil
+}
+
+// setMarker sets a marker's headers: what the version is after the run
+// (k), where the body's first change is, the run's first message.
+func setMarker(m *nats.Msg, tx string, k *known, first int64, from uint64, fill *fillTx) {
+	appended, _ := json.Marshal(k.appended)
+	baseAt, _ := json.Marshal(k.baseAt)
+	h := m.Header
+	h.Set(hdrTx, tx)
+	h.Set(hdrFirst, strconv.FormatInt(first, 10))
+	h.Set(hdrStart, strconv.FormatInt(k.head+1, 10))
+	h.Set(hdrHead, strconv.FormatInt(k.head, 10))
+	h.Set(hdrFrom, strconv.FormatUint(from, 10))
+	h.Set(hdrLayout, formatLayout(k.layout))
+	h.Set(hdrAppended, string(appended))
+	h.Set(hdrState, strconv.Itoa(k.gen))
+	if k.baseSeq > 0 || len(k.baseAt) > 0 {
+		h.Set(hdrBase, strconv.FormatUint(k.baseSeq, 10))
+		h.Set(hdrBaseAt, string(baseAt))
+	}
+	if fill != nil {
+		h.Set(hdrElided, strconv.FormatInt(fill.from, 10)+"-"+strconv.FormatInt(fill.upto, 10))
+	}
 }
 
 // msgID de-duplicates a marker sent twice (a publish retried after a

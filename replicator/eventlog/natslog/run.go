@@ -46,12 +46,14 @@ type run struct {
 	layout       eventlog.Layout
 	appended     map[string]uint64
 	gen          int
+	baseSeq      uint64
+	baseAt       map[string]uint64
 	body         []byte
 }
 
 func parseRun(m *jetstream.RawStreamMsg) (*run, error) {
 	h := m.Header
-	r := &run{tx: h.Get(hdrTx), seq: m.Sequence, body: m.Data, appended: map[string]uint64{}}
+	r := &run{tx: h.Get(hdrTx), seq: m.Sequence, body: m.Data, appended: map[string]uint64{}, baseAt: map[string]uint64{}}
 	var err error
 	num := func(name string) int64 {
 		if err != nil {
@@ -78,6 +80,11 @@ func parseRun(m *jetstream.RawStreamMsg) (*run, error) {
 	}
 	if err == nil {
 		err = json.Unmarshal([]byte(h.Get(hdrAppended)), &r.appended)
+	}
+	if b := h.Get(hdrBase); b != "" && err == nil {
+		if r.baseSeq, err = strconv.ParseUint(b, 10, 64); err == nil {
+			err = json.Unmarshal([]byte(h.Get(hdrBaseAt)), &r.baseAt)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("the event log holds a run marker this sidecar cannot read (sequence %d): %w", m.Sequence, err)
