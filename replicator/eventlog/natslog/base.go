@@ -70,31 +70,11 @@ type baseMsg struct {
 
 // ensureBaseStream makes a version's base stream if it is missing.
 func (l *Log) ensureBaseStream(ctx context.Context, v eventlog.Version) (jetstream.Stream, error) {
-	name := baseStream(v)
-	l.mu.Lock()
-	s := l.streams[name]
-	l.mu.Unlock()
-	if s != nil {
-		return s, nil
-	}
-	rctx, cancel := request(ctx)
-	defer cancel()
-	s, err := l.js.CreateOrUpdateStream(rctx, jetstream.StreamConfig{
-		Name: name, Subjects: []string{basePrefix(v) + ".>"},
-		Storage: jetstream.FileStorage, Replicas: l.replicas, Retention: jetstream.LimitsPolicy,
+	return l.ensureStream(ctx, v, "base", jetstream.StreamConfig{
+		Name: baseStream(v), Subjects: []string{basePrefix(v) + ".>"},
 		MaxMsgsPerSubject: 2, Discard: jetstream.DiscardOld,
 		Description: fmt.Sprintf("rejot base state of join version %s %d", v.Publication, v.Number),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("cannot make the base stream of %s version %d: %w", v.Publication, v.Number, err)
-	}
-	if err := waitLeader(ctx, s); err != nil {
-		return nil, err
-	}
-	l.mu.Lock()
-	l.streams[name] = s
-	l.mu.Unlock()
-	return s, nil
+	}, nil)
 }
 
 // recoverBase voids and deletes base messages past the committed

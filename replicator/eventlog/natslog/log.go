@@ -267,63 +267,55 @@ func stateSubjects(v eventlog.Version, gen int) string {
 	return "rejot.state." + versionToken(v) + "." + strconv.Itoa(gen)
 }
 
-// ensureChangeStream makes a version's change stream if it is missing.
+// ensureChangeStream makes a version's change stream if it is missing
+// (and its first state generation's stream with it).
 func (l *Log) ensureChangeStream(ctx context.Context, v eventlog.Version) (jetstream.Stream, error) {
-	name := changeStream(v)
-	l.mu.Lock()
-	s := l.streams[name]
-	l.mu.Unlock()
-	if s != nil {
-		return s, nil
-	}
-	rctx, cancel := request(ctx)
-	defer cancel()
-	s, err := l.js.CreateOrUpdateStream(rctx, jetstream.StreamConfig{
-		Name: name, Subjects: []string{chunkSubject(v), runSubject(v)},
-		Storage: jetstream.FileStorage, Replicas: l.replicas, Retention: jetstream.LimitsPolicy,
+	return l.ensureStream(ctx, v, "change", jetstream.StreamConfig{
+		Name: changeStream(v), Subjects: []string{chunkSubject(v), runSubject(v)},
 		Discard: jetstream.DiscardOld, Duplicates: 2 * time.Minute,
 		Description: fmt.Sprintf("rejot change log of %s version %d", v.Publication, v.Number),
+	}, func() error {
+		_, err := l.ensureStateStream(ctx, v, 1)
+		return err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("cannot make the change stream of %s version %d: %w", v.Publication, v.Number, err)
-	}
-	if err := waitLeader(ctx, s); err != nil {
-		return nil, err
-	}
-	if _, err := l.ensureStateStream(ctx, v, 1); err != nil {
-		return nil, err
-	}
-	l.mu.Lock()
-	l.streams[name] = s
-	l.mu.Unlock()
-	return s, nil
 }
 
 // ensureStateStream makes a state generation's stream if it is missing.
 func (l *Log) ensureStateStream(ctx context.Context, v eventlog.Version, gen int) (jetstream.Stream, error) {
-	name := stateStream(v, gen)
+	return l.ensureStream(ctx, v, "state", jetstream.StreamConfig{
+		Name: stateStream(v, gen), Subjects: []string{stateSubjects(v, gen) + ".>"},
+		MaxMsgsPerSubject: 1, AllowMsgTTL: true, Discard: jetstream.DiscardOld,
+		Description: fmt.Sprintf("rejot compacted state of %s version %d", v.Publication, v.Number),
+	}, nil)
+}
+
+// ensureStream makes the stream cfg names, file-stored with the log's
+// replicas and limits retention, if this log has not seen it yet, waits
+// for its leader, then runs also (if any) before remembering it.
+func (l *Log) ensureStream(ctx context.Context, v eventlog.Version, what string, cfg jetstream.StreamConfig, also func() error) (jetstream.Stream, error) {
 	l.mu.Lock()
-	s := l.streams[name]
+	s := l.streams[cfg.Name]
 	l.mu.Unlock()
 	if s != nil {
 		return s, nil
 	}
+	cfg.Storage, cfg.Replicas, cfg.Retention = jetstream.FileStorage, l.replicas, jetstream.LimitsPolicy
 	rctx, cancel := request(ctx)
 	defer cancel()
-	s, err := l.js.CreateOrUpdateStream(rctx, jetstream.StreamConfig{
-		Name: name, Subjects: []string{stateSubjects(v, gen) + ".>"},
-		Storage: jetstream.FileStorage, Replicas: l.replicas, Retention: jetstream.LimitsPolicy,
-		MaxMsgsPerSubject: 1, AllowMsgTTL: true, Discard: jetstream.DiscardOld,
-		Description: fmt.Sprintf("rejot compacted state of %s version %d", v.Publication, v.Number),
-	})
+	s, err := l.js.CreateOrUpdateStream(rctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("cannot make the state stream of %s version %d: %w", v.Publication, v.Number, err)
+		return nil, fmt.Errorf("cannot make the %s stream of %s version %d: %w", what, v.Publication, v.Number, err)
 	}
 	if err := waitLeader(ctx, s); err != nil {
 		return nil, err
 	}
+	if also != nil {
+		if err := also(); err != nil {
+			return nil, err
+		}
+	}
 	l.mu.Lock()
-	l.streams[name] = s
+	l.streams[cfg.Name] = s
 	l.mu.Unlock()
 	return s, nil
 }
