@@ -34,31 +34,45 @@ const storedSearchPath = "pg_catalog, pg_temp"
 // on an error the call fails, and the caller's transaction is aborted,
 // which undoes everything here.
 func (v *Validated) setStored(ctx context.Context, sess Session, fields []Field) error {
-	rows, err := sess.Query(ctx, "SELECT pg_catalog.current_setting('search_path')")
+	stored, err := storedForm(ctx, sess, func() (string, error) {
+		if v.runsCode() {
+			return v.viewDefinition(ctx, sess)
+		}
+		return v.qualifiedTable(ctx, sess)
+	}, func(stored string) error {
+		if err := v.checkStored(ctx, sess, stored, fields); err != nil {
+			return err
+		}
+		return v.setNullability(ctx, sess, stored)
+	})
 	if err != nil {
-		return err
-	}
-	old := *rows.Values[0][0]
-	var stored string
-	if v.runsCode() {
-		stored, err = v.viewDefinition(ctx, sess)
-	} else {
-		stored, err = v.qualifiedTable(ctx, sess)
-	}
-	if err != nil {
-		return err
-	}
-	if err := v.checkStored(ctx, sess, stored, fields); err != nil {
-		return err
-	}
-	if err := v.setNullability(ctx, sess, stored); err != nil {
-		return err
-	}
-	if _, err := sess.Query(ctx, "SELECT pg_catalog.set_config('search_path', $1, true)", &old); err != nil {
 		return err
 	}
 	v.Stored = stored
 	return nil
+}
+
+// storedForm makes a query's stored form (define sets the session's
+// search_path to the capture's on the way), runs check over it under
+// that search_path, and puts the caller's search_path back. On an error
+// the caller's transaction is aborted, which undoes everything.
+func storedForm(ctx context.Context, sess Session, define func() (string, error), check func(stored string) error) (string, error) {
+	rows, err := sess.Query(ctx, "SELECT pg_catalog.current_setting('search_path')")
+	if err != nil {
+		return "", err
+	}
+	old := *rows.Values[0][0]
+	stored, err := define()
+	if err != nil {
+		return "", err
+	}
+	if err := check(stored); err != nil {
+		return "", err
+	}
+	if _, err := sess.Query(ctx, "SELECT pg_catalog.set_config('search_path', $1, true)", &old); err != nil {
+		return "", err
+	}
+	return stored, nil
 }
 
 // runsCode says whether the query has anything but plain columns of its

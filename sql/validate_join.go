@@ -238,22 +238,14 @@ func (v *ValidatedJoin) checkImmutable(ctx context.Context, sess Session) error 
 // printed with search_path pg_catalog, as for one table) and checks that
 // it is the same join with the same columns, of the same types.
 func (v *ValidatedJoin) setStored(ctx context.Context, sess Session, fields []Field) error {
-	rows, err := sess.Query(ctx, "SELECT pg_catalog.current_setting('search_path')")
+	stored, err := storedForm(ctx, sess, func() (string, error) { return viewDefinition(ctx, sess, v.Query) },
+		func(stored string) error {
+			if err := v.checkStored(ctx, sess, stored, fields); err != nil {
+				return err
+			}
+			return v.setNullability(ctx, sess, stored)
+		})
 	if err != nil {
-		return err
-	}
-	old := *rows.Values[0][0]
-	stored, err := viewDefinition(ctx, sess, v.Query)
-	if err != nil {
-		return err
-	}
-	if err := v.checkStored(ctx, sess, stored, fields); err != nil {
-		return err
-	}
-	if err := v.setNullability(ctx, sess, stored); err != nil {
-		return err
-	}
-	if _, err := sess.Query(ctx, "SELECT pg_catalog.set_config('search_path', $1, true)", &old); err != nil {
 		return err
 	}
 	v.Stored = stored
