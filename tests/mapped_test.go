@@ -62,7 +62,16 @@ func TestMappedSubscription(t *testing.T) {
 			consumer.db).Scan(&mapped, &status)
 		return err == nil && mapped && status == "streaming"
 	})
-	err := consumer.exec(t, "CALL rejot.unsubscribe('billing.order_view', drop_table => true)")
+	// Its columns are its statements' parameters: a direct call that adds
+	// columns to it is refused, and nothing changes.
+	sub := "SELECT columns, generation FROM _rejot.subscriptions WHERE target = 'billing.order_view'"
+	before := tableText(t, consumer.conn, sub)
+	_, err := consumer.conn.Exec(ctx, `SELECT _rejot.add_subscribed_columns(current_user, 'billing.order_view', '[{"name": "x", "type": "text", "key": false, "index": 9}]')`)
+	wantRefused(t, "adding columns to a mapped subscription", err, "42710", "mapped subscription")
+	if got := tableText(t, consumer.conn, sub); got != before {
+		t.Errorf("the mapped subscription changed: %s, was %s", got, before)
+	}
+	err = consumer.exec(t, "CALL rejot.unsubscribe('billing.order_view', drop_table => true)")
 	wantRefused(t, "unsubscribe dropping a mapped subscription's table", err, "0A000", "unsubscribe keeps it")
 	consumer.execAll(t, "CALL rejot.unsubscribe('billing.order_view')")
 	owner.execAll(t, "INSERT INTO orders VALUES (4, 'dee', 1, 'paid')")
