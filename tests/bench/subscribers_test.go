@@ -73,6 +73,7 @@ func readFanOutConfig(b *testing.B) (config, []int) {
 		latencyRate: envInt(b, "BENCH_FANOUT_LATENCY_RATE", 1000, 1),
 		profileDir:  os.Getenv("BENCH_PROFILE_DIR"),
 		keep:        os.Getenv("BENCH_KEEP") != "",
+		statements:  envInt(b, "BENCH_STATEMENTS", 0, 0),
 	}
 	// Each latency run updates rows of its own: native's and ReJot's, per count.
 	if need := 2 * len(counts) * c.latencySecs * c.latencyRate; need > c.rows {

@@ -74,8 +74,9 @@ func (l *Log) changes(ctx context.Context, v eventlog.Version, after int64, limi
 		return nil, nil, err
 	}
 	defer rows.Close()
-	var recs []eventlog.Entry
-	var ends []bool
+	// Room for a span read behind the head, not a large limit's worth for
+	// the few changes read at the head.
+	recs, ends := make([]eventlog.Entry, 0, min(limit, 4096)), make([]bool, 0, min(limit, 4096))
 	for rows.Next() {
 		r, last, err := scanRecord(rows)
 		if err != nil {
