@@ -100,7 +100,7 @@ func (t *target) rowKey(row []eventlog.Value) []eventlog.Value {
 func (t *target) deleteStatement(keys [][]eventlog.Value) statement {
 	args := make([]any, len(t.keys))
 	for i := range t.keys {
-		col := make([]eventlog.Value, len(keys))
+		col := make(textArray, len(keys))
 		for j, k := range keys {
 			col[j] = k[i]
 		}
@@ -115,7 +115,7 @@ func (t *target) deleteStatement(keys [][]eventlog.Value) statement {
 func (t *target) upsertStatement(rows [][]eventlog.Value) statement {
 	args := make([]any, len(t.cols))
 	for i, c := range t.cols {
-		col := make([]eventlog.Value, len(rows))
+		col := make(textArray, len(rows))
 		for j, row := range rows {
 			if c.Index < len(row) {
 				col[j] = row[c.Index]

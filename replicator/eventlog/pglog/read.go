@@ -3,6 +3,7 @@ package pglog
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -74,13 +75,17 @@ func (l *Log) changes(ctx context.Context, v eventlog.Version, after int64, limi
 		return nil, nil, err
 	}
 	defer rows.Close()
-	// Room for a span read behind the head, not a large limit's worth for
-	// the few changes read at the head.
-	recs, ends := make([]eventlog.Entry, 0, min(limit, 4096)), make([]bool, 0, min(limit, 4096))
+	// Room for the few changes read at the log's head; past them the
+	// limit's worth at once (copying a growing slice of changes again
+	// and again took more than decoding them).
+	recs, ends := make([]eventlog.Entry, 0, min(limit, 1024)), make([]bool, 0, min(limit, 1024))
 	for rows.Next() {
 		r, last, err := scanRecord(rows)
 		if err != nil {
 			return nil, nil, err
+		}
+		if len(recs) == cap(recs) && len(recs) < limit {
+			recs, ends = slices.Grow(recs, limit-len(recs)), slices.Grow(ends, limit-len(ends))
 		}
 		recs, ends = append(recs, r), append(ends, last)
 	}
