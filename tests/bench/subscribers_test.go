@@ -27,7 +27,7 @@ import (
 //	go test ./tests/bench -run '^$' -bench '^BenchmarkFanOut$' -benchtime 1x -timeout 60m -v
 //
 // Environment (besides main_test.go's BENCH_PROFILE_DIR, BENCH_KEEP,
-// BENCH_LOG_LEVEL):
+// BENCH_LOG_LEVEL, BENCH_STATEMENTS):
 //
 //	BENCH_FANOUT                  subscriber counts, ascending        (default 1,4,16)
 //	BENCH_FANOUT_ROWS             rows of pgbench_accounts            (default 100000)
