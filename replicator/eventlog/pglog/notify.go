@@ -139,12 +139,3 @@ func (l *Log) listen(n *notifier) {
 		backoff = min(2*backoff, 5*time.Second)
 	}
 }
-
-// notified says whether a notification of v came while no one waited
-// (tests use it to know the listener has seen an append).
-func (l *Log) notified(v eventlog.Version) bool {
-	n := l.waiter()
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.missed[versionKey(v)]
-}

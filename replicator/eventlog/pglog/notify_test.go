@@ -85,3 +85,12 @@ func TestWaitMissesNoAppend(t *testing.T) {
 		t.Fatal("a second Wait returned without a new append")
 	}
 }
+
+// notified says whether a notification of v came while no one waited
+// (tests use it to know the listener has seen an append).
+func (l *Log) notified(v eventlog.Version) bool {
+	n := l.waiter()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.missed[versionKey(v)]
+}
