@@ -15,11 +15,11 @@ type statement struct {
 // came before it. Applying exactly once rests on it.
 func changeStatements(t *target, recs []eventlog.Entry) []statement {
 	var out []statement
-	c := newCollapse()
+	c := newCollapse(len(recs))
 	for _, r := range recs {
 		switch r.Op {
 		case eventlog.OpTruncate:
-			c = newCollapse()
+			c = newCollapse(0)
 			out = append(out, statement{sql: t.clear})
 		case eventlog.OpUpsert:
 			c.set(t.rowKey(r.Row), r.Row)
@@ -40,35 +40,39 @@ func spanStatements(t *target, recs []eventlog.Entry) ([]statement, error) {
 	return changeStatements(t, recs), nil
 }
 
-// collapse is the last change per key of a run of changes.
+// collapse is the last change per key of a run of changes, in the order
+// the keys were first seen.
 type collapse struct {
-	final map[string][]eventlog.Value // the row last written; nil: deleted
-	keys  map[string][]eventlog.Value
-	order []string // keys in the order first seen
+	at   map[string]int     // a key's place in keys and rows
+	keys [][]eventlog.Value // the keys, in the order first seen
+	rows [][]eventlog.Value // the row last written with each; nil: deleted
 }
 
-func newCollapse() *collapse {
-	return &collapse{final: map[string][]eventlog.Value{}, keys: map[string][]eventlog.Value{}}
+// newCollapse makes a collapse with room for n keys.
+func newCollapse(n int) *collapse {
+	return &collapse{at: make(map[string]int, n), keys: make([][]eventlog.Value, 0, n), rows: make([][]eventlog.Value, 0, n)}
 }
 
 // set records that the row with key is now row (nil: deleted).
 func (c *collapse) set(key, row []eventlog.Value) {
 	ks := eventlog.KeyString(key)
-	if _, ok := c.final[ks]; !ok {
-		c.order = append(c.order, ks)
+	if i, ok := c.at[ks]; ok {
+		c.keys[i], c.rows[i] = key, row
+		return
 	}
-	c.final[ks], c.keys[ks] = row, key
+	c.at[ks] = len(c.keys)
+	c.keys, c.rows = append(c.keys, key), append(c.rows, row)
 }
 
 // statements appends to out the delete, then the upsert, that leave t as
 // the collapsed changes say.
 func (c *collapse) statements(t *target, out []statement) []statement {
 	var upserts, deletes [][]eventlog.Value
-	for _, k := range c.order {
-		if row := c.final[k]; row != nil {
+	for i, row := range c.rows {
+		if row != nil {
 			upserts = append(upserts, row)
 		} else {
-			deletes = append(deletes, c.keys[k])
+			deletes = append(deletes, c.keys[i])
 		}
 	}
 	if len(deletes) > 0 {
@@ -96,7 +100,7 @@ func (t *target) rowKey(row []eventlog.Value) []eventlog.Value {
 func (t *target) deleteStatement(keys [][]eventlog.Value) statement {
 	args := make([]any, len(t.keys))
 	for i := range t.keys {
-		col := make([]eventlog.Value, len(keys))
+		col := make(textArray, len(keys))
 		for j, k := range keys {
 			col[j] = k[i]
 		}
@@ -111,7 +115,7 @@ func (t *target) deleteStatement(keys [][]eventlog.Value) statement {
 func (t *target) upsertStatement(rows [][]eventlog.Value) statement {
 	args := make([]any, len(t.cols))
 	for i, c := range t.cols {
-		col := make([]eventlog.Value, len(rows))
+		col := make(textArray, len(rows))
 		for j, row := range rows {
 			if c.Index < len(row) {
 				col[j] = row[c.Index]

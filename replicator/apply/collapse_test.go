@@ -44,7 +44,7 @@ func render(t *target, st statement) string {
 	parts := []string{kind}
 	for _, a := range st.args {
 		var vs []string
-		for _, v := range a.([]eventlog.Value) {
+		for _, v := range a.(textArray) {
 			if v == nil {
 				vs = append(vs, "NULL")
 			} else {

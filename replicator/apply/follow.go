@@ -26,12 +26,17 @@ func (w *worker) follow(ctx context.Context, conn *pgx.Conn, t *target, position
 	// The next span is read from the log while this one is applied to the
 	// target: two servers, working at once.
 	fetchCtx, stopFetching := context.WithCancel(ctx)
-	spans, fetching := w.prefetch(fetchCtx, t, position, w.limit)
+	want := make(chan struct{}, 1)
+	spans, fetching := w.prefetch(fetchCtx, t, position, min(w.limit, w.s.spanLimit(t, nil)), want)
 	defer func() {
 		stopFetching()
 		<-fetching
 	}()
 	for ctx.Err() == nil {
+		select {
+		case want <- struct{}{}:
+		default: // asked already
+		}
 		var f fetched
 		select {
 		case f = <-spans:
@@ -105,15 +110,29 @@ type fetched struct {
 }
 
 // prefetch reads spans after position, with their changes made into
-// statements for t, one ahead of the applier: the first of at most limit
-// changes (one group after a failure), then of the batch size. It stops
-// at the first error, which it passes on, or when ctx ends; done is
-// closed when its goroutine has ended.
-func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit int) (spans <-chan fetched, done <-chan struct{}) {
+// statements for t: the first of at most limit changes (one group after a
+// failure), then of w.s.spanLimit's. A span that fills at least half its
+// limit means the log holds more behind it: the next one is read while
+// this one is applied. A smaller one was read at the log's head: the next
+// is read only once the applier asks for it (want), so that it holds
+// everything appended while this one was applied; read at once, it would
+// hold only what came in the moment after, and under load every source
+// transaction would wait for one apply more, and the target would do
+// twice the applies. It stops at the first error, which it passes on, or
+// when ctx ends; done is closed when its goroutine has ended.
+func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit int, want <-chan struct{}) (spans <-chan fetched, done <-chan struct{}) {
 	out, ended := make(chan fetched, 1), make(chan struct{})
 	go func() {
 		defer close(ended)
+		ahead := true // read the next span without waiting to be asked
 		for ctx.Err() == nil {
+			if !ahead {
+				select {
+				case <-want:
+				case <-ctx.Done():
+					return
+				}
+			}
 			span, recs, err := w.s.Log.Fetch(ctx, w.sub.version, position, limit)
 			if err != nil {
 				// The applier may have stopped reading: never block on it.
@@ -124,6 +143,7 @@ func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit 
 				return
 			}
 			if span.Groups == 0 {
+				ahead = true // the applier has asked, and waits
 				w.s.Log.Wait(ctx, w.sub.version, time.Second)
 				continue
 			}
@@ -134,11 +154,16 @@ func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit 
 				}
 			}
 			select {
+			case <-want: // this span answers any request made meanwhile
+			default:
+			}
+			select {
 			case out <- f:
 			case <-ctx.Done():
 				return
 			}
-			position, limit = span.Upto, w.s.batch()
+			ahead = recs == nil || 2*(span.Upto-span.After) >= int64(limit)
+			position, limit = span.Upto, w.s.spanLimit(t, recs)
 		}
 	}()
 	return out, ended
@@ -236,6 +261,11 @@ func (w *worker) applyReading(ctx context.Context, conn *pgx.Conn, t *target, sp
 	})
 }
 
+// sortMemory lets the upsert of a span sort its rows by key in memory: a
+// span of 50 000 rows needs about 9 MB, where the default 4 MB made the
+// sort spill to disk.
+const sortMemory = "SET LOCAL work_mem = '32MB'"
+
 // applyPipelined sends a span read ahead to the server as one pipeline:
 // begin, lock the subscription's row, the changes, the new position; then,
 // once the position is checked, commit. Two round trips, where a statement
@@ -257,6 +287,7 @@ func (w *worker) applyPipelined(ctx context.Context, conn *pgx.Conn, t *target, 
 	// as they run (mapped.go).
 	if t.mapped == nil {
 		b.Queue(managed.CheckTarget, t.oid, t.written())
+		b.Queue(sortMemory)
 	}
 	for _, st := range stmts {
 		b.Queue(st.sql, st.args...)

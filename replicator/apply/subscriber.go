@@ -37,7 +37,7 @@ type Subscriber struct {
 	Report func(context.Context, []managed.SubscriptionReport) error
 	Logger zerolog.Logger
 	Check  time.Duration // how often subscriptions are re-read (default 2s)
-	Batch  int           // changes per destination transaction (default 5000)
+	Batch  int           // the most changes per destination transaction (default 50 000; span.go)
 	// Stall is how long applying may go without progress (a chunk of
 	// changes read, a statement run) before it is abandoned and retried
 	// (default 1 minute). Nothing bounds its size.
@@ -175,13 +175,6 @@ func (s *Subscriber) stall() time.Duration {
 		return s.Stall
 	}
 	return defaultStall
-}
-
-func (s *Subscriber) batch() int {
-	if s.Batch > 0 {
-		return s.Batch
-	}
-	return 5000
 }
 
 func loadSubscriptions(ctx context.Context, conn *pgx.Conn) ([]subscription, error) {

@@ -54,7 +54,10 @@ func (e *env) startInterval() cpuSample {
 // endInterval notes what an interval that started with before and lasted
 // wall used.
 func (e *env) endInterval(what string, before cpuSample, wall time.Duration) {
-	e.cpuLog = append(e.cpuLog, cpuRecord{what: what, wall: wall, used: e.cpu().sub(before)})
+	r := cpuRecord{what: what, wall: wall, used: e.cpu().sub(before)}
+	e.cpuLog = append(e.cpuLog, r)
+	progress("%s: CPU owner %s, consumer %s, sidecars %s, benchmark %s in %s", what,
+		secs(r.used.owner), secs(r.used.consumer), secs(r.used.sidecars), secs(r.used.bench), secs(r.wall))
 	e.printStatements(what)
 }
 

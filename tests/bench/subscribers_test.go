@@ -27,7 +27,7 @@ import (
 //	go test ./tests/bench -run '^$' -bench '^BenchmarkFanOut$' -benchtime 1x -timeout 60m -v
 //
 // Environment (besides main_test.go's BENCH_PROFILE_DIR, BENCH_KEEP,
-// BENCH_LOG_LEVEL):
+// BENCH_LOG_LEVEL, BENCH_STATEMENTS):
 //
 //	BENCH_FANOUT                  subscriber counts, ascending        (default 1,4,16)
 //	BENCH_FANOUT_ROWS             rows of pgbench_accounts            (default 100000)
@@ -73,6 +73,7 @@ func readFanOutConfig(b *testing.B) (config, []int) {
 		latencyRate: envInt(b, "BENCH_FANOUT_LATENCY_RATE", 1000, 1),
 		profileDir:  os.Getenv("BENCH_PROFILE_DIR"),
 		keep:        os.Getenv("BENCH_KEEP") != "",
+		statements:  envInt(b, "BENCH_STATEMENTS", 0, 0),
 	}
 	// Each latency run updates rows of its own: native's and ReJot's, per count.
 	if need := 2 * len(counts) * c.latencySecs * c.latencyRate; need > c.rows {

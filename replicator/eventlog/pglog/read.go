@@ -3,6 +3,7 @@ package pglog
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -74,12 +75,18 @@ func (l *Log) changes(ctx context.Context, v eventlog.Version, after int64, limi
 		return nil, nil, err
 	}
 	defer rows.Close()
-	var recs []eventlog.Entry
-	var ends []bool
+	// Room for the few changes read at the log's head, then sixteen
+	// times more at each step up to the limit: doubling, the copies of a
+	// growing slice of changes took more than decoding them.
+	recs, ends := make([]eventlog.Entry, 0, min(limit, 64)), make([]bool, 0, min(limit, 64))
 	for rows.Next() {
 		r, last, err := scanRecord(rows)
 		if err != nil {
 			return nil, nil, err
+		}
+		if n := len(recs); n == cap(recs) && n < limit {
+			more := min(15*n, limit-n)
+			recs, ends = slices.Grow(recs, more), slices.Grow(ends, more)
 		}
 		recs, ends = append(recs, r), append(ends, last)
 	}
