@@ -179,9 +179,11 @@ func TestJoinWorkloadSurvivesKills(t *testing.T) {
 	}
 	owner := connect(t, s.owner.URL("shop"))
 	target := connect(t, s.target.URL("billing"))
+	stopped := time.Now()
 	targetConverges(t, 90*time.Second, owner, joinWorkloadQuery, target, "billing.order_lines")
 	targetConverges(t, 90*time.Second, owner, "SELECT id, coalesce(customer, '-') || '@' || coalesce(region, '-'), total FROM ("+joinWorkloadQuery+") AS q",
 		target, "billing.labels")
+	t.Logf("the targets converged %v after the load stopped", time.Since(stopped).Round(100*time.Millisecond))
 	if len(torn) > 0 {
 		t.Errorf("the target was seen in the middle of a source transaction: %v", torn)
 	}

@@ -2,6 +2,7 @@ package natslog
 
 import (
 	"context"
+	"maps"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -72,7 +73,7 @@ type baseMsg struct {
 func (l *Log) ensureBaseStream(ctx context.Context, v eventlog.Version) (jetstream.Stream, error) {
 	return l.ensureStream(ctx, v, "base", jetstream.StreamConfig{
 		Name: baseStream(v), Subjects: []string{basePrefix(v) + ".>"},
-		MaxMsgsPerSubject: 2, Discard: jetstream.DiscardOld,
+		MaxMsgsPerSubject: 2, Discard: jetstream.DiscardOld, AllowDirect: true, // batched reads (base_get.go)
 		Description: fmt.Sprintf("rejot base state of join version %s %d", v.Publication, v.Number),
 	}, nil)
 }
@@ -98,9 +99,17 @@ func (l *Log) recoverBase(ctx context.Context, v eventlog.Version, s jetstream.S
 	}
 	last := info.State.LastSeq
 	k.baseNext = max(last, k.baseSeq)
-	if last <= k.baseSeq {
-		return nil
+	if last > k.baseSeq {
+		if err := l.voidBase(ctx, v, bs, k, info.State.FirstSeq, last); err != nil {
+			return err
+		}
 	}
+	return l.stampBase(ctx, v, k)
+}
+
+// voidBase voids the base messages past the committed sequence, up to
+// last, and deletes them.
+func (l *Log) voidBase(ctx context.Context, v eventlog.Version, bs jetstream.Stream, k *known, first, last uint64) error {
 	// Void first: once this marker lands, the append that wrote past the
 	// committed sequence cannot commit (its marker expects an older last
 	// sequence).
@@ -116,7 +125,7 @@ func (l *Log) recoverBase(ctx context.Context, v eventlog.Version, s jetstream.S
 		return fmt.Errorf("cannot void an unfinished base write of %s version %d: %w", v.Publication, v.Number, err)
 	}
 	k.lastSeq = ack.Sequence
-	for seq := max(k.baseSeq+1, info.State.FirstSeq); seq <= last; seq++ {
+	for seq := max(k.baseSeq+1, first); seq <= last; seq++ {
 		dctx, dcancel := request(ctx)
 		err := bs.DeleteMsg(dctx, seq)
 		dcancel()
@@ -125,6 +134,69 @@ func (l *Log) recoverBase(ctx context.Context, v eventlog.Version, s jetstream.S
 		}
 	}
 	return nil
+}
+
+// stampBase gives a base stream whose committed part has no stamp (one
+// written before stamps were, base_get.go) one, committed by a marker
+// that changes nothing else.
+func (l *Log) stampBase(ctx context.Context, v eventlog.Version, k *known) error {
+	if k.baseSeq == 0 {
+		return nil // nothing committed: the first base write brings the stamp
+	}
+	ok, err := l.stamped(ctx, v)
+	if err != nil || ok {
+		return err
+	}
+	pctx, pcancel := request(ctx)
+	defer pcancel()
+	ack, err := l.js.PublishMsg(pctx, newMsg(stampSubject(v), []byte{}), jetstream.WithExpectLastSequence(k.baseNext))
+	if err != nil {
+		if isWrongLastSequence(err) {
+			return eventlog.ErrConcurrentAppend
+		}
+		return fmt.Errorf("cannot stamp the base state of %s version %d: %w", v.Publication, v.Number, err)
+	}
+	stamped := *k
+	stamped.baseSeq, stamped.baseNext = ack.Sequence, ack.Sequence
+	m := newMsg(runSubject(v), nil)
+	setMarker(m, "stamp", &stamped, k.head+1, 0, nil)
+	mack, err := l.js.PublishMsg(pctx, m, jetstream.WithExpectLastSequence(k.lastSeq))
+	if err != nil {
+		if isWrongLastSequence(err) {
+			return eventlog.ErrConcurrentAppend
+		}
+		return fmt.Errorf("cannot stamp the base state of %s version %d: %w", v.Publication, v.Number, err)
+	}
+	k.baseSeq, k.baseNext, k.lastSeq = ack.Sequence, ack.Sequence, mack.Sequence
+	return nil
+}
+
+// stamped says whether the base stream's last stamp is there, as its
+// leader has it (a direct get could be answered by a replica behind).
+func (l *Log) stamped(ctx context.Context, v eventlog.Version) (bool, error) {
+	body, err := json.Marshal(map[string]string{"last_by_subj": stampSubject(v)})
+	if err != nil {
+		return false, err
+	}
+	rctx, cancel := request(ctx)
+	defer cancel()
+	m, err := l.nc.RequestWithContext(rctx, "$JS.API.STREAM.MSG.GET."+baseStream(v), body)
+	if err != nil {
+		return false, fmt.Errorf("cannot read the base stream of %s version %d: %w", v.Publication, v.Number, err)
+	}
+	var resp struct {
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return false, err
+	}
+	if resp.Error == nil {
+		return true, nil
+	}
+	if resp.Error.Code == 404 {
+		return false, nil
+	}
+	return false, fmt.Errorf("cannot read the base stream of %s version %d: %w", v.Publication, v.Number, resp.Error)
 }
 
 // isMsgGone: a delete of a message the stream no longer holds.
@@ -218,6 +290,7 @@ func (t *Tx) Base(ctx context.Context, v eventlog.Version, table int, keys []str
 		return nil, err
 	}
 	bt := vt.base
+	var ask []string
 	for _, key := range keys {
 		if e, ok := bt.rows[table][key]; ok {
 			if e.row != nil {
@@ -225,16 +298,15 @@ func (t *Tx) Base(ctx context.Context, v eventlog.Version, table int, keys []str
 			}
 			continue
 		}
-		if bt.isCleared(table) {
-			continue
+		if !bt.isCleared(table) {
+			ask = append(ask, key)
 		}
-		m, err := vt.committedRow(ctx, table, key)
-		if err != nil {
-			return nil, err
-		}
-		if m == nil {
-			continue
-		}
+	}
+	committed, err := vt.committedRows(ctx, t.log, table, ask)
+	if err != nil {
+		return nil, err
+	}
+	for key, m := range committed {
 		vals, err := eventlog.ParseKeyString(m.Row)
 		if err != nil {
 			return nil, errors.New("a base row of the event log does not read: " + err.Error())
@@ -242,33 +314,6 @@ func (t *Tx) Base(ctx context.Context, v eventlog.Version, table int, keys []str
 		out[key] = vals
 	}
 	return out, nil
-}
-
-// committedRow is a row's committed message (nil: none, or a tombstone).
-func (vt *versionTx) committedRow(ctx context.Context, table int, key string) (*baseMsg, error) {
-	rctx, cancel := request(ctx)
-	defer cancel()
-	m, err := vt.base.stream.GetLastMsgForSubject(rctx, rowSubject(vt.v, table, key))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	if m.Sequence > vt.was.baseSeq {
-		return nil, eventlog.ErrConcurrentAppend // an append that has not committed (yet)
-	}
-	if m.Header.Get(hdrOp) == "d" {
-		return nil, nil
-	}
-	var b baseMsg
-	if err := json.Unmarshal(m.Data, &b); err != nil {
-		return nil, errors.New("a base row of the event log does not read: " + err.Error())
-	}
-	if b.Key != key {
-		return nil, nil // another key's hash
-	}
-	return &b, nil
 }
 
 // committedList reads the last committed message of every subject under
@@ -349,9 +394,6 @@ func (vt *versionTx) listOnce(ctx context.Context, filters []string, each func(s
 	return nil
 }
 
-// refsPerConsumer bounds the filters of one listing.
-const refsPerConsumer = 256
-
 // Referrers pages through the rows of table that meet rows of child (of
 // every row of table when child is negative): the stream's, overlaid by
 // this append's.
@@ -380,26 +422,15 @@ func (t *Tx) Referrers(ctx context.Context, v eventlog.Version, table, child int
 			keys[b.Key] = true
 			return nil
 		}
-		if child < 0 {
-			err = vt.committedList(ctx, []string{basePrefix(v) + ".r." + strconv.Itoa(table) + ".*"}, add)
-		} else {
-			uniq := slices.Compact(slices.Sorted(func(yield func(string) bool) {
-				for r := range want {
-					if !yield(r) {
-						return
-					}
-				}
-			}))
-			for part := range slices.Chunk(uniq, refsPerConsumer) {
-				var filters []string
-				for _, r := range part {
-					filters = append(filters, refPrefix(v, table, child, r)+".*")
-				}
-				if err = vt.committedList(ctx, filters, add); err != nil {
-					break
-				}
+		filters := []string{basePrefix(v) + ".r." + strconv.Itoa(table) + ".*"}
+		if child >= 0 {
+			filters = filters[:0]
+			for r := range want {
+				filters = append(filters, refPrefix(v, table, child, r)+".*")
 			}
+			slices.Sort(filters)
 		}
+		err = vt.listLast(ctx, t.log, filters, add)
 		if err != nil {
 			return nil, err
 		}
@@ -463,7 +494,7 @@ func (vt *versionTx) writeBase(ctx context.Context, t *Tx) error {
 				filter = append(filter, basePrefix(vt.v)+".r."+strconv.Itoa(table)+".*")
 			}
 		}
-		if err := vt.dropTables(ctx, filter, drop); err != nil {
+		if err := vt.dropTables(ctx, t.log, filter, drop); err != nil {
 			return err
 		}
 	}
@@ -475,15 +506,17 @@ func (vt *versionTx) writeBase(ctx context.Context, t *Tx) error {
 		}
 	})
 	for _, table := range tables {
+		var old map[string]*baseMsg
+		if !bt.isCleared(table) {
+			keys := slices.Collect(maps.Keys(bt.rows[table]))
+			var err error
+			if old, err = vt.committedRows(ctx, t.log, table, keys); err != nil {
+				return err
+			}
+		}
 		for key, e := range bt.rows[table] {
-			if !bt.isCleared(table) {
-				old, err := vt.committedRow(ctx, table, key)
-				if err != nil {
-					return err
-				}
-				if old != nil {
-					drop(table, old)
-				}
+			if b := old[key]; b != nil {
+				drop(table, b)
 			}
 			if e.row == nil {
 				continue
@@ -502,6 +535,9 @@ func (vt *versionTx) writeBase(ctx context.Context, t *Tx) error {
 			}
 		}
 	}
+	// The stamp last: its sequence is the committed one, and batched
+	// reads tell by it whether a replica has come that far (base_get.go).
+	put(stampSubject(vt.v), []byte{})
 	// Published in order, each expecting the one before: an append that
 	// writes meanwhile fails one side.
 	next := vt.now.baseNext
@@ -538,9 +574,9 @@ func (vt *versionTx) writeBase(ctx context.Context, t *Tx) error {
 
 // dropTables drops every committed row under the filters (row subjects
 // …r.<table>.<hash>) and its refs.
-func (vt *versionTx) dropTables(ctx context.Context, filters []string, drop func(int, *baseMsg)) error {
+func (vt *versionTx) dropTables(ctx context.Context, l *Log, filters []string, drop func(int, *baseMsg)) error {
 	prefix := basePrefix(vt.v) + ".r."
-	return vt.committedList(ctx, filters, func(subject string, b *baseMsg) error {
+	return vt.listLast(ctx, l, filters, func(subject string, b *baseMsg) error {
 		rest, _, _ := strings.Cut(subject[len(prefix):], ".")
 		table, err := strconv.Atoi(rest)
 		if err != nil {
