@@ -2,12 +2,12 @@ package natslog
 
 import (
 	"context"
-	"maps"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
