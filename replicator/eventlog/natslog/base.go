@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
@@ -212,6 +211,9 @@ type baseTx struct {
 	rows    map[int]map[string]*baseMsgRow // table, key: the last row written
 	dirty   bool                           // something to write
 	stream  jetstream.Stream
+	// listings are the consumers of referrers pages still to come
+	// (base_list.go), by name.
+	listings map[string]*listing
 }
 
 type baseMsgRow struct {
@@ -312,149 +314,6 @@ func (t *Tx) Base(ctx context.Context, v eventlog.Version, table int, keys []str
 			return nil, errors.New("a base row of the event log does not read: " + err.Error())
 		}
 		out[key] = vals
-	}
-	return out, nil
-}
-
-// committedList reads the last committed message of every subject under
-// the filters, skipping tombstones.
-func (vt *versionTx) committedList(ctx context.Context, filters []string, each func(subject string, b *baseMsg) error) error {
-	// A consumer just made may not answer yet (on a cluster, before it has
-	// a leader): list again. each only adds what it is given.
-	for try := 1; ; try++ {
-		err := vt.listOnce(ctx, filters, each)
-		if !errors.Is(err, nats.ErrNoResponders) || try == 20 {
-			return err
-		}
-		select {
-		case <-time.After(time.Duration(try) * 50 * time.Millisecond):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-func (vt *versionTx) listOnce(ctx context.Context, filters []string, each func(subject string, b *baseMsg) error) error {
-	rctx, cancel := request(ctx)
-	defer cancel()
-	cons, err := vt.base.stream.CreateConsumer(rctx, jetstream.ConsumerConfig{
-		FilterSubjects: filters, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
-		AckPolicy: jetstream.AckNonePolicy, MemoryStorage: true, Replicas: 1,
-		InactiveThreshold: time.Minute}) // gone soon if the delete below is lost
-	if err != nil {
-		return err
-	}
-	defer func() {
-		dctx, dcancel := request(context.WithoutCancel(ctx))
-		defer dcancel()
-		_ = vt.base.stream.DeleteConsumer(dctx, cons.CachedInfo().Name)
-	}()
-	info, err := cons.Info(rctx)
-	if err != nil {
-		return err
-	}
-	left := info.NumPending // as many as the subjects: asked for exactly, a fetch does not wait
-	for left > 0 {
-		batch, err := cons.Fetch(int(min(left, 10000)), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			return err
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			left = max(left, 1) - 1
-			meta, err := m.Metadata()
-			if err != nil {
-				return err
-			}
-			if meta.NumPending == 0 {
-				left = 0
-			}
-			if meta.Sequence.Stream > vt.was.baseSeq {
-				return eventlog.ErrConcurrentAppend // an append that has not committed (yet)
-			}
-			if m.Headers().Get(hdrOp) == "d" {
-				continue
-			}
-			var b baseMsg
-			if err := json.Unmarshal(m.Data(), &b); err != nil {
-				return errors.New("a base row of the event log does not read: " + err.Error())
-			}
-			if err := each(m.Subject(), &b); err != nil {
-				return err
-			}
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			return err
-		}
-		if n == 0 {
-			return nil
-		}
-	}
-	return nil
-}
-
-// Referrers pages through the rows of table that meet rows of child (of
-// every row of table when child is negative): the stream's, overlaid by
-// this append's.
-func (t *Tx) Referrers(ctx context.Context, v eventlog.Version, table, child int, refs []string, after string, limit int) ([]string, error) {
-	if child >= 0 && len(refs) == 0 {
-		return nil, nil
-	}
-	vt, err := t.base(ctx, v)
-	if err != nil {
-		return nil, err
-	}
-	bt := vt.base
-	want := map[string]bool{}
-	for _, r := range refs {
-		want[r] = true
-	}
-	keys := map[string]bool{}
-	if !bt.isCleared(table) {
-		add := func(_ string, b *baseMsg) error {
-			if _, mine := bt.rows[table][b.Key]; mine || b.Key <= after {
-				return nil
-			}
-			if child >= 0 && !want[b.Ref] {
-				return nil // another ref's hash
-			}
-			keys[b.Key] = true
-			return nil
-		}
-		filters := []string{basePrefix(v) + ".r." + strconv.Itoa(table) + ".*"}
-		if child >= 0 {
-			filters = filters[:0]
-			for r := range want {
-				filters = append(filters, refPrefix(v, table, child, r)+".*")
-			}
-			slices.Sort(filters)
-		}
-		err = vt.listLast(ctx, t.log, filters, add)
-		if err != nil {
-			return nil, err
-		}
-	}
-	for key, e := range bt.rows[table] {
-		if e.row == nil || key <= after {
-			continue
-		}
-		if child >= 0 {
-			if r, ok := e.refs[child]; !ok || !want[r] {
-				continue
-			}
-		}
-		keys[key] = true
-	}
-	out := slices.Sorted(func(yield func(string) bool) {
-		for k := range keys {
-			if !yield(k) {
-				return
-			}
-		}
-	})
-	if len(out) > limit {
-		out = out[:limit]
 	}
 	return out, nil
 }

@@ -68,11 +68,11 @@ func TestBaseWritesWithoutMarker(t *testing.T) {
 	if err != nil || len(rows) != 2 || *rows[key("o1")][1] != "a" {
 		t.Fatalf("base rows after the crash: %v, %v", rows, err)
 	}
-	refs, err := tx3.Referrers(ctx, v, 0, 1, []string{key("c1")}, "", 10)
+	refs, _, err := tx3.Referrers(ctx, v, 0, 1, []string{key("c1")}, "", 10)
 	if err != nil || len(refs) != 2 {
 		t.Fatalf("rows meeting c1 after the crash: %v, %v", refs, err)
 	}
-	if refs, err := tx3.Referrers(ctx, v, 0, 1, []string{key("c2")}, "", 10); err != nil || len(refs) != 0 {
+	if refs, _, err := tx3.Referrers(ctx, v, 0, 1, []string{key("c2")}, "", 10); err != nil || len(refs) != 0 {
 		t.Fatalf("rows meeting c2 after the crash: %v, %v", refs, err)
 	}
 	// The replay from the slot writes them again, and commits.
@@ -84,7 +84,7 @@ func TestBaseWritesWithoutMarker(t *testing.T) {
 	}
 	tx4 := put(open(), 300)
 	defer tx4.Rollback(ctx)
-	if refs, err := tx4.Referrers(ctx, v, 0, 1, []string{key("c1"), key("c2")}, "", 10); err != nil || len(refs) != 1 || refs[0] != key("o1") {
+	if refs, _, err := tx4.Referrers(ctx, v, 0, 1, []string{key("c1"), key("c2")}, "", 10); err != nil || len(refs) != 1 || refs[0] != key("o1") {
 		t.Fatalf("rows meeting c1 or c2 after the replay: %v, %v", refs, err)
 	}
 	if at, _, _ := tx4.log.BaseAt(ctx, v, "shop"); at != 200 {

@@ -74,9 +74,15 @@ type multiLastRequest struct {
 // errTooMany), as of the committed base sequence: a message past it is
 // of an append that has not committed (eventlog.ErrConcurrentAppend).
 func (vt *versionTx) lastMsgs(ctx context.Context, l *Log, filters []string, each func(lastMsg) error) error {
+	return vt.lastMsgsFrom(ctx, l, filters, 0, each)
+}
+
+// lastMsgsFrom is lastMsgs without the messages before stream sequence
+// from.
+func (vt *versionTx) lastMsgsFrom(ctx context.Context, l *Log, filters []string, from uint64, each func(lastMsg) error) error {
 	committed := vt.was.baseSeq
 	stamp := stampSubject(vt.v)
-	req := multiLastRequest{MultiLast: append(slices.Clip(filters), stamp), MaxBytes: bytesPerAnswer}
+	req := multiLastRequest{MultiLast: append(slices.Clip(filters), stamp), Seq: from, MaxBytes: bytesPerAnswer}
 	for {
 		a, err := l.askFresh(ctx, baseStream(vt.v), &req, committed)
 		if err != nil {
