@@ -151,6 +151,12 @@ func TestJoinWorkloadSurvivesKills(t *testing.T) {
 			return true
 		})
 	}()
+	// The kills start once the target has its first state, under the
+	// load (on JetStream the first state and the copy take a second or
+	// two, and the kills would otherwise all land before them).
+	for deadline := time.Now().Add(60 * time.Second); watchedRows.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	pause := func() { time.Sleep(time.Duration(700+rand.IntN(600)) * time.Millisecond) }
 	for _, step := range []struct {
 		name string
