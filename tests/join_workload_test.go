@@ -151,6 +151,12 @@ func TestJoinWorkloadSurvivesKills(t *testing.T) {
 			return true
 		})
 	}()
+	// The kills start once the target has its first state, under the
+	// load (on JetStream the first state and the copy take a second or
+	// two, and the kills would otherwise all land before them).
+	for deadline := time.Now().Add(60 * time.Second); watchedRows.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	pause := func() { time.Sleep(time.Duration(700+rand.IntN(600)) * time.Millisecond) }
 	for _, step := range []struct {
 		name string
@@ -179,9 +185,11 @@ func TestJoinWorkloadSurvivesKills(t *testing.T) {
 	}
 	owner := connect(t, s.owner.URL("shop"))
 	target := connect(t, s.target.URL("billing"))
+	stopped := time.Now()
 	targetConverges(t, 90*time.Second, owner, joinWorkloadQuery, target, "billing.order_lines")
 	targetConverges(t, 90*time.Second, owner, "SELECT id, coalesce(customer, '-') || '@' || coalesce(region, '-'), total FROM ("+joinWorkloadQuery+") AS q",
 		target, "billing.labels")
+	t.Logf("the targets converged %v after the load stopped", time.Since(stopped).Round(100*time.Millisecond))
 	if len(torn) > 0 {
 		t.Errorf("the target was seen in the middle of a source transaction: %v", torn)
 	}

@@ -8,8 +8,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/rejot-dev/rejot/internal/natstest"
 	"github.com/rejot-dev/rejot/replicator/capture"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
+	"github.com/rejot-dev/rejot/replicator/eventlog/natslog"
 	"github.com/rs/zerolog"
 )
 
@@ -47,9 +49,20 @@ func BenchmarkJoinCapture(b *testing.B) {
 	b.Run("per_joined_change", func(b *testing.B) {
 		for range b.N {
 			const n = 2000
-			took := benchJoinedRun(b, n)
+			took := benchJoinedRun(b, openPG, n)
 			b.ReportMetric(float64(took.Microseconds())/n, "µs/change")
 			b.Logf("%d single-row transactions renaming a customer (one order each): %v (%.0f µs/change)",
+				n, took.Round(time.Millisecond), float64(took.Microseconds())/n)
+		}
+	})
+	// The same on the NATS JetStream log (three nodes in-process, on the
+	// same cores): its base reads and writes are requests to the cluster.
+	b.Run("per_joined_change_nats", func(b *testing.B) {
+		for range b.N {
+			const n = 2000
+			took := benchJoinedRun(b, openNATS, n)
+			b.ReportMetric(float64(took.Microseconds())/n, "µs/change")
+			b.Logf("%d single-row transactions renaming a customer (one order each), NATS log: %v (%.0f µs/change)",
 				n, took.Round(time.Millisecond), float64(took.Microseconds())/n)
 		}
 	})
@@ -65,9 +78,29 @@ func BenchmarkJoinCapture(b *testing.B) {
 	}
 }
 
+// openPG and openNATS open an event log of each engine for a benchmark.
+func openPG(b *testing.B) eventlog.Log {
+	l, _ := open(b)
+	return l
+}
+
+func openNATS(b *testing.B) eventlog.Log {
+	c := natstest.Run(b, 3)
+	l, err := natslog.Open(context.Background(), c.URL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(l.Close)
+	return l
+}
+
 // benchJoinSetup makes the owner's tables and a capture of query.
 func benchJoinSetup(b *testing.B, ctx context.Context, query string, customers int) (*capture.WALReader, *pgx.Conn, func() int64) {
-	l, _ := open(b)
+	return benchJoinSetupOn(b, ctx, openPG, query, customers)
+}
+
+func benchJoinSetupOn(b *testing.B, ctx context.Context, openLog func(*testing.B) eventlog.Log, query string, customers int) (*capture.WALReader, *pgx.Conn, func() int64) {
+	l := openLog(b)
 	srcDB := pg.CreateDB(b)
 	owner := pg.Connect(b, srcDB)
 	_, err := owner.Exec(ctx, fmt.Sprintf(`CREATE TABLE bench_customers (id int PRIMARY KEY, name text NOT NULL);
@@ -91,7 +124,10 @@ func benchJoinSetup(b *testing.B, ctx context.Context, query string, customers i
 	}
 	pub := &capture.WALReader{URL: pg.URL(srcDB), System: system, Log: l, Logger: logger, Sources: []capture.Source{src}}
 	head := func() int64 {
-		_, h := state(b, l, stream)
+		h, err := l.Head(ctx, stream)
+		if err != nil {
+			b.Fatal(err)
+		}
 		return h
 	}
 	return pub, owner, head
@@ -129,11 +165,11 @@ func benchJoinRun(b *testing.B, query string, n int) time.Duration {
 
 // benchJoinedRun times a queue of n transactions that each change a row
 // of the joined table (a customer with one order).
-func benchJoinedRun(b *testing.B, n int) time.Duration {
+func benchJoinedRun(b *testing.B, openLog func(*testing.B) eventlog.Log, n int) time.Duration {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	const customers = 1000
-	pub, owner, head := benchJoinSetup(b, ctx, benchJoinQuery, customers)
+	pub, owner, head := benchJoinSetupOn(b, ctx, openLog, benchJoinQuery, customers)
 	if _, err := owner.Exec(ctx, "INSERT INTO bench SELECT g, 'row', g FROM generate_series(1, $1) g", customers); err != nil {
 		b.Fatal(err)
 	}

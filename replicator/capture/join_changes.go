@@ -414,19 +414,19 @@ func (s *session) reach(ctx context.Context, tx eventlog.Tx, src *Source, ti int
 			}
 			continue
 		}
-		parent, after := src.Join.tables[ti].parent, ""
+		parent, cursor := src.Join.tables[ti].parent, ""
 		for {
-			page, err := tx.Referrers(ctx, src.Version, parent, ti, part, after, joinChunk)
+			page, next, err := tx.Referrers(ctx, src.Version, parent, ti, part, cursor, joinChunk)
 			if err != nil {
 				return fmt.Errorf("cannot read the event log: %w", err)
 			}
 			if err := s.reach(ctx, tx, src, parent, page, fn); err != nil {
 				return err
 			}
-			if len(page) < joinChunk {
+			if next == "" {
 				break
 			}
-			after = page[len(page)-1]
+			cursor = next
 		}
 	}
 	return nil
@@ -435,9 +435,9 @@ func (s *session) reach(ctx context.Context, tx eventlog.Tx, src *Source, ti int
 // recomputeAll upserts the public row of every root row there is (after
 // a truncate).
 func (s *session) recomputeAll(ctx context.Context, tx eventlog.Tx, src *Source, emit func([]eventlog.Change) error) error {
-	after := ""
+	cursor := ""
 	for {
-		keys, err := tx.Referrers(ctx, src.Version, 0, -1, nil, after, joinChunk)
+		keys, next, err := tx.Referrers(ctx, src.Version, 0, -1, nil, cursor, joinChunk)
 		if err != nil {
 			return fmt.Errorf("cannot read the event log: %w", err)
 		}
@@ -448,10 +448,10 @@ func (s *session) recomputeAll(ctx context.Context, tx eventlog.Tx, src *Source,
 		if err := emit(changes); err != nil {
 			return err
 		}
-		if len(keys) < joinChunk {
+		if next == "" {
 			return nil
 		}
-		after = keys[len(keys)-1]
+		cursor = next
 	}
 }
 

@@ -86,11 +86,14 @@ type Tx interface {
 	// Base returns the rows of one table of a join version's base state
 	// that have the given keys, by key; a key without a row is absent.
 	Base(ctx context.Context, v Version, table int, keys []string) (map[string][]Value, error)
-	// Referrers returns, in key order, up to limit keys greater than
-	// after of the rows of table whose Refs for child are among refs:
-	// the rows that meet those rows of the joined table. With child
-	// negative, refs is ignored and the keys are of every row of table.
-	Referrers(ctx context.Context, v Version, table, child int, refs []string, after string, limit int) ([]string, error)
+	// Referrers returns a page of at most limit keys of the rows of
+	// table whose Refs for child are among refs (the rows that meet those
+	// rows of the joined table; with child negative, refs is ignored and
+	// the keys are of every row of table), and the cursor of the next
+	// page: start with "", stop when next is "". Pages come in an order
+	// of the engine's choosing; over them, each key comes once. Ask for
+	// the next page with the same refs and nothing written in between.
+	Referrers(ctx context.Context, v Version, table, child int, refs []string, cursor string, limit int) (keys []string, next string, err error)
 	// Commit makes the append visible and returns how many groups were new.
 	Commit(ctx context.Context) (int, error)
 	// Rollback abandons the append; harmless after Commit.

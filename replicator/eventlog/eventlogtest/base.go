@@ -3,6 +3,8 @@ package eventlogtest
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strconv"
 	"testing"
 
 	"github.com/rejot-dev/rejot/replicator/eventlog"
@@ -22,25 +24,44 @@ func baseRow(table int, k string, ref string, vals ...string) eventlog.BaseRow {
 }
 
 // referrers pages, one key a page, through the rows of table 0 that meet
-// the given rows of child (every row of table 0 when child is negative).
+// the given rows of child (every row of table 0 when child is negative),
+// and returns their keys in key order.
 func referrers(t testing.TB, tx eventlog.Tx, child int, of ...string) string {
 	t.Helper()
 	var ks []string
 	for _, o := range of {
 		ks = append(ks, baseKey(o))
 	}
+	return fmt.Sprint(allReferrers(t, tx, child, ks, 1))
+}
+
+// allReferrers reads every page of a Referrers listing of table 0, each
+// at most limit keys, and returns the keys sorted; a key twice fails.
+func allReferrers(t testing.TB, tx eventlog.Tx, child int, refs []string, limit int) []string {
+	t.Helper()
 	var all []string
-	after := ""
+	seen := map[string]bool{}
+	cursor := ""
 	for {
-		got, err := tx.Referrers(context.Background(), orders, 0, child, ks, after, 1)
+		got, next, err := tx.Referrers(context.Background(), orders, 0, child, refs, cursor, limit)
 		if err != nil {
 			t.Fatal(err)
 		}
-		all = append(all, got...)
-		if len(got) < 1 {
-			return fmt.Sprint(all)
+		if len(got) > limit {
+			t.Fatalf("a page of %d keys, limit %d", len(got), limit)
 		}
-		after = got[0]
+		for _, k := range got {
+			if seen[k] {
+				t.Fatalf("key %s on two pages", k)
+			}
+			seen[k] = true
+		}
+		all = append(all, got...)
+		if next == "" {
+			slices.Sort(all)
+			return all
+		}
+		cursor = next
 	}
 }
 
@@ -49,6 +70,7 @@ func keys(ks ...string) string {
 	for _, k := range ks {
 		out = append(out, baseKey(k))
 	}
+	slices.Sort(out)
 	return fmt.Sprint(out)
 }
 
@@ -200,5 +222,69 @@ func testBaseStates(t *testing.T, open func() eventlog.Log) {
 	}
 	if got, want := referrers(t, tx, 1, "c5"), keys("o5"); got != want {
 		t.Fatalf("rows meeting c5: %s, want %s", got, want)
+	}
+}
+
+// testBaseReferrerPages: a listing of many referrers (more than one
+// request of the NATS log answers: a customer with many orders) comes in
+// pages of at most the limit, each key once over them, committed rows and
+// the append's own (rows moved in, moved away, new) together, for the
+// rows meeting some rows and for every row of the table.
+func testBaseReferrerPages(t *testing.T, open func() eventlog.Log) {
+	l := open()
+	ctx := context.Background()
+	tx, err := l.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { tx.Rollback(ctx) }() // the last one
+	const many = 1100
+	var rows []eventlog.BaseRow
+	for i := range many {
+		o := "o" + strconv.Itoa(i)
+		rows = append(rows, baseRow(0, o, "c1", o, "c1"))
+	}
+	rows = append(rows, baseRow(0, "x1", "c2", "x1", "c2"), baseRow(0, "x2", "c2", "x2", "c2"))
+	if err := tx.PutBase(ctx, orders, "shop", 100, rows); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tx, err = l.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// In this append: o0 moves to c2, x1 to c1, o1 goes, n1 and n2 come.
+	err = tx.PutBase(ctx, orders, "shop", 200, []eventlog.BaseRow{baseRow(0, "o0", "c2", "o0", "c2"),
+		baseRow(0, "x1", "c1", "x1", "c1"), {Table: 0, Key: baseKey("o1")}, baseRow(0, "n1", "c1", "n1", "c1"), baseRow(0, "n2", "c3", "n2", "c3")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c1 []string
+	for i := 2; i < many; i++ {
+		c1 = append(c1, "o"+strconv.Itoa(i))
+	}
+	c1 = append(c1, "x1", "n1")
+	all := append(slices.Clone(c1), "o0", "x2", "n2")
+	for _, limit := range []int{7, 500, 5000} {
+		for _, tc := range []struct {
+			what  string
+			child int
+			refs  []string
+			want  []string
+		}{
+			{"rows meeting c1", 1, []string{baseKey("c1")}, c1},
+			{"rows meeting c2, c1 or c3", 1, []string{baseKey("c2"), baseKey("c1"), baseKey("c3")}, all},
+			{"every root row", -1, nil, all},
+		} {
+			got := allReferrers(t, tx, tc.child, tc.refs, limit)
+			if fmt.Sprint(got) != keys(tc.want...) {
+				t.Errorf("%s in pages of %d: %d keys, want %d", tc.what, limit, len(got), len(tc.want))
+			}
+		}
+	}
+	if got, want := fmt.Sprint(allReferrers(t, tx, 1, []string{baseKey("c2")}, 1)), keys("o0", "x2"); got != want {
+		t.Errorf("rows meeting c2: %s, want %s", got, want)
 	}
 }

@@ -43,6 +43,7 @@ func Run(t *testing.T, store Store) {
 		{"PendingAndWidth", testPendingAndWidth},
 		{"ChangedLayoutRefused", testChangedLayoutRefused},
 		{"BaseStates", testBaseStates},
+		{"BaseReferrerPages", testBaseReferrerPages},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, store(t)) })

@@ -7,12 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
@@ -72,7 +72,7 @@ type baseMsg struct {
 func (l *Log) ensureBaseStream(ctx context.Context, v eventlog.Version) (jetstream.Stream, error) {
 	return l.ensureStream(ctx, v, "base", jetstream.StreamConfig{
 		Name: baseStream(v), Subjects: []string{basePrefix(v) + ".>"},
-		MaxMsgsPerSubject: 2, Discard: jetstream.DiscardOld,
+		MaxMsgsPerSubject: 2, Discard: jetstream.DiscardOld, AllowDirect: true, // batched reads (base_get.go)
 		Description: fmt.Sprintf("rejot base state of join version %s %d", v.Publication, v.Number),
 	}, nil)
 }
@@ -98,9 +98,17 @@ func (l *Log) recoverBase(ctx context.Context, v eventlog.Version, s jetstream.S
 	}
 	last := info.State.LastSeq
 	k.baseNext = max(last, k.baseSeq)
-	if last <= k.baseSeq {
-		return nil
+	if last > k.baseSeq {
+		if err := l.voidBase(ctx, v, bs, k, info.State.FirstSeq, last); err != nil {
+			return err
+		}
 	}
+	return l.stampBase(ctx, v, k)
+}
+
+// voidBase voids the base messages past the committed sequence, up to
+// last, and deletes them.
+func (l *Log) voidBase(ctx context.Context, v eventlog.Version, bs jetstream.Stream, k *known, first, last uint64) error {
 	// Void first: once this marker lands, the append that wrote past the
 	// committed sequence cannot commit (its marker expects an older last
 	// sequence).
@@ -116,7 +124,7 @@ func (l *Log) recoverBase(ctx context.Context, v eventlog.Version, s jetstream.S
 		return fmt.Errorf("cannot void an unfinished base write of %s version %d: %w", v.Publication, v.Number, err)
 	}
 	k.lastSeq = ack.Sequence
-	for seq := max(k.baseSeq+1, info.State.FirstSeq); seq <= last; seq++ {
+	for seq := max(k.baseSeq+1, first); seq <= last; seq++ {
 		dctx, dcancel := request(ctx)
 		err := bs.DeleteMsg(dctx, seq)
 		dcancel()
@@ -125,6 +133,69 @@ func (l *Log) recoverBase(ctx context.Context, v eventlog.Version, s jetstream.S
 		}
 	}
 	return nil
+}
+
+// stampBase gives a base stream whose committed part has no stamp (one
+// written before stamps were, base_get.go) one, committed by a marker
+// that changes nothing else.
+func (l *Log) stampBase(ctx context.Context, v eventlog.Version, k *known) error {
+	if k.baseSeq == 0 {
+		return nil // nothing committed: the first base write brings the stamp
+	}
+	ok, err := l.stamped(ctx, v)
+	if err != nil || ok {
+		return err
+	}
+	pctx, pcancel := request(ctx)
+	defer pcancel()
+	ack, err := l.js.PublishMsg(pctx, newMsg(stampSubject(v), []byte{}), jetstream.WithExpectLastSequence(k.baseNext))
+	if err != nil {
+		if isWrongLastSequence(err) {
+			return eventlog.ErrConcurrentAppend
+		}
+		return fmt.Errorf("cannot stamp the base state of %s version %d: %w", v.Publication, v.Number, err)
+	}
+	stamped := *k
+	stamped.baseSeq, stamped.baseNext = ack.Sequence, ack.Sequence
+	m := newMsg(runSubject(v), nil)
+	setMarker(m, "stamp", &stamped, k.head+1, 0, nil)
+	mack, err := l.js.PublishMsg(pctx, m, jetstream.WithExpectLastSequence(k.lastSeq))
+	if err != nil {
+		if isWrongLastSequence(err) {
+			return eventlog.ErrConcurrentAppend
+		}
+		return fmt.Errorf("cannot stamp the base state of %s version %d: %w", v.Publication, v.Number, err)
+	}
+	k.baseSeq, k.baseNext, k.lastSeq = ack.Sequence, ack.Sequence, mack.Sequence
+	return nil
+}
+
+// stamped says whether the base stream's last stamp is there, as its
+// leader has it (a direct get could be answered by a replica behind).
+func (l *Log) stamped(ctx context.Context, v eventlog.Version) (bool, error) {
+	body, err := json.Marshal(map[string]string{"last_by_subj": stampSubject(v)})
+	if err != nil {
+		return false, err
+	}
+	rctx, cancel := request(ctx)
+	defer cancel()
+	m, err := l.nc.RequestWithContext(rctx, "$JS.API.STREAM.MSG.GET."+baseStream(v), body)
+	if err != nil {
+		return false, fmt.Errorf("cannot read the base stream of %s version %d: %w", v.Publication, v.Number, err)
+	}
+	var resp struct {
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return false, err
+	}
+	if resp.Error == nil {
+		return true, nil
+	}
+	if resp.Error.Code == 404 {
+		return false, nil
+	}
+	return false, fmt.Errorf("cannot read the base stream of %s version %d: %w", v.Publication, v.Number, resp.Error)
 }
 
 // isMsgGone: a delete of a message the stream no longer holds.
@@ -140,6 +211,9 @@ type baseTx struct {
 	rows    map[int]map[string]*baseMsgRow // table, key: the last row written
 	dirty   bool                           // something to write
 	stream  jetstream.Stream
+	// listings are the consumers of referrers pages still to come
+	// (base_list.go), by name.
+	listings map[string]*listing
 }
 
 type baseMsgRow struct {
@@ -218,6 +292,7 @@ func (t *Tx) Base(ctx context.Context, v eventlog.Version, table int, keys []str
 		return nil, err
 	}
 	bt := vt.base
+	var ask []string
 	for _, key := range keys {
 		if e, ok := bt.rows[table][key]; ok {
 			if e.row != nil {
@@ -225,205 +300,20 @@ func (t *Tx) Base(ctx context.Context, v eventlog.Version, table int, keys []str
 			}
 			continue
 		}
-		if bt.isCleared(table) {
-			continue
+		if !bt.isCleared(table) {
+			ask = append(ask, key)
 		}
-		m, err := vt.committedRow(ctx, table, key)
-		if err != nil {
-			return nil, err
-		}
-		if m == nil {
-			continue
-		}
+	}
+	committed, err := vt.committedRows(ctx, t.log, table, ask)
+	if err != nil {
+		return nil, err
+	}
+	for key, m := range committed {
 		vals, err := eventlog.ParseKeyString(m.Row)
 		if err != nil {
 			return nil, errors.New("a base row of the event log does not read: " + err.Error())
 		}
 		out[key] = vals
-	}
-	return out, nil
-}
-
-// committedRow is a row's committed message (nil: none, or a tombstone).
-func (vt *versionTx) committedRow(ctx context.Context, table int, key string) (*baseMsg, error) {
-	rctx, cancel := request(ctx)
-	defer cancel()
-	m, err := vt.base.stream.GetLastMsgForSubject(rctx, rowSubject(vt.v, table, key))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	if m.Sequence > vt.was.baseSeq {
-		return nil, eventlog.ErrConcurrentAppend // an append that has not committed (yet)
-	}
-	if m.Header.Get(hdrOp) == "d" {
-		return nil, nil
-	}
-	var b baseMsg
-	if err := json.Unmarshal(m.Data, &b); err != nil {
-		return nil, errors.New("a base row of the event log does not read: " + err.Error())
-	}
-	if b.Key != key {
-		return nil, nil // another key's hash
-	}
-	return &b, nil
-}
-
-// committedList reads the last committed message of every subject under
-// the filters, skipping tombstones.
-func (vt *versionTx) committedList(ctx context.Context, filters []string, each func(subject string, b *baseMsg) error) error {
-	// A consumer just made may not answer yet (on a cluster, before it has
-	// a leader): list again. each only adds what it is given.
-	for try := 1; ; try++ {
-		err := vt.listOnce(ctx, filters, each)
-		if !errors.Is(err, nats.ErrNoResponders) || try == 20 {
-			return err
-		}
-		select {
-		case <-time.After(time.Duration(try) * 50 * time.Millisecond):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-func (vt *versionTx) listOnce(ctx context.Context, filters []string, each func(subject string, b *baseMsg) error) error {
-	rctx, cancel := request(ctx)
-	defer cancel()
-	cons, err := vt.base.stream.CreateConsumer(rctx, jetstream.ConsumerConfig{
-		FilterSubjects: filters, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
-		AckPolicy: jetstream.AckNonePolicy, MemoryStorage: true, Replicas: 1,
-		InactiveThreshold: time.Minute}) // gone soon if the delete below is lost
-	if err != nil {
-		return err
-	}
-	defer func() {
-		dctx, dcancel := request(context.WithoutCancel(ctx))
-		defer dcancel()
-		_ = vt.base.stream.DeleteConsumer(dctx, cons.CachedInfo().Name)
-	}()
-	info, err := cons.Info(rctx)
-	if err != nil {
-		return err
-	}
-	left := info.NumPending // as many as the subjects: asked for exactly, a fetch does not wait
-	for left > 0 {
-		batch, err := cons.Fetch(int(min(left, 10000)), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			return err
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			left = max(left, 1) - 1
-			meta, err := m.Metadata()
-			if err != nil {
-				return err
-			}
-			if meta.NumPending == 0 {
-				left = 0
-			}
-			if meta.Sequence.Stream > vt.was.baseSeq {
-				return eventlog.ErrConcurrentAppend // an append that has not committed (yet)
-			}
-			if m.Headers().Get(hdrOp) == "d" {
-				continue
-			}
-			var b baseMsg
-			if err := json.Unmarshal(m.Data(), &b); err != nil {
-				return errors.New("a base row of the event log does not read: " + err.Error())
-			}
-			if err := each(m.Subject(), &b); err != nil {
-				return err
-			}
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			return err
-		}
-		if n == 0 {
-			return nil
-		}
-	}
-	return nil
-}
-
-// refsPerConsumer bounds the filters of one listing.
-const refsPerConsumer = 256
-
-// Referrers pages through the rows of table that meet rows of child (of
-// every row of table when child is negative): the stream's, overlaid by
-// this append's.
-func (t *Tx) Referrers(ctx context.Context, v eventlog.Version, table, child int, refs []string, after string, limit int) ([]string, error) {
-	if child >= 0 && len(refs) == 0 {
-		return nil, nil
-	}
-	vt, err := t.base(ctx, v)
-	if err != nil {
-		return nil, err
-	}
-	bt := vt.base
-	want := map[string]bool{}
-	for _, r := range refs {
-		want[r] = true
-	}
-	keys := map[string]bool{}
-	if !bt.isCleared(table) {
-		add := func(_ string, b *baseMsg) error {
-			if _, mine := bt.rows[table][b.Key]; mine || b.Key <= after {
-				return nil
-			}
-			if child >= 0 && !want[b.Ref] {
-				return nil // another ref's hash
-			}
-			keys[b.Key] = true
-			return nil
-		}
-		if child < 0 {
-			err = vt.committedList(ctx, []string{basePrefix(v) + ".r." + strconv.Itoa(table) + ".*"}, add)
-		} else {
-			uniq := slices.Compact(slices.Sorted(func(yield func(string) bool) {
-				for r := range want {
-					if !yield(r) {
-						return
-					}
-				}
-			}))
-			for part := range slices.Chunk(uniq, refsPerConsumer) {
-				var filters []string
-				for _, r := range part {
-					filters = append(filters, refPrefix(v, table, child, r)+".*")
-				}
-				if err = vt.committedList(ctx, filters, add); err != nil {
-					break
-				}
-			}
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-	for key, e := range bt.rows[table] {
-		if e.row == nil || key <= after {
-			continue
-		}
-		if child >= 0 {
-			if r, ok := e.refs[child]; !ok || !want[r] {
-				continue
-			}
-		}
-		keys[key] = true
-	}
-	out := slices.Sorted(func(yield func(string) bool) {
-		for k := range keys {
-			if !yield(k) {
-				return
-			}
-		}
-	})
-	if len(out) > limit {
-		out = out[:limit]
 	}
 	return out, nil
 }
@@ -463,7 +353,7 @@ func (vt *versionTx) writeBase(ctx context.Context, t *Tx) error {
 				filter = append(filter, basePrefix(vt.v)+".r."+strconv.Itoa(table)+".*")
 			}
 		}
-		if err := vt.dropTables(ctx, filter, drop); err != nil {
+		if err := vt.dropTables(ctx, t.log, filter, drop); err != nil {
 			return err
 		}
 	}
@@ -475,15 +365,17 @@ func (vt *versionTx) writeBase(ctx context.Context, t *Tx) error {
 		}
 	})
 	for _, table := range tables {
+		var old map[string]*baseMsg
+		if !bt.isCleared(table) {
+			keys := slices.Collect(maps.Keys(bt.rows[table]))
+			var err error
+			if old, err = vt.committedRows(ctx, t.log, table, keys); err != nil {
+				return err
+			}
+		}
 		for key, e := range bt.rows[table] {
-			if !bt.isCleared(table) {
-				old, err := vt.committedRow(ctx, table, key)
-				if err != nil {
-					return err
-				}
-				if old != nil {
-					drop(table, old)
-				}
+			if b := old[key]; b != nil {
+				drop(table, b)
 			}
 			if e.row == nil {
 				continue
@@ -502,6 +394,9 @@ func (vt *versionTx) writeBase(ctx context.Context, t *Tx) error {
 			}
 		}
 	}
+	// The stamp last: its sequence is the committed one, and batched
+	// reads tell by it whether a replica has come that far (base_get.go).
+	put(stampSubject(vt.v), []byte{})
 	// Published in order, each expecting the one before: an append that
 	// writes meanwhile fails one side.
 	next := vt.now.baseNext
@@ -538,9 +433,9 @@ func (vt *versionTx) writeBase(ctx context.Context, t *Tx) error {
 
 // dropTables drops every committed row under the filters (row subjects
 // …r.<table>.<hash>) and its refs.
-func (vt *versionTx) dropTables(ctx context.Context, filters []string, drop func(int, *baseMsg)) error {
+func (vt *versionTx) dropTables(ctx context.Context, l *Log, filters []string, drop func(int, *baseMsg)) error {
 	prefix := basePrefix(vt.v) + ".r."
-	return vt.committedList(ctx, filters, func(subject string, b *baseMsg) error {
+	return vt.listLast(ctx, l, filters, func(subject string, b *baseMsg) error {
 		rest, _, _ := strings.Cut(subject[len(prefix):], ".")
 		table, err := strconv.Atoi(rest)
 		if err != nil {

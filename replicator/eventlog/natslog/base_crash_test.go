@@ -5,6 +5,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rejot-dev/rejot/internal/natstest"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
@@ -68,11 +69,11 @@ func TestBaseWritesWithoutMarker(t *testing.T) {
 	if err != nil || len(rows) != 2 || *rows[key("o1")][1] != "a" {
 		t.Fatalf("base rows after the crash: %v, %v", rows, err)
 	}
-	refs, err := tx3.Referrers(ctx, v, 0, 1, []string{key("c1")}, "", 10)
+	refs, _, err := tx3.Referrers(ctx, v, 0, 1, []string{key("c1")}, "", 10)
 	if err != nil || len(refs) != 2 {
 		t.Fatalf("rows meeting c1 after the crash: %v, %v", refs, err)
 	}
-	if refs, err := tx3.Referrers(ctx, v, 0, 1, []string{key("c2")}, "", 10); err != nil || len(refs) != 0 {
+	if refs, _, err := tx3.Referrers(ctx, v, 0, 1, []string{key("c2")}, "", 10); err != nil || len(refs) != 0 {
 		t.Fatalf("rows meeting c2 after the crash: %v, %v", refs, err)
 	}
 	// The replay from the slot writes them again, and commits.
@@ -84,10 +85,62 @@ func TestBaseWritesWithoutMarker(t *testing.T) {
 	}
 	tx4 := put(open(), 300)
 	defer tx4.Rollback(ctx)
-	if refs, err := tx4.Referrers(ctx, v, 0, 1, []string{key("c1"), key("c2")}, "", 10); err != nil || len(refs) != 1 || refs[0] != key("o1") {
+	if refs, _, err := tx4.Referrers(ctx, v, 0, 1, []string{key("c1"), key("c2")}, "", 10); err != nil || len(refs) != 1 || refs[0] != key("o1") {
 		t.Fatalf("rows meeting c1 or c2 after the replay: %v, %v", refs, err)
 	}
 	if at, _, _ := tx4.log.BaseAt(ctx, v, "shop"); at != 200 {
 		t.Fatalf("base position %d after the replay, want 200", at)
+	}
+}
+
+// TestBaseWithoutStamp: a base stream whose committed part has no stamp
+// (written before stamps were) gets one when an append learns the
+// version, so that its batched reads can tell a replica behind; its rows
+// and base position read as they were.
+func TestBaseWithoutStamp(t *testing.T) {
+	c := natstest.Run(t, 3)
+	ctx := context.Background()
+	open := func() *Log {
+		l, err := Open(ctx, c.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(l.Close)
+		return l
+	}
+	v := eventlog.Version{Publication: "orders", Number: 1}
+	val := func(s string) eventlog.Value { return &s }
+	key := eventlog.KeyString([]eventlog.Value{val("o1")})
+	l := open()
+	tx, _ := l.Begin(ctx)
+	if err := tx.PutBase(ctx, v, "shop", 100, []eventlog.BaseRow{{Table: 0, Key: key, Row: []eventlog.Value{val("o1"), val("a")}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// As an earlier build left it: no stamp.
+	bs, err := l.js.Stream(ctx, baseStream(v))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bs.Purge(ctx, jetstream.WithPurgeSubject(stampSubject(v))); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := l.stamped(ctx, v); err != nil || ok {
+		t.Fatalf("stamped %v %v after the purge", ok, err)
+	}
+	l = open()
+	tx2, _ := l.Begin(ctx)
+	defer tx2.Rollback(ctx)
+	rows, err := tx2.Base(ctx, v, 0, []string{key})
+	if err != nil || len(rows) != 1 || *rows[key][1] != "a" {
+		t.Fatalf("base rows of an unstamped stream: %v, %v", rows, err)
+	}
+	if ok, err := l.stamped(ctx, v); err != nil || !ok {
+		t.Fatalf("stamped %v %v after an append learned the version", ok, err)
+	}
+	if at, ok, err := l.BaseAt(ctx, v, "shop"); err != nil || !ok || at != 100 {
+		t.Fatalf("base position %d %v %v, want 100", at, ok, err)
 	}
 }

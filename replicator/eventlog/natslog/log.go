@@ -11,7 +11,8 @@
 // fill.go records first states; state.go compacts and copies the state;
 // read.go serves the changes; prune.go the readers' positions and the
 // changes they let go; notify.go the wake-ups; kept.go the kept
-// out-of-line (TOAST) values.
+// out-of-line (TOAST) values; base.go, base_get.go and base_list.go the
+// base states of join versions.
 package natslog
 
 import (

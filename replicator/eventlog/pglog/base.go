@@ -121,30 +121,33 @@ func (t *Tx) Base(ctx context.Context, v eventlog.Version, table int, keys []str
 }
 
 // Referrers pages through the rows of table that meet rows of child (of
-// every row of table when child is negative).
-func (t *Tx) Referrers(ctx context.Context, v eventlog.Version, table, child int, refs []string, after string, limit int) ([]string, error) {
+// every row of table when child is negative), in key order: the cursor
+// is the last key of the page before.
+func (t *Tx) Referrers(ctx context.Context, v eventlog.Version, table, child int, refs []string, cursor string, limit int) ([]string, string, error) {
+	if child >= 0 && len(refs) == 0 {
+		return nil, "", nil
+	}
 	id, err := t.baseID(ctx, v)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
+	var rows pgx.Rows
 	if child < 0 {
-		rows, err := t.tx.Query(ctx, `SELECT b.key FROM rejot_log.base b WHERE b.stream = $1 AND b.tab = $2 AND b.key > $3
-			ORDER BY b.key LIMIT $4`, id, table, after, limit)
-		if err != nil {
-			return nil, err
-		}
-		return pgx.CollectRows(rows, pgx.RowTo[string])
+		rows, err = t.tx.Query(ctx, `SELECT b.key FROM rejot_log.base b WHERE b.stream = $1 AND b.tab = $2 AND b.key > $3
+			ORDER BY b.key LIMIT $4`, id, table, cursor, limit)
+	} else {
+		rows, err = t.tx.Query(ctx, `SELECT DISTINCT r.key FROM rejot_log.base_refs r
+			WHERE r.stream = $1 AND r.tab = $2 AND r.child = $3 AND r.ref = ANY ($4::text[]) AND r.key > $5
+			ORDER BY r.key LIMIT $6`, id, table, child, refs, cursor, limit)
 	}
-	if len(refs) == 0 {
-		return nil, nil
-	}
-	rows, err := t.tx.Query(ctx, `SELECT DISTINCT r.key FROM rejot_log.base_refs r
-		WHERE r.stream = $1 AND r.tab = $2 AND r.child = $3 AND r.ref = ANY ($4::text[]) AND r.key > $5
-		ORDER BY r.key LIMIT $6`, id, table, child, refs, after, limit)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
+	keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(keys) < limit {
+		return keys, "", err
+	}
+	return keys, keys[len(keys)-1], nil
 }
 
 // BaseAt reads a version's base position for a system.
