@@ -13,7 +13,7 @@ build:
 # clusters, and every fuzz target's committed seed corpus; then the
 # data-path suites again with the event log on a three-node JetStream
 # cluster (in-process, one per test). TestJoinWorkloadSurvivesKills adds
-# about 25 s there (its load runs about 5 s, the targets converge in seconds).
+# about 35 s there (its load runs about 5 s, the targets converge in seconds).
 NATS_SUITES := TestSubscriptionTypeMatrix|TestRandomWorkloadConverges|TestSubscriptionSurvivesCrashes|TestSubscribersMoveAtTheirOwnSpeed|TestSubscribeAppliesTransactionsLargerThanASpan|TestNATSLogSurvivesANodeAndSidecarKills|TestJoinProjection|TestJoinWorkloadSurvivesKills
 test: vet
 	$(GO) test -race -count=1 -timeout 20m ./...
