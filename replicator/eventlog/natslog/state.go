@@ -130,6 +130,7 @@ func (l *Log) compact(ctx context.Context, v eventlog.Version) (int64, error) {
 		return 0, err
 	}
 	mark, err := watermark(ctx, ks, prefix)
+	stateRead(l)
 	if err != nil || mark.pos >= last.head {
 		return mark.pos, err
 	}
@@ -159,6 +160,10 @@ func (l *Log) compact(ctx context.Context, v eventlog.Version) (int64, error) {
 	}
 	return reached.pos, nil
 }
+
+// stateRead is called when a compaction has read the watermark: a test
+// holds a compaction there while another instance moves the state on.
+var stateRead = func(*Log) {}
 
 // compactChange writes the state's message for a change at pos. A
 // truncate ends the compaction's writes so far with a watermark at it,
