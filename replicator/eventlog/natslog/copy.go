@@ -189,6 +189,13 @@ func readKeys(ctx context.Context, js jetstream.JetStream, ks jetstream.Stream, 
 	if err != nil {
 		return err
 	}
+	// No key's message (a first state no change has followed yet): a
+	// fetch would wait for one.
+	if ci, err := cons.Info(rctx); err != nil {
+		return err
+	} else if ci.NumPending == 0 {
+		return nil
+	}
 	for {
 		batch, err := cons.Fetch(10000, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
