@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strconv"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
@@ -27,9 +26,19 @@ type fillTx struct {
 	stream     jetstream.Stream
 	subjects   string
 	from, upto int64
-	rows       int
+	rows       int    // rows sent since the first state began (or its last truncate)
+	buf        []byte // rows not sent yet: keys and rows, one after the other
+	chunks     int    // chunk messages sent
 	acks       []jetstream.PubAckFuture
 }
+
+// A first state's rows go into the generation's stream in chunks
+// (subjects …b.1, …b.2, …), many rows a message, sent without waiting for
+// each ack: at most fillWindow chunks are unacknowledged at a time, so the
+// memory a first state takes is bounded whatever its size. Changes after
+// the first state are per-key messages, which take precedence over a
+// chunk's row of the same key (state.go).
+const fillWindow = 16
 
 // Fill appends part of a version's first state; see eventlog.Tx.
 func (t *Tx) Fill(ctx context.Context, g eventlog.Group) error {
@@ -50,17 +59,11 @@ func (t *Tx) Fill(ctx context.Context, g eventlog.Group) error {
 		vt.now.head++
 		switch c.Op {
 		case eventlog.OpTruncate:
-			if f.rows > 0 {
-				if err := f.wait(); err != nil {
-					return err
-				}
-				if err := purge(ctx, f.stream); err != nil {
-					return err
-				}
-				f.rows = 0
+			if err := f.truncate(ctx); err != nil {
+				return err
 			}
 		case eventlog.OpUpsert:
-			if err := f.put(t.log, vt.now.head, vt.now.layout, c); err != nil {
+			if err := f.put(t.log, vt.now.layout, c); err != nil {
 				return err
 			}
 		default:
@@ -69,6 +72,22 @@ func (t *Tx) Fill(ctx context.Context, g eventlog.Group) error {
 	}
 	f.upto = vt.now.head
 	vt.first = vt.now.head + 1
+	return nil
+}
+
+// truncate empties what the first state sent so far.
+func (f *fillTx) truncate(ctx context.Context) error {
+	f.buf = f.buf[:0]
+	if f.rows == 0 {
+		return nil
+	}
+	if err := f.wait(0); err != nil {
+		return err
+	}
+	if err := purge(ctx, f.stream); err != nil {
+		return err
+	}
+	f.rows, f.chunks = 0, 0
 	return nil
 }
 
@@ -105,29 +124,50 @@ func (vt *versionTx) startFill(ctx context.Context, t *Tx, g *eventlog.Group) er
 	return nil
 }
 
-// put sends a first state's row, not waiting for its ack.
-func (f *fillTx) put(l *Log, pos int64, layout eventlog.Layout, c eventlog.Change) error {
+// put adds a first state's row to the chunk being filled, sending the
+// chunk when it is full.
+func (f *fillTx) put(l *Log, layout eventlog.Layout, c eventlog.Change) error {
 	if len(c.Row) > layout.Columns {
 		return fmt.Errorf("a row of %d values does not fit a state of %d", len(c.Row), layout.Columns)
 	}
-	m := newMsg(keyHash(f.subjects, keyOf(layout, c)), appendValues(nil, c.Row))
-	m.Header.Set(hdrPos, strconv.FormatInt(pos, 10))
-	ack, err := l.js.PublishMsgAsync(m)
-	if err != nil {
+	before := len(f.buf)
+	f.buf = appendValues(f.buf, keyOf(layout, c))
+	f.buf = appendValues(f.buf, c.Row)
+	f.rows++
+	if len(f.buf) <= l.chunk {
+		return nil
+	}
+	if before == 0 { // one row alone is the chunk
+		return f.sendChunk(l, len(f.buf))
+	}
+	return f.sendChunk(l, before) // the row starts the next chunk
+}
+
+// sendChunk sends the first n bytes of the buffer as a chunk, not waiting
+// for its ack unless the window is full.
+func (f *fillTx) sendChunk(l *Log, n int) error {
+	if n == 0 {
+		return nil
+	}
+	if err := f.wait(fillWindow - 1); err != nil {
 		return err
 	}
-	f.rows++
-	f.acks = append(f.acks, ack)
-	if len(f.acks) >= 2048 {
-		return f.wait()
+	f.chunks++
+	m := newMsg(chunkOf(f.subjects, f.chunks), slices.Clone(f.buf[:n]))
+	ack, err := l.js.PublishMsgAsync(m)
+	if err != nil {
+		return fmt.Errorf("cannot write the state: %w", err)
 	}
+	f.acks = append(f.acks, ack)
+	f.buf = append(f.buf[:0], f.buf[n:]...)
 	return nil
 }
 
-// wait waits for the acks of the rows sent.
-func (f *fillTx) wait() error {
-	err := waitAcks(f.acks)
-	f.acks = f.acks[:0]
+// wait waits for the oldest acks until at most left are outstanding.
+func (f *fillTx) wait(left int) error {
+	n := max(len(f.acks)-left, 0)
+	err := waitAcks(f.acks[:n])
+	f.acks = append(f.acks[:0], f.acks[n:]...)
 	return err
 }
 
@@ -142,16 +182,19 @@ func waitAcks(acks []jetstream.PubAckFuture) error {
 	return nil
 }
 
-// finish waits for the rows and records the generation's watermark:
-// it holds every change up to the first state's end.
+// finish sends the last chunk, waits for the chunks and records the
+// generation's watermark: it holds every change up to the first state's
+// end, and how many chunks.
 func (f *fillTx) finish(ctx context.Context, l *Log, vt *versionTx) error {
 	ctx, cancel := request(ctx)
 	defer cancel()
-	if err := f.wait(); err != nil {
+	if err := f.sendChunk(l, len(f.buf)); err != nil {
 		return err
 	}
-	m := newMsg(f.subjects+".w", nil)
-	m.Header.Set(hdrPos, strconv.FormatInt(f.upto, 10))
+	if err := f.wait(0); err != nil {
+		return err
+	}
+	m := markMsg(f.subjects, stateMark{pos: f.upto, chunks: f.chunks})
 	_, err := l.js.PublishMsg(ctx, m)
 	return err
 }

@@ -8,9 +8,9 @@
 //
 // The files follow the log's concerns: log.go opens the log and names its
 // streams; codec.go encodes changes and rows; append.go appends runs;
-// fill.go records first states; state.go compacts and copies the state;
-// read.go serves the changes; prune.go the readers' positions and the
-// changes they let go; notify.go the wake-ups; kept.go the kept
+// fill.go records first states; state.go compacts the state; copy.go
+// copies it; read.go serves the changes; prune.go the readers' positions
+// and the changes they let go; notify.go the wake-ups; kept.go the kept
 // out-of-line (TOAST) values; base.go, base_get.go and base_list.go the
 // base states of join versions.
 package natslog

@@ -1,0 +1,366 @@
+package natslog
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rejot-dev/rejot/replicator/eventlog"
+)
+
+// A copy at the version's head P, streamed (the state is never held
+// whole):
+//
+//  1. the watermark W (with the chunks that are current, and where keys'
+//     messages are void);
+//  2. every key's message, kept in memory: the keys changed since the
+//     first state (an ordered consumer in sequence order: the stream
+//     holds one message per key, so each is the key's last; a key written
+//     again meanwhile comes again, newer);
+//  3. the head P, then the changes (W, P] folded into those keys;
+//  4. the chunks' rows, each written unless its key is among those kept
+//     (whose value at P is the kept one, or none);
+//  5. the kept keys' rows.
+//
+// Each key message read was written for a change at or before P (the
+// state follows the change stream); a key whose message was newer than W
+// is among the changes folded in; a key with no message and no change in
+// (W, P] has its chunk's row at P (chunks are the first state, at or
+// before W, and never change). A truncate after W voids every chunk and
+// every key read. So the result is the state at P exactly, however the
+// compaction moved meanwhile. The memory a copy takes is the keys changed
+// since the first state and the changes not yet compacted, not the state.
+
+// errMoved: a first state replaced the generation a copy was reading, or
+// a truncate removed the chunks it was reading.
+var errMoved = errors.New("the state moved to a new generation")
+
+// CopyState writes a version's compacted state to w in COPY's text
+// format, the given elements of each row as columns (NULL past a row's
+// end), and returns the position it is at. It starts again where the
+// state moved under it before it wrote anything; after that, the caller
+// does (its COPY is incomplete).
+func (l *Log) CopyState(ctx context.Context, v eventlog.Version, elements []int, w io.Writer) (int64, error) {
+	cw := newCopyWriter(w, elements)
+	for attempt := 0; ; attempt++ {
+		at, err := l.copyAt(ctx, v, cw)
+		if err == nil {
+			return at, cw.bw.Flush()
+		}
+		if cw.wrote {
+			if errors.Is(err, errMoved) {
+				return 0, fmt.Errorf("the event log's state of %s version %d changed while it was copied (a new first state or a truncate): copy again: %w",
+					v.Publication, v.Number, err)
+			}
+			return 0, err
+		}
+		if (errors.Is(err, errMoved) || errors.Is(err, eventlog.ErrPruned) || transient(err)) && attempt < 100 {
+			cw.reset()
+			if err := sleep(ctx, 50*time.Millisecond); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		return 0, err
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// keyed is a key's row in a copy; gone for a deleted key.
+type keyed struct {
+	row  []eventlog.Value
+	gone bool
+}
+
+// copyAt writes the state as of the version's head: see the top of the file.
+func (l *Log) copyAt(ctx context.Context, v eventlog.Version, cw *copyWriter) (int64, error) {
+	first, err := l.last(ctx, v)
+	if err != nil || first == nil {
+		if err != nil {
+			err = fmt.Errorf("cannot read the change stream's head: %w", err)
+		}
+		return 0, err
+	}
+	prefix := stateSubjects(v, first.gen)
+	rctx, cancel := request(ctx)
+	defer cancel()
+	ks, err := l.js.Stream(rctx, stateStream(v, first.gen))
+	if err == nil {
+		err = waitLeader(ctx, ks)
+	}
+	keys := map[string]keyed{}
+	var mark stateMark
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound) && first.gen == 1:
+		// never compacted: everything is in the change stream
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return 0, errMoved
+	case err != nil:
+		return 0, fmt.Errorf("cannot open the state stream: %w", err)
+	default:
+		if mark, err = watermark(ctx, ks, prefix); err != nil {
+			return 0, fmt.Errorf("cannot read the state's watermark: %w", err)
+		}
+		if err := readKeys(ctx, l.js, ks, prefix, mark.void, keys); err != nil {
+			return 0, fmt.Errorf("cannot read the state: %w", err)
+		}
+	}
+	now, err := l.last(ctx, v)
+	if err != nil {
+		return 0, fmt.Errorf("cannot read the change stream's head: %w", err)
+	}
+	if now.gen != first.gen {
+		return 0, errMoved
+	}
+	chunks := mark.chunks
+	err = l.scan(ctx, v, mark.pos, func(p part, _ bool) (bool, error) {
+		for i, c := range p.changes {
+			if p.first+int64(i) > now.head {
+				return false, nil
+			}
+			switch c.Op {
+			case eventlog.OpTruncate:
+				clear(keys)
+				chunks = 0
+			case eventlog.OpUpsert:
+				keys[keyHash(prefix, keyOf(now.layout, c))] = keyed{row: c.Row}
+			case eventlog.OpDelete:
+				keys[keyHash(prefix, keyOf(now.layout, c))] = keyed{gone: true}
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		if !errors.Is(err, eventlog.ErrPruned) {
+			err = fmt.Errorf("cannot read the changes after the state: %w", err)
+		}
+		return 0, err
+	}
+	if err := copyChunks(ctx, ks, prefix, chunks, keys, cw); err != nil {
+		return 0, err
+	}
+	for _, k := range keys {
+		if !k.gone {
+			if err := cw.row(k.row); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return now.head, nil
+}
+
+// readKeys reads every key's message of a state stream (those below void
+// are void: a truncate's purge may not have run).
+func readKeys(ctx context.Context, js jetstream.JetStream, ks jetstream.Stream, prefix string, void int64, keys map[string]keyed) error {
+	info, err := streamInfo(ctx, ks)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return errMoved
+		}
+		return err
+	}
+	if info.State.Msgs == 0 {
+		return nil
+	}
+	rctx, cancel := request(ctx)
+	defer cancel()
+	cons, err := js.OrderedConsumer(rctx, info.Config.Name, jetstream.OrderedConsumerConfig{
+		// The stream keeps one message per key: all of them are the last
+		// ones (a key written again meanwhile comes again, newer), read in
+		// sequence order without the server looking up every subject.
+		FilterSubjects: []string{prefix + ".k.>"}, DeliverPolicy: jetstream.DeliverAllPolicy,
+		InactiveThreshold: time.Minute}) // gone soon after the copy
+	if err != nil {
+		return err
+	}
+	// No key's message (a first state no change has followed yet): a
+	// fetch would wait for one.
+	if ci, err := cons.Info(rctx); err != nil {
+		return err
+	} else if ci.NumPending == 0 {
+		return nil
+	}
+	for {
+		batch, err := cons.Fetch(10000, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return err
+		}
+		n := 0
+		done := false
+		for m := range batch.Messages() {
+			n++
+			meta, err := m.Metadata()
+			if err != nil {
+				return err
+			}
+			done = meta.NumPending == 0
+			if err := readKey(m, void, keys); err != nil {
+				return err
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return err
+		}
+		if done || n == 0 {
+			return nil
+		}
+	}
+}
+
+func readKey(m jetstream.Msg, void int64, keys map[string]keyed) error {
+	if void > 0 {
+		pos, err := parsePos(m.Headers())
+		if err != nil {
+			return err
+		}
+		if pos < void {
+			return nil
+		}
+	}
+	if m.Headers().Get(hdrOp) == "d" {
+		keys[m.Subject()] = keyed{gone: true}
+		return nil
+	}
+	row, err := decodeRow(m.Data())
+	if err != nil {
+		return err
+	}
+	keys[m.Subject()] = keyed{row: row}
+	return nil
+}
+
+func parsePos(h nats.Header) (int64, error) {
+	pos, err := strconv.ParseInt(h.Get(hdrPos), 10, 64)
+	if err != nil {
+		return 0, errCorrupt
+	}
+	return pos, nil
+}
+
+// copyChunks writes the rows of the first n chunks whose key is not kept.
+// A chunk gone (a truncate or a new first state since the copy began) is
+// errMoved.
+func copyChunks(ctx context.Context, ks jetstream.Stream, prefix string, n int, keys map[string]keyed, cw *copyWriter) error {
+	for i := 1; i <= n; i++ {
+		rctx, cancel := request(ctx)
+		m, err := ks.GetLastMsgForSubject(rctx, chunkOf(prefix, i))
+		cancel()
+		if errors.Is(err, jetstream.ErrMsgNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			return errMoved
+		}
+		if err != nil {
+			return fmt.Errorf("cannot read the state: %w", err)
+		}
+		if err := copyChunk(m.Data, prefix, keys, cw); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// copyChunk writes a chunk's rows (its keys and rows, one after the other).
+func copyChunk(body []byte, prefix string, keys map[string]keyed, cw *copyWriter) error {
+	r := &reader{b: body}
+	for len(r.b) > 0 && r.err == nil {
+		key := r.values()
+		row := r.values()
+		if r.err != nil {
+			break
+		}
+		if len(keys) > 0 {
+			if _, kept := keys[keyHash(prefix, key)]; kept {
+				continue
+			}
+		}
+		if err := cw.row(row); err != nil {
+			return err
+		}
+	}
+	return r.err
+}
+
+// copyWriter writes rows in COPY's text format, and knows whether any
+// reached the writer under it.
+type copyWriter struct {
+	w        io.Writer
+	bw       *bufio.Writer
+	elements []int
+	line     []byte
+	wrote    bool
+}
+
+func newCopyWriter(w io.Writer, elements []int) *copyWriter {
+	cw := &copyWriter{w: w, elements: elements}
+	cw.bw = bufio.NewWriterSize(passed{cw}, 64<<10)
+	return cw
+}
+
+// reset drops what is buffered: nothing reached the writer yet.
+func (cw *copyWriter) reset() { cw.bw.Reset(passed{cw}) }
+
+// passed is the writer under the buffer: it notes that rows went out.
+type passed struct{ cw *copyWriter }
+
+func (p passed) Write(b []byte) (int, error) {
+	p.cw.wrote = true
+	return p.cw.w.Write(b)
+}
+
+func (cw *copyWriter) row(row []eventlog.Value) error {
+	line := cw.line[:0]
+	for i, e := range cw.elements {
+		if i > 0 {
+			line = append(line, '\t')
+		}
+		if e >= len(row) || row[e] == nil {
+			line = append(line, '\\', 'N')
+			continue
+		}
+		line = appendCopyText(line, *row[e])
+	}
+	line = append(line, '\n')
+	cw.line = line
+	_, err := cw.bw.Write(line)
+	return err
+}
+
+func appendCopyText(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '\\':
+			b = append(b, '\\', '\\')
+		case '\n':
+			b = append(b, '\\', 'n')
+		case '\r':
+			b = append(b, '\\', 'r')
+		case '\t':
+			b = append(b, '\\', 't')
+		default:
+			b = append(b, c)
+		}
+	}
+	return b
+}
+
+// transient: JetStream did not answer for now (a stream or consumer
+// electing its leader, a node restarting); asking again will do.
+func transient(err error) bool {
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
+}
