@@ -33,11 +33,19 @@ var natsLogs sync.Map // top-level test name → *natsTestLog
 // first use and stopped when the test ends (after its sidecars).
 func natsFor(t *testing.T) *natsTestLog {
 	t.Helper()
+	return natsStarted(t, natstest.Start)
+}
+
+// natsStarted is natsFor with the cluster started by start: in-process
+// servers, or OS processes (natstest.StartProcesses) for a test that
+// kills one.
+func natsStarted(t *testing.T, start func(n int, dir string) (*natstest.Cluster, error)) *natsTestLog {
+	t.Helper()
 	name, _, _ := strings.Cut(t.Name(), "/")
 	if l, ok := natsLogs.Load(name); ok {
 		return l.(*natsTestLog)
 	}
-	c, err := natstest.Start(3, t.TempDir())
+	c, err := start(3, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

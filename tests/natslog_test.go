@@ -8,17 +8,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rejot-dev/rejot/internal/natstest"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
 // TestNATSLogSurvivesANodeAndSidecarKills: under a TPC-B-style load, with
-// the event log on a three-node JetStream cluster, one JetStream node
-// stops abruptly, then both sidecars are killed with -9 while it is
-// down; the node comes back. The target converges exactly, a watcher of
-// its total never sees half a source transaction, and the subscription
-// ends at the log's head: nothing applied twice.
+// the event log on a three-node JetStream cluster whose servers are OS
+// processes, one JetStream node is killed with -9, then both sidecars are
+// killed with -9 while it is down; the node starts again on its store.
+// The target converges exactly, a watcher of its total never sees half a
+// source transaction, and the subscription ends at the log's head:
+// nothing applied twice.
 func TestNATSLogSurvivesANodeAndSidecarKills(t *testing.T) {
-	nl := natsFor(t)
+	nl := natsStarted(t, natstest.StartProcesses)
 	s := startServers(t, "--log", nl.cluster.URL())
 	ownerURL, targetURL := s.ownerSC.url("shop", "postgres"), s.targetSC.url("billing", "postgres")
 	execRetry(t, ownerURL, fmt.Sprintf(`CREATE TABLE acct (id int PRIMARY KEY, balance bigint NOT NULL, note text);
@@ -33,7 +35,7 @@ func TestNATSLogSurvivesANodeAndSidecarKills(t *testing.T) {
 	watched := watchSum(t, s.target.URL("billing"), total, stop)
 	pause := func() { time.Sleep(time.Duration(600+rand.IntN(600)) * time.Millisecond) }
 	pause()
-	t.Log("stop JetStream node 2 abruptly")
+	t.Log("kill -9 JetStream node 2")
 	nl.cluster.Kill(1)
 	pause()
 	t.Log("kill -9 both sidecars")

@@ -8,6 +8,7 @@ package eventlog
 
 import (
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -90,6 +91,14 @@ type Kept struct {
 // were never kept, as for a first state nobody read, or were pruned); the
 // subscriber copies the compacted state again.
 var ErrPruned = errors.New("the event log no longer holds these changes")
+
+// ErrAhead: a reader asked for the changes after a position past the
+// version's head (0 for a version the log does not know). A reader cannot
+// be ahead of the log it reads: the log was replaced (another cluster, a
+// --log that moved without a resync) or restored from an older backup.
+// It is an ErrPruned, so the subscriber copies the state this log holds
+// rather than wait for positions that would mean other changes here.
+var ErrAhead = fmt.Errorf("the reader's position is past the event log's head (the log was replaced, or restored from an older backup): %w", ErrPruned)
 
 // ErrConcurrentAppend: another process appended for the same system and
 // version while an append ran (two captures of one system overlapped);

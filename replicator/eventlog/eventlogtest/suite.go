@@ -41,6 +41,7 @@ func Run(t *testing.T, store Store) {
 		{"WaitWakesOnAppend", testWaitWakesOnAppend},
 		{"KeepAndRecall", testKeepAndRecall},
 		{"PendingAndWidth", testPendingAndWidth},
+		{"ReaderAheadOfTheLog", testReaderAheadOfTheLog},
 		{"ChangedLayoutRefused", testChangedLayoutRefused},
 		{"BaseStates", testBaseStates},
 		{"BaseReferrerPages", testBaseReferrerPages},
@@ -455,9 +456,13 @@ func testPruneKeepsWhatReadersNeed(t *testing.T, open func() eventlog.Log) {
 	if _, err := l.Prune(ctx, orders); err != nil {
 		t.Fatal(err)
 	}
-	// Nothing to read there any more: ErrPruned, or nothing at all.
-	if span, _, err := l.Fetch(ctx, orders, 6, 100); !errors.Is(err, eventlog.ErrPruned) && (err != nil || span.Groups > 0) {
-		t.Fatalf("fetch after pruning everything: %+v, %v, want ErrPruned or nothing", span, err)
+	// The reader at 6 needs 7 to 10, which are gone: ErrPruned, not an
+	// empty span it would wait on for ever.
+	if span, _, err := l.Fetch(ctx, orders, 6, 100); !errors.Is(err, eventlog.ErrPruned) || errors.Is(err, eventlog.ErrAhead) {
+		t.Fatalf("fetch after pruning everything: %+v, %v, want ErrPruned", span, err)
+	}
+	if span, recs, err := l.Fetch(ctx, orders, 10, 100); err != nil || span.Groups != 0 || len(recs) != 0 {
+		t.Fatalf("fetch at the head after pruning everything: %+v, %d changes, %v; want nothing", span, len(recs), err)
 	}
 	got, head := State(t, l, orders, 2)
 	if got != `"0","8" | "1","9" | "2","6" | "3","7"` || head != 10 {
@@ -697,4 +702,50 @@ func testChangedLayoutRefused(t *testing.T, open func() eventlog.Log) {
 	if _, err := eventlog.Append(context.Background(), l, []eventlog.Group{g}); err == nil {
 		t.Fatal("a group laid out otherwise than the state was appended")
 	}
+}
+
+// testReaderAheadOfTheLog: a position past the head (a log that was
+// replaced, or restored from an older backup) is ErrAhead, an ErrPruned,
+// so the subscriber copies the state; at the head there is nothing yet,
+// and what is appended next is read.
+func testReaderAheadOfTheLog(t *testing.T, open func() eventlog.Log) {
+	l := open()
+	ctx := context.Background()
+	ahead := func(what string, after int64) {
+		t.Helper()
+		span, recs, err := l.Fetch(ctx, orders, after, 100)
+		if !errors.Is(err, eventlog.ErrAhead) || !errors.Is(err, eventlog.ErrPruned) {
+			t.Fatalf("%s: fetch after %d: %+v, %d changes, %v; want ErrAhead", what, after, span, len(recs), err)
+		}
+	}
+	nothing := func(what string, after int64) {
+		t.Helper()
+		span, recs, err := l.Fetch(ctx, orders, after, 100)
+		if err != nil || span.Groups != 0 || len(recs) != 0 {
+			t.Fatalf("%s: fetch after %d: %+v, %d changes, %v; want nothing", what, after, span, len(recs), err)
+		}
+	}
+	nothing("a version never appended to", 0)
+	ahead("a version never appended to", 3)
+	l.Wait(ctx, orders, time.Millisecond) // a reader that waits first
+	ahead("a version waited on, never appended to", 3)
+	mustAppend(t, l, 1, group(10, upsert("1", V("a")), upsert("2", V("b"))))
+	nothing("at the head", 2)
+	ahead("one past the head", 3)
+	ahead("far past the head", 1000)
+	// A reader that follows the log (the engine remembers where it read)
+	// is told too.
+	if recs := changes(t, l, orders, 0); len(recs) != 2 {
+		t.Fatalf("changes: %+v", recs)
+	}
+	ahead("past the head, after reading to it", 5)
+	mustAppend(t, l, 1, group(20, del("1")))
+	if recs := changes(t, l, orders, 2); len(recs) != 1 || recs[0].Position != 3 {
+		t.Fatalf("after the next append: %+v", recs)
+	}
+	if _, err := l.Prune(ctx, orders); err != nil {
+		t.Fatal(err)
+	}
+	nothing("at the head after pruning", 3)
+	ahead("past the head after pruning", 4)
 }

@@ -157,6 +157,9 @@ func (l *Log) Read(ctx context.Context, v eventlog.Version, span eventlog.Span, 
 func (l *Log) scan(ctx context.Context, v eventlog.Version, after int64, fn func(p part, last bool) (bool, error)) error {
 	s, ok, err := l.changeStreamOf(ctx, v)
 	if !ok {
+		if err == nil && after > 0 {
+			return fmt.Errorf("position %d, no change stream: %w", after, eventlog.ErrAhead)
+		}
 		return err
 	}
 	r, err := l.runFor(ctx, s, v, after)
@@ -198,8 +201,8 @@ func (l *Log) runFor(ctx context.Context, s jetstream.Stream, v eventlog.Version
 		// A position past the head was not taken in this log (one that
 		// replaced another): the reader copies the state.
 		last, err := lastRun(ctx, s, v)
-		if err == nil && last != nil && after > last.head {
-			return nil, eventlog.ErrPruned
+		if err == nil && after > headOf(last) {
+			return nil, fmt.Errorf("position %d, head %d: %w", after, headOf(last), eventlog.ErrAhead)
 		}
 		return nil, err
 	}

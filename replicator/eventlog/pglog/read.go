@@ -3,6 +3,7 @@ package pglog
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -175,7 +176,10 @@ func (l *Log) Fetch(ctx context.Context, v eventlog.Version, after int64, limit 
 			span.Groups++
 		}
 	}
-	if len(recs) > 0 && recs[0].Position != after+1 {
+	if len(recs) == 0 {
+		return span, nil, l.nothingAfter(ctx, v, after)
+	}
+	if recs[0].Position != after+1 {
 		return span, nil, eventlog.ErrPruned
 	}
 	resets := len(recs) > 0 && recs[0].Op == eventlog.OpTruncate
@@ -186,6 +190,28 @@ func (l *Log) Fetch(ctx context.Context, v eventlog.Version, after int64, limit 
 		return span, nil, err
 	}
 	return span, recs[:whole], nil
+}
+
+// nothingAfter says why a version has no changes after a position: none
+// came yet (nil), they are gone (ErrPruned: pruned, or never kept), or
+// the position is past the head (ErrAhead). The head and the changes
+// are read in one statement, so one snapshot: a change appended since
+// the read that found none is seen here, and is not taken for a gap.
+func (l *Log) nothingAfter(ctx context.Context, v eventlog.Version, after int64) error {
+	var head int64
+	var more bool
+	err := l.pool.QueryRow(ctx, `SELECT s.head, EXISTS (SELECT FROM rejot_log.changes c WHERE c.stream = s.id AND c.position > $3)
+		FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = $2`, v.Publication, v.Number, after).Scan(&head, &more)
+	switch {
+	case err != nil && !errors.Is(err, pgx.ErrNoRows):
+		return err
+	case more || head == after:
+		return nil // appended meanwhile: the next fetch reads it
+	case head > after:
+		return eventlog.ErrPruned
+	default:
+		return fmt.Errorf("position %d, head %d: %w", after, head, eventlog.ErrAhead)
+	}
 }
 
 // readChunk is how many changes Read passes at a time.
