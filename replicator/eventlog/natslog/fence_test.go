@@ -18,6 +18,8 @@ import (
 func TestStaleCompactionFenced(t *testing.T) {
 	c := natstest.Run(t, 1)
 	ctx := context.Background()
+	// Put back after the logs closed (their compactors read it).
+	t.Cleanup(func() { stateRead = func(*Log) {} })
 	open := func() *Log {
 		l, err := Open(ctx, c.URL())
 		if err != nil {
@@ -35,7 +37,6 @@ func TestStaleCompactionFenced(t *testing.T) {
 			<-release
 		}
 	}
-	t.Cleanup(func() { stateRead = func(*Log) {} })
 
 	v := eventlog.Version{Publication: "orders", Number: 1}
 	val := func(s string) eventlog.Value { return &s }
