@@ -23,11 +23,7 @@ import (
 func BenchmarkBaseJoinedTransaction(b *testing.B) {
 	c := natstest.Run(b, 3)
 	ctx := context.Background()
-	l, err := Open(ctx, c.URL())
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(l.Close)
+	l := opener(b, c)()
 	v := eventlog.Version{Publication: "bench", Number: 1}
 	key := func(n int) string { s := strconv.Itoa(n); return eventlog.KeyString([]eventlog.Value{&s}) }
 	row := func(table, n, ref int, name string) eventlog.BaseRow {

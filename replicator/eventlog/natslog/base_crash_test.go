@@ -10,6 +10,18 @@ import (
 	"github.com/rejot-dev/rejot/replicator/eventlog"
 )
 
+// opener opens logs on a cluster, each closed when the test ends.
+func opener(t testing.TB, c *natstest.Cluster) func() *Log {
+	return func() *Log {
+		l, err := Open(context.Background(), c.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(l.Close)
+		return l
+	}
+}
+
 // TestBaseWritesWithoutMarker: an append that wrote its base rows but
 // died before its marker leaves the base as it was: reads meet its rows
 // as a concurrent append, and the next append that learns the version
@@ -18,14 +30,7 @@ import (
 func TestBaseWritesWithoutMarker(t *testing.T) {
 	c := natstest.Run(t, 1)
 	ctx := context.Background()
-	open := func() *Log {
-		l, err := Open(ctx, c.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(l.Close)
-		return l
-	}
+	open := opener(t, c)
 	v := eventlog.Version{Publication: "orders", Number: 1}
 	val := func(s string) eventlog.Value { return &s }
 	key := func(s string) string { return eventlog.KeyString([]eventlog.Value{val(s)}) }
@@ -100,14 +105,7 @@ func TestBaseWritesWithoutMarker(t *testing.T) {
 func TestBaseWithoutStamp(t *testing.T) {
 	c := natstest.Run(t, 3)
 	ctx := context.Background()
-	open := func() *Log {
-		l, err := Open(ctx, c.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(l.Close)
-		return l
-	}
+	open := opener(t, c)
 	v := eventlog.Version{Publication: "orders", Number: 1}
 	val := func(s string) eventlog.Value { return &s }
 	key := eventlog.KeyString([]eventlog.Value{val("o1")})

@@ -20,14 +20,7 @@ func TestStaleCompactionFenced(t *testing.T) {
 	ctx := context.Background()
 	// Put back after the logs closed (their compactors read it).
 	t.Cleanup(func() { stateRead = func(*Log) {} })
-	open := func() *Log {
-		l, err := Open(ctx, c.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(l.Close)
-		return l
-	}
+	open := opener(t, c)
 	loser, winner := open(), open()
 	reached, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
