@@ -52,6 +52,13 @@ func (s *sidecar) start() error {
 	if err != nil {
 		return err
 	}
+	// Another process may have taken the port while this one was stopped
+	// (tests beside the benchmark): the sidecar would exit at once, and
+	// the benchmark wait for it in vain.
+	if err := s.claimAddr(); err != nil {
+		logf.Close()
+		return err
+	}
 	s.starts++
 	cmd := exec.Command(s.bin, "serve", "--upstream", s.upstream, "--listen", s.addr,
 		"--catalog", s.catalog, "--name", s.name, "--http", "off", "--log-level", logLevel())
@@ -71,6 +78,20 @@ func (s *sidecar) start() error {
 	}
 	s.cmd, s.exited = cmd, make(chan struct{})
 	go func() { cmd.Wait(); logf.Close(); close(s.exited) }()
+	return nil
+}
+
+// claimAddr keeps the sidecar's address if it is still free, else moves
+// it to a free port.
+func (s *sidecar) claimAddr() error {
+	if l, err := net.Listen("tcp", s.addr); err == nil {
+		return l.Close()
+	}
+	port, err := pgtest.FreePort()
+	if err != nil {
+		return err
+	}
+	s.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	return nil
 }
 

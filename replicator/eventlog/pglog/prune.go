@@ -16,7 +16,18 @@ func (l *Log) SetReader(ctx context.Context, v eventlog.Version, reader string, 
 			WHERE s.id = r.stream AND s.publication = $1 AND s.version = $2 AND r.reader = $3`, v.Publication, v.Number, reader)
 		return err
 	}
-	// The version may not exist yet (subscribed before the owner's first
+	// One statement for a version that exists: the stream's row is read,
+	// not locked. versionID's upsert locks it, and waited for every
+	// append in flight (they hold it until they commit), which held the
+	// subscriber that records its place behind the capture.
+	tag, err := l.pool.Exec(ctx, `INSERT INTO rejot_log.readers (stream, reader, position)
+		SELECT s.id, $3, $4 FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = $2
+		ON CONFLICT (stream, reader) DO UPDATE SET position = EXCLUDED.position, updated_at = now()`,
+		v.Publication, v.Number, reader, position)
+	if err != nil || tag.RowsAffected() > 0 {
+		return err
+	}
+	// The version does not exist yet (subscribed before the owner's first
 	// fill): the reader holds it from the start all the same.
 	return pgx.BeginFunc(ctx, l.pool, func(tx pgx.Tx) error {
 		id, err := versionID(ctx, tx, v)

@@ -94,6 +94,48 @@ func (l *Log) changes(ctx context.Context, v eventlog.Version, after int64, limi
 	return recs, ends, rows.Err()
 }
 
+// changesAndHead is changes with the version's head, in one statement:
+// a reader at the log's head asks for the next changes far more often
+// than there are any, and learns from the same answer whether none came
+// yet or they are gone (a second statement for that was half of what
+// sixteen subscribers at the head asked the log's server). The head is 0
+// for a version the log does not have.
+func (l *Log) changesAndHead(ctx context.Context, v eventlog.Version, after int64, limit int) ([]eventlog.Entry, []bool, int64, error) {
+	rows, err := l.pool.Query(ctx, `SELECT s.head, c.position, (c.commit_lsn - '0/0')::int8, c.commit_time, c.op::text, c.key::text, c.row::text, c.last
+		FROM rejot_log.streams s LEFT JOIN LATERAL (
+			SELECT c.* FROM rejot_log.changes c WHERE c.stream = s.id AND c.position > $3 ORDER BY c.position LIMIT $4) c ON true
+		WHERE s.publication = $1 AND s.version = $2`, v.Publication, v.Number, after, limit)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	defer rows.Close()
+	var head int64
+	recs, ends := make([]eventlog.Entry, 0, min(limit, 64)), make([]bool, 0, min(limit, 64))
+	for rows.Next() {
+		var position *int64
+		r, last, err := scanRecordAfter(rows, &head, &position)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		if position == nil {
+			break // no changes after the position: the one row has the head alone
+		}
+		// No ORDER BY outside: it sorted the whole span again (on disk, for
+		// 50 000 changes). At most one stream matches, and a nested loop
+		// gives the rows of its one outer row in the inner scan's order,
+		// which is checked here.
+		if n := len(recs); n > 0 && r.Position <= recs[n-1].Position {
+			return nil, nil, 0, fmt.Errorf("the event log returned change %d after %d", r.Position, recs[n-1].Position)
+		}
+		if n := len(recs); n == cap(recs) && n < limit {
+			more := min(15*n, limit-n)
+			recs, ends = slices.Grow(recs, more), slices.Grow(ends, more)
+		}
+		recs, ends = append(recs, r), append(ends, last)
+	}
+	return recs, ends, head, rows.Err()
+}
+
 // chunk returns a version's changes at positions (after, upto].
 func (l *Log) chunk(ctx context.Context, v eventlog.Version, after, upto int64) ([]eventlog.Entry, error) {
 	rows, err := l.pool.Query(ctx, `SELECT c.position, (c.commit_lsn - '0/0')::int8, c.commit_time, c.op::text, c.key::text, c.row::text, c.last
@@ -117,6 +159,30 @@ func scanRecord(row pgx.Row) (r eventlog.Entry, last bool, err error) {
 	if err := row.Scan(&r.Position, &lsn, &at, &op, &key, &data, &last); err != nil {
 		return r, last, err
 	}
+	return decodeRecord(r, lsn, at, op, key, data, last)
+}
+
+// scanRecordAfter scans the version's head, then a change and its
+// group-end mark, or none (position left nil): the columns of a LEFT
+// JOIN that found no change are NULL.
+func scanRecordAfter(row pgx.Row, head *int64, position **int64) (r eventlog.Entry, last bool, err error) {
+	var lsn *int64
+	var op, key, data *string
+	var at *time.Time
+	var end *bool
+	if err := row.Scan(head, position, &lsn, &at, &op, &key, &data, &end); err != nil || *position == nil {
+		return r, false, err
+	}
+	if lsn == nil || at == nil || op == nil || key == nil || end == nil {
+		return r, false, fmt.Errorf("change %d of the event log is missing a value", **position)
+	}
+	r.Position = **position
+	return decodeRecord(r, *lsn, *at, *op, *key, data, *end)
+}
+
+// decodeRecord fills in a change read from the log.
+func decodeRecord(r eventlog.Entry, lsn int64, at time.Time, op, key string, data *string, last bool) (eventlog.Entry, bool, error) {
+	var err error
 	r.CommitLSN, r.CommitTime, r.Op = uint64(lsn), at, eventlog.Op(op[0])
 	if r.Key, err = decodeValues(key); err != nil {
 		return r, last, err
@@ -163,7 +229,7 @@ func (l *Log) Next(ctx context.Context, v eventlog.Version, after int64, limit i
 // and Read.
 func (l *Log) Fetch(ctx context.Context, v eventlog.Version, after int64, limit int) (eventlog.Span, []eventlog.Entry, error) {
 	limit = max(limit, 1)
-	recs, ends, err := l.changes(ctx, v, after, limit)
+	recs, ends, head, err := l.changesAndHead(ctx, v, after, limit)
 	if err != nil {
 		return eventlog.Span{}, nil, err
 	}
@@ -177,7 +243,7 @@ func (l *Log) Fetch(ctx context.Context, v eventlog.Version, after int64, limit 
 		}
 	}
 	if len(recs) == 0 {
-		return span, nil, l.nothingAfter(ctx, v, after)
+		return span, nil, nothingAfter(after, head)
 	}
 	if recs[0].Position != after+1 {
 		return span, nil, eventlog.ErrPruned
@@ -192,21 +258,14 @@ func (l *Log) Fetch(ctx context.Context, v eventlog.Version, after int64, limit 
 	return span, recs[:whole], nil
 }
 
-// nothingAfter says why a version has no changes after a position: none
-// came yet (nil), they are gone (ErrPruned: pruned, or never kept), or
-// the position is past the head (ErrAhead). The head and the changes
-// are read in one statement, so one snapshot: a change appended since
-// the read that found none is seen here, and is not taken for a gap.
-func (l *Log) nothingAfter(ctx context.Context, v eventlog.Version, after int64) error {
-	var head int64
-	var more bool
-	err := l.pool.QueryRow(ctx, `SELECT s.head, EXISTS (SELECT FROM rejot_log.changes c WHERE c.stream = s.id AND c.position > $3)
-		FROM rejot_log.streams s WHERE s.publication = $1 AND s.version = $2`, v.Publication, v.Number, after).Scan(&head, &more)
+// nothingAfter says why a version whose head is head has no changes
+// after a position, read in the same statement as the head (so one
+// snapshot): none came yet (nil), they are gone (ErrPruned: pruned, or
+// never kept), or the position is past the head (ErrAhead).
+func nothingAfter(after, head int64) error {
 	switch {
-	case err != nil && !errors.Is(err, pgx.ErrNoRows):
-		return err
-	case more || head == after:
-		return nil // appended meanwhile: the next fetch reads it
+	case head == after:
+		return nil
 	case head > after:
 		return eventlog.ErrPruned
 	default:
