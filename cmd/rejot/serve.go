@@ -255,6 +255,11 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 		Access: func(ctx context.Context, v eventlog.Version) (string, error) {
 			return lazy.Access(ctx, v.Publication, v.Number)
 		}}
+	pace, err := headPace()
+	if err != nil {
+		return nil, err
+	}
+	sc.subscriber.HeadPace = pace
 	sc.applier.Applied = func(string) { sc.capture.Wake() }
 	sc.lease = &lease.Lease{URL: c.upstream, System: lazy.System.Name, Logger: log}
 	sc.capture.Exclusive = true
@@ -447,6 +452,25 @@ func defaultCatalogServer(upstream string) string {
 		return "the upstream's server"
 	}
 	return net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
+}
+
+// headPace is REJOT_HEAD_PACE, the least time between two reads of the
+// log by a subscription at its head (a Go duration; "0" or a negative
+// one: none), or the subscriber's default when unset. A tuning aid, for
+// measuring what pacing costs and saves (docs/operations.md).
+func headPace() (time.Duration, error) {
+	v := os.Getenv("REJOT_HEAD_PACE")
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("REJOT_HEAD_PACE=%q: %w", v, err)
+	}
+	if d <= 0 {
+		return -1, nil
+	}
+	return d, nil
 }
 
 // startCPUProfile writes a CPU profile until stop is called: a debugging

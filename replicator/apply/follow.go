@@ -118,13 +118,16 @@ type fetched struct {
 // everything appended while this one was applied; read at once, it would
 // hold only what came in the moment after, and under load every source
 // transaction would wait for one apply more, and the target would do
-// twice the applies. It stops at the first error, which it passes on, or
+// twice the applies. At the head, reads are at least headPace apart
+// (span.go). It stops at the first error, which it passes on, or
 // when ctx ends; done is closed when its goroutine has ended.
 func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit int, want <-chan struct{}) (spans <-chan fetched, done <-chan struct{}) {
 	out, ended := make(chan fetched, 1), make(chan struct{})
 	go func() {
 		defer close(ended)
-		ahead := true // read the next span without waiting to be asked
+		ahead := true   // read the next span without waiting to be asked
+		atHead := false // the last read found the log's head: the next waits for headPace
+		var lastRead time.Time
 		for ctx.Err() == nil {
 			if !ahead {
 				select {
@@ -133,6 +136,10 @@ func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit 
 					return
 				}
 			}
+			if atHead && !paceHead(ctx, lastRead, w.s.headPace()) {
+				return
+			}
+			lastRead = time.Now()
 			span, recs, err := w.s.Log.Fetch(ctx, w.sub.version, position, limit)
 			if err != nil {
 				// The applier may have stopped reading: never block on it.
@@ -143,7 +150,7 @@ func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit 
 				return
 			}
 			if span.Groups == 0 {
-				ahead = true // the applier has asked, and waits
+				ahead, atHead = true, true // the applier has asked, and waits
 				w.s.Log.Wait(ctx, w.sub.version, time.Second)
 				continue
 			}
@@ -163,6 +170,7 @@ func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit 
 				return
 			}
 			ahead = recs == nil || 2*(span.Upto-span.After) >= int64(limit)
+			atHead = !ahead
 			position, limit = span.Upto, w.s.spanLimit(t, recs)
 		}
 	}()

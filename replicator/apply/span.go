@@ -1,6 +1,11 @@
 package apply
 
-import "github.com/rejot-dev/rejot/replicator/eventlog"
+import (
+	"context"
+	"time"
+
+	"github.com/rejot-dev/rejot/replicator/eventlog"
+)
 
 // How many changes a destination transaction takes. A subscriber behind
 // the log applies it in spans as large as these bounds allow: each span
@@ -66,4 +71,43 @@ func changesSize(recs []eventlog.Entry) int {
 		}
 	}
 	return n
+}
+
+// defaultHeadPace is the least time between two reads of the log by a
+// subscription at its head. Under a steady stream of source transactions
+// a subscriber that read the log the moment its last span was applied
+// did a destination transaction for every few of them: each a fetch, a
+// round trip to the consumer and a commit, whatever its size. Sixteen
+// subscribers on two cores spent most of them on those fixed costs, and
+// every change waited for the others' (a p99 of 170–290 ms at 1000
+// updates a second). Read at most every 10 ms, a span holds what came
+// in meanwhile, in one transaction; a change waits 5 ms more on average.
+// Behind the log, spans are read as fast as they are applied.
+const defaultHeadPace = 10 * time.Millisecond
+
+// headPace is the least time between two reads at the log's head.
+func (s *Subscriber) headPace() time.Duration {
+	switch {
+	case s.HeadPace < 0:
+		return 0
+	case s.HeadPace == 0:
+		return defaultHeadPace
+	}
+	return s.HeadPace
+}
+
+// paceHead waits until pace has passed since last, or ctx ends (false).
+func paceHead(ctx context.Context, last time.Time, pace time.Duration) bool {
+	wait := time.Until(last.Add(pace))
+	if wait <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }

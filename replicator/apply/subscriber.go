@@ -38,6 +38,10 @@ type Subscriber struct {
 	Logger zerolog.Logger
 	Check  time.Duration // how often subscriptions are re-read (default 2s)
 	Batch  int           // the most changes per destination transaction (default 50 000; span.go)
+	// HeadPace is the least time between two reads of the log by a
+	// subscription at its head (default 10 ms; a negative value: none;
+	// span.go).
+	HeadPace time.Duration
 	// Stall is how long applying may go without progress (a chunk of
 	// changes read, a statement run) before it is abandoned and retried
 	// (default 1 minute). Nothing bounds its size.
