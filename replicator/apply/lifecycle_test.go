@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/rejot-dev/rejot/internal/pgtest"
 	"github.com/rejot-dev/rejot/managed"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
@@ -54,6 +55,52 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// subscribedTable makes a consumer's database with _rejot, a table
+// public.t (id bigint key, v text) subscribed to orders version 1, and an
+// event log in a database of its own: the database's name, a connection
+// to it, and the log.
+func subscribedTable(t *testing.T) (string, *pgx.Conn, *pglog.Log) {
+	t.Helper()
+	ctx := context.Background()
+	db, logDB := pg.CreateDB(t), pg.CreateDB(t)
+	conn := pg.Connect(t, db)
+	if err := managed.Install(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "CREATE TABLE public.t (id bigint PRIMARY KEY, v text)"); err != nil {
+		t.Fatal(err)
+	}
+	cols, _ := json.Marshal([]managed.SubscribedColumn{{Name: "id", Type: "bigint", Key: true, Index: 0}, {Name: "v", Type: "text", Index: 1}})
+	if _, err := conn.Exec(ctx, managed.InsertSubscription, "public.t", "public", "t", orders.Publication, "1", string(cols), "true"); err != nil {
+		t.Fatal(err)
+	}
+	l, err := pglog.Open(ctx, pg.URL(logDB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	return db, conn, l
+}
+
+// runSubscriber runs s until the test ends.
+func runSubscriber(t *testing.T, s *Subscriber) {
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.Run(ctx)
+	}()
+	t.Cleanup(func() { stop(); <-done })
+}
+
+// rowCount is a condition for waitFor: public.t has want rows.
+func rowCount(conn *pgx.Conn, want int) func() bool {
+	return func() bool {
+		var n int
+		return conn.QueryRow(context.Background(), "SELECT count(*) FROM public.t").Scan(&n) == nil && n == want
+	}
+}
+
 // applyGoroutines are the stacks of the goroutines running this package's
 // code (other than its tests').
 func applyGoroutines() []string {
@@ -85,23 +132,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 // slowLog, a log slow to notice the end of a wait.
 func runAndStop(t *testing.T, reportTime time.Duration, slowLog bool) {
 	ctx := context.Background()
-	db, logDB := pg.CreateDB(t), pg.CreateDB(t)
-	conn := pg.Connect(t, db)
-	if err := managed.Install(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, "CREATE TABLE public.t (id bigint PRIMARY KEY, v text)"); err != nil {
-		t.Fatal(err)
-	}
-	cols, _ := json.Marshal([]managed.SubscribedColumn{{Name: "id", Type: "bigint", Key: true, Index: 0}, {Name: "v", Type: "text", Index: 1}})
-	if _, err := conn.Exec(ctx, managed.InsertSubscription, "public.t", "public", "t", orders.Publication, "1", string(cols), "true"); err != nil {
-		t.Fatal(err)
-	}
-	l, err := pglog.Open(ctx, pg.URL(logDB))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(l.Close)
+	db, conn, l := subscribedTable(t)
 	appendRow(t, l, 100, "1", "copied")
 
 	var log eventlog.Reader = l

@@ -2,15 +2,12 @@ package apply
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/rejot-dev/rejot/managed"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
-	"github.com/rejot-dev/rejot/replicator/eventlog/pglog"
 )
 
 // countingLog counts the reads of a log: each Fetch, and those that found
@@ -35,42 +32,12 @@ func (l *countingLog) Fetch(ctx context.Context, v eventlog.Version, after int64
 // still converges. Without the pace it read after every apply: a bound
 // of one read per pace fails then (a few milliseconds per apply here).
 func TestHeadPaceBoundsReads(t *testing.T) {
-	ctx := context.Background()
-	db, logDB := pg.CreateDB(t), pg.CreateDB(t)
-	conn := pg.Connect(t, db)
-	if err := managed.Install(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, "CREATE TABLE public.t (id bigint PRIMARY KEY, v text)"); err != nil {
-		t.Fatal(err)
-	}
-	cols, _ := json.Marshal([]managed.SubscribedColumn{{Name: "id", Type: "bigint", Key: true, Index: 0}, {Name: "v", Type: "text", Index: 1}})
-	if _, err := conn.Exec(ctx, managed.InsertSubscription, "public.t", "public", "t", orders.Publication, "1", string(cols), "true"); err != nil {
-		t.Fatal(err)
-	}
-	l, err := pglog.Open(ctx, pg.URL(logDB))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(l.Close)
+	db, conn, l := subscribedTable(t)
 	appendRow(t, l, 100, "0", "copied")
 	counted := &countingLog{Reader: l}
 	const pace = 200 * time.Millisecond
-	s := &Subscriber{URL: pg.URL(db), System: "billing", Log: counted, Check: 100 * time.Millisecond, HeadPace: pace}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.Run(runCtx)
-	}()
-	defer func() { stop(); <-done }()
-	rows := func(want int) func() bool {
-		return func() bool {
-			var n int
-			return conn.QueryRow(ctx, "SELECT count(*) FROM public.t").Scan(&n) == nil && n == want
-		}
-	}
-	waitFor(t, "the state copied", rows(1))
+	runSubscriber(t, &Subscriber{URL: pg.URL(db), System: "billing", Log: counted, Check: 100 * time.Millisecond, HeadPace: pace})
+	waitFor(t, "the state copied", rowCount(conn, 1))
 
 	fetches, spans := counted.fetches.Load(), counted.spans.Load()
 	started := time.Now()
@@ -79,7 +46,7 @@ func TestHeadPaceBoundsReads(t *testing.T) {
 		appendRow(t, l, uint64(100+i), fmt.Sprint(i), "streamed")
 		time.Sleep(5 * time.Millisecond)
 	}
-	waitFor(t, "every change applied", rows(n+1))
+	waitFor(t, "every change applied", rowCount(conn, n+1))
 	took := time.Since(started)
 	fetches, spans = counted.fetches.Load()-fetches, counted.spans.Load()-spans
 	// One read per pace over the stream, a first one and one that found
