@@ -158,3 +158,61 @@ func (f *fanEnv) allCaughtUp(want int64) (bool, error) {
 	}
 	return true, nil
 }
+
+// burstAll measures a burst while everything runs: the same updates as a
+// catch-up, committed as fast as the writers can while every subscriber
+// follows (a batch job on the owner), timed from the first commit until
+// every subscriber has applied the last; ReJot first (it runs after the
+// latency runs), then native with ReJot stopped. No process starts in
+// the interval, where a catch-up after a restart also times sixteen
+// sidecars starting: on machines where starting a process is dear (this
+// one: BENCHMARKS.md), that is a large part of it.
+func (f *fanEnv) burstAll(label string) (native, rejot time.Duration) {
+	head, err := f.head()
+	f.must(err)
+	f.waitFor("ReJot caught up before the burst", 10*time.Minute, 10*time.Millisecond, func() (bool, error) {
+		return f.allCaughtUp(head)
+	}, f.rejotDiag)
+	f.checkpoint()
+	time.Sleep(time.Second)
+	m, start := f.startInterval(), time.Now()
+	f.queueUpdates(f.cfg.txns)
+	f.waitFor("ReJot burst", 30*time.Minute, 5*time.Millisecond, func() (bool, error) {
+		return f.allCaughtUp(head + int64(f.cfg.txns))
+	}, f.rejotDiag)
+	rejot = time.Since(start)
+	f.endInterval("burst, ReJot, "+label, m, rejot)
+	progress("burst, ReJot, %s: %v", label, rejot.Round(time.Millisecond))
+	want := f.checksum(f.src, "pgbench_accounts")
+	for _, s := range f.subs {
+		f.sameAs(want, s.conn, target, "ReJot target in "+s.db)
+	}
+	if !f.measureNative {
+		return 0, rejot
+	}
+	f.stopReJot()
+	f.setNatives(true)
+	var lsn string
+	f.must(f.src.QueryRow(f.ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&lsn))
+	f.exec(f.src, "UPDATE pgbench_accounts SET abalance = abalance WHERE aid = 1")
+	f.waitFor("native sync before the burst", 10*time.Minute, 10*time.Millisecond, func() (bool, error) { return f.nativesPast(lsn) }, f.nativeDiag)
+	f.checkpoint()
+	time.Sleep(time.Second)
+	m, start = f.startInterval(), time.Now()
+	lsn = f.queueUpdates(f.cfg.txns)
+	f.waitFor("native burst", 30*time.Minute, 5*time.Millisecond, func() (bool, error) { return f.nativesPast(lsn) }, f.nativeDiag)
+	native = time.Since(start)
+	f.endInterval("burst, native, "+label, m, native)
+	progress("burst, native, %s: %v", label, native.Round(time.Millisecond))
+	want = f.checksum(f.src, "pgbench_accounts")
+	for _, c := range f.natives {
+		f.sameAs(want, c, "pgbench_accounts", "native target")
+	}
+	// Back as the latency runs left it, for the next count.
+	f.setNatives(false)
+	f.startReJot()
+	for _, s := range f.subs {
+		f.must(s.sc.ready(f.ctx))
+	}
+	return native, rejot
+}

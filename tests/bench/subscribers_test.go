@@ -112,6 +112,7 @@ type fanOutRun struct {
 	subscribers int
 	catchUp     time.Duration
 	latency     latencyRun
+	burst       time.Duration // the same updates committed while every subscriber follows (burstAll)
 }
 
 type engineResult struct {
@@ -130,9 +131,10 @@ func (f *fanEnv) run(engine string, counts []int) engineResult {
 		label := fmt.Sprintf("%s log, %d subscribers", engine, n)
 		native, rejot := f.catchUpAll(label)
 		nativeLat, rejotLat := f.latencyAll(label)
-		res.runs = append(res.runs, fanOutRun{subscribers: n, catchUp: rejot, latency: rejotLat})
+		nativeBurst, rejotBurst := f.burstAll(label)
+		res.runs = append(res.runs, fanOutRun{subscribers: n, catchUp: rejot, latency: rejotLat, burst: rejotBurst})
 		if f.measureNative {
-			f.nativeRuns = append(f.nativeRuns, fanOutRun{subscribers: n, catchUp: native, latency: nativeLat})
+			f.nativeRuns = append(f.nativeRuns, fanOutRun{subscribers: n, catchUp: native, latency: nativeLat, burst: nativeBurst})
 		}
 	}
 	res.cpu = f.cpuLog
