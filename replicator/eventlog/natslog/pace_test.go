@@ -13,12 +13,15 @@ import (
 
 // TestCompactionPasses: a backlog of 2.5 passes is compacted in three
 // background passes, each ending at the bound (the last at the head),
-// each moving the watermark, and paced: a full pass takes at least
-// compactPass changes at paceMin.
+// each moving the watermark, and paced: a full pass takes at least its
+// changes at paceMin. The bound is a tenth of compactPass, so that the
+// test takes a second, not twelve.
 func TestCompactionPasses(t *testing.T) {
 	c := natstest.Run(t, 1)
 	ctx := context.Background()
 	l := opener(t, c)()
+	const bound = compactPass / 10
+	l.background.limit = bound
 	v := eventlog.Version{Publication: "orders", Number: 1}
 	if _, err := l.ensureChangeStream(ctx, v); err != nil {
 		t.Fatal(err)
@@ -30,7 +33,7 @@ func TestCompactionPasses(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	const n = 2*compactPass + compactPass/2
+	const n = 2*bound + bound/2
 	g := eventlog.Group{Version: v, System: "shop", CommitLSN: 10, Layout: eventlog.Layout{Columns: 2, Key: []int{0}}}
 	for i := range n {
 		k, val := strconv.Itoa(i), "v"
@@ -40,7 +43,7 @@ func TestCompactionPasses(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	want := []int64{compactPass, 2 * compactPass, n}
+	want := []int64{bound, 2 * bound, n}
 	var at []time.Time
 	for i, w := range want {
 		m, err := marks.Next(jetstream.FetchMaxWait(time.Minute))
@@ -58,7 +61,7 @@ func TestCompactionPasses(t *testing.T) {
 		at = append(at, meta.Timestamp)
 	}
 	// The second pass's batches, but its first, each waited its turn.
-	if took, least := at[1].Sub(at[0]), (compactPass-paceBatch)*time.Second/paceMin; took < least {
+	if took, least := at[1].Sub(at[0]), (bound-paceBatch)*time.Second/paceMin; took < least {
 		t.Fatalf("the second pass took %v, less than %v: it was not paced", took, least)
 	}
 	if m, err := marks.Next(jetstream.FetchMaxWait(500 * time.Millisecond)); err == nil {
