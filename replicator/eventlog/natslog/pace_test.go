@@ -14,7 +14,7 @@ import (
 // TestCompactionPasses: a backlog of 2.5 passes is compacted in three
 // background passes, each ending at the bound (the last at the head),
 // each moving the watermark, and paced: a full pass takes at least its
-// changes at paceMin. The bound is a tenth of compactPass, so that the
+// changes at paceMin. A Prune meanwhile leaves the backlog to them. The bound is a tenth of compactPass, so that the
 // test takes a second, not twelve.
 func TestCompactionPasses(t *testing.T) {
 	c := natstest.Run(t, 1)
@@ -59,6 +59,9 @@ func TestCompactionPasses(t *testing.T) {
 			t.Fatal(err)
 		}
 		at = append(at, meta.Timestamp)
+		if i == 0 {
+			pruneMidway(t, l, v, n)
+		}
 	}
 	// The second pass's batches, but its first, each waited its turn.
 	if took, least := at[1].Sub(at[0]), (bound-paceBatch)*time.Second/paceMin; took < least {
@@ -67,6 +70,22 @@ func TestCompactionPasses(t *testing.T) {
 	if m, err := marks.Next(jetstream.FetchMaxWait(500 * time.Millisecond)); err == nil {
 		pos, _ := parsePos(m.Headers())
 		t.Fatalf("a fourth pass wrote a watermark at %d: the head was reached", pos)
+	}
+}
+
+// pruneMidway prunes while the passes drain the backlog: Prune takes
+// the watermark they reached and does not compact the rest at full speed.
+func pruneMidway(t *testing.T, l *Log, v eventlog.Version, head int64) {
+	ctx := context.Background()
+	if _, err := l.Prune(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+	ks, err := l.ensureStateStream(ctx, v, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mark, err := watermark(ctx, ks, stateSubjects(v, 1)); err != nil || mark.pos >= head {
+		t.Fatalf("after a Prune midway the watermark is at %d (%v): Prune compacted to the head %d", mark.pos, err, head)
 	}
 }
 

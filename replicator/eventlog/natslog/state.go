@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -69,6 +70,9 @@ const tombstoneTTL = "1h"
 type compactor struct {
 	mu   sync.Mutex // one compaction of the version at a time
 	wake chan struct{}
+	// draining: the background passes have not reached the head yet
+	// (Prune leaves them to it).
+	draining atomic.Bool
 }
 
 func (l *Log) compactorOf(v eventlog.Version) *compactor {
@@ -92,7 +96,8 @@ func (l *Log) compactorOf(v eventlog.Version) *compactor {
 					// A failure is tried again by the next append's wake-up,
 					// and by Prune, which returns it.
 					reached, head, err := l.compactPass(l.ctx, v, l.background)
-					if err == nil && reached < head {
+					c.draining.Store(err == nil && reached < head)
+					if c.draining.Load() {
 						l.compactLater(v) // the next pass, after the pause
 					}
 				}
@@ -117,6 +122,26 @@ func (l *Log) compactLater(v eventlog.Version) {
 func (l *Log) compact(ctx context.Context, v eventlog.Version) (int64, error) {
 	reached, _, err := l.compactPass(ctx, v, fullPass)
 	return reached, err
+}
+
+// pruneMark compacts for Prune and returns the watermark: while the
+// background passes drain a backlog, the one they reached (compacting
+// the rest at full speed is what their pacing avoids; the next Prune
+// drops more), else the head's, at full speed.
+func (l *Log) pruneMark(ctx context.Context, v eventlog.Version) (int64, error) {
+	if !l.compactorOf(v).draining.Load() {
+		return l.compact(ctx, v)
+	}
+	last, err := l.last(ctx, v)
+	if err != nil || last == nil {
+		return 0, err
+	}
+	ks, err := l.ensureStateStream(ctx, v, last.gen)
+	if err != nil {
+		return 0, err
+	}
+	mark, err := watermark(ctx, ks, stateSubjects(v, last.gen))
+	return mark.pos, err
 }
 
 // compactPass writes the changes after the state's watermark into the
@@ -147,8 +172,9 @@ func (l *Log) compactPass(ctx context.Context, v eventlog.Version, p pass) (int6
 		return mark.pos, last.head, err
 	}
 	end := last.head
-	if p.limit > 0 {
-		end = min(end, mark.pos+p.limit)
+	if p.limit > 0 && mark.pos+p.limit < end {
+		end = mark.pos + p.limit
+		c.draining.Store(true) // before its watermark shows
 	}
 	sw := newStateWriter(l.bgjs, info.State.LastSeq)
 	reached, err := l.compactChanges(ctx, v, ks, sw, prefix, last.layout, mark, end, newPacer(p, last.head-mark.pos))
