@@ -35,14 +35,15 @@ import (
 //
 // The state is written after the change stream, by the owner's sidecar,
 // which compacts the runs it appended in the background, in bounded and
-// paced passes (pace.go), and before pruning, at full speed. Each compaction's messages are a chain: the first expects the
-// stream's last sequence as the compaction read it with the watermark,
-// each next one the message id of the one before. Another writer's
-// message in between (an instance that lost the lease still compacting
-// what it read before the new active one moved the state on) breaks the
-// chain for good: of two compactions at once only one's messages land
-// after the other's, never mixed, and one that read a watermark since
-// moved writes nothing. The copy is in copy.go.
+// paced passes (pace.go), and before pruning. Each compaction's messages
+// are a chain: the first expects the stream's last sequence as the
+// compaction read it with the watermark, each next one the message id of
+// the one before. Another writer's message in between (an instance that
+// lost the lease still compacting what it read before the new active one
+// moved the state on) breaks the chain for good: of two compactions at
+// once only one's messages land after the other's, never mixed, and one
+// that read a watermark since moved writes nothing. The copy is in
+// copy.go.
 
 // keyHash names a key's subject.
 func keyHash(prefix string, key []eventlog.Value) string {
