@@ -40,10 +40,11 @@ type Log struct {
 	js jetstream.JetStream
 	// The compaction writes the state on a connection of its own, so
 	// that appends never queue behind its messages.
-	bgnc     *nats.Conn
-	bgjs     jetstream.JetStream
-	replicas int
-	chunk    int // body bytes per message
+	bgnc       *nats.Conn
+	bgjs       jetstream.JetStream
+	replicas   int
+	chunk      int  // body bytes per message
+	background pass // how the compactors go (pace.go)
 
 	readers jetstream.KeyValue
 	filled  jetstream.KeyValue
@@ -112,6 +113,7 @@ func open(ctx context.Context, nc *nats.Conn, o Options) (*Log, error) {
 		streams: map[string]jetstream.Stream{}, waiters: map[eventlog.Version]*waiter{}, compacts: map[eventlog.Version]*compactor{},
 		cursors: map[eventlog.Version]cursor{}}
 	l.chunk = int(min(nc.MaxPayload()/2, 512<<10))
+	l.background = backgroundPass
 	for _, b := range []struct {
 		kv   *jetstream.KeyValue
 		name string

@@ -104,7 +104,7 @@ func (l *Log) Prune(ctx context.Context, v eventlog.Version) (int64, error) {
 	if !ok {
 		return 0, err
 	}
-	upto, err := l.compact(ctx, v) // changes go only once the state holds them
+	upto, err := l.pruneMark(ctx, v) // changes go only once the state holds them
 	if err != nil {
 		return 0, fmt.Errorf("cannot compact the state of %s version %d: %w", v.Publication, v.Number, err)
 	}

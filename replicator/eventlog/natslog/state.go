@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -33,15 +34,16 @@ import (
 //     last truncate: its purge may not have run).
 //
 // The state is written after the change stream, by the owner's sidecar,
-// which compacts the runs it appended in the background (and before
-// pruning). Each compaction's messages are a chain: the first expects the
-// stream's last sequence as the compaction read it with the watermark,
-// each next one the message id of the one before. Another writer's
-// message in between (an instance that lost the lease still compacting
-// what it read before the new active one moved the state on) breaks the
-// chain for good: of two compactions at once only one's messages land
-// after the other's, never mixed, and one that read a watermark since
-// moved writes nothing. The copy is in copy.go.
+// which compacts the runs it appended in the background, in bounded and
+// paced passes (pace.go), and before pruning. Each compaction's messages
+// are a chain: the first expects the stream's last sequence as the
+// compaction read it with the watermark, each next one the message id of
+// the one before. Another writer's message in between (an instance that
+// lost the lease still compacting what it read before the new active one
+// moved the state on) breaks the chain for good: of two compactions at
+// once only one's messages land after the other's, never mixed, and one
+// that read a watermark since moved writes nothing. The copy is in
+// copy.go.
 
 // keyHash names a key's subject.
 func keyHash(prefix string, key []eventlog.Value) string {
@@ -69,6 +71,9 @@ const tombstoneTTL = "1h"
 type compactor struct {
 	mu   sync.Mutex // one compaction of the version at a time
 	wake chan struct{}
+	// draining: the background passes have not reached the head yet
+	// (Prune leaves them to it).
+	draining atomic.Bool
 }
 
 func (l *Log) compactorOf(v eventlog.Version) *compactor {
@@ -91,7 +96,11 @@ func (l *Log) compactorOf(v eventlog.Version) *compactor {
 					}
 					// A failure is tried again by the next append's wake-up,
 					// and by Prune, which returns it.
-					_, _ = l.compact(l.ctx, v)
+					reached, head, err := l.compactPass(l.ctx, v, l.background)
+					c.draining.Store(err == nil && reached < head)
+					if c.draining.Load() {
+						l.compactLater(v) // the next pass, after the pause
+					}
 				}
 			}
 		})
@@ -108,12 +117,22 @@ func (l *Log) compactLater(v eventlog.Version) {
 	}
 }
 
-// compact writes the changes after the state's watermark into the state
-// and returns the new watermark.
+// compact writes every change after the state's watermark up to the head
+// into the state, at full speed (its caller waits), and returns the new
+// watermark.
 func (l *Log) compact(ctx context.Context, v eventlog.Version) (int64, error) {
-	c := l.compactorOf(v)
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	reached, _, err := l.compactPass(ctx, v, fullPass)
+	return reached, err
+}
+
+// pruneMark compacts for Prune and returns the watermark: while the
+// background passes drain a backlog, the one they reached (compacting
+// the rest at full speed is what their pacing avoids; the next Prune
+// drops more), else the head's, at full speed.
+func (l *Log) pruneMark(ctx context.Context, v eventlog.Version) (int64, error) {
+	if !l.compactorOf(v).draining.Load() {
+		return l.compact(ctx, v)
+	}
 	last, err := l.last(ctx, v)
 	if err != nil || last == nil {
 		return 0, err
@@ -122,33 +141,44 @@ func (l *Log) compact(ctx context.Context, v eventlog.Version) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	mark, err := watermark(ctx, ks, stateSubjects(v, last.gen))
+	return mark.pos, err
+}
+
+// compactPass writes the changes after the state's watermark into the
+// state, as p says (pace.go), and returns the new watermark and the head
+// it compacted towards.
+func (l *Log) compactPass(ctx context.Context, v eventlog.Version, p pass) (int64, int64, error) {
+	c := l.compactorOf(v)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	last, err := l.last(ctx, v)
+	if err != nil || last == nil {
+		return 0, 0, err
+	}
+	ks, err := l.ensureStateStream(ctx, v, last.gen)
+	if err != nil {
+		return 0, 0, err
+	}
 	prefix := stateSubjects(v, last.gen)
 	// The stream's last sequence before the watermark: a write in between
 	// and this compaction's first message is refused.
 	info, err := streamInfo(ctx, ks)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	mark, err := watermark(ctx, ks, prefix)
 	stateRead(l)
 	if err != nil || mark.pos >= last.head {
-		return mark.pos, err
+		return mark.pos, last.head, err
+	}
+	end := last.head
+	if p.limit > 0 && mark.pos+p.limit < end {
+		end = mark.pos + p.limit
+		c.draining.Store(true) // before its watermark shows
 	}
 	sw := newStateWriter(l.bgjs, info.State.LastSeq)
-	reached := mark
-	err = l.scan(ctx, v, mark.pos, func(p part, _ bool) (bool, error) {
-		for i, ch := range p.changes {
-			pos := p.first + int64(i)
-			if pos > last.head {
-				return false, nil
-			}
-			if err := l.compactChange(ctx, ks, sw, prefix, last.layout, ch, pos, &reached); err != nil {
-				return false, err
-			}
-			reached.pos = pos
-		}
-		return true, nil
-	})
+	reached, err := l.compactChanges(ctx, v, ks, sw, prefix, last.layout, mark, end, newPacer(p, last.head-mark.pos))
 	if err == nil && reached.pos > mark.pos {
 		_, err = sw.publish(markMsg(prefix, reached))
 	}
@@ -156,9 +186,34 @@ func (l *Log) compact(ctx context.Context, v eventlog.Version) (int64, error) {
 		err = sw.wait()
 	}
 	if err != nil {
-		return mark.pos, err
+		return mark.pos, last.head, err
 	}
-	return reached.pos, nil
+	return reached.pos, last.head, nil
+}
+
+// compactChanges writes the state's messages for the changes after
+// mark up to end, and returns the watermark they reach.
+func (l *Log) compactChanges(ctx context.Context, v eventlog.Version, ks jetstream.Stream, sw *stateWriter, prefix string, layout eventlog.Layout, mark stateMark, end int64, pace *pacer) (stateMark, error) {
+	reached := mark
+	err := l.scan(ctx, v, mark.pos, func(p part, _ bool) (bool, error) {
+		for i, ch := range p.changes {
+			pos := p.first + int64(i)
+			if pos > end {
+				return false, nil
+			}
+			if (pos-mark.pos-1)%paceBatch == 0 {
+				if err := pace.wait(ctx, paceBatch); err != nil {
+					return false, err
+				}
+			}
+			if err := l.compactChange(ctx, ks, sw, prefix, layout, ch, pos, &reached); err != nil {
+				return false, err
+			}
+			reached.pos = pos
+		}
+		return true, nil
+	})
+	return reached, err
 }
 
 // stateRead is called when a compaction has read the watermark: a test
