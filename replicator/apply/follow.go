@@ -118,27 +118,25 @@ type fetched struct {
 // everything appended while this one was applied; read at once, it would
 // hold only what came in the moment after, and under load every source
 // transaction would wait for one apply more, and the target would do
-// twice the applies. At the head, reads are paced (span.go: at least
-// headPace apart, more when applying takes long). It stops at the first error, which it passes on, or
+// twice the applies. At the head, reads are at least headPace apart
+// (span.go). It stops at the first error, which it passes on, or
 // when ctx ends; done is closed when its goroutine has ended.
 func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit int, want <-chan struct{}) (spans <-chan fetched, done <-chan struct{}) {
 	out, ended := make(chan fetched, 1), make(chan struct{})
 	go func() {
 		defer close(ended)
 		ahead := true   // read the next span without waiting to be asked
-		atHead := false // the last read found the log's head: the next waits for its pace
-		var lastRead, handed time.Time
-		var applied time.Duration // how long the last span read at the head took to apply
+		atHead := false // the last read found the log's head: the next waits for headPace
+		var lastRead time.Time
 		for ctx.Err() == nil {
 			if !ahead {
 				select {
 				case <-want:
-					applied = time.Since(handed)
 				case <-ctx.Done():
 					return
 				}
 			}
-			if atHead && !paceHead(ctx, lastRead, w.s.pace(applied)) {
+			if atHead && !paceHead(ctx, lastRead, w.s.headPace()) {
 				return
 			}
 			lastRead = time.Now()
@@ -168,7 +166,6 @@ func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit 
 			}
 			select {
 			case out <- f:
-				handed = time.Now()
 			case <-ctx.Done():
 				return
 			}

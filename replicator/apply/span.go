@@ -85,25 +85,6 @@ func changesSize(recs []eventlog.Entry) int {
 // Behind the log, spans are read as fast as they are applied.
 const defaultHeadPace = 10 * time.Millisecond
 
-// maxHeadPace bounds the pace at the head (pace).
-const maxHeadPace = 100 * time.Millisecond
-
-// pace is the least time between two reads at the log's head, after a
-// span that took applied to apply: headPace, or twice applied when that
-// is longer (up to maxHeadPace). A subscriber whose applies are slow
-// (its consumer is busy: sixteen subscribers on two cores) then spends
-// at most half its time applying, in fewer and larger transactions,
-// where reading at once kept it applying a few changes at a time, each
-// with the same fixed cost, and the cores saturated; a change waits a
-// little more for its read, far less than it waited for the cores.
-func (s *Subscriber) pace(applied time.Duration) time.Duration {
-	least := s.headPace()
-	if least == 0 {
-		return 0
-	}
-	return max(least, min(2*applied, maxHeadPace))
-}
-
 // headPace is the least time between two reads at the log's head.
 func (s *Subscriber) headPace() time.Duration {
 	switch {

@@ -94,24 +94,3 @@ func TestPrefetchAtTheHeadWaitsToBeAsked(t *testing.T) {
 			next.span.Upto, next.span.Groups, head)
 	}
 }
-
-// TestPaceFollowsApplies: at the head a subscription reads at least
-// HeadPace apart, twice its last apply's time when that is longer, up to
-// maxHeadPace; none when pacing is off.
-func TestPaceFollowsApplies(t *testing.T) {
-	ms := time.Millisecond
-	for _, c := range []struct {
-		headPace, applied, want time.Duration
-	}{
-		{0, 2 * ms, defaultHeadPace},
-		{0, 30 * ms, 60 * ms},
-		{0, time.Second, maxHeadPace},
-		{20 * ms, 5 * ms, 20 * ms},
-		{-1, 30 * ms, 0},
-	} {
-		s := &Subscriber{HeadPace: c.headPace}
-		if got := s.pace(c.applied); got != c.want {
-			t.Errorf("HeadPace %v, an apply of %v: pace %v, want %v", c.headPace, c.applied, got, c.want)
-		}
-	}
-}
