@@ -457,7 +457,7 @@ func defaultCatalogServer(upstream string) string {
 // headPace is REJOT_HEAD_PACE, the least time between two reads of the
 // log by a subscription at its head (a Go duration; "0" or a negative
 // one: none), or the subscriber's default when unset. A tuning aid, for
-// measuring what pacing costs and saves (docs/operations.md).
+// measuring what pacing costs and saves (docs/deploy.md).
 func headPace() (time.Duration, error) {
 	v := os.Getenv("REJOT_HEAD_PACE")
 	if v == "" {

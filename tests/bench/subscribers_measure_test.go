@@ -28,9 +28,7 @@ func (f *fanEnv) catchUpAll(label string) (native, rejot time.Duration) {
 		native = time.Since(start)
 		f.endInterval("catch-up, native, "+label, m, native)
 		progress("catch-up, native, %s: %v", label, native.Round(time.Millisecond))
-		for _, c := range f.natives {
-			f.sameAs(want, c, "pgbench_accounts", "native target")
-		}
+		f.nativeTargetsMatch(want)
 		f.setNatives(false)
 		f.checkpoint()
 	}
@@ -42,9 +40,7 @@ func (f *fanEnv) catchUpAll(label string) (native, rejot time.Duration) {
 	rejot = time.Since(start)
 	f.endInterval("catch-up, ReJot, "+label, m, rejot)
 	progress("catch-up, ReJot, %s: %v", label, rejot.Round(time.Millisecond))
-	for _, s := range f.subs {
-		f.sameAs(want, s.conn, target, "ReJot target in "+s.db)
-	}
+	f.rejotTargetsMatch(want)
 	return native, rejot
 }
 
@@ -184,9 +180,7 @@ func (f *fanEnv) burstAll(label string) (native, rejot time.Duration) {
 	f.endInterval("burst, ReJot, "+label, m, rejot)
 	progress("burst, ReJot, %s: %v", label, rejot.Round(time.Millisecond))
 	want := f.checksum(f.src, "pgbench_accounts")
-	for _, s := range f.subs {
-		f.sameAs(want, s.conn, target, "ReJot target in "+s.db)
-	}
+	f.rejotTargetsMatch(want)
 	if !f.measureNative {
 		return 0, rejot
 	}
@@ -205,9 +199,7 @@ func (f *fanEnv) burstAll(label string) (native, rejot time.Duration) {
 	f.endInterval("burst, native, "+label, m, native)
 	progress("burst, native, %s: %v", label, native.Round(time.Millisecond))
 	want = f.checksum(f.src, "pgbench_accounts")
-	for _, c := range f.natives {
-		f.sameAs(want, c, "pgbench_accounts", "native target")
-	}
+	f.nativeTargetsMatch(want)
 	// Back as the latency runs left it, for the next count.
 	f.setNatives(false)
 	f.startReJot()
@@ -215,4 +207,19 @@ func (f *fanEnv) burstAll(label string) (native, rejot time.Duration) {
 		f.must(s.sc.ready(f.ctx))
 	}
 	return native, rejot
+}
+
+// rejotTargetsMatch compares every ReJot target with the source's checksum.
+func (f *fanEnv) rejotTargetsMatch(want checksum) {
+	for _, s := range f.subs {
+		f.sameAs(want, s.conn, target, "ReJot target in "+s.db)
+	}
+}
+
+// nativeTargetsMatch compares every native target with the source's
+// checksum.
+func (f *fanEnv) nativeTargetsMatch(want checksum) {
+	for _, c := range f.natives {
+		f.sameAs(want, c, "pgbench_accounts", "native target")
+	}
 }

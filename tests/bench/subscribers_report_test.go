@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"time"
 )
 
 // Issue 18's targets.
@@ -26,31 +27,11 @@ func (r fanOutResults) print() {
 	c := r.cfg
 	fmt.Fprintf(&b, "\nFan-out, ReJot vs Postgres logical replication: %d rows, %d queued txns per catch-up, latency %d s at %d/s; Postgres %s, %d CPUs\n\n",
 		c.rows, c.txns, c.latencySecs, c.latencyRate, r.server, runtime.NumCPU())
-	fmt.Fprintln(&b, "| subscribers | native catch-up | Postgres log | × native | NATS log | × native |")
-	fmt.Fprintln(&b, "|--:|--:|--:|--:|--:|--:|")
-	for i, n := range r.counts {
-		nat := r.native[i].catchUp
-		fmt.Fprintf(&b, "| %d | %s | ", n, rate(c.txns, nat))
-		for _, e := range r.engines {
-			d := e.runs[i].catchUp
-			fmt.Fprintf(&b, "%s | %.2f× | ", rate(c.txns, d), nat.Seconds()/d.Seconds())
-		}
-		fmt.Fprintln(&b)
-	}
+	r.throughputTable(&b, "catch-up", func(f fanOutRun) time.Duration { return f.catchUp })
 	fmt.Fprintln(&b)
 	fmt.Fprintln(&b, "The same updates as a burst while every subscriber follows (no process starts in the interval):")
 	fmt.Fprintln(&b)
-	fmt.Fprintln(&b, "| subscribers | native burst | Postgres log | × native | NATS log | × native |")
-	fmt.Fprintln(&b, "|--:|--:|--:|--:|--:|--:|")
-	for i, n := range r.counts {
-		nat := r.native[i].burst
-		fmt.Fprintf(&b, "| %d | %s | ", n, rate(c.txns, nat))
-		for _, e := range r.engines {
-			d := e.runs[i].burst
-			fmt.Fprintf(&b, "%s | %.2f× | ", rate(c.txns, d), nat.Seconds()/d.Seconds())
-		}
-		fmt.Fprintln(&b)
-	}
+	r.throughputTable(&b, "burst", func(f fanOutRun) time.Duration { return f.burst })
 	fmt.Fprintln(&b)
 	fmt.Fprintln(&b, "| subscribers | native p50 / p99 | Postgres log p50 / p99 | NATS log p50 / p99 |")
 	fmt.Fprintln(&b, "|--:|--:|--:|--:|")
@@ -81,6 +62,23 @@ func (r fanOutResults) print() {
 		printCPU(&b, e.cpu)
 	}
 	fmt.Fprint(os.Stdout, b.String())
+}
+
+// throughputTable writes one row per subscriber count: native's rate,
+// then each log's and its ratio to native's, for the interval of what
+// (catch-up, burst) that took.
+func (r fanOutResults) throughputTable(b *strings.Builder, what string, took func(fanOutRun) time.Duration) {
+	fmt.Fprintf(b, "| subscribers | native %s | Postgres log | × native | NATS log | × native |\n", what)
+	fmt.Fprintln(b, "|--:|--:|--:|--:|--:|--:|")
+	for i, n := range r.counts {
+		nat := took(r.native[i])
+		fmt.Fprintf(b, "| %d | %s | ", n, rate(r.cfg.txns, nat))
+		for _, e := range r.engines {
+			d := took(e.runs[i])
+			fmt.Fprintf(b, "%s | %.2f× | ", rate(r.cfg.txns, d), nat.Seconds()/d.Seconds())
+		}
+		fmt.Fprintln(b)
+	}
 }
 
 func p50p99(l latencyRun) string {

@@ -62,44 +62,17 @@ const streamOf = "(SELECT s.id FROM rejot_log.streams s WHERE s.publication = $1
 
 // Changes returns up to limit changes of a version after position.
 func (l *Log) Changes(ctx context.Context, v eventlog.Version, after int64, limit int) ([]eventlog.Entry, error) {
-	recs, _, err := l.changes(ctx, v, after, limit)
+	recs, _, _, err := l.changesAndHead(ctx, v, after, limit)
 	return recs, err
 }
 
-// changes returns up to limit changes of a version after position, and
-// which of them end a group.
-func (l *Log) changes(ctx context.Context, v eventlog.Version, after int64, limit int) ([]eventlog.Entry, []bool, error) {
-	rows, err := l.pool.Query(ctx, `SELECT c.position, (c.commit_lsn - '0/0')::int8, c.commit_time, c.op::text, c.key::text, c.row::text, c.last
-		FROM rejot_log.changes c WHERE c.stream = `+streamOf+` AND c.position > $3
-		ORDER BY c.position LIMIT $4`, v.Publication, v.Number, after, limit)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer rows.Close()
-	// Room for the few changes read at the log's head, then sixteen
-	// times more at each step up to the limit: doubling, the copies of a
-	// growing slice of changes took more than decoding them.
-	recs, ends := make([]eventlog.Entry, 0, min(limit, 64)), make([]bool, 0, min(limit, 64))
-	for rows.Next() {
-		r, last, err := scanRecord(rows)
-		if err != nil {
-			return nil, nil, err
-		}
-		if n := len(recs); n == cap(recs) && n < limit {
-			more := min(15*n, limit-n)
-			recs, ends = slices.Grow(recs, more), slices.Grow(ends, more)
-		}
-		recs, ends = append(recs, r), append(ends, last)
-	}
-	return recs, ends, rows.Err()
-}
-
-// changesAndHead is changes with the version's head, in one statement:
-// a reader at the log's head asks for the next changes far more often
-// than there are any, and learns from the same answer whether none came
-// yet or they are gone (a second statement for that was half of what
-// sixteen subscribers at the head asked the log's server). The head is 0
-// for a version the log does not have.
+// changesAndHead returns up to limit changes of a version after
+// position, which of them end a group, and the version's head, in one
+// statement: a reader at the log's head asks for the next changes far
+// more often than there are any, and learns from the same answer whether
+// none came yet or they are gone (a second statement for that was a
+// third of sixteen subscribers' reads at the head). The head is 0 for a
+// version the log does not have.
 func (l *Log) changesAndHead(ctx context.Context, v eventlog.Version, after int64, limit int) ([]eventlog.Entry, []bool, int64, error) {
 	rows, err := l.pool.Query(ctx, `SELECT s.head, c.position, (c.commit_lsn - '0/0')::int8, c.commit_time, c.op::text, c.key::text, c.row::text, c.last
 		FROM rejot_log.streams s LEFT JOIN LATERAL (
@@ -127,6 +100,9 @@ func (l *Log) changesAndHead(ctx context.Context, v eventlog.Version, after int6
 		if n := len(recs); n > 0 && r.Position <= recs[n-1].Position {
 			return nil, nil, 0, fmt.Errorf("the event log returned change %d after %d", r.Position, recs[n-1].Position)
 		}
+		// Room for the few changes read at the log's head, then sixteen
+		// times more at each step up to the limit: doubling, the copies of a
+		// growing slice of changes took more than decoding them.
 		if n := len(recs); n == cap(recs) && n < limit {
 			more := min(15*n, limit-n)
 			recs, ends = slices.Grow(recs, more), slices.Grow(ends, more)
