@@ -162,9 +162,23 @@ func (r *relation) nameFor(src *Source) ([]SourceColumn, error) {
 	}
 	reads := map[int16]Read{}
 	taken := map[string]bool{}
+	var gone []Read
 	for _, rd := range src.Reads {
-		reads[rd.Attnum] = rd
 		taken[rd.Name] = true
+		if r.hasAttnum(rd.Attnum) {
+			reads[rd.Attnum] = rd
+		} else {
+			gone = append(gone, rd)
+		}
+	}
+	// A column it reads that was dropped, when the table has one again
+	// under its recorded name and type (the owner undid the drop), is read
+	// from that one: by name, as verify judges the version, and as
+	// Postgres's own replication reads every column.
+	for _, rd := range gone {
+		if n, ok := r.readdedAs(rd, reads); ok {
+			reads[n] = rd
+		}
 	}
 	out := make([]SourceColumn, len(r.cols))
 	seen := 0
@@ -223,6 +237,22 @@ func (r *relation) namedNow(rd Read) bool {
 		}
 	}
 	return true // dropped: the WAL names what it had
+}
+
+// readdedAs finds the column that replaces a dropped one a version reads:
+// the only one of the WAL's columns, not read by identity already, with
+// its recorded name, type and modifier.
+func (r *relation) readdedAs(rd Read, reads map[int16]Read) (int16, bool) {
+	var found []int16
+	for i, c := range r.cols {
+		if _, read := reads[r.attnums[i]]; !read && c.Name == rd.Name && r.oids[i] == rd.Type && r.mods[i] == rd.Typmod {
+			found = append(found, r.attnums[i])
+		}
+	}
+	if len(found) != 1 {
+		return 0, false
+	}
+	return found[0], true
 }
 
 func (r *relation) hasAttnum(n int16) bool {

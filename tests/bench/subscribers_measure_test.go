@@ -3,6 +3,8 @@ package bench
 import (
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // catchUpAll queues the updates while every sidecar is stopped and every
@@ -16,7 +18,7 @@ func (f *fanEnv) catchUpAll(label string) (native, rejot time.Duration) {
 	f.must(err)
 	lsn := f.queueUpdates(f.cfg.txns)
 	want := f.checksum(f.src, "pgbench_accounts")
-	f.checkpoint()
+	f.settle()
 	if f.measureNative {
 		// The launcher starts workers at most once per
 		// wal_retrieve_retry_interval (50 ms here, see quickLauncher):
@@ -30,7 +32,7 @@ func (f *fanEnv) catchUpAll(label string) (native, rejot time.Duration) {
 		progress("catch-up, native, %s: %v", label, native.Round(time.Millisecond))
 		f.nativeTargetsMatch(want)
 		f.setNatives(false)
-		f.checkpoint()
+		f.settle()
 	}
 	m, start := f.startInterval(), time.Now()
 	f.startReJot()
@@ -61,6 +63,7 @@ func (f *fanEnv) latencyAll(label string) (native, rejot latencyRun) {
 		f.must(f.src.QueryRow(f.ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&lsn))
 		f.exec(f.src, "UPDATE pgbench_accounts SET abalance = abalance WHERE aid = 1")
 		f.waitFor("native sync", 10*time.Minute, 10*time.Millisecond, func() (bool, error) { return f.nativesPast(lsn) }, f.nativeDiag)
+		f.settle()
 		time.Sleep(time.Second)
 		last := len(f.natives)
 		m, start := f.startInterval(), time.Now()
@@ -75,6 +78,7 @@ func (f *fanEnv) latencyAll(label string) (native, rejot latencyRun) {
 			return f.allCaughtUp(head)
 		}, f.rejotDiag)
 	}
+	f.settle()
 	time.Sleep(time.Second)
 	newest := f.subs[len(f.subs)-1]
 	m, start := f.startInterval(), time.Now()
@@ -90,6 +94,22 @@ func (f *fanEnv) stopReJot() {
 	for _, s := range f.subs {
 		s.sc.stop()
 	}
+}
+
+// settle vacuums every database the intervals write and checkpoints both
+// clusters, so that no interval pays for the dead rows and dirty pages of
+// the one before it: native's catch-up runs right before ReJot's, and the
+// autovacuum of its sixteen targets would otherwise land in ReJot's time
+// (and ReJot's burst's in native's).
+func (f *fanEnv) settle() {
+	conns := []*pgx.Conn{f.src, f.log}
+	for _, s := range f.subs {
+		conns = append(conns, s.conn)
+	}
+	for _, c := range append(conns, f.natives...) {
+		f.exec(c, "VACUUM")
+	}
+	f.checkpoint()
 }
 
 // startReJot starts the owner's sidecar and every subscriber's, at once.
@@ -169,7 +189,7 @@ func (f *fanEnv) burstAll(label string) (native, rejot time.Duration) {
 	f.waitFor("ReJot caught up before the burst", 10*time.Minute, 10*time.Millisecond, func() (bool, error) {
 		return f.allCaughtUp(head)
 	}, f.rejotDiag)
-	f.checkpoint()
+	f.settle()
 	time.Sleep(time.Second)
 	m, start := f.startInterval(), time.Now()
 	f.queueUpdates(f.cfg.txns)
@@ -190,7 +210,7 @@ func (f *fanEnv) burstAll(label string) (native, rejot time.Duration) {
 	f.must(f.src.QueryRow(f.ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&lsn))
 	f.exec(f.src, "UPDATE pgbench_accounts SET abalance = abalance WHERE aid = 1")
 	f.waitFor("native sync before the burst", 10*time.Minute, 10*time.Millisecond, func() (bool, error) { return f.nativesPast(lsn) }, f.nativeDiag)
-	f.checkpoint()
+	f.settle()
 	time.Sleep(time.Second)
 	m, start = f.startInterval(), time.Now()
 	lsn = f.queueUpdates(f.cfg.txns)

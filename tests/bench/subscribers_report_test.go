@@ -33,8 +33,12 @@ func (r fanOutResults) print() {
 	fmt.Fprintln(&b)
 	r.throughputTable(&b, "burst", func(f fanOutRun) time.Duration { return f.burst })
 	fmt.Fprintln(&b)
-	fmt.Fprintln(&b, "| subscribers | native p50 / p99 | Postgres log p50 / p99 | NATS log p50 / p99 |")
-	fmt.Fprintln(&b, "|--:|--:|--:|--:|")
+	fmt.Fprint(&b, "| subscribers | native p50 / p99 |")
+	for _, e := range r.engines {
+		fmt.Fprintf(&b, " %s log p50 / p99 |", e.name)
+	}
+	fmt.Fprint(&b, "\n|--:|--:|")
+	fmt.Fprintln(&b, strings.Repeat("--:|", len(r.engines)))
 	for i, n := range r.counts {
 		fmt.Fprintf(&b, "| %d | %s |", n, p50p99(r.native[i].latency))
 		for _, e := range r.engines {
@@ -68,8 +72,12 @@ func (r fanOutResults) print() {
 // then each log's and its ratio to native's, for the interval of what
 // (catch-up, burst) that took.
 func (r fanOutResults) throughputTable(b *strings.Builder, what string, took func(fanOutRun) time.Duration) {
-	fmt.Fprintf(b, "| subscribers | native %s | Postgres log | × native | NATS log | × native |\n", what)
-	fmt.Fprintln(b, "|--:|--:|--:|--:|--:|--:|")
+	fmt.Fprintf(b, "| subscribers | native %s |", what)
+	for _, e := range r.engines {
+		fmt.Fprintf(b, " %s log | × native |", e.name)
+	}
+	fmt.Fprint(b, "\n|--:|--:|")
+	fmt.Fprintln(b, strings.Repeat("--:|--:|", len(r.engines)))
 	for i, n := range r.counts {
 		nat := took(r.native[i])
 		fmt.Fprintf(b, "| %d | %s | ", n, rate(r.cfg.txns, nat))

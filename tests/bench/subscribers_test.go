@@ -34,10 +34,16 @@ import (
 //	BENCH_FANOUT_TXNS             queued updates per catch-up         (default 100000)
 //	BENCH_FANOUT_LATENCY_SECONDS  seconds of steady load per latency run (default 5)
 //	BENCH_FANOUT_LATENCY_RATE     updates per second                  (default 1000)
+//	BENCH_FANOUT_LOGS             the logs to run, in order; native is
+//	                              measured in the first (default Postgres,NATS)
 func BenchmarkFanOut(b *testing.B) {
 	cfg, counts := readFanOutConfig(b)
 	r := fanOutResults{counts: counts, cfg: cfg}
-	for i, engine := range []string{"Postgres", "NATS"} {
+	engines := strings.Split(envString("BENCH_FANOUT_LOGS", "Postgres,NATS"), ",")
+	for i, engine := range engines {
+		if engine != "Postgres" && engine != "NATS" {
+			b.Fatalf("BENCH_FANOUT_LOGS=%q: want Postgres, NATS or both", os.Getenv("BENCH_FANOUT_LOGS"))
+		}
 		b.Run(engine+"Log", func(b *testing.B) {
 			ctx, cancel := context.WithTimeout(context.Background(), 55*time.Minute)
 			defer cancel()
@@ -52,7 +58,7 @@ func BenchmarkFanOut(b *testing.B) {
 			}
 		})
 	}
-	if len(r.engines) == 2 {
+	if len(r.engines) == len(engines) {
 		r.print()
 	}
 }
