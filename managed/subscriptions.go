@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Subscription is a row of _rejot.subscriptions: a target table of this
@@ -105,13 +106,32 @@ func Position(ctx context.Context, q Querier, target string, generation int) (*i
 // target. Its answer is read with ScanPosition.
 const LockPosition = "SELECT position FROM _rejot.subscriptions WHERE target = $1 AND generation = $2 FOR UPDATE"
 
+// LockAt is the statement that locks a subscription's row ($1 target, $2
+// generation) and fails on the server, with SQLSTATE NotAt, unless its
+// position is $3 (migration 017): the first of a pipelined transaction
+// that applies the span after $3 and commits in the same round trip.
+// MovedError turns its failure into ErrMoved.
+const LockAt = "SELECT _rejot.lock_at($1, $2, $3)"
+
+// NotAt is the SQLSTATE of LockAt's refusal.
+const NotAt = "RJ001"
+
+// MovedError is err, or ErrMoved when err is LockAt's refusal.
+func MovedError(err error) error {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == NotAt {
+		return ErrMoved
+	}
+	return err
+}
+
 // CheckTarget is the statement that refuses to let a transaction write a
 // subscription's target ($1 its oid, $2 the names of the columns written)
 // when that would run code of an owner other than the sidecar's role or a
 // superuser (triggers, rules, defaults, constraints, index expressions,
 // policies, types of others); it locks the table until the transaction
 // ends, so none can be added meanwhile (migration 008). It comes after
-// LockPosition, before anything writes the target.
+// LockPosition or LockAt, before anything writes the target.
 const CheckTarget = "SELECT _rejot.check_target($1, $2)"
 
 // ScanPosition reads the answer of LockPosition (or Position): the

@@ -275,21 +275,17 @@ func (w *worker) applyReading(ctx context.Context, conn *pgx.Conn, t *target, sp
 const sortMemory = "SET LOCAL work_mem = '32MB'"
 
 // applyPipelined sends a span read ahead to the server as one pipeline:
-// begin, lock the subscription's row, the changes, the new position; then,
-// once the position is checked, commit. Two round trips, where a statement
-// at a time took six or more, each a wait for two busy processes to be
-// scheduled in turn.
+// begin, lock the subscription's row at the span's start (the server
+// refuses a span the subscription is no longer at: LockAt), the changes,
+// the new position, commit. One round trip, where a statement at a time
+// took six or more, each a wait for two busy processes to be scheduled in
+// turn; a statement that fails aborts the transaction on the server, and
+// the COMMIT after it is never run.
 func (w *worker) applyPipelined(ctx context.Context, conn *pgx.Conn, t *target, span eventlog.Span, stmts []statement, commit string) error {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue(commit)
-	b.Queue(managed.LockPosition, w.sub.target, w.sub.generation).QueryRow(func(row pgx.Row) error {
-		p, err := managed.ScanPosition(row)
-		if err != nil {
-			return err
-		}
-		return stillAt(p, span.After)
-	})
+	b.Queue(managed.LockAt, w.sub.target, w.sub.generation, span.After)
 	// Refused, it fails on the server, and nothing after it runs. A
 	// mapped subscription's statements run as its role: they are checked
 	// as they run (mapped.go).
@@ -302,13 +298,13 @@ func (w *worker) applyPipelined(ctx context.Context, conn *pgx.Conn, t *target, 
 	}
 	b.Queue(commit) // a mapped subscription's reset undid it
 	b.Queue(managed.Advance, w.sub.target, w.sub.generation, span.Upto, span.LastCommit)
+	b.Queue("COMMIT")
 	err := conn.SendBatch(ctx, b).Close()
-	end := "COMMIT"
-	if err != nil {
-		end = "ROLLBACK"
+	if err != nil && conn.PgConn().TxStatus() != 'I' && !conn.IsClosed() {
+		// Failed in the transaction: the server left it aborted.
+		if _, rbErr := conn.Exec(context.WithoutCancel(ctx), "ROLLBACK"); rbErr != nil {
+			w.log().Debug().Err(rbErr).Msg("cannot roll back the failed apply")
+		}
 	}
-	if _, endErr := conn.Exec(ctx, end); err == nil {
-		err = endErr
-	}
-	return err
+	return managed.MovedError(err)
 }
