@@ -260,6 +260,9 @@ func newSidecar(c *serveConfig, log zerolog.Logger) (*sidecar, error) {
 		return nil, err
 	}
 	sc.subscriber.HeadPace = pace
+	if sc.subscriber.Batch, err = spanChanges(); err != nil {
+		return nil, err
+	}
 	sc.applier.Applied = func(string) { sc.capture.Wake() }
 	sc.lease = &lease.Lease{URL: c.upstream, System: lazy.System.Name, Logger: log}
 	sc.capture.Exclusive = true
@@ -471,6 +474,21 @@ func headPace() (time.Duration, error) {
 		return -1, nil
 	}
 	return d, nil
+}
+
+// spanChanges is REJOT_SPAN_CHANGES, the most changes one target
+// transaction applies (0, the subscriber's default, when unset). A tuning
+// aid like REJOT_HEAD_PACE (docs/deploy.md).
+func spanChanges() (int, error) {
+	v := os.Getenv("REJOT_SPAN_CHANGES")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("REJOT_SPAN_CHANGES=%q: want a number of changes, at least 1", v)
+	}
+	return n, nil
 }
 
 // startCPUProfile writes a CPU profile until stop is called: a debugging
