@@ -150,6 +150,10 @@ func (w *worker) prefetch(ctx context.Context, t *target, position int64, limit 
 				return
 			}
 			if span.Groups == 0 {
+				// At the head: caught up, so not stalled, however long
+				// ago it last applied (a version failed for a while, an
+				// idle source); what comes next is timed from here.
+				w.movedAt.Store(time.Now().UnixNano())
 				ahead, atHead = true, true // the applier has asked, and waits
 				w.s.Log.Wait(ctx, w.sub.version, time.Second)
 				continue

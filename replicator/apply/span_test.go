@@ -94,3 +94,47 @@ func TestPrefetchAtTheHeadWaitsToBeAsked(t *testing.T) {
 			next.span.Upto, next.span.Groups, head)
 	}
 }
+
+// TestHeadIsNotStalled: a subscription that has read the log's head is
+// caught up, so the first changes after a long idle (a version failed and
+// mended, a quiet source) are not called stalled before the next apply:
+// the idle time counts from the last read of the head, not from the last
+// apply.
+func TestHeadIsNotStalled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l, err := pglog.Open(ctx, pg.URL(pg.CreateDB(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	appendRow(t, l, 100, "1", "a")
+	head, err := l.Head(ctx, orders)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cols := []managed.SubscribedColumn{{Name: "id", Key: true, Index: 0}, {Name: "v", Index: 1}}
+	tg, err := newTarget("public", "t", cols, map[string]string{"id": "bigint", "v": "text"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &worker{s: &Subscriber{Log: l, StalledAfter: time.Second}, sub: subscription{version: orders}}
+	longAgo := time.Now().Add(-time.Hour)
+	w.movedAt.Store(longAgo.UnixNano())
+	if why := w.stalled(ctx, 1, time.Now()); why == "" {
+		t.Fatal("behind, and not moved for an hour: want stalled")
+	}
+	want := make(chan struct{}, 1)
+	fetchCtx, stop := context.WithCancel(ctx)
+	spans, done := w.prefetch(fetchCtx, tg, head, 100, want) // at the head
+	defer func() { stop(); <-done }()
+	waitFor(t, "the head read", func() bool { return w.movedAt.Load() > longAgo.UnixNano() })
+	if why := w.stalled(ctx, 1, time.Now()); why != "" {
+		t.Fatalf("a change right after the head was read: %q, want not stalled", why)
+	}
+	select {
+	case f := <-spans:
+		t.Fatalf("a span at the head: %+v", f)
+	default:
+	}
+}

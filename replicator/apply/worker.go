@@ -32,7 +32,8 @@ type worker struct {
 	accessKnown bool
 	// what tells a stalled subscription (behind and not advancing) from
 	// a busy one: the span being applied, and when the position last
-	// moved (Unix nanoseconds; or when following began)
+	// moved or the log's head was last read (Unix nanoseconds; or when
+	// following began)
 	applying atomic.Pointer[applyingSpan]
 	movedAt  atomic.Int64
 }
