@@ -47,17 +47,7 @@ func TestSpanLimit(t *testing.T) {
 func TestPrefetchAtTheHeadWaitsToBeAsked(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	l, err := pglog.Open(ctx, pg.URL(pg.CreateDB(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(l.Close)
-	appendRow(t, l, 100, "1", "a")
-	cols := []managed.SubscribedColumn{{Name: "id", Key: true, Index: 0}, {Name: "v", Index: 1}}
-	tg, err := newTarget("public", "t", cols, map[string]string{"id": "bigint", "v": "text"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, tg := logWithRow(t)
 	w := &worker{s: &Subscriber{Log: l}, sub: subscription{version: orders}}
 	want := make(chan struct{}, 1)
 	fetchCtx, stop := context.WithCancel(ctx)
@@ -103,18 +93,8 @@ func TestPrefetchAtTheHeadWaitsToBeAsked(t *testing.T) {
 func TestHeadIsNotStalled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	l, err := pglog.Open(ctx, pg.URL(pg.CreateDB(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(l.Close)
-	appendRow(t, l, 100, "1", "a")
+	l, tg := logWithRow(t)
 	head, err := l.Head(ctx, orders)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cols := []managed.SubscribedColumn{{Name: "id", Key: true, Index: 0}, {Name: "v", Index: 1}}
-	tg, err := newTarget("public", "t", cols, map[string]string{"id": "bigint", "v": "text"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,4 +117,22 @@ func TestHeadIsNotStalled(t *testing.T) {
 		t.Fatalf("a span at the head: %+v", f)
 	default:
 	}
+}
+
+// logWithRow is a log of its own holding one change of orders, and a
+// target for it.
+func logWithRow(t *testing.T) (*pglog.Log, *target) {
+	t.Helper()
+	l, err := pglog.Open(context.Background(), pg.URL(pg.CreateDB(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	appendRow(t, l, 100, "1", "a")
+	cols := []managed.SubscribedColumn{{Name: "id", Key: true, Index: 0}, {Name: "v", Index: 1}}
+	tg, err := newTarget("public", "t", cols, map[string]string{"id": "bigint", "v": "text"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, tg
 }
