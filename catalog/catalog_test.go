@@ -15,7 +15,7 @@ var pg *pgtest.Cluster
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, &pg, pgtest.Options{})) }
 
-func open(t *testing.T) *Catalog {
+func open(t testing.TB) *Catalog {
 	t.Helper()
 	c, err := Open(context.Background(), pg.URL(pg.CreateDB(t)))
 	if err != nil {

@@ -101,7 +101,7 @@ func TestOverviewEmptyAndJSON(t *testing.T) {
 	}
 }
 
-func apply(t *testing.T, c *Catalog, system string, id int64, kind string, payload any) {
+func apply(t testing.TB, c *Catalog, system string, id int64, kind string, payload any) {
 	t.Helper()
 	b, err := json.Marshal(payload)
 	if err != nil {
