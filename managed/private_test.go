@@ -177,6 +177,7 @@ func TestFunctionsRefuse(t *testing.T) {
 		{pgerr.InsufficientPrivilege, `SELECT _rejot.command('unpublish', '{"publication": "secrets", "version": 1}', current_user)`},
 		{pgerr.InsufficientPrivilege, "SELECT _rejot.subscription_command('unsubscribe', 'public.target', 'orders', 1, current_user)"},
 		{pgerr.InsufficientPrivilege, "SELECT _rejot.claim(current_user)"},
+		{pgerr.InsufficientPrivilege, "SELECT _rejot.lock_at('public.target', 1, 0)"},
 	} {
 		p.refused(t, c.code, c.sql)
 	}

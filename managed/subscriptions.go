@@ -108,9 +108,9 @@ const LockPosition = "SELECT position FROM _rejot.subscriptions WHERE target = $
 
 // LockAt is the statement that locks a subscription's row ($1 target, $2
 // generation) and fails on the server, with SQLSTATE NotAt, unless its
-// position is $3 (migration 017): the first of a pipelined transaction
-// that applies the span after $3 and commits in the same round trip.
-// MovedError turns its failure into ErrMoved.
+// position is $3 (migration 017): the first statement of a transaction
+// that applies the span after $3 (a pipelined one then commits in the
+// same round trip). MovedError turns its failure into ErrMoved.
 const LockAt = "SELECT _rejot.lock_at($1, $2, $3)"
 
 // NotAt is the SQLSTATE of LockAt's refusal.

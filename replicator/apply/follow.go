@@ -205,16 +205,6 @@ func (w *worker) copyInstead(ctx context.Context, conn *pgx.Conn, span eventlog.
 	return errRecopy
 }
 
-// stillAt says whether a subscription locked at position p is still at
-// after, where the span to apply starts: otherwise it was resynced or
-// moved on meanwhile.
-func stillAt(p *int64, after int64) error {
-	if p == nil || *p != after {
-		return errSubscriptionMoved
-	}
-	return nil
-}
-
 // apply applies a span of whole source transactions in one destination
 // transaction, collapsed per key, with the new position. A durable apply
 // waits for its commit to be flushed: the log may drop what a subscriber
@@ -236,13 +226,11 @@ func (w *worker) apply(ctx context.Context, conn *pgx.Conn, t *target, span even
 // transaction however many changes the span has, holding one chunk in
 // memory; each chunk read and statement run is progress.
 func (w *worker) applyReading(ctx context.Context, conn *pgx.Conn, t *target, span eventlog.Span, commit string, p *progress) error {
-	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, commit); err != nil {
 			return err
 		}
-		if p, err := w.lock(ctx, tx); err != nil {
-			return err
-		} else if err := stillAt(p, span.After); err != nil {
+		if _, err := tx.Exec(ctx, managed.LockAt, w.sub.target, w.sub.generation, span.After); err != nil {
 			return err
 		}
 		if err := t.check(ctx, tx); err != nil {
@@ -271,6 +259,7 @@ func (w *worker) applyReading(ctx context.Context, conn *pgx.Conn, t *target, sp
 		_, err = tx.Exec(ctx, managed.Advance, w.sub.target, w.sub.generation, span.Upto, span.LastCommit)
 		return err
 	})
+	return managed.MovedError(err)
 }
 
 // sortMemory lets the upsert of a span sort its rows by key in memory: a

@@ -13,9 +13,10 @@ import (
 
 // TestApplyRefusedWhenMoved: a span commits in the round trip that sends
 // it, so the check that the subscription is still where the span starts
-// is the server's (managed.LockAt): a span after another position is
-// refused with errSubscriptionMoved, writes nothing, leaves the position
-// as it was and the connection usable; the span at the position applies.
+// is the server's (managed.LockAt, for a span read as it is applied too):
+// a span after another position is refused with errSubscriptionMoved,
+// writes nothing, leaves the position as it was and the connection
+// usable; the span at the position applies.
 func TestApplyRefusedWhenMoved(t *testing.T) {
 	ctx := context.Background()
 	db, conn, _ := subscribedTable(t)
@@ -54,15 +55,19 @@ func TestApplyRefusedWhenMoved(t *testing.T) {
 		generation int
 	}{{"another position", 4, 1}, {"another generation", 5, 2}} {
 		w.sub.generation = c.generation
-		err := w.apply(ctx, applyConn, tg, eventlog.Span{After: c.after, Upto: 6, Groups: 1, LastCommit: time.Now()}, stmts, false, nil)
-		if !errors.Is(err, errSubscriptionMoved) {
-			t.Fatalf("%s: apply: %v, want errSubscriptionMoved", c.name, err)
-		}
-		if tx := applyConn.PgConn().TxStatus(); tx != 'I' {
-			t.Fatalf("%s: the connection is left in transaction state %q", c.name, tx)
-		}
-		if rows, position := state(); rows != 0 || position != 5 {
-			t.Fatalf("%s: %d rows at position %d after a refused span, want 0 at 5", c.name, rows, position)
+		// Pipelined (read ahead), and read as it is applied (nil: the
+		// refusal comes before anything is read from the log).
+		for _, read := range [][]statement{stmts, nil} {
+			err := w.apply(ctx, applyConn, tg, eventlog.Span{After: c.after, Upto: 6, Groups: 1, LastCommit: time.Now()}, read, false, nil)
+			if !errors.Is(err, errSubscriptionMoved) {
+				t.Fatalf("%s: apply: %v, want errSubscriptionMoved", c.name, err)
+			}
+			if tx := applyConn.PgConn().TxStatus(); tx != 'I' {
+				t.Fatalf("%s: the connection is left in transaction state %q", c.name, tx)
+			}
+			if rows, position := state(); rows != 0 || position != 5 {
+				t.Fatalf("%s: %d rows at position %d after a refused span, want 0 at 5", c.name, rows, position)
+			}
 		}
 	}
 	w.sub.generation = 1
