@@ -79,7 +79,8 @@ type config struct {
 	logOnConsumer bool
 	natsLog       bool
 	keep          bool
-	statements    int // top statements to print per interval; 0: none
+	statements    int             // top statements to print per interval; 0: none
+	steps         map[string]bool // BenchmarkFanOut's steps to run (BENCH_FANOUT_STEPS)
 }
 
 func readConfig(b *testing.B) config {

@@ -48,11 +48,12 @@ func (r fanOutResults) print() {
 	}
 	last := len(r.counts) - 1
 	for _, e := range r.engines {
-		ratio := r.native[last].catchUp.Seconds() / e.runs[last].catchUp.Seconds()
+		catchUp := r.native[last].catchUp.Seconds() / e.runs[last].catchUp.Seconds()
 		p99 := percentile(e.runs[last].latency.latencies, 0.99)
 		burst := r.native[last].burst.Seconds() / e.runs[last].burst.Seconds()
-		fmt.Fprintf(&b, "\n%s log with %d subscribers: catch-up %.2f× native's, burst %.2f× (target ≥ %.1f×: %s, %s); p99 %s (target ≤ %s: %s)\n",
-			e.name, r.counts[last], ratio, burst, targetFanOutRatio, met(ratio >= targetFanOutRatio), met(burst >= targetFanOutRatio),
+		fmt.Fprintf(&b, "\n%s log with %d subscribers: catch-up %s native's, burst %s (target ≥ %.1f×: %s, %s); p99 %s (target ≤ %s: %s)\n",
+			e.name, r.counts[last], ratio(r.native[last].catchUp, e.runs[last].catchUp), ratio(r.native[last].burst, e.runs[last].burst),
+			targetFanOutRatio, met(catchUp >= targetFanOutRatio), met(burst >= targetFanOutRatio),
 			ms(p99), ms(targetP99), met(p99 <= targetP99 && e.runs[last].latency.lost == 0))
 	}
 	for i, n := range r.counts {
@@ -80,15 +81,35 @@ func (r fanOutResults) throughputTable(b *strings.Builder, what string, took fun
 	fmt.Fprintln(b, strings.Repeat("--:|--:|", len(r.engines)))
 	for i, n := range r.counts {
 		nat := took(r.native[i])
-		fmt.Fprintf(b, "| %d | %s | ", n, rate(r.cfg.txns, nat))
+		fmt.Fprintf(b, "| %d | %s | ", n, stepRate(r.cfg.txns, nat))
 		for _, e := range r.engines {
 			d := took(e.runs[i])
-			fmt.Fprintf(b, "%s | %.2f× | ", rate(r.cfg.txns, d), nat.Seconds()/d.Seconds())
+			fmt.Fprintf(b, "%s | %s | ", stepRate(r.cfg.txns, d), ratio(nat, d))
 		}
 		fmt.Fprintln(b)
 	}
 }
 
+// stepRate is rate, or "—" for a step BENCH_FANOUT_STEPS left out.
+func stepRate(n int, d time.Duration) string {
+	if d == 0 {
+		return "—"
+	}
+	return rate(n, d)
+}
+
+// ratio is how many times faster than native (native/d), or "—" when either
+// step was left out.
+func ratio(native, d time.Duration) string {
+	if native == 0 || d == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f×", native.Seconds()/d.Seconds())
+}
+
 func p50p99(l latencyRun) string {
+	if len(l.latencies) == 0 {
+		return "—"
+	}
 	return ms(percentile(l.latencies, 0.5)) + " / " + ms(percentile(l.latencies, 0.99))
 }

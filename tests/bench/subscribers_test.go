@@ -36,6 +36,9 @@ import (
 //	BENCH_FANOUT_LATENCY_RATE     updates per second                  (default 1000)
 //	BENCH_FANOUT_LOGS             the logs to run, in order; native is
 //	                              measured in the first (default Postgres,NATS)
+//	BENCH_FANOUT_STEPS            the steps to run at each count: catch-up,
+//	                              latency, burst (default all three); a step
+//	                              left out prints "—"
 func BenchmarkFanOut(b *testing.B) {
 	cfg, counts := readFanOutConfig(b)
 	r := fanOutResults{counts: counts, cfg: cfg}
@@ -80,6 +83,14 @@ func readFanOutConfig(b *testing.B) (config, []int) {
 		profileDir:  os.Getenv("BENCH_PROFILE_DIR"),
 		keep:        os.Getenv("BENCH_KEEP") != "",
 		statements:  envInt(b, "BENCH_STATEMENTS", 0, 0),
+		steps:       map[string]bool{},
+	}
+	for _, s := range strings.Split(envString("BENCH_FANOUT_STEPS", "catch-up,latency,burst"), ",") {
+		s = strings.TrimSpace(s)
+		if s != "catch-up" && s != "latency" && s != "burst" {
+			b.Fatalf("BENCH_FANOUT_STEPS=%q: want catch-up, latency and/or burst", os.Getenv("BENCH_FANOUT_STEPS"))
+		}
+		c.steps[s] = true
 	}
 	// Each latency run updates rows of its own: native's and ReJot's, per count.
 	if need := 2 * len(counts) * c.latencySecs * c.latencyRate; need > c.rows {
@@ -135,9 +146,17 @@ func (f *fanEnv) run(engine string, counts []int) engineResult {
 	for _, n := range counts {
 		f.grow(n)
 		label := fmt.Sprintf("%s log, %d subscribers", engine, n)
-		native, rejot := f.catchUpAll(label)
-		nativeLat, rejotLat := f.latencyAll(label)
-		nativeBurst, rejotBurst := f.burstAll(label)
+		var native, rejot, nativeBurst, rejotBurst time.Duration
+		var nativeLat, rejotLat latencyRun
+		if f.cfg.steps["catch-up"] {
+			native, rejot = f.catchUpAll(label)
+		}
+		if f.cfg.steps["latency"] {
+			nativeLat, rejotLat = f.latencyAll(label)
+		}
+		if f.cfg.steps["burst"] {
+			nativeBurst, rejotBurst = f.burstAll(label)
+		}
 		res.runs = append(res.runs, fanOutRun{subscribers: n, catchUp: rejot, latency: rejotLat, burst: rejotBurst})
 		if f.measureNative {
 			f.nativeRuns = append(f.nativeRuns, fanOutRun{subscribers: n, catchUp: native, latency: nativeLat, burst: nativeBurst})
