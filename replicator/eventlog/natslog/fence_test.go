@@ -3,8 +3,12 @@ package natslog
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/rejot-dev/rejot/internal/natstest"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
@@ -70,5 +74,75 @@ func TestStaleCompactionFenced(t *testing.T) {
 	var buf bytes.Buffer
 	if at, err := winner.CopyState(ctx, v, []int{0, 1}, &buf); err != nil || at != 2 || buf.String() != "k\tnew\n" {
 		t.Fatalf("copy at %d: %q (%v)", at, buf.String(), err)
+	}
+}
+
+// TestConcurrentFirstStatesFenced: two instances fill the same version at
+// once (the lease moved while the first was filling). The first to commit
+// wins; the other's marker is refused, and its rows must not be what a
+// copy reads. Before first states had generations of their own, both
+// wrote the same stream, and the loser's chunk replaced the winner's: the
+// copy returned the loser's rows under the winner's marker.
+func TestConcurrentFirstStatesFenced(t *testing.T) {
+	c := natstest.Run(t, 1)
+	ctx := context.Background()
+	open := opener(t, c)
+	winner, loser := open(), open()
+	v := eventlog.Version{Publication: "orders", Number: 1}
+	val := func(s string) eventlog.Value { return &s }
+	layout := eventlog.Layout{Columns: 2, Key: []int{0}}
+	// A first append, so both instances know the version at the same place.
+	if _, err := eventlog.Append(ctx, winner, []eventlog.Group{{Version: v, System: "shop", CommitLSN: 10, Layout: layout,
+		Changes: []eventlog.Change{{Op: eventlog.OpUpsert, Key: []eventlog.Value{val("k")}, Row: []eventlog.Value{val("k"), val("first")}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	fill := func(l *Log, lsn uint64, value string) eventlog.Tx {
+		tx, err := l.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := eventlog.Group{Version: v, System: "shop", CommitLSN: lsn, Layout: layout,
+			Changes: []eventlog.Change{{Op: eventlog.OpTruncate}}}
+		for i := range 100 {
+			k := fmt.Sprint(i)
+			g.Changes = append(g.Changes, eventlog.Change{Op: eventlog.OpUpsert, Key: []eventlog.Value{val(k)}, Row: []eventlog.Value{val(k), val(value)}})
+		}
+		if err := tx.Fill(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+		return tx
+	}
+	w := fill(winner, 20, "winner")
+	l := fill(loser, 30, "loser") // starts its generation after the winner's
+	if _, err := w.Commit(ctx); err != nil {
+		t.Fatalf("the winner's first state: %v", err)
+	}
+	if _, err := l.Commit(ctx); err == nil {
+		t.Fatal("the loser's first state committed over the winner's")
+	}
+	l.Rollback(ctx)
+
+	var buf bytes.Buffer
+	if _, err := open().CopyState(ctx, v, []int{0, 1}, &buf); err != nil {
+		t.Fatal(err)
+	}
+	rows := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	if len(rows) != 100 {
+		t.Fatalf("the copy holds %d rows, want the winner's 100", len(rows))
+	}
+	for _, r := range rows {
+		if !strings.HasSuffix(r, "\twinner") {
+			t.Fatalf("the copy holds %q: another instance's first state under the winner's marker", r)
+		}
+	}
+	// Only the current generation's stream is left (the first, the
+	// loser's: dropped).
+	names := winner.js.StreamNames(ctx, jetstream.WithStreamListSubject("rejot.state."+versionToken(v)+".>"))
+	var states []string
+	for n := range names.Name() {
+		states = append(states, n)
+	}
+	if len(states) != 1 {
+		t.Fatalf("state streams left: %v, want the current one only", states)
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"slices"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rejot-dev/rejot/replicator/eventlog"
@@ -100,7 +102,7 @@ func (vt *versionTx) startFill(ctx context.Context, t *Tx, g *eventlog.Group) er
 	if err := vt.send(ctx, t); err != nil {
 		return err
 	}
-	gen := vt.now.gen + 1
+	gen := nextGen(vt.now.gen)
 	name := stateStream(g.Version, gen)
 	if err := t.log.deleteStream(ctx, name); err != nil {
 		return err
@@ -206,12 +208,38 @@ func (f *fillTx) drop(ctx context.Context, l *Log) {
 	_ = l.deleteStream(ctx, f.stream.CachedInfo().Config.Name)
 }
 
-// dropStates removes the state generation a first state replaced. A copy
-// still reading it fails and starts again on the new one.
+// nextGen is the generation a first state after gen goes to: later than
+// gen, and not gen+1 but a number of its own, so that two first states of
+// one version at once (two instances filling it while the lease moves)
+// write two streams and never each other's. Only one's marker commits;
+// the other's stream is dropped (dropStates, or its own drop).
+func nextGen(gen int) int {
+	return gen + 1 + rand.IntN(genSpread)
+}
+
+// genSpread bounds the numbers nextGen skips: two first states from the
+// same generation pick the same one once in genSpread.
+const genSpread = 1 << 30
+
+// dropStates removes every state generation of a version but now's: the
+// one a first state replaced, first states abandoned by an append that
+// failed, and any other instance's first state still being written (its
+// marker can no longer commit: this one's moved the change stream). A copy
+// still reading the old generation fails and starts again on the new one.
 func (l *Log) dropStates(ctx context.Context, v eventlog.Version, old, now int) {
-	for gen := old; gen < now; gen++ {
-		// Only space is lost if this fails; nothing reads an old generation.
-		_ = l.deleteStream(ctx, stateStream(v, gen))
+	// Only space is lost if this fails; nothing reads an old generation.
+	_ = l.deleteStream(ctx, stateStream(v, old))
+	lctx, cancel := request(ctx)
+	defer cancel()
+	names := l.js.StreamNames(lctx, jetstream.WithStreamListSubject("rejot.state."+versionToken(v)+".>"))
+	var stale []string
+	for name := range names.Name() {
+		if name != stateStream(v, now) && strings.HasPrefix(name, stateStreamPrefix(v)) {
+			stale = append(stale, name)
+		}
+	}
+	for _, name := range stale {
+		_ = l.deleteStream(ctx, name)
 	}
 }
 

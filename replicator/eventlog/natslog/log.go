@@ -264,8 +264,9 @@ func chunkSubject(v eventlog.Version) string { return "rejot.log." + versionToke
 func runSubject(v eventlog.Version) string   { return "rejot.log." + versionToken(v) + ".m" }
 
 func stateStream(v eventlog.Version, gen int) string {
-	return "REJOT_STATE_" + versionToken(v) + "_" + strconv.Itoa(gen)
+	return stateStreamPrefix(v) + strconv.Itoa(gen)
 }
+func stateStreamPrefix(v eventlog.Version) string { return "REJOT_STATE_" + versionToken(v) + "_" }
 func stateSubjects(v eventlog.Version, gen int) string {
 	return "rejot.state." + versionToken(v) + "." + strconv.Itoa(gen)
 }
