@@ -184,6 +184,9 @@ func (f *fanEnv) allCaughtUp(want int64) (bool, error) {
 // sidecars starting: on machines where starting a process is dear (this
 // one: BENCHMARKS.md), that is a large part of it.
 func (f *fanEnv) burstAll(label string) (native, rejot time.Duration) {
+	// Native subscriptions just created (BENCH_FANOUT_STEPS without
+	// catch-up or latency) are enabled: they must not follow ReJot's burst.
+	f.setNatives(false)
 	head, err := f.head()
 	f.must(err)
 	f.waitFor("ReJot caught up before the burst", 10*time.Minute, 10*time.Millisecond, func() (bool, error) {
