@@ -47,7 +47,25 @@ type Server struct {
 	Page     http.Handler
 	Logger   zerolog.Logger
 
-	srv *http.Server
+	srv       *http.Server
+	lastReady readyCache
+}
+
+// readyTTL is how long one evaluation of the checks answers /readyz. The
+// port has no authentication, and the upstream check opens a connection
+// to the database (what a client would meet: no free slot, a refused
+// role): without it, whoever reaches the port could make the sidecar
+// open connections as fast as it asks.
+const readyTTL = time.Second
+
+// readyCache holds the last evaluation and the one in flight: requests
+// at once share one, requests within readyTTL of it get its result.
+type readyCache struct {
+	mu     sync.Mutex
+	at     time.Time
+	res    readiness
+	status int
+	wait   chan struct{} // closed when the evaluation in flight ends
 }
 
 // Handler is the server's routes.
@@ -72,9 +90,45 @@ type readiness struct {
 	Degraded map[string]string `json:"degraded,omitempty"`
 }
 
-// ready runs every check at once, each within 2 seconds.
+// ready answers /readyz from one evaluation of the checks at most every
+// readyTTL, shared by the requests that come while it runs.
 func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	c := &s.lastReady
+	for {
+		c.mu.Lock()
+		if !c.at.IsZero() && time.Since(c.at) < readyTTL {
+			res, status := c.res, c.status
+			c.mu.Unlock()
+			writeJSON(w, status, res)
+			return
+		}
+		if wait := c.wait; wait != nil {
+			c.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-r.Context().Done():
+				return
+			}
+		}
+		wait := make(chan struct{})
+		c.wait = wait
+		c.mu.Unlock()
+		// Not the request's context: the requests waiting share this
+		// evaluation, and one leaving must not fail it for the others.
+		res, status := s.evaluate()
+		c.mu.Lock()
+		c.at, c.res, c.status, c.wait = time.Now(), res, status, nil
+		c.mu.Unlock()
+		close(wait)
+		writeJSON(w, status, res)
+		return
+	}
+}
+
+// evaluate runs every check at once, each within 2 seconds.
+func (s *Server) evaluate() (readiness, int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	res := readiness{Ready: true, Checks: map[string]string{}}
 	var mu sync.Mutex
@@ -105,7 +159,7 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	if !res.Ready {
 		status = http.StatusServiceUnavailable
 	}
-	writeJSON(w, status, res)
+	return res, status
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

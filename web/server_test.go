@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http/httptest"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestReadyz: /readyz is 503 when a check fails and 200 otherwise, and
@@ -49,5 +52,46 @@ func TestReadyz(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestReadyzBoundsProbes: requests to /readyz at once share one run of
+// the checks, and requests within readyTTL of it get its result, so that
+// whoever reaches the port cannot make the sidecar open upstream
+// connections as fast as it asks; a later request runs them again.
+func TestReadyzBoundsProbes(t *testing.T) {
+	var runs atomic.Int32
+	s := &Server{Checks: []Check{{Name: "upstream", Probe: func(context.Context) error {
+		runs.Add(1)
+		time.Sleep(50 * time.Millisecond)
+		return nil
+	}}}}
+	h := s.Handler()
+	get := func() int {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+		return rec.Code
+	}
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if code := get(); code != 200 {
+				t.Errorf("status %d", code)
+			}
+		}()
+	}
+	wg.Wait()
+	for range 20 {
+		get()
+	}
+	if n := runs.Load(); n != 1 {
+		t.Fatalf("70 requests within %v ran the checks %d times, want once", readyTTL, n)
+	}
+	time.Sleep(readyTTL + 100*time.Millisecond)
+	get()
+	if n := runs.Load(); n != 2 {
+		t.Fatalf("a request after %v ran the checks %d times in all, want 2", readyTTL, n)
 	}
 }
