@@ -323,7 +323,7 @@ func (vt *versionTx) commit(ctx context.Context, t *Tx) (int, error) {
 	k := vt.now
 	t.log.learn(vt.v, &k)
 	if vt.fill != nil {
-		t.log.dropStates(ctx, vt.v, vt.was.gen, vt.now.gen)
+		t.log.dropStates(ctx, vt.v, vt.was.gen, vt.now.gen, ack.Sequence)
 	}
 	t.log.compactLater(vt.v)
 	return vt.fresh, nil

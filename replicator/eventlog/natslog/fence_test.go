@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -144,5 +145,63 @@ func TestConcurrentFirstStatesFenced(t *testing.T) {
 	}
 	if len(states) != 1 {
 		t.Fatalf("state streams left: %v, want the current one only", states)
+	}
+}
+
+// TestLaterFirstStateKept: the winner of a first state drops the other
+// state streams of its version only if they were started before its
+// marker. One started after it (an instance that took the lease since and
+// read the marker) may still commit, and must keep its rows even when the
+// winner's cleanup comes late (a paused process).
+func TestLaterFirstStateKept(t *testing.T) {
+	c := natstest.Run(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	open := opener(t, c)
+	first := open()
+	v := eventlog.Version{Publication: "orders", Number: 1}
+	val := func(s string) eventlog.Value { return &s }
+	layout := eventlog.Layout{Columns: 2, Key: []int{0}}
+	fill := func(l *Log, lsn uint64, value string) eventlog.Tx {
+		tx, err := l.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := eventlog.Group{Version: v, System: "shop", CommitLSN: lsn, Layout: layout,
+			Changes: []eventlog.Change{{Op: eventlog.OpTruncate}}}
+		for i := range 100 {
+			k := fmt.Sprint(i)
+			g.Changes = append(g.Changes, eventlog.Change{Op: eventlog.OpUpsert, Key: []eventlog.Value{val(k)}, Row: []eventlog.Value{val(k), val(value)}})
+		}
+		if err := tx.Fill(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+		return tx
+	}
+	if _, err := fill(first, 10, "first").Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	marker, err := first.last(ctx, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	later := fill(open(), 20, "later") // reads the first's marker
+	// The first's cleanup, late: after the later first state started.
+	first.dropStates(ctx, v, 1, marker.gen, marker.seq)
+	if _, err := later.Commit(ctx); err != nil {
+		t.Fatalf("the later first state: %v", err)
+	}
+	var buf bytes.Buffer
+	if _, err := open().CopyState(ctx, v, []int{0, 1}, &buf); err != nil {
+		t.Fatalf("copy after the later first state: %v", err)
+	}
+	rows := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	if len(rows) != 100 {
+		t.Fatalf("the copy holds %d rows, want the later first state's 100", len(rows))
+	}
+	for _, r := range rows {
+		if !strings.HasSuffix(r, "\tlater") {
+			t.Fatalf("the copy holds %q, want the later first state's rows", r)
+		}
 	}
 }

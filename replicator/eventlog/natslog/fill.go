@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -107,7 +108,7 @@ func (vt *versionTx) startFill(ctx context.Context, t *Tx, g *eventlog.Group) er
 	if err := t.log.deleteStream(ctx, name); err != nil {
 		return err
 	}
-	s, err := t.log.ensureStateStream(ctx, g.Version, gen)
+	s, err := t.log.newStateStream(ctx, g.Version, gen, vt.now.lastSeq)
 	if err != nil {
 		return err
 	}
@@ -221,24 +222,42 @@ func nextGen(gen int) int {
 // same generation pick the same one once in genSpread.
 const genSpread = 1 << 30
 
-// dropStates removes every state generation of a version but now's: the
-// one a first state replaced, first states abandoned by an append that
-// failed, and any other instance's first state still being written (its
-// marker can no longer commit: this one's moved the change stream). A copy
-// still reading the old generation fails and starts again on the new one.
-func (l *Log) dropStates(ctx context.Context, v eventlog.Version, old, now int) {
+// dropStates removes, once the marker at sequence marker switched the
+// version from generation old to now, the state generations that can no
+// longer be current: old, and every first state started before the
+// marker (its metadata says after what it started), whose run expects a
+// change stream that has moved past it and can never commit: another
+// instance's still being written (the lease moved while both filled), or
+// one whose append failed. A first state started after the marker (an
+// instance that took the lease since, and read this marker) is kept:
+// its run may commit. A copy still reading a dropped generation fails and
+// starts again on the current one.
+func (l *Log) dropStates(ctx context.Context, v eventlog.Version, old, now int, marker uint64) {
 	// Only space is lost if this fails; nothing reads an old generation.
 	_ = l.deleteStream(ctx, stateStream(v, old))
 	lctx, cancel := request(ctx)
 	defer cancel()
-	names := l.js.StreamNames(lctx, jetstream.WithStreamListSubject("rejot.state."+versionToken(v)+".>"))
-	var stale []string
-	for name := range names.Name() {
-		if name != stateStream(v, now) && strings.HasPrefix(name, stateStreamPrefix(v)) {
-			stale = append(stale, name)
+	list := l.js.ListStreams(lctx, jetstream.WithStreamListSubject("rejot.state."+versionToken(v)+".>"))
+	var dead []string
+	for info := range list.Info() {
+		name := info.Config.Name
+		if name == stateStream(v, now) || !strings.HasPrefix(name, stateStreamPrefix(v)) {
+			continue
+		}
+		if after, err := strconv.ParseUint(info.Config.Metadata[metaAfter], 10, 64); err == nil {
+			if after < marker {
+				dead = append(dead, name)
+			}
+			continue
+		}
+		// Without the metadata: the first generation (made by a
+		// compaction), or one made before first states had it, when
+		// generations were consecutive: those before now are done.
+		if gen, err := strconv.Atoi(strings.TrimPrefix(name, stateStreamPrefix(v))); err == nil && gen < now {
+			dead = append(dead, name)
 		}
 	}
-	for _, name := range stale {
+	for _, name := range dead {
 		_ = l.deleteStream(ctx, name)
 	}
 }

@@ -286,11 +286,52 @@ func (l *Log) ensureChangeStream(ctx context.Context, v eventlog.Version) (jetst
 
 // ensureStateStream makes a state generation's stream if it is missing.
 func (l *Log) ensureStateStream(ctx context.Context, v eventlog.Version, gen int) (jetstream.Stream, error) {
-	return l.ensureStream(ctx, v, "state", jetstream.StreamConfig{
+	name := stateStream(v, gen)
+	l.mu.Lock()
+	s := l.streams[name]
+	l.mu.Unlock()
+	if s != nil {
+		return s, nil
+	}
+	// Opened as it is when it exists: an update would drop the metadata
+	// a first state's stream was made with (newStateStream).
+	rctx, cancel := request(ctx)
+	s, err := l.js.Stream(rctx, name)
+	cancel()
+	switch {
+	case err == nil:
+		if err := waitLeader(ctx, s); err != nil {
+			return nil, err
+		}
+		l.mu.Lock()
+		l.streams[name] = s
+		l.mu.Unlock()
+		return s, nil
+	case !errors.Is(err, jetstream.ErrStreamNotFound):
+		return nil, fmt.Errorf("cannot open the state stream of %s version %d: %w", v.Publication, v.Number, err)
+	}
+	return l.ensureStream(ctx, v, "state", stateStreamConfig(v, gen), nil)
+}
+
+// newStateStream makes a first state's stream, recording the change
+// stream's last sequence the first state was started after (metaAfter):
+// whether its run can still commit (dropStates).
+func (l *Log) newStateStream(ctx context.Context, v eventlog.Version, gen int, after uint64) (jetstream.Stream, error) {
+	cfg := stateStreamConfig(v, gen)
+	cfg.Metadata = map[string]string{metaAfter: strconv.FormatUint(after, 10)}
+	return l.ensureStream(ctx, v, "state", cfg, nil)
+}
+
+// metaAfter is the metadata key of a first state's stream that holds the
+// change stream's last sequence when the first state started.
+const metaAfter = "rejot_after"
+
+func stateStreamConfig(v eventlog.Version, gen int) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
 		Name: stateStream(v, gen), Subjects: []string{stateSubjects(v, gen) + ".>"},
 		MaxMsgsPerSubject: 1, AllowMsgTTL: true, Discard: jetstream.DiscardOld,
 		Description: fmt.Sprintf("rejot compacted state of %s version %d", v.Publication, v.Number),
-	}, nil)
+	}
 }
 
 // ensureStream makes the stream cfg names, file-stored with the log's
