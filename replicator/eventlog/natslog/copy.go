@@ -82,10 +82,72 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// keyed is a key's row in a copy; gone for a deleted key.
+// keyed is where a kept key's row is in its copy's rowArena, encoded as
+// in the state's messages (appendValues); gone for a deleted key.
 type keyed struct {
-	row  []eventlog.Value
-	gone bool
+	block, off, n int32
+	gone          bool
+}
+
+// keptKeys are the keys a copy holds: every key changed since the first
+// state, so each should cost its row's bytes and little more. The rows go
+// one after another into blocks of rowBlock bytes (one of its own for a
+// larger row): no allocation, slice header or value pointer per row.
+type keptKeys struct {
+	keys   map[keyID]keyed
+	blocks [][]byte
+}
+
+const rowBlock = 1 << 20
+
+func newKeptKeys() *keptKeys { return &keptKeys{keys: map[keyID]keyed{}} }
+
+// put keeps row (encoded) for id, in place of what id had.
+func (k *keptKeys) put(id keyID, row []byte) {
+	last := len(k.blocks) - 1
+	if len(row) > rowBlock {
+		k.blocks = append(k.blocks, append([]byte(nil), row...))
+		k.keys[id] = keyed{block: int32(len(k.blocks) - 1), n: int32(len(row))}
+		return
+	}
+	if last < 0 || len(k.blocks[last])+len(row) > cap(k.blocks[last]) {
+		k.blocks = append(k.blocks, make([]byte, 0, rowBlock))
+		last++
+	}
+	b := k.blocks[last]
+	k.keys[id] = keyed{block: int32(last), off: int32(len(b)), n: int32(len(row))}
+	k.blocks[last] = append(b, row...)
+}
+
+// drop marks id deleted.
+func (k *keptKeys) drop(id keyID) { k.keys[id] = keyed{gone: true} }
+
+// clear forgets every key (a truncate).
+func (k *keptKeys) clear() {
+	clear(k.keys)
+	k.blocks = nil
+}
+
+func (k *keptKeys) has(id keyID) bool {
+	_, ok := k.keys[id]
+	return ok
+}
+
+// rows calls f with every kept row that is not deleted, decoded.
+func (k *keptKeys) rows(f func([]eventlog.Value) error) error {
+	for _, e := range k.keys {
+		if e.gone {
+			continue
+		}
+		row, err := decodeRow(k.blocks[e.block][e.off : e.off+e.n])
+		if err != nil {
+			return err
+		}
+		if err := f(row); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // copyAt writes the state as of the version's head: see the top of the file.
@@ -104,7 +166,7 @@ func (l *Log) copyAt(ctx context.Context, v eventlog.Version, cw *copyWriter) (i
 	if err == nil {
 		err = waitLeader(ctx, ks)
 	}
-	keys := map[string]keyed{}
+	keys := newKeptKeys()
 	var mark stateMark
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound) && first.gen == 1:
@@ -129,6 +191,7 @@ func (l *Log) copyAt(ctx context.Context, v eventlog.Version, cw *copyWriter) (i
 		return 0, errMoved
 	}
 	chunks := mark.chunks
+	var scratch []byte
 	err = l.scan(ctx, v, mark.pos, func(p part, _ bool) (bool, error) {
 		for i, c := range p.changes {
 			if p.first+int64(i) > now.head {
@@ -136,12 +199,13 @@ func (l *Log) copyAt(ctx context.Context, v eventlog.Version, cw *copyWriter) (i
 			}
 			switch c.Op {
 			case eventlog.OpTruncate:
-				clear(keys)
+				keys.clear()
 				chunks = 0
 			case eventlog.OpUpsert:
-				keys[keyHash(prefix, keyOf(now.layout, c))] = keyed{row: c.Row}
+				scratch = appendValues(scratch[:0], c.Row)
+				keys.put(keyIDOf(keyOf(now.layout, c)), scratch)
 			case eventlog.OpDelete:
-				keys[keyHash(prefix, keyOf(now.layout, c))] = keyed{gone: true}
+				keys.drop(keyIDOf(keyOf(now.layout, c)))
 			}
 		}
 		return true, nil
@@ -152,22 +216,23 @@ func (l *Log) copyAt(ctx context.Context, v eventlog.Version, cw *copyWriter) (i
 		}
 		return 0, err
 	}
+	copyFolded()
 	if err := copyChunks(ctx, ks, prefix, chunks, keys, cw); err != nil {
 		return 0, err
 	}
-	for _, k := range keys {
-		if !k.gone {
-			if err := cw.row(k.row); err != nil {
-				return 0, err
-			}
-		}
+	if err := keys.rows(cw.row); err != nil {
+		return 0, err
 	}
 	return now.head, nil
 }
 
+// copyFolded is called when a copy has read the keys and folded the
+// changes after the watermark: a benchmark measures what it holds there.
+var copyFolded = func() {}
+
 // readKeys reads every key's message of a state stream (those below void
 // are void: a truncate's purge may not have run).
-func readKeys(ctx context.Context, js jetstream.JetStream, ks jetstream.Stream, prefix string, void int64, keys map[string]keyed) error {
+func readKeys(ctx context.Context, js jetstream.JetStream, ks jetstream.Stream, prefix string, void int64, keys *keptKeys) error {
 	info, err := streamInfo(ctx, ks)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -223,7 +288,7 @@ func readKeys(ctx context.Context, js jetstream.JetStream, ks jetstream.Stream, 
 	}
 }
 
-func readKey(m jetstream.Msg, void int64, keys map[string]keyed) error {
+func readKey(m jetstream.Msg, void int64, keys *keptKeys) error {
 	if void > 0 {
 		pos, err := parsePos(m.Headers())
 		if err != nil {
@@ -233,15 +298,15 @@ func readKey(m jetstream.Msg, void int64, keys map[string]keyed) error {
 			return nil
 		}
 	}
-	if m.Headers().Get(hdrOp) == "d" {
-		keys[m.Subject()] = keyed{gone: true}
-		return nil
-	}
-	row, err := decodeRow(m.Data())
+	id, err := keyIDOfSubject(m.Subject())
 	if err != nil {
 		return err
 	}
-	keys[m.Subject()] = keyed{row: row}
+	if m.Headers().Get(hdrOp) == "d" {
+		keys.drop(id)
+		return nil
+	}
+	keys.put(id, m.Data())
 	return nil
 }
 
@@ -256,7 +321,7 @@ func parsePos(h nats.Header) (int64, error) {
 // copyChunks writes the rows of the first n chunks whose key is not kept.
 // A chunk gone (a truncate or a new first state since the copy began) is
 // errMoved.
-func copyChunks(ctx context.Context, ks jetstream.Stream, prefix string, n int, keys map[string]keyed, cw *copyWriter) error {
+func copyChunks(ctx context.Context, ks jetstream.Stream, prefix string, n int, keys *keptKeys, cw *copyWriter) error {
 	for i := 1; i <= n; i++ {
 		rctx, cancel := request(ctx)
 		m, err := ks.GetLastMsgForSubject(rctx, chunkOf(prefix, i))
@@ -267,7 +332,7 @@ func copyChunks(ctx context.Context, ks jetstream.Stream, prefix string, n int, 
 		if err != nil {
 			return fmt.Errorf("cannot read the state: %w", err)
 		}
-		if err := copyChunk(m.Data, prefix, keys, cw); err != nil {
+		if err := copyChunk(m.Data, keys, cw); err != nil {
 			return err
 		}
 	}
@@ -275,7 +340,7 @@ func copyChunks(ctx context.Context, ks jetstream.Stream, prefix string, n int, 
 }
 
 // copyChunk writes a chunk's rows (its keys and rows, one after the other).
-func copyChunk(body []byte, prefix string, keys map[string]keyed, cw *copyWriter) error {
+func copyChunk(body []byte, keys *keptKeys, cw *copyWriter) error {
 	r := &reader{b: body}
 	for len(r.b) > 0 && r.err == nil {
 		key := r.values()
@@ -283,10 +348,8 @@ func copyChunk(body []byte, prefix string, keys map[string]keyed, cw *copyWriter
 		if r.err != nil {
 			break
 		}
-		if len(keys) > 0 {
-			if _, kept := keys[keyHash(prefix, key)]; kept {
-				continue
-			}
+		if len(keys.keys) > 0 && keys.has(keyIDOf(key)) {
+			continue
 		}
 		if err := cw.row(row); err != nil {
 			return err

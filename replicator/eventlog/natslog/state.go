@@ -45,10 +45,32 @@ import (
 // that read a watermark since moved writes nothing. The copy is in
 // copy.go.
 
-// keyHash names a key's subject.
+// keyHash names a key's subject: prefix.k. and the key's keyID in hex.
 func keyHash(prefix string, key []eventlog.Value) string {
+	id := keyIDOf(key)
+	return prefix + ".k." + hex.EncodeToString(id[:])
+}
+
+// keyID identifies a key in a state: the first 20 bytes of the SHA-256 of
+// its text.
+type keyID [20]byte
+
+func keyIDOf(key []eventlog.Value) keyID {
 	sum := sha256.Sum256([]byte(eventlog.KeyString(key)))
-	return prefix + ".k." + hex.EncodeToString(sum[:20])
+	return keyID(sum[:20])
+}
+
+// keyIDOfSubject is the keyID a key's subject names.
+func keyIDOfSubject(subject string) (keyID, error) {
+	var id keyID
+	const n = 2 * len(id)
+	if len(subject) < n {
+		return id, errCorrupt
+	}
+	if _, err := hex.Decode(id[:], []byte(subject[len(subject)-n:])); err != nil {
+		return id, errCorrupt
+	}
+	return id, nil
 }
 
 func keyOf(l eventlog.Layout, c eventlog.Change) []eventlog.Value {
