@@ -308,12 +308,21 @@ func (vt *versionTx) commit(ctx context.Context, t *Tx) (int, error) {
 	h.Set(hdrStart, strconv.FormatInt(vt.was.head+1, 10))
 	rctx, cancel := request(ctx)
 	defer cancel()
+	if vt.fill != nil {
+		vt.fill.marking = true
+	}
 	ack, err := t.log.js.PublishMsg(rctx, m, jetstream.WithExpectLastSequence(vt.now.lastSeq), jetstream.WithMsgID(vt.msgID(t.id)))
 	if err != nil {
 		if isWrongLastSequence(err) {
+			if vt.fill != nil {
+				vt.fill.marking = false // refused: it did not land
+			}
 			return 0, eventlog.ErrConcurrentAppend
 		}
 		return 0, fmt.Errorf("cannot commit to the change stream of %s version %d: %w", vt.v.Publication, vt.v.Number, err)
+	}
+	if vt.fill != nil {
+		vt.fill.committed = true
 	}
 	if ack.Duplicate {
 		t.log.forgetVersion(vt.v)
@@ -383,7 +392,7 @@ func (t *Tx) abandon(ctx context.Context) {
 			t.log.forgetVersion(vt.v)
 		}
 		if vt.fill != nil {
-			vt.fill.drop(context.WithoutCancel(ctx), t.log)
+			vt.fill.drop(context.WithoutCancel(ctx), t.log, vt.v)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package natslog
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -203,5 +204,146 @@ func TestLaterFirstStateKept(t *testing.T) {
 		if !strings.HasSuffix(r, "\tlater") {
 			t.Fatalf("the copy holds %q, want the later first state's rows", r)
 		}
+	}
+}
+
+// TestCommittedFirstStateKept: one append fills two versions; the first's
+// marker commits, the second's is refused (another instance appended to
+// it meanwhile). The append fails, but the first version's first state is
+// its state now: abandoning the append must not drop its stream.
+func TestCommittedFirstStateKept(t *testing.T) {
+	c := natstest.Run(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	open := opener(t, c)
+	a, b := open(), open()
+	v1 := eventlog.Version{Publication: "orders", Number: 1}
+	v2 := eventlog.Version{Publication: "items", Number: 1}
+	val := func(s string) eventlog.Value { return &s }
+	layout := eventlog.Layout{Columns: 2, Key: []int{0}}
+	group := func(v eventlog.Version, lsn uint64, value string, fill bool) eventlog.Group {
+		g := eventlog.Group{Version: v, System: "shop", CommitLSN: lsn, Layout: layout}
+		if fill {
+			g.Changes = append(g.Changes, eventlog.Change{Op: eventlog.OpTruncate})
+		}
+		for i := range 10 {
+			k := fmt.Sprint(i)
+			g.Changes = append(g.Changes, eventlog.Change{Op: eventlog.OpUpsert, Key: []eventlog.Value{val(k)}, Row: []eventlog.Value{val(k), val(value)}})
+		}
+		return g
+	}
+	tx, err := a.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []eventlog.Version{v1, v2} {
+		if err := tx.Fill(ctx, group(v, 20, "filled", true)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := eventlog.Append(ctx, b, []eventlog.Group{group(v2, 30, "other", false)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Commit(ctx); err == nil {
+		t.Fatal("the append committed over another instance's")
+	}
+	tx.Rollback(ctx)
+	var buf bytes.Buffer
+	if _, err := open().CopyState(ctx, v1, []int{0, 1}, &buf); err != nil {
+		t.Fatalf("copy of the version whose first state committed: %v", err)
+	}
+	if rows := strings.Count(buf.String(), "\tfilled\n"); rows != 10 {
+		t.Fatalf("the copy holds %q, want the first state's 10 rows", buf.String())
+	}
+}
+
+// TestFirstStateDrawsAgain: a first state whose generation was drawn by
+// another one already (once in 2^30) draws again, and never writes or
+// deletes the other's stream.
+func TestFirstStateDrawsAgain(t *testing.T) {
+	c := natstest.Run(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	draws := []int{5, 5, 7}
+	was := nextGen
+	nextGen = func(int) int { n := draws[0]; draws = draws[1:]; return n }
+	defer func() { nextGen = was }()
+	open := opener(t, c)
+	v := eventlog.Version{Publication: "orders", Number: 1}
+	val := func(s string) eventlog.Value { return &s }
+	fill := func(l *Log, lsn uint64, value string) eventlog.Tx {
+		tx, err := l.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := eventlog.Group{Version: v, System: "shop", CommitLSN: lsn, Layout: eventlog.Layout{Columns: 2, Key: []int{0}},
+			Changes: []eventlog.Change{{Op: eventlog.OpTruncate}}}
+		for i := range 10 {
+			k := fmt.Sprint(i)
+			g.Changes = append(g.Changes, eventlog.Change{Op: eventlog.OpUpsert, Key: []eventlog.Value{val(k)}, Row: []eventlog.Value{val(k), val(value)}})
+		}
+		if err := tx.Fill(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+		return tx
+	}
+	first := fill(open(), 10, "first")   // generation 5
+	second := fill(open(), 20, "second") // 5 is taken: 7
+	if _, err := first.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := second.Commit(ctx); err == nil {
+		t.Fatal("the second first state committed over the first")
+	}
+	second.Rollback(ctx)
+	var buf bytes.Buffer
+	if _, err := open().CopyState(ctx, v, []int{0, 1}, &buf); err != nil {
+		t.Fatal(err)
+	}
+	if rows := strings.Count(buf.String(), "\tfirst\n"); rows != 10 || strings.Count(buf.String(), "\n") != 10 {
+		t.Fatalf("the copy holds %q, want the first's 10 rows", buf.String())
+	}
+}
+
+// TestGoneStateNotRemade: a compaction whose version's state stream is
+// gone (deleted outside ReJot) fails, and does not make it again empty,
+// which would hide that the state is lost.
+func TestGoneStateNotRemade(t *testing.T) {
+	c := natstest.Run(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	open := opener(t, c)
+	l := open()
+	v := eventlog.Version{Publication: "orders", Number: 1}
+	val := func(s string) eventlog.Value { return &s }
+	layout := eventlog.Layout{Columns: 2, Key: []int{0}}
+	tx, err := l.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Fill(ctx, eventlog.Group{Version: v, System: "shop", CommitLSN: 10, Layout: layout,
+		Changes: []eventlog.Change{{Op: eventlog.OpTruncate}, {Op: eventlog.OpUpsert, Key: []eventlog.Value{val("k")}, Row: []eventlog.Value{val("k"), val("v")}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	last, err := l.last(ctx, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.js.DeleteStream(ctx, stateStream(v, last.gen)); err != nil {
+		t.Fatal(err)
+	}
+	other := open()
+	if _, err := eventlog.Append(ctx, other, []eventlog.Group{{Version: v, System: "shop", CommitLSN: 20, Layout: layout,
+		Changes: []eventlog.Change{{Op: eventlog.OpUpsert, Key: []eventlog.Value{val("k")}, Row: []eventlog.Value{val("k"), val("w")}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.compact(ctx, v); err == nil || !strings.Contains(err.Error(), "is gone") {
+		t.Fatalf("compaction of a version whose state is gone: %v", err)
+	}
+	if _, err := l.js.Stream(ctx, stateStream(v, last.gen)); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Fatalf("the state stream was made again: %v", err)
 	}
 }

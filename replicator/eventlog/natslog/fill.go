@@ -33,6 +33,10 @@ type fillTx struct {
 	buf        []byte // rows not sent yet: keys and rows, one after the other
 	chunks     int    // chunk messages sent
 	acks       []jetstream.PubAckFuture
+	// marking: the run's marker was sent, and may have landed whatever
+	// the answer (a timeout); committed: it did. The stream of a first
+	// state whose marker landed is the version's state: never dropped.
+	marking, committed bool
 }
 
 // A first state's rows go into the generation's stream in chunks
@@ -103,14 +107,19 @@ func (vt *versionTx) startFill(ctx context.Context, t *Tx, g *eventlog.Group) er
 	if err := vt.send(ctx, t); err != nil {
 		return err
 	}
-	gen := nextGen(vt.now.gen)
-	name := stateStream(g.Version, gen)
-	if err := t.log.deleteStream(ctx, name); err != nil {
-		return err
+	var gen int
+	var s jetstream.Stream
+	for range 3 {
+		gen = nextGen(vt.now.gen)
+		var err error
+		if s, err = t.log.newStateStream(ctx, g.Version, gen, vt.now.lastSeq); err == nil {
+			break
+		} else if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return err
+		}
 	}
-	s, err := t.log.newStateStream(ctx, g.Version, gen, vt.now.lastSeq)
-	if err != nil {
-		return err
+	if s == nil {
+		return fmt.Errorf("cannot make a state stream of %s version %d: every generation drawn was taken", g.Version.Publication, g.Version.Number)
 	}
 	id := groupID{g.System, g.CommitLSN}
 	vt.fill = &fillTx{id: id, gen: gen, stream: s, subjects: stateSubjects(g.Version, gen), from: vt.now.head, upto: vt.now.head}
@@ -202,9 +211,22 @@ func (f *fillTx) finish(ctx context.Context, l *Log, vt *versionTx) error {
 	return err
 }
 
-// drop removes a first state that was abandoned.
-func (f *fillTx) drop(ctx context.Context, l *Log) {
+// drop removes a first state that was abandoned, unless its marker
+// landed: an append of several versions whose later marker failed, or a
+// marker whose answer was lost. Where that cannot be told (the change
+// stream does not answer), the stream stays: space is lost, not the
+// version's state.
+func (f *fillTx) drop(ctx context.Context, l *Log, v eventlog.Version) {
 	waitAcks(f.acks)
+	if f.committed {
+		return
+	}
+	if f.marking {
+		r, err := l.last(ctx, v)
+		if err != nil || r != nil && r.gen == f.gen {
+			return
+		}
+	}
 	// Left behind if this fails: the next first state removes it.
 	_ = l.deleteStream(ctx, f.stream.CachedInfo().Config.Name)
 }
@@ -213,8 +235,9 @@ func (f *fillTx) drop(ctx context.Context, l *Log) {
 // gen, and not gen+1 but a number of its own, so that two first states of
 // one version at once (two instances filling it while the lease moves)
 // write two streams and never each other's. Only one's marker commits;
-// the other's stream is dropped (dropStates, or its own drop).
-func nextGen(gen int) int {
+// the other's stream is dropped (dropStates, or its own drop). A
+// variable: a test draws the same number twice.
+var nextGen = func(gen int) int {
 	return gen + 1 + rand.IntN(genSpread)
 }
 

@@ -17,6 +17,7 @@ package natslog
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
@@ -309,22 +310,54 @@ func (l *Log) ensureStateStream(ctx context.Context, v eventlog.Version, gen int
 		return s, nil
 	case !errors.Is(err, jetstream.ErrStreamNotFound):
 		return nil, fmt.Errorf("cannot open the state stream of %s version %d: %w", v.Publication, v.Number, err)
+	case gen != 1:
+		// Only a first state makes a later generation's stream
+		// (newStateStream): made here, empty, it would hide that the
+		// version's state is gone.
+		return nil, fmt.Errorf("the state stream %s of %s version %d is gone (deleted outside ReJot?): new subscribers cannot copy the version until it has a new first state (publish a new version)",
+			name, v.Publication, v.Number)
 	}
 	return l.ensureStream(ctx, v, "state", stateStreamConfig(v, gen), nil)
 }
 
-// newStateStream makes a first state's stream, recording the change
-// stream's last sequence the first state was started after (metaAfter):
-// whether its run can still commit (dropStates).
+// newStateStream makes a first state's stream, new (a stream of that name
+// already there is jetstream.ErrStreamNameAlreadyInUse: another first
+// state drew the same generation), recording the change stream's last
+// sequence the first state was started after (metaAfter): whether its run
+// can still commit (dropStates).
 func (l *Log) newStateStream(ctx context.Context, v eventlog.Version, gen int, after uint64) (jetstream.Stream, error) {
 	cfg := stateStreamConfig(v, gen)
-	cfg.Metadata = map[string]string{metaAfter: strconv.FormatUint(after, 10)}
-	return l.ensureStream(ctx, v, "state", cfg, nil)
+	nonce := make([]byte, 8)
+	rand.Read(nonce)
+	// The nonce makes every first state's configuration its own: creating
+	// a stream of the same configuration again succeeds.
+	cfg.Metadata = map[string]string{metaAfter: strconv.FormatUint(after, 10), metaFill: hex.EncodeToString(nonce)}
+	cfg.Storage, cfg.Replicas, cfg.Retention = jetstream.FileStorage, l.replicas, jetstream.LimitsPolicy
+	rctx, cancel := request(ctx)
+	s, err := l.js.CreateStream(rctx, cfg)
+	cancel()
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot make the state stream of %s version %d: %w", v.Publication, v.Number, err)
+	}
+	if err := waitLeader(ctx, s); err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	l.streams[cfg.Name] = s
+	l.mu.Unlock()
+	return s, nil
 }
 
-// metaAfter is the metadata key of a first state's stream that holds the
-// change stream's last sequence when the first state started.
-const metaAfter = "rejot_after"
+const (
+	// metaAfter is the metadata key of a first state's stream that holds
+	// the change stream's last sequence when the first state started.
+	metaAfter = "rejot_after"
+	// metaFill is a first state's own random token.
+	metaFill = "rejot_fill"
+)
 
 func stateStreamConfig(v eventlog.Version, gen int) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
