@@ -114,42 +114,75 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 		wait := make(chan struct{})
 		c.wait = wait
 		c.mu.Unlock()
-		// Not the request's context: the requests waiting share this
-		// evaluation, and one leaving must not fail it for the others.
-		res, status := s.evaluate()
-		c.mu.Lock()
-		c.at, c.res, c.status, c.wait = time.Now(), res, status, nil
-		c.mu.Unlock()
-		close(wait)
+		res, status := s.evaluateShared(c, wait)
 		writeJSON(w, status, res)
 		return
 	}
 }
 
-// evaluate runs every check at once, each within 2 seconds.
+// evaluateShared runs the checks for every request waiting on wait, and
+// always lets them go, even if a check panics (net/http recovers the
+// request; the next one must not wait for an evaluation that ended). Its
+// result is as old as its start.
+func (s *Server) evaluateShared(c *readyCache, wait chan struct{}) (res readiness, status int) {
+	started := time.Now()
+	done := false
+	defer func() {
+		c.mu.Lock()
+		if done {
+			c.at, c.res, c.status = started, res, status
+		}
+		c.wait = nil
+		c.mu.Unlock()
+		close(wait)
+	}()
+	res, status = s.evaluate()
+	done = true
+	return res, status
+}
+
+// checkTimeout bounds one evaluation: a check that has not answered by
+// then is not ready, whether or not it heeds its context.
+const checkTimeout = 2 * time.Second
+
+// evaluate runs every check at once, each within checkTimeout.
 func (s *Server) evaluate() (readiness, int) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
 	defer cancel()
 	res := readiness{Ready: true, Checks: map[string]string{}}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, c := range s.Checks {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			err := c.Probe(ctx)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				var advisory Advisory
-				res.Ready = res.Ready && errors.As(err, &advisory)
-				res.Checks[c.Name] = err.Error()
-				return
-			}
-			res.Checks[c.Name] = "ok"
-		}()
+	type answer struct {
+		i   int
+		err error
 	}
-	wg.Wait()
+	answers := make(chan answer, len(s.Checks)) // a late one never blocks
+	for i, c := range s.Checks {
+		go func() { answers <- answer{i, c.Probe(ctx)} }()
+	}
+	pending := len(s.Checks)
+	answered := make([]bool, len(s.Checks))
+	for pending > 0 {
+		select {
+		case a := <-answers:
+			pending--
+			answered[a.i] = true
+			name := s.Checks[a.i].Name
+			if a.err != nil {
+				var advisory Advisory
+				res.Ready = res.Ready && errors.As(a.err, &advisory)
+				res.Checks[name] = a.err.Error()
+				continue
+			}
+			res.Checks[name] = "ok"
+		case <-ctx.Done():
+			for i, c := range s.Checks {
+				if !answered[i] {
+					res.Ready = false
+					res.Checks[c.Name] = "no answer within " + checkTimeout.String()
+				}
+			}
+			pending = 0
+		}
+	}
 	if s.Degraded != nil {
 		if d := s.Degraded(); len(d) > 0 {
 			res.Degraded = d

@@ -95,3 +95,54 @@ func TestReadyzBoundsProbes(t *testing.T) {
 		t.Fatalf("a request after %v ran the checks %d times in all, want 2", readyTTL, n)
 	}
 }
+
+// TestReadyzAnswersWhatever: a check that never returns, whatever its
+// context says, makes /readyz unready within checkTimeout, not hang; and
+// an evaluation that panicked does not leave the next request waiting for
+// it.
+func TestReadyzAnswersWhatever(t *testing.T) {
+	never := make(chan struct{})
+	defer close(never)
+	s := &Server{Checks: []Check{
+		{Name: "upstream", Probe: func(context.Context) error { return nil }},
+		{Name: "event_log", Probe: func(context.Context) error { <-never; return nil }},
+	}}
+	start := time.Now()
+	rec := httptest.NewRecorder()
+	s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	var body readiness
+	if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Code != 503 || body.Checks["upstream"] != "ok" || body.Checks["event_log"] == "ok" || time.Since(start) > 2*checkTimeout {
+		t.Fatalf("a check that never answers: status %d, %v after %v", rec.Code, body.Checks, time.Since(start))
+	}
+
+	panics := true
+	p := &Server{Checks: []Check{{Name: "upstream", Probe: func(context.Context) error { return nil }}},
+		Degraded: func() map[string]string {
+			if panics {
+				panics = false
+				panic("degraded")
+			}
+			return nil
+		}}
+	func() {
+		defer func() { recover() }() // as net/http does
+		p.Handler().ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/readyz", nil))
+	}()
+	done := make(chan int)
+	go func() {
+		rec := httptest.NewRecorder()
+		p.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+		done <- rec.Code
+	}()
+	select {
+	case code := <-done:
+		if code != 200 {
+			t.Fatalf("after a panic: status %d", code)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("after an evaluation panicked, /readyz waits for it for ever")
+	}
+}
