@@ -232,7 +232,8 @@ func decodeBase(data []byte) (*baseMsg, error) {
 type listing struct {
 	name string
 	cons jetstream.Consumer
-	left uint64 // messages it has not given yet
+	left uint64    // messages it has not given yet
+	came time.Time // when a fetch last gave messages (or the listing opened)
 }
 
 // openListing makes a listing's consumer; one just made may not answer
@@ -247,7 +248,7 @@ func (vt *versionTx) openListing(ctx context.Context, filters []string) (*listin
 	if err != nil {
 		return nil, err
 	}
-	ls := &listing{name: cons.CachedInfo().Name, cons: cons}
+	ls := &listing{name: cons.CachedInfo().Name, cons: cons, came: time.Now()}
 	for try := 1; ; try++ {
 		info, err := cons.Info(rctx)
 		if err == nil {
@@ -326,7 +327,20 @@ func (ls *listing) next(ctx context.Context, committed uint64, n int, each func(
 		return err
 	}
 	if got == 0 {
-		ls.left = 0 // nothing more came: done
+		// Done only if the consumer says so: a fetch that timed out (a
+		// busy server, a leader election) says nothing of what is left,
+		// and a listing that ends early leaves base rows out.
+		done, err := drained(ctx, ls.cons)
+		if err != nil {
+			return err
+		}
+		if done {
+			ls.left = 0
+		} else if time.Since(ls.came) > stallAfter {
+			return fmt.Errorf("no message of the base state came for %v, with some left", stallAfter)
+		}
+	} else {
+		ls.came = time.Now()
 	}
 	return nil
 }

@@ -261,8 +261,8 @@ func readKeys(ctx context.Context, js jetstream.JetStream, ks jetstream.Stream, 
 	} else if ci.NumPending == 0 {
 		return nil
 	}
-	for {
-		batch, err := cons.Fetch(10000, jetstream.FetchMaxWait(time.Second))
+	for came := time.Now(); ; {
+		batch, err := cons.Fetch(10000, jetstream.FetchMaxWait(keysFetchWait))
 		if err != nil {
 			return err
 		}
@@ -282,10 +282,43 @@ func readKeys(ctx context.Context, js jetstream.JetStream, ks jetstream.Stream, 
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
 			return err
 		}
-		if done || n == 0 {
+		if done {
 			return nil
 		}
+		if n > 0 {
+			came = time.Now()
+			continue
+		}
+		// A fetch that timed out (a busy server, a leader election) says
+		// nothing of what is left: every key must be read, or the copy
+		// writes chunks' rows where the keys' are newer.
+		if time.Since(came) > stallAfter {
+			return fmt.Errorf("no key's message came for %v, with some left", stallAfter)
+		}
+		if all, err := drained(ctx, cons); err != nil || all {
+			return err
+		}
 	}
+}
+
+// keysFetchWait is how long a fetch of the state's keys waits for
+// messages (a variable: a test makes fetches time out).
+var keysFetchWait = time.Second
+
+// stallAfter bounds how long fetches may bring nothing while the
+// consumer says messages are left.
+const stallAfter = 30 * time.Second
+
+// drained says whether a consumer has no message left to give: asked
+// when a fetch came back empty.
+func drained(ctx context.Context, cons jetstream.Consumer) (bool, error) {
+	rctx, cancel := request(ctx)
+	defer cancel()
+	ci, err := cons.Info(rctx)
+	if err != nil {
+		return false, err
+	}
+	return ci.NumPending == 0, nil
 }
 
 func readKey(m jetstream.Msg, void int64, keys *keptKeys) error {
