@@ -261,8 +261,9 @@ func readKeys(ctx context.Context, js jetstream.JetStream, ks jetstream.Stream, 
 	} else if ci.NumPending == 0 {
 		return nil
 	}
-	for came := time.Now(); ; {
-		batch, err := cons.Fetch(10000, jetstream.FetchMaxWait(keysFetchWait))
+	var last uint64 // the stream sequence of the last key's message read
+	for fetch, came := 0, time.Now(); ; fetch++ {
+		batch, err := cons.Fetch(10000, jetstream.FetchMaxWait(keysFetchWait(fetch)))
 		if err != nil {
 			return err
 		}
@@ -275,6 +276,7 @@ func readKeys(ctx context.Context, js jetstream.JetStream, ks jetstream.Stream, 
 				return err
 			}
 			done = meta.NumPending == 0
+			last = meta.Sequence.Stream
 			if err := readKey(m, void, keys); err != nil {
 				return err
 			}
@@ -289,28 +291,46 @@ func readKeys(ctx context.Context, js jetstream.JetStream, ks jetstream.Stream, 
 			came = time.Now()
 			continue
 		}
-		// A fetch that timed out (a busy server, a leader election) says
-		// nothing of what is left: every key must be read, or the copy
-		// writes chunks' rows where the keys' are newer.
+		// A fetch that timed out (a busy server, a leader election), or
+		// whose messages were lost on the way (a reconnect), says nothing
+		// of what is left: every key must be read, or the copy writes
+		// chunks' rows where the keys' are newer. The stream's leader
+		// says whether a key's message comes after the last one read;
+		// the next fetch starts after it.
 		if time.Since(came) > stallAfter {
 			return fmt.Errorf("no key's message came for %v, with some left", stallAfter)
 		}
-		if all, err := drained(ctx, cons); err != nil || all {
+		if more, err := keysAfter(ctx, ks, prefix, last); err != nil || !more {
 			return err
 		}
 	}
 }
 
-// keysFetchWait is how long a fetch of the state's keys waits for
-// messages (a variable: a test makes fetches time out).
-var keysFetchWait = time.Second
+// keysAfter says whether the state stream holds a key's message after
+// sequence seq (a state stream is read from its leader only).
+func keysAfter(ctx context.Context, ks jetstream.Stream, prefix string, seq uint64) (bool, error) {
+	rctx, cancel := request(ctx)
+	defer cancel()
+	_, err := ks.GetMsg(rctx, seq+1, jetstream.WithGetMsgSubject(prefix+".k.>"))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// keysFetchWait is how long the nth fetch of the state's keys waits for
+// messages (a variable: a test makes fetches time out). An ordered
+// consumer makes its consumer again at every fetch, after the last
+// message it got: a fetch that timed out loses nothing.
+var keysFetchWait = func(int) time.Duration { return time.Second }
 
 // stallAfter bounds how long fetches may bring nothing while the
 // consumer says messages are left.
 const stallAfter = 30 * time.Second
 
 // drained says whether a consumer has no message left to give: asked
-// when a fetch came back empty.
+// when a fetch came back empty. It cannot tell messages it sent that
+// never arrived (a reconnect) from none.
 func drained(ctx context.Context, cons jetstream.Consumer) (bool, error) {
 	rctx, cancel := request(ctx)
 	defer cancel()

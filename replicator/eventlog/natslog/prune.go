@@ -74,6 +74,11 @@ func (l *Log) minReader(ctx context.Context, v eventlog.Version) (int64, bool, e
 	for key := range lister.Keys() {
 		keys = append(keys, key)
 	}
+	// The lister ends its keys without an error when its time is up:
+	// then some readers may be missing, and pruning past them is wrong.
+	if err := ctx.Err(); err != nil {
+		return 0, false, fmt.Errorf("cannot list the version's readers: %w", err)
+	}
 	var low int64
 	found := false
 	for _, key := range keys {
@@ -165,6 +170,10 @@ func (l *Log) Readers(ctx context.Context, v eventlog.Version) (map[string]int64
 	var keys []string
 	for key := range lister.Keys() {
 		keys = append(keys, key)
+	}
+	// As in minReader: a listing whose time ran out is not all of them.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("cannot list the version's readers: %w", err)
 	}
 	out := map[string]int64{}
 	for _, key := range keys {
