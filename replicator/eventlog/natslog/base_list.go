@@ -360,3 +360,16 @@ func (vt *versionTx) committedList(ctx context.Context, filters []string, each f
 	}
 	return nil
 }
+
+// drained says whether a consumer has no message left to give: asked
+// when a fetch came back empty. It cannot tell messages it sent that
+// never arrived (a reconnect) from none.
+func drained(ctx context.Context, cons jetstream.Consumer) (bool, error) {
+	rctx, cancel := request(ctx)
+	defer cancel()
+	ci, err := cons.Info(rctx)
+	if err != nil {
+		return false, err
+	}
+	return ci.NumPending == 0, nil
+}

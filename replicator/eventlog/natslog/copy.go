@@ -328,19 +328,6 @@ var keysFetchWait = func(int) time.Duration { return time.Second }
 // consumer says messages are left.
 const stallAfter = 30 * time.Second
 
-// drained says whether a consumer has no message left to give: asked
-// when a fetch came back empty. It cannot tell messages it sent that
-// never arrived (a reconnect) from none.
-func drained(ctx context.Context, cons jetstream.Consumer) (bool, error) {
-	rctx, cancel := request(ctx)
-	defer cancel()
-	ci, err := cons.Info(rctx)
-	if err != nil {
-		return false, err
-	}
-	return ci.NumPending == 0, nil
-}
-
 func readKey(m jetstream.Msg, void int64, keys *keptKeys) error {
 	if void > 0 {
 		pos, err := parsePos(m.Headers())

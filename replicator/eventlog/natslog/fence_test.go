@@ -79,6 +79,49 @@ func TestStaleCompactionFenced(t *testing.T) {
 	}
 }
 
+// pairs is the layout of the first states below: a key and a value.
+var pairs = eventlog.Layout{Columns: 2, Key: []int{0}}
+
+// pairsGroup is a group of v at lsn whose rows are keys 0 to n-1, each
+// with value; a first state (a truncate before them) when first is set.
+func pairsGroup(v eventlog.Version, lsn uint64, value string, n int, first bool) eventlog.Group {
+	text := func(s string) eventlog.Value { return &s }
+	g := eventlog.Group{Version: v, System: "shop", CommitLSN: lsn, Layout: pairs}
+	if first {
+		g.Changes = append(g.Changes, eventlog.Change{Op: eventlog.OpTruncate})
+	}
+	for i := range n {
+		k := fmt.Sprint(i)
+		g.Changes = append(g.Changes, eventlog.Change{Op: eventlog.OpUpsert, Key: []eventlog.Value{text(k)}, Row: []eventlog.Value{text(k), text(value)}})
+	}
+	return g
+}
+
+// startFirstState begins an append on l that fills v with a first state
+// of n rows, and leaves it to the caller to commit.
+func startFirstState(ctx context.Context, t *testing.T, l *Log, v eventlog.Version, lsn uint64, value string, n int) eventlog.Tx {
+	t.Helper()
+	tx, err := l.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Fill(ctx, pairsGroup(v, lsn, value, n, true)); err != nil {
+		t.Fatal(err)
+	}
+	return tx
+}
+
+// copyLines copies v's state with a new instance and returns its COPY
+// text.
+func copyLines(ctx context.Context, t *testing.T, l *Log, v eventlog.Version) string {
+	t.Helper()
+	var buf bytes.Buffer
+	if _, err := l.CopyState(ctx, v, []int{0, 1}, &buf); err != nil {
+		t.Fatalf("copy of %s version %d: %v", v.Publication, v.Number, err)
+	}
+	return buf.String()
+}
+
 // TestConcurrentFirstStatesFenced: two instances fill the same version at
 // once (the lease moved while the first was filling). The first to commit
 // wins; the other's marker is refused, and its rows must not be what a
@@ -91,31 +134,12 @@ func TestConcurrentFirstStatesFenced(t *testing.T) {
 	open := opener(t, c)
 	winner, loser := open(), open()
 	v := eventlog.Version{Publication: "orders", Number: 1}
-	val := func(s string) eventlog.Value { return &s }
-	layout := eventlog.Layout{Columns: 2, Key: []int{0}}
 	// A first append, so both instances know the version at the same place.
-	if _, err := eventlog.Append(ctx, winner, []eventlog.Group{{Version: v, System: "shop", CommitLSN: 10, Layout: layout,
-		Changes: []eventlog.Change{{Op: eventlog.OpUpsert, Key: []eventlog.Value{val("k")}, Row: []eventlog.Value{val("k"), val("first")}}}}}); err != nil {
+	if _, err := eventlog.Append(ctx, winner, []eventlog.Group{pairsGroup(v, 10, "first", 1, false)}); err != nil {
 		t.Fatal(err)
 	}
-	fill := func(l *Log, lsn uint64, value string) eventlog.Tx {
-		tx, err := l.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		g := eventlog.Group{Version: v, System: "shop", CommitLSN: lsn, Layout: layout,
-			Changes: []eventlog.Change{{Op: eventlog.OpTruncate}}}
-		for i := range 100 {
-			k := fmt.Sprint(i)
-			g.Changes = append(g.Changes, eventlog.Change{Op: eventlog.OpUpsert, Key: []eventlog.Value{val(k)}, Row: []eventlog.Value{val(k), val(value)}})
-		}
-		if err := tx.Fill(ctx, g); err != nil {
-			t.Fatal(err)
-		}
-		return tx
-	}
-	w := fill(winner, 20, "winner")
-	l := fill(loser, 30, "loser") // starts its generation after the winner's
+	w := startFirstState(ctx, t, winner, v, 20, "winner", 100)
+	l := startFirstState(ctx, t, loser, v, 30, "loser", 100) // starts its generation after the winner's
 	if _, err := w.Commit(ctx); err != nil {
 		t.Fatalf("the winner's first state: %v", err)
 	}
@@ -124,11 +148,7 @@ func TestConcurrentFirstStatesFenced(t *testing.T) {
 	}
 	l.Rollback(ctx)
 
-	var buf bytes.Buffer
-	if _, err := open().CopyState(ctx, v, []int{0, 1}, &buf); err != nil {
-		t.Fatal(err)
-	}
-	rows := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	rows := strings.Split(strings.TrimSuffix(copyLines(ctx, t, open(), v), "\n"), "\n")
 	if len(rows) != 100 {
 		t.Fatalf("the copy holds %d rows, want the winner's 100", len(rows))
 	}
@@ -161,42 +181,20 @@ func TestLaterFirstStateKept(t *testing.T) {
 	open := opener(t, c)
 	first := open()
 	v := eventlog.Version{Publication: "orders", Number: 1}
-	val := func(s string) eventlog.Value { return &s }
-	layout := eventlog.Layout{Columns: 2, Key: []int{0}}
-	fill := func(l *Log, lsn uint64, value string) eventlog.Tx {
-		tx, err := l.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		g := eventlog.Group{Version: v, System: "shop", CommitLSN: lsn, Layout: layout,
-			Changes: []eventlog.Change{{Op: eventlog.OpTruncate}}}
-		for i := range 100 {
-			k := fmt.Sprint(i)
-			g.Changes = append(g.Changes, eventlog.Change{Op: eventlog.OpUpsert, Key: []eventlog.Value{val(k)}, Row: []eventlog.Value{val(k), val(value)}})
-		}
-		if err := tx.Fill(ctx, g); err != nil {
-			t.Fatal(err)
-		}
-		return tx
-	}
-	if _, err := fill(first, 10, "first").Commit(ctx); err != nil {
+	if _, err := startFirstState(ctx, t, first, v, 10, "first", 100).Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
 	marker, err := first.last(ctx, v)
 	if err != nil {
 		t.Fatal(err)
 	}
-	later := fill(open(), 20, "later") // reads the first's marker
+	later := startFirstState(ctx, t, open(), v, 20, "later", 100) // reads the first's marker
 	// The first's cleanup, late: after the later first state started.
 	first.dropStates(ctx, v, 1, marker.gen, marker.seq)
 	if _, err := later.Commit(ctx); err != nil {
 		t.Fatalf("the later first state: %v", err)
 	}
-	var buf bytes.Buffer
-	if _, err := open().CopyState(ctx, v, []int{0, 1}, &buf); err != nil {
-		t.Fatalf("copy after the later first state: %v", err)
-	}
-	rows := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	rows := strings.Split(strings.TrimSuffix(copyLines(ctx, t, open(), v), "\n"), "\n")
 	if len(rows) != 100 {
 		t.Fatalf("the copy holds %d rows, want the later first state's 100", len(rows))
 	}
@@ -219,41 +217,19 @@ func TestCommittedFirstStateKept(t *testing.T) {
 	a, b := open(), open()
 	v1 := eventlog.Version{Publication: "orders", Number: 1}
 	v2 := eventlog.Version{Publication: "items", Number: 1}
-	val := func(s string) eventlog.Value { return &s }
-	layout := eventlog.Layout{Columns: 2, Key: []int{0}}
-	group := func(v eventlog.Version, lsn uint64, value string, fill bool) eventlog.Group {
-		g := eventlog.Group{Version: v, System: "shop", CommitLSN: lsn, Layout: layout}
-		if fill {
-			g.Changes = append(g.Changes, eventlog.Change{Op: eventlog.OpTruncate})
-		}
-		for i := range 10 {
-			k := fmt.Sprint(i)
-			g.Changes = append(g.Changes, eventlog.Change{Op: eventlog.OpUpsert, Key: []eventlog.Value{val(k)}, Row: []eventlog.Value{val(k), val(value)}})
-		}
-		return g
-	}
-	tx, err := a.Begin(ctx)
-	if err != nil {
+	tx := startFirstState(ctx, t, a, v1, 20, "filled", 10)
+	if err := tx.Fill(ctx, pairsGroup(v2, 20, "filled", 10, true)); err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range []eventlog.Version{v1, v2} {
-		if err := tx.Fill(ctx, group(v, 20, "filled", true)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := eventlog.Append(ctx, b, []eventlog.Group{group(v2, 30, "other", false)}); err != nil {
+	if _, err := eventlog.Append(ctx, b, []eventlog.Group{pairsGroup(v2, 30, "other", 10, false)}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := tx.Commit(ctx); err == nil {
 		t.Fatal("the append committed over another instance's")
 	}
 	tx.Rollback(ctx)
-	var buf bytes.Buffer
-	if _, err := open().CopyState(ctx, v1, []int{0, 1}, &buf); err != nil {
-		t.Fatalf("copy of the version whose first state committed: %v", err)
-	}
-	if rows := strings.Count(buf.String(), "\tfilled\n"); rows != 10 {
-		t.Fatalf("the copy holds %q, want the first state's 10 rows", buf.String())
+	if got := copyLines(ctx, t, open(), v1); strings.Count(got, "\tfilled\n") != 10 {
+		t.Fatalf("the copy holds %q, want the first state's 10 rows", got)
 	}
 }
 
@@ -270,25 +246,8 @@ func TestFirstStateDrawsAgain(t *testing.T) {
 	defer func() { nextGen = was }()
 	open := opener(t, c)
 	v := eventlog.Version{Publication: "orders", Number: 1}
-	val := func(s string) eventlog.Value { return &s }
-	fill := func(l *Log, lsn uint64, value string) eventlog.Tx {
-		tx, err := l.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		g := eventlog.Group{Version: v, System: "shop", CommitLSN: lsn, Layout: eventlog.Layout{Columns: 2, Key: []int{0}},
-			Changes: []eventlog.Change{{Op: eventlog.OpTruncate}}}
-		for i := range 10 {
-			k := fmt.Sprint(i)
-			g.Changes = append(g.Changes, eventlog.Change{Op: eventlog.OpUpsert, Key: []eventlog.Value{val(k)}, Row: []eventlog.Value{val(k), val(value)}})
-		}
-		if err := tx.Fill(ctx, g); err != nil {
-			t.Fatal(err)
-		}
-		return tx
-	}
-	first := fill(open(), 10, "first")   // generation 5
-	second := fill(open(), 20, "second") // 5 is taken: 7
+	first := startFirstState(ctx, t, open(), v, 10, "first", 10)   // generation 5
+	second := startFirstState(ctx, t, open(), v, 20, "second", 10) // 5 is taken: 7
 	if _, err := first.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -296,12 +255,8 @@ func TestFirstStateDrawsAgain(t *testing.T) {
 		t.Fatal("the second first state committed over the first")
 	}
 	second.Rollback(ctx)
-	var buf bytes.Buffer
-	if _, err := open().CopyState(ctx, v, []int{0, 1}, &buf); err != nil {
-		t.Fatal(err)
-	}
-	if rows := strings.Count(buf.String(), "\tfirst\n"); rows != 10 || strings.Count(buf.String(), "\n") != 10 {
-		t.Fatalf("the copy holds %q, want the first's 10 rows", buf.String())
+	if got := copyLines(ctx, t, open(), v); strings.Count(got, "\tfirst\n") != 10 || strings.Count(got, "\n") != 10 {
+		t.Fatalf("the copy holds %q, want the first's 10 rows", got)
 	}
 }
 
@@ -315,17 +270,7 @@ func TestGoneStateNotRemade(t *testing.T) {
 	open := opener(t, c)
 	l := open()
 	v := eventlog.Version{Publication: "orders", Number: 1}
-	val := func(s string) eventlog.Value { return &s }
-	layout := eventlog.Layout{Columns: 2, Key: []int{0}}
-	tx, err := l.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tx.Fill(ctx, eventlog.Group{Version: v, System: "shop", CommitLSN: 10, Layout: layout,
-		Changes: []eventlog.Change{{Op: eventlog.OpTruncate}, {Op: eventlog.OpUpsert, Key: []eventlog.Value{val("k")}, Row: []eventlog.Value{val("k"), val("v")}}}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Commit(ctx); err != nil {
+	if _, err := startFirstState(ctx, t, l, v, 10, "v", 1).Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
 	last, err := l.last(ctx, v)
@@ -336,8 +281,7 @@ func TestGoneStateNotRemade(t *testing.T) {
 		t.Fatal(err)
 	}
 	other := open()
-	if _, err := eventlog.Append(ctx, other, []eventlog.Group{{Version: v, System: "shop", CommitLSN: 20, Layout: layout,
-		Changes: []eventlog.Change{{Op: eventlog.OpUpsert, Key: []eventlog.Value{val("k")}, Row: []eventlog.Value{val("k"), val("w")}}}}}); err != nil {
+	if _, err := eventlog.Append(ctx, other, []eventlog.Group{pairsGroup(v, 20, "w", 1, false)}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := other.compact(ctx, v); err == nil || !strings.Contains(err.Error(), "is gone") {

@@ -288,9 +288,7 @@ func (l *Log) ensureChangeStream(ctx context.Context, v eventlog.Version) (jetst
 // ensureStateStream makes a state generation's stream if it is missing.
 func (l *Log) ensureStateStream(ctx context.Context, v eventlog.Version, gen int) (jetstream.Stream, error) {
 	name := stateStream(v, gen)
-	l.mu.Lock()
-	s := l.streams[name]
-	l.mu.Unlock()
+	s := l.cachedStream(name)
 	if s != nil {
 		return s, nil
 	}
@@ -304,9 +302,7 @@ func (l *Log) ensureStateStream(ctx context.Context, v eventlog.Version, gen int
 		if err := waitLeader(ctx, s); err != nil {
 			return nil, err
 		}
-		l.mu.Lock()
-		l.streams[name] = s
-		l.mu.Unlock()
+		l.rememberStream(name, s)
 		return s, nil
 	case !errors.Is(err, jetstream.ErrStreamNotFound):
 		return nil, fmt.Errorf("cannot open the state stream of %s version %d: %w", v.Publication, v.Number, err)
@@ -332,7 +328,7 @@ func (l *Log) newStateStream(ctx context.Context, v eventlog.Version, gen int, a
 	// The nonce makes every first state's configuration its own: creating
 	// a stream of the same configuration again succeeds.
 	cfg.Metadata = map[string]string{metaAfter: strconv.FormatUint(after, 10), metaFill: hex.EncodeToString(nonce)}
-	cfg.Storage, cfg.Replicas, cfg.Retention = jetstream.FileStorage, l.replicas, jetstream.LimitsPolicy
+	l.place(&cfg)
 	rctx, cancel := request(ctx)
 	s, err := l.js.CreateStream(rctx, cfg)
 	cancel()
@@ -345,9 +341,7 @@ func (l *Log) newStateStream(ctx context.Context, v eventlog.Version, gen int, a
 	if err := waitLeader(ctx, s); err != nil {
 		return nil, err
 	}
-	l.mu.Lock()
-	l.streams[cfg.Name] = s
-	l.mu.Unlock()
+	l.rememberStream(cfg.Name, s)
 	return s, nil
 }
 
@@ -371,13 +365,11 @@ func stateStreamConfig(v eventlog.Version, gen int) jetstream.StreamConfig {
 // replicas and limits retention, if this log has not seen it yet, waits
 // for its leader, then runs also (if any) before remembering it.
 func (l *Log) ensureStream(ctx context.Context, v eventlog.Version, what string, cfg jetstream.StreamConfig, also func() error) (jetstream.Stream, error) {
-	l.mu.Lock()
-	s := l.streams[cfg.Name]
-	l.mu.Unlock()
+	s := l.cachedStream(cfg.Name)
 	if s != nil {
 		return s, nil
 	}
-	cfg.Storage, cfg.Replicas, cfg.Retention = jetstream.FileStorage, l.replicas, jetstream.LimitsPolicy
+	l.place(&cfg)
 	rctx, cancel := request(ctx)
 	defer cancel()
 	s, err := l.js.CreateOrUpdateStream(rctx, cfg)
@@ -392,19 +384,34 @@ func (l *Log) ensureStream(ctx context.Context, v eventlog.Version, what string,
 			return nil, err
 		}
 	}
-	l.mu.Lock()
-	l.streams[cfg.Name] = s
-	l.mu.Unlock()
+	l.rememberStream(cfg.Name, s)
 	return s, nil
+}
+
+// place makes a stream file-stored, with the log's replicas and limits
+// retention.
+func (l *Log) place(cfg *jetstream.StreamConfig) {
+	cfg.Storage, cfg.Replicas, cfg.Retention = jetstream.FileStorage, l.replicas, jetstream.LimitsPolicy
+}
+
+// cachedStream is the stream name this log has opened or made, if any.
+func (l *Log) cachedStream(name string) jetstream.Stream {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.streams[name]
+}
+
+func (l *Log) rememberStream(name string, s jetstream.Stream) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.streams[name] = s
 }
 
 // changeStreamOf opens a version's change stream; ok is false when it
 // does not exist yet.
 func (l *Log) changeStreamOf(ctx context.Context, v eventlog.Version) (jetstream.Stream, bool, error) {
 	name := changeStream(v)
-	l.mu.Lock()
-	s := l.streams[name]
-	l.mu.Unlock()
+	s := l.cachedStream(name)
 	if s != nil {
 		return s, true, nil
 	}
@@ -420,9 +427,7 @@ func (l *Log) changeStreamOf(ctx context.Context, v eventlog.Version) (jetstream
 	if err != nil {
 		return nil, false, err
 	}
-	l.mu.Lock()
-	l.streams[name] = s
-	l.mu.Unlock()
+	l.rememberStream(name, s)
 	return s, true, nil
 }
 
